@@ -1,0 +1,1 @@
+"""Backends: each is a loader (builds an executable session) plus a runner (runs it)."""

@@ -1,0 +1,255 @@
+"""The ``llmc`` command line (typer + rich).
+
+Every command maps an :class:`LlmcError` to one line on stderr and exit code 1; any other
+exception is a bug and keeps its traceback. Heavy imports happen inside commands so that
+``llmc --help`` stays fast and works without optional dependencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmc.errors import LlmcError
+
+app = typer.Typer(
+    name="llmc",
+    help="Compile exported ONNX transformer models into the fastest artifact that gives the same answers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def user_errors(fn):
+    """Print LlmcError as one line and exit 1; let bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LlmcError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+ShapeOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--shape", help="Concrete input shape NAME=DxD (repeatable), e.g. input_ids=1x128."),
+]
+InputsOpt = Annotated[
+    Optional[Path], typer.Option("--inputs", help="An .npz file of inputs to use instead of seeded ones.")
+]
+
+
+@app.command()
+@user_errors
+def build(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to compile.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="ort (ONNX Runtime) or trt (TensorRT).")] = "ort",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory [default: MODEL.llmc-TARGET beside the model].")] = None,
+    precision: Annotated[str, typer.Option(help="fp32.")] = "fp32",
+    shape: ShapeOpt = None,
+    inputs: InputsOpt = None,
+    passes: Annotated[Optional[str], typer.Option("--passes", help='Pipeline text, e.g. "prune,(fold,cse)*3" (see `llmc passes`).')] = None,
+    disable_pass: Annotated[Optional[list[str]], typer.Option("--disable-pass", help="Remove a pass from the pipeline (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or tensorrt (ONNX Runtime execution provider).")] = "cpu",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads recorded in the artifact (0: ORT default).")] = 0,
+    verify_each: Annotated[bool, typer.Option("--verify-each", help="Run the ONNX checker and strict shape inference after every pass.")] = False,
+    diff_each: Annotated[bool, typer.Option("--diff-each", help="Run the model in ONNX Runtime after every pass; name the first that changes outputs.")] = False,
+    dump_ir_after: Annotated[Optional[tuple[str, Path]], typer.Option("--dump-ir-after", metavar="NAME|all DIR", help="Write the IR as text after pass NAME (or all) into DIR.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Max abs error allowed, relative to each output's scale.")] = 1e-4,
+    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Force weights into model.onnx.data (default: only over 2 GB).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated verification inputs.")] = 0,
+) -> None:
+    """Compile MODEL for a target and verify the result against the original."""
+    from llmc.compiler.build import build as build_model
+    from llmc.compiler.feeds import parse_shape_specs
+
+    dump_names: list[str] = []
+    dump_dir = None
+    if dump_ir_after:
+        dump_names = [n for n in dump_ir_after[0].split(",") if n]
+        dump_dir = dump_ir_after[1]
+    with console.status("compiling") as status:
+        artifact = build_model(
+            model, target=target, precision=precision, output=output,
+            shapes=parse_shape_specs(shape), inputs=inputs, passes=passes,
+            disable_passes=disable_pass or [], device=device, threads=threads,
+            verify_each=verify_each, diff_each=diff_each, dump_ir_after=dump_names,
+            dump_dir=dump_dir, tolerance=tolerance, external_data=external_data, seed=seed,
+            log=lambda msg: status.update(msg),
+        )
+    _print_build(artifact.manifest, artifact.path)
+
+
+def _print_build(manifest: dict[str, Any], path: Path) -> None:
+    table = Table(title=f"passes ({manifest['pipeline']})")
+    for col in ("pass", "iter", "ms", "nodes", "rewrites"):
+        table.add_column(col, justify="right" if col in ("iter", "ms") else "left")
+    for rec in manifest["passes"]:
+        nodes = f"{rec['nodes_before']} -> {rec['nodes_after']}" if rec["modified"] else str(rec["nodes_after"])
+        stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
+        table.add_row(rec["name"], str(rec["iteration"]), f"{rec['seconds'] * 1e3:.1f}", nodes, stats)
+    console.print(table)
+    shapes = manifest["shapes"]
+    if shapes["assumed"]:
+        assumed = ", ".join(f"{k}={v}" for k, v in shapes["assumed"].items())
+        console.print(f"assumed symbolic dims: {assumed} (set them with --shape NAME=DxD)")
+    v = manifest["verification"]
+    console.print(
+        f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; "
+        f"verified against the source: max abs error {v['max_abs_error']:.3g}, "
+        f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
+    )
+    if manifest["fusions"]:
+        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
+    console.print(f"artifact: {path}")
+
+
+@app.command()
+@user_errors
+def inspect(
+    model: Annotated[Path, typer.Argument(help="An ONNX model or an artifact directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    top: Annotated[int, typer.Option(help="Op types to list.")] = 25,
+) -> None:
+    """Show inputs/outputs (with symbolic dims), opsets, op histogram, size and external data."""
+    from llmc.compiler.summary import summarize_model
+
+    info = summarize_model(model)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    console.print(f"[bold]{info['path']}[/bold]  IR v{info['ir_version']}, producer {info['producer']}")
+    console.print("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
+    io = Table(title="inputs and outputs")
+    for col in ("kind", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            shape = f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else "?"
+            io.add_row(kind[:-1], v["name"], v["dtype"] or "?", shape or "scalar")
+    console.print(io)
+    ops = Table(title=f"ops ({info['nodes']} nodes)")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in list(info["ops"].items())[:top]:
+        ops.add_row(op, str(n))
+    console.print(ops)
+    console.print(
+        f"file {info['file_bytes'] / 2**20:.1f} MiB, weights {info['weights_bytes'] / 2**20:.1f} MiB "
+        f"in {info['initializers']} initializers; external data: "
+        f"{', '.join(info['external_data']) or 'none'}"
+    )
+
+
+@app.command("passes")
+@user_errors
+def list_passes() -> None:
+    """List the registered passes and the default pipeline of each target."""
+    from llmc.compiler.pipeline import DEFAULT_PIPELINES
+    from llmc.compiler.registry import all_passes
+
+    table = Table(title="passes")
+    for col in ("name", "targets", "description"):
+        table.add_column(col)
+    for info in all_passes():
+        table.add_row(info.name, ",".join(info.targets), info.description)
+    console.print(table)
+    for target, text in DEFAULT_PIPELINES.items():
+        console.print(f"default pipeline for {target}: {text}")
+
+
+@app.command()
+@user_errors
+def check(
+    original: Annotated[Path, typer.Argument(help="The source ONNX model.")],
+    artifact: Annotated[Path, typer.Argument(help="An artifact directory or ONNX model to compare.")],
+    shape: ShapeOpt = None,
+    inputs: InputsOpt = None,
+    tolerance: Annotated[float, typer.Option(help="Max abs error allowed, relative to each output's scale.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the generated inputs.")] = 0,
+) -> None:
+    """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
+    from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
+    from llmc.compiler.artifact import MODEL_FILE
+    from llmc.compiler.compare import compare_outputs
+    from llmc.compiler.feeds import load_feeds, make_feeds, parse_shape_specs, resolve_shapes
+    from llmc.compiler.model_io import load_model
+
+    source = load_model(original)
+    candidate_path = artifact / MODEL_FILE if artifact.is_dir() else artifact
+    candidate = load_model(candidate_path)
+    if inputs is not None:
+        feeds = load_feeds(inputs, source)
+    else:
+        feeds = make_feeds(source, resolve_shapes(source, parse_shape_specs(shape))[0], seed)
+    ref = OrtRunner(create_session(original, REFERENCE_CONFIG, source)).run(feeds)
+    out = OrtRunner(create_session(candidate_path, REFERENCE_CONFIG, candidate)).run(feeds)
+    result = compare_outputs(ref, out, tolerance)
+    table = Table(title="output agreement")
+    for col in ("output", "max abs", "max rel", "cosine", "result"):
+        table.add_column(col)
+    for o in result.outputs:
+        table.add_row(o.name, f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}", f"{o.cosine:.6f}",
+                      "ok" if o.passed else f"FAIL: {o.reason}")
+    console.print(table)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="ONNX models and/or artifact directories.")],
+    shape: ShapeOpt = None,
+    inputs: InputsOpt = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: default).")] = 0,
+    level: Annotated[str, typer.Option(help="ORT graph optimization level for plain ONNX files.")] = "all",
+    rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Measure peak RSS in a child process per model.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated inputs.")] = 0,
+) -> None:
+    """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
+    from llmc.compiler.bench import resolve_target, run_benchmark
+    from llmc.compiler.feeds import load_feeds, make_feeds, parse_shape_specs, resolve_shapes
+    from llmc.compiler.model_io import load_model
+
+    targets = [resolve_target(m, threads=threads, level=level) for m in models]
+    first = load_model(targets[0].model_path)
+    if inputs is not None:
+        feeds = load_feeds(inputs, first)
+    else:
+        feeds = make_feeds(first, resolve_shapes(first, parse_shape_specs(shape))[0], seed)
+    results = run_benchmark(targets, feeds, runs=runs, warmup=warmup, measure_rss=rss)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    table = Table(title=f"latency ({runs} interleaved runs each)")
+    for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "create s", "peak RSS MB", "p50 ratio"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        peak = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
+        table.add_row(r.label, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}",
+                      f"{r.throughput:.1f}", f"{r.session_create_s:.2f}", peak, f"{r.ratio_p50:.3f}")
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

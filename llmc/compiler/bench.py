@@ -1,0 +1,149 @@
+"""Latency benchmarking: several models timed interleaved in one process, medians and ratios.
+
+Interleaving (round-robin, order rotated every round) exposes every model to the same machine
+state, so ratios stay meaningful on a noisy host. Peak RSS is measured per model in a fresh
+child process (session creation plus the same number of runs), because one process's peak
+cannot be split between models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+from llmc.compiler.artifact import MODEL_FILE, read_artifact
+from llmc.errors import LlmcError
+
+
+@dataclasses.dataclass
+class BenchTarget:
+    label: str
+    model_path: Path
+    config: SessionConfig
+
+
+@dataclasses.dataclass
+class BenchResult:
+    label: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # samples (batch rows) per second at the mean latency
+    session_create_s: float
+    peak_rss_mb: float | None
+    runs: int
+    ratio_p50: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_target(
+    path: str | Path, threads: int = 0, level: str = "all", label: str | None = None
+) -> BenchTarget:
+    """A model file (ORT at ``level``) or an artifact directory (its recorded session options)."""
+    path = Path(path)
+    if path.is_dir():
+        artifact = read_artifact(path)
+        options = dict(artifact.manifest.get("session", {}).get("options", {}))
+        options["intra_op_num_threads"] = threads or options.get("intra_op_num_threads", 0)
+        return BenchTarget(label or str(path), path / MODEL_FILE, SessionConfig.from_dict(options))
+    if not path.is_file():
+        raise LlmcError(f"{path}: no such model file or artifact directory")
+    config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)
+    return BenchTarget(label or str(path), path, config)
+
+
+def run_benchmark(
+    targets: list[BenchTarget],
+    feeds: dict[str, np.ndarray],
+    runs: int = 100,
+    warmup: int = 10,
+    measure_rss: bool = True,
+) -> list[BenchResult]:
+    """Time ``targets`` interleaved on ``feeds``; ratios are p50 over the first target's p50."""
+    if runs < 1:
+        raise LlmcError("--runs must be at least 1")
+    runners, create_times = [], []
+    for target in targets:
+        start = time.perf_counter()
+        runners.append(OrtRunner(create_session(target.model_path, target.config)))
+        create_times.append(time.perf_counter() - start)
+    for runner in runners:
+        for _ in range(warmup):
+            runner.run(feeds)
+    times: list[list[float]] = [[] for _ in targets]
+    order = list(range(len(targets)))
+    for round_ in range(runs):
+        rotated = order[round_ % len(order):] + order[: round_ % len(order)]
+        for i in rotated:
+            start = time.perf_counter()
+            runners[i].run(feeds)
+            times[i].append(time.perf_counter() - start)
+    del runners
+    batch = _batch_size(feeds)
+    rss = _peak_rss_all(targets, feeds, warmup + 5) if measure_rss else [None] * len(targets)
+    results = []
+    for target, samples, created, peak in zip(targets, times, create_times, rss):
+        ms = np.array(samples) * 1e3
+        results.append(
+            BenchResult(
+                label=target.label,
+                p50_ms=float(np.percentile(ms, 50)),
+                p90_ms=float(np.percentile(ms, 90)),
+                p99_ms=float(np.percentile(ms, 99)),
+                mean_ms=float(ms.mean()),
+                throughput=float(batch * 1e3 / ms.mean()),
+                session_create_s=created,
+                peak_rss_mb=peak,
+                runs=runs,
+            )
+        )
+    for result in results:
+        result.ratio_p50 = result.p50_ms / results[0].p50_ms
+    return results
+
+
+def _batch_size(feeds: dict[str, np.ndarray]) -> int:
+    for array in feeds.values():
+        if array.ndim:
+            return int(array.shape[0])
+    return 1
+
+
+def _peak_rss_all(
+    targets: list[BenchTarget], feeds: dict[str, np.ndarray], runs: int
+) -> list[float | None]:
+    with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
+        feeds_path = Path(tmp) / "feeds.npz"
+        np.savez(feeds_path, **feeds)
+        ctx = multiprocessing.get_context("spawn")
+        out: list[float | None] = []
+        for target in targets:
+            with ctx.Pool(1) as pool:
+                out.append(
+                    pool.apply(
+                        _peak_rss_child,
+                        (str(target.model_path), target.config.to_dict(), str(feeds_path), runs),
+                    )
+                )
+        return out
+
+
+def _peak_rss_child(model_path: str, config: dict[str, Any], feeds_path: str, runs: int) -> float:
+    """In a fresh process: create the session, run ``runs`` times, return peak RSS in MB."""
+    with np.load(feeds_path) as data:
+        feeds = {k: data[k] for k in data.files}
+    runner = OrtRunner(create_session(model_path, SessionConfig.from_dict(config)))
+    for _ in range(runs):
+        runner.run(feeds)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB

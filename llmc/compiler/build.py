@@ -1,0 +1,255 @@
+"""``llmc.build``: load, run the target's pipeline, save, verify against the original, record.
+
+The final artifact is always checked against the source model in ONNX Runtime with every ORT
+graph rewrite off (ORT_DISABLE_ALL), on seeded (or given) inputs; a mismatch beyond the
+tolerance fails the build instead of shipping a model whose answers changed.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from llmc.compiler import model_io
+from llmc.compiler.artifact import MODEL_FILE, Artifact, write_manifest
+from llmc.compiler.compare import compare_outputs
+from llmc.compiler.feeds import check_feeds, load_feeds, make_feeds, resolve_shapes
+from llmc.compiler.instruments import (
+    DifferentialInstrument,
+    DumpIRInstrument,
+    Instrument,
+    VerifyEachInstrument,
+    count_nodes,
+)
+from llmc.compiler.pass_manager import PassManager
+from llmc.compiler.pipeline import default_pipeline, parse_pipeline
+from llmc.compiler.registry import TARGETS, PassOptions
+from llmc.errors import LlmcError
+
+PRECISIONS = ("fp32",)
+ModelLike = str | Path | onnx.ModelProto | ir.Model
+
+
+def build(
+    model: ModelLike,
+    target: str = "ort",
+    precision: str = "fp32",
+    output: str | Path | None = None,
+    *,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    passes: str | None = None,
+    disable_passes: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
+    threads: int = 0,
+    verify_each: bool = False,
+    diff_each: bool = False,
+    dump_ir_after: list[str] | tuple[str, ...] = (),
+    dump_dir: str | Path | None = None,
+    tolerance: float = 1e-4,
+    external_data: bool | None = None,
+    seed: int = 0,
+    options: PassOptions | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Artifact:
+    """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact."""
+    from llmc import __version__
+    from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
+
+    log = log or (lambda _msg: None)
+    _check_target(target, precision)
+    session_config = SessionConfig(device=device, intra_op_num_threads=threads)
+    session_config.providers()  # fail now, not after compiling, if the device is missing
+
+    ir_model, source = _load_source(model)
+    out_dir = Path(output) if output is not None else _default_output(source, target)
+    pipeline = (parse_pipeline(passes, target) if passes else default_pipeline(target)).without(
+        list(disable_passes)
+    )
+
+    concrete, assumed = resolve_shapes(ir_model, shapes)
+    feeds = _feeds(ir_model, concrete, inputs, seed)
+    log(f"reference run of the source model ({_describe_shapes(feeds)})")
+    reference = _reference_outputs(model, ir_model, feeds, REFERENCE_CONFIG)
+    nodes_before = count_nodes(ir_model)
+    contrib_before = _contrib_ops(ir_model)
+
+    instruments: list[Instrument] = []
+    if verify_each:
+        instruments.append(VerifyEachInstrument())
+    if dump_ir_after:
+        if dump_dir is None:
+            raise LlmcError("--dump-ir-after needs a directory: --dump-ir-after NAME DIR")
+        for name in dump_ir_after:
+            if name != "all" and name not in pipeline.names():
+                raise LlmcError(
+                    f"--dump-ir-after '{name}' is not in the pipeline ({pipeline}); use a pass "
+                    "from it or 'all'"
+                )
+        instruments.append(DumpIRInstrument(dump_ir_after, dump_dir))
+    if diff_each:
+        instruments.append(DifferentialInstrument(feeds, tolerance, reference))
+    manager = PassManager(pipeline, options, instruments)
+    log(f"pipeline {pipeline}")
+    start = time.perf_counter()
+    manager.run(ir_model)
+    model_io.normalize(ir_model)
+    compile_seconds = time.perf_counter() - start
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
+    log("verifying the artifact against the source model")
+    saved = model_io.load_model(out_dir / MODEL_FILE)
+    candidate = run_model(saved, feeds, REFERENCE_CONFIG)
+    comparison = compare_outputs(reference, candidate, tolerance)
+    worst = comparison.worst()
+    if worst is not None:
+        raise LlmcError(
+            f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
+            "--diff-each to name the pass, then --disable-pass it"
+        )
+
+    manifest = {
+        "llmc_version": __version__,
+        "source": source,
+        "target": target,
+        "precision": precision,
+        "pipeline": str(pipeline),
+        "passes": [r.to_dict() for r in manager.records],
+        "rewrites": manager.timing.rewrites(),
+        "fusions": _fusions(contrib_before, _contrib_ops(ir_model)),
+        "nodes": {"before": nodes_before, "after": count_nodes(ir_model)},
+        "compile_seconds": round(compile_seconds, 4),
+        "shapes": {
+            "inputs": {k: list(v.shape) for k, v in feeds.items()},
+            "assumed": assumed,
+        },
+        "verification": {
+            **comparison.summary(),
+            "passed": True,
+            "tolerance": tolerance,
+            "reference": "onnxruntime ORT_DISABLE_ALL on the source model",
+            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
+            "seed": seed if inputs is None else None,
+            "outputs": {
+                o.name: {"max_abs_error": o.max_abs_error, "max_rel_error": o.max_rel_error,
+                         "cosine": o.cosine}
+                for o in comparison.outputs
+            },
+        },
+        "artifact": {
+            "files": [f.name for f in files],
+            "model_sha256": model_io.sha256_file(out_dir / MODEL_FILE),
+            "external_data": len(files) > 1,
+        },
+        "versions": _versions(),
+        "session": {"providers": session_config.providers(), "options": session_config.to_dict()},
+    }
+    write_manifest(out_dir, manifest)
+    return Artifact(out_dir, manifest)
+
+
+def _check_target(target: str, precision: str) -> None:
+    if target not in TARGETS:
+        raise LlmcError(f"unknown target '{target}'; valid targets: {', '.join(TARGETS)}")
+    if target == "trt":
+        raise LlmcError(
+            "--target trt is not available yet: the TensorRT backend has not landed in this "
+            "llmc version; use --target ort (ONNX Runtime, with --device tensorrt for its TensorRT EP)"
+        )
+    if precision not in PRECISIONS:
+        raise LlmcError(
+            f"precision '{precision}' is not available yet for target '{target}'; "
+            f"this llmc version builds {', '.join(PRECISIONS)}"
+        )
+
+
+def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        ir_model = model_io.load_model(path)
+        return ir_model, {"path": str(path.resolve()), "sha256": model_io.sha256_file(path)}
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model)  # never mutate the caller's model
+    if isinstance(model, onnx.ModelProto):
+        import hashlib
+
+        data = model.SerializeToString(deterministic=True)
+        ir_model = ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+        model_io.normalize(ir_model)
+        return ir_model, {"path": None, "sha256": hashlib.sha256(data).hexdigest()}
+    raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
+
+
+def _default_output(source: dict[str, Any], target: str) -> Path:
+    if source["path"] is None:
+        raise LlmcError("building from an in-memory model needs output=DIR")
+    path = Path(source["path"])
+    return path.parent / f"{path.stem}.llmc-{target}"
+
+
+def _feeds(
+    model: ir.Model,
+    shapes: dict[str, tuple[int, ...]],
+    inputs: str | Path | dict[str, np.ndarray] | None,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    if inputs is None:
+        return make_feeds(model, shapes, seed)
+    if isinstance(inputs, dict):
+        check_feeds(model, inputs, "inputs")
+        return inputs
+    return load_feeds(inputs, model)
+
+
+def _reference_outputs(
+    model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray], config: Any
+) -> dict[str, np.ndarray]:
+    from llmc.backends.ort import OrtRunner, create_session, run_model
+
+    if isinstance(model, (str, Path)):
+        # Run the source file itself: ONNX Runtime reads its external data directly.
+        session = create_session(Path(model), config, ir_model)
+        return OrtRunner(session).run(feeds)
+    return run_model(ir_model, feeds, config)
+
+
+def _contrib_ops(model: ir.Model) -> dict[str, int]:
+    """Nodes of ONNX Runtime's contrib domain (where fused ops live), by op type."""
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain == "com.microsoft":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _fusions(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Fused ops the build created: contrib-domain nodes gained, by op type."""
+    return {op: n - before.get(op, 0) for op, n in sorted(after.items()) if n > before.get(op, 0)}
+
+
+def _describe_shapes(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxscript
+
+    return {
+        "python": platform.python_version(),
+        "onnx": onnx.__version__,
+        "onnx_ir": ir.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }

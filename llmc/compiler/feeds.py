@@ -1,0 +1,183 @@
+"""Concrete input shapes and seeded inputs for verification, benchmarks and memory planning.
+
+``--shape name=1x128`` binds an input's dims (and the symbols they carry, so an
+``attention_mask`` sharing ``batch``/``sequence`` with ``input_ids`` follows it). A symbolic
+dim still unbound takes 1 on axis 0 (batch) and 128 elsewhere; those choices are returned as
+"assumed" so the CLI and the manifest can say which were guessed.
+
+Seeded feeds: integer inputs used as indices of a Gather over a constant table are drawn from
+``[0, table rows)``, other integers are 1, booleans True, floats standard normal.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from llmc.errors import LlmcError
+
+DEFAULT_BATCH = 1
+DEFAULT_DIM = 128
+_SPEC = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*|scalar)\s*$")
+
+
+def parse_shape_specs(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``["input_ids=1x128", ...]``; ``name=scalar`` is a 0-d input."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or ():
+        m = _SPEC.match(spec)
+        if not m:
+            raise LlmcError(f"bad shape '{spec}': write NAME=DxDx... such as input_ids=1x128")
+        name, dims = m.groups()
+        shapes[name] = () if dims == "scalar" else tuple(int(d) for d in re.split(r"[x,]", dims))
+    return shapes
+
+
+def resolve_shapes(
+    model: ir.Model, given: dict[str, tuple[int, ...]] | None = None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Concrete shapes for every graph input, and the symbolic dims that were assumed."""
+    given = dict(given or {})
+    inputs = _runtime_inputs(model)
+    unknown = [name for name in given if name not in inputs]
+    if unknown:
+        raise LlmcError(
+            f"--shape names unknown input(s) {', '.join(unknown)}; inputs: {', '.join(inputs)}"
+        )
+    symbols: dict[str, int] = {}
+    for name, dims in given.items():
+        declared = inputs[name].shape
+        if declared is not None and len(declared) != len(dims):
+            raise LlmcError(
+                f"--shape {name}: {len(dims)} dims given but the input has rank {len(declared)} "
+                f"({_format_shape(declared)})"
+            )
+        for axis, dim in enumerate(declared or ()):
+            if isinstance(dim, int) and dim != dims[axis]:
+                raise LlmcError(
+                    f"--shape {name}: axis {axis} is fixed to {dim} in the model, not {dims[axis]}"
+                )
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                symbols.setdefault(dim.value, dims[axis])
+    shapes: dict[str, tuple[int, ...]] = {}
+    assumed: dict[str, int] = {}
+    for name, value in inputs.items():
+        if name in given:
+            shapes[name] = given[name]
+            continue
+        if value.shape is None:
+            raise LlmcError(f"input '{name}' has no declared rank; give it with --shape {name}=...")
+        dims = []
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            symbol = dim.value or f"{name}[{axis}]"
+            if symbol not in symbols:
+                symbols[symbol] = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+                assumed[symbol] = symbols[symbol]
+            dims.append(symbols[symbol])
+        shapes[name] = tuple(dims)
+    return shapes, assumed
+
+
+def make_feeds(
+    model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded inputs of the given shapes, with valid index ranges for embedding lookups."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, value in _runtime_inputs(model).items():
+        feeds[name] = _make_array(value, shapes[name], rng)
+    return feeds
+
+
+def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.ndarray]:
+    """Read feeds from an ``.npz``; check names, ranks and dtypes against ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlmcError(f"{path}: no such inputs file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feeds = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise LlmcError(f"{path}: not a readable .npz file ({exc})") from None
+    if model is not None:
+        check_feeds(model, feeds, str(path))
+    return feeds
+
+
+def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> None:
+    inputs = _runtime_inputs(model)
+    missing = [n for n in inputs if n not in feeds]
+    extra = [n for n in feeds if n not in inputs]
+    if missing or extra:
+        raise LlmcError(
+            f"{origin}: inputs do not match the model (missing: {', '.join(missing) or '-'}; "
+            f"unknown: {', '.join(extra) or '-'}); the model takes {', '.join(inputs)}"
+        )
+    for name, value in inputs.items():
+        array = feeds[name]
+        expected = value.dtype.numpy() if value.dtype is not None else None
+        if expected is not None and array.dtype != expected:
+            raise LlmcError(
+                f"{origin}: input '{name}' is {array.dtype} but the model expects {expected}"
+            )
+        if value.shape is not None and len(value.shape) != array.ndim:
+            raise LlmcError(
+                f"{origin}: input '{name}' has rank {array.ndim} but the model expects "
+                f"{len(value.shape)} ({_format_shape(value.shape)})"
+            )
+
+
+def _runtime_inputs(model: ir.Model) -> dict[str, ir.Value]:
+    """Graph inputs a caller must feed (initializers listed as inputs are optional)."""
+    return {
+        v.name: v for v in model.graph.inputs if v.name and v.name not in model.graph.initializers
+    }
+
+
+def _make_array(value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if value.dtype is None:
+        raise LlmcError(f"input '{value.name}' has no element type; it cannot be fed")
+    try:
+        dtype = value.dtype.numpy()
+    except Exception:
+        raise LlmcError(
+            f"input '{value.name}' has type {value.dtype}, which llmc cannot generate; "
+            "pass inputs with --inputs file.npz"
+        ) from None
+    if value.dtype.is_floating_point():
+        return rng.standard_normal(shape).astype(dtype)
+    if value.dtype == ir.DataType.BOOL:
+        return np.ones(shape, dtype=bool)
+    if value.dtype == ir.DataType.STRING:
+        return np.full(shape, "llmc", dtype=object)
+    rows = _gather_table_rows(value)
+    if rows:
+        return rng.integers(0, rows, size=shape).astype(dtype)
+    return np.ones(shape, dtype=dtype)
+
+
+def _gather_table_rows(value: ir.Value) -> int | None:
+    """Rows of the smallest constant table this value indexes through Gather, if any."""
+    rows = []
+    for use in value.uses():
+        node = use.node
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or use.idx != 1:
+            continue
+        table = node.inputs[0]
+        if table is None or table.shape is None or table.const_value is None:
+            continue
+        axis = node.attributes.get_int("axis", 0)
+        dim = table.shape[axis]
+        if isinstance(dim, int) and dim > 0:
+            rows.append(dim)
+    return min(rows) if rows else None
+
+
+def _format_shape(shape: ir.Shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape)

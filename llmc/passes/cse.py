@@ -1,0 +1,40 @@
+"""Common subexpression elimination: identical nodes on identical inputs computed once.
+
+onnx-ir's CommonSubexpressionEliminationPass (which leaves random ops alone) plus its
+DeduplicateInitializersPass for identical small constants, which exporters repeat.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from llmc.compiler.instruments import count_nodes
+from llmc.compiler.registry import LlmcPass, PassOptions, register
+
+# Initializers up to this many elements are compared for deduplication.
+DEDUP_SIZE_LIMIT = 1024
+
+
+@register("cse", "common subexpression elimination and duplicate-constant merging")
+class CommonSubexpressionPass(LlmcPass):
+    """Merges nodes with the same op, attributes and inputs, and identical small initializers.
+
+    Requires: nothing. Guarantees: non-deterministic ops (Random*) are never merged; graph
+    outputs keep their names.
+    """
+
+    def __init__(self, options: PassOptions | None = None) -> None:
+        super().__init__()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        inits = len(model.graph.initializers)
+        common_passes.DeduplicateInitializersPass(size_limit=DEDUP_SIZE_LIMIT)(model)
+        nodes = count_nodes(model)
+        common_passes.CommonSubexpressionEliminationPass()(model)
+        self.stats = {
+            "initializers": inits - len(model.graph.initializers),
+            "nodes": nodes - count_nodes(model),
+        }
+        self.stats = {k: v for k, v in self.stats.items() if v}
+        return ir.passes.PassResult(model, modified=bool(self.stats))
