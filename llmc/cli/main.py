@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmc.errors import LlmcError
@@ -113,7 +114,7 @@ def _print_build(manifest: dict[str, Any], path: Path) -> None:
     )
     if manifest["fusions"]:
         console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
-    console.print(f"artifact: {path}")
+    console.print(f"artifact: {escape(str(path))}")
 
 
 @app.command()
@@ -130,7 +131,7 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    console.print(f"[bold]{info['path']}[/bold]  IR v{info['ir_version']}, producer {info['producer']}")
+    console.print(f"[bold]{escape(info['path'])}[/bold]  IR v{info['ir_version']}, producer {info['producer']}")
     console.print("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
     io = Table(title="inputs and outputs")
     for col in ("kind", "name", "dtype", "shape"):
@@ -138,7 +139,7 @@ def inspect(
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             shape = f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else "?"
-            io.add_row(kind[:-1], v["name"], v["dtype"] or "?", shape or "scalar")
+            io.add_row(kind[:-1], escape(v["name"]), v["dtype"] or "?", escape(shape))
     console.print(io)
     ops = Table(title=f"ops ({info['nodes']} nodes)")
     ops.add_column("op")
@@ -201,7 +202,7 @@ def check(
     for col in ("output", "max abs", "max rel", "cosine", "result"):
         table.add_column(col)
     for o in result.outputs:
-        table.add_row(o.name, f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}", f"{o.cosine:.6f}",
+        table.add_row(escape(o.name), f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}", f"{o.cosine:.6f}",
                       "ok" if o.passed else f"FAIL: {o.reason}")
     console.print(table)
     if not result.passed:
@@ -242,7 +243,7 @@ def bench(
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in results:
         peak = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
-        table.add_row(r.label, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}",
+        table.add_row(escape(r.label), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}",
                       f"{r.throughput:.1f}", f"{r.session_create_s:.2f}", peak, f"{r.ratio_p50:.3f}")
     console.print(table)
 

@@ -6,11 +6,16 @@ DeduplicateInitializersPass for identical small constants, which exporters repea
 
 from __future__ import annotations
 
+import logging
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from llmc.compiler.instruments import count_nodes
 from llmc.compiler.registry import LlmcPass, PassOptions, register
+
+# onnx-ir logs every initializer it may not merge (graph inputs) as a warning.
+logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.ERROR)
 
 # Initializers up to this many elements are compared for deduplication.
 DEDUP_SIZE_LIMIT = 1024
@@ -29,12 +34,15 @@ class CommonSubexpressionPass(LlmcPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         inits = len(model.graph.initializers)
-        common_passes.DeduplicateInitializersPass(size_limit=DEDUP_SIZE_LIMIT)(model)
+        dedup = common_passes.DeduplicateInitializersPass(size_limit=DEDUP_SIZE_LIMIT)(model)
         nodes = count_nodes(model)
-        common_passes.CommonSubexpressionEliminationPass()(model)
+        cse = common_passes.CommonSubexpressionEliminationPass()(model)
         self.stats = {
             "initializers": inits - len(model.graph.initializers),
             "nodes": nodes - count_nodes(model),
         }
         self.stats = {k: v for k, v in self.stats.items() if v}
-        return ir.passes.PassResult(model, modified=bool(self.stats))
+        # A merged node whose output is a graph output leaves an Identity in its place (same
+        # node count), so the counts alone would report such a rewrite as no change.
+        modified = bool(self.stats) or dedup.modified or cse.modified
+        return ir.passes.PassResult(model, modified=modified)

@@ -95,7 +95,7 @@ class SessionConfig:
             if self.execution_mode == "sequential"
             else ort.ExecutionMode.ORT_PARALLEL
         )
-        opts.log_severity_level = 3  # errors only; warnings go through our own messages
+        opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
         return opts
 
 
@@ -134,8 +134,8 @@ class SessionFromOnnx:
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 _NOT_REGISTERED = re.compile(r"(?:Fatal error: )?([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")
 _NO_OP = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
-_OPSET = re.compile(r"[Oo]pset (\d+)[^.]*(?:under development|not supported|is not supported)|"
-                    r"onnx_domain_version <= (\d+)|max supported opset is (\d+)")
+_OPSET = re.compile(r"Opset (\d+) is under development")
+_OPSET_MAX = re.compile(r"domain ([\w.]+) is till opset (\d+)")
 _IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
@@ -163,10 +163,12 @@ def explain_ort_error(exc: BaseException, model: ir.Model | None) -> LlmcError:
         op = m.group(1)
         domain = _domain_of(model, op)
         return _unknown_op_error(model, domain, op, version)
-    if "opset" in text.lower() and (m := _OPSET.search(text)):
+    if m := _OPSET.search(text):
+        limit = _OPSET_MAX.search(text)
+        supported = f" (it supports {limit.group(1)} up to opset {limit.group(2)})" if limit else ""
         return LlmcError(
-            f"onnxruntime {version} cannot run this model's opset ({_first_line(text)}); "
-            "re-export with a lower opset (torch.onnx.export(..., opset_version=18)) or upgrade onnxruntime"
+            f"the model uses opset {m.group(1)}, which onnxruntime {version} cannot run{supported}; "
+            "re-export with a lower opset (torch.onnx.export(..., opset_version=20)) or upgrade onnxruntime"
         )
     return LlmcError(f"onnxruntime {version} cannot load the model: {_first_line(text)}")
 
