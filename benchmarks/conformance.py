@@ -48,14 +48,14 @@ def _run_ort(model: onnx.ModelProto, inputs: list[Any]) -> list[np.ndarray]:
     session = create_session(model.SerializeToString(), REFERENCE_CONFIG)
     names = [i.name for i in session.get_inputs()]
     runner = OrtRunner(session)
-    out = runner.run(dict(zip(names, inputs)))
+    out = runner.run(dict(zip(names, inputs, strict=True)))
     return [out[n] for n in runner.output_names]
 
 
 def _matches(expected: list[Any], actual: list[np.ndarray], rtol: float, atol: float) -> str:
     if len(expected) != len(actual):
         return f"{len(actual)} outputs, expected {len(expected)}"
-    for i, (e, a) in enumerate(zip(expected, actual)):
+    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
         e = np.asarray(e)
         if e.shape != a.shape:
             return f"output {i}: shape {a.shape}, expected {e.shape}"

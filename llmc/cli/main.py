@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -238,12 +239,14 @@ def bench(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
-    table = Table(title=f"latency ({runs} interleaved runs each)")
-    for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "create s", "peak RSS MB", "p50 ratio"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    table = Table(title=f"latency ms ({runs} interleaved runs); ratio: p50 / first p50; RSS: peak",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model", overflow="fold", min_width=12)
+    for col in ("p50", "p90", "p99", "mean", "rows/s", "load s", "RSS MB", "ratio"):
+        table.add_column(col, justify="right")
     for r in results:
         peak = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
-        table.add_row(escape(r.label), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f}",
+        table.add_row(escape(r.label), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.mean_ms:.2f}",
                       f"{r.throughput:.1f}", f"{r.session_create_s:.2f}", peak, f"{r.ratio_p50:.3f}")
     console.print(table)
 

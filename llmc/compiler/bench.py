@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,11 +57,11 @@ def resolve_target(
         artifact = read_artifact(path)
         options = dict(artifact.manifest.get("session", {}).get("options", {}))
         options["intra_op_num_threads"] = threads or options.get("intra_op_num_threads", 0)
-        return BenchTarget(label or str(path), path / MODEL_FILE, SessionConfig.from_dict(options))
+        return BenchTarget(label or f"{path.name}/", path / MODEL_FILE, SessionConfig.from_dict(options))
     if not path.is_file():
         raise LlmcError(f"{path}: no such model file or artifact directory")
     config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)
-    return BenchTarget(label or str(path), path, config)
+    return BenchTarget(label or path.name, path, config)
 
 
 def run_benchmark(
@@ -93,7 +94,7 @@ def run_benchmark(
     batch = _batch_size(feeds)
     rss = _peak_rss_all(targets, feeds, warmup + 5) if measure_rss else [None] * len(targets)
     results = []
-    for target, samples, created, peak in zip(targets, times, create_times, rss):
+    for target, samples, created, peak in zip(targets, times, create_times, rss, strict=True):
         ms = np.array(samples) * 1e3
         results.append(
             BenchResult(
@@ -146,4 +147,21 @@ def _peak_rss_child(model_path: str, config: dict[str, Any], feeds_path: str, ru
     runner = OrtRunner(create_session(model_path, SessionConfig.from_dict(config)))
     for _ in range(runs):
         runner.run(feeds)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    Linux's ``VmHWM`` belongs to the current address space; ``ru_maxrss`` is not used there
+    because it survives ``exec`` and would report the parent's peak in a spawned child.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0  # KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale

@@ -116,8 +116,7 @@ def _has_external_tensors(model: ir.Model) -> bool:
 
 def _parse_proto(path: Path) -> onnx.ModelProto:
     """Parse the graph proto only (weights stay on disk); map parse failures to one line."""
-    data = path.read_bytes() if path.stat().st_size < PROTO_LIMIT_BYTES else None
-    if data is not None and not data:
+    if path.stat().st_size == 0:
         raise LlmcError(f"{path}: empty file, not an ONNX model")
     try:
         proto = onnx.load(str(path), load_external_data=False)

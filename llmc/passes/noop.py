@@ -4,7 +4,8 @@ Identity removal is our own (~30 lines) rather than onnx-ir's IdentityEliminatio
 (onnx-ir 1.1.0) also removes ``y = Identity(x)`` when *both* x and y are outputs of the same
 graph, leaving the graph with one value listed as two outputs: ONNX Runtime then computes wrong
 results (the ``test_scan_sum`` node case). Then onnxscript's rules for ops that return their input:
-``x*1``, ``x+0``, ``x-0``, ``x/1``, inference Dropout, Cast to the same type, Expand to the
+``x*1``, ``x+0``, ``x-0``, ``x/1`` (exact constants only), inference Dropout (ours: any
+opset, ``training_mode`` absent or constant false, mask unused), Cast to the same type, Expand to the
 same shape, identity Transpose, plus the exact collapses Transpose∘Transpose,
 Reshape∘Reshape and Unsqueeze∘Unsqueeze. Cast∘Cast is left alone: it changes rounding.
 """
@@ -18,9 +19,8 @@ from collections.abc import Iterator
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _ir_utils, pattern
-from onnxscript.rewriter.rules.common import _basic_rules, _no_op
+from onnxscript.rewriter.rules.common import _basic_rules
 
-from llmc.compiler.instruments import count_nodes
 from llmc.compiler.registry import LlmcPass, PassOptions, register
 
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
@@ -54,7 +54,6 @@ RULES: dict[str, list[pattern.RewriteRule]] = {
     "add_0": _add_0.commute(),
     "sub_0": [_sub_0],
     "div_by_1": [_div_by_1],
-    "dropout": [_no_op.dropout_zero_rule, _no_op.dropout_inference_rule],
     "cast_same_type": [_basic_rules.no_op_cast_rule],
     "expand_same_shape": [_basic_rules.no_op_expand_rule],
     "transpose_identity": [_basic_rules.no_op_transpose_rule],
@@ -62,6 +61,33 @@ RULES: dict[str, list[pattern.RewriteRule]] = {
     "reshape_reshape": [_basic_rules.reshape_reshape_rule],
     "unsqueeze_unsqueeze": [_basic_rules.unsqueeze_unsqueeze_rule],
 }
+
+
+def eliminate_inference_dropouts(model: ir.Model) -> int:
+    """Dropout in inference mode returns its input: rewrite it to Identity (opset 7+)."""
+    if model.opset_imports.get("", 0) < 7:
+        return 0  # older Dropout had an is_test attribute with other semantics
+    count = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        mask = node.outputs[1] if len(node.outputs) > 1 else None
+        if mask is not None and (mask.uses() or mask.is_graph_output()):
+            continue
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        if training is not None:
+            flag = None if training.is_graph_input() else _ir_utils.get_numpy_value(training)
+            if flag is None or bool(flag):
+                continue
+        graph = node.graph
+        assert graph is not None
+        identity = ir.node("Identity", [node.inputs[0]], num_outputs=1)
+        graph.insert_before(node, identity)
+        ir.convenience.replace_all_uses_with(node.outputs[0], identity.outputs[0], replace_graph_outputs=True)
+        identity.outputs[0].name, node.outputs[0].name = node.outputs[0].name, None
+        graph.remove(node, safe=True)
+        count += 1
+    return count
 
 
 def eliminate_identities(model: ir.Model) -> int:
@@ -113,6 +139,9 @@ class NoOpEliminationPass(LlmcPass):
         self.stats = {}
         if removed := eliminate_identities(model):
             self.stats["identity"] = removed
+        if dropouts := eliminate_inference_dropouts(model):
+            eliminate_identities(model)
+            self.stats["dropout"] = dropouts
         for name, rules in RULES.items():
             with _defaults_not_constant(model.graph):
                 count = pattern.RewriteRuleSet(rules).apply_to_model(model)

@@ -15,6 +15,8 @@ class OrtRunner:
     def __init__(self, session: Any) -> None:
         self.session = session
         self.inputs = {i.name: i for i in session.get_inputs()}
+        # Initializers that are also graph inputs: defaults a caller may override.
+        self.overridable = {i.name for i in session.get_overridable_initializers()}
         self.output_names = [o.name for o in session.get_outputs()]
 
     @property
@@ -27,13 +29,13 @@ class OrtRunner:
             raise LlmcError(
                 f"missing input(s) {', '.join(missing)}; the model takes {', '.join(self.inputs)}"
             )
-        extra = [name for name in feeds if name not in self.inputs]
+        extra = [name for name in feeds if name not in self.inputs and name not in self.overridable]
         if extra:
             raise LlmcError(
                 f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(self.inputs)}"
             )
         outputs = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=True))
 
 
 def run_model(model: Any, feeds: dict[str, np.ndarray], config: Any = None) -> dict[str, np.ndarray]:
