@@ -6,10 +6,33 @@
     outputs = runner.run({"input_ids": ids, "attention_mask": mask})
 """
 
-from llmc.compiler.artifact import Artifact, Runner, load
-from llmc.compiler.build import build
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from llmc.errors import LlmcError
 
 __version__ = "0.1.0"
 
 __all__ = ["Artifact", "LlmcError", "Runner", "__version__", "build", "load"]
+
+if TYPE_CHECKING:
+    from llmc.compiler.artifact import Artifact, Runner, load
+    from llmc.compiler.build import build
+
+# The compiler pulls in onnx, onnx-ir and onnxruntime: import it on first use so that
+# `llmc --help` and `import llmc.errors` stay fast.
+_LAZY = {
+    "Artifact": "llmc.compiler.artifact",
+    "Runner": "llmc.compiler.artifact",
+    "load": "llmc.compiler.artifact",
+    "build": "llmc.compiler.build",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llmc' has no attribute {name!r}")

@@ -7,6 +7,7 @@ tolerance fails the build instead of shipping a model whose answers changed.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 import time
@@ -178,15 +179,26 @@ def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
         ir_model = model_io.load_model(path)
         return ir_model, {"path": str(path.resolve()), "sha256": model_io.sha256_file(path)}
     if isinstance(model, ir.Model):
-        model = ir.serde.serialize_model(model)  # never mutate the caller's model
+        # Work on a clone (weights shared, never copied) so the caller's model stays as it was.
+        ir_model = model.clone()
+        model_io.normalize(ir_model)
+        return ir_model, {"path": None, "sha256": _ir_sha256(model)}
     if isinstance(model, onnx.ModelProto):
-        import hashlib
-
         data = model.SerializeToString(deterministic=True)
-        ir_model = ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+        ir_model = ir.serde.deserialize_model(model)
         model_io.normalize(ir_model)
         return ir_model, {"path": None, "sha256": hashlib.sha256(data).hexdigest()}
     raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
+
+
+def _ir_sha256(model: ir.Model) -> str:
+    """A content hash of an in-memory model: its text form plus every initializer's bytes."""
+    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
+    for name, value in sorted(model.graph.initializers.items()):
+        digest.update(name.encode())
+        if value.const_value is not None:
+            digest.update(value.const_value.tobytes())
+    return digest.hexdigest()
 
 
 def _default_output(source: dict[str, Any], target: str) -> Path:
