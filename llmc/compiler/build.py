@@ -63,7 +63,7 @@ def build(
 ) -> Artifact:
     """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact."""
     from llmc import __version__
-    from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
+    from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, create_session, run_model
 
     log = log or (lambda _msg: None)
     _check_target(target, precision)
@@ -117,6 +117,10 @@ def build(
             f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
             "--diff-each to name the pass, then --disable-pass it"
         )
+    # The artifact must also load the way it will be deployed (device, threads, ORT level).
+    start = time.perf_counter()
+    create_session(out_dir / MODEL_FILE, session_config, saved)
+    session_seconds = time.perf_counter() - start
 
     manifest = {
         "llmc_version": __version__,
@@ -152,7 +156,11 @@ def build(
             "external_data": len(files) > 1,
         },
         "versions": _versions(),
-        "session": {"providers": session_config.providers(), "options": session_config.to_dict()},
+        "session": {
+            "providers": session_config.providers(),
+            "options": session_config.to_dict(),
+            "create_seconds": round(session_seconds, 4),
+        },
     }
     write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)

@@ -36,6 +36,10 @@ class SessionConfig:
     inter_op_num_threads: int = 0
     enable_mem_pattern: bool = True
     execution_mode: str = "sequential"
+    # ONNX Runtime graph transformers the session skips (e.g. "SkipLayerNormFusion"), for
+    # rewrites measured slower on the target. ONNX Runtime ignores names it does not know, so
+    # only names chosen by llmc's own measurements belong here, not user input.
+    disabled_optimizers: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICE_PROVIDERS:
@@ -112,9 +116,10 @@ def create_session(
     providers = config.providers()
     if isinstance(source, os.PathLike):
         source = str(source)
+    kwargs = {"disabled_optimizers": list(config.disabled_optimizers)} if config.disabled_optimizers else {}
     try:
         return ort.InferenceSession(
-            source, sess_options=config.session_options(), providers=providers
+            source, sess_options=config.session_options(), providers=providers, **kwargs
         )
     except Exception as exc:  # onnxruntime raises its own exception types
         raise explain_ort_error(exc, model) from None
