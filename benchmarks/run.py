@@ -11,6 +11,7 @@ llmc / ORT ratio. The ONNX backend node-case counts (the semantics oracle) are r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -58,15 +59,23 @@ def bench_model(key: str, runs: int, threads: int) -> list[dict[str, Any]]:
         artifact = llmc.build(source, output=out, shapes=shapes, threads=threads)
         model = load_model(source)
         feeds = make_feeds(model, resolve_shapes(model, shapes)[0])
+        ours_target = resolve_target(artifact.path, threads=threads, label="llmc")
+        # The same artifact with every ORT fusion on: the A/B behind SLOWER_ORT_FUSIONS.
+        all_fusions = dataclasses.replace(
+            ours_target, label="llmc, all ORT fusions",
+            config=dataclasses.replace(ours_target.config, disabled_optimizers=[]),
+        )
         targets = [
             resolve_target(source, threads=threads, level="all", label="ORT_ENABLE_ALL"),
-            resolve_target(artifact.path, threads=threads, label="llmc"),
+            ours_target,
+            all_fusions,
         ]
-        n = max(40, runs // batch)
-        ort, ours = run_benchmark(targets, feeds, runs=n, warmup=5)
+        n = _runs_for(targets[0], feeds, runs)
+        ort, ours, fused = run_benchmark(targets, feeds, runs=n, warmup=5)
         rows.append({
             "model": title, "batch": batch, "runs": n,
             "ort_p50": ort.p50_ms, "llmc_p50": ours.p50_ms, "ratio": ours.p50_ms / ort.p50_ms,
+            "fused_ratio": fused.p50_ms / ort.p50_ms,
             "ort_p90": ort.p90_ms, "llmc_p90": ours.p90_ms,
             "ort_rss": ort.peak_rss_mb, "llmc_rss": ours.peak_rss_mb,
             "nodes_before": artifact.manifest["nodes"]["before"],
@@ -77,6 +86,17 @@ def bench_model(key: str, runs: int, threads: int) -> list[dict[str, Any]]:
         print(f"{key} b{batch}: ORT {ort.p50_ms:.2f} ms, llmc {ours.p50_ms:.2f} ms "
               f"({ours.p50_ms / ort.p50_ms:.3f}x)", flush=True)
     return rows
+
+
+def _runs_for(target, feeds, runs: int, budget_s: float = 30.0) -> int:
+    """Timed runs per model: ``runs``, fewer for slow models (~budget_s each), never under 40."""
+    from llmc.backends.ort import OrtRunner, create_session
+
+    runner = OrtRunner(create_session(target.model_path, target.config))
+    runner.run(feeds)
+    start = time.perf_counter()
+    runner.run(feeds)
+    return max(40, min(runs, int(budget_s / (time.perf_counter() - start))))
 
 
 def render(rows: list[dict[str, Any]], node_cases: dict[str, Any], threads: int, seconds: float) -> str:
@@ -99,16 +119,18 @@ def render(rows: list[dict[str, Any]], node_cases: dict[str, Any], threads: int,
         "threads of the session that just ran otherwise starve the next one on 2 cores); "
         "p50/p90 in ms; ratio = llmc p50 / ORT p50 (below 1 is faster). Peak RSS from a fresh "
         "process per model (session + runs). Max abs error: the artifact vs the source model, "
-        "both in ORT_DISABLE_ALL.",
+        "both in ORT_DISABLE_ALL. The llmc artifact's session skips ONNX Runtime's "
+        "SkipLayerNormFusion on CPU (`SLOWER_ORT_FUSIONS`); 'ratio, all ORT fusions' times the same "
+        "artifact with it on, in the same interleaved run: the A/B behind that choice.",
         "",
-        "| model | batch | runs | ORT p50 | llmc p50 | ratio | ORT p90 | llmc p90 | ORT RSS MB "
-        "| llmc RSS MB | nodes before -> after | max abs error | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| model | batch | runs | ORT p50 | llmc p50 | ratio | ratio, all ORT fusions | ORT p90 "
+        "| llmc p90 | ORT RSS MB | llmc RSS MB | nodes before -> after | max abs error | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['runs']} | {r['ort_p50']:.2f} | {r['llmc_p50']:.2f} "
-            f"| {r['ratio']:.3f} | {r['ort_p90']:.2f} | {r['llmc_p90']:.2f} | {r['ort_rss']:.0f} "
+            f"| {r['ratio']:.3f} | {r['fused_ratio']:.3f} | {r['ort_p90']:.2f} | {r['llmc_p90']:.2f} | {r['ort_rss']:.0f} "
             f"| {r['llmc_rss']:.0f} | {r['nodes_before']} -> {r['nodes_after']} "
             f"| {r['max_abs_error']:.1e} | {r['compile_s']:.2f} |"
         )

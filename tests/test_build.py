@@ -33,6 +33,7 @@ def _check_artifact(source, artifact):
     assert v["max_abs_error"] <= 1e-4
     assert {"onnx", "onnx_ir", "onnxruntime"} <= set(m["versions"])
     assert m["session"]["providers"] == ["CPUExecutionProvider"]
+    assert m["session"]["options"]["disabled_optimizers"] == ["SkipLayerNormFusion"]
     assert json.loads((artifact.path / "manifest.json").read_text()) == m
     # The artifact, run the way it will be deployed, agrees with the source model.
     source_model = model_io.load_model(source)

@@ -59,3 +59,25 @@ def test_seeded_feeds_index_embedding_tables(tiny_bert_dynamo):
     again = make_feeds(model, resolve_shapes(model)[0], seed=1)
     assert all(np.array_equal(feeds[k], again[k]) for k in feeds)
     assert isinstance(model, ir.Model)
+
+
+def _optimized_ops(path, disabled, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=disabled)
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_slower_ort_fusion_names_are_real(tiny_bert_dynamo, tmp_path):
+    """ONNX Runtime ignores unknown optimizer names: check ours really switch the fusion off."""
+    from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
+
+    assert SLOWER_ORT_FUSIONS["cpu"] == ["SkipLayerNormFusion"]
+    assert "SkipLayerNormalization" in _optimized_ops(tiny_bert_dynamo, [], tmp_path)
+    assert "SkipLayerNormalization" not in _optimized_ops(
+        tiny_bert_dynamo, SLOWER_ORT_FUSIONS["cpu"], tmp_path
+    )

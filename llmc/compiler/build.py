@@ -64,10 +64,15 @@ def build(
     """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact."""
     from llmc import __version__
     from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, create_session, run_model
+    from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
 
     log = log or (lambda _msg: None)
     _check_target(target, precision)
-    session_config = SessionConfig(device=device, intra_op_num_threads=threads)
+    session_config = SessionConfig(
+        device=device,
+        intra_op_num_threads=threads,
+        disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(device, [])),
+    )
     session_config.providers()  # fail now, not after compiling, if the device is missing
 
     ir_model, source = _load_source(model)

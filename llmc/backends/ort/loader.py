@@ -24,6 +24,9 @@ DEVICE_PROVIDERS = {
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
 GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
+# ONNX Runtime fusions that measured slower than the ops they replace, per device; artifacts
+# built for that device record them as disabled (benchmarks/RESULTS.md has the A/B figures).
+SLOWER_ORT_FUSIONS = {"cpu": ["SkipLayerNormFusion"]}
 
 
 @dataclasses.dataclass
