@@ -63,7 +63,7 @@ def build(
 ) -> Artifact:
     """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact."""
     from llmc import __version__
-    from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, create_session, run_model
+    from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
     from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
 
     log = log or (lambda _msg: None)
@@ -114,7 +114,7 @@ def build(
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
     log("verifying the artifact against the source model")
     saved = model_io.load_model(out_dir / MODEL_FILE)
-    candidate = run_model(saved, feeds, REFERENCE_CONFIG)
+    candidate = OrtRunner(create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)).run(feeds)
     comparison = compare_outputs(reference, candidate, tolerance)
     worst = comparison.worst()
     if worst is not None:
