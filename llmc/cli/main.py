@@ -186,16 +186,13 @@ def check(
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
     from llmc.compiler.artifact import MODEL_FILE
     from llmc.compiler.compare import compare_outputs
-    from llmc.compiler.feeds import load_feeds, make_feeds, parse_shape_specs, resolve_shapes
+    from llmc.compiler.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.compiler.model_io import load_model
 
     source = load_model(original)
     candidate_path = artifact / MODEL_FILE if artifact.is_dir() else artifact
     candidate = load_model(candidate_path)
-    if inputs is not None:
-        feeds = load_feeds(inputs, source)
-    else:
-        feeds = make_feeds(source, resolve_shapes(source, parse_shape_specs(shape))[0], seed)
+    feeds = feeds_for(source, resolve_shapes(source, parse_shape_specs(shape))[0], inputs, seed)
     ref = OrtRunner(create_session(original, REFERENCE_CONFIG, source)).run(feeds)
     out = OrtRunner(create_session(candidate_path, REFERENCE_CONFIG, candidate)).run(feeds)
     result = compare_outputs(ref, out, tolerance)
@@ -226,15 +223,12 @@ def bench(
 ) -> None:
     """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
     from llmc.compiler.bench import resolve_target, run_benchmark
-    from llmc.compiler.feeds import load_feeds, make_feeds, parse_shape_specs, resolve_shapes
+    from llmc.compiler.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.compiler.model_io import load_model
 
     targets = [resolve_target(m, threads=threads, level=level) for m in models]
     first = load_model(targets[0].model_path)
-    if inputs is not None:
-        feeds = load_feeds(inputs, first)
-    else:
-        feeds = make_feeds(first, resolve_shapes(first, parse_shape_specs(shape))[0], seed)
+    feeds = feeds_for(first, resolve_shapes(first, parse_shape_specs(shape))[0], inputs, seed)
     results = run_benchmark(targets, feeds, runs=runs, warmup=warmup, measure_rss=rss)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))

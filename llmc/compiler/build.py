@@ -22,7 +22,7 @@ import onnx_ir as ir
 from llmc.compiler import model_io
 from llmc.compiler.artifact import MODEL_FILE, Artifact, write_manifest
 from llmc.compiler.compare import compare_outputs
-from llmc.compiler.feeds import check_feeds, load_feeds, make_feeds, resolve_shapes
+from llmc.compiler.feeds import feeds_for, resolve_shapes
 from llmc.compiler.instruments import (
     DifferentialInstrument,
     DumpIRInstrument,
@@ -82,7 +82,7 @@ def build(
     )
 
     concrete, assumed = resolve_shapes(ir_model, shapes)
-    feeds = _feeds(ir_model, concrete, inputs, seed)
+    feeds = feeds_for(ir_model, concrete, inputs, seed)
     log(f"reference run of the source model ({_describe_shapes(feeds)})")
     reference = _reference_outputs(model, ir_model, feeds, REFERENCE_CONFIG)
     nodes_before = count_nodes(ir_model)
@@ -219,20 +219,6 @@ def _default_output(source: dict[str, Any], target: str) -> Path:
         raise LlmcError("building from an in-memory model needs output=DIR")
     path = Path(source["path"])
     return path.parent / f"{path.stem}.llmc-{target}"
-
-
-def _feeds(
-    model: ir.Model,
-    shapes: dict[str, tuple[int, ...]],
-    inputs: str | Path | dict[str, np.ndarray] | None,
-    seed: int,
-) -> dict[str, np.ndarray]:
-    if inputs is None:
-        return make_feeds(model, shapes, seed)
-    if isinstance(inputs, dict):
-        check_feeds(model, inputs, "inputs")
-        return inputs
-    return load_feeds(inputs, model)
 
 
 def _reference_outputs(

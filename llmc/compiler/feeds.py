@@ -95,6 +95,21 @@ def make_feeds(
     return feeds
 
 
+def feeds_for(
+    model: ir.Model,
+    shapes: dict[str, tuple[int, ...]],
+    inputs: str | Path | dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The given inputs (an .npz path or a dict, checked against ``model``) or seeded ones."""
+    if inputs is None:
+        return make_feeds(model, shapes, seed)
+    if isinstance(inputs, dict):
+        check_feeds(model, inputs, "inputs")
+        return inputs
+    return load_feeds(inputs, model)
+
+
 def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.ndarray]:
     """Read feeds from an ``.npz``; check names, ranks and dtypes against ``model``."""
     path = Path(path)
