@@ -29,26 +29,13 @@ from llmc.compiler.pipeline import (
 )
 from llmc.compiler.registry import TARGETS, PassInfo, PassOptions, all_passes, get_pass
 from llmc.errors import LlmcError
+from tests.test_passes import build, op_types, vi
 
 F = TensorProto.FLOAT
 BUILTIN = ("cse", "fold", "noop", "prune", "shape")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def build(nodes, inputs, outputs, inits=()) -> ir.Model:
-    graph = oh.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
-    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
-    return ir.serde.deserialize_model(proto)
-
-
-def vi(name, shape):
-    return oh.make_tensor_value_info(name, F, shape)
-
-
-def op_types(model: ir.Model) -> list[str]:
-    return [n.op_type for n in model.graph]
 
 
 def identity_cse_model() -> ir.Model:
