@@ -7,12 +7,18 @@ dim still unbound takes 1 on axis 0 (batch) and 128 elsewhere; those choices are
 
 Seeded feeds: integer inputs used as indices of a Gather over a constant table are drawn from
 ``[0, table rows)``, other integers are 1, booleans True, floats standard normal.
+
+Decoders with a KV cache (inputs ``past_key_values.*`` / ``past_*`` of rank 4, the Hugging Face
+and ONNX Runtime GenAI convention) get consistent feeds: the attention mask's length is
+``past + sequence`` and ``position_ids`` count on from the cache, ``past .. past + sequence - 1``,
+which is what a generation loop feeds and what fused attention kernels assume.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -44,9 +50,7 @@ def resolve_shapes(
     inputs = _runtime_inputs(model)
     unknown = [name for name in given if name not in inputs]
     if unknown:
-        raise LlmcError(
-            f"--shape names unknown input(s) {', '.join(unknown)}; inputs: {', '.join(inputs)}"
-        )
+        raise LlmcError(f"--shape names unknown input(s) {', '.join(unknown)}; inputs: {', '.join(inputs)}")
     symbols: dict[str, int] = {}
     for name, dims in given.items():
         declared = inputs[name].shape
@@ -62,8 +66,11 @@ def resolve_shapes(
                 )
             if isinstance(dim, ir.SymbolicDim) and dim.value:
                 symbols.setdefault(dim.value, dims[axis])
-    shapes: dict[str, tuple[int, ...]] = {}
     assumed: dict[str, int] = {}
+    layout = _decoder_layout(inputs)
+    if layout is not None:
+        _bind_total_sequence(layout, symbols, assumed)
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, value in inputs.items():
         if name in given:
             shapes[name] = given[name]
@@ -84,14 +91,20 @@ def resolve_shapes(
     return shapes, assumed
 
 
-def make_feeds(
-    model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 0
-) -> dict[str, np.ndarray]:
+def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs of the given shapes, with valid index ranges for embedding lookups."""
     rng = np.random.default_rng(seed)
+    inputs = _runtime_inputs(model)
     feeds = {}
-    for name, value in _runtime_inputs(model).items():
+    for name, value in inputs.items():
         feeds[name] = _make_array(value, shapes[name], rng)
+    layout = _decoder_layout(inputs)
+    if layout is not None and layout.position_ids in feeds:
+        past = shapes[layout.past_input][2]
+        array = feeds[layout.position_ids]
+        if array.ndim >= 1:
+            positions = np.arange(past, past + array.shape[-1], dtype=array.dtype)
+            feeds[layout.position_ids] = np.broadcast_to(positions, array.shape).copy()
     return feeds
 
 
@@ -138,9 +151,7 @@ def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> N
         array = feeds[name]
         expected = value.dtype.numpy() if value.dtype is not None else None
         if expected is not None and array.dtype != expected:
-            raise LlmcError(
-                f"{origin}: input '{name}' is {array.dtype} but the model expects {expected}"
-            )
+            raise LlmcError(f"{origin}: input '{name}' is {array.dtype} but the model expects {expected}")
         if value.shape is not None and len(value.shape) != array.ndim:
             raise LlmcError(
                 f"{origin}: input '{name}' has rank {array.ndim} but the model expects "
@@ -148,11 +159,72 @@ def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> N
             )
 
 
+class _DecoderLayout(NamedTuple):
+    past_input: str  # one KV-cache input, [batch, heads, past, head_size]
+    past: str  # symbol of the cached length
+    sequence: str  # symbol of the new tokens' length
+    total: str | None  # symbol of the attention mask's length, past + sequence
+    position_ids: str | None
+
+
+def _decoder_layout(inputs: dict[str, ir.Value]) -> _DecoderLayout | None:
+    """The KV-cache symbols of a decoder's inputs, or None for a model without a cache."""
+    past = next(
+        (
+            v
+            for n, v in inputs.items()
+            if (n.startswith("past_key_values") or n.startswith("past_"))
+            and v.shape is not None
+            and len(v.shape) == 4
+            and isinstance(v.shape[2], ir.SymbolicDim)
+            and v.shape[2].value
+        ),
+        None,
+    )
+    ids = inputs.get("input_ids")
+    if past is None or ids is None or ids.shape is None or len(ids.shape) != 2:
+        return None
+    sequence = ids.shape[1]
+    if not isinstance(sequence, ir.SymbolicDim) or not sequence.value:
+        return None
+    total = None
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.shape is not None and len(mask.shape) == 2:
+        last = mask.shape[1]
+        if isinstance(last, ir.SymbolicDim) and last.value not in (None, sequence.value):
+            total = last.value
+    positions = "position_ids" if "position_ids" in inputs else None
+    return _DecoderLayout(past.name, past.shape[2].value, sequence.value, total, positions)
+
+
+def _bind_total_sequence(layout: _DecoderLayout, symbols: dict[str, int], assumed: dict[str, int]) -> None:
+    """Keep ``total = past + sequence`` whichever of them was given or assumed."""
+    if layout.total is None:
+        return
+    if layout.sequence not in symbols:
+        symbols[layout.sequence] = DEFAULT_DIM
+        assumed[layout.sequence] = DEFAULT_DIM
+    if layout.total in symbols and layout.past not in symbols:
+        symbols[layout.past] = max(symbols[layout.total] - symbols[layout.sequence], 0)
+        assumed[layout.past] = symbols[layout.past]
+    for symbol in (layout.past,):
+        if symbol not in symbols:
+            symbols[symbol] = DEFAULT_DIM
+            assumed[symbol] = DEFAULT_DIM
+    past, sequence = symbols[layout.past], symbols[layout.sequence]
+    if layout.total in symbols:
+        if symbols[layout.total] != past + sequence:
+            raise LlmcError(
+                f"--shape: attention_mask length {layout.total}={symbols[layout.total]} must be "
+                f"past + sequence = {past} + {sequence} = {past + sequence} for this decoder"
+            )
+        return
+    symbols[layout.total] = past + sequence
+
+
 def _runtime_inputs(model: ir.Model) -> dict[str, ir.Value]:
     """Graph inputs a caller must feed (initializers listed as inputs are optional)."""
-    return {
-        v.name: v for v in model.graph.inputs if v.name and v.name not in model.graph.initializers
-    }
+    return {v.name: v for v in model.graph.inputs if v.name and v.name not in model.graph.initializers}
 
 
 def _make_array(value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -108,8 +108,7 @@ def _weights_as_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with initializers turned into typed graph inputs (no weight bytes)."""
     graph = proto.graph
     inputs = [
-        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-        for t in graph.initializer
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
     ]
     graph.ClearField("initializer")
     graph.input.extend(inputs)
@@ -181,7 +180,15 @@ class DifferentialInstrument(Instrument):
         if not record.modified:
             return
         assert self.reference is not None
-        result = compare_outputs(self.reference, run_model(model, self.feeds), self.tolerance)
+        try:
+            outputs = run_model(model, self.feeds)
+        except Exception as exc:
+            raise DifferentialCheckError(
+                f"after pass '{record.name}' ONNX Runtime cannot run the model "
+                f"({_first_line(exc)}); rebuild with --disable-pass {record.name} and report "
+                "this as an llmc bug"
+            ) from exc
+        result = compare_outputs(self.reference, outputs, self.tolerance)
         self.checked += 1
         worst = result.worst()
         if worst is not None:
@@ -191,3 +198,6 @@ class DifferentialInstrument(Instrument):
             )
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
