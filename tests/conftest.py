@@ -13,8 +13,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_BERT = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-    vocab_size=1000, max_position_embeddings=256,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    vocab_size=1000,
+    max_position_embeddings=256,
 )
 
 
@@ -62,3 +66,45 @@ def relu_model(tmp_path) -> Path:
     path = tmp_path / "relu.onnx"
     onnx.save(model, path)
     return path
+
+
+TINY_GPT2 = dict(
+    n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=256, bos_token_id=0, eos_token_id=0
+)
+TINY_LLAMA = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=1000,
+    max_position_embeddings=256,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dynamo(models_dir) -> Path:
+    from llmc.export import export_decoder, gpt2_model
+
+    return export_decoder(gpt2_model(**TINY_GPT2), models_dir / "tiny_gpt2_dynamo.onnx", dynamo=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_legacy(models_dir) -> Path:
+    from llmc.export import export_decoder, gpt2_model
+
+    return export_decoder(gpt2_model(**TINY_GPT2), models_dir / "tiny_gpt2_legacy.onnx", dynamo=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dynamo(models_dir) -> Path:
+    from llmc.export import export_decoder, llama_model
+
+    return export_decoder(llama_model(**TINY_LLAMA), models_dir / "tiny_llama_dynamo.onnx", dynamo=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_legacy(models_dir) -> Path:
+    from llmc.export import export_decoder, llama_model
+
+    return export_decoder(llama_model(**TINY_LLAMA), models_dir / "tiny_llama_legacy.onnx", dynamo=False)
