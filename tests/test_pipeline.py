@@ -32,7 +32,7 @@ from llmc.errors import LlmcError
 from tests.test_passes import build, op_types, vi
 
 F = TensorProto.FLOAT
-BUILTIN = ("cse", "fold", "noop", "prune", "shape")
+BUILTIN = ("cse", "fold", "fuse", "noop", "prune", "shape")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -256,9 +256,12 @@ def test_fixed_point_group_with_real_passes():
     assert manager.run(model) is True
     # iteration 0: noop removes the Identity; 1: cse merges the Relus; 2: nothing, stop.
     assert [(r.name, r.iteration, r.modified) for r in manager.records] == [
-        ("cse", 0, False), ("noop", 0, True),
-        ("cse", 1, True), ("noop", 1, False),
-        ("cse", 2, False), ("noop", 2, False),
+        ("cse", 0, False),
+        ("noop", 0, True),
+        ("cse", 1, True),
+        ("noop", 1, False),
+        ("cse", 2, False),
+        ("noop", 2, False),
     ]
     assert op_types(model) == ["Relu", "Add", "Add"]
     np.testing.assert_array_equal(run_model(model, feeds())["y"], reference["y"])
@@ -268,7 +271,17 @@ def test_pass_manager_reports_no_change():
     model = build([oh.make_node("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])])
     manager = PassManager(default_pipeline("ort"))
     assert manager.run(model) is False
-    assert [r.name for r in manager.records] == ["prune", "shape", "fold", "noop", "cse"]
+    assert [r.name for r in manager.records] == [
+        "prune",
+        "shape",
+        "fold",
+        "noop",
+        "cse",
+        "fuse",
+        "prune",
+        "fold",
+        "cse",
+    ]
     assert not any(r.modified for r in manager.records)
 
 
@@ -346,7 +359,9 @@ def test_differential_check_passes_correct_passes():
 def test_differential_check_uses_a_given_reference():
     model = dead_code_model()
     wrong = {"y": run_model(model, feeds())["y"] + 1}
-    manager = PassManager(parse_pipeline("prune"), instruments=[DifferentialInstrument(feeds(), reference=wrong)])
+    manager = PassManager(
+        parse_pipeline("prune"), instruments=[DifferentialInstrument(feeds(), reference=wrong)]
+    )
     with pytest.raises(DifferentialCheckError, match="pass 'prune'"):
         manager.run(model)
 
@@ -404,7 +419,9 @@ def test_dump_ir_writes_selected_passes(tmp_path):
 
 
 def test_dump_ir_all(tmp_path):
-    manager = PassManager(parse_pipeline("prune,fold,noop"), instruments=[DumpIRInstrument(["all"], tmp_path)])
+    manager = PassManager(
+        parse_pipeline("prune,fold,noop"), instruments=[DumpIRInstrument(["all"], tmp_path)]
+    )
     manager.run(dead_code_model())
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["000-input.txt", "001-prune.txt", "002-fold.txt", "003-noop.txt"]

@@ -57,21 +57,81 @@ InputsOpt = Annotated[
 @user_errors
 def build(
     model: Annotated[Path, typer.Argument(help="The ONNX model to compile.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="ort (ONNX Runtime) or trt (TensorRT).")] = "ort",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact directory [default: MODEL.llmc-TARGET beside the model].")] = None,
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="ort (ONNX Runtime) or trt (TensorRT).")
+    ] = "ort",
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Artifact directory [default: MODEL.llmc-TARGET beside the model]."
+        ),
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32.")] = "fp32",
     shape: ShapeOpt = None,
     inputs: InputsOpt = None,
-    passes: Annotated[Optional[str], typer.Option("--passes", help='Pipeline text, e.g. "prune,(fold,cse)*3" (see `llmc passes`).')] = None,
-    disable_pass: Annotated[Optional[list[str]], typer.Option("--disable-pass", help="Remove a pass from the pipeline (repeatable).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or tensorrt (ONNX Runtime execution provider).")] = "cpu",
-    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads recorded in the artifact (0: ORT default).")] = 0,
-    verify_each: Annotated[bool, typer.Option("--verify-each", help="Run the ONNX checker and strict shape inference after every pass.")] = False,
-    diff_each: Annotated[bool, typer.Option("--diff-each", help="Run the model in ONNX Runtime after every pass; name the first that changes outputs.")] = False,
-    dump_ir_after: Annotated[Optional[tuple[str, Path]], typer.Option("--dump-ir-after", metavar="NAME|all DIR", help="Write the IR as text after pass NAME (or all) into DIR.")] = None,
-    tolerance: Annotated[float, typer.Option(help="Max abs error allowed, relative to each output's scale.")] = 1e-4,
-    external_data: Annotated[Optional[bool], typer.Option("--external-data/--no-external-data", help="Force weights into model.onnx.data (default: only over 2 GB).")] = None,
+    passes: Annotated[
+        Optional[str],
+        typer.Option("--passes", help='Pipeline text, e.g. "prune,(fold,cse)*3" (see `llmc passes`).'),
+    ] = None,
+    disable_pass: Annotated[
+        Optional[list[str]],
+        typer.Option("--disable-pass", help="Remove a pass from the pipeline (repeatable)."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda or tensorrt (ONNX Runtime execution provider).")
+    ] = "cpu",
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime intra-op threads recorded in the artifact (0: ORT default).")
+    ] = 0,
+    verify_each: Annotated[
+        bool,
+        typer.Option(
+            "--verify-each", help="Run the ONNX checker and strict shape inference after every pass."
+        ),
+    ] = False,
+    diff_each: Annotated[
+        bool,
+        typer.Option(
+            "--diff-each",
+            help="Run the model in ONNX Runtime after every pass; name the first that changes outputs.",
+        ),
+    ] = False,
+    dump_ir_after: Annotated[
+        Optional[tuple[str, Path]],
+        typer.Option(
+            "--dump-ir-after",
+            metavar="NAME|all DIR",
+            help="Write the IR as text after pass NAME (or all) into DIR.",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Max abs error allowed, relative to each output's scale.")
+    ] = 1e-4,
+    external_data: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--external-data/--no-external-data",
+            help="Force weights into model.onnx.data (default: only over 2 GB).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated verification inputs.")] = 0,
+    enable_fusion: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--enable-fusion",
+            help="Turn on a fusion family that is off by default for the target (repeatable; see `llmc passes`).",
+        ),
+    ] = None,
+    disable_fusion: Annotated[
+        Optional[list[str]], typer.Option("--disable-fusion", help="Turn off a fusion family (repeatable).")
+    ] = None,
+    explain_fusion: Annotated[
+        bool,
+        typer.Option(
+            "--explain-fusion",
+            help="List every candidate that did not fuse: family, node, closest rule, failed check.",
+        ),
+    ] = False,
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
@@ -84,22 +144,46 @@ def build(
         dump_dir = dump_ir_after[1]
     with console.status("compiling") as status:
         artifact = build_model(
-            model, target=target, precision=precision, output=output,
-            shapes=parse_shape_specs(shape), inputs=inputs, passes=passes,
-            disable_passes=disable_pass or [], device=device, threads=threads,
-            verify_each=verify_each, diff_each=diff_each, dump_ir_after=dump_names,
-            dump_dir=dump_dir, tolerance=tolerance, external_data=external_data, seed=seed,
+            model,
+            target=target,
+            precision=precision,
+            output=output,
+            shapes=parse_shape_specs(shape),
+            inputs=inputs,
+            passes=passes,
+            disable_passes=disable_pass or [],
+            device=device,
+            threads=threads,
+            verify_each=verify_each,
+            diff_each=diff_each,
+            dump_ir_after=dump_names,
+            dump_dir=dump_dir,
+            tolerance=tolerance,
+            external_data=external_data,
+            seed=seed,
+            fusions=_fusion_overrides(enable_fusion, disable_fusion),
             log=lambda msg: status.update(msg),
         )
-    _print_build(artifact.manifest, artifact.path)
+    _print_build(artifact.manifest, artifact.path, explain_fusion=explain_fusion)
 
 
-def _print_build(manifest: dict[str, Any], path: Path) -> None:
+def _fusion_overrides(enable: list[str] | None, disable: list[str] | None) -> dict[str, bool]:
+    overrides = {name: True for name in enable or []}
+    for name in disable or []:
+        if overrides.get(name):
+            raise LlmcError(f"fusion '{name}' is both enabled and disabled; pick one")
+        overrides[name] = False
+    return overrides
+
+
+def _print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = False) -> None:
     table = Table(title=f"passes ({manifest['pipeline']})")
     for col in ("pass", "iter", "ms", "nodes", "rewrites"):
         table.add_column(col, justify="right" if col in ("iter", "ms") else "left")
     for rec in manifest["passes"]:
-        nodes = f"{rec['nodes_before']} -> {rec['nodes_after']}" if rec["modified"] else str(rec["nodes_after"])
+        nodes = (
+            f"{rec['nodes_before']} -> {rec['nodes_after']}" if rec["modified"] else str(rec["nodes_after"])
+        )
         stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
         table.add_row(rec["name"], str(rec["iteration"]), f"{rec['seconds'] * 1e3:.1f}", nodes, stats)
     console.print(table)
@@ -113,9 +197,43 @@ def _print_build(manifest: dict[str, Any], path: Path) -> None:
         f"verified against the source: max abs error {v['max_abs_error']:.3g}, "
         f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
     )
-    if manifest["fusions"]:
-        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
+    _print_fusion(manifest, explain_fusion)
     console.print(f"artifact: {escape(str(path))}")
+
+
+def _print_fusion(manifest: dict[str, Any], explain: bool) -> None:
+    if manifest.get("fusions"):
+        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
+    if manifest.get("fused_ops"):
+        console.print(
+            "fused ops in the artifact: " + ", ".join(f"{k} x{n}" for k, n in manifest["fused_ops"].items())
+        )
+    records = manifest.get("not_fused", [])
+    if not records:
+        if "fusion_families" in manifest:
+            console.print("not fused: nothing (no candidate of any fusion family is left)")
+        return
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        groups.setdefault((r["family"], r["reason"]), []).append(r["node"])
+    if not explain:
+        console.print(f"not fused: {len(records)} candidate(s)")
+        for (family, reason), nodes in groups.items():
+            console.print(f"  {family} x{len(nodes)}: {escape(_short(reason))}")
+        console.print("  (--explain-fusion lists every node and the closest rule)")
+        return
+    # One line per candidate (not a table): node names stay whole and the output greps.
+    console.print(f"not fused (why): {len(records)} candidate(s)")
+    for r in records:
+        closest = f"closest rule {r['rule']}, {r['matched_nodes']} node(s) matched: " if r["rule"] else ""
+        console.print(
+            f"  {r['family']}  {escape(r['node'])} ({r['op_type']}): {closest}{escape(r['reason'])}",
+            soft_wrap=True,
+        )
+
+
+def _short(text: str, limit: int = 140) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @app.command()
@@ -132,7 +250,9 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    console.print(f"[bold]{escape(info['path'])}[/bold]  IR v{info['ir_version']}, producer {info['producer']}")
+    console.print(
+        f"[bold]{escape(info['path'])}[/bold]  IR v{info['ir_version']}, producer {info['producer']}"
+    )
     console.print("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
     io = Table(title="inputs and outputs")
     for col in ("kind", "name", "dtype", "shape"):
@@ -170,6 +290,16 @@ def list_passes() -> None:
     console.print(table)
     for target, text in DEFAULT_PIPELINES.items():
         console.print(f"default pipeline for {target}: {text}")
+    from llmc.passes.fusion.families import FAMILIES
+
+    fusions = Table(title="fusion families (pass 'fuse'; --enable-fusion / --disable-fusion NAME)")
+    for col in ("name", "targets", "produces", "off by default on", "description"):
+        fusions.add_column(col)
+    for family in FAMILIES:
+        off = ", ".join(f"{t}/{d}" for t, d in family.off_by_default) or "-"
+        produces = ", ".join(p.split("::")[1] for p in family.produces) or "-"
+        fusions.add_row(family.name, ",".join(family.targets), produces, off, family.description)
+    console.print(fusions)
 
 
 @app.command()
@@ -179,7 +309,9 @@ def check(
     artifact: Annotated[Path, typer.Argument(help="An artifact directory or ONNX model to compare.")],
     shape: ShapeOpt = None,
     inputs: InputsOpt = None,
-    tolerance: Annotated[float, typer.Option(help="Max abs error allowed, relative to each output's scale.")] = 1e-4,
+    tolerance: Annotated[
+        float, typer.Option(help="Max abs error allowed, relative to each output's scale.")
+    ] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed of the generated inputs.")] = 0,
 ) -> None:
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
@@ -200,8 +332,13 @@ def check(
     for col in ("output", "max abs", "max rel", "cosine", "result"):
         table.add_column(col)
     for o in result.outputs:
-        table.add_row(escape(o.name), f"{o.max_abs_error:.3g}", f"{o.max_rel_error:.3g}", f"{o.cosine:.6f}",
-                      "ok" if o.passed else f"FAIL: {o.reason}")
+        table.add_row(
+            escape(o.name),
+            f"{o.max_abs_error:.3g}",
+            f"{o.max_rel_error:.3g}",
+            f"{o.cosine:.6f}",
+            "ok" if o.passed else f"FAIL: {o.reason}",
+        )
     console.print(table)
     if not result.passed:
         raise typer.Exit(1)
@@ -217,7 +354,9 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0: default).")] = 0,
     level: Annotated[str, typer.Option(help="ORT graph optimization level for plain ONNX files.")] = "all",
-    rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Measure peak RSS in a child process per model.")] = True,
+    rss: Annotated[
+        bool, typer.Option("--rss/--no-rss", help="Measure peak RSS in a child process per model.")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the generated inputs.")] = 0,
 ) -> None:
@@ -233,15 +372,27 @@ def bench(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
-    table = Table(title=f"latency ms ({runs} interleaved runs); ratio: p50 / first p50; RSS: peak",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"latency ms ({runs} interleaved runs); ratio: p50 / first p50; RSS: peak",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     table.add_column("model", overflow="fold", min_width=12)
     for col in ("p50", "p90", "p99", "mean", "rows/s", "load s", "RSS MB", "ratio"):
         table.add_column(col, justify="right")
     for r in results:
         peak = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
-        table.add_row(escape(r.label), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.mean_ms:.2f}",
-                      f"{r.throughput:.1f}", f"{r.session_create_s:.2f}", peak, f"{r.ratio_p50:.3f}")
+        table.add_row(
+            escape(r.label),
+            f"{r.p50_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.mean_ms:.2f}",
+            f"{r.throughput:.1f}",
+            f"{r.session_create_s:.2f}",
+            peak,
+            f"{r.ratio_p50:.3f}",
+        )
     console.print(table)
 
 

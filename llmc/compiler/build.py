@@ -7,6 +7,7 @@ tolerance fails the build instead of shipping a model whose answers changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 import sys
@@ -59,12 +60,18 @@ def build(
     external_data: bool | None = None,
     seed: int = 0,
     options: PassOptions | None = None,
+    fusions: dict[str, bool] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Artifact:
-    """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact."""
+    """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact.
+
+    ``fusions`` turns fusion families on/off against the target's measured defaults
+    (``{"skip_layer_norm": True}``); see ``llmc passes`` for their names.
+    """
     from llmc import __version__
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
     from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
+    from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 
     log = log or (lambda _msg: None)
     _check_target(target, precision)
@@ -74,6 +81,14 @@ def build(
         disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(device, [])),
     )
     session_config.providers()  # fail now, not after compiling, if the device is missing
+
+    enabled, disabled = enabled_families(target, device, fusions)
+    options = dataclasses.replace(
+        options or PassOptions(),
+        target=target,
+        device=device,
+        fusions=tuple(sorted((fusions or {}).items())),
+    )
 
     ir_model, source = _load_source(model)
     out_dir = Path(output) if output is not None else _default_output(source, target)
@@ -86,7 +101,7 @@ def build(
     log(f"reference run of the source model ({_describe_shapes(feeds)})")
     reference = _reference_outputs(model, ir_model, feeds, REFERENCE_CONFIG)
     nodes_before = count_nodes(ir_model)
-    contrib_before = _contrib_ops(ir_model)
+    fused_before = fused_op_counts(ir_model, target)
 
     instruments: list[Instrument] = []
     if verify_each:
@@ -109,6 +124,9 @@ def build(
     manager.run(ir_model)
     model_io.normalize(ir_model)
     compile_seconds = time.perf_counter() - start
+    fused_after = fused_op_counts(ir_model, target)
+    # Unfused candidates of every family of the target (disabled ones say why they are off).
+    not_fused = explain(ir_model, _families(target), disabled, target) if "fuse" in pipeline.names() else []
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
@@ -135,7 +153,10 @@ def build(
         "pipeline": str(pipeline),
         "passes": [r.to_dict() for r in manager.records],
         "rewrites": manager.timing.rewrites(),
-        "fusions": _fusions(contrib_before, _contrib_ops(ir_model)),
+        "fusions": _fusions(fused_before, fused_after),
+        "fused_ops": fused_after,
+        "not_fused": [r.to_dict() for r in not_fused],
+        "fusion_families": {"enabled": [f.name for f in enabled], "disabled": disabled},
         "nodes": {"before": nodes_before, "after": count_nodes(ir_model)},
         "compile_seconds": round(compile_seconds, 4),
         "shapes": {
@@ -150,8 +171,11 @@ def build(
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
             "seed": seed if inputs is None else None,
             "outputs": {
-                o.name: {"max_abs_error": o.max_abs_error, "max_rel_error": o.max_rel_error,
-                         "cosine": o.cosine}
+                o.name: {
+                    "max_abs_error": o.max_abs_error,
+                    "max_rel_error": o.max_rel_error,
+                    "cosine": o.cosine,
+                }
                 for o in comparison.outputs
             },
         },
@@ -201,7 +225,9 @@ def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
         ir_model = ir.serde.deserialize_model(model)
         model_io.normalize(ir_model)
         return ir_model, {"path": None, "sha256": hashlib.sha256(data).hexdigest()}
-    raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
+    raise LlmcError(
+        f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model"
+    )
 
 
 def _ir_sha256(model: ir.Model) -> str:
@@ -233,17 +259,14 @@ def _reference_outputs(
     return run_model(ir_model, feeds, config)
 
 
-def _contrib_ops(model: ir.Model) -> dict[str, int]:
-    """Nodes of ONNX Runtime's contrib domain (where fused ops live), by op type."""
-    counts: dict[str, int] = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain == "com.microsoft":
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+def _families(target: str) -> list:
+    from llmc.passes.fusion.families import families_for
+
+    return families_for(target)
 
 
 def _fusions(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """Fused ops the build created: contrib-domain nodes gained, by op type."""
+    """Fused ops the build created: nodes of fused op types gained, by op type."""
     return {op: n - before.get(op, 0) for op, n in sorted(after.items()) if n > before.get(op, 0)}
 
 

@@ -25,6 +25,11 @@ class PassOptions:
     fold_size_limit: int = 1 << 16
     # Inputs over this many elements are folded only by ops that consume them alone.
     fold_input_size_limit: int = 1 << 20
+    # The build's target and device: target-specific passes (fusion) read them.
+    target: str = "ort"
+    device: str = "cpu"
+    # Fusion families turned on/off against the target's defaults: ((name, on), ...).
+    fusions: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,4 @@ def get_pass(name: str) -> PassInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise LlmcError(
-            f"unknown pass '{name}'; valid passes: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise LlmcError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_REGISTRY))}") from None

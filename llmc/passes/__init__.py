@@ -1,3 +1,3 @@
 """Built-in passes. Importing this package registers them (see ``llmc passes``)."""
 
-from llmc.passes import cse, fold, noop, prune, shape  # noqa: F401  (registration)
+from llmc.passes import cse, fold, fusion, noop, prune, shape  # noqa: F401  (registration)

@@ -27,8 +27,7 @@ _GUARD = "_llmc_cse_guard"
 def _custom_ops_kept_apart(model: ir.Model) -> Iterator[None]:
     """Give each custom-domain node a unique temporary attribute so CSE sees them as distinct."""
     guarded = [
-        node for node in ir.traversal.RecursiveGraphIterator(model.graph)
-        if node.domain not in KNOWN_DOMAINS
+        node for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.domain not in KNOWN_DOMAINS
     ]
     for i, node in enumerate(guarded):
         node.attributes[_GUARD] = ir.AttrInt64(_GUARD, i)

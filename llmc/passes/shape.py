@@ -73,7 +73,8 @@ class ShapeSimplificationPass(LlmcPass):
     def _replace(graph: ir.Graph, node: ir.Node, array: np.ndarray) -> None:
         old = node.outputs[0]
         value = ir.Value(
-            type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(array.shape),
+            type=ir.TensorType(ir.DataType.INT64),
+            shape=ir.Shape(array.shape),
             const_value=ir.tensor(array),
         )
         old.replace_all_uses_with(value)

@@ -1,0 +1,103 @@
+"""Transformer operator fusion for the build's target, with a "why not fused" report.
+
+Rewrites: the subgraphs of the target's enabled fusion families (``families.FAMILIES``) into
+ONNX Runtime contrib ops (target ``ort``) or standard ONNX ops TensorRT fuses itself (``trt``).
+Requires: a topologically sorted graph (shape inference is run here; checks read shapes).
+Guarantees: every rewrite is exact (each rule's check proves the fused op computes the same
+function: axes, constants, shapes), graph inputs/outputs are unchanged, intermediate fusion
+functions not consumed by a later rule are inlined back. ``stats`` counts rewrites per family;
+``report.explain`` lists the candidates left and why.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.errors import LlmcError
+from llmc.passes.fusion.families import FAMILIES, FusionFamily, families_for
+from llmc.passes.fusion.report import NotFused, explain
+from llmc.passes.fusion.symbolic_shapes import refine_shapes
+from llmc.passes.noop import eliminate_identities
+
+__all__ = ["FusionPass", "NotFused", "enabled_families", "explain", "fused_op_counts"]
+
+FUSION_DOMAIN = "ai.onnxruntime._fusion"  # onnxscript's intermediate ops (SDPA...)
+
+
+def enabled_families(
+    target: str, device: str, overrides: dict[str, bool] | None = None
+) -> tuple[list[FusionFamily], dict[str, str]]:
+    """The target's families in order, and the disabled ones with why."""
+    overrides = dict(overrides or {})
+    names = {f.name for f in FAMILIES}
+    for name in overrides:
+        if name not in names:
+            raise LlmcError(f"unknown fusion '{name}'; valid fusions: {', '.join(sorted(names))}")
+    available = families_for(target)
+    for name in overrides:
+        if name not in {f.name for f in available}:
+            raise LlmcError(
+                f"fusion '{name}' does not apply to target '{target}'; its fusions: "
+                f"{', '.join(f.name for f in available)}"
+            )
+    enabled, disabled = [], {}
+    for family in available:
+        on = overrides.get(family.name, family.enabled_by_default(target, device))
+        if on:
+            enabled.append(family)
+        elif family.name in overrides:
+            disabled[family.name] = "turned off by --disable-fusion"
+        else:
+            disabled[family.name] = (
+                f"off by default for {target}/{device}: " + family.off_by_default[(target, device)]
+            )
+    return enabled, disabled
+
+
+def fused_op_counts(model: ir.Model, target: str) -> dict[str, int]:
+    """Nodes of every op a fusion family of ``target`` produces, by op type."""
+    produced = {p for f in families_for(target) for p in f.produces}
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if f"{domain}::{node.op_type}" in produced:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _shape_inference(model: ir.Model) -> None:
+    common_passes.ShapeInferencePass(check_type=False, strict_mode=False)(model)
+
+
+@register("fuse", "transformer fusions for the target (see --explain-fusion)")
+class FusionPass(LlmcPass):
+    def __init__(self, options: PassOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or PassOptions()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opts = self.options
+        enabled, _ = enabled_families(opts.target, opts.device, dict(opts.fusions))
+        _shape_inference(model)
+        refine_shapes(model)
+        for family in enabled:
+            if family.opset_problem(model, opts.target):
+                continue  # reported by explain()
+            count = 0
+            for step in family.steps:
+                for rule_set in step.rules():
+                    count += rule_set.apply_to_model(model)
+                eliminate_identities(model)  # rewrites to Identity (canonical rules)
+                common_passes.RemoveUnusedNodesPass()(model)  # frees values for the next step
+                if step.shape_inference:
+                    _shape_inference(model)
+            if count:
+                self.stats[family.name] = count
+        # Intermediate fusion functions (e.g. SDPA) that no later rule consumed.
+        common_passes.InlinePass(lambda f: f.domain.startswith(FUSION_DOMAIN))(model)
+        common_passes.RemoveUnusedFunctionsPass()(model)
+        common_passes.RemoveUnusedNodesPass()(model)
+        common_passes.RemoveUnusedOpsetsPass()(model)
+        return ir.passes.PassResult(model, modified=bool(self.stats))

@@ -1,0 +1,337 @@
+"""Fusion families: which rewrite rules run for which target, in which order, on by default or not.
+
+A family is one user-visible fusion (``attention``, ``bias_gelu``...): an ordered list of
+onnxscript rule sets (pattern / check / rewrite), the ops it produces, and the "anchor" ops whose
+presence after fusion marks a candidate that did not fuse (what the "why not fused" report
+lists). onnxscript's ``ort_fusions`` rules are the engine (they already understand dynamo
+exports); llmc adds canonicalisation rules for the legacy exporter's variants, standard-op rules
+for TensorRT, and the per-target defaults, which are decided by measurement (``make bench``
+times every family on/off; the figures are in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import onnx_ir as ir
+
+RuleSets = Callable[[], list]  # -> list[onnxscript.rewriter.pattern.RewriteRuleSet]
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One rule set applied to a fixed point, optionally followed by shape inference."""
+
+    rules: RuleSets
+    shape_inference: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionFamily:
+    name: str
+    description: str
+    targets: tuple[str, ...]
+    produces: tuple[str, ...]  # "domain::Op" of the fused ops
+    steps: tuple[Step, ...]
+    anchor: Callable[[ir.Node], bool]  # an op left behind when an instance did not fuse
+    # (target, device) -> why the family is off by default there (a measured figure).
+    off_by_default: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    # target -> lowest default-domain opset at which the produced op exists there.
+    min_opset: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def enabled_by_default(self, target: str, device: str) -> bool:
+        return (target, device) not in self.off_by_default
+
+    def opset_problem(self, model: ir.Model, target: str) -> str | None:
+        """Why the model's opset rules this family out on ``target``, or None."""
+        needed = self.min_opset.get(target, 0)
+        have = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        if have >= needed:
+            return None
+        return (
+            f"needs ONNX opset >= {needed} (the model imports {have}); re-export with opset_version={needed}"
+        )
+
+
+def _op(node: ir.Node, *op_types: str) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in op_types
+
+
+def _feeds(node: ir.Node, *op_types: str) -> bool:
+    """Whether the first input of ``node`` is produced by one of ``op_types``."""
+    producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    return producer is not None and _op(producer, *op_types)
+
+
+def _layer_norm_anchor(node: ir.Node) -> bool:
+    # ReduceMean(x) whose input also feeds a Sub: the mean-centering of a decomposed LayerNorm.
+    if not _op(node, "ReduceMean") or node.inputs[0] is None:
+        return False
+    return any(_op(use.node, "Sub") for use in node.inputs[0].uses())
+
+
+def _rms_anchor(node: ir.Node) -> bool:
+    # ReduceMean(x*x) or ReduceMean(Pow(x, 2)) with no mean-centering: a decomposed RMSNorm.
+    return _op(node, "ReduceMean") and _feeds(node, "Pow", "Mul") and not _layer_norm_anchor(node)
+
+
+def _skip_ln_anchor(node: ir.Node) -> bool:
+    # A LayerNormalization whose input is a residual Add.
+    return _op(node, "LayerNormalization") and _feeds(node, "Add")
+
+
+def _skip_rms_anchor(node: ir.Node) -> bool:
+    return (
+        node.domain == "com.microsoft"
+        and node.op_type == "SimplifiedLayerNormalization"
+        and _feeds(node, "Add")
+    )
+
+
+def _packed_qkv_anchor(node: ir.Node) -> bool:
+    # A self-attention MultiHeadAttention without KV cache (Attention's packed form has none).
+    inputs = list(node.inputs) + [None] * 8
+    return (
+        node.domain == "com.microsoft"
+        and node.op_type == "MultiHeadAttention"
+        and inputs[6] is None
+        and inputs[0] is not inputs[1]
+    )
+
+
+def _bias_gelu_anchor(node: ir.Node) -> bool:
+    return (_op(node, "Gelu") or (node.domain == "com.microsoft" and node.op_type == "Gelu")) and _feeds(
+        node, "Add"
+    )
+
+
+# --- rule sets (imported lazily: onnxscript's rewriter is only needed when fusing) ---
+
+
+def _canonical() -> list:
+    from onnxscript.rewriter.ort_fusions import shape_optimization
+
+    from llmc.passes.fusion import canonical
+
+    return [canonical.rules(), shape_optimization.rules]
+
+
+def _layer_norm() -> list:
+    from onnxscript.rewriter.rules.fusion import _layer_norm
+
+    return [_layer_norm.layer_normalization_ruleset]
+
+
+def _rms_standard() -> list:
+    from onnxscript.rewriter.rules.fusion import _rms_normalization
+
+    return [_rms_normalization.rms_normalization_ruleset]
+
+
+def _gelu_ort() -> list:
+    from llmc.passes.fusion import gelu
+
+    return gelu.ort_rules()
+
+
+def _gelu_trt() -> list:
+    from llmc.passes.fusion import gelu
+
+    return gelu.standard_rules()
+
+
+def _bias_gelu() -> list:
+    from onnxscript.rewriter.ort_fusions import bias_gelu
+
+    return [bias_gelu.bias_gelu_rules]
+
+
+def _rms_ort() -> list:
+    from onnxscript.rewriter.ort_fusions import rms_normalization
+
+    return [rms_normalization.rms_normalization_ruleset]
+
+
+def _skip_layer_norm() -> list:
+    from onnxscript.rewriter.ort_fusions import skip_normalization
+
+    return [skip_normalization.skip_layer_normalization_ruleset]
+
+
+def _skip_rms() -> list:
+    from onnxscript.rewriter.ort_fusions import skip_normalization
+
+    return [skip_normalization.skip_rms_normalization_ruleset]
+
+
+def _rotary_ort() -> list:
+    from onnxscript.rewriter.ort_fusions import cos_sin_cache, rotary_embedding
+
+    from llmc.passes.fusion import rotary
+
+    return [
+        rotary_embedding.rotary_embedding_rules,
+        rotary.rules(),
+        cos_sin_cache.cos_sin_cache_rules,
+        rotary_embedding.partial_embedding_rules,
+    ]
+
+
+def _sdpa() -> list:
+    from onnxscript.rewriter.ort_fusions import sdpa
+
+    return [sdpa.sdpa_rules]
+
+
+def _gqa() -> list:
+    from onnxscript.rewriter.ort_fusions import gqa, gqa_packed_qkv
+
+    return [gqa.gqa_rules, gqa_packed_qkv.fuse_qkv_gqa_rules]
+
+
+def _mha() -> list:
+    from onnxscript.rewriter.ort_fusions import mha_scale
+
+    from llmc.passes.fusion.attention import mha_rules
+
+    return [*mha_rules(), mha_scale._mha_scale_rules]
+
+
+def _mha_bias() -> list:
+    from onnxscript.rewriter.ort_fusions import mha_bias
+
+    return [mha_bias.mha_bias_rules]
+
+
+def _packed_attention() -> list:
+    from onnxscript.rewriter.ort_fusions import attention
+
+    return [attention.attention_rules]
+
+
+def _sdpa_via_mha() -> list:
+    from onnxscript.rewriter.ort_fusions import sdpa_via_mha
+
+    return [sdpa_via_mha._rules]
+
+
+ORT_ONLY, BOTH = ("ort",), ("ort", "trt")
+SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
+
+# In application order: normalizations first (attention patterns start after them), rotary before
+# attention (MHA consumes RotaryEmbedding), attention before GELU (bias rules see plain MatMul+Add).
+FAMILIES: tuple[FusionFamily, ...] = (
+    FusionFamily(
+        "canonical",
+        "normalise exporter variants (scalar constants, shape arithmetic) so patterns match",
+        BOTH,
+        (),
+        (Step(_canonical),),
+        lambda n: False,
+    ),
+    FusionFamily(
+        "layer_norm",
+        "ReduceMean/Sub/Pow/Sqrt/Div chains -> LayerNormalization (opset 17)",
+        BOTH,
+        ("::LayerNormalization",),
+        (Step(_layer_norm),),
+        _layer_norm_anchor,
+        min_opset={"trt": 17},  # ONNX Runtime also runs it at older opsets
+    ),
+    FusionFamily(
+        "rms_norm",
+        "x * rsqrt(mean(x^2) + eps) * scale -> SimplifiedLayerNormalization",
+        ORT_ONLY,
+        ("com.microsoft::SimplifiedLayerNormalization",),
+        (Step(_rms_ort),),
+        _rms_anchor,
+    ),
+    FusionFamily(
+        "rms_norm_standard",
+        "x * rsqrt(mean(x^2) + eps) * scale -> RMSNormalization-23 (standard op TensorRT parses)",
+        ("trt",),
+        ("::RMSNormalization",),
+        (Step(_rms_standard),),
+        _rms_anchor,
+        min_opset={"trt": 23},
+    ),
+    FusionFamily(
+        "gelu",
+        "erf / tanh GELU formulas -> Gelu / FastGelu",
+        ORT_ONLY,
+        ("com.microsoft::Gelu", "com.microsoft::FastGelu"),
+        (Step(_gelu_ort),),
+        lambda n: _op(n, "Erf", "Tanh"),
+    ),
+    FusionFamily(
+        "gelu_standard",
+        "erf / tanh GELU formulas -> Gelu-20 (standard op TensorRT parses)",
+        ("trt",),
+        ("::Gelu",),
+        (Step(_gelu_trt),),
+        lambda n: _op(n, "Erf", "Tanh"),
+        min_opset={"trt": 20},
+    ),
+    FusionFamily(
+        "skip_layer_norm",
+        "Add + LayerNormalization -> SkipLayerNormalization",
+        ORT_ONLY,
+        ("com.microsoft::SkipLayerNormalization",),
+        (Step(_skip_layer_norm),),
+        _skip_ln_anchor,
+        off_by_default={("ort", "cpu"): SLOWER},
+    ),
+    FusionFamily(
+        "skip_rms_norm",
+        "Add + SimplifiedLayerNormalization -> SkipSimplifiedLayerNormalization",
+        ORT_ONLY,
+        ("com.microsoft::SkipSimplifiedLayerNormalization",),
+        (Step(_skip_rms),),
+        _skip_rms_anchor,
+    ),
+    FusionFamily(
+        "rotary",
+        "rotate-half RoPE (with its cos/sin cache) -> RotaryEmbedding",
+        ORT_ONLY,
+        ("com.microsoft::RotaryEmbedding",),
+        (Step(_rotary_ort),),
+        lambda n: False,  # RoPE leaves no single tell-tale op; unfused RoPE shows in attention
+    ),
+    FusionFamily(
+        "attention",
+        "MatMul-Softmax-MatMul with head split/merge -> MultiHeadAttention "
+        "(with past/present KV), GroupQueryAttention for grouped KV heads",
+        ORT_ONLY,
+        ("com.microsoft::MultiHeadAttention", "com.microsoft::GroupQueryAttention"),
+        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_mha), Step(_mha_bias), Step(_sdpa_via_mha)),
+        lambda n: _op(n, "Softmax"),
+    ),
+    FusionFamily(
+        "packed_qkv",
+        "MultiHeadAttention fed by three projections of one input -> Attention (one packed QKV GEMM)",
+        ORT_ONLY,
+        ("com.microsoft::Attention",),
+        (Step(_packed_attention),),
+        _packed_qkv_anchor,
+    ),
+    FusionFamily(
+        "bias_gelu",
+        "MatMul + Add(bias) + Gelu -> BiasGelu",
+        ORT_ONLY,
+        ("com.microsoft::BiasGelu",),
+        (Step(_bias_gelu),),
+        _bias_gelu_anchor,
+    ),
+)
+
+
+def families_for(target: str) -> list[FusionFamily]:
+    return [f for f in FAMILIES if target in f.targets]
+
+
+def get_family(name: str) -> FusionFamily:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise KeyError(name)

@@ -1,0 +1,97 @@
+"""RoPE cos/sin cache: the rotary-embedding form recent ``transformers`` exports.
+
+onnxscript's rotary rule turns the rotate-half arithmetic into an intermediate
+``RotaryEmbedding(x, cos, sin)``; its cos/sin-cache rules then turn that into ONNX Runtime's
+``com.microsoft.RotaryEmbedding(x, position_ids, cos_cache, sin_cache)``, but they expect
+``freqs = Transpose(MatMul(inv_freq[1,E,1], pos[B,1,S]))``. transformers 5 computes
+``freqs = pos[B,S,1].float() * inv_freq[E]`` (a broadcast Mul), so nothing matched and neither
+rotary nor GroupQueryAttention fused on LLaMA. This rule matches the Mul form.
+
+The caches are computed in the graph from the largest position id seen (``ReduceMax + Range``,
+then the same float32 product, Cos and Sin), so they hold exactly the values the original graph
+computed for each position, for any sequence length. Requires ``inv_freq`` to be a constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+
+def _ints(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.const_value is None:
+        return None
+    return [int(v) for v in value.const_value.numpy().reshape(-1)]
+
+
+class CosSinCacheMul(pattern.RewriteRuleClassBase):
+    def __init__(self) -> None:
+        # The cos/sin values are shared by every layer's q and k: keep them until all are
+        # rewritten (unused nodes are removed after the rule set).
+        super().__init__("CosSinCacheMul", remove_nodes=False)
+        self._cache: dict[int, tuple[ir.Value, ir.Value]] = {}
+
+    def cleanup(self) -> None:
+        self._cache.clear()
+
+    def pattern(self, op, x, position_ids, axes, inv_freq, interleaved, num_heads):
+        positions = op.Cast(op.Unsqueeze(position_ids, axes), to=ir.DataType.FLOAT)
+        freqs = op.Mul(positions, inv_freq)
+        emb = op.Concat(freqs, freqs, axis=-1)
+        cos = op.Unsqueeze(op.Cos(emb), [1])
+        sin = op.Unsqueeze(op.Sin(emb), [1])
+        return op.RotaryEmbedding(
+            x,
+            cos,
+            sin,
+            interleaved=interleaved,
+            num_heads=num_heads,
+            _domain="ai.onnxruntime._fusion",
+        )
+
+    def check(self, context, x, position_ids, axes, inv_freq, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if position_ids.shape is None or position_ids.shape.rank() != 2:
+            return result.fail("position_ids is not [batch, sequence]", position_ids)
+        if _ints(axes) not in ([-1], [2]):
+            return result.fail("position ids are not unsqueezed on the last axis", axes)
+        if inv_freq.const_value is None:
+            return result.fail("inv_freq is not a constant", inv_freq)
+        if inv_freq.const_value.numpy().squeeze().ndim != 1:
+            return result.fail("inv_freq is not a vector", inv_freq)
+        if x.shape is None or x.shape.rank() != 4:
+            return result.fail("the rotated tensor is not [batch, heads, sequence, head]", x)
+        return result
+
+    def rewrite(self, op, x, position_ids, inv_freq, interleaved, num_heads, **_):
+        key = id(inv_freq)
+        if key not in self._cache:
+            row = inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1)
+            largest = op.ReduceMax(position_ids, keepdims=0)
+            count = op.Add(largest, op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))))
+            span = op.Range(
+                op.Constant(value=ir.tensor(np.array(0, dtype=np.int64))),
+                count,
+                op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))),
+            )
+            column = op.Cast(
+                op.Unsqueeze(span, op.Constant(value=ir.tensor(np.array([1], dtype=np.int64)))),
+                to=ir.DataType.FLOAT,
+            )
+            angles = op.Mul(column, op.Constant(value=ir.tensor(row)))  # [positions, E]
+            self._cache[key] = (op.Cos(angles), op.Sin(angles))
+        cos_cache, sin_cache = self._cache[key]
+        return op.RotaryEmbedding(
+            x,
+            position_ids,
+            cos_cache,
+            sin_cache,
+            interleaved=interleaved,
+            num_heads=num_heads,
+            _domain="com.microsoft",
+        )
+
+
+def rules() -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet([CosSinCacheMul.rule()])
