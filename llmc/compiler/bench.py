@@ -7,6 +7,11 @@ on a small machine the spinning threads of the session that just ran starve the 
 (measured here on 2 cores: MiniLM p50 ~50 ms per-run interleaved vs ~19 ms alone). Peak RSS is measured per model in a fresh
 child process (session creation plus the same number of runs), because one process's peak
 cannot be split between models.
+
+A target is either an ONNX model run in ONNX Runtime (``model_path`` + ``config``) or any
+in-process callable (``make_runner``, e.g. a torch module in eager mode); both kinds are
+interleaved the same way. Peak RSS is only measured for ONNX Runtime targets (a callable cannot
+be re-created in a child process), ``None`` for the others.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +32,31 @@ from llmc.backends.ort import OrtRunner, SessionConfig, create_session
 from llmc.compiler.artifact import MODEL_FILE, read_artifact
 from llmc.errors import LlmcError
 
+Runner = Callable[[dict[str, np.ndarray]], Any]
+
 
 @dataclasses.dataclass
 class BenchTarget:
+    """What to time: an ONNX model in ONNX Runtime, or ``make_runner``, a factory returning a
+    callable that runs one inference on numpy feeds (called once, before warm-up)."""
+
     label: str
-    model_path: Path
-    config: SessionConfig
+    model_path: Path | None = None
+    config: SessionConfig = dataclasses.field(default_factory=SessionConfig)
+    make_runner: Callable[[], Runner] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model_path is None) == (self.make_runner is None):
+            raise LlmcError(f"bench target '{self.label}': give either a model path or make_runner")
+
+    @property
+    def is_ort(self) -> bool:
+        return self.make_runner is None
+
+    def create_runner(self) -> Runner:
+        if self.make_runner is not None:
+            return self.make_runner()
+        return OrtRunner(create_session(self.model_path, self.config)).run
 
 
 @dataclasses.dataclass
@@ -82,11 +107,11 @@ def run_benchmark(
     runners, create_times = [], []
     for target in targets:
         start = time.perf_counter()
-        runners.append(OrtRunner(create_session(target.model_path, target.config)))
+        runners.append(target.create_runner())
         create_times.append(time.perf_counter() - start)
     for runner in runners:
         for _ in range(warmup):
-            runner.run(feeds)
+            runner(feeds)
     times: list[list[float]] = [[] for _ in targets]
     order = list(range(len(targets)))
     block = max(1, min(block, runs))
@@ -95,10 +120,10 @@ def run_benchmark(
         for i in order[shift:] + order[:shift]:
             count = min(block, runs - len(times[i]))
             time.sleep(pause_s)  # let the previous session's spinning threads park
-            runners[i].run(feeds)  # untimed: wakes this session's threads
+            runners[i](feeds)  # untimed: wakes this session's threads
             for _ in range(count):
                 start = time.perf_counter()
-                runners[i].run(feeds)
+                runners[i](feeds)
                 times[i].append(time.perf_counter() - start)
     del runners
     batch = _batch_size(feeds)
@@ -131,15 +156,16 @@ def _batch_size(feeds: dict[str, np.ndarray]) -> int:
     return 1
 
 
-def _peak_rss_all(
-    targets: list[BenchTarget], feeds: dict[str, np.ndarray], runs: int
-) -> list[float | None]:
+def _peak_rss_all(targets: list[BenchTarget], feeds: dict[str, np.ndarray], runs: int) -> list[float | None]:
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
         ctx = multiprocessing.get_context("spawn")
         out: list[float | None] = []
         for target in targets:
+            if not target.is_ort:
+                out.append(None)  # an in-process callable cannot be re-created in a child
+                continue
             with ctx.Pool(1) as pool:
                 out.append(
                     pool.apply(
