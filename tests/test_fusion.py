@@ -70,20 +70,24 @@ ENCODERS = {
 DECODERS = {
     "tiny_gpt2_dynamo": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
     "tiny_gpt2_legacy": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
-    # GQA with RoPE absorbed (rotary computed inside GroupQueryAttention from the cache length).
-    "tiny_llama_dynamo": {"GroupQueryAttention": 2, "SkipSimplifiedLayerNormalization": 4},
+    # RoPE as RotaryEmbedding (q and k) feeding MultiHeadAttention; gqa is off by default.
+    "tiny_llama_dynamo": {"MultiHeadAttention": 2, "RotaryEmbedding": 4, "SkipSimplifiedLayerNormalization": 4},
     # The legacy export repeats K/V heads before attention: MultiHeadAttention over repeated KV.
     "tiny_llama_legacy": {"MultiHeadAttention": 2, "SkipSimplifiedLayerNormalization": 4},
 }
 
 
+def fuse_expecting(source: ir.Model, expected: dict[str, int]) -> ir.Model:
+    fused = fuse(source)
+    counts = fused_op_counts(fused, "ort")
+    assert {op: counts.get(op) for op in expected} == expected, counts
+    return fused
+
+
 @pytest.mark.parametrize("fixture", sorted(ENCODERS))
 def test_encoder_fuses_attention_and_gelu(fixture, request):
     source = load(request.getfixturevalue(fixture))
-    fused = fuse(source)
-    counts = fused_op_counts(fused, "ort")
-    for op, n in ENCODERS[fixture].items():
-        assert counts.get(op) == n, (op, counts)
+    fused = fuse_expecting(source, ENCODERS[fixture])
     ops = {n.op_type for n in fused.graph}
     assert not ops & {"Softmax", "Erf"}, ops
     for batch, sequence in ((1, 16), (3, 7)):
@@ -96,16 +100,39 @@ def test_encoder_fuses_attention_and_gelu(fixture, request):
 @pytest.mark.parametrize("fixture", sorted(DECODERS))
 def test_decoder_fuses_attention_with_kv_cache(fixture, request):
     source = load(request.getfixturevalue(fixture))
-    fused = fuse(source)
-    counts = fused_op_counts(fused, "ort")
-    for op, n in DECODERS[fixture].items():
-        assert counts.get(op) == n, (op, counts)
+    fused = fuse_expecting(source, DECODERS[fixture])
     assert "Softmax" not in {n.op_type for n in fused.graph}
     # Prefill (empty cache), decode after 9 cached tokens, batch-2 decode, chunked prefill.
-    # (ONNX Runtime's CPU GroupQueryAttention refuses batch > 1 with both sequence > 1 and a
-    # cache: "batch_size must be 1 when sequence_length > 1 and past context is given".)
-    for batch, sequence, past in ((1, 8, 0), (1, 1, 9), (2, 1, 5), (1, 3, 5), (3, 4, 0)):
+    for batch, sequence, past in ((1, 8, 0), (1, 1, 9), (2, 1, 5), (2, 3, 5), (3, 4, 0)):
         assert_same_outputs(source, fused, decoder_feeds(source, batch, sequence, past))
+    # A left-padded batched prompt (Hugging Face generate's layout) keeps its answers on the
+    # real tokens (the padding's own rows are NaN in the legacy exports: softmax over nothing).
+    feeds = left_padded_prompt(source)
+    expected, actual = run_model(source, feeds)["logits"], run_model(fused, feeds)["logits"]
+    np.testing.assert_allclose(actual[0], expected[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(actual[1, 2:], expected[1, 2:], atol=1e-4, rtol=0)
+
+
+def left_padded_prompt(model: ir.Model) -> dict[str, np.ndarray]:
+    feeds = decoder_feeds(model, 2, 6, 0)
+    feeds["attention_mask"][1, :2] = 0
+    positions = np.cumsum(feeds["attention_mask"], -1) - 1
+    feeds["position_ids"] = np.clip(positions, 0, None).astype(np.int64)
+    return feeds
+
+
+def test_gqa_is_opt_in_because_it_ignores_position_ids(tiny_llama_dynamo):
+    source = load(tiny_llama_dynamo)
+    fused = fuse(source, fusions={"gqa": True})
+    assert fused_op_counts(fused, "ort")["GroupQueryAttention"] == 2
+    for batch, sequence, past in ((1, 8, 0), (1, 1, 9), (2, 1, 5), (3, 4, 0)):
+        assert_same_outputs(source, fused, decoder_feeds(source, batch, sequence, past))
+    # What keeps it off by default: the padded row's valid tokens change.
+    feeds = left_padded_prompt(source)
+    expected, actual = run_model(source, feeds), run_model(fused, feeds)
+    assert np.abs(expected["logits"][1, 2:] - actual["logits"][1, 2:]).max() > 1e-2
+    _, disabled = enabled_families("ort", "cpu")
+    assert "left-padded" in disabled["gqa"]
 
 
 def test_decoder_seeded_feeds_are_consistent(tiny_llama_dynamo):

@@ -13,6 +13,7 @@ axis 1 is refused with a reason, since that dim differs between the two layouts.
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions import mha
 
@@ -67,3 +68,61 @@ def mha_rules() -> list[pattern.RewriteRuleSet]:
 
 
 __all__ = ["mha_rules"]
+
+
+_ATTENTION_BIAS_INPUT = {"MultiHeadAttention": 5, "Attention": 5}
+
+
+_LAYOUT_OPS = ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Transpose")
+
+
+def _only_attention_bias(value: ir.Value) -> bool:
+    """Whether every use of ``value`` (through layout-only ops) is a fused attention's bias."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output():
+        return False
+    for use in uses:
+        node = use.node
+        if node.domain == "com.microsoft" and _ATTENTION_BIAS_INPUT.get(node.op_type) == use.idx:
+            continue
+        if node.domain in ("", "ai.onnx") and node.op_type in _LAYOUT_OPS and use.idx == 0:
+            if _only_attention_bias(node.outputs[0]):
+                continue
+        return False
+    return True
+
+
+class FiniteMaskFill(pattern.RewriteRuleClassBase):
+    """``Where(mask, 0, -inf)`` feeding only fused attention biases (directly or through layout
+    ops) -> ``Where(mask, 0, float_min)``.
+
+    The legacy exporter fills masked scores with -inf. A query row with every key masked (the
+    padding of a left-padded batch) then makes a NaN row in ONNX Runtime's CPU
+    MultiHeadAttention, and the NaN reaches the other batch rows' outputs (measured: a
+    left-padded row 1 turned row 0's logits to NaN, where the unfused graph gives NaN only in
+    row 1's padding). With the dtype's lowest finite value every score that is not masked gives
+    the same softmax (exp(min - max) is 0), and a fully masked row stays finite.
+    """
+
+    def pattern(self, op, condition, zero, fill):
+        return op.Where(condition, zero, fill, _outputs=["bias"])
+
+    def check(self, context, zero, fill, bias, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        value = fill.const_value
+        if value is None or value.size != 1 or not np.isneginf(value.numpy()).all():
+            return result.fail("the fill is not the constant -inf", fill)
+        if zero.const_value is None or np.any(zero.const_value.numpy() != 0):
+            return result.fail("the kept value is not the constant 0", zero)
+        if not _only_attention_bias(bias):
+            return result.fail("the mask feeds something other than a fused attention's bias", bias)
+        return result
+
+    def rewrite(self, op, condition, zero, fill, **_):
+        dtype = fill.const_value.numpy().dtype
+        lowest = ir.tensor(np.array(np.finfo(dtype).min, dtype=dtype))
+        return op.Where(condition, zero, op.Constant(value=lowest))
+
+
+def finite_mask_rules() -> list[pattern.RewriteRuleSet]:
+    return [pattern.RewriteRuleSet([FiniteMaskFill.rule()])]

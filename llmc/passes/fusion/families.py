@@ -25,6 +25,7 @@ class Step:
 
     rules: RuleSets
     shape_inference: bool = False
+    explain: bool = True  # False: a clean-up step whose misses are not fusion candidates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +199,12 @@ def _mha() -> list:
     return [*mha_rules(), mha_scale._mha_scale_rules]
 
 
+def _finite_mask() -> list:
+    from llmc.passes.fusion.attention import finite_mask_rules
+
+    return finite_mask_rules()
+
+
 def _mha_bias() -> list:
     from onnxscript.rewriter.ort_fusions import mha_bias
 
@@ -217,6 +224,11 @@ def _sdpa_via_mha() -> list:
 
 
 ORT_ONLY, BOTH = ("ort",), ("ort", "trt")
+GQA_PADDING = (
+    "changes answers on left-padded batches (ONNX Runtime's GroupQueryAttention takes positions "
+    "and padding from the mask's lengths, not position_ids); enable it with --enable-fusion gqa "
+    "for unpadded or right-padded inputs"
+)
 SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
 
 # In application order: normalizations first (attention patterns start after them), rotary before
@@ -299,12 +311,26 @@ FAMILIES: tuple[FusionFamily, ...] = (
         lambda n: False,  # RoPE leaves no single tell-tale op; unfused RoPE shows in attention
     ),
     FusionFamily(
-        "attention",
-        "MatMul-Softmax-MatMul with head split/merge -> MultiHeadAttention "
-        "(with past/present KV), GroupQueryAttention for grouped KV heads",
+        "gqa",
+        "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (positions from the mask)",
         ORT_ONLY,
-        ("com.microsoft::MultiHeadAttention", "com.microsoft::GroupQueryAttention"),
-        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_mha), Step(_mha_bias), Step(_sdpa_via_mha)),
+        ("com.microsoft::GroupQueryAttention",),
+        (Step(_sdpa, shape_inference=True), Step(_gqa)),
+        lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
+        off_by_default={("ort", device): GQA_PADDING for device in ("cpu", "cuda", "tensorrt")},
+    ),
+    FusionFamily(
+        "attention",
+        "MatMul-Softmax-MatMul with head split/merge -> MultiHeadAttention (with past/present KV)",
+        ORT_ONLY,
+        ("com.microsoft::MultiHeadAttention",),
+        (
+            Step(_sdpa, shape_inference=True),
+            Step(_mha),
+            Step(_mha_bias),
+            Step(_sdpa_via_mha),
+            Step(_finite_mask, explain=False),
+        ),
         lambda n: _op(n, "Softmax"),
     ),
     FusionFamily(

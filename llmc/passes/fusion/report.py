@@ -101,7 +101,7 @@ def explain(
             continue
         explained: dict[str, NotFused] = {}
         for step in family.steps:
-            for rule_set in step.rules():
+            for rule_set in step.rules() if step.explain else ():
                 tracer = _Tracer()
                 rule_set.apply_to_model(clone, tracer=tracer)
                 for _score, rule, info in tracer.best.values():
