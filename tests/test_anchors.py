@@ -112,6 +112,18 @@ def test_torch_eager_target_runs_keyword_inputs():
     assert out.tolist() == [[3, 3, 3, 3]]
 
 
+def test_torch_eager_target_positional_order():
+    torch = pytest.importorskip("torch")
+
+    class Sub(torch.nn.Module):
+        def forward(self, a, *rest):
+            return a - rest[0]
+
+    feeds = {"b": np.full((2,), 5, np.int64), "a": np.ones((2,), np.int64)}
+    run = anchors.torch_eager_target("torch", Sub(), ["a", "b"], threads=1, positional=True).make_runner()
+    assert run(feeds).tolist() == [-4, -4]
+
+
 def test_transformers_optimizer_failure_is_one_line(tmp_path, relu_model, monkeypatch):
     from onnxruntime.transformers import optimizer
 
