@@ -234,13 +234,13 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
     fired = set(
         default.manifest["passes"][[r["name"] for r in default.manifest["passes"]].index("fuse")]["stats"]
     )
-    candidates = {r["family"] for r in default.manifest["not_fused"]}
     flips = [(f.name, False) for f in enabled if f.name in fired and f.name != "canonical"]
-    flips += [(name, True) for name in disabled if name in candidates]
-    variants = [
-        (name, on, build(spec, source, {name: on}, tag=f"-{'on' if on else 'off'}-{name}"))
-        for name, on in flips
-    ]
+    flips += [(name, True) for name in disabled]
+    variants = []
+    for name, on in flips:
+        variant = build(spec, source, {name: on}, tag=f"-{'on' if on else 'off'}-{name}")
+        if variant.manifest["fused_ops"] != default.manifest["fused_ops"]:  # else nothing to time
+            variants.append((name, on, variant))
     model = load_model(source)
     rows = []
     for label, shapes in cases(spec)[: 2 if spec.decoder else 1]:
