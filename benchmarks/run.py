@@ -243,7 +243,7 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
             variants.append((name, on, variant))
     model = load_model(source)
     rows = []
-    for label, shapes in cases(spec)[: 2 if spec.decoder else 1]:
+    for label, shapes in cases(spec)[:2]:  # encoders b1, b8; decoders prefill, decode b1
         feeds = make_feeds(model, resolve_shapes(model, shapes)[0])
         targets = [resolve_target(default.path, threads=threads, label="default")]
         targets += [
@@ -348,7 +348,7 @@ def render(rows, infos, ab_rows, peak_info, node_cases, threads: int, seconds: f
         "",
         "## Fusion A/B: each family flipped against the default artifact",
         "",
-        "Batch 1 (decoders: prefill and decode b1). A family on by default is turned off, one off by "
+        "Encoders at batch 1 and 8, decoders prefill and decode at batch 1. A family on by default is turned off, one off by "
         "default is turned on; the two artifacts timed interleaved. effect = the fused variant's p50 "
         "over the unfused one's: below 1 the fusion pays, above 1 it loses (and is off by default).",
         "",

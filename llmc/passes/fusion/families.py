@@ -90,6 +90,24 @@ def _skip_rms_anchor(node: ir.Node) -> bool:
     )
 
 
+def _produced_by(value: ir.Value | None, *op_types: str) -> ir.Node | None:
+    producer = value.producer() if value is not None else None
+    return producer if producer is not None and _op(producer, *op_types) else None
+
+
+def _embed_anchor(node: ir.Node) -> bool:
+    # A LayerNormalization of a sum (of sums) with an embedding Gather among its terms.
+    if not _op(node, "LayerNormalization"):
+        return False
+    total = _produced_by(node.inputs[0], "Add")
+    if total is None:
+        return False
+    terms = list(total.inputs)
+    for inner in [_produced_by(v, "Add") for v in total.inputs]:
+        terms += list(inner.inputs) if inner is not None else []
+    return any(_produced_by(v, "Gather") for v in terms)
+
+
 def _packed_qkv_anchor(node: ir.Node) -> bool:
     # A self-attention MultiHeadAttention without KV cache (Attention's packed form has none).
     inputs = list(node.inputs) + [None] * 8
@@ -122,6 +140,12 @@ def _layer_norm() -> list:
     from onnxscript.rewriter.rules.fusion import _layer_norm
 
     return [_layer_norm.layer_normalization_ruleset]
+
+
+def _embed_layer_norm() -> list:
+    from llmc.passes.fusion import embed_layer_norm
+
+    return embed_layer_norm.rules()
 
 
 def _rms_standard() -> list:
@@ -230,6 +254,10 @@ GQA_PADDING = (
     "for unpadded or right-padded inputs"
 )
 SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
+NO_FASTER = (
+    "measured no faster than the unfused ops on this target (the same at batch 1, slower at "
+    "batch 8; benchmarks/RESULTS.md, fusion A/B)"
+)
 
 # In application order: normalizations first (attention patterns start after them), rotary before
 # attention (MHA consumes RotaryEmbedding), attention before GELU (bias rules see plain MatMul+Add).
@@ -250,6 +278,15 @@ FAMILIES: tuple[FusionFamily, ...] = (
         (Step(_layer_norm),),
         _layer_norm_anchor,
         min_opset={"trt": 17},  # ONNX Runtime also runs it at older opsets
+    ),
+    FusionFamily(
+        "embed_layer_norm",
+        "word + position (+ segment) embedding gathers + LayerNormalization -> EmbedLayerNormalization",
+        ORT_ONLY,
+        ("com.microsoft::EmbedLayerNormalization",),
+        (Step(_embed_layer_norm),),
+        _embed_anchor,
+        off_by_default={("ort", "cpu"): NO_FASTER},
     ),
     FusionFamily(
         "rms_norm",

@@ -4,8 +4,9 @@ After fusion, each enabled family's anchor ops still in the graph (a Softmax for
 Erf for GELU...) are its unfused candidates. To explain them, the family's steps are replayed on
 a clone of the fused model with onnxscript's matching tracer (which never rewrites), applying
 each step for real on the clone afterwards so later steps see the intermediate ops (the SDPA
-that MultiHeadAttention starts from). For every root node the best partial match is kept: the
-rule, how many nodes matched, and the failed check's reason. A disabled family's candidates are
+that MultiHeadAttention starts from). For every root node the best partial match is kept (a
+failed check, or a pattern that stopped part-way after reaching an anchor op): the rule, how many
+nodes matched, and the failed check's reason. A disabled family's candidates are
 reported with the reason it is off.
 """
 
@@ -58,11 +59,18 @@ def _anchors(model: ir.Model, family: FusionFamily) -> list[ir.Node]:
     return [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if family.anchor(n)]
 
 
-def _reportable(info: _basics.MatchInfo) -> bool:
+def _reportable(info: _basics.MatchInfo, anchors: set[int]) -> bool:
     if info.status == _basics.MatchStatus.SUCCESS:
         return False
     if info.status == _basics.MatchStatus.NO_MATCH:
-        return len(info.match_result.nodes) >= MIN_PARTIAL_NODES
+        # A partial match is a candidate only if it reached one of the family's anchor ops (or
+        # stopped at one): a LayerNormalization of a residual sum is not a near miss of the
+        # embedding fusion.
+        nodes = info.match_result.nodes
+        reached = {id(n) for n in nodes} | {
+            id(v.producer()) for n in nodes for v in n.inputs if v is not None and v.producer() is not None
+        }
+        return len(nodes) >= MIN_PARTIAL_NODES and bool(reached & anchors)
     return True
 
 
@@ -104,8 +112,9 @@ def explain(
             for rule_set in step.rules() if step.explain else ():
                 tracer = _Tracer()
                 rule_set.apply_to_model(clone, tracer=tracer)
+                anchor_ids = {id(n) for n in _anchors(clone, family)}
                 for _score, rule, info in tracer.best.values():
-                    if not _reportable(info):
+                    if not _reportable(info, anchor_ids):
                         continue
                     root = info.root_node
                     record = NotFused(
