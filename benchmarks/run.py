@@ -262,7 +262,7 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
                     "flip": "on" if on else "off",
                     "default_ms": base,
                     "flipped_ms": r.p50_ms,
-                    "effect": base / r.p50_ms if on else r.p50_ms / base,
+                    "effect": r.p50_ms / base if on else base / r.p50_ms,  # fused p50 / unfused p50
                 }
             )
             print(

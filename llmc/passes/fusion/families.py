@@ -255,8 +255,8 @@ GQA_PADDING = (
 )
 SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
 NO_FASTER = (
-    "measured no faster than the unfused ops on this target (the same at batch 1, slower at "
-    "batch 8; benchmarks/RESULTS.md, fusion A/B)"
+    "measured no faster than the unfused ops on this target (whole-model A/B within 1% either "
+    "way at batch 1 and 8; benchmarks/RESULTS.md, fusion A/B)"
 )
 
 # In application order: normalizations first (attention patterns start after them), rotary before
