@@ -1,8 +1,8 @@
 """MultiHeadAttention rules that also hold when the attention output is flattened to 2-D.
 
 onnxscript's ``MultiHeadAttention`` rule matches ``Reshape(Transpose(attention), shape)`` and
-replaces the Reshape's output with MHA's ``[B, S, D]`` output without looking at ``shape`` (its
-own TODO). llmc's Reshape folding merges the exporter's ``[B, S, D]`` reshape with the following
+replaces the Reshape's output with MHA's ``[B, S, D]`` output without looking at ``shape`` (a gap
+its source notes). llmc's Reshape folding merges the exporter's ``[B, S, D]`` reshape with the following
 ``[B*S, D]`` one that feeds a 2-D Gemm (GPT-2's Conv1D), so the unchecked rewrite hands the Gemm a
 3-D tensor. These subclasses keep the rule and re-apply the matched Reshape to MHA's output when
 its target shape is not ``[B, S, D]``: the row-major element order of ``[B, S, H, Dh]`` and

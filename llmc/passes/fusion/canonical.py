@@ -13,6 +13,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from llmc.passes.fusion.values import const_ints, same_dim, shape_gather_dim
+
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Equal", "Greater", "Less")
 
 
@@ -96,49 +98,18 @@ class RedundantReshape(pattern.RewriteRuleClassBase):
         return op.Identity(x)
 
 
-def _ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
-        return None
-    array = value.const_value.numpy()
-    return [int(v) for v in array.reshape(-1)] if array.dtype.kind == "i" else None
-
-
-def _same_dim(a: ir.SymbolicDim | int | None, b: ir.SymbolicDim | int | None) -> bool:
-    if isinstance(a, int) or isinstance(b, int):
-        return isinstance(a, int) and isinstance(b, int) and a == b
-    if a is None or b is None or a.value is None or str(a.value).startswith("unk__"):
-        return False
-    return a == b
-
-
 def _shape_element(value: ir.Value) -> tuple[ir.Value, int] | None:
     """``Unsqueeze(Gather(Shape(t), i), [0])`` (or ``Reshape(.., [1])``) -> ``(t, axis)``."""
     node = value.producer()
     if node is None or node.op_type not in ("Unsqueeze", "Reshape") or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Unsqueeze":
-        axes = _ints(node.inputs[1]) if len(node.inputs) > 1 else list(node.attributes.get_ints("axes", []))
+        axes = const_ints(node.inputs[1]) if len(node.inputs) > 1 else list(node.attributes.get_ints("axes", []))
         if axes != [0]:
             return None
-    if node.op_type == "Reshape" and _ints(node.inputs[1]) != [1]:
+    if node.op_type == "Reshape" and const_ints(node.inputs[1]) != [1]:
         return None
-    gather = node.inputs[0].producer() if node.inputs[0] is not None else None
-    if gather is None or gather.op_type != "Gather" or gather.attributes.get_int("axis", 0) != 0:
-        return None
-    index = _ints(gather.inputs[1])
-    shape = gather.inputs[0].producer() if gather.inputs[0] is not None else None
-    if index is None or len(index) != 1 or shape is None or shape.op_type != "Shape":
-        return None
-    source = shape.inputs[0]
-    if source is None or source.shape is None:
-        return None
-    rank = source.shape.rank()
-    start = shape.attributes.get_int("start", 0)
-    start = start + rank if start < 0 else start
-    axis = start + index[0] if index[0] >= 0 else None
-    if axis is None or not 0 <= axis < rank:
-        return None
-    return source, axis
+    return shape_gather_dim(node.inputs[0].producer() if node.inputs[0] is not None else None)
 
 
 class ConstantReshapeShape(pattern.RewriteRuleClassBase):
@@ -164,7 +135,7 @@ class ConstantReshapeShape(pattern.RewriteRuleClassBase):
             return result.fail("shape is not a Concat, or the input shape is unknown")
         target: list[int] = []
         for part in concat.inputs:
-            values = _ints(part)
+            values = const_ints(part)
             if values is not None:
                 target += values
                 continue
@@ -176,7 +147,7 @@ class ConstantReshapeShape(pattern.RewriteRuleClassBase):
             position = len(target)
             if isinstance(dim, int):
                 target.append(dim)
-            elif position < x.shape.rank() and _same_dim(dim, x.shape[position]):
+            elif position < x.shape.rank() and same_dim(dim, x.shape[position]):
                 target.append(0)
             else:
                 return result.fail(f"dim {axis} of {source.name} is not provably the input's dim {position}")

@@ -30,12 +30,10 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from llmc.passes.fusion.values import is_op, same_dim, shape_gather_dim
+
 _DATA_MOVEMENT = ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Transpose", "Identity", "Tile")
 _GATHERS = ("Gather", "GatherElements", "GatherND")
-
-
-def _default_op(node: ir.Node | None, *op_types: str) -> bool:
-    return node is not None and node.domain in ("", "ai.onnx") and node.op_type in op_types
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
@@ -51,28 +49,22 @@ def _uniform_index(value: ir.Value) -> int | None:
         flat = array.reshape(-1)
         return int(flat[0]) if flat.size and np.all(flat == flat[0]) else None
     node = value.producer()
-    if _default_op(node, "ConstantOfShape"):
+    if is_op(node, "ConstantOfShape"):
         attr = node.attributes.get("value")
         fill = np.asarray(attr.as_tensor().numpy()).reshape(-1) if attr is not None else np.zeros(1)
         return int(fill[0])
-    if _default_op(node, *_DATA_MOVEMENT, *_GATHERS) and node.inputs[0] is not None:
+    if is_op(node, *_DATA_MOVEMENT, *_GATHERS) and node.inputs[0] is not None:
         # Moving or gathering elements of a tensor whose elements are all k gives elements all k.
         return _uniform_index(node.inputs[0])
     return None
 
 
-def _same_dim(a, b) -> bool:
-    if isinstance(a, int) or isinstance(b, int):
-        return a == b
-    return a.value is not None and a.value == b.value
-
-
 def _sequence_dim_of(value: ir.Value) -> object | None:
     """The dim ``value`` (a 1-element int tensor) provably holds: ``Shape(x)[1]`` -> x.shape[1]."""
     node = value.producer()
-    if _default_op(node, "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast"):
+    if is_op(node, "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast"):
         return _sequence_dim_of(node.inputs[0])
-    if _default_op(node, "Shape"):
+    if is_op(node, "Shape"):
         source = node.inputs[0]
         if source.shape is None:
             return None
@@ -81,13 +73,9 @@ def _sequence_dim_of(value: ir.Value) -> object | None:
         rank = source.shape.rank()
         start, end = start % rank if start < 0 else start, end % rank if end < 0 else min(end, rank)
         return source.shape[start] if end - start == 1 else None
-    if _default_op(node, "Gather"):
-        shape_node, index = node.inputs[0].producer(), _const(node.inputs[1])
-        if _default_op(shape_node, "Shape") and index is not None and index.size == 1:
-            source = shape_node.inputs[0]
-            if source.shape is None or shape_node.attributes.get_int("start", 0) != 0:
-                return None
-            return source.shape[int(index.reshape(-1)[0])]
+    if (read := shape_gather_dim(node)) is not None:
+        source, axis = read
+        return source.shape[axis]
     array = _const(value)
     if array is not None and array.size == 1:
         return int(array.reshape(-1)[0])
@@ -97,7 +85,7 @@ def _sequence_dim_of(value: ir.Value) -> object | None:
 def _is_arange_to(value: ir.Value, sequence) -> str | None:
     """None when ``value`` is provably ``[[0, 1, ..., S-1]]`` with S == ``sequence``; else why not."""
     node = value.producer()
-    if _default_op(node, "Slice"):
+    if is_op(node, "Slice"):
         data, starts, ends = (_const(node.inputs[0]), _const(node.inputs[1]), node.inputs[2])
         axes = _const(node.inputs[3]) if len(node.inputs) > 3 else None
         steps = _const(node.inputs[4]) if len(node.inputs) > 4 else None
@@ -112,19 +100,19 @@ def _is_arange_to(value: ir.Value, sequence) -> str | None:
         if steps is not None and steps.reshape(-1).tolist() != [1]:
             return "the position slice has a step other than 1"
         end = _sequence_dim_of(ends) if ends is not None else None
-        if end is None or not _same_dim(end, sequence):
+        if end is None or not same_dim(end, sequence):
             return "the position slice does not provably end at the ids' sequence length"
         return None
-    if _default_op(node, "Unsqueeze"):
+    if is_op(node, "Unsqueeze"):
         axes = _const(node.inputs[1]) if len(node.inputs) > 1 else None
         inner = node.inputs[0].producer()
-        if axes is None or axes.reshape(-1).tolist() != [0] or not _default_op(inner, "Range"):
+        if axes is None or axes.reshape(-1).tolist() != [0] or not is_op(inner, "Range"):
             return "the positions are not Unsqueeze(Range(...), 0)"
         start, limit, delta = (_const(inner.inputs[0]), inner.inputs[1], _const(inner.inputs[2]))
         if start is None or int(start) != 0 or delta is None or int(delta) != 1:
             return "the position range does not go 0, 1, 2, ..."
         end = _sequence_dim_of(limit)
-        if end is None or not _same_dim(end, sequence):
+        if end is None or not same_dim(end, sequence):
             return "the position range does not provably end at the ids' sequence length"
         return None
     return "the positions are neither a graph input nor arange(sequence)"
@@ -213,10 +201,8 @@ class EmbedLayerNormFusion(pattern.RewriteRuleClassBase):
                 return reason
             position = aranges[0][0]
         for table, indices in others:
-            same = list(indices.shape) == list(ids.shape) and all(
-                _same_dim(a, b) for a, b in zip(indices.shape, ids.shape, strict=True)
-            )
-            broadcast = indices.shape[0] == 1 and _same_dim(indices.shape[1], ids.shape[1])
+            same = all(same_dim(a, b) for a, b in zip(indices.shape, ids.shape, strict=True))
+            broadcast = indices.shape[0] == 1 and same_dim(indices.shape[1], ids.shape[1])
             if position is None and (same or broadcast):
                 position, position_ids = table, indices
             elif segment is None and same:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
+from llmc.passes.fusion.values import is_op
+
 RuleSets = Callable[[], list]  # -> list[onnxscript.rewriter.pattern.RewriteRuleSet]
 
 
@@ -55,31 +57,27 @@ class FusionFamily:
         )
 
 
-def _op(node: ir.Node, *op_types: str) -> bool:
-    return node.domain in ("", "ai.onnx") and node.op_type in op_types
-
-
 def _feeds(node: ir.Node, *op_types: str) -> bool:
     """Whether the first input of ``node`` is produced by one of ``op_types``."""
     producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    return producer is not None and _op(producer, *op_types)
+    return producer is not None and is_op(producer, *op_types)
 
 
 def _layer_norm_anchor(node: ir.Node) -> bool:
     # ReduceMean(x) whose input also feeds a Sub: the mean-centering of a decomposed LayerNorm.
-    if not _op(node, "ReduceMean") or node.inputs[0] is None:
+    if not is_op(node, "ReduceMean") or node.inputs[0] is None:
         return False
-    return any(_op(use.node, "Sub") for use in node.inputs[0].uses())
+    return any(is_op(use.node, "Sub") for use in node.inputs[0].uses())
 
 
 def _rms_anchor(node: ir.Node) -> bool:
     # ReduceMean(x*x) or ReduceMean(Pow(x, 2)) with no mean-centering: a decomposed RMSNorm.
-    return _op(node, "ReduceMean") and _feeds(node, "Pow", "Mul") and not _layer_norm_anchor(node)
+    return is_op(node, "ReduceMean") and _feeds(node, "Pow", "Mul") and not _layer_norm_anchor(node)
 
 
 def _skip_ln_anchor(node: ir.Node) -> bool:
     # A LayerNormalization whose input is a residual Add.
-    return _op(node, "LayerNormalization") and _feeds(node, "Add")
+    return is_op(node, "LayerNormalization") and _feeds(node, "Add")
 
 
 def _skip_rms_anchor(node: ir.Node) -> bool:
@@ -92,12 +90,12 @@ def _skip_rms_anchor(node: ir.Node) -> bool:
 
 def _produced_by(value: ir.Value | None, *op_types: str) -> ir.Node | None:
     producer = value.producer() if value is not None else None
-    return producer if producer is not None and _op(producer, *op_types) else None
+    return producer if producer is not None and is_op(producer, *op_types) else None
 
 
 def _embed_anchor(node: ir.Node) -> bool:
     # A LayerNormalization of a sum (of sums) with an embedding Gather among its terms.
-    if not _op(node, "LayerNormalization"):
+    if not is_op(node, "LayerNormalization"):
         return False
     total = _produced_by(node.inputs[0], "Add")
     if total is None:
@@ -120,7 +118,7 @@ def _packed_qkv_anchor(node: ir.Node) -> bool:
 
 
 def _bias_gelu_anchor(node: ir.Node) -> bool:
-    return (_op(node, "Gelu") or (node.domain == "com.microsoft" and node.op_type == "Gelu")) and _feeds(
+    return (is_op(node, "Gelu") or (node.domain == "com.microsoft" and node.op_type == "Gelu")) and _feeds(
         node, "Add"
     )
 
@@ -311,7 +309,7 @@ FAMILIES: tuple[FusionFamily, ...] = (
         ORT_ONLY,
         ("com.microsoft::Gelu", "com.microsoft::FastGelu"),
         (Step(_gelu_ort),),
-        lambda n: _op(n, "Erf", "Tanh"),
+        lambda n: is_op(n, "Erf", "Tanh"),
     ),
     FusionFamily(
         "gelu_standard",
@@ -319,7 +317,7 @@ FAMILIES: tuple[FusionFamily, ...] = (
         ("trt",),
         ("::Gelu",),
         (Step(_gelu_trt),),
-        lambda n: _op(n, "Erf", "Tanh"),
+        lambda n: is_op(n, "Erf", "Tanh"),
         min_opset={"trt": 20},
     ),
     FusionFamily(
@@ -368,7 +366,7 @@ FAMILIES: tuple[FusionFamily, ...] = (
             Step(_sdpa_via_mha),
             Step(_finite_mask, explain=False),
         ),
-        lambda n: _op(n, "Softmax"),
+        lambda n: is_op(n, "Softmax"),
     ),
     FusionFamily(
         "packed_qkv",

@@ -18,11 +18,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-
-def _ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
-        return None
-    return [int(v) for v in value.const_value.numpy().reshape(-1)]
+from llmc.passes.fusion.values import const_ints
 
 
 class CosSinCacheMul(pattern.RewriteRuleClassBase):
@@ -54,7 +50,7 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         if position_ids.shape is None or position_ids.shape.rank() != 2:
             return result.fail("position_ids is not [batch, sequence]", position_ids)
-        if _ints(axes) not in ([-1], [2]):
+        if const_ints(axes) not in ([-1], [2]):
             return result.fail("position ids are not unsqueezed on the last axis", axes)
         if inv_freq.const_value is None:
             return result.fail("inv_freq is not a constant", inv_freq)
