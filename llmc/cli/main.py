@@ -66,7 +66,9 @@ def build(
             "--output", "-o", help="Artifact directory [default: MODEL.llmc-TARGET beside the model]."
         ),
     ] = None,
-    precision: Annotated[str, typer.Option(help="fp32.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32 or int8 (int8 needs --calibration-data).")
+    ] = "fp32",
     shape: ShapeOpt = None,
     inputs: InputsOpt = None,
     passes: Annotated[
@@ -132,6 +134,49 @@ def build(
             help="List every candidate that did not fuse: family, node, closest rule, failed check.",
         ),
     ] = False,
+    calibration_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--calibration-data",
+            help="int8: a directory of .npz feeds, one .npz of stacked samples, or a text file (with --tokenizer).",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Optional[Path],
+        typer.Option("--tokenizer", help="Hugging Face tokenizer directory for text calibration data."),
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", help="Samples to calibrate on; the next ones are held out.")
+    ] = 256,
+    holdout_samples: Annotated[
+        int, typer.Option("--holdout-samples", help="Held-out samples checking the accuracy budget (at most).")
+    ] = 128,
+    calibration_method: Annotated[
+        str, typer.Option("--calibration-method", help="max, percentile, entropy or mse.")
+    ] = "entropy",
+    max_accuracy_loss: Annotated[
+        float,
+        typer.Option(
+            "--max-accuracy-loss",
+            help="1 - the mean cosine to fp32 to keep on held-out samples; nodes fall back to float until it holds.",
+        ),
+    ] = 0.005,
+    exclude_nodes: Annotated[
+        Optional[list[str]],
+        typer.Option("--exclude-nodes", help="Keep these nodes in float (names or globs; repeatable)."),
+    ] = None,
+    exclude_op_types: Annotated[
+        Optional[list[str]],
+        typer.Option("--exclude-op-types", help="Keep every node of this op type in float (repeatable)."),
+    ] = None,
+    smooth_quant: Annotated[
+        bool,
+        typer.Option("--smooth-quant/--no-smooth-quant", help="SmoothQuant outlier migration (alpha per node)."),
+    ] = True,
+    no_engine: Annotated[
+        bool,
+        typer.Option("--no-engine", help="trt: write the TensorRT-ready ONNX without building an engine."),
+    ] = False,
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
@@ -142,7 +187,19 @@ def build(
     if dump_ir_after:
         dump_names = [n for n in dump_ir_after[0].split(",") if n]
         dump_dir = dump_ir_after[1]
-    with console.status("compiling") as status:
+    from llmc.compiler.quantize import QuantizeOptions
+
+    quantization = QuantizeOptions(
+        method=calibration_method,
+        samples=calibration_samples,
+        holdout=holdout_samples,
+        max_accuracy_loss=max_accuracy_loss,
+        exclude_nodes=tuple(exclude_nodes or ()),
+        exclude_op_types=tuple(exclude_op_types or ()),
+        smooth_quant=smooth_quant,
+        threads=threads,
+    )
+    with _Progress() as progress, console.status("compiling") as status:
         artifact = build_model(
             model,
             target=target,
@@ -162,9 +219,37 @@ def build(
             external_data=external_data,
             seed=seed,
             fusions=_fusion_overrides(enable_fusion, disable_fusion),
+            calibration_data=calibration_data,
+            tokenizer=tokenizer,
+            quantization=quantization,
+            no_engine=no_engine,
             log=lambda msg: status.update(msg),
+            progress=progress.update,
         )
     _print_build(artifact.manifest, artifact.path, explain_fusion=explain_fusion)
+
+
+class _Progress:
+    """A rich progress bar (with ETA) per long stage: calibration, accuracy budget."""
+
+    def __enter__(self) -> _Progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._bar.__enter__()
+        return self
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
 
 
 def _fusion_overrides(enable: list[str] | None, disable: list[str] | None) -> dict[str, bool]:
@@ -198,7 +283,39 @@ def _print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fa
         f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
     )
     _print_fusion(manifest, explain_fusion)
+    if "quantization" in manifest:
+        _print_quantization(manifest["quantization"])
     console.print(f"artifact: {escape(str(path))}")
+
+
+def _print_quantization(q: dict[str, Any]) -> None:
+    acc = q["accuracy"]
+    console.print(
+        f"int8 ({q['method']} calibration, {q['samples']['calibration']} samples"
+        f"{', statistics reused' if q['statistics']['reused'] else ''}; activations {q['activations']}, "
+        f"weights {q['weights']}): {q['nodes_quantized']} node(s) quantized, {q['nodes_float']} in float"
+    )
+    if acc.get("holdout"):
+        console.print(
+            f"  accuracy on {acc['holdout']} held-out samples: cosine mean {acc['cosine_mean']:.5f}, "
+            f"worst {acc['cosine_worst']:.5f} (budget: mean >= {acc['budget']})"
+        )
+    else:
+        console.print(f"  accuracy: {acc['note']}")
+    for node in q["nodes"]:
+        if node["precision"] == "float":
+            console.print(f"  float: {escape(node['node'])} ({node['op_type']}): {escape(node['reason'])}")
+    modes: dict[str, int] = {}
+    for node in q["nodes"]:
+        if node["precision"] == "int8":
+            key = f"{node['activations']}" + (f", smooth alpha {node['smooth_alpha']}" if node["smooth_alpha"] else "")
+            modes[key] = modes.get(key, 0) + 1
+    if modes:
+        console.print("  int8 nodes: " + "; ".join(f"{k} x{n}" for k, n in modes.items()))
+    console.print(
+        f"  calibration {q['calibration_seconds']:.1f} s, accuracy budget {q['budget_seconds']:.1f} s, "
+        f"peak RSS {q['peak_rss_mb']:.0f} MB"
+    )
 
 
 def _print_fusion(manifest: dict[str, Any], explain: bool) -> None:

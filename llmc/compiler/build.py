@@ -33,10 +33,11 @@ from llmc.compiler.instruments import (
 )
 from llmc.compiler.pass_manager import PassManager
 from llmc.compiler.pipeline import default_pipeline, parse_pipeline
+from llmc.compiler.quantize import QuantizeOptions
 from llmc.compiler.registry import TARGETS, PassOptions
 from llmc.errors import LlmcError
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 
 
@@ -61,20 +62,35 @@ def build(
     seed: int = 0,
     options: PassOptions | None = None,
     fusions: dict[str, bool] | None = None,
+    calibration_data: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    quantization: QuantizeOptions | None = None,
+    no_engine: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Artifact:
     """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact.
 
     ``fusions`` turns fusion families on/off against the target's measured defaults
     (``{"skip_layer_norm": True}``); see ``llmc passes`` for their names.
+    ``precision="int8"`` calibrates on ``calibration_data`` (a directory of .npz feeds, one
+    stacked .npz, or a text file with ``tokenizer``) under ``quantization`` options; the
+    artifact is then checked against the fp32 graph on held-out samples (cosine budget) instead
+    of the exact tolerance. ``target="trt"`` needs ``no_engine=True`` in this version: it writes
+    the TensorRT-ready ONNX.
     """
     from llmc import __version__
-    from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
+    from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
     from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
     from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 
     log = log or (lambda _msg: None)
-    _check_target(target, precision)
+    _check_target(target, precision, no_engine)
+    if precision == "int8" and calibration_data is None:
+        raise LlmcError(
+            "--precision int8 needs --calibration-data PATH (a directory of .npz feeds, one .npz with "
+            "stacked samples, or a text file with --tokenizer DIR)"
+        )
     session_config = SessionConfig(
         device=device,
         intra_op_num_threads=threads,
@@ -127,19 +143,30 @@ def build(
     fused_after = fused_op_counts(ir_model, target)
     # Unfused candidates of every family of the target (disabled ones say why they are off).
     not_fused = explain(ir_model, _families(target), disabled, target) if "fuse" in pipeline.names() else []
+    quant_report = None
+    fp32_comparison = None
+    if precision == "int8":
+        # The passes must be exact before quantization changes the numbers on purpose.
+        fp32_comparison = compare_outputs(reference, run_model(ir_model, feeds, REFERENCE_CONFIG), tolerance)
+        _fail_on_mismatch(fp32_comparison)
+        ir_model, quant_report = _quantize(
+            ir_model, target, calibration_data, tokenizer, quantization or QuantizeOptions(threads=threads),
+            feeds, out_dir, log, progress,
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
     log("verifying the artifact against the source model")
     saved = model_io.load_model(out_dir / MODEL_FILE)
     candidate = OrtRunner(create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)).run(feeds)
-    comparison = compare_outputs(reference, candidate, tolerance)
-    worst = comparison.worst()
-    if worst is not None:
-        raise LlmcError(
-            f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
-            "--diff-each to name the pass, then --disable-pass it"
-        )
+    if fp32_comparison is None:
+        comparison = compare_outputs(reference, candidate, tolerance)
+        _fail_on_mismatch(comparison)
+    else:
+        comparison = fp32_comparison
+        bad = [k for k, v in candidate.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            raise LlmcError(f"the int8 model gives NaN/Inf in output '{bad[0]}'; rebuild with --precision fp32")
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
     create_session(out_dir / MODEL_FILE, session_config, saved)
@@ -191,17 +218,58 @@ def build(
             "create_seconds": round(session_seconds, 4),
         },
     }
+    if quant_report is not None:
+        manifest["verification"]["reference"] += (
+            " (the fp32 graph before quantization; the int8 artifact is checked by the accuracy "
+            "budget in 'quantization')"
+        )
+        manifest["quantization"] = quant_report
+    if target == "trt":
+        manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only"}
     write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)
 
 
-def _check_target(target: str, precision: str) -> None:
+def _fail_on_mismatch(comparison) -> None:
+    worst = comparison.worst()
+    if worst is not None:
+        raise LlmcError(
+            f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
+            "--diff-each to name the pass, then --disable-pass it"
+        )
+
+
+def _quantize(ir_model, target, calibration_data, tokenizer, options, feeds, out_dir, log, progress):
+    from llmc.compiler.calibration_data import load_calibration_data
+    from llmc.compiler.quantize import quantize_model
+    from llmc.passes.quantize.lint import lint
+
+    ids = feeds.get("input_ids")
+    sequence = int(ids.shape[1]) if ids is not None and ids.ndim == 2 else None
+    log(f"reading calibration data {calibration_data}")
+    samples = load_calibration_data(
+        calibration_data, ir_model, tokenizer=tokenizer, sequence_length=sequence,
+        limit=options.samples + options.holdout,
+    )
+    log(f"calibrating on {min(len(samples), options.samples)} samples ({options.method})")
+    result = quantize_model(
+        ir_model, target, samples, options, stats_path=out_dir / "calibration.json", progress=progress
+    )
+    problems = lint(result.model, target)
+    if problems:
+        raise AssertionError(f"int8 graph breaks the {target} Q/DQ rules: {problems[0]}")
+    result.report["lint"] = {"rules": target, "passed": True}
+    return result.model, result.report
+
+
+def _check_target(target: str, precision: str, no_engine: bool = False) -> None:
     if target not in TARGETS:
         raise LlmcError(f"unknown target '{target}'; valid targets: {', '.join(TARGETS)}")
-    if target == "trt":
+    if target == "trt" and not no_engine:
         raise LlmcError(
-            "--target trt is not available yet: the TensorRT backend has not landed in this "
-            "llmc version; use --target ort (ONNX Runtime, with --device tensorrt for its TensorRT EP)"
+            "--target trt cannot build a TensorRT engine in this llmc version (the TensorRT backend "
+            "has not landed); add --no-engine to write the TensorRT-ready ONNX for a GPU host, or use "
+            "--target ort"
         )
     if precision not in PRECISIONS:
         raise LlmcError(

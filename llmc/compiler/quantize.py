@@ -1,0 +1,432 @@
+"""INT8 post-training quantization of a compiled fp32 graph, with an accuracy budget.
+
+Steps (``quantize_model``):
+
+1. **Targets**: linear layers with constant weights (``passes/quantize/targets.py``); output
+   heads, tiny layers and ``--exclude-*`` matches stay float with their reason.
+2. **Calibration** (streaming): the fp32 graph runs in ONNX Runtime with every target's input
+   exposed, a batch at a time (the batch sized to a memory budget); each batch updates a
+   constant-size :class:`TensorStats` per tensor and is dropped. Statistics are saved as JSON and
+   reused when the model and the samples are the same.
+3. **Per-node configuration**: on a few probe samples, each target's output error (noise ratio
+   against x @ W in float) is measured in numpy for every candidate: SmoothQuant alpha in
+   ``ALPHAS`` and, for ``ort``, dynamic or static activations. The least error wins; the error
+   is the node's sensitivity.
+4. **Accuracy budget**: the quantized model runs on held-out samples; while the mean cosine to
+   the fp32 outputs is below ``1 - max_accuracy_loss``, the most sensitive quantized node falls
+   back to float, one at a time. The report names every fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from llmc.errors import LlmcError
+from llmc.passes.quantize.numerics import (
+    fake_dynamic_uint8,
+    fake_int8,
+    fake_uint8,
+    fake_weight,
+    int8_params,
+    noise_ratio,
+    uint8_params,
+)
+from llmc.passes.quantize.rewrite import NodeConfig, quantize_ort, quantize_trt
+from llmc.passes.quantize.stats import METHODS, TensorStats
+from llmc.passes.quantize.targets import QuantTarget, apply_exclusions, find_targets
+
+ALPHAS: tuple[float | None, ...] = (None, 0.5, 0.65, 0.8)
+STATS_VERSION = 1
+PROBE_SAMPLES = 4
+PROBE_ROWS = 32  # output rows per probe sample whose error is measured
+DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of captured activations per calibration batch
+MAX_BATCH = 32
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class QuantizeOptions:
+    method: str = "entropy"
+    samples: int = 256
+    holdout: int = 128
+    max_accuracy_loss: float = 0.005
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    smooth_quant: bool = True
+    percentile: float = 99.99
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise LlmcError(f"unknown calibration method '{self.method}'; valid: {', '.join(METHODS)}")
+        if self.samples < 1:
+            raise LlmcError("--calibration-samples must be at least 1")
+        if not 0.0 <= self.max_accuracy_loss < 1.0:
+            raise LlmcError("--max-accuracy-loss is 1 - the cosine to keep, between 0 and 1 (e.g. 0.005)")
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    model: ir.Model
+    report: dict[str, Any]
+
+
+def quantize_model(
+    model: ir.Model,
+    target: str,
+    samples: list[dict[str, np.ndarray]],
+    options: QuantizeOptions,
+    *,
+    stats_path: Path | None = None,
+    progress: Progress | None = None,
+) -> QuantizeResult:
+    """INT8 copy of the compiled fp32 ``model`` for ``target``, within the accuracy budget."""
+    progress = progress or (lambda _stage, _done, _total: None)
+    calibration, holdout = samples[: options.samples], samples[options.samples : options.samples + options.holdout]
+    targets = find_targets(model, target)
+    apply_exclusions(targets, list(options.exclude_nodes), list(options.exclude_op_types))
+    if not targets:
+        raise LlmcError("--precision int8: the model has no MatMul/Gemm with a constant weight to quantize")
+    chosen = [i for i, t in enumerate(targets) if t.float_reason is None]
+
+    start = time.perf_counter()
+    rss = _PeakRss()
+    stats, reused = _statistics(model, targets, calibration, options, stats_path, progress, rss)
+    configs, sensitivity, candidates = _choose_configs(model, targets, chosen, stats, calibration, target, options, rss)
+    calibration_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = _run_all(model, holdout, options.threads) if holdout else None
+    fallbacks: list[dict[str, Any]] = []
+    while True:
+        quantized = _apply(model, target, configs)
+        if reference is None:
+            cosines = None
+            break
+        cosines = _cosines(reference, _run_all(quantized, holdout, options.threads), holdout)
+        progress("accuracy", len(fallbacks) + 1, len(chosen) + 1)
+        if float(np.mean(cosines)) >= 1.0 - options.max_accuracy_loss or not configs:
+            break
+        worst = max(configs, key=lambda i: sensitivity[i])
+        fallbacks.append(
+            {"node": targets[worst].name, "sensitivity": sensitivity[worst], "cosine_mean_before": float(np.mean(cosines))}
+        )
+        del configs[worst]
+        targets[worst].float_reason = (
+            f"fell back to float: mean cosine {np.mean(cosines):.5f} was below the budget "
+            f"{1 - options.max_accuracy_loss:.4f}, and its sensitivity was the highest left"
+        )
+        rss.sample()
+    budget_seconds = time.perf_counter() - start
+
+    report = {
+        "method": options.method,
+        "target": target,
+        "activations": "uint8 asymmetric" if target == "ort" else "int8 symmetric (zero point 0)",
+        "weights": "int8 symmetric per output channel",
+        "samples": {"calibration": len(calibration), "holdout": len(holdout)},
+        "statistics": {"reused": reused, "file": str(stats_path) if stats_path else None},
+        "nodes_quantized": len(configs),
+        "nodes_float": len(targets) - len(configs),
+        "nodes": [_node_report(i, t, configs.get(i), sensitivity.get(i), candidates.get(i)) for i, t in enumerate(targets)],
+        "fallbacks": fallbacks,
+        "accuracy": _accuracy(cosines, options.max_accuracy_loss),
+        "calibration_seconds": round(calibration_seconds, 3),
+        "budget_seconds": round(budget_seconds, 3),
+        "peak_rss_mb": round(rss.peak / 2**20, 1),
+    }
+    if cosines is not None and not report["accuracy"]["met"]:
+        raise LlmcError(
+            f"--precision int8 cannot meet the accuracy budget (mean cosine {np.mean(cosines):.5f} < "
+            f"{1 - options.max_accuracy_loss:.4f}) even with every node in float; raise --max-accuracy-loss"
+        )
+    return QuantizeResult(quantized, report)
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+class _PeakRss:
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = 0
+        self.sample()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def _statistics(model, targets, samples, options, stats_path, progress, rss) -> tuple[dict[str, TensorStats], bool]:
+    names = sorted({t.activation.name for t in targets if t.float_reason is None})
+    key = {"version": STATS_VERSION, "model": _model_digest(model), "samples": _samples_digest(samples), "tensors": names}
+    if stats_path is not None and stats_path.is_file():
+        try:
+            data = json.loads(stats_path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if data and data.get("key") == key:
+            return {k: TensorStats.from_json(v) for k, v in data["tensors"].items()}, True
+    stats = {name: TensorStats() for name in names}
+    runner = _capture_session(model, names, options.threads)
+    done = 0
+    progress("calibration", 0, len(samples))
+    for batch in _batches(samples, runner, names, options.memory_budget):
+        outputs = runner.run(batch)
+        for name in names:
+            stats[name].update(outputs[name], channels=True)
+        rss.sample()
+        done += _rows(batch)
+        progress("calibration", done, len(samples))
+        del outputs
+    if stats_path is not None:
+        stats_path.parent.mkdir(parents=True, exist_ok=True)
+        stats_path.write_text(json.dumps({"key": key, "tensors": {k: v.to_json() for k, v in stats.items()}}))
+    return stats, False
+
+
+def _model_digest(model: ir.Model) -> str:
+    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
+    for name, value in sorted(model.graph.initializers.items()):
+        digest.update(name.encode())
+        if value.const_value is not None:
+            digest.update(value.const_value.tobytes())
+    return digest.hexdigest()
+
+
+def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            digest.update(name.encode())
+            digest.update(str(sample[name].shape).encode())
+            digest.update(np.ascontiguousarray(sample[name]).tobytes())
+    return digest.hexdigest()
+
+
+class _Capture:
+    """An ORT session over a copy of the model whose extra outputs are the named tensors."""
+
+    def __init__(self, model: ir.Model, names: list[str], threads: int) -> None:
+        from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+        from llmc.compiler.model_io import ort_model_source
+
+        capture = model.clone() if names else model
+        values = {v.name: v for node in capture.graph for v in node.outputs}
+        values.update({v.name: v for v in capture.graph.inputs})
+        present = {v.name for v in capture.graph.outputs}
+        for name in names:
+            if name not in present:
+                capture.graph.outputs.append(values[name])
+        config = SessionConfig(intra_op_num_threads=threads)
+        with ort_model_source(capture) as source:
+            self.runner = OrtRunner(create_session(source, config, capture))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.run(feeds)
+
+
+def _capture_session(model: ir.Model, names: list[str], threads: int) -> _Capture:
+    return _Capture(model, names, threads)
+
+
+def _batches(samples, runner: _Capture | None, names: list[str], budget: int):
+    """Consecutive same-shape samples concatenated, as many per batch as the memory budget allows."""
+    size = 1
+    i = 0
+    first = True
+    while i < len(samples):
+        group = [samples[i]]
+        while len(group) < size and i + len(group) < len(samples) and _same_shapes(samples[i], samples[i + len(group)]):
+            group.append(samples[i + len(group)])
+        batch = {k: np.concatenate([s[k] for s in group]) if group[0][k].ndim else group[0][k] for k in group[0]}
+        yield batch
+        if first and runner is not None:
+            # Size later batches from the first one's captured bytes.
+            per_row = max(1, _captured_bytes(runner, batch, names) // max(1, _rows(batch)))
+            size = int(np.clip(budget // per_row, 1, MAX_BATCH))
+            first = False
+        i += len(group)
+
+
+def _captured_bytes(runner: _Capture, batch, names) -> int:
+    outputs = runner.run(batch)
+    return sum(v.nbytes for v in outputs.values())
+
+
+def _same_shapes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(a[k].shape[1:] == b[k].shape[1:] and a[k].dtype == b[k].dtype for k in a)
+
+
+def _rows(batch: dict[str, np.ndarray]) -> int:
+    return max((v.shape[0] for v in batch.values() if v.ndim), default=1)
+
+
+# -- per-node configuration --------------------------------------------------------------------
+
+
+def smooth_scale(channel_absmax: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's s_j = max|X_j|^alpha / max|W_j|^(1-alpha), clamped to stay well-conditioned."""
+    x = np.maximum(channel_absmax.astype(np.float64), 1e-5)
+    w = np.maximum(np.abs(weight).max(axis=1).astype(np.float64), 1e-5)
+    s = x**alpha / w ** (1.0 - alpha)
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
+def _choose_configs(model, targets, chosen, stats, samples, target, options, rss):
+    """Pick each node's SmoothQuant alpha and activation mode by its measured output error."""
+    configs: dict[int, NodeConfig] = {}
+    sensitivity: dict[int, float] = {}
+    candidates: dict[int, list[dict[str, Any]]] = {}
+    if not chosen:
+        return configs, sensitivity, candidates
+    names = sorted({targets[i].activation.name for i in chosen})
+    runner = _capture_session(model, names, options.threads)
+    probes = samples[:PROBE_SAMPLES]
+    captured: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in probes:
+        outputs = runner.run(sample)
+        for n in names:
+            captured[n].append(outputs[n])
+    rss.sample()
+    del runner
+    for i in chosen:
+        t = targets[i]
+        s = stats[t.activation.name]
+        xs = [x.reshape(x.shape[0], -1, x.shape[-1]) for x in captured[t.activation.name]]
+        x = np.concatenate(xs)  # [samples, rows, K]
+        rows = np.linspace(0, x.shape[1] - 1, min(PROBE_ROWS, x.shape[1])).astype(int)
+        reference = x[:, rows] @ t.weight
+        tried = []
+        for alpha in ALPHAS if options.smooth_quant and s.channel_absmax is not None else (None,):
+            config = _candidate_config(s, t, alpha, options, "static")
+            xq_in = x / config.smooth if config.smooth is not None else x
+            w = fake_weight(t.weight * config.smooth[:, None] if config.smooth is not None else t.weight)
+            modes = ("dynamic", "static") if target == "ort" else ("static",)
+            for mode in modes:
+                if mode == "dynamic":
+                    xq = fake_dynamic_uint8(xq_in)
+                elif target == "ort":
+                    xq = fake_uint8(xq_in, *uint8_params(config.lo, config.hi))
+                else:
+                    xq = fake_int8(xq_in, int8_params(max(-config.lo, config.hi)))
+                error = noise_ratio(reference, xq[:, rows] @ w)
+                tried.append((error, mode, alpha, dataclasses.replace(config, mode=mode)))
+        best = min(e for e, *_ in tried)
+        # Within 2% of the best error, prefer no smoothing, then static activations (no runtime
+        # min/max pass): fewer ops for the same accuracy.
+        pick = min(
+            (c for c in tried if c[0] <= best * 1.02 + 1e-12),
+            key=lambda c: (c[2] is not None, c[1] != "static", c[0]),
+        )
+        configs[i] = pick[3]
+        sensitivity[i] = float(pick[0])
+        candidates[i] = [{"alpha": a, "mode": m, "noise_ratio": float(e)} for e, m, a, _ in tried]
+    return configs, sensitivity, candidates
+
+
+def _candidate_config(s: TensorStats, t: QuantTarget, alpha: float | None, options, mode: str) -> NodeConfig:
+    if alpha is None:
+        lo, hi = s.range_for(options.method, options.percentile)
+        return NodeConfig(mode=mode, lo=lo, hi=hi)
+    smooth = smooth_scale(s.channel_absmax, t.weight, alpha)
+    # |x_j / s_j| <= max|X_j| / s_j on every calibration sample: the exact range after smoothing.
+    bound = float((s.channel_absmax / smooth).max())
+    lo = -bound if s.minimum < 0 else 0.0
+    return NodeConfig(mode=mode, alpha=alpha, smooth=smooth, lo=lo, hi=bound)
+
+
+# -- accuracy ------------------------------------------------------------------------------------
+
+
+def _apply(model: ir.Model, target: str, configs: dict[int, NodeConfig]) -> ir.Model:
+    copy = model.clone()
+    targets = find_targets(copy, target)
+    (quantize_ort if target == "ort" else quantize_trt)(copy, targets, configs)
+    return copy
+
+
+def _run_all(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
+    capture = _Capture(model, [], threads)
+    results = []
+    for batch in _batches(samples, None, [], 0):
+        results.append(capture.run(batch))
+    return results
+
+
+def _cosines(reference, candidate, samples) -> np.ndarray:
+    """Per-sample cosine, the lowest over the float outputs (padded positions masked out)."""
+    refs, cands = _per_sample(reference), _per_sample(candidate)
+    out = []
+    for sample, ref, cand in zip(samples, refs, cands, strict=True):
+        mask = sample.get("attention_mask")
+        worst = 1.0
+        for name, a in ref.items():
+            if a.dtype.kind != "f":
+                continue
+            b = cand[name]
+            if mask is not None and a.ndim >= 2 and mask.shape == a.shape[:2]:
+                keep = mask.astype(bool)
+                a, b = a[keep], b[keep]
+            worst = min(worst, _cosine(a.astype(np.float64).ravel(), b.astype(np.float64).ravel()))
+        out.append(worst)
+    return np.array(out)
+
+
+def _per_sample(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    rows = []
+    for batch in batches:
+        n = _rows(batch)
+        for i in range(n):
+            rows.append({k: (v[i : i + 1] if v.ndim and v.shape[0] == n else v) for k, v in batch.items()})
+    return rows
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    if not np.isfinite(na * nb):
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _accuracy(cosines: np.ndarray | None, loss: float) -> dict[str, Any]:
+    if cosines is None:
+        return {"holdout": 0, "met": True, "note": "no held-out samples: the budget was not checked"}
+    return {
+        "metric": "cosine to fp32 per held-out sample (min over float outputs, padding masked)",
+        "budget": round(1.0 - loss, 6),
+        "cosine_mean": round(float(np.mean(cosines)), 6),
+        "cosine_worst": round(float(np.min(cosines)), 6),
+        "holdout": int(len(cosines)),
+        "met": bool(np.mean(cosines) >= 1.0 - loss),
+    }
+
+
+def _node_report(i, t: QuantTarget, config: NodeConfig | None, sensitivity, candidates) -> dict[str, Any]:
+    entry: dict[str, Any] = {"node": t.name, "op_type": t.node.op_type, "shape": list(t.weight.shape)}
+    if config is None:
+        entry["precision"] = "float"
+        entry["reason"] = t.float_reason or "not quantized"
+    else:
+        entry.update(
+            precision="int8",
+            activations=config.mode,
+            smooth_alpha=config.alpha,
+            range=[round(config.lo, 6), round(config.hi, 6)] if config.mode == "static" else None,
+        )
+    if sensitivity is not None:
+        entry["sensitivity"] = sensitivity
+    return entry
