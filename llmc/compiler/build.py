@@ -287,7 +287,7 @@ def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
         # Work on a clone (weights shared, never copied) so the caller's model stays as it was.
         ir_model = model.clone()
         model_io.normalize(ir_model)
-        return ir_model, {"path": None, "sha256": _ir_sha256(model)}
+        return ir_model, {"path": None, "sha256": model_io.ir_sha256(model)}
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString(deterministic=True)
         ir_model = ir.serde.deserialize_model(model)
@@ -296,16 +296,6 @@ def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
     raise LlmcError(
         f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model"
     )
-
-
-def _ir_sha256(model: ir.Model) -> str:
-    """A content hash of an in-memory model: its text form plus every initializer's bytes."""
-    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
-    for name, value in sorted(model.graph.initializers.items()):
-        digest.update(name.encode())
-        if value.const_value is not None:
-            digest.update(value.const_value.tobytes())
-    return digest.hexdigest()
 
 
 def _default_output(source: dict[str, Any], target: str) -> Path:

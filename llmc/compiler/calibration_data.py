@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from llmc.compiler.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs
+from llmc.compiler.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs, check_input_names
 from llmc.errors import LlmcError
 
 Sample = dict[str, np.ndarray]
@@ -67,13 +67,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _rows(arrays: dict[str, np.ndarray], inputs: dict[str, ir.Value], origin: str, stacked: bool) -> list[Sample]:
-    missing = [n for n in inputs if n not in arrays]
-    extra = [n for n in arrays if n not in inputs]
-    if missing or extra:
-        raise LlmcError(
-            f"{origin}: calibration inputs do not match the model (missing: {', '.join(missing) or '-'}; "
-            f"unknown: {', '.join(extra) or '-'}); the model takes {', '.join(inputs)}"
-        )
+    check_input_names(inputs, arrays, origin, "calibration inputs")
     counts = set()
     per_input: dict[str, np.ndarray] = {}
     for name, value in inputs.items():

@@ -140,13 +140,7 @@ def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.
 
 def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> None:
     inputs = _runtime_inputs(model)
-    missing = [n for n in inputs if n not in feeds]
-    extra = [n for n in feeds if n not in inputs]
-    if missing or extra:
-        raise LlmcError(
-            f"{origin}: inputs do not match the model (missing: {', '.join(missing) or '-'}; "
-            f"unknown: {', '.join(extra) or '-'}); the model takes {', '.join(inputs)}"
-        )
+    check_input_names(inputs, feeds, origin)
     for name, value in inputs.items():
         array = feeds[name]
         expected = value.dtype.numpy() if value.dtype is not None else None
@@ -157,6 +151,17 @@ def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> N
                 f"{origin}: input '{name}' has rank {array.ndim} but the model expects "
                 f"{len(value.shape)} ({_format_shape(value.shape)})"
             )
+
+
+def check_input_names(inputs, feeds, origin: str, what: str = "inputs") -> None:
+    """One error listing the missing and unknown names when ``feeds`` do not match ``inputs``."""
+    missing = [n for n in inputs if n not in feeds]
+    extra = [n for n in feeds if n not in inputs]
+    if missing or extra:
+        raise LlmcError(
+            f"{origin}: {what} do not match the model (missing: {', '.join(missing) or '-'}; "
+            f"unknown: {', '.join(extra) or '-'}); the model takes {', '.join(inputs)}"
+        )
 
 
 class _DecoderLayout(NamedTuple):

@@ -192,3 +192,13 @@ def _check_defined_values(graph: ir.Graph, path: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def ir_sha256(model: ir.Model) -> str:
+    """A content hash of an in-memory model: its text form plus every initializer's bytes."""
+    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
+    for name, value in sorted(model.graph.initializers.items()):
+        digest.update(name.encode())
+        if value.const_value is not None:
+            digest.update(value.const_value.tobytes())
+    return digest.hexdigest()

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from llmc.compiler import model_io
 from llmc.errors import LlmcError
 from llmc.passes.quantize.numerics import (
     fake_dynamic_uint8,
@@ -170,7 +171,7 @@ class _PeakRss:
 
 def _statistics(model, targets, samples, options, stats_path, progress, rss) -> tuple[dict[str, TensorStats], bool]:
     names = sorted({t.activation.name for t in targets if t.float_reason is None})
-    key = {"version": STATS_VERSION, "model": _model_digest(model), "samples": _samples_digest(samples), "tensors": names}
+    key = {"version": STATS_VERSION, "model": model_io.ir_sha256(model), "samples": _samples_digest(samples), "tensors": names}
     if stats_path is not None and stats_path.is_file():
         try:
             data = json.loads(stats_path.read_text())
@@ -179,11 +180,15 @@ def _statistics(model, targets, samples, options, stats_path, progress, rss) -> 
         if data and data.get("key") == key:
             return {k: TensorStats.from_json(v) for k, v in data["tensors"].items()}, True
     stats = {name: TensorStats() for name in names}
-    runner = _capture_session(model, names, options.threads)
+    runner = _Capture(model, names, options.threads)
     done = 0
     progress("calibration", 0, len(samples))
-    for batch in _batches(samples, runner, names, options.memory_budget):
+    size = [1]  # the first batch is one row; later ones fit the memory budget
+    for batch in _batches(samples, lambda: size[0]):
         outputs = runner.run(batch)
+        if done == 0:
+            per_row = max(1, sum(v.nbytes for v in outputs.values()) // _rows(batch))
+            size[0] = int(np.clip(options.memory_budget // per_row, 1, MAX_BATCH))
         for name in names:
             stats[name].update(outputs[name], channels=True)
         rss.sample()
@@ -194,15 +199,6 @@ def _statistics(model, targets, samples, options, stats_path, progress, rss) -> 
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         stats_path.write_text(json.dumps({"key": key, "tensors": {k: v.to_json() for k, v in stats.items()}}))
     return stats, False
-
-
-def _model_digest(model: ir.Model) -> str:
-    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
-    for name, value in sorted(model.graph.initializers.items()):
-        digest.update(name.encode())
-        if value.const_value is not None:
-            digest.update(value.const_value.tobytes())
-    return digest.hexdigest()
 
 
 def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
@@ -237,32 +233,15 @@ class _Capture:
         return self.runner.run(feeds)
 
 
-def _capture_session(model: ir.Model, names: list[str], threads: int) -> _Capture:
-    return _Capture(model, names, threads)
-
-
-def _batches(samples, runner: _Capture | None, names: list[str], budget: int):
-    """Consecutive same-shape samples concatenated, as many per batch as the memory budget allows."""
-    size = 1
+def _batches(samples, size: Callable[[], int]):
+    """Consecutive same-shape samples concatenated, ``size()`` rows at most per batch."""
     i = 0
-    first = True
     while i < len(samples):
         group = [samples[i]]
-        while len(group) < size and i + len(group) < len(samples) and _same_shapes(samples[i], samples[i + len(group)]):
+        while len(group) < size() and i + len(group) < len(samples) and _same_shapes(samples[i], samples[i + len(group)]):
             group.append(samples[i + len(group)])
-        batch = {k: np.concatenate([s[k] for s in group]) if group[0][k].ndim else group[0][k] for k in group[0]}
-        yield batch
-        if first and runner is not None:
-            # Size later batches from the first one's captured bytes.
-            per_row = max(1, _captured_bytes(runner, batch, names) // max(1, _rows(batch)))
-            size = int(np.clip(budget // per_row, 1, MAX_BATCH))
-            first = False
+        yield {k: np.concatenate([s[k] for s in group]) if group[0][k].ndim else group[0][k] for k in group[0]}
         i += len(group)
-
-
-def _captured_bytes(runner: _Capture, batch, names) -> int:
-    outputs = runner.run(batch)
-    return sum(v.nbytes for v in outputs.values())
 
 
 def _same_shapes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -292,7 +271,7 @@ def _choose_configs(model, targets, chosen, stats, samples, target, options, rss
     if not chosen:
         return configs, sensitivity, candidates
     names = sorted({targets[i].activation.name for i in chosen})
-    runner = _capture_session(model, names, options.threads)
+    runner = _Capture(model, names, options.threads)
     probes = samples[:PROBE_SAMPLES]
     captured: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for sample in probes:
@@ -360,7 +339,8 @@ def _apply(model: ir.Model, target: str, configs: dict[int, NodeConfig]) -> ir.M
 def _run_all(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
     capture = _Capture(model, [], threads)
     results = []
-    for batch in _batches(samples, None, [], 0):
+    # One sample per run: dynamic activation ranges then match a batch-1 deployment.
+    for batch in _batches(samples, lambda: 1):
         results.append(capture.run(batch))
     return results
 
