@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -98,6 +99,22 @@ def test_over_protobuf_limit_saves_external(tiny_bert_legacy, tmp_path, monkeypa
     artifact = llmc.build(tiny_bert_legacy, output=tmp_path / "out")
     assert (artifact.path / "model.onnx.data").is_file()
     assert artifact.model_path.stat().st_size < 200_000
+
+
+def test_sessions_of_large_models_are_created_from_a_file(tiny_bert_legacy, monkeypatch):
+    from llmc.backends.ort import run_model
+
+    model = model_io.load_model(tiny_bert_legacy)
+    feeds = make_feeds(model, resolve_shapes(model)[0])
+    in_memory = run_model(model, feeds)
+    with model_io.ort_model_source(model) as source:
+        assert isinstance(source, bytes)
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT_BYTES", 0)
+    with model_io.ort_model_source(model) as source:
+        assert isinstance(source, str) and Path(source + ".data").is_file()
+    from_file = run_model(model, feeds)
+    for name, value in in_memory.items():
+        np.testing.assert_array_equal(value, from_file[name])
 
 
 def test_rebuild_from_external_data_artifact(tiny_bert_legacy, tmp_path):

@@ -71,6 +71,15 @@ def test_histogram_widening_is_exact_and_json_round_trips():
         assert again.range_for(method) == stats.range_for(method)
 
 
+def test_values_at_the_bound_land_in_the_edge_bins():
+    stats = TensorStats()
+    x = np.array([[-2.0, 0.0, 2.0], [1.0, -1.0, 2.0]], np.float32)
+    stats.update(x, channels=True)
+    assert stats.histogram.sum() == x.size and stats.histogram[0] == 1 and stats.histogram[-1] == 2
+    np.testing.assert_array_equal(stats.channel_absmax, [2.0, 1.0, 2.0])
+    assert (stats.minimum, stats.maximum) == (-2.0, 2.0)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_ranges_contain_zero_and_stay_inside_the_data(method):
     rng = np.random.default_rng(1)
@@ -201,6 +210,35 @@ def test_int8_trt_qdq_is_symmetric_and_lints(tmp_path, tiny_bert_dynamo):
     zero = qdq[0].inputs[2]
     zero.const_value = ir.tensor(np.array(3, np.int8))
     assert any("zero point is not 0" in p for p in lint(model, "trt"))
+
+
+def test_reference_outputs_over_the_memory_budget_are_recomputed(tmp_path, tiny_bert_dynamo):
+    cached = _int8(tiny_bert_dynamo, tmp_path / "a").manifest["quantization"]["accuracy"]
+    recomputed = _int8(tiny_bert_dynamo, tmp_path / "b", options={"memory_budget": 1}).manifest["quantization"]
+    assert recomputed["accuracy"] == cached and recomputed["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("target", ["ort", "trt"])
+def test_int8_decoder_with_kv_cache_lints_for_both_targets(tmp_path, tiny_gpt2_dynamo, target):
+    from llmc.compiler.feeds import feeds_for, resolve_shapes
+
+    model = model_io.load_model(tiny_gpt2_dynamo)
+    shapes, _ = resolve_shapes(model, {"input_ids": (1, 16)})
+    directory = tmp_path / "calib"
+    directory.mkdir()
+    for seed in range(24):
+        np.savez(directory / f"{seed:03d}.npz", **feeds_for(model, shapes, seed=seed))
+    artifact = llmc.build(
+        tiny_gpt2_dynamo, target=target, precision="int8", output=tmp_path / target, calibration_data=directory,
+        quantization=llmc.compiler.quantize.QuantizeOptions(samples=16, holdout=8), shapes={"input_ids": (1, 16)},
+        no_engine=target == "trt",
+    )
+    q = artifact.manifest["quantization"]
+    assert q["lint"]["passed"] and q["accuracy"]["met"] and q["nodes_quantized"] > 0
+    quantized = model_io.load_model(artifact.model_path)
+    assert lint(quantized, target) == []
+    # The logits head stays a float MatMul (its weight is the tied embedding's transpose).
+    assert quantized.graph.outputs[0].producer().op_type == "MatMul"
 
 
 def test_accuracy_budget_falls_back_most_sensitive_first(tmp_path, tiny_bert_dynamo):

@@ -116,6 +116,7 @@ def build(
     feeds = feeds_for(ir_model, concrete, inputs, seed)
     log(f"reference run of the source model ({_describe_shapes(feeds)})")
     reference = _reference_outputs(model, ir_model, feeds, REFERENCE_CONFIG)
+    model_io.release_freed_memory()
     nodes_before = count_nodes(ir_model)
     fused_before = fused_op_counts(ir_model, target)
 
@@ -149,10 +150,12 @@ def build(
         # The passes must be exact before quantization changes the numbers on purpose.
         fp32_comparison = compare_outputs(reference, run_model(ir_model, feeds, REFERENCE_CONFIG), tolerance)
         _fail_on_mismatch(fp32_comparison)
+        model_io.release_freed_memory()
         ir_model, quant_report = _quantize(
             ir_model, target, calibration_data, tokenizer, quantization or QuantizeOptions(threads=threads),
             feeds, out_dir, log, progress,
         )
+        model_io.release_freed_memory()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,8 @@ ALPHAS: tuple[float | None, ...] = (None, 0.5, 0.65, 0.8)
 STATS_VERSION = 1
 PROBE_SAMPLES = 4
 PROBE_ROWS = 32  # output rows per probe sample whose error is measured
-DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of captured activations per calibration batch
+PROBE_COLUMNS = 256  # output channels whose error is measured (weights are per channel: exact)
+DEFAULT_MEMORY_BUDGET = 256 << 20  # captured activations per calibration batch; cached reference outputs
 MAX_BATCH = 32
 Progress = Callable[[str, int, int], None]
 
@@ -101,33 +103,21 @@ def quantize_model(
     chosen = [i for i, t in enumerate(targets) if t.float_reason is None]
 
     start = time.perf_counter()
-    rss = _PeakRss()
-    stats, reused = _statistics(model, targets, calibration, options, stats_path, progress, rss)
-    configs, sensitivity, candidates = _choose_configs(model, targets, chosen, stats, calibration, target, options, rss)
-    calibration_seconds = time.perf_counter() - start
+    with _PeakRss() as rss:
+        names = sorted({t.activation.name for t in targets if t.float_reason is None})
+        # One fp32 session serves the statistics, the probe activations and the held-out reference.
+        # No arena: a calibration batch's buffers are freed after it, not kept for the next one.
+        capture = _Capture(model, names, options.threads, arena=False)
+        stats, probes, reused = _statistics(model, capture, names, calibration, options, stats_path, progress)
+        configs, sensitivity, candidates = _choose_configs(targets, chosen, stats, probes, target, options)
+        del probes
+        model_io.release_freed_memory()
+        calibration_seconds = time.perf_counter() - start
 
-    start = time.perf_counter()
-    reference = _run_all(model, holdout, options.threads) if holdout else None
-    fallbacks: list[dict[str, Any]] = []
-    while True:
-        quantized = _apply(model, target, configs)
-        if reference is None:
-            cosines = None
-            break
-        cosines = _cosines(reference, _run_all(quantized, holdout, options.threads), holdout)
-        progress("accuracy", len(fallbacks) + 1, len(chosen) + 1)
-        if float(np.mean(cosines)) >= 1.0 - options.max_accuracy_loss or not configs:
-            break
-        worst = max(configs, key=lambda i: sensitivity[i])
-        fallbacks.append(
-            {"node": targets[worst].name, "sensitivity": sensitivity[worst], "cosine_mean_before": float(np.mean(cosines))}
-        )
-        del configs[worst]
-        targets[worst].float_reason = (
-            f"fell back to float: mean cosine {np.mean(cosines):.5f} was below the budget "
-            f"{1 - options.max_accuracy_loss:.4f}, and its sensitivity was the highest left"
-        )
-        rss.sample()
+        start = time.perf_counter()
+        reference = _Reference(capture, holdout, options.memory_budget)
+        fallbacks, quantized, cosines = _budget(model, target, targets, configs, sensitivity, reference, holdout, options, progress)
+        del capture, reference
     budget_seconds = time.perf_counter() - start
 
     report = {
@@ -158,47 +148,70 @@ def quantize_model(
 
 
 class _PeakRss:
+    """Peak resident memory while the block runs, sampled every 20 ms by a thread."""
+
     def __init__(self) -> None:
         import psutil
 
         self._process = psutil.Process()
-        self.peak = 0
-        self.sample()
+        self.peak = self._process.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def sample(self) -> None:
+    def _watch(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def _statistics(model, targets, samples, options, stats_path, progress, rss) -> tuple[dict[str, TensorStats], bool]:
-    names = sorted({t.activation.name for t in targets if t.float_reason is None})
+def _statistics(model, capture, names, samples, options, stats_path, progress):
+    """Per-tensor statistics over ``samples`` (or reused from ``stats_path``) and the captured
+    activations of the first ``PROBE_SAMPLES`` samples: (stats, probes, reused)."""
     key = {"version": STATS_VERSION, "model": model_io.ir_sha256(model), "samples": _samples_digest(samples), "tensors": names}
+    probes: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    probe_rows = min(PROBE_SAMPLES, len(samples))
     if stats_path is not None and stats_path.is_file():
         try:
             data = json.loads(stats_path.read_text())
         except (OSError, ValueError):
             data = None
         if data and data.get("key") == key:
-            return {k: TensorStats.from_json(v) for k, v in data["tensors"].items()}, True
+            for sample in samples[:probe_rows]:
+                outputs = capture.run(sample, names)
+                for n in names:
+                    probes[n].append(outputs[n])
+            return {k: TensorStats.from_json(v) for k, v in data["tensors"].items()}, probes, True
     stats = {name: TensorStats() for name in names}
-    runner = _Capture(model, names, options.threads)
     done = 0
     progress("calibration", 0, len(samples))
     size = [1]  # the first batch is one row; later ones fit the memory budget
     for batch in _batches(samples, lambda: size[0]):
-        outputs = runner.run(batch)
+        outputs = capture.run(batch, names)
+        rows = _rows(batch)
         if done == 0:
-            per_row = max(1, sum(v.nbytes for v in outputs.values()) // _rows(batch))
+            per_row = max(1, sum(v.nbytes for v in outputs.values()) // rows)
             size[0] = int(np.clip(options.memory_budget // per_row, 1, MAX_BATCH))
+        take = min(rows, probe_rows - done) if done < probe_rows else 0
         for name in names:
-            stats[name].update(outputs[name], channels=True)
-        rss.sample()
-        done += _rows(batch)
+            x = outputs[name]
+            if take:
+                probes[name].extend(np.array(x[i : i + 1]) for i in range(take))
+            stats[name].update(x, channels=True)
+        done += rows
         progress("calibration", done, len(samples))
         del outputs
     if stats_path is not None:
         stats_path.parent.mkdir(parents=True, exist_ok=True)
         stats_path.write_text(json.dumps({"key": key, "tensors": {k: v.to_json() for k, v in stats.items()}}))
-    return stats, False
+    return stats, probes, False
 
 
 def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
@@ -214,23 +227,24 @@ def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
 class _Capture:
     """An ORT session over a copy of the model whose extra outputs are the named tensors."""
 
-    def __init__(self, model: ir.Model, names: list[str], threads: int) -> None:
-        from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+    def __init__(self, model: ir.Model, names: list[str], threads: int, arena: bool = True) -> None:
+        from llmc.backends.ort import SessionConfig, create_session
         from llmc.compiler.model_io import ort_model_source
 
         capture = model.clone() if names else model
         values = {v.name: v for node in capture.graph for v in node.outputs}
         values.update({v.name: v for v in capture.graph.inputs})
-        present = {v.name for v in capture.graph.outputs}
+        self.graph_outputs = [v.name for v in capture.graph.outputs]
         for name in names:
-            if name not in present:
+            if name not in self.graph_outputs:
                 capture.graph.outputs.append(values[name])
-        config = SessionConfig(intra_op_num_threads=threads)
+        config = SessionConfig(intra_op_num_threads=threads, enable_cpu_mem_arena=arena)
         with ort_model_source(capture) as source:
-            self.runner = OrtRunner(create_session(source, config, capture))
+            self.session = create_session(source, config, capture)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runner.run(feeds)
+    def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = names if names is not None else self.graph_outputs
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 
 def _batches(samples, size: Callable[[], int]):
@@ -255,43 +269,36 @@ def _rows(batch: dict[str, np.ndarray]) -> int:
 # -- per-node configuration --------------------------------------------------------------------
 
 
-def smooth_scale(channel_absmax: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
-    """SmoothQuant's s_j = max|X_j|^alpha / max|W_j|^(1-alpha), clamped to stay well-conditioned."""
+def smooth_scale(channel_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's s_j = max|X_j|^alpha / max|W_j|^(1-alpha), clamped to stay well-conditioned.
+
+    ``weight_absmax`` is max |W[j, :]| per input channel j."""
     x = np.maximum(channel_absmax.astype(np.float64), 1e-5)
-    w = np.maximum(np.abs(weight).max(axis=1).astype(np.float64), 1e-5)
+    w = np.maximum(weight_absmax.astype(np.float64), 1e-5)
     s = x**alpha / w ** (1.0 - alpha)
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
 
-def _choose_configs(model, targets, chosen, stats, samples, target, options, rss):
+def _choose_configs(targets, chosen, stats, probes, target, options):
     """Pick each node's SmoothQuant alpha and activation mode by its measured output error."""
     configs: dict[int, NodeConfig] = {}
     sensitivity: dict[int, float] = {}
     candidates: dict[int, list[dict[str, Any]]] = {}
-    if not chosen:
-        return configs, sensitivity, candidates
-    names = sorted({targets[i].activation.name for i in chosen})
-    runner = _Capture(model, names, options.threads)
-    probes = samples[:PROBE_SAMPLES]
-    captured: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in probes:
-        outputs = runner.run(sample)
-        for n in names:
-            captured[n].append(outputs[n])
-    rss.sample()
-    del runner
     for i in chosen:
         t = targets[i]
         s = stats[t.activation.name]
-        xs = [x.reshape(x.shape[0], -1, x.shape[-1]) for x in captured[t.activation.name]]
+        xs = [x.reshape(x.shape[0], -1, x.shape[-1]) for x in probes[t.activation.name]]
         x = np.concatenate(xs)  # [samples, rows, K]
         rows = np.linspace(0, x.shape[1] - 1, min(PROBE_ROWS, x.shape[1])).astype(int)
-        reference = x[:, rows] @ t.weight
+        columns = np.unique(np.linspace(0, t.weight.shape[1] - 1, PROBE_COLUMNS).astype(int))
+        weight = t.weight[:, columns]
+        reference = x[:, rows] @ weight
+        weight_absmax = np.abs(t.weight).max(axis=1)
         tried = []
         for alpha in ALPHAS if options.smooth_quant and s.channel_absmax is not None else (None,):
-            config = _candidate_config(s, t, alpha, options, "static")
+            config = _candidate_config(s, weight_absmax, alpha, options, "static")
             xq_in = x / config.smooth if config.smooth is not None else x
-            w = fake_weight(t.weight * config.smooth[:, None] if config.smooth is not None else t.weight)
+            w = fake_weight(weight * config.smooth[:, None] if config.smooth is not None else weight)
             modes = ("dynamic", "static") if target == "ort" else ("static",)
             for mode in modes:
                 if mode == "dynamic":
@@ -315,11 +322,11 @@ def _choose_configs(model, targets, chosen, stats, samples, target, options, rss
     return configs, sensitivity, candidates
 
 
-def _candidate_config(s: TensorStats, t: QuantTarget, alpha: float | None, options, mode: str) -> NodeConfig:
+def _candidate_config(s: TensorStats, weight_absmax: np.ndarray, alpha: float | None, options, mode: str) -> NodeConfig:
     if alpha is None:
         lo, hi = s.range_for(options.method, options.percentile)
         return NodeConfig(mode=mode, lo=lo, hi=hi)
-    smooth = smooth_scale(s.channel_absmax, t.weight, alpha)
+    smooth = smooth_scale(s.channel_absmax, weight_absmax, alpha)
     # |x_j / s_j| <= max|X_j| / s_j on every calibration sample: the exact range after smoothing.
     bound = float((s.channel_absmax / smooth).max())
     lo = -bound if s.minimum < 0 else 0.0
@@ -336,41 +343,67 @@ def _apply(model: ir.Model, target: str, configs: dict[int, NodeConfig]) -> ir.M
     return copy
 
 
-def _run_all(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
-    capture = _Capture(model, [], threads)
-    results = []
-    # One sample per run: dynamic activation ranges then match a batch-1 deployment.
-    for batch in _batches(samples, lambda: 1):
-        results.append(capture.run(batch))
-    return results
+def _budget(model, target, targets, configs, sensitivity, reference, holdout, options, progress):
+    """Quantize with ``configs``; while the held-out mean cosine misses the budget, drop the most
+    sensitive node to float. Returns (fallbacks, quantized model, cosines or None)."""
+    fallbacks: list[dict[str, Any]] = []
+    total = len(configs) + 1
+    while True:
+        quantized = _apply(model, target, configs)
+        if not holdout:
+            return fallbacks, quantized, None
+        session = _Capture(quantized, [], options.threads)
+        # One sample per run: dynamic activation ranges then match a batch-1 deployment.
+        cosines = np.array([_sample_cosine(x, reference.get(i), session.run(x)) for i, x in enumerate(holdout)])
+        del session
+        model_io.release_freed_memory()
+        progress("accuracy", len(fallbacks) + 1, total)
+        if float(np.mean(cosines)) >= 1.0 - options.max_accuracy_loss or not configs:
+            return fallbacks, quantized, cosines
+        worst = max(configs, key=lambda i: sensitivity[i])
+        fallbacks.append(
+            {"node": targets[worst].name, "sensitivity": sensitivity[worst], "cosine_mean_before": float(np.mean(cosines))}
+        )
+        del configs[worst]
+        targets[worst].float_reason = (
+            f"fell back to float: mean cosine {np.mean(cosines):.5f} was below the budget "
+            f"{1 - options.max_accuracy_loss:.4f}, and its sensitivity was the highest left"
+        )
 
 
-def _cosines(reference, candidate, samples) -> np.ndarray:
-    """Per-sample cosine, the lowest over the float outputs (padded positions masked out)."""
-    refs, cands = _per_sample(reference), _per_sample(candidate)
-    out = []
-    for sample, ref, cand in zip(samples, refs, cands, strict=True):
-        mask = sample.get("attention_mask")
-        worst = 1.0
-        for name, a in ref.items():
-            if a.dtype.kind != "f":
-                continue
-            b = cand[name]
-            if mask is not None and a.ndim >= 2 and mask.shape == a.shape[:2]:
-                keep = mask.astype(bool)
-                a, b = a[keep], b[keep]
-            worst = min(worst, _cosine(a.astype(np.float64).ravel(), b.astype(np.float64).ravel()))
-        out.append(worst)
-    return np.array(out)
+class _Reference:
+    """fp32 outputs of the held-out samples: kept while they fit ``budget`` bytes, the rest
+    recomputed on demand (a decoder's logits and KV cache are ~35 MB per GPT-2 sample)."""
+
+    def __init__(self, capture: _Capture, samples: list[dict[str, np.ndarray]], budget: int) -> None:
+        self._capture, self._samples = capture, samples
+        self._kept: dict[int, dict[str, np.ndarray]] = {}
+        used = 0
+        for i, sample in enumerate(samples):
+            outputs = capture.run(sample)
+            used += sum(v.nbytes for v in outputs.values())
+            if used > budget:
+                break
+            self._kept[i] = outputs
+
+    def get(self, i: int) -> dict[str, np.ndarray]:
+        kept = self._kept.get(i)
+        return kept if kept is not None else self._capture.run(self._samples[i])
 
 
-def _per_sample(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    rows = []
-    for batch in batches:
-        n = _rows(batch)
-        for i in range(n):
-            rows.append({k: (v[i : i + 1] if v.ndim and v.shape[0] == n else v) for k, v in batch.items()})
-    return rows
+def _sample_cosine(sample, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> float:
+    """Cosine of one sample's outputs, the lowest over the float outputs (padding masked out)."""
+    mask = sample.get("attention_mask")
+    worst = 1.0
+    for name, a in ref.items():
+        if a.dtype.kind != "f":
+            continue
+        b = cand[name]
+        if mask is not None and a.ndim >= 2 and mask.shape == a.shape[:2]:
+            keep = mask.astype(bool)
+            a, b = a[keep], b[keep]
+        worst = min(worst, _cosine(a.astype(np.float64).ravel(), b.astype(np.float64).ravel()))
+    return worst
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -38,6 +38,9 @@ class SessionConfig:
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_num_threads: int = 0
     enable_mem_pattern: bool = True
+    # Off: buffers go back after each run instead of the arena keeping its high-water mark
+    # (calibration runs large batches once; deployment keeps the arena).
+    enable_cpu_mem_arena: bool = True
     execution_mode: str = "sequential"
     # ONNX Runtime graph transformers the session skips (e.g. "SkipLayerNormFusion"), for
     # rewrites measured slower on the target. ONNX Runtime ignores names it does not know, so
@@ -102,6 +105,7 @@ class SessionConfig:
             if self.execution_mode == "sequential"
             else ort.ExecutionMode.ORT_PARALLEL
         )
+        opts.enable_cpu_mem_arena = self.enable_cpu_mem_arena
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
         return opts
 

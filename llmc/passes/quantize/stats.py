@@ -46,10 +46,16 @@ class TensorStats:
         x = np.asarray(x, dtype=np.float32)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+        # Per-channel extremes first: the global ones and the per-channel |max| follow from them
+        # without more passes over x.
+        channel_max, channel_min = rows.max(axis=0), rows.min(axis=0)
+        lo, hi = float(channel_min.min()), float(channel_max.max())
         if not (np.isfinite(lo) and np.isfinite(hi)):
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-            lo, hi = float(x.min()), float(x.max())
+            rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+            channel_max, channel_min = rows.max(axis=0), rows.min(axis=0)
+            lo, hi = float(channel_min.min()), float(channel_max.max())
         self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
         amax = max(-lo, hi)
         if self.bound == 0.0:
@@ -57,14 +63,16 @@ class TensorStats:
         elif amax > self.bound:
             self._widen(amax)
         half = BINS // 2
-        # Bin index = floor(x * half / bound) + half; for the clipped, non-negative values the
-        # float->int cast truncates, which is the floor.
-        position = x.ravel() * np.float32(half / self.bound)
+        # Bin index = floor(x * half / bound) + half. |x| <= bound puts it in [0, BINS] (the
+        # float->int cast truncates, which is the floor for these non-negative values); x == bound
+        # lands in the extra bin BINS, folded into the last one.
+        position = np.multiply(x.ravel(), np.float32(half / self.bound))
         position += np.float32(half)
-        np.clip(position, 0, BINS - 1, out=position)
-        self.histogram += np.bincount(position.astype(np.intp), minlength=BINS)
+        counts = np.bincount(position.astype(np.intp), minlength=BINS + 1)
+        counts[BINS - 1] += counts[BINS:].sum()
+        self.histogram += counts[:BINS]
         if channels and x.ndim >= 1:
-            per_channel = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+            per_channel = np.maximum(channel_max, -channel_min)
             if self.channel_absmax is None or self.channel_absmax.shape != per_channel.shape:
                 self.channel_absmax = per_channel
             else:
