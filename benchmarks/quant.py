@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +113,7 @@ def _llmc_int8(model: str, out: str, method: str, target: str, samples: int, hol
     from llmc.compiler.quantize import QuantizeOptions
 
     calib = CACHE / "calibration.txt"
+    shutil.rmtree(out, ignore_errors=True)  # fresh statistics: time the whole calibration
     artifact = llmc.build(
         model, target=target, precision="int8", output=out, calibration_data=calib, tokenizer=tokenizer_dir(),
         quantization=QuantizeOptions(method=method, samples=samples, holdout=holdout, threads=2),
@@ -313,7 +315,9 @@ def render(results: dict[str, Any], sweep: list[dict[str, Any]], machine: str) -
                     f"in all (load, compile, verify, save); {job['quantized']} nodes int8, {job['float']} float; "
                     f"fallbacks: {', '.join(job['fallbacks']) or 'none'}.", ""]
     out += _targets(results, sweep)
-    samples = sweep[0].get("samples", 256) if sweep else 256
+    if not sweep:
+        return "\n".join([*out, END])
+    samples = sweep[0].get("samples", 256)
     out += [f"### Every calibration method (llmc int8; {samples} calibration + 64 held-out samples)", "",
             "| model | method | target | wall s | calibration s | peak RSS MB | quantized / float | held-out cosine mean / worst | lint |",
             "|---|---|---|---|---|---|---|---|---|"]
