@@ -198,6 +198,64 @@ def test_int8_ort_build_quantizes_lints_and_reuses_statistics(tmp_path, tiny_ber
     assert rebuilt.manifest["quantization"]["statistics"]["reused"] is True
 
 
+def test_padding_mask_bias_becomes_qattention_and_batches_agree(tmp_path, tiny_bert_dynamo):
+    artifact = _int8(tiny_bert_dynamo, tmp_path)
+    model = model_io.load_model(artifact.model_path)
+    assert any(n.op_type == "QAttention" for n in model.graph) and lint(model, "ort") == []
+    # Rows padded differently in one batch match fp32 row by row (the mask is per row).
+    a, b = _bert_samples(tiny_bert_dynamo, 2, seed=9)
+    feeds = {k: np.concatenate([a[k], b[k]]) for k in a}
+    feeds["attention_mask"][0, 3:] = 0
+    fp32 = llmc.load(llmc.build(tiny_bert_dynamo, output=tmp_path / "fp32").path).run(feeds)
+    int8 = artifact.load().run(feeds)
+    for name, ref in fp32.items():
+        for row in range(2):
+            keep = feeds["attention_mask"][row].astype(bool)
+            x, y = ref[row][keep].ravel(), int8[name][row][keep].ravel()
+            assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) > 0.99
+
+
+def _bias_model(causal: bool) -> ir.Model:
+    """attention_mask [B, S] -> additive bias [B, 1, S, S] (padding, optionally causal too)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["keep"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["keep", "axes"], ["keep4"]),  # [B, 1, 1, S]
+        helper.make_node("Shape", ["attention_mask"], ["shape"]),
+        helper.make_node("Slice", ["shape", "one", "two"], ["seq"]),
+        helper.make_node("Concat", ["seq", "seq"], ["square"], axis=0),
+        helper.make_node("ConstantOfShape", ["square"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Trilu", ["ones"], ["tri"], upper=0),
+        helper.make_node("Cast", ["tri"], ["lower"], to=TensorProto.BOOL),
+        helper.make_node("Expand", ["keep4", "square"], ["padding"]) if not causal else helper.make_node("And", ["keep4", "lower"], ["padding"]),
+        helper.make_node("Where", ["padding", "zero", "low"], ["bias"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+        onnx.numpy_helper.from_array(np.array([2], np.int64), "two"),
+        onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        onnx.numpy_helper.from_array(np.array(-1e9, np.float32), "low"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info("bias", TensorProto.FLOAT, None)], inits,
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_padding_mask_proof_accepts_padding_and_rejects_causal_masks():
+    from llmc.passes.quantize.padding_mask import prove_padding_mask
+
+    padding = _bias_model(causal=False)
+    proof = prove_padding_mask(padding, padding.graph.outputs[0])
+    assert proof is not None and proof.mask.name == "attention_mask" and proof.filter_value == -1e9
+    causal = _bias_model(causal=True)
+    assert prove_padding_mask(causal, causal.graph.outputs[0]) is None
+
+
 def test_int8_trt_qdq_is_symmetric_and_lints(tmp_path, tiny_bert_dynamo):
     artifact = _int8(tiny_bert_dynamo, tmp_path, target="trt")
     model = model_io.load_model(artifact.model_path)

@@ -5,8 +5,10 @@
 - dynamic activations: ``DynamicQuantizeMatMul(x, W_s8, w_scale[N], -, bias)``, the fused kernel
   that ORT_ENABLE_ALL makes out of quantize_dynamic's output;
 - static activations: ``QuantizeLinear(x, s, zp_u8)`` then ``MatMulIntegerToFloat``;
-- a fused Attention becomes its projection in one of those forms, a Split, and a
-  ``MultiHeadAttention`` keeping the attention bias (QAttention has no attention-bias input).
+- a fused Attention becomes ``QAttention`` (int8 projection and attention in one kernel) when its
+  attention bias is proven to be a padding mask (``padding_mask.py``): QAttention takes a raw
+  mask, not a bias. Otherwise it becomes its projection in one of the forms above, a Split and a
+  ``MultiHeadAttention`` keeping the bias.
 
 Activations are uint8 asymmetric and weights int8 symmetric per output channel (u8 x s8 is the
 fast VNNI path). ``trt``: a QuantizeLinear/DequantizeLinear pair (int8, zero point 0, per tensor)
@@ -22,8 +24,10 @@ import itertools
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from llmc.passes.quantize.numerics import int8_params, uint8_params, weight_per_channel
+from llmc.passes.quantize.padding_mask import PaddingMask, prove_padding_mask
 from llmc.passes.quantize.targets import QuantTarget
 
 MS_DOMAIN = "com.microsoft"
@@ -103,6 +107,7 @@ def quantize_ort(model: ir.Model, targets: list[QuantTarget], configs: dict[int,
     """Rewrite ``targets[i]`` for every ``i`` in ``configs`` into ONNX Runtime integer ops."""
     names = _Names(model)
     model.opset_imports.setdefault(MS_DOMAIN, 1)
+    masks = _MaskIndex(model, names)
     for i, config in sorted(configs.items()):
         t = targets[i]
         nodes: list[ir.Node] = []
@@ -111,18 +116,17 @@ def quantize_ort(model: ir.Model, targets: list[QuantTarget], configs: dict[int,
         wq = _initializer(model, names, f"{t.name}_weight_s8", q)
         ws = _initializer(model, names, f"{t.name}_weight_scale", w_scale)
         bias = _initializer(model, names, f"{t.name}_bias", t.bias.astype(np.float32)) if t.bias is not None else None
+        mask_index = masks.for_attention(t) if t.kind == "attention" else None
+        if mask_index is not None:
+            result = _qattention(model, names, t, config, x, wq, ws, bias, mask_index, nodes)
+            _replace(model, t, nodes, result)
+            continue
         if config.mode == "dynamic":
             mm = ir.node("DynamicQuantizeMatMul", [x, wq, ws, None, bias], domain=MS_DOMAIN, name=names(f"{t.name}_int8"))
         else:
-            scale, zero_point = uint8_params(config.lo, config.hi)
-            xs = _initializer(model, names, f"{t.name}_input_scale", np.array(scale, np.float32))
-            xz = _initializer(model, names, f"{t.name}_input_zero_point", np.array(zero_point, np.uint8))
-            quant = ir.node("QuantizeLinear", [x, xs, xz], name=names(f"{t.name}_quantize"))
-            quant.outputs[0].name = names(f"{t.name}_input_u8")
-            quant.outputs[0].dtype = ir.DataType.UINT8
-            nodes.append(quant)
+            xq, xs, xz = _quantize_static(model, names, t, config, x, nodes)
             mm = ir.node(
-                "MatMulIntegerToFloat", [quant.outputs[0], wq, xs, ws, xz, None, bias], domain=MS_DOMAIN,
+                "MatMulIntegerToFloat", [xq, wq, xs, ws, xz, None, bias], domain=MS_DOMAIN,
                 name=names(f"{t.name}_int8"),
             )
         mm.outputs[0].name = names(f"{t.name}_int8_out")
@@ -132,6 +136,82 @@ def quantize_ort(model: ir.Model, targets: list[QuantTarget], configs: dict[int,
         if t.kind == "attention":
             result = _attention_tail(model, names, t, result, nodes)
         _replace(model, t, nodes, result)
+    common_passes.RemoveUnusedNodesPass()(model)  # e.g. the attention-bias ops QAttention replaced
+
+
+def _quantize_static(model, names, t: QuantTarget, config: NodeConfig, x: ir.Value, nodes: list[ir.Node]):
+    """QuantizeLinear to the calibrated uint8 grid: (x_u8, scale, zero point)."""
+    scale, zero_point = uint8_params(config.lo, config.hi)
+    xs = _initializer(model, names, f"{t.name}_input_scale", np.array(scale, np.float32))
+    xz = _initializer(model, names, f"{t.name}_input_zero_point", np.array(zero_point, np.uint8))
+    quant = ir.node("QuantizeLinear", [x, xs, xz], name=names(f"{t.name}_quantize"))
+    quant.outputs[0].name = names(f"{t.name}_input_u8")
+    quant.outputs[0].dtype = ir.DataType.UINT8
+    nodes.append(quant)
+    return quant.outputs[0], xs, xz
+
+
+class _MaskIndex:
+    """int32 ``mask_index`` for QAttention, one Cast per proven padding mask (see padding_mask)."""
+
+    def __init__(self, model: ir.Model, names: _Names) -> None:
+        self._model, self._names = model, names
+        self._proofs: dict[str, PaddingMask | None] = {}
+        self._casts: dict[str, tuple[ir.Value, float]] = {}
+
+    def for_attention(self, t: QuantTarget) -> tuple[ir.Value, float] | None:
+        node = t.node
+        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+        if inputs[3] is not None or len(node.inputs) > 6 or t.bias is None:
+            return None  # mask_index, past or no bias: keep the MultiHeadAttention form
+        sizes = node.attributes.get("qkv_hidden_sizes")
+        if sizes is not None and len(set(sizes.value)) != 1:
+            return None
+        bias = inputs[5]
+        if bias is None:
+            return None
+        if bias.name not in self._proofs:
+            self._proofs[bias.name] = prove_padding_mask(self._model, bias)
+        proof = self._proofs[bias.name]
+        if proof is None:
+            return None
+        if proof.mask.name not in self._casts:
+            cast = ir.node("Cast", [proof.mask], {"to": ir.DataType.INT32}, name=self._names(f"{proof.mask.name}_int32"))
+            cast.outputs[0].name = self._names(f"{proof.mask.name}_int32")
+            cast.outputs[0].dtype = ir.DataType.INT32
+            cast.outputs[0].shape = proof.mask.shape
+            first = next(iter(self._model.graph))
+            self._model.graph.insert_before(first, [cast])
+            self._casts[proof.mask.name] = (cast.outputs[0], proof.filter_value)
+        return self._casts[proof.mask.name]
+
+
+def _qattention(model, names, t: QuantTarget, config: NodeConfig, x, wq, ws, bias, mask_index, nodes) -> ir.Value:
+    """QAttention: int8 QKV projection and attention in one kernel, the padding mask as mask_index."""
+    mask, filter_value = mask_index
+    if config.mode == "dynamic":
+        dq = ir.node("DynamicQuantizeLinear", [x], num_outputs=3, name=names(f"{t.name}_quantize"))
+        for o, part, dtype in zip(dq.outputs, ("u8", "scale", "zero_point"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8), strict=True):
+            o.name = names(f"{t.name}_input_{part}")
+            o.dtype = dtype
+        nodes.append(dq)
+        xq, xs, xz = dq.outputs
+    else:
+        xq, xs, xz = _quantize_static(model, names, t, config, x, nodes)
+    if bias is None:
+        bias = _initializer(model, names, f"{t.name}_bias", np.zeros(t.weight.shape[1], np.float32))
+    wz = _initializer(model, names, f"{t.name}_weight_zero_point", np.zeros(t.weight.shape[1], np.int8))
+    attributes = {"num_heads": t.node.attributes["num_heads"].value, "mask_filter_value": filter_value}
+    if "scale" in t.node.attributes:
+        attributes["scale"] = t.node.attributes["scale"].value
+    node = ir.node(
+        "QAttention", [xq, wq, bias, xs, ws, mask, xz, wz], attributes, domain=MS_DOMAIN,
+        name=names(f"{t.name}_int8"),
+    )
+    node.outputs[0].name = names(f"{t.name}_int8_out")
+    node.outputs[0].dtype = ir.DataType.FLOAT
+    nodes.append(node)
+    return node.outputs[0]
 
 
 def _attention_tail(model, names, t: QuantTarget, qkv: ir.Value, nodes: list[ir.Node]) -> ir.Value:
