@@ -71,8 +71,13 @@ def _job(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - start
     line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
     if proc.returncode != 0 or line is None:
-        tail = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
-        return {"error": tail[-1][:200] if tail else f"exit {proc.returncode}", "wall_s": wall}
+        if proc.returncode < 0:
+            error = f"killed by signal {-proc.returncode} after {wall:.0f} s (out of memory?)"
+        else:
+            lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
+            errors = [x for x in lines if "Error" in x.split(":")[0] or x.startswith("Killed")]
+            error = (errors or lines or [f"exit {proc.returncode}"])[-1][:200]
+        return {"error": error, "wall_s": wall}
     result = json.loads(line[2:])
     result.setdefault("wall_s", wall)
     return result
