@@ -33,7 +33,7 @@ from benchmarks import anchors, models
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "int8"
-ROUNDS = 5  # latency rounds per batch size (median reported)
+ROUNDS = 9  # latency rounds per batch size, fresh sessions each (median reported)
 PEERS = "peers' best: optimizer + quantize_dynamic per-channel"
 SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -237,19 +237,23 @@ def bench_model(name: str, source: Path, legacy: Path, runs: int, evaluate: int,
     for label, path in paths.items():
         c = _cosines(reference, _embeddings(path, ids, mask))
         accuracy[label] = (float(c.mean()), float(c.min()))
-    latency, ratio = {}, {}
+    latency, ratio, paired, per_round = {}, {}, {}, {}
     for batch in (1, 8):
         feeds = {"input_ids": ids[:batch], "attention_mask": mask[:batch]}
         targets = [resolve_target(p, threads=2, label=label) for label, p in paths.items()]
         total = runs if batch == 1 else max(10, runs // 4)
-        # Independent rounds: this shared VM has slow spells lasting minutes that hit kernels
-        # unevenly; each round's ratio is within one spell, and the median round is reported.
+        # Independent rounds, each with fresh sessions: on this VM one ORT session of a model can
+        # run ~1.3x slower than the next one of the same model in the same process (MiniLM fp32:
+        # 25.2 then 19.0 ms), so p50 is taken per round and the median over rounds reported.
         rounds = [run_benchmark(targets, feeds, runs=max(5, total // ROUNDS), warmup=5, measure_rss=False)
                   for _ in range(ROUNDS)]
-        latency[batch] = {r.label: float(np.median([x[i].p50_ms for x in rounds])) for i, r in enumerate(rounds[0])}
-        ratio[batch] = {r.label: float(np.median([x[i].ratio_p50 for x in rounds])) for i, r in enumerate(rounds[0])}
+        per_round[batch] = {r.label: [x[i].p50_ms for x in rounds] for i, r in enumerate(rounds[0])}
+        latency[batch] = {label: float(np.median(v)) for label, v in per_round[batch].items()}
+        base = latency[batch]["ORT fp32 (ENABLE_ALL)"]
+        ratio[batch] = {label: v / base for label, v in latency[batch].items()}
+        paired[batch] = {r.label: float(np.median([x[i].ratio_p50 for x in rounds])) for i, r in enumerate(rounds[0])}
     return {"paths": {k: str(v) for k, v in paths.items()}, "failed": failed, "jobs": jobs, "accuracy": accuracy,
-            "latency": latency, "ratio": ratio, "evaluated": evaluate}
+            "latency": latency, "ratio": ratio, "paired_ratio": paired, "rounds": per_round, "evaluated": evaluate}
 
 
 def methods_sweep(quick: bool) -> list[dict[str, Any]]:
@@ -277,7 +281,10 @@ def _targets(results: dict[str, Any], sweep: list[dict[str, Any]]) -> list[str]:
     minilm = results.get("all-MiniLM-L6-v2 (real weights)")
     if minilm and "llmc int8" in minilm["paths"]:
         ratio, peers = minilm["ratio"][1]["llmc int8"], minilm["ratio"][1][PEERS]
-        line(ratio <= 0.38, f"MiniLM int8 b1 <= 0.38x ORT fp32: {ratio:.3f}x (peers' best {peers:.3f}x)")
+        paired = minilm["paired_ratio"][1]["llmc int8"]
+        line(max(ratio, paired) <= 0.38, f"MiniLM int8 b1 <= 0.38x ORT fp32: {ratio:.3f}x from the median p50s, "
+             f"{paired:.3f}x as the median of per-round ratios (peers' best {peers:.3f}x / "
+             f"{minilm['paired_ratio'][1][PEERS]:.3f}x)")
         mean, worst = minilm["accuracy"]["llmc int8"]
         line(mean >= 0.995 and worst >= 0.99, f"MiniLM cosine mean >= 0.995 and worst >= 0.99: {mean:.5f} / {worst:.5f}")
     bert = results.get("BERT-base (random weights)")
@@ -299,8 +306,8 @@ def render(results: dict[str, Any], sweep: list[dict[str, Any]], machine: str, s
     out = [BEGIN, "## INT8 (`python -m benchmarks.quant`, part of `make bench`)", "", machine, ""]
     for name, r in results.items():
         out += [f"### {name}", "",
-                f"Latency p50 (ms) at seq 128, 2 threads, interleaved, median of {ROUNDS} rounds; ratio = p50 / ORT fp32 "
-                f"p50 in the same round, median over rounds. Cosine: mean-pooled "
+                f"Latency p50 (ms) at seq 128, 2 threads, interleaved: the median over {ROUNDS} rounds (fresh sessions "
+                f"each) of each round's p50; ratio = that / ORT fp32's. Per-round p50s are in results.json. Cosine: mean-pooled "
                 f"embeddings vs ORT fp32 on {r['evaluated']} held-out sentences (lines 257-{256 + r['evaluated']}). "
                 "Calibration: lines 1-256, in a child process (wall s, peak RSS MB).", "",
                 "| variant | b1 ms | b1 ratio | b8 ms | b8 ratio | cosine mean | cosine worst | calibration s | calib. peak RSS MB |",
