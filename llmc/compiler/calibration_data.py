@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from llmc.compiler.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs, check_input_names
+from llmc.compiler.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs, check_input_names, read_npz
 from llmc.errors import LlmcError
 
 Sample = dict[str, np.ndarray]
@@ -46,24 +46,16 @@ def load_calibration_data(
             raise LlmcError(f"--calibration-data {path}: the directory has no .npz files (one feed per file)")
         samples: list[Sample] = []
         for file in files:
-            samples += _rows(_read_npz(file), inputs, str(file), stacked=False)
+            samples += _rows(read_npz(file), inputs, str(file), stacked=False)
             if limit is not None and len(samples) >= limit:
                 break
     elif path.suffix == ".npz":
-        samples = _rows(_read_npz(path), inputs, str(path), stacked=True)
+        samples = _rows(read_npz(path), inputs, str(path), stacked=True)
     else:
         samples = _text_samples(path, inputs, tokenizer, sequence_length, limit)
     if not samples:
         raise LlmcError(f"--calibration-data {path}: no samples in it")
     return samples[:limit] if limit is not None else samples
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise LlmcError(f"{path}: not a readable .npz file ({' '.join(str(exc).split())})") from None
 
 
 def _rows(arrays: dict[str, np.ndarray], inputs: dict[str, ir.Value], origin: str, stacked: bool) -> list[Sample]:

@@ -128,14 +128,19 @@ def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.
     path = Path(path)
     if not path.is_file():
         raise LlmcError(f"{path}: no such inputs file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise LlmcError(f"{path}: not a readable .npz file ({exc})") from None
+    feeds = read_npz(path)
     if model is not None:
         check_feeds(model, feeds, str(path))
     return feeds
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles); an unreadable file is one error line."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise LlmcError(f"{path}: not a readable .npz file ({' '.join(str(exc).split())})") from None
 
 
 def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> None:

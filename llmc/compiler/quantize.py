@@ -106,7 +106,7 @@ def quantize_model(
 
     start = time.perf_counter()
     with _PeakRss() as rss:
-        names = sorted({t.activation.name for t in targets if t.float_reason is None})
+        names = sorted({targets[i].activation.name for i in chosen})
         # One fp32 session serves the statistics, the probe activations and the held-out reference.
         # No arena: a calibration batch's buffers are freed after it, not kept for the next one.
         capture = _Capture(model, names, options.threads, arena=False)

@@ -160,14 +160,8 @@ class _MaskIndex:
         self._casts: dict[str, tuple[ir.Value, float]] = {}
 
     def for_attention(self, t: QuantTarget) -> tuple[ir.Value, float] | None:
-        node = t.node
-        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
-        if inputs[3] is not None or len(node.inputs) > 6 or t.bias is None:
-            return None  # mask_index, past or no bias: keep the MultiHeadAttention form
-        sizes = node.attributes.get("qkv_hidden_sizes")
-        if sizes is not None and len(set(sizes.value)) != 1:
-            return None
-        bias = inputs[5]
+        # find_targets already refused mask_index, past and unequal qkv_hidden_sizes.
+        bias = t.node.inputs[5] if len(t.node.inputs) > 5 else None
         if bias is None:
             return None
         if bias.name not in self._proofs:
@@ -198,8 +192,6 @@ def _qattention(model, names, t: QuantTarget, config: NodeConfig, x, wq, ws, bia
         xq, xs, xz = dq.outputs
     else:
         xq, xs, xz = _quantize_static(model, names, t, config, x, nodes)
-    if bias is None:
-        bias = _initializer(model, names, f"{t.name}_bias", np.zeros(t.weight.shape[1], np.float32))
     wz = _initializer(model, names, f"{t.name}_weight_zero_point", np.zeros(t.weight.shape[1], np.int8))
     attributes = {"num_heads": t.node.attributes["num_heads"].value, "mask_filter_value": filter_value}
     if "scale" in t.node.attributes:
