@@ -43,3 +43,17 @@ def gpt2(dynamo: bool = True, eager: bool = False) -> Path:
 def llama(dynamo: bool = True, eager: bool = False) -> Path:
     """The ~100M LLaMA-style decoder of llama_model() (GQA 12/4 heads) with its KV cache, random weights."""
     return _cached("llama", llama_model, export_decoder, dynamo, eager)
+
+
+def llama32() -> Path:
+    """A 32-layer LLaMA-style decoder (hidden 384, GQA 6/2 heads) with its KV cache, random weights.
+
+    Used to time the memory planner on a deep decoder graph; narrow so that it exports quickly.
+    """
+    from functools import partial
+
+    make = partial(
+        llama_model, num_hidden_layers=32, hidden_size=384, num_attention_heads=6, num_key_value_heads=2,
+        intermediate_size=1024,
+    )
+    return _cached("llama32", make, export_decoder, True, False)

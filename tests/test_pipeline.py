@@ -32,7 +32,7 @@ from llmc.errors import LlmcError
 from tests.test_passes import build, op_types, vi
 
 F = TensorProto.FLOAT
-BUILTIN = ("cse", "fold", "fuse", "noop", "prune", "shape")
+BUILTIN = ("cse", "fold", "fuse", "memory", "noop", "prune", "shape")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -281,6 +281,7 @@ def test_pass_manager_reports_no_change():
         "prune",
         "fold",
         "cse",
+        "memory",
     ]
     assert not any(r.modified for r in manager.records)
 

@@ -359,8 +359,34 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="An ONNX model or an artifact directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     top: Annotated[int, typer.Option(help="Op types to list.")] = 25,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Plan activation memory at --shape: arena, lower bound, no-reuse total, weights, peak "
+            "node, memory-aware order, KV cache.",
+        ),
+    ] = False,
+    shape: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--shape",
+            help="With --memory: NAME=DxD (repeatable); naming an input again starts another shape set, "
+            "e.g. --shape input_ids=1x128 --shape input_ids=8x512.",
+        ),
+    ] = None,
+    alignment: Annotated[int, typer.Option(help="With --memory: arena alignment in bytes.")] = 64,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="With --memory: draw live bytes and the arena of the first shape set to FILE.png."),
+    ] = None,
 ) -> None:
-    """Show inputs/outputs (with symbolic dims), opsets, op histogram, size and external data."""
+    """Show inputs/outputs (with symbolic dims), opsets, op histogram, size and external data; --memory plans memory."""
+    if memory or plot is not None:
+        _inspect_memory(model, shape, alignment, plot, as_json)
+        return
+    if shape:
+        raise LlmcError("--shape is used with --memory")
     from llmc.compiler.summary import summarize_model
 
     info = summarize_model(model)
@@ -376,8 +402,8 @@ def inspect(
         io.add_column(col)
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
-            shape = f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else "?"
-            io.add_row(kind[:-1], escape(v["name"]), v["dtype"] or "?", escape(shape))
+            shape_text = f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else "?"
+            io.add_row(kind[:-1], escape(v["name"]), v["dtype"] or "?", escape(shape_text))
     console.print(io)
     ops = Table(title=f"ops ({info['nodes']} nodes)")
     ops.add_column("op")
@@ -390,6 +416,90 @@ def inspect(
         f"in {info['initializers']} initializers; external data: "
         f"{', '.join(info['external_data']) or 'none'}"
     )
+
+
+def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: Path | None, as_json: bool) -> None:
+    from llmc.compiler.artifact import MODEL_FILE
+    from llmc.compiler.feeds import parse_shape_sets, resolve_shapes
+    from llmc.compiler.model_io import load_model
+    from llmc.passes.memory.planner import analyze_memory
+
+    if alignment < 1:
+        raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise LlmcError(f"--plot {plot}: write a .png file")
+    model_path = path / MODEL_FILE if path.is_dir() and (path / MODEL_FILE).is_file() else path
+    model = load_model(model_path)
+    resolved = [resolve_shapes(model, given) for given in parse_shape_sets(specs)]
+    analysis = analyze_memory(model, [r[0] for r in resolved], alignment=alignment, reorder=True)
+    if plot is not None:
+        from llmc.passes.memory.plot import plot_memory
+
+        plot_memory(analysis, plot, model_path.name)
+    report = analysis.to_dict()
+    report["assumed"] = [r[1] for r in resolved]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_memory(analysis, [r[1] for r in resolved], model_path)
+    if plot is not None:
+        console.print(f"plot: {escape(str(plot))}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB" if n >= 2**20 or n == 0 else f"{n / 1024:,.1f} KiB"
+
+
+def _print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> None:
+    table = Table(title=f"memory plan of {escape(str(path))} ({analysis.alignment}-byte alignment)", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    sets = [s.to_dict() for s in analysis.sets]
+    for s in analysis.sets:
+        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past")]
+        table.add_column("\n".join(dims), justify="right")
+    scheduler = analysis.choice.scheduler if analysis.choice else "graph"
+
+    def row(label: str, fn) -> None:
+        table.add_row(label, *[fn(d) for d in sets])
+
+    row("activation arena", lambda d: _mib(d["arena_bytes"]))
+    row("lower bound", lambda d: _mib(d["lower_bound_bytes"]))
+    row("arena / lower bound", lambda d: f"{d['arena_bytes'] / max(d['lower_bound_bytes'], 1):.4f}")
+    row("no-reuse total", lambda d: _mib(d["naive_bytes"]))
+    row("lower bound, graph order", lambda d: _mib(d["lower_bound_graph_order_bytes"]))
+    row(
+        f"reordered ({scheduler}) / graph order",
+        lambda d: f"{d['lower_bound_bytes'] / max(d['lower_bound_graph_order_bytes'], 1):.4f}",
+    )
+    row("lower bound with in-place reuse", lambda d: f"{_mib(d['lower_bound_inplace_bytes'])} ({d['inplace_candidates']} ops)")
+    row("weights", lambda d: _mib(d["weights_bytes"]))
+    row("graph inputs", lambda d: _mib(d["inputs_bytes"]))
+    row("graph outputs", lambda d: _mib(d["outputs_bytes"]))
+    row(
+        "total (weights + inputs + outputs + arena)",
+        lambda d: _mib(d["weights_bytes"] + d["inputs_bytes"] + d["outputs_bytes"] + d["arena_bytes"]),
+    )
+    if any("kv_cache" in d for d in sets):
+        row("KV cache after this step", lambda d: _kv(d.get("kv_cache")))
+        row("KV cache per token and sequence", lambda d: _mib(d["kv_cache"].get("bytes_per_token", 0)) if "kv_cache" in d else "-")
+    row("peak at node", lambda d: f"{d['peak_node']} ({d['peak_op_type']})")
+    console.print(table)
+    for s, d in zip(analysis.sets, sets, strict=True):
+        top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {_mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
+        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
+        console.print(f"largest tensors at the peak ({escape(label)}): {escape(top)}", soft_wrap=True)
+    for a in assumed:
+        if a:
+            console.print("assumed symbolic dims: " + ", ".join(f"{k}={v}" for k, v in a.items()) + " (set them with --shape)")
+    order = "unchanged (the graph's order has the lowest peak)" if not analysis.order_changed else f"{scheduler} schedule"
+    console.print(f"memory-aware order: {order}; planned in {sum(analysis.seconds.values()):.2f} s")
+
+
+def _kv(kv: dict[str, int] | None) -> str:
+    if kv is None:
+        return "-"
+    tokens = f" ({kv['tokens']} tokens)" if "tokens" in kv else ""
+    return f"{_mib(kv['present_bytes'])}{tokens}"
 
 
 @app.command("passes")

@@ -66,6 +66,7 @@ def build(
     tokenizer: str | Path | None = None,
     quantization: QuantizeOptions | None = None,
     no_engine: bool = False,
+    alignment: int = 64,
     log: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Artifact:
@@ -77,7 +78,8 @@ def build(
     stacked .npz, or a text file with ``tokenizer``) under ``quantization`` options; the
     artifact is then checked against the fp32 graph on held-out samples (cosine budget) instead
     of the exact tolerance. ``target="trt"`` needs ``no_engine=True`` in this version: it writes
-    the TensorRT-ready ONNX.
+    the TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
+    in the manifest's ``memory`` (planned for the shapes of the verification inputs).
     """
     from llmc import __version__
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
@@ -114,6 +116,12 @@ def build(
 
     concrete, assumed = resolve_shapes(ir_model, shapes)
     feeds = feeds_for(ir_model, concrete, inputs, seed)
+    if alignment < 1:
+        raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")
+    memory_shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+    options = dataclasses.replace(
+        options, memory_shapes=(tuple(memory_shapes.items()),), memory_alignment=alignment
+    )
     log(f"reference run of the source model ({_describe_shapes(feeds)})")
     reference = _reference_outputs(model, ir_model, feeds, REFERENCE_CONFIG)
     model_io.release_freed_memory()
@@ -156,6 +164,10 @@ def build(
             feeds, out_dir, log, progress,
         )
         model_io.release_freed_memory()
+    memory = _plan_memory(ir_model, pipeline, options, manager, memory_shapes, feeds, precision, log)
+    if memory.get("order_changed"):
+        # ONNX Runtime's default order is its own depth-first walk; this one runs the file's.
+        session_config = dataclasses.replace(session_config, execution_order="priority_based")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
@@ -189,6 +201,7 @@ def build(
         "fusion_families": {"enabled": [f.name for f in enabled], "disabled": disabled},
         "nodes": {"before": nodes_before, "after": count_nodes(ir_model)},
         "compile_seconds": round(compile_seconds, 4),
+        "memory": memory,
         "shapes": {
             "inputs": {k: list(v.shape) for k, v in feeds.items()},
             "assumed": assumed,
@@ -231,6 +244,43 @@ def build(
         manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only"}
     write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)
+
+
+def _plan_memory(ir_model, pipeline, options, manager, shapes, feeds, precision, log) -> dict[str, Any]:
+    """The manifest's ``memory``: the final graph's plan at the build's shapes.
+
+    The ``memory`` pass reorders during the pipeline; an int8 build changed the graph after it,
+    so the pass runs once more on the quantized graph.
+    """
+    from llmc.passes.memory.planner import analyze_memory
+    from llmc.passes.memory.reorder import MemoryReorderPass
+
+    stats: dict[str, int] = {}
+    skipped = None
+    if "memory" in pipeline.names():
+        records = [r for r in manager.records if r.name == "memory"]
+        stats = dict(records[-1].stats) if records else {}
+        if precision == "int8":
+            reorder = MemoryReorderPass(options)
+            reorder(ir_model)
+            stats, skipped = reorder.stats, reorder.skipped
+        elif stats.get("skipped"):
+            skipped = "the memory pass could not size the graph"
+    log("planning memory")
+    try:
+        analysis = analyze_memory(ir_model, [shapes], alignment=options.memory_alignment, reorder=False, feeds=[feeds])
+    except LlmcError as exc:
+        return {"error": str(exc), "shapes": {k: list(v) for k, v in shapes.items()}}
+    memory = analysis.to_dict()
+    memory.pop("shape_sets", None)
+    changed = any(k.startswith("reordered_") for k in stats)
+    memory["order_changed"] = changed
+    memory["scheduler"] = next((k.removeprefix("reordered_") for k in stats if k.startswith("reordered_")), "graph")
+    memory["lower_bound_before_reorder_bytes"] = stats.get("lower_bound_before_bytes", memory["lower_bound_bytes"])
+    memory["reordered"] = "memory" in pipeline.names() and skipped is None
+    if skipped:
+        memory["reorder_skipped"] = skipped
+    return memory
 
 
 def _fail_on_mismatch(comparison) -> None:

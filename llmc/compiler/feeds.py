@@ -42,6 +42,21 @@ def parse_shape_specs(specs: list[str] | tuple[str, ...] | None) -> dict[str, tu
     return shapes
 
 
+def parse_shape_sets(specs: list[str] | tuple[str, ...] | None) -> list[dict[str, tuple[int, ...]]]:
+    """Several shape sets from one ``--shape`` list: naming an input again starts a new set.
+
+    ``["input_ids=1x128", "input_ids=8x512"]`` is two sets; inputs not named in a set are
+    resolved from it (shared symbols) or assumed. No specs: one empty set.
+    """
+    sets: list[dict[str, tuple[int, ...]]] = [{}]
+    for spec in specs or ():
+        ((name, dims),) = parse_shape_specs([spec]).items()
+        if name in sets[-1]:
+            sets.append({})
+        sets[-1][name] = dims
+    return sets
+
+
 def resolve_shapes(
     model: ir.Model, given: dict[str, tuple[int, ...]] | None = None
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:

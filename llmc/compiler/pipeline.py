@@ -20,8 +20,8 @@ from llmc.errors import LlmcError
 DEFAULT_MAX_ITERATIONS = 4
 
 DEFAULT_PIPELINES = {
-    "ort": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2",
-    "trt": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2",
+    "ort": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,memory",
+    "trt": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,memory",
 }
 
 

@@ -30,6 +30,9 @@ class PassOptions:
     device: str = "cpu"
     # Fusion families turned on/off against the target's defaults: ((name, on), ...).
     fusions: tuple[tuple[str, bool], ...] = ()
+    # Memory planning: concrete input shape sets (each ((name, dims), ...)) and arena alignment.
+    memory_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = ()
+    memory_alignment: int = 64
 
 
 @dataclasses.dataclass(frozen=True)

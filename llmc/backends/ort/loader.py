@@ -42,6 +42,9 @@ class SessionConfig:
     # (calibration runs large batches once; deployment keeps the arena).
     enable_cpu_mem_arena: bool = True
     execution_mode: str = "sequential"
+    # "default": ONNX Runtime's depth-first order (ties broken by node index); "priority_based":
+    # the file's node order (Kahn's algorithm by node index), i.e. llmc's memory-aware order.
+    execution_order: str = "default"
     # ONNX Runtime graph transformers the session skips (e.g. "SkipLayerNormFusion"), for
     # rewrites measured slower on the target. ONNX Runtime ignores names it does not know, so
     # only names chosen by llmc's own measurements belong here, not user input.
@@ -59,6 +62,8 @@ class SessionConfig:
             )
         if self.execution_mode not in ("sequential", "parallel"):
             raise LlmcError("execution mode must be 'sequential' or 'parallel'")
+        if self.execution_order not in ("default", "priority_based"):
+            raise LlmcError("execution order must be 'default' or 'priority_based'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,6 +111,11 @@ class SessionConfig:
             else ort.ExecutionMode.ORT_PARALLEL
         )
         opts.enable_cpu_mem_arena = self.enable_cpu_mem_arena
+        opts.execution_order = (
+            ort.ExecutionOrder.PRIORITY_BASED
+            if self.execution_order == "priority_based"
+            else ort.ExecutionOrder.DEFAULT
+        )
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
         return opts
 

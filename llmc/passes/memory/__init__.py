@@ -1,0 +1,1 @@
+"""Memory planning: liveness, arena offsets, memory-aware order (see :mod:`.planner`)."""
