@@ -32,6 +32,7 @@ test-slow: install
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.quant
+	$(PY) -m benchmarks.memory
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks

@@ -330,3 +330,18 @@ def test_inspect_memory_errors(tiny_bert_dynamo, extra, message):
     result = CliRunner().invoke(app, ["inspect", str(tiny_bert_dynamo), "--memory", *extra])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_build_cli_prints_memory_and_takes_alignment(tiny_bert_dynamo, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmc.cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["build", str(tiny_bert_dynamo), "-o", str(tmp_path / "out"), "--shape", "input_ids=2x16", "--alignment", "256"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "memory at the verification shapes: activation arena" in result.output
+    memory = json.loads((tmp_path / "out" / "manifest.json").read_text())["memory"]
+    assert memory["alignment"] == 256 and memory["arena_bytes"] % 256 == 0
+    assert memory["shapes"]["input_ids"] == [2, 16]

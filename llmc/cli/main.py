@@ -177,6 +177,9 @@ def build(
         bool,
         typer.Option("--no-engine", help="trt: write the TensorRT-ready ONNX without building an engine."),
     ] = False,
+    alignment: Annotated[
+        int, typer.Option(help="Arena alignment in bytes of the memory plan (manifest 'memory').")
+    ] = 64,
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
@@ -223,6 +226,7 @@ def build(
             tokenizer=tokenizer,
             quantization=quantization,
             no_engine=no_engine,
+            alignment=alignment,
             log=lambda msg: status.update(msg),
             progress=progress.update,
         )
@@ -283,9 +287,29 @@ def _print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fa
         f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
     )
     _print_fusion(manifest, explain_fusion)
+    _print_build_memory(manifest.get("memory"))
     if "quantization" in manifest:
         _print_quantization(manifest["quantization"])
     console.print(f"artifact: {escape(str(path))}")
+
+
+def _print_build_memory(memory: dict[str, Any] | None) -> None:
+    if not memory:
+        return
+    if "error" in memory:
+        console.print(f"memory: not planned ({escape(memory['error'])})")
+        return
+    order = (
+        f"reordered ({memory['scheduler']}): lower bound {_mib(memory['lower_bound_before_reorder_bytes'])} -> "
+        f"{_mib(memory['lower_bound_bytes'])}"
+        if memory["order_changed"]
+        else "graph order kept (no schedule lowers the peak)"
+    )
+    console.print(
+        f"memory at the verification shapes: activation arena {_mib(memory['arena_bytes'])} (lower bound "
+        f"{_mib(memory['lower_bound_bytes'])}, no reuse {_mib(memory['naive_bytes'])}), weights "
+        f"{_mib(memory['weights_bytes'])}; peak at {escape(str(memory['peak_node']))}; {order}"
+    )
 
 
 def _print_quantization(q: dict[str, Any]) -> None:

@@ -273,6 +273,7 @@ def _plan_memory(ir_model, pipeline, options, manager, shapes, feeds, precision,
         return {"error": str(exc), "shapes": {k: list(v) for k, v in shapes.items()}}
     memory = analysis.to_dict()
     memory.pop("shape_sets", None)
+    memory.pop("lower_bound_graph_order_bytes", None)  # the final order's: the bound itself
     changed = any(k.startswith("reordered_") for k in stats)
     memory["order_changed"] = changed
     memory["scheduler"] = next((k.removeprefix("reordered_") for k in stats if k.startswith("reordered_")), "graph")

@@ -14,6 +14,7 @@ order included, so choosing never raises the bound.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
@@ -112,49 +113,59 @@ def _subgraph_bytes(graph: MemoryGraph, preds: list[list[int]]) -> np.ndarray:
 
 
 def list_order(graph: MemoryGraph) -> list[int]:
-    """Greedy list schedule: most bytes freed minus bytes allocated first, then graph order."""
+    """Greedy list schedule: most bytes freed minus bytes allocated first, then graph order.
+
+    Priorities live in a heap; an op's priority only rises, when it becomes the last user of a
+    buffer, and it is then pushed again (stale entries are skipped).
+    """
     n = len(graph.ops)
     preds = graph.predecessors()
-    waiting = np.array([len(p) for p in preds], dtype=np.int64)
+    waiting = [len(p) for p in preds]
     successors: list[list[int]] = [[] for _ in range(n)]
     for i, p in enumerate(preds):
         for q in p:
             successors[q].append(i)
-    # A buffer is freed when its last remaining user runs.
-    users_left = np.zeros(len(graph.buffer_root), dtype=np.int64)
-    op_buffers_in: list[list[int]] = []
-    op_buffers_new: list[list[int]] = []
-    for op in graph.ops:
-        ins = sorted({int(graph.buffer_of[t]) for t in op.inputs})
-        new = sorted(
-            {int(graph.buffer_of[t]) for t in op.outputs} - set(ins)
-        )  # a view's output shares an input buffer: nothing new
-        op_buffers_in.append(ins)
-        op_buffers_new.append(new)
-        for b in set(ins) | set(new):
-            users_left[b] += 1
     arena = graph.buffer_kind == ACTIVATION
-    size = graph.buffer_bytes
-    ready = [i for i in range(n) if waiting[i] == 0]
+    size = [int(v) if a else 0 for v, a in zip(graph.buffer_bytes, arena, strict=True)]
+    touched: list[list[int]] = []  # buffers each op reads or creates
+    new: list[list[int]] = []  # buffers each op creates (a view's output shares its input's)
+    users: list[list[int]] = [[] for _ in graph.buffer_root]
+    for i, op in enumerate(graph.ops):
+        ins = {int(graph.buffer_of[t]) for t in op.inputs}
+        created = sorted({int(graph.buffer_of[t]) for t in op.outputs} - ins)
+        touched.append(sorted(ins | set(created)))
+        new.append(created)
+        for b in touched[-1]:
+            users[b].append(i)
+    users_left = [len(u) for u in users]
+    done = [False] * n
+
+    def priority(i: int) -> int:
+        freed = sum(size[b] for b in touched[i] if users_left[b] == 1)
+        return freed - sum(size[b] for b in new[i])
+
+    current = {i: priority(i) for i in range(n) if waiting[i] == 0}
+    heap = [(-p, i) for i, p in current.items()]
+    heapq.heapify(heap)
     order: list[int] = []
-    while ready:
-        best, best_key = None, None
-        for i in ready:
-            freed = sum(int(size[b]) for b in op_buffers_in[i] if arena[b] and users_left[b] == 1)
-            freed += sum(int(size[b]) for b in op_buffers_new[i] if arena[b] and users_left[b] == 1)
-            allocated = sum(int(size[b]) for b in op_buffers_new[i] if arena[b])
-            key = (freed - allocated, -i)
-            if best_key is None or key > best_key:
-                best, best_key = i, key
-        assert best is not None
-        ready.remove(best)
-        order.append(best)
-        for b in set(op_buffers_in[best]) | set(op_buffers_new[best]):
+    while heap:
+        neg, i = heapq.heappop(heap)
+        if done[i] or current.get(i) != -neg:
+            continue
+        done[i] = True
+        order.append(i)
+        for b in touched[i]:
             users_left[b] -= 1
-        for s in successors[best]:
+            if users_left[b] == 1:
+                (j,) = [u for u in users[b] if not done[u]]
+                if waiting[j] == 0:
+                    current[j] = priority(j)
+                    heapq.heappush(heap, (-current[j], j))
+        for s in successors[i]:
             waiting[s] -= 1
             if waiting[s] == 0:
-                ready.append(s)
+                current[s] = priority(s)
+                heapq.heappush(heap, (-current[s], s))
     if len(order) != n:
         raise ValueError("the graph has a cycle")
     return order
