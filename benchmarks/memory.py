@@ -162,7 +162,8 @@ def _ort_order_bound(artifact: Path, model, feeds, order: str) -> int | None:
     graph = analysis.sets[0].graph
     index = {op.name: i for i, op in enumerate(graph.ops)}
     steps = [index[n] for n in dict.fromkeys(ran) if n in index]
-    steps += [i for i in range(len(graph.ops)) if i not in set(steps)]  # ops without kernels (none expected)
+    # Ops without a kernel event (Constant nodes, which ONNX Runtime turns into initializers) first.
+    steps = [i for i in range(len(graph.ops)) if i not in set(steps)] + steps
     try:
         graph.check_order(steps)
     except ValueError:
