@@ -38,7 +38,6 @@ from llmc.compiler.model_io import load_model
 from llmc.passes.memory.liveness import liveness
 from llmc.passes.memory.planner import analyze_memory
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- memory:begin -->", "<!-- memory:end -->"
 OUT = models.CACHE.parent / "memory"
 CASES = [(1, 128), (1, 512), (8, 128), (8, 512)]
@@ -322,17 +321,12 @@ def render(results: dict[str, Any], header: str) -> str:
 
 
 def _write(results: dict[str, Any]) -> None:
-    from benchmarks.run import machine
+    from benchmarks.run import machine, write_section
     from llmc.compiler.build import _versions
 
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     text = render(results, f"Machine: {machine()}; {versions}.")
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in current and END in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END) :]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(current)
+    write_section(BEGIN, END, text)
 
 
 def main() -> None:

@@ -36,7 +36,6 @@ CACHE = ROOT / ".cache" / "int8"
 ROUNDS = 9  # latency rounds per batch size, fresh sessions each (median reported)
 PEERS = "peers' best: optimizer + quantize_dynamic per-channel"
 SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 
 
@@ -403,17 +402,12 @@ def _int_keys(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], sweep: list[dict[str, Any]], note: str) -> None:
-    from benchmarks.run import machine
+    from benchmarks.run import machine, write_section
     from llmc.compiler.build import _versions
 
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     text = render(results, sweep, f"Machine: {machine()}; {versions}.", note)
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in current and END in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END) :]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(current)
+    write_section(BEGIN, END, text)
 
 
 if __name__ == "__main__":

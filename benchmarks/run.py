@@ -90,6 +90,17 @@ def _specs() -> dict[str, Spec]:
     }
 
 
+def write_section(begin: str, end: str, text: str, path: Path = RESULTS) -> None:
+    """Put ``text`` (which starts with ``begin`` and ends with ``end``) into ``path``, replacing
+    an earlier section between the same markers, else appending it."""
+    current = path.read_text() if path.exists() else ""
+    if begin in current and end in current:
+        current = current[: current.index(begin)] + text + current[current.index(end) + len(end) :]
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    path.write_text(current)
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
