@@ -67,7 +67,11 @@ def build(
         ),
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32 or int8 (int8 needs --calibration-data).")
+        str,
+        typer.Option(
+            help="fp32, fp16 (trt, or ort on --device cuda/tensorrt; float32 islands kept) or int8 "
+            "(needs --calibration-data; trt runs the rest in fp16)."
+        ),
     ] = "fp32",
     shape: ShapeOpt = None,
     inputs: InputsOpt = None,
@@ -107,8 +111,9 @@ def build(
         ),
     ] = None,
     tolerance: Annotated[
-        float, typer.Option(help="Max abs error allowed, relative to each output's scale.")
-    ] = 1e-4,
+        Optional[float],
+        typer.Option(help="Max abs error allowed, relative to each output's scale [default: 1e-4; fp16: 1e-2]."),
+    ] = None,
     external_data: Annotated[
         Optional[bool],
         typer.Option(
@@ -180,6 +185,48 @@ def build(
     alignment: Annotated[
         int, typer.Option(help="Arena alignment in bytes of the memory plan (manifest 'memory').")
     ] = 64,
+    keep_fp32: Annotated[
+        Optional[list[str]],
+        typer.Option("--keep-fp32", help="fp16: keep these nodes in float32 (names or globs; repeatable)."),
+    ] = None,
+    fp16_io: Annotated[
+        bool, typer.Option("--fp16-io", help="fp16: float graph inputs/outputs (e.g. a KV cache) in float16; logits stay float32 unless --fp16-logits.")
+    ] = False,
+    fp16_logits: Annotated[
+        bool, typer.Option("--fp16-logits", help="fp16: run the final logits head in float16 too.")
+    ] = False,
+    shapes: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--shapes",
+            help="trt: optimization profile NAME:MIN:OPT:MAX per dynamic input (repeatable), "
+            "e.g. --shapes input_ids:1x1:1x128:8x512.",
+        ),
+    ] = None,
+    workspace_mb: Annotated[
+        Optional[int], typer.Option("--workspace", help="trt: builder workspace limit in MiB [default: TensorRT's].")
+    ] = None,
+    opt_level: Annotated[
+        int, typer.Option("--opt-level", help="trt: builder optimization level 0..5 (higher: longer build).")
+    ] = 3,
+    version_compatible: Annotated[
+        bool, typer.Option("--version-compatible", help="trt: an engine later TensorRT versions can run.")
+    ] = False,
+    hardware_compatibility: Annotated[
+        str,
+        typer.Option("--hardware-compatibility", help="trt: none, ampere_plus or same_compute_capability."),
+    ] = "none",
+    timing_cache: Annotated[
+        Optional[Path],
+        typer.Option("--timing-cache", help="trt: timing cache file [default: ~/.cache/llmc/trt/timing.cache]."),
+    ] = None,
+    engine_cache: Annotated[
+        Optional[Path],
+        typer.Option("--engine-cache", help="trt: engine cache directory [default: ~/.cache/llmc/trt]."),
+    ] = None,
+    no_engine_cache: Annotated[
+        bool, typer.Option("--no-engine-cache", help="trt: always build, never reuse a cached engine.")
+    ] = False,
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
@@ -202,6 +249,23 @@ def build(
         smooth_quant=smooth_quant,
         threads=threads,
     )
+    from llmc.backends.trt.profiles import parse_profile_specs
+    from llmc.compiler.engine import EngineSettings
+    from llmc.passes.precision.fp16 import Fp16Options
+
+    if workspace_mb is not None and workspace_mb <= 0:
+        raise LlmcError(f"--workspace must be a positive number of MiB, not {workspace_mb}")
+    engine = EngineSettings(
+        profiles=parse_profile_specs(shapes),
+        workspace_bytes=workspace_mb << 20 if workspace_mb else None,
+        optimization_level=opt_level,
+        version_compatible=version_compatible,
+        hardware_compatibility=hardware_compatibility,
+        timing_cache=timing_cache,
+        engine_cache=engine_cache,
+        use_engine_cache=not no_engine_cache,
+    )
+    fp16 = Fp16Options(io_fp16=fp16_io, fp16_head=fp16_logits, keep_fp32=tuple(keep_fp32 or ()))
     with _Progress() as progress, console.status("compiling") as status:
         artifact = build_model(
             model,
@@ -226,6 +290,8 @@ def build(
             tokenizer=tokenizer,
             quantization=quantization,
             no_engine=no_engine,
+            fp16=fp16,
+            engine=engine,
             alignment=alignment,
             log=lambda msg: status.update(msg),
             progress=progress.update,
@@ -290,7 +356,38 @@ def _print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fa
     _print_build_memory(manifest.get("memory"))
     if "quantization" in manifest:
         _print_quantization(manifest["quantization"])
+    if "fp16" in manifest:
+        _print_fp16(manifest["fp16"])
+    if "engine" in manifest:
+        _print_engine(manifest["engine"])
     console.print(f"artifact: {escape(str(path))}")
+
+
+def _print_fp16(f: dict[str, Any]) -> None:
+    check = f["check"]
+    console.print(
+        f"float16: {f['nodes']['fp16']} node(s) in float16, {f['nodes']['fp32']} in float32, {f['casts']} cast(s); "
+        f"worst layer drift {check['worst_layer_error']:.3g} over {check['layers']} layers (CPU emulation)"
+    )
+    for reason, group in f["fp32_islands"].items():
+        if not reason.startswith("fed only") and not reason.startswith("layout op"):
+            console.print(f"  float32 x{group['count']}: {escape(reason)}")
+    for r in f["fallback"]:
+        console.print(f"  numeric check: layer {r['layer']} ({r['nodes']} nodes) back to float32: {escape(r['finding'])}")
+    w = f["weights"]
+    if w["clamped"] or w["flushed"]:
+        console.print(f"  weights: {w['clamped']} value(s) clamped to float16's range, {w['flushed']} flushed to 0")
+
+
+def _print_engine(e: dict[str, Any]) -> None:
+    if not e.get("built"):
+        console.print(f"TensorRT engine: not built ({escape(e.get('reason', ''))})")
+        return
+    source = "from the engine cache" if e.get("from_cache") else "built"
+    console.print(
+        f"TensorRT engine {source}: {e['file']} for {escape(str(e['gpu']))} (sm {e['compute_capability']}), "
+        f"TensorRT {e['tensorrt_version']}, signed (key {e['key_id']})"
+    )
 
 
 def _print_build_memory(memory: dict[str, Any] | None) -> None:

@@ -1,7 +1,11 @@
 """The artifact directory: ``model.onnx`` (+ external data) and ``manifest.json``.
 
 ``llmc.load(dir)`` refuses a directory whose model file does not match the sha256 recorded in
-its manifest, and re-applies the recorded ONNX Runtime session options.
+its manifest, and re-applies the recorded ONNX Runtime session options. A ``trt`` artifact with
+an engine runs ``model.plan`` in TensorRT, after ``llmc.backends.trt.trust.verify_plan`` has
+checked its HMAC (key outside the artifact), TensorRT version and GPU: a serialized engine is
+executable code, so a plan that fails any check is refused, never loaded. ``engine=False``
+runs such an artifact's ONNX in ONNX Runtime instead.
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ class Runner:
 
     @property
     def session(self) -> Any:
-        return self._runner.session
+        return getattr(self._runner, "session", None) or getattr(self._runner, "engine", None)
+
+    @property
+    def backend(self) -> str:
+        return "tensorrt" if hasattr(self._runner, "engine") else "onnxruntime"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._runner.run(feeds)
@@ -75,12 +83,25 @@ def read_artifact(path: str | Path) -> Artifact:
     return Artifact(path, manifest)
 
 
-def load(path: str | Path, *, device: str | None = None, threads: int | None = None) -> Runner:
-    """Open an artifact for inference with the session options it was built with."""
+def load(
+    path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None
+) -> Runner:
+    """Open an artifact for inference with the session options it was built with.
+
+    ``engine``: None runs a built TensorRT engine when the artifact has one (verified first),
+    True requires it, False runs the ONNX model in ONNX Runtime.
+    """
     from llmc.backends.ort import OrtRunner, SessionConfig, create_session
     from llmc.compiler.model_io import sha256_file
 
     artifact = read_artifact(path)
+    section = artifact.manifest.get("engine")
+    if engine or (engine is None and section and section.get("built")):
+        return Runner(artifact, _trt_runner(artifact))
+    if engine is None:
+        from llmc.compiler.engine import check_plan_file
+
+        check_plan_file(artifact.path)  # an unsigned plan beside an ONNX-only artifact
     expected = artifact.manifest.get("artifact", {}).get("model_sha256")
     if expected and sha256_file(artifact.model_path) != expected:
         raise LlmcError(
@@ -94,3 +115,21 @@ def load(path: str | Path, *, device: str | None = None, threads: int | None = N
         options["intra_op_num_threads"] = threads
     config = SessionConfig.from_dict(options)
     return Runner(artifact, OrtRunner(create_session(artifact.model_path, config)))
+
+
+def _trt_runner(artifact: Artifact) -> Any:
+    from llmc.backends.trt import loader
+    from llmc.backends.trt.runner import TrtRunner
+    from llmc.backends.trt.trust import verify_plan
+
+    section = artifact.manifest.get("engine")
+    if not section or not section.get("built"):
+        raise LlmcError(
+            f"{artifact.path} has no TensorRT engine (built with --no-engine or for --target ort); "
+            "rebuild with --target trt on a GPU host, or load it with engine=False"
+        )
+    verify_plan(artifact.path, section)  # manifest, key and HMAC first: they need no TensorRT
+    trt_version = loader.tensorrt_version()  # one clear line when TensorRT is missing
+    capability = str(loader.device_info()["compute_capability"])
+    plan = verify_plan(artifact.path, section, trt_version=trt_version, compute_capability=capability)
+    return TrtRunner(plan, host_code_allowed=bool(section.get("flags", {}).get("version_compatible")))

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from llmc.compiler import model_io
 from llmc.compiler.artifact import MODEL_FILE, Artifact, write_manifest
 from llmc.compiler.compare import compare_outputs
+from llmc.compiler.engine import EngineSettings
 from llmc.compiler.feeds import feeds_for, resolve_shapes
 from llmc.compiler.instruments import (
     DifferentialInstrument,
@@ -36,8 +37,13 @@ from llmc.compiler.pipeline import default_pipeline, parse_pipeline
 from llmc.compiler.quantize import QuantizeOptions
 from llmc.compiler.registry import TARGETS, PassOptions
 from llmc.errors import LlmcError
+from llmc.passes.precision.fp16 import Fp16Options
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Default output tolerance (max abs error over each output's scale) per precision; int8 is
+# judged by its accuracy budget instead.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-4}
+GPU_DEVICES = ("cuda", "tensorrt")
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 
 
@@ -57,7 +63,7 @@ def build(
     diff_each: bool = False,
     dump_ir_after: list[str] | tuple[str, ...] = (),
     dump_dir: str | Path | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     external_data: bool | None = None,
     seed: int = 0,
     options: PassOptions | None = None,
@@ -66,6 +72,8 @@ def build(
     tokenizer: str | Path | None = None,
     quantization: QuantizeOptions | None = None,
     no_engine: bool = False,
+    fp16: Fp16Options | None = None,
+    engine: EngineSettings | None = None,
     alignment: int = 64,
     log: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -77,17 +85,25 @@ def build(
     ``precision="int8"`` calibrates on ``calibration_data`` (a directory of .npz feeds, one
     stacked .npz, or a text file with ``tokenizer``) under ``quantization`` options; the
     artifact is then checked against the fp32 graph on held-out samples (cosine budget) instead
-    of the exact tolerance. ``target="trt"`` needs ``no_engine=True`` in this version: it writes
-    the TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
+    of the exact tolerance. ``precision="fp16"`` (``trt``, or ``ort`` on a GPU device) converts
+    to float16 with float32 islands (``fp16`` options) and checks it on a CPU emulation of
+    float16 against ``tolerance`` (default 1e-2); ``trt`` int8 runs what is not int8 in float16.
+    ``target="trt"`` builds a TensorRT engine (``engine`` settings: profiles, workspace, caches)
+    into ``model.plan``, signed in the manifest; ``no_engine=True`` writes only the
+    TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
     in the manifest's ``memory`` (planned for the shapes of the verification inputs).
     """
     from llmc import __version__
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
     from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
+    from llmc.compiler.fp16 import artifact_feeds
     from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 
     log = log or (lambda _msg: None)
-    _check_target(target, precision, no_engine)
+    _check_target(target, precision, no_engine, device)
+    if tolerance is None:
+        tolerance = TOLERANCE[precision]
+    engine = engine or EngineSettings()
     if precision == "int8" and calibration_data is None:
         raise LlmcError(
             "--precision int8 needs --calibration-data PATH (a directory of .npz feeds, one .npz with "
@@ -114,6 +130,8 @@ def build(
         list(disable_passes)
     )
 
+    if target == "trt" and not no_engine:
+        engine.preflight(ir_model)  # TensorRT installed, a profile for every dynamic input
     concrete, assumed = resolve_shapes(ir_model, shapes)
     feeds = feeds_for(ir_model, concrete, inputs, seed)
     if alignment < 1:
@@ -164,6 +182,12 @@ def build(
             feeds, out_dir, log, progress,
         )
         model_io.release_freed_memory()
+    fp16_report = None
+    if precision == "fp16" or (precision == "int8" and target == "trt"):
+        if fp32_comparison is None:
+            fp32_comparison = compare_outputs(reference, run_model(ir_model, feeds, REFERENCE_CONFIG), tolerance)
+            _fail_on_mismatch(fp32_comparison)
+        ir_model, fp16_report = _float16(ir_model, feeds, fp16, precision, tolerance, log)
     memory = _plan_memory(ir_model, pipeline, options, manager, memory_shapes, feeds, precision, log)
     if memory.get("order_changed"):
         # ONNX Runtime's default order is its own depth-first walk; this one runs the file's.
@@ -173,8 +197,17 @@ def build(
     files = model_io.save_model(ir_model, out_dir / MODEL_FILE, external_data=external_data)
     log("verifying the artifact against the source model")
     saved = model_io.load_model(out_dir / MODEL_FILE)
-    candidate = OrtRunner(create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)).run(feeds)
-    if fp32_comparison is None:
+    candidate = OrtRunner(create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)).run(
+        artifact_feeds(saved, feeds)
+    )
+    if precision == "fp16":
+        # ONNX Runtime's CPU run of a float16 graph keeps float32 between nodes; the emulation
+        # rounds (and overflows) where a GPU would, so it is the one the tolerance judges.
+        comparison = compare_outputs(reference, _run_emulated(saved, feeds), tolerance)
+        _fail_on_mismatch(comparison)
+        fp16_report["check"]["ort_cpu"] = compare_outputs(reference, candidate, tolerance).summary()
+        fp16_report["check"]["emulated"] = comparison.summary()
+    elif fp32_comparison is None:
         comparison = compare_outputs(reference, candidate, tolerance)
         _fail_on_mismatch(comparison)
     else:
@@ -240,8 +273,20 @@ def build(
             "budget in 'quantization')"
         )
         manifest["quantization"] = quant_report
+    if fp16_report is not None:
+        manifest["fp16"] = fp16_report
+        if precision == "fp16":
+            manifest["verification"]["reference"] += (
+                " (the float16 graph run by its CPU emulation: float32 compute, float16 rounding after "
+                "every float16 node)"
+            )
     if target == "trt":
-        manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only"}
+        if no_engine:
+            manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only",
+                                  **engine.requested(ir_model)}
+        else:
+            log("building the TensorRT engine")
+            manifest["engine"] = engine.build(out_dir, ir_model, manifest["artifact"]["model_sha256"], log)
     write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)
 
@@ -284,6 +329,29 @@ def _plan_memory(ir_model, pipeline, options, manager, shapes, feeds, precision,
     return memory
 
 
+def _float16(ir_model, feeds, options, precision, tolerance, log):
+    from llmc.compiler.fp16 import convert_fp16
+
+    log("converting to float16 with float32 islands")
+    if precision == "int8":
+        # Quantization steps flip under float16 rounding: judge by NaN/Inf and similarity to the
+        # int8 graph in float32 (whose accuracy budget was already checked).
+        result = convert_fp16(ir_model, feeds, options or Fp16Options(), tolerance=None, layer_tolerance=None,
+                              min_cosine=0.999, log=log)
+    else:
+        result = convert_fp16(ir_model, feeds, options or Fp16Options(), tolerance=tolerance, log=log)
+    model_io.release_freed_memory()
+    return result.model, result.report
+
+
+def _run_emulated(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from llmc.backends.ort import run_model
+    from llmc.compiler.fp16 import emulation_feeds
+    from llmc.passes.precision.emulate import emulate_float16
+
+    return run_model(emulate_float16(model), emulation_feeds(model, feeds))
+
+
 def _fail_on_mismatch(comparison) -> None:
     worst = comparison.worst()
     if worst is not None:
@@ -316,20 +384,20 @@ def _quantize(ir_model, target, calibration_data, tokenizer, options, feeds, out
     return result.model, result.report
 
 
-def _check_target(target: str, precision: str, no_engine: bool = False) -> None:
+def _check_target(target: str, precision: str, no_engine: bool = False, device: str = "cpu") -> None:
+    from llmc.backends.trt.loader import import_tensorrt, tensorrt_available
+
     if target not in TARGETS:
         raise LlmcError(f"unknown target '{target}'; valid targets: {', '.join(TARGETS)}")
-    if target == "trt" and not no_engine:
-        raise LlmcError(
-            "--target trt cannot build a TensorRT engine in this llmc version (the TensorRT backend "
-            "has not landed); add --no-engine to write the TensorRT-ready ONNX for a GPU host, or use "
-            "--target ort"
-        )
     if precision not in PRECISIONS:
+        raise LlmcError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and target == "ort" and device not in GPU_DEVICES:
         raise LlmcError(
-            f"precision '{precision}' is not available yet for target '{target}'; "
-            f"this llmc version builds {', '.join(PRECISIONS)}"
+            "--precision fp16 is for GPUs: use --device cuda or --device tensorrt, or --target trt; "
+            "on a CPU use --precision int8"
         )
+    if target == "trt" and not no_engine and not tensorrt_available():
+        import_tensorrt()  # raises the one line saying what to install
 
 
 def _load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
