@@ -33,6 +33,7 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.quant
 	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.fp16
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks
