@@ -150,3 +150,16 @@ class _FakeRunner:
 
     def run(self, feeds):
         return {"last_hidden_state": np.zeros((1, 1), np.float32)}
+
+
+def test_ort_tensorrt_ep_takes_the_same_profiles_and_builder_settings(tmp_path, tiny_bert_dynamo):
+    from llmc.backends.ort import SessionConfig
+    from llmc.compiler.build import _trt_ep_options
+
+    settings = EngineSettings(profiles=parse_profile_specs(PROFILES), optimization_level=5, workspace_bytes=1 << 30)
+    config = SessionConfig(device="tensorrt", **_trt_ep_options(settings))
+    assert config.profiles["input_ids"] == [[1, 4], [1, 16], [2, 32]]
+    assert config.trt_builder_optimization_level == 5 and config.trt_max_workspace_size == 1 << 30
+    # Without onnxruntime-gpu the build stops at once, saying what to install.
+    with pytest.raises(LlmcError, match="onnxruntime-gpu"):
+        llmc.build(tiny_bert_dynamo, device="tensorrt", precision="fp16", output=tmp_path / "x", engine=settings)

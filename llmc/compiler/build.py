@@ -103,16 +103,17 @@ def build(
     _check_target(target, precision, no_engine, device)
     if tolerance is None:
         tolerance = TOLERANCE[precision]
-    engine = engine or EngineSettings()
     if precision == "int8" and calibration_data is None:
         raise LlmcError(
             "--precision int8 needs --calibration-data PATH (a directory of .npz feeds, one .npz with "
             "stacked samples, or a text file with --tokenizer DIR)"
         )
+    engine = engine or EngineSettings()
     session_config = SessionConfig(
         device=device,
         intra_op_num_threads=threads,
         disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(device, [])),
+        **(_trt_ep_options(engine) if device == "tensorrt" else {}),
     )
     session_config.providers()  # fail now, not after compiling, if the device is missing
 
@@ -327,6 +328,17 @@ def _plan_memory(ir_model, pipeline, options, manager, shapes, feeds, precision,
     if skipped:
         memory["reorder_skipped"] = skipped
     return memory
+
+
+def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT EP takes the same profiles and builder settings as --target trt."""
+    options: dict[str, Any] = {
+        "profiles": {name: [list(p.min), list(p.opt), list(p.max)] for name, p in engine.profiles.items()},
+        "trt_builder_optimization_level": engine.optimization_level,
+    }
+    if engine.workspace_bytes:
+        options["trt_max_workspace_size"] = engine.workspace_bytes
+    return options
 
 
 def _float16(ir_model, feeds, options, precision, tolerance, log):

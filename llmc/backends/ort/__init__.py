@@ -2,10 +2,24 @@
 
 from llmc.backends.ort.loader import (
     REFERENCE_CONFIG,
+    DeviceFallbackWarning,
     SessionConfig,
     SessionFromOnnx,
+    check_active_provider,
     create_session,
+    resolve_device,
 )
-from llmc.backends.ort.runner import OrtRunner, run_model
+from llmc.backends.ort.runner import OrtRunner, run_model, session_device
 
-__all__ = ["REFERENCE_CONFIG", "OrtRunner", "SessionConfig", "SessionFromOnnx", "create_session", "run_model"]
+__all__ = [
+    "REFERENCE_CONFIG",
+    "DeviceFallbackWarning",
+    "OrtRunner",
+    "SessionConfig",
+    "SessionFromOnnx",
+    "check_active_provider",
+    "create_session",
+    "resolve_device",
+    "run_model",
+    "session_device",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from llmc.passes.precision.fp16 import set_dtype
+from llmc.passes.precision.fp16 import retype_attributes, set_dtype
 
 FLOAT = ir.DataType.FLOAT
 HALF = ir.DataType.FLOAT16
@@ -33,20 +33,11 @@ def emulate_float16(model: ir.Model) -> ir.Model:
         if value.dtype == HALF:
             set_dtype(value, FLOAT)  # fed float16-representable values by the caller
     for node in list(graph):
-        _retype(node)
+        retype_attributes(node, HALF, FLOAT)
         for out in node.outputs:
             if out.dtype == HALF:
                 _round_after(graph, node, out)
     return model
-
-
-def _retype(node: ir.Node) -> None:
-    if node.op_type == "Cast" and node.attributes["to"].value == HALF:
-        node.attributes["to"] = ir.AttrInt64("to", FLOAT)
-    elif node.op_type == "ConstantOfShape" and "value" in node.attributes:
-        tensor = node.attributes["value"].as_tensor()
-        if tensor.dtype == HALF:
-            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(tensor.numpy().astype(np.float32)))
 
 
 def _round_after(graph: ir.Graph, node: ir.Node, out: ir.Value) -> None:

@@ -387,12 +387,7 @@ class _Rewriter:
                 node.replace_input_with(i, self._cast(value, target, node))
         if want != HALF:
             return
-        if node.op_type == "Cast" and node.attributes["to"].value == FLOAT:
-            node.attributes["to"] = ir.AttrInt64("to", HALF)
-        elif node.op_type == "ConstantOfShape" and "value" in node.attributes:
-            tensor = node.attributes["value"].as_tensor()
-            if tensor.dtype == FLOAT:
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(tensor.numpy().astype(np.float16)))
+        retype_attributes(node, FLOAT, HALF)
         for out in node.outputs:
             if out.dtype == FLOAT:
                 set_dtype(out, HALF)
@@ -428,6 +423,17 @@ class _Rewriter:
             self.graph.outputs[i] = out
             out.name = name
             self.stats["casts"] += 1
+
+
+def retype_attributes(node: ir.Node, old: ir.DataType, new: ir.DataType) -> None:
+    """A Cast to ``old`` casts to ``new``; a ConstantOfShape of ``old`` fills with ``new``."""
+    if node.op_type == "Cast" and node.attributes["to"].value == old:
+        node.attributes["to"] = ir.AttrInt64("to", new)
+    elif node.op_type == "ConstantOfShape" and "value" in node.attributes:
+        tensor = node.attributes["value"].as_tensor()
+        if tensor.dtype == old:
+            array = tensor.numpy().astype(new.numpy())
+            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array))
 
 
 def set_dtype(value: ir.Value, dtype: ir.DataType) -> None:
