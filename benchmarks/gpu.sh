@@ -167,7 +167,7 @@ done
 GPU="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)"
 CUDA_VERSION="$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n 1)"
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-"$PY" - "$TIMINGS" "$RESULTS" "$GPU" "$CUDA_VERSION" "$COMMIT" "$RUNS" "$WARMUP" <<'PY'
+"$PY" - "$TIMINGS" "$RESULTS" "$GPU" "$CUDA_VERSION" "$COMMIT" "$RUNS" "$WARMUP" "${SHAPES[*]}" <<'PY'
 import datetime
 import json
 import sys
@@ -177,7 +177,7 @@ import onnxruntime
 import tensorrt
 import torch
 
-timings, results, gpu, cuda, commit, runs, warmup = sys.argv[1:8]
+timings, results, gpu, cuda, commit, runs, warmup, shapes = sys.argv[1:9]
 rows = [json.loads(line) for line in Path(timings).read_text().splitlines() if line.strip()]
 name, driver, memory = (part.strip() for part in (gpu.split(",") + ["", "", ""])[:3])
 lines = [
@@ -189,8 +189,10 @@ lines = [
     f"- TensorRT {tensorrt.__version__}, onnxruntime {onnxruntime.__version__} "
     f"({', '.join(p for p in onnxruntime.get_available_providers() if p != 'CPUExecutionProvider')}), "
     f"torch {torch.__version__}",
-    f"- Sequence 128; median (p50) and p90 of {runs} runs after {warmup} warm-up runs, host numpy in and "
-    "out, one process per target; profile batch 1..8 (opt 1) x 128.",
+    f"- Sequence 128; median (p50) and p90 of {runs} runs after {warmup} warm-up runs of "
+    "`llmc.load(artifact).run`, host numpy in and out, one process per target.",
+    f"- Builds: `llmc build MODEL ... {shapes}`; int8 calibrates on ../shared/data/sentences.txt "
+    "with the MiniLM tokenizer.",
     "- Ratio: p50 over the raw export's on ONNX Runtime's CUDA EP (fp32, ORT_ENABLE_ALL) at the same batch.",
     "",
 ]
@@ -202,7 +204,7 @@ for model in dict.fromkeys(r["model"] for r in rows):
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in group:
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error'].replace('|', '/')} | | | | | | |")
+            lines.append(f"| {r['label']} | {r['error'].replace('|', '/')} | | | | | | |")
             continue
         cells = [r["label"], f"{r['build_s']:.0f}" if r.get("build_s") else "-"]
         for b in (1, 8):
