@@ -132,7 +132,7 @@ def build(
     )
 
     if target == "trt" and not no_engine:
-        engine.preflight(ir_model)  # TensorRT installed, a profile for every dynamic input
+        engine.preflight(ir_model)  # a profile for every dynamic input (_check_target found TensorRT)
     concrete, assumed = resolve_shapes(ir_model, shapes)
     feeds = feeds_for(ir_model, concrete, inputs, seed)
     if alignment < 1:
@@ -185,10 +185,12 @@ def build(
         model_io.release_freed_memory()
     fp16_report = None
     if precision == "fp16" or (precision == "int8" and target == "trt"):
+        converted = _float16(ir_model, feeds, fp16, precision, tolerance, log)
         if fp32_comparison is None:
-            fp32_comparison = compare_outputs(reference, run_model(ir_model, feeds, REFERENCE_CONFIG), tolerance)
+            # The conversion's own float32 run tells whether the passes were exact.
+            fp32_comparison = compare_outputs(reference, converted.float32_outputs, tolerance)
             _fail_on_mismatch(fp32_comparison)
-        ir_model, fp16_report = _float16(ir_model, feeds, fp16, precision, tolerance, log)
+        ir_model, fp16_report = converted.model, converted.report
     memory = _plan_memory(ir_model, pipeline, options, manager, memory_shapes, feeds, precision, log)
     if memory.get("order_changed"):
         # ONNX Runtime's default order is its own depth-first walk; this one runs the file's.
@@ -353,7 +355,7 @@ def _float16(ir_model, feeds, options, precision, tolerance, log):
     else:
         result = convert_fp16(ir_model, feeds, options or Fp16Options(), tolerance=tolerance, log=log)
     model_io.release_freed_memory()
-    return result.model, result.report
+    return result
 
 
 def _run_emulated(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

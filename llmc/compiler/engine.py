@@ -19,9 +19,8 @@ from typing import Any
 import onnx_ir as ir
 
 from llmc.backends.trt.profiles import ProfileShape, check_profiles, profiles_to_dict
+from llmc.backends.trt.trust import PLAN_FILE
 from llmc.errors import LlmcError
-
-PLAN_FILE = "model.plan"
 
 
 @dataclasses.dataclass
@@ -47,10 +46,7 @@ class EngineSettings:
         return check_profiles(inputs, self.profiles)
 
     def preflight(self, model: ir.Model) -> None:
-        """TensorRT is importable and every dynamic input has a profile, before any work."""
-        from llmc.backends.trt.loader import import_tensorrt
-
-        import_tensorrt()
+        """Every dynamic input has a profile, before any work (``build`` checked TensorRT itself)."""
         self.full_profiles(model)
 
     def requested(self, model: ir.Model) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from llmc.passes.precision.fp16 import (
 class Fp16Result:
     model: ir.Model
     report: dict[str, Any]
+    float32_outputs: dict[str, np.ndarray]  # the input graph's outputs on ``feeds``
 
 
 @dataclasses.dataclass
@@ -127,7 +128,7 @@ def convert_fp16(
         "io_fp16": options.io_fp16,
         "fp16_logits": options.fp16_head,
     }
-    return Fp16Result(candidate, report)
+    return Fp16Result(candidate, report, {k: reference[k] for k in outputs})
 
 
 def _finding(bad: LayerError, outputs_pass: bool) -> str:

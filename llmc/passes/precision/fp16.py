@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from llmc.compiler.registry import LlmcPass
 from llmc.errors import LlmcError
@@ -113,10 +113,11 @@ class Float16Pass(LlmcPass):
         graph = model.graph
         graph.sort()
         ensure_types(model)
-        _lift_constants(model)
+        # Constants become initializers so that one code path handles every constant.
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         nodes = [n for n in graph if _is_float_node(n)]
         fp32 = assign_precisions(graph, nodes, self.options)
-        self.decisions = {_key(n): why for n, why in fp32.items()}
+        self.decisions = {node_key(n): why for n, why in fp32.items()}
         stats = _Rewriter(model, set(fp32), self.options).run(nodes)
         self.stats = {"fp16_nodes": len(nodes) - len(fp32), "fp32_nodes": len(fp32), **stats}
         return ir.passes.PassResult(model, modified=bool(nodes))
@@ -125,18 +126,12 @@ class Float16Pass(LlmcPass):
 def ensure_types(model: ir.Model) -> None:
     """Types decide which nodes are float: infer them where the graph does not say."""
     if any(o.dtype is None for n in model.graph for o in n.outputs):
-        import onnx_ir.passes.common as common_passes
-
         common_passes.ShapeInferencePass()(model)
-
-
-def _key(node: ir.Node) -> str:
-    return node.name or f"{node.op_type}:{node.outputs[0].name}"
 
 
 def node_key(node: ir.Node) -> str:
     """The name decisions and ``Fp16Options.forced`` use for a node."""
-    return _key(node)
+    return node.name or f"{node.op_type}:{node.outputs[0].name}"
 
 
 # --- which nodes stay float32 ------------------------------------------------------------------
@@ -147,8 +142,8 @@ def assign_precisions(graph: ir.Graph, nodes: list[ir.Node], options: Fp16Option
     fp32: dict[ir.Node, str] = {}
     forced = dict(options.forced)
     for pattern in options.keep_fp32:
-        if not any(fnmatch.fnmatchcase(_key(n), pattern) for n in nodes):
-            sample = ", ".join(_key(n) for n in nodes[:3])
+        if not any(fnmatch.fnmatchcase(node_key(n), pattern) for n in nodes):
+            sample = ", ".join(node_key(n) for n in nodes[:3])
             raise LlmcError(
                 f"--keep-fp32 '{pattern}' matches no float node of the optimized graph (named like {sample}); "
                 "list them with --dump-ir-after all DIR"
@@ -187,7 +182,7 @@ def _qdq_follow_consumers(nodes: list[ir.Node], fp32: dict[ir.Node, str]) -> Non
 
 
 def _seed_reason(node: ir.Node, options: Fp16Options, forced: dict[str, str]) -> str | None:
-    key = _key(node)
+    key = node_key(node)
     if key in forced:
         return forced[key]
     if any(fnmatch.fnmatchcase(key, p) for p in options.keep_fp32):
@@ -309,23 +304,6 @@ def _follow_neighbours(nodes: list[ir.Node], fp32: dict[ir.Node, str]) -> None:
 
 def _is_float_node(node: ir.Node) -> bool:
     return any(v is not None and v.dtype == FLOAT for v in (*node.inputs, *node.outputs))
-
-
-def _lift_constants(model: ir.Model) -> None:
-    """Float Constant nodes become initializers so that one code path handles every constant."""
-    for node in list(model.graph):
-        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or "value" not in node.attributes:
-            continue
-        out = node.outputs[0]
-        if out.dtype != FLOAT or out.is_graph_output():
-            continue
-        tensor = node.attributes["value"].as_tensor()
-        name = out.name
-        value = ir.Value(name=f"{name}__const", type=ir.TensorType(FLOAT), shape=ir.Shape(tensor.shape),
-                         const_value=ir.tensor(tensor.numpy(), name=f"{name}__const"))
-        model.graph.register_initializer(value)
-        ir.convenience.replace_all_uses_with(out, value)
-        model.graph.remove(node, safe=True)
 
 
 class _Rewriter:
@@ -463,8 +441,7 @@ def float16_counts(model: ir.Model) -> dict[str, int]:
     """Nodes by the float type they produce: the manifest's summary of the precision."""
     counts = {"fp16": 0, "fp32": 0}
     for node in model.graph:
-        types: Iterable[ir.DataType | None] = (o.dtype for o in node.outputs)
-        kinds = set(types)
+        kinds = {o.dtype for o in node.outputs}
         if HALF in kinds:
             counts["fp16"] += 1
         elif FLOAT in kinds:
