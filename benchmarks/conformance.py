@@ -19,10 +19,10 @@ import onnx
 import onnx_ir as ir
 
 from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
-from llmc.compiler import model_io
-from llmc.compiler.pass_manager import PassManager
-from llmc.compiler.pipeline import default_pipeline
 from llmc.errors import LlmcError
+from llmc.model import io as model_io
+from llmc.passes.manager import PassManager
+from llmc.passes.pipeline import default_pipeline
 
 
 @dataclasses.dataclass

@@ -13,8 +13,8 @@ import llmc
 from benchmarks.models import minilm
 from llmc.cli.main import _print_build
 from llmc.compiler.bench import resolve_target, run_benchmark
-from llmc.compiler.feeds import make_feeds, resolve_shapes
-from llmc.compiler.model_io import load_model
+from llmc.model.feeds import make_feeds, resolve_shapes
+from llmc.model.io import load_model
 
 SHAPE = {"input_ids": (1, 128)}
 

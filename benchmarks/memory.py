@@ -33,8 +33,8 @@ import numpy as np
 
 import llmc
 from benchmarks import models
-from llmc.compiler.feeds import make_feeds, resolve_shapes
-from llmc.compiler.model_io import load_model
+from llmc.model.feeds import make_feeds, resolve_shapes
+from llmc.model.io import load_model
 from llmc.passes.memory.liveness import liveness
 from llmc.passes.memory.planner import analyze_memory
 

@@ -115,7 +115,7 @@ def _child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def _llmc_int8(model: str, out: str, method: str, target: str, samples: int, holdout: int) -> dict[str, Any]:
     import llmc
-    from llmc.compiler.quantize import QuantizeOptions
+    from llmc.int8.quantize import QuantizeOptions
 
     calib = CACHE / "calibration.txt"
     shutil.rmtree(out, ignore_errors=True)  # fresh statistics: time the whole calibration

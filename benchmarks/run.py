@@ -35,8 +35,8 @@ import llmc
 from benchmarks import anchors, conformance, models
 from llmc.compiler.bench import BenchTarget, resolve_target, run_benchmark
 from llmc.compiler.build import _versions
-from llmc.compiler.feeds import make_feeds, resolve_shapes
-from llmc.compiler.model_io import load_model
+from llmc.model.feeds import make_feeds, resolve_shapes
+from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmc.errors import LlmcError
-
-__version__ = "0.1.0"
+from llmc.version import __version__
 
 __all__ = ["Artifact", "LlmcError", "Runner", "__version__", "build", "load"]
 

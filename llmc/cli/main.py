@@ -230,14 +230,14 @@ def build(
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
-    from llmc.compiler.feeds import parse_shape_specs
+    from llmc.model.feeds import parse_shape_specs
 
     dump_names: list[str] = []
     dump_dir = None
     if dump_ir_after:
         dump_names = [n for n in dump_ir_after[0].split(",") if n]
         dump_dir = dump_ir_after[1]
-    from llmc.compiler.quantize import QuantizeOptions
+    from llmc.int8.quantize import QuantizeOptions
 
     quantization = QuantizeOptions(
         method=calibration_method,
@@ -251,7 +251,7 @@ def build(
     )
     from llmc.backends.trt.profiles import parse_profile_specs
     from llmc.compiler.engine import EngineSettings
-    from llmc.passes.precision.fp16 import Fp16Options
+    from llmc.fp16.convert import Fp16Options
 
     if workspace_mb is not None and workspace_mb <= 0:
         raise LlmcError(f"--workspace must be a positive number of MiB, not {workspace_mb}")
@@ -508,7 +508,7 @@ def inspect(
         return
     if shape:
         raise LlmcError("--shape is used with --memory")
-    from llmc.compiler.summary import summarize_model
+    from llmc.model.summary import summarize_model
 
     info = summarize_model(model)
     if as_json:
@@ -541,8 +541,8 @@ def inspect(
 
 def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: Path | None, as_json: bool) -> None:
     from llmc.compiler.artifact import MODEL_FILE
-    from llmc.compiler.feeds import parse_shape_sets, resolve_shapes
-    from llmc.compiler.model_io import load_model
+    from llmc.model.feeds import parse_shape_sets, resolve_shapes
+    from llmc.model.io import load_model
     from llmc.passes.memory.planner import analyze_memory
 
     if alignment < 1:
@@ -627,8 +627,8 @@ def _kv(kv: dict[str, int] | None) -> str:
 @user_errors
 def list_passes() -> None:
     """List the registered passes and the default pipeline of each target."""
-    from llmc.compiler.pipeline import DEFAULT_PIPELINES
-    from llmc.compiler.registry import all_passes
+    from llmc.passes.pipeline import DEFAULT_PIPELINES
+    from llmc.passes.registry import all_passes
 
     table = Table(title="passes")
     for col in ("name", "targets", "description"):
@@ -665,9 +665,9 @@ def check(
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
     from llmc.compiler.artifact import MODEL_FILE
-    from llmc.compiler.compare import compare_outputs
-    from llmc.compiler.feeds import feeds_for, parse_shape_specs, resolve_shapes
-    from llmc.compiler.model_io import load_model
+    from llmc.model.compare import compare_outputs
+    from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
+    from llmc.model.io import load_model
 
     source = load_model(original)
     candidate_path = artifact / MODEL_FILE if artifact.is_dir() else artifact
@@ -710,8 +710,8 @@ def bench(
 ) -> None:
     """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
     from llmc.compiler.bench import resolve_target, run_benchmark
-    from llmc.compiler.feeds import feeds_for, parse_shape_specs, resolve_shapes
-    from llmc.compiler.model_io import load_model
+    from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
+    from llmc.model.io import load_model
 
     targets = [resolve_target(m, threads=threads, level=level) for m in models]
     first = load_model(targets[0].model_path)

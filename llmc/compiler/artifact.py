@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmc.errors import LlmcError
-
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
+from llmc.model.io import MANIFEST_FILE, MODEL_FILE
 
 
 @dataclasses.dataclass
@@ -92,7 +90,7 @@ def load(
     True requires it, False runs the ONNX model in ONNX Runtime.
     """
     from llmc.backends.ort import OrtRunner, SessionConfig, create_session
-    from llmc.compiler.model_io import sha256_file
+    from llmc.model.io import sha256_file
 
     artifact = read_artifact(path)
     section = artifact.manifest.get("engine")

@@ -20,24 +20,24 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from llmc.compiler import model_io
 from llmc.compiler.artifact import MODEL_FILE, Artifact, write_manifest
-from llmc.compiler.compare import compare_outputs
 from llmc.compiler.engine import EngineSettings
-from llmc.compiler.feeds import feeds_for, resolve_shapes
-from llmc.compiler.instruments import (
+from llmc.errors import LlmcError
+from llmc.fp16.convert import Fp16Options
+from llmc.int8.quantize import QuantizeOptions
+from llmc.model import io as model_io
+from llmc.model.compare import compare_outputs
+from llmc.model.feeds import feeds_for, resolve_shapes
+from llmc.model.values import count_nodes
+from llmc.passes.instruments import (
     DifferentialInstrument,
     DumpIRInstrument,
     Instrument,
     VerifyEachInstrument,
-    count_nodes,
 )
-from llmc.compiler.pass_manager import PassManager
-from llmc.compiler.pipeline import default_pipeline, parse_pipeline
-from llmc.compiler.quantize import QuantizeOptions
-from llmc.compiler.registry import TARGETS, PassOptions
-from llmc.errors import LlmcError
-from llmc.passes.precision.fp16 import Fp16Options
+from llmc.passes.manager import PassManager
+from llmc.passes.pipeline import default_pipeline, parse_pipeline
+from llmc.passes.registry import TARGETS, PassOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Default output tolerance (max abs error over each output's scale) per precision; int8 is
@@ -93,11 +93,11 @@ def build(
     TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
     in the manifest's ``memory`` (planned for the shapes of the verification inputs).
     """
-    from llmc import __version__
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
     from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
-    from llmc.compiler.fp16 import artifact_feeds
+    from llmc.fp16.check import artifact_feeds
     from llmc.passes.fusion import enabled_families, explain, fused_op_counts
+    from llmc.version import __version__
 
     log = log or (lambda _msg: None)
     _check_target(target, precision, no_engine, device)
@@ -344,7 +344,7 @@ def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:
 
 
 def _float16(ir_model, feeds, options, precision, tolerance, log):
-    from llmc.compiler.fp16 import convert_fp16
+    from llmc.fp16.check import convert_fp16
 
     log("converting to float16 with float32 islands")
     if precision == "int8":
@@ -360,8 +360,8 @@ def _float16(ir_model, feeds, options, precision, tolerance, log):
 
 def _run_emulated(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from llmc.backends.ort import run_model
-    from llmc.compiler.fp16 import emulation_feeds
-    from llmc.passes.precision.emulate import emulate_float16
+    from llmc.fp16.check import emulation_feeds
+    from llmc.fp16.emulate import emulate_float16
 
     return run_model(emulate_float16(model), emulation_feeds(model, feeds))
 
@@ -376,9 +376,9 @@ def _fail_on_mismatch(comparison) -> None:
 
 
 def _quantize(ir_model, target, calibration_data, tokenizer, options, feeds, out_dir, log, progress):
-    from llmc.compiler.calibration_data import load_calibration_data
-    from llmc.compiler.quantize import quantize_model
-    from llmc.passes.quantize.lint import lint
+    from llmc.int8.calibration_data import load_calibration_data
+    from llmc.int8.lint import lint
+    from llmc.int8.quantize import quantize_model
 
     ids = feeds.get("input_ids")
     sequence = int(ids.shape[1]) if ids is not None and ids.ndim == 2 else None

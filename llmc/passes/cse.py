@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from llmc.compiler.instruments import count_nodes
-from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.model.values import count_nodes
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 # onnx-ir logs every initializer it may not merge (graph inputs) as a warning.
 logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.ERROR)

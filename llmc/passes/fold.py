@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
 
-from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
 

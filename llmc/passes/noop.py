@@ -21,7 +21,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _ir_utils, pattern
 from onnxscript.rewriter.rules.common import _basic_rules
 
-from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
 

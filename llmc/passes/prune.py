@@ -9,8 +9,8 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from llmc.compiler.instruments import count_nodes
-from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.model.values import count_nodes
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 
 @register("prune", "remove unused nodes, initializers, functions and opset imports")

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from llmc.compiler.registry import LlmcPass, PassOptions, register
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 
 def _selected_dims(node: ir.Node, shape: ir.Shape) -> list[int] | None:

@@ -46,7 +46,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, first_line
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 DEVICE_PROVIDERS = {
@@ -440,7 +440,7 @@ def explain_ort_error(exc: BaseException, model: ir.Model | None) -> LlmcError:
             f"the model uses opset {m.group(1)}, which onnxruntime {version} cannot run{supported}; "
             "re-export with a lower opset (torch.onnx.export(..., opset_version=20)) or upgrade onnxruntime"
         )
-    return LlmcError(f"onnxruntime {version} cannot load the model: {_first_line(text)}")
+    return LlmcError(f"onnxruntime {version} cannot load the model: {first_line(text)}")
 
 
 def _unknown_op_error(model: ir.Model | None, domain: str, op: str, version: str) -> LlmcError:
@@ -464,8 +464,3 @@ def _find_node(model: ir.Model | None, domain: str, op: str) -> ir.Node | None:
 def _domain_of(model: ir.Model | None, op: str) -> str:
     node = _find_node(model, "", op)
     return node.domain if node else ""
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"

@@ -143,7 +143,7 @@ def _on_host(feeds: dict[str, Any]) -> dict[str, Any]:
 def run_model(model: Any, feeds: dict[str, np.ndarray], config: Any = None) -> dict[str, np.ndarray]:
     """Run an in-memory ``onnx_ir.Model`` once (default: the reference, ORT_DISABLE_ALL)."""
     from llmc.backends.ort.loader import REFERENCE_CONFIG, create_session
-    from llmc.compiler.model_io import ort_model_source
+    from llmc.model.io import ort_model_source
 
     with ort_model_source(model) as source:
         session = create_session(source, config or REFERENCE_CONFIG, model)

@@ -29,7 +29,7 @@ from typing import Any
 
 from llmc.backends.trt.profiles import ProfileShape, check_profiles
 from llmc.backends.trt.trust import sign_plan
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, first_line
 
 INSTALL_HINT = (
     "--target trt needs TensorRT: pip install 'llmc[trt]' (TensorRT 10 or 11 on an NVIDIA GPU host), "
@@ -402,7 +402,7 @@ def build_engine(
     plan = builder.build_serialized_network(network, builder_config)
     del parser
     if plan is None:
-        reason = _first_line(logger.errors[-1]) if logger.errors else "no error message"
+        reason = first_line(logger.errors[-1]) if logger.errors else "no error message"
         raise LlmcError(
             f"TensorRT could not build the engine: {reason}; rerun with a larger --workspace or see the log"
         )
@@ -530,11 +530,6 @@ _ASSERTION = re.compile(r'^(?:Assertion failed:\s*)?[\w.\->()\[\]!]+\s*&&\s*"(.*
 
 def _clean_desc(text: str) -> str:
     """The parser's description without its C++ assertion wrapper (``creator && "..."``)."""
-    line = _first_line(text)
+    line = first_line(text)
     match = _ASSERTION.match(line)
     return match.group(1) if match else line
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"

@@ -14,12 +14,12 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from llmc.compiler.registry import LlmcPass, PassOptions, register
 from llmc.errors import LlmcError
+from llmc.model.symbolic_shapes import refine_shapes
 from llmc.passes.fusion.families import FAMILIES, FusionFamily, families_for
 from llmc.passes.fusion.report import NotFused, explain
-from llmc.passes.fusion.symbolic_shapes import refine_shapes
 from llmc.passes.noop import eliminate_identities
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 __all__ = ["FusionPass", "NotFused", "enabled_families", "explain", "fused_op_counts"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from llmc.passes.fusion.values import const_ints, same_dim, shape_gather_dim
+from llmc.model.values import const_ints, same_dim, shape_gather_dim
 
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Equal", "Greater", "Less")
 

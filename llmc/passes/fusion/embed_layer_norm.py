@@ -30,21 +30,15 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from llmc.passes.fusion.values import is_op, same_dim, shape_gather_dim
+from llmc.model.values import const_array, is_op, same_dim, shape_gather_dim
 
 _DATA_MOVEMENT = ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Transpose", "Identity", "Tile")
 _GATHERS = ("Gather", "GatherElements", "GatherND")
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return np.asarray(value.const_value.numpy())
-
-
 def _uniform_index(value: ir.Value) -> int | None:
     """The one value every element of ``value`` has, if that is provable from constants."""
-    array = _const(value)
+    array = const_array(value)
     if array is not None:
         flat = array.reshape(-1)
         return int(flat[0]) if flat.size and np.all(flat == flat[0]) else None
@@ -76,7 +70,7 @@ def _sequence_dim_of(value: ir.Value) -> object | None:
     if (read := shape_gather_dim(node)) is not None:
         source, axis = read
         return source.shape[axis]
-    array = _const(value)
+    array = const_array(value)
     if array is not None and array.size == 1:
         return int(array.reshape(-1)[0])
     return None
@@ -86,9 +80,9 @@ def _is_arange_to(value: ir.Value, sequence) -> str | None:
     """None when ``value`` is provably ``[[0, 1, ..., S-1]]`` with S == ``sequence``; else why not."""
     node = value.producer()
     if is_op(node, "Slice"):
-        data, starts, ends = (_const(node.inputs[0]), _const(node.inputs[1]), node.inputs[2])
-        axes = _const(node.inputs[3]) if len(node.inputs) > 3 else None
-        steps = _const(node.inputs[4]) if len(node.inputs) > 4 else None
+        data, starts, ends = (const_array(node.inputs[0]), const_array(node.inputs[1]), node.inputs[2])
+        axes = const_array(node.inputs[3]) if len(node.inputs) > 3 else None
+        steps = const_array(node.inputs[4]) if len(node.inputs) > 4 else None
         if data is None or data.ndim != 2 or data.shape[0] != 1:
             return "the positions are a slice of something other than a constant [1, N] table"
         if not np.array_equal(data[0], np.arange(data.shape[1])):
@@ -104,11 +98,11 @@ def _is_arange_to(value: ir.Value, sequence) -> str | None:
             return "the position slice does not provably end at the ids' sequence length"
         return None
     if is_op(node, "Unsqueeze"):
-        axes = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
         inner = node.inputs[0].producer()
         if axes is None or axes.reshape(-1).tolist() != [0] or not is_op(inner, "Range"):
             return "the positions are not Unsqueeze(Range(...), 0)"
-        start, limit, delta = (_const(inner.inputs[0]), inner.inputs[1], _const(inner.inputs[2]))
+        start, limit, delta = (const_array(inner.inputs[0]), inner.inputs[1], const_array(inner.inputs[2]))
         if start is None or int(start) != 0 or delta is None or int(delta) != 1:
             return "the position range does not go 0, 1, 2, ..."
         end = _sequence_dim_of(limit)
@@ -154,7 +148,7 @@ class EmbedLayerNormFusion(pattern.RewriteRuleClassBase):
             table, indices, gathered = bindings[f"t{k}"], bindings[f"i{k}"], bindings[f"g{k}"]
             if gathered.producer().attributes.get_int("axis", 0) != 0:
                 return result.fail("an embedding Gather is not along axis 0", gathered)
-            array = _const(table)
+            array = const_array(table)
             if array is None or array.ndim != 2 or array.dtype != np.float32:
                 return result.fail("an embedding table is not a constant float32 [N, H] tensor", table)
             leaves.append((table, indices))
@@ -163,7 +157,7 @@ class EmbedLayerNormFusion(pattern.RewriteRuleClassBase):
             return result.fail("the embedding tables have different widths", out)
         width = widths.pop()
         for name, value in (("scale", gamma), ("bias", beta)):
-            array = _const(value)
+            array = const_array(value)
             if array is None or array.shape != (width,) or array.dtype != np.float32:
                 return result.fail(f"the LayerNormalization {name} is not a constant float32 [H] vector", value)
         plan_or_reason = self._classify(leaves)

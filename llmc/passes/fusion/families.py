@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from llmc.passes.fusion.values import is_op
+from llmc.model.values import is_op
 
 RuleSets = Callable[[], list]  # -> list[onnxscript.rewriter.pattern.RewriteRuleSet]
 

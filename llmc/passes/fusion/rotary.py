@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from llmc.passes.fusion.values import const_ints
+from llmc.model.values import const_ints
 
 
 class CosSinCacheMul(pattern.RewriteRuleClassBase):

@@ -10,7 +10,7 @@ it takes tens of milliseconds. llmc adds the int8 ops it emits that the library 
 
 Dims that depend on input *values* (a rotary cache sized by ``ReduceMax(position_ids) + 1``)
 stay symbolic there; those tensors are then evaluated for real: the cone of ops that computes
-them runs in ONNX Runtime on the seeded inputs of :mod:`llmc.compiler.feeds` (for decoders,
+them runs in ONNX Runtime on the seeded inputs of :mod:`llmc.model.feeds` (for decoders,
 ``position_ids`` count on from the cache, as in generation).
 """
 
@@ -183,7 +183,7 @@ def _evaluate(
     """Run the ops that compute ``names`` in ONNX Runtime and read their shapes."""
     import onnxruntime as ort
 
-    from llmc.compiler.feeds import make_feeds
+    from llmc.model.feeds import make_feeds
 
     graph = proto.graph
     needed = set(names)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from llmc.compiler.registry import LlmcPass, PassOptions, register
 from llmc.errors import LlmcError
 from llmc.passes.memory.liveness import DEFAULT_ALIGNMENT
+from llmc.passes.registry import LlmcPass, PassOptions, register
 
 
 @register("memory", "memory-aware node order: the DFS or list schedule when it lowers the activation peak")
@@ -21,7 +21,7 @@ class MemoryReorderPass(LlmcPass):
     """Reorders nodes to lower the peak of live activation bytes.
 
     Requires: concrete input shapes (``PassOptions.memory_shapes``; without them, the assumed
-    defaults of ``llmc.compiler.feeds.resolve_shapes``). Guarantees: the new order is
+    defaults of ``llmc.model.feeds.resolve_shapes``). Guarantees: the new order is
     topological; it never raises the arena lower bound of any given shape set (the graph's own
     order is a candidate); nodes, values and outputs are otherwise untouched.
     """
@@ -33,7 +33,7 @@ class MemoryReorderPass(LlmcPass):
         self.skipped: str | None = None  # why the graph could not be planned
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from llmc.compiler.feeds import resolve_shapes
+        from llmc.model.feeds import resolve_shapes
         from llmc.passes.memory.planner import analyze_memory
 
         try:

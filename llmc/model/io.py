@@ -1,0 +1,227 @@
+"""Loading and saving models on onnx-ir, with the checks users need before anything runs.
+
+Loading never round-trips the weights through protobuf: the graph proto is parsed without its
+external data and onnx-ir memory-maps the data files, so models over 2 GB load in seconds.
+After loading, the graph is in topological order and every value has a unique, deterministic
+name (onnx-ir's TopologicalSortPass and NameFixPass), so the same input always gives the same
+output bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from google.protobuf.message import DecodeError
+
+from llmc.errors import LlmcError, first_line
+
+# The artifact directory's files (``llmc.compiler.artifact``); the model file is also what
+# ``llmc inspect DIR`` opens.
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+
+# A protobuf message cannot exceed 2 GiB; keep a margin for the graph itself.
+PROTO_LIMIT_BYTES = 2**31 - 64 * 2**20
+# Above this many weight bytes a session is created from a temporary file with external data:
+# serializing to one protobuf costs two transient copies of the weights and is slower (BERT-base:
+# 2.0 s and +1.0 GB RSS through bytes, 1.2 s and +0.3 GB through a file).
+IN_MEMORY_LIMIT_BYTES = 32 * 2**20
+EXTERNAL_DATA_SUFFIX = ".data"
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load ``path`` as an onnx-ir model, refusing files that are not a usable ONNX model."""
+    path = Path(path)
+    if not path.exists():
+        raise LlmcError(f"{path}: no such file")
+    if path.is_dir():
+        raise LlmcError(f"{path}: is a directory; pass the .onnx file inside it")
+    proto = _parse_proto(path)
+    _check_external_data(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # a proto that parses but is not a coherent model
+        raise LlmcError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
+    ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+    _check_defined_values(model.graph, path)
+    normalize(model)
+    return model
+
+
+def normalize(model: ir.Model) -> None:
+    """Put the graph in topological order and give every value a unique, deterministic name."""
+    try:
+        common_passes.TopologicalSortPass()(model)
+    except Exception as exc:
+        raise LlmcError(f"the graph has a cycle and cannot be ordered ({first_line(exc)})") from None
+    common_passes.NameFixPass()(model)
+
+
+def save_model(
+    model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None
+) -> list[Path]:
+    """Save ``model``; weights go to ``<name>.data`` when asked or when over the 2 GB limit.
+
+    Returns the files written. The model in memory is not changed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = weights_nbytes(model) > PROTO_LIMIT_BYTES
+    data_name = path.name + EXTERNAL_DATA_SUFFIX
+    if external_data:
+        # Tensors still mapped from the destination would be invalidated by the overwrite.
+        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+        return [path, path.parent / data_name]
+    if _has_external_tensors(model):
+        # Weights mapped from the source's data file: bring them into memory to inline them.
+        ir.external_data.load_to_model(model)
+    ir.save(model, path)
+    return [path]
+
+
+def weights_nbytes(model: ir.Model) -> int:
+    """Bytes held by initializers (external or in-memory)."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def ort_model_source(model: ir.Model) -> Iterator[bytes | str]:
+    """Yield what ``onnxruntime.InferenceSession`` takes: bytes for small models, else a path.
+
+    Models with external tensors or over ``IN_MEMORY_LIMIT_BYTES`` of weights are saved to a
+    temporary directory (weights as external data): no copy of the weights in one protobuf.
+    """
+    if not _has_external_tensors(model) and weights_nbytes(model) < IN_MEMORY_LIMIT_BYTES:
+        yield ir.serde.serialize_model(model).SerializeToString()
+        return
+    with tempfile.TemporaryDirectory(prefix="llmc-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
+        yield str(path)
+
+
+def _has_external_tensors(model: ir.Model) -> bool:
+    return any(
+        isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()
+    )
+
+
+def _parse_proto(path: Path) -> onnx.ModelProto:
+    """Parse the graph proto only (weights stay on disk); map parse failures to one line."""
+    if path.stat().st_size == 0:
+        raise LlmcError(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        kind = "truncated or corrupt ONNX file" if path.suffix == ".onnx" else "not an ONNX model"
+        raise LlmcError(
+            f"{path}: {kind} ({first_line(exc)}); re-export or re-download it"
+        ) from None
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise LlmcError(f"{path}: not an ONNX model (no graph or IR version in the file)")
+    if not proto.graph.output:
+        raise LlmcError(f"{path}: the graph has no outputs; it may be truncated")
+    return proto
+
+
+def _iter_tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_tensor_protos(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_tensor_protos(g)
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data outside the model's directory and report missing data files."""
+    base = path.parent.resolve()
+    for tensor in _iter_tensor_protos(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(base):
+            raise LlmcError(
+                f"{path}: initializer '{tensor.name}' points its external data at '{location}', "
+                f"outside the model's directory; refusing to read it (move the data beside the model)"
+            )
+        if not target.is_file():
+            raise LlmcError(
+                f"{path}: initializer '{tensor.name}' needs external data file '{location}', "
+                "which is missing; copy it beside the model"
+            )
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if end > target.stat().st_size:
+            raise LlmcError(
+                f"{path}: external data file '{location}' is shorter than initializer "
+                f"'{tensor.name}' needs ({end} bytes); the file is truncated"
+            )
+
+
+def _check_defined_values(graph: ir.Graph, path: Path) -> None:
+    """Every node input must be produced by something: a truncated file often fails here."""
+    defined = set(graph.inputs) | set(graph.initializers.values())
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        defined.update(node.outputs)
+    for node in graph:
+        for value in node.inputs:
+            if value is None or value in defined or value.producer() is not None:
+                continue
+            if value.const_value is not None or value.graph is not None:
+                continue
+            raise LlmcError(
+                f"{path}: node '{node.name}' ({node.op_type}) reads tensor '{value.name}' that no "
+                "node, input or initializer defines; the file is truncated or malformed"
+            )
+
+
+def ir_sha256(model: ir.Model) -> str:
+    """A content hash of an in-memory model: its text form plus every initializer's bytes."""
+    digest = hashlib.sha256(ir.to_onnx_text(model, exclude_initializers=True).encode())
+    for name, value in sorted(model.graph.initializers.items()):
+        digest.update(name.encode())
+        if value.const_value is not None:
+            digest.update(value.const_value.tobytes())
+    return digest.hexdigest()
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc only; elsewhere a no-op).
+
+    A dropped ONNX Runtime session's buffers go back to glibc's arenas, which keep them: after a
+    GPT-2 reference session, RSS stays ~380 MB higher until ``malloc_trim`` releases them. Builds
+    create several sessions in a row, so this keeps their peak memory at what is live.
+    """
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

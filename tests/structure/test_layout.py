@@ -1,0 +1,126 @@
+"""The package layout the README describes: layers import only downwards, no import cycles
+between packages (module-level and function-level imports alike), small modules and functions,
+no model files tracked outside test fixtures."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "llmc"
+# Bottom first: a package may import only packages of a lower layer (or its own).
+LAYERS = [
+    {"llmc.errors", "llmc.version"},
+    {"llmc.model"},
+    {"llmc.backends"},
+    {"llmc.passes"},
+    {"llmc.int8", "llmc.fp16", "llmc.export"},
+    {"llmc.compiler"},
+    {"llmc.cli"},
+    {"llmc.__main__"},
+]
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 100
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def _imports(path: Path) -> set[str]:
+    """Every llmc module named by an import anywhere in the file (functions included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if n.split(".")[0] == "llmc"}
+
+
+def package_edges() -> dict[tuple[str, str], str]:
+    """(importing package, imported package) -> one module where it happens."""
+    edges: dict[tuple[str, str], str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        if module == "llmc":
+            continue  # the package face re-exports lazily from the layers below
+        for name in _imports(path):
+            target = _package(name)
+            if target != "llmc" and target != _package(module):
+                edges.setdefault((_package(module), target), module)
+    return edges
+
+
+def _layer(package: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        if package in layer:
+            return index
+    raise AssertionError(f"{package} is in no layer of tests/structure/test_layout.py: place it")
+
+
+def test_packages_import_only_lower_layers():
+    upward = [
+        f"{module} ({a}) imports {b}"
+        for (a, b), module in package_edges().items()
+        if _layer(b) >= _layer(a)
+    ]
+    assert upward == []
+
+
+def test_no_package_level_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for a, b in package_edges():
+        graph.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen)):
+                return True
+        return False
+
+    assert [p for p in graph if reaches(p, p, set())] == []
+
+
+def test_modules_and_functions_are_small():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}:{node.lineno} {node.name}(): {length} lines")
+    assert too_long == []
+
+
+def test_the_layer_check_sees_function_level_imports(tmp_path):
+    # A guard on the check itself: an import inside a function body counts.
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from llmc.compiler.build import build\n    return build\n")
+    assert "llmc.compiler.build" in _imports(path)
+
+
+def test_no_model_files_tracked_outside_test_fixtures():
+    try:
+        files = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    suffixes = (".onnx", ".onnx.data", ".plan", ".engine", ".npz", ".gguf")
+    tracked = [f for f in files if f.endswith(suffixes) and not f.startswith("tests/fixtures/")]
+    assert tracked == []
