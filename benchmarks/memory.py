@@ -322,7 +322,7 @@ def render(results: dict[str, Any], header: str) -> str:
 
 def _write(results: dict[str, Any]) -> None:
     from benchmarks.run import machine, write_section
-    from llmc.compiler.build import _versions
+    from llmc.compiler.manifest import versions as _versions
 
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     text = render(results, f"Machine: {machine()}; {versions}.")

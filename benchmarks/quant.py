@@ -403,7 +403,7 @@ def _int_keys(results: dict[str, Any]) -> dict[str, Any]:
 
 def _write(results: dict[str, Any], sweep: list[dict[str, Any]], note: str) -> None:
     from benchmarks.run import machine, write_section
-    from llmc.compiler.build import _versions
+    from llmc.compiler.manifest import versions as _versions
 
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     text = render(results, sweep, f"Machine: {machine()}; {versions}.", note)

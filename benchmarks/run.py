@@ -34,7 +34,7 @@ import numpy as np
 import llmc
 from benchmarks import anchors, conformance, models
 from llmc.compiler.bench import BenchTarget, resolve_target, run_benchmark
-from llmc.compiler.build import _versions
+from llmc.compiler.manifest import versions as _versions
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families

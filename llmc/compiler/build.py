@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ import onnx_ir as ir
 
 from llmc.compiler.artifact import MODEL_FILE, Artifact, write_manifest
 from llmc.compiler.engine import EngineSettings
+from llmc.compiler.manifest import versions
 from llmc.errors import LlmcError
 from llmc.fp16.convert import Fp16Options
 from llmc.int8.quantize import QuantizeOptions
@@ -263,7 +262,7 @@ def build(
             "model_sha256": model_io.sha256_file(out_dir / MODEL_FILE),
             "external_data": len(files) > 1,
         },
-        "versions": _versions(),
+        "versions": versions(),
         "session": {
             "providers": session_config.providers(),
             "options": session_config.to_dict(),
@@ -466,18 +465,3 @@ def _fusions(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def _describe_shapes(feeds: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
-
-
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import onnxscript
-
-    return {
-        "python": platform.python_version(),
-        "onnx": onnx.__version__,
-        "onnx_ir": ir.__version__,
-        "onnxscript": onnxscript.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "platform": f"{sys.platform}-{platform.machine()}",
-    }
