@@ -13,6 +13,9 @@ import pytest
 from tests.helpers import TINY_BERT, TINY_GPT2, TINY_LLAMA, make_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests build the same tiny models many times with patched internals: the build cache stays off
+# unless a test turns it on (tests/compiler/test_cache.py, with its own LLMC_CACHE_DIR).
+os.environ["LLMC_NO_CACHE"] = "1"
 
 
 

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import platform
 import sys
+from typing import TYPE_CHECKING, Any
+
+from llmc.model.values import count_nodes
+from llmc.version import __version__
+
+if TYPE_CHECKING:
+    from llmc.compiler.stages import Compiled, Precise, Prepared, Verified
+    from llmc.model.compare import Comparison
 
 
 def versions() -> dict[str, str]:
@@ -14,8 +22,6 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import onnxscript
 
-    from llmc.version import __version__
-
     return {
         "llmc": __version__,
         "python": platform.python_version(),
@@ -25,4 +31,72 @@ def versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified) -> dict[str, Any]:
+    """``manifest.json`` of a build, from what its stages returned (the engine section aside)."""
+    options, comparison, feeds = prep.options, verified.comparison, prep.feeds
+    fused_before, fused_after = compiled.fused_before, compiled.fused_after
+    manifest: dict[str, Any] = {
+        "llmc_version": __version__,
+        "source": prep.source,
+        "target": options.target,
+        "precision": options.precision,
+        "pipeline": str(prep.pipeline),
+        "passes": [r.to_dict() for r in compiled.manager.records],
+        "rewrites": compiled.manager.timing.rewrites(),
+        # Fused ops the build created: nodes of fused op types gained, by op type.
+        "fusions": {op: n - fused_before.get(op, 0) for op, n in sorted(fused_after.items()) if n > fused_before.get(op, 0)},
+        "fused_ops": fused_after,
+        "not_fused": [r.to_dict() for r in compiled.not_fused],
+        "fusion_families": {"enabled": prep.enabled_fusions, "disabled": prep.disabled_fusions},
+        "nodes": {"before": compiled.nodes_before, "after": count_nodes(precise.model)},
+        "compile_seconds": round(compiled.seconds, 4),
+        "memory": memory,
+        "shapes": {"inputs": {k: list(v.shape) for k, v in feeds.items()}, "assumed": prep.assumed},
+        "verification": _verification(prep, comparison, precise),
+        "artifact": {
+            "files": [f.name for f in verified.files],
+            "model_sha256": verified.model_sha256,
+            "external_data": len(verified.files) > 1,
+        },
+        "versions": versions(),
+        "session": {
+            "providers": verified.session_config.providers(),
+            "options": verified.session_config.to_dict(),
+            "create_seconds": round(verified.session_seconds, 4),
+        },
+    }
+    if precise.quantization is not None:
+        manifest["quantization"] = precise.quantization
+    if precise.fp16 is not None:
+        manifest["fp16"] = precise.fp16
+    return manifest
+
+
+def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:
+    reference = "onnxruntime ORT_DISABLE_ALL on the source model"
+    if precise.quantization is not None:
+        reference += (
+            " (the fp32 graph before quantization; the int8 artifact is checked by the accuracy "
+            "budget in 'quantization')"
+        )
+    if precise.fp16 is not None and prep.options.precision == "fp16":
+        reference += (
+            " (the float16 graph run by its CPU emulation: float32 compute, float16 rounding after "
+            "every float16 node)"
+        )
+    feeds = prep.feeds
+    return {
+        **comparison.summary(),
+        "passed": True,
+        "tolerance": prep.tolerance,
+        "reference": reference,
+        "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
+        "seed": prep.options.seed if prep.options.inputs is None else None,
+        "outputs": {
+            o.name: {"max_abs_error": o.max_abs_error, "max_rel_error": o.max_rel_error, "cosine": o.cosine}
+            for o in comparison.outputs
+        },
     }

@@ -140,14 +140,14 @@ def test_shape_binds_shared_symbols(tiny_bert_dynamo, tmp_path):
 
 def test_verification_failure_is_reported(tiny_bert_legacy, tmp_path, monkeypatch):
     """A model whose compiled outputs differ must fail the build, naming the output."""
-    from llmc.compiler import build as build_module
+    from llmc.compiler import verify as verify_module
 
-    real = build_module.compare_outputs
+    real = verify_module.compare_outputs
 
     def skewed(reference, candidate, tolerance):
         candidate = {k: v + 1.0 for k, v in candidate.items()}
         return real(reference, candidate, tolerance)
 
-    monkeypatch.setattr(build_module, "compare_outputs", skewed)
+    monkeypatch.setattr(verify_module, "compare_outputs", skewed)
     with pytest.raises(llmc.LlmcError, match="last_hidden_state"):
         llmc.build(tiny_bert_legacy, output=tmp_path / "out")

@@ -1,0 +1,273 @@
+"""The build cache: a finished artifact keyed by everything that decides its bytes.
+
+Like Olive's pass cache, the key is content, not names: the source model's bytes (external
+data included), every build option that changes the output, the calibration data and tokenizer
+bytes, and the versions of llmc, onnx, onnx-ir, onnxscript, onnxruntime and numpy. A hit copies
+the cached ``model.onnx`` (+ data) and manifest into the output directory, so a second identical
+build into another ``-o`` writes a byte-identical model without compiling, calibrating or
+verifying again; the files are checked against the sha256 recorded when they were stored, and
+an entry that fails the check is dropped. INT8 calibration statistics are cached apart
+(``calibration/``), so a build that differs only in what comes after calibration reuses them.
+
+Layout under ``$LLMC_CACHE_DIR`` (default ``~/.cache/llmc``)::
+
+    builds/<key>/entry.json, model.onnx[, model.onnx.data], manifest.json[, calibration.json]
+    calibration/<key>.json
+    trt/  (TensorRT engines and timing cache, managed by the trt backend)
+
+The total of ``builds/`` and ``calibration/`` is kept under ``$LLMC_CACHE_MAX_MB`` (default 10
+GiB) by evicting the least recently used entries after each store. ``llmc cache`` lists, sizes
+and clears it; ``--no-cache`` / ``LLMC_NO_CACHE=1`` bypasses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from llmc.errors import LlmcError
+from llmc.model.io import MANIFEST_FILE, sha256_file
+
+FORMAT = 1  # bump when the entry layout or the key's meaning changes
+DEFAULT_MAX_MB = 10 * 1024
+ENTRY_FILE = "entry.json"
+CALIBRATION_FILE = "calibration.json"
+SECTIONS = ("builds", "calibration")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMC_CACHE_DIR") or Path.home() / ".cache" / "llmc")
+
+
+def cache_disabled() -> bool:
+    return os.environ.get("LLMC_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def max_bytes() -> int:
+    text = os.environ.get("LLMC_CACHE_MAX_MB", str(DEFAULT_MAX_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        raise LlmcError(f"LLMC_CACHE_MAX_MB must be a number of MiB, not '{text}'") from None
+    return int(megabytes * (1 << 20))
+
+
+def digest_key(material: dict[str, Any]) -> str:
+    """The cache key of a JSON-able description (sorted keys, paths and tuples as text/lists)."""
+    text = json.dumps({"format": FORMAT, **material}, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (Path, os.PathLike)):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not part of a cache key")
+
+
+def source_digest(path: Path, model: ir.Model) -> str:
+    """sha256 over a model file and every external data file its initializers read."""
+    digest = hashlib.sha256(sha256_file(path).encode())
+    external = sorted(
+        {Path(v.const_value.path) for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)}
+    )
+    for data in external:
+        digest.update(data.name.encode() + sha256_file(data).encode())
+    return digest.hexdigest()
+
+
+def path_digest(path: str | Path | None) -> str | None:
+    """Content hash of a file or of a directory tree (relative names and bytes), None for None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return f"missing:{path}"  # the build itself reports the missing path
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode() + b"\0" + sha256_file(item).encode())
+    return digest.hexdigest()
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name, array in sorted(arrays.items()):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class CacheEntry:
+    key: str
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return _tree_size(self.path)
+
+
+class BuildCache:
+    """Artifacts and calibration statistics by content key, LRU-bounded in size."""
+
+    def __init__(self, root: Path | None = None, limit_bytes: int | None = None) -> None:
+        self.root = root or cache_dir()
+        self.limit = max_bytes() if limit_bytes is None else limit_bytes
+
+    # ------------------------------------------------------------------ builds
+    def lookup(self, key: str) -> CacheEntry | None:
+        """The entry for ``key`` if every file still has the sha256 it was stored with."""
+        path = self.root / "builds" / key
+        try:
+            info = json.loads((path / ENTRY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        files = info.get("files")
+        if info.get("key") != key or not isinstance(files, dict) or not files:
+            self._drop(path)
+            return None
+        for name, expected in files.items():
+            item = path / name
+            if Path(name).name != name or not item.is_file() or sha256_file(item) != expected:
+                self._drop(path)  # corrupted or tampered with: never used
+                return None
+        os.utime(path / ENTRY_FILE)  # last use, for LRU eviction
+        return CacheEntry(key, path, info)
+
+    def restore(self, entry: CacheEntry, out_dir: Path) -> dict[str, Any]:
+        """Copy the entry's files into ``out_dir``; return its manifest."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in entry.info["files"]:
+            if name != MANIFEST_FILE:
+                shutil.copyfile(entry.path / name, out_dir / name)
+        return json.loads((entry.path / MANIFEST_FILE).read_text())
+
+    def store(self, key: str, out_dir: Path, files: list[str], summary: dict[str, Any]) -> bool:
+        """Copy a finished artifact's ``files`` (manifest included) in under ``key``."""
+        size = sum((out_dir / name).stat().st_size for name in files)
+        if size > self.limit:
+            return False
+        builds = self.root / "builds"
+        builds.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=builds))
+        try:
+            hashes = {}
+            for name in files:
+                shutil.copyfile(out_dir / name, staging / name)
+                hashes[name] = sha256_file(staging / name)
+            info = {"key": key, "format": FORMAT, "files": hashes, "created": time.time(), **summary}
+            (staging / ENTRY_FILE).write_text(json.dumps(info, indent=1) + "\n")
+            target = builds / key
+            if target.exists():
+                self._drop(target)
+            os.replace(staging, target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        self.evict(keep=target)
+        return True
+
+    # ------------------------------------------------------------- calibration
+    def calibration_path(self, key: str) -> Path:
+        return self.root / "calibration" / f"{key}.json"
+
+    def fetch_calibration(self, key: str, destination: Path) -> bool:
+        """Copy cached statistics to ``destination`` (the quantizer checks their own key)."""
+        cached = self.calibration_path(key)
+        if destination.exists() or not cached.is_file():
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, destination)
+        os.utime(cached)
+        return True
+
+    def keep_calibration(self, key: str, source: Path) -> None:
+        if not source.is_file():
+            return
+        cached = self.calibration_path(key)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, cached)
+        self.evict(keep=cached)
+
+    # ------------------------------------------------------------ housekeeping
+    def entries(self) -> list[tuple[str, Path, int, float]]:
+        """(section, path, bytes, last use) of every entry, least recently used first."""
+        found = []
+        for section in SECTIONS:
+            folder = self.root / section
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.name.startswith(".tmp"):
+                    continue
+                stamp = path / ENTRY_FILE if path.is_dir() else path
+                try:
+                    found.append((section, path, _tree_size(path), stamp.stat().st_mtime))
+                except OSError:
+                    continue
+        return sorted(found, key=lambda e: e[3])
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Drop least recently used entries until the cache is within its size limit."""
+        entries = self.entries()
+        total = sum(e[2] for e in entries)
+        dropped = []
+        for _, path, size, _ in entries:
+            if total <= self.limit:
+                break
+            if keep is not None and path == keep:
+                continue
+            self._drop(path)
+            total -= size
+            dropped.append(path)
+        return dropped
+
+    def clear(self, sections: tuple[str, ...] = SECTIONS) -> tuple[int, int]:
+        """Remove every entry of ``sections``; returns (entries, bytes) removed."""
+        count = freed = 0
+        for section, path, size, _ in self.entries():
+            if section in sections:
+                self._drop(path)
+                count += 1
+                freed += size
+        return count, freed
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """What ``llmc cache list`` shows of an entry."""
+        if path.is_dir():
+            try:
+                return json.loads((path / ENTRY_FILE).read_text())
+            except (OSError, ValueError):
+                return {}
+        return {}
+
+    @staticmethod
+    def _drop(path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,128 @@
+"""Build stages after the fp32 passes: precision (int8, fp16) and the memory plan.
+
+The mechanics live in the feature packages (``llmc.int8``, ``llmc.fp16``, ``llmc.passes.memory``);
+these stages decide when each runs and check that the passes were exact before a precision
+step changes the numbers on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
+from llmc.compiler.cache import BuildCache
+from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
+from llmc.errors import LlmcError
+from llmc.fp16.stage import convert_for_build
+from llmc.int8.stage import quantize_for_build
+from llmc.model import io as model_io
+from llmc.model.compare import compare_outputs
+from llmc.passes.memory.planner import analyze_memory
+from llmc.passes.memory.reorder import MemoryReorderPass
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def apply_precision(
+    prep: Prepared, compiled: Compiled, log: Log, progress: Progress | None, cache: BuildCache | None
+) -> Precise:
+    """int8 (calibrated, within the accuracy budget), then fp16 for ``fp16`` and for trt int8."""
+    options = prep.options
+    result = Precise(compiled.model)
+    if options.precision == "int8":
+        # The passes must be exact before quantization changes the numbers on purpose.
+        result.fp32_comparison = compare_outputs(
+            compiled.reference, run_model(result.model, prep.feeds, REFERENCE_CONFIG), prep.tolerance
+        )
+        fail_on_mismatch(result.fp32_comparison)
+        model_io.release_freed_memory()
+        result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
+        model_io.release_freed_memory()
+    if options.precision == "fp16" or (options.precision == "int8" and options.target == "trt"):
+        converted = convert_for_build(result.model, prep.feeds, options.fp16, options.precision, prep.tolerance, log)
+        if result.fp32_comparison is None:
+            # The conversion's own float32 run tells whether the passes were exact.
+            result.fp32_comparison = compare_outputs(compiled.reference, converted.float32_outputs, prep.tolerance)
+            fail_on_mismatch(result.fp32_comparison)
+        result.model, result.fp16 = converted.model, converted.report
+    return result
+
+
+def _quantize(prep: Prepared, model, log: Log, progress: Progress | None, cache: BuildCache | None):
+    """INT8 with the calibration statistics shared across output directories through the cache."""
+    stats_path = prep.out_dir / CALIBRATION_FILE
+    key = None
+    if cache is not None:
+        key = calibration_key(prep)
+        if cache.fetch_calibration(key, stats_path):
+            log("calibration statistics from the cache")
+    model, report = quantize_for_build(
+        model, prep.options.target, prep.options.calibration_data, prep.options.tokenizer,
+        prep.options.effective_quantization, prep.feeds, stats_path, log, progress,
+    )
+    if cache is not None and key is not None:
+        cache.keep_calibration(key, stats_path)
+    return model, report
+
+
+def calibration_key(prep: Prepared) -> str:
+    """What decides the calibration statistics: the source, the fp32 graph's options, the samples.
+
+    The statistics file also carries its own key (the graph's hash and the samples'), checked by
+    the quantizer, so a stale file is recomputed rather than misused.
+    """
+    from llmc.compiler.cache import digest_key
+
+    options = prep.options
+    material = options.key_material()
+    return digest_key({
+        "calibration_statistics": prep.source["sha256"],
+        **{k: material[k] for k in ("target", "device", "passes", "disable_passes", "fusions", "pass_options",
+                                    "shapes", "calibration_data", "tokenizer")},
+        "samples": options.effective_quantization.samples + options.effective_quantization.holdout,
+    })
+
+
+def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) -> tuple[dict[str, Any], SessionConfig]:
+    """The manifest's ``memory``: the final graph's plan at the build's shapes, and the session
+    config that runs the graph in the order the plan chose.
+
+    The ``memory`` pass reorders during the pipeline; an int8 build changed the graph after it,
+    so the pass runs once more on the quantized graph.
+    """
+    names = prep.pipeline.names()
+    shapes = {k: tuple(v.shape) for k, v in prep.feeds.items()}
+    stats: dict[str, int] = {}
+    skipped = None
+    if "memory" in names:
+        records = [r for r in compiled.manager.records if r.name == "memory"]
+        stats = dict(records[-1].stats) if records else {}
+        if prep.options.precision == "int8":
+            reorder = MemoryReorderPass(pass_options(prep))
+            reorder(precise.model)
+            stats, skipped = reorder.stats, reorder.skipped
+        elif stats.get("skipped"):
+            skipped = "the memory pass could not size the graph"
+    log("planning memory")
+    try:
+        analysis = analyze_memory(
+            precise.model, [shapes], alignment=prep.options.alignment, reorder=False, feeds=[prep.feeds]
+        )
+    except LlmcError as exc:
+        return {"error": str(exc), "shapes": {k: list(v) for k, v in shapes.items()}}, prep.session_config
+    memory = analysis.to_dict()
+    memory.pop("shape_sets", None)
+    memory.pop("lower_bound_graph_order_bytes", None)  # the final order's: the bound itself
+    reordered = [k.removeprefix("reordered_") for k in stats if k.startswith("reordered_")]
+    memory["order_changed"] = bool(reordered)
+    memory["scheduler"] = reordered[0] if reordered else "graph"
+    memory["lower_bound_before_reorder_bytes"] = stats.get("lower_bound_before_bytes", memory["lower_bound_bytes"])
+    memory["reordered"] = "memory" in names and skipped is None
+    if skipped:
+        memory["reorder_skipped"] = skipped
+    session_config = prep.session_config
+    if reordered:
+        # ONNX Runtime's default order is its own depth-first walk; this one runs the file's.
+        session_config = dataclasses.replace(session_config, execution_order="priority_based")
+    return memory, session_config

@@ -1,0 +1,231 @@
+"""The build's stages, in order: prepare, passes, precision, memory, verify, write.
+
+Each stage is a function from a typed input to a typed output; ``llmc.compiler.build`` runs them
+in sequence (and the build cache sits between ``prepare`` and the rest). The final artifact is
+always checked against the source model in ONNX Runtime with every ORT graph rewrite off
+(ORT_DISABLE_ALL), on seeded (or given) inputs; a mismatch beyond the tolerance fails the build
+instead of shipping a model whose answers changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
+from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
+from llmc.compiler.engine import EngineSettings
+from llmc.compiler.options import BuildOptions
+from llmc.errors import LlmcError
+from llmc.model import io as model_io
+from llmc.model.compare import Comparison
+from llmc.model.feeds import feeds_for, resolve_shapes
+from llmc.model.values import count_nodes
+from llmc.passes.fusion import enabled_families, explain, fused_op_counts
+from llmc.passes.fusion.families import families_for
+from llmc.passes.instruments import DifferentialInstrument, DumpIRInstrument, Instrument, VerifyEachInstrument
+from llmc.passes.manager import PassManager
+from llmc.passes.pipeline import Pipeline, default_pipeline, parse_pipeline
+
+ModelLike = str | Path | onnx.ModelProto | ir.Model
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class Prepared:
+    """``prepare``: the loaded source, where the artifact goes, and the inputs it is judged on."""
+
+    options: BuildOptions
+    model: ir.Model
+    source: dict[str, Any]
+    source_model: ModelLike
+    out_dir: Path
+    pipeline: Pipeline
+    session_config: SessionConfig
+    feeds: dict[str, np.ndarray]
+    assumed: dict[str, Any]
+    enabled_fusions: list[str]
+    disabled_fusions: dict[str, str]
+
+    @property
+    def tolerance(self) -> float:
+        return self.options.effective_tolerance
+
+
+@dataclasses.dataclass
+class Compiled:
+    """``run_passes``: the fp32 graph after the pipeline, with what the passes did."""
+
+    model: ir.Model
+    reference: dict[str, np.ndarray]
+    manager: PassManager
+    nodes_before: int
+    fused_before: dict[str, int]
+    fused_after: dict[str, int]
+    not_fused: list[Any]
+    seconds: float
+
+
+@dataclasses.dataclass
+class Precise:
+    """``apply_precision``: the graph at the requested precision and its reports."""
+
+    model: ir.Model
+    quantization: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = None
+    fp32_comparison: Comparison | None = None  # the passes' exactness, when a precision step ran it
+
+
+@dataclasses.dataclass
+class Verified:
+    """``verify``: the saved model file(s) and how they compare with the source model."""
+
+    files: list[Path]
+    comparison: Comparison
+    model_sha256: str
+    session_config: SessionConfig
+    session_seconds: float
+
+
+# ---------------------------------------------------------------------------------- prepare
+
+
+def prepare(model: ModelLike, options: BuildOptions, output: str | Path | None) -> Prepared:
+    """Check the options, load the source, resolve pipeline, session and verification inputs."""
+    options.check()
+    session_config = SessionConfig(
+        device=options.device,
+        intra_op_num_threads=options.threads,
+        disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(options.device, [])),
+        **(_trt_ep_options(options.engine) if options.device == "tensorrt" else {}),
+    )
+    session_config.providers()  # fail now, not after compiling, if the device is missing
+    enabled, disabled = enabled_families(options.target, options.device, options.fusions)
+    ir_model, source = load_source(model)
+    out_dir = Path(output) if output is not None else _default_output(source, options.target)
+    pipeline = parse_pipeline(options.passes, options.target) if options.passes else default_pipeline(options.target)
+    pipeline = pipeline.without(list(options.disable_passes))
+    for name in options.dump_ir_after:
+        if name != "all" and name not in pipeline.names():
+            raise LlmcError(f"--dump-ir-after '{name}' is not in the pipeline ({pipeline}); use a pass from it or 'all'")
+    if options.builds_engine:
+        options.engine.preflight(ir_model)  # a profile for every dynamic input
+    concrete, assumed = resolve_shapes(ir_model, options.shapes)
+    feeds = feeds_for(ir_model, concrete, options.inputs, options.seed)
+    return Prepared(
+        options, ir_model, source, model, out_dir, pipeline, session_config, feeds, assumed,
+        [f.name for f in enabled], disabled,
+    )
+
+
+def load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
+    """The model to compile (never the caller's object) and its ``source`` record."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        ir_model = model_io.load_model(path)
+        return ir_model, {"path": str(path.resolve()), "sha256": model_io.sha256_file(path)}
+    if isinstance(model, ir.Model):
+        # Work on a clone (weights shared, never copied) so the caller's model stays as it was.
+        ir_model = model.clone()
+        model_io.normalize(ir_model)
+        return ir_model, {"path": None, "sha256": model_io.ir_sha256(model)}
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString(deterministic=True)
+        ir_model = ir.serde.deserialize_model(model)
+        model_io.normalize(ir_model)
+        return ir_model, {"path": None, "sha256": hashlib.sha256(data).hexdigest()}
+    raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
+
+
+def _default_output(source: dict[str, Any], target: str) -> Path:
+    if source["path"] is None:
+        raise LlmcError("building from an in-memory model needs output=DIR")
+    path = Path(source["path"])
+    return path.parent / f"{path.stem}.llmc-{target}"
+
+
+def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT EP takes the same profiles and builder settings as --target trt."""
+    options: dict[str, Any] = {
+        "profiles": {name: [list(p.min), list(p.opt), list(p.max)] for name, p in engine.profiles.items()},
+        "trt_builder_optimization_level": engine.optimization_level,
+    }
+    if engine.workspace_bytes:
+        options["trt_max_workspace_size"] = engine.workspace_bytes
+    return options
+
+
+# ----------------------------------------------------------------------------------- passes
+
+
+def run_passes(prep: Prepared, log: Log) -> Compiled:
+    """The source model's reference outputs, then the pipeline with the requested instruments."""
+    options = prep.options
+    log(f"reference run of the source model ({describe_shapes(prep.feeds)})")
+    reference = _reference_outputs(prep.source_model, prep.model, prep.feeds)
+    model_io.release_freed_memory()
+    model = prep.model
+    nodes_before = count_nodes(model)
+    fused_before = fused_op_counts(model, options.target)
+    instruments: list[Instrument] = []
+    if options.verify_each:
+        instruments.append(VerifyEachInstrument())
+    if options.dump_ir_after:
+        instruments.append(DumpIRInstrument(list(options.dump_ir_after), options.dump_dir))
+    if options.diff_each:
+        instruments.append(DifferentialInstrument(prep.feeds, prep.tolerance, reference))
+    manager = PassManager(prep.pipeline, pass_options(prep), instruments)
+    log(f"pipeline {prep.pipeline}")
+    start = time.perf_counter()
+    manager.run(model)
+    model_io.normalize(model)
+    seconds = time.perf_counter() - start
+    # Unfused candidates of every family of the target (disabled ones say why they are off).
+    not_fused = []
+    if "fuse" in prep.pipeline.names():
+        not_fused = explain(model, families_for(options.target), prep.disabled_fusions, options.target)
+    return Compiled(
+        model, reference, manager, nodes_before, fused_before, fused_op_counts(model, options.target), not_fused, seconds
+    )
+
+
+def pass_options(prep: Prepared):
+    """The passes' options: the build's target, device, fusion overrides and memory shapes."""
+    options = prep.options
+    return dataclasses.replace(
+        options.pass_options,
+        target=options.target,
+        device=options.device,
+        fusions=tuple(sorted((options.fusions or {}).items())),
+        memory_shapes=(tuple((k, tuple(v.shape)) for k, v in prep.feeds.items()),),
+        memory_alignment=options.alignment,
+    )
+
+
+def _reference_outputs(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if isinstance(model, (str, Path)):
+        # Run the source file itself: ONNX Runtime reads its external data directly.
+        return OrtRunner(create_session(Path(model), REFERENCE_CONFIG, ir_model)).run(feeds)
+    return run_model(ir_model, feeds, REFERENCE_CONFIG)
+
+
+def describe_shapes(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+
+
+def fail_on_mismatch(comparison: Comparison) -> None:
+    worst = comparison.worst()
+    if worst is not None:
+        raise LlmcError(
+            f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
+            "--diff-each to name the pass, then --disable-pass it"
+        )

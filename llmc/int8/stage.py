@@ -1,0 +1,50 @@
+"""INT8 as one build stage: read the calibration data, quantize within the accuracy budget, lint.
+
+``llmc.compiler`` calls :func:`quantize_for_build` between the fp32 passes and verification;
+everything it needs about INT8 lives in this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from llmc.int8.calibration_data import load_calibration_data
+from llmc.int8.lint import lint
+from llmc.int8.quantize import Progress, QuantizeOptions, quantize_model
+
+
+def quantize_for_build(
+    model: ir.Model,
+    target: str,
+    calibration_data: str | Path,
+    tokenizer: str | Path | None,
+    options: QuantizeOptions,
+    feeds: dict[str, np.ndarray],
+    stats_path: Path,
+    log: Callable[[str], None],
+    progress: Progress | None = None,
+) -> tuple[ir.Model, dict[str, Any]]:
+    """The INT8 model for ``target`` and the manifest's ``quantization`` report.
+
+    Text calibration data is padded to the sequence length of the verification ``feeds``;
+    statistics are kept in (and reused from) ``stats_path``.
+    """
+    ids = feeds.get("input_ids")
+    sequence = int(ids.shape[1]) if ids is not None and ids.ndim == 2 else None
+    log(f"reading calibration data {calibration_data}")
+    samples = load_calibration_data(
+        calibration_data, model, tokenizer=tokenizer, sequence_length=sequence,
+        limit=options.samples + options.holdout,
+    )
+    log(f"calibrating on {min(len(samples), options.samples)} samples ({options.method})")
+    result = quantize_model(model, target, samples, options, stats_path=stats_path, progress=progress)
+    problems = lint(result.model, target)
+    if problems:
+        raise AssertionError(f"int8 graph breaks the {target} Q/DQ rules: {problems[0]}")
+    result.report["lint"] = {"rules": target, "passed": True}
+    return result.model, result.report
