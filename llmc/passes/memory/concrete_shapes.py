@@ -1,12 +1,9 @@
 """Concrete shapes and byte sizes of every tensor of a graph for one set of input shapes.
 
-Shape inference is ONNX Runtime's symbolic shape inference (``onnxruntime.tools.
-symbolic_shape_infer``), the one its transformers optimizer uses: unlike ONNX's, it knows the
-com.microsoft ops llmc's fusions emit (Attention, MultiHeadAttention, SkipLayerNormalization,
-RotaryEmbedding...) and propagates shape arithmetic (Shape -> Gather -> Concat -> Reshape). It
-runs on a weightless copy of the graph (large initializers become inputs of the same shape), so
-it takes tens of milliseconds. llmc adds the int8 ops it emits that the library lacks
-(DynamicQuantizeMatMul, MatMulIntegerToFloat, QAttention).
+Shapes come from ONNX Runtime's symbolic shape inference run at the concrete input shapes
+(:func:`llmc.model.symbolic_shapes.infer`: it knows the com.microsoft ops llmc's fusions emit
+and llmc's int8 ops, propagates shape arithmetic, and runs on a weightless copy of the graph, so
+it takes tens of milliseconds).
 
 Dims that depend on input *values* (a rotary cache sized by ``ReduceMax(position_ids) + 1``)
 stay symbolic there; those tensors are then evaluated for real: the cone of ops that computes
@@ -16,10 +13,7 @@ them runs in ONNX Runtime on the seeded inputs of :mod:`llmc.model.feeds` (for d
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -27,17 +21,16 @@ import onnx_ir as ir
 from onnx import helper
 
 from llmc.errors import LlmcError
-
-# Initializers up to this many elements keep their values (shape arithmetic reads them).
-_KEEP_VALUES_MAX_ELEMENTS = 1024
+from llmc.model.symbolic_shapes import infer
 
 
 def tensor_shapes(
     model: ir.Model, shapes: dict[str, tuple[int, ...]], feeds: dict[str, np.ndarray] | None = None
 ) -> dict[str, tuple[tuple[int, ...], ir.DataType]]:
     """``{tensor name: (concrete shape, dtype)}`` of the graph's inputs, weights and node outputs."""
-    proto, stripped = _weightless_proto(model, shapes)
-    known = _symbolic_inference(proto)
+    # An op the inference cannot handle stops it; what it knew is kept and the rest is evaluated.
+    inferred = infer(model, input_shapes=shapes)
+    known = inferred.value_info
     result: dict[str, tuple[tuple[int, ...], ir.DataType]] = {}
     unresolved = []
     values = _values(model)
@@ -52,7 +45,7 @@ def tensor_shapes(
         else:
             result[name] = (dims, ir.DataType(vi.type.tensor_type.elem_type))
     if unresolved:
-        result.update(_evaluate(model, proto, stripped, unresolved, shapes, feeds))
+        result.update(_evaluate(model, inferred.proto, inferred.stripped, unresolved, shapes, feeds))
     return result
 
 
@@ -76,87 +69,6 @@ def _tensor_names(model: ir.Model) -> list[str]:
     for node in model.graph:
         names += [v.name for v in node.outputs if v.name]
     return names
-
-
-def _weightless_proto(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, list[str]]:
-    """The model as a proto with concrete input shapes and its large weights turned into inputs."""
-    clone = model.clone()
-    stripped = []
-    for name, value in list(clone.graph.initializers.items()):
-        tensor = value.const_value
-        if tensor is None or tensor.size <= _KEEP_VALUES_MAX_ELEMENTS:
-            continue
-        clone.graph.initializers.pop(name)
-        value.const_value = None
-        if value not in clone.graph.inputs:
-            clone.graph.inputs.append(value)
-        stripped.append(name)
-    for value in clone.graph.inputs:
-        if value.name in shapes:
-            value.shape = ir.Shape(shapes[value.name])
-    return ir.serde.serialize_model(clone), stripped
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    from onnxruntime.tools import symbolic_shape_infer as ssi
-
-    class Inference(ssi.SymbolicShapeInference):
-        """ONNX Runtime's symbolic shape inference plus the int8 contrib ops llmc emits."""
-
-        def __init__(self) -> None:
-            super().__init__(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
-            self.dispatcher_["DynamicQuantizeMatMul"] = self._float_matmul
-            self.dispatcher_["MatMulIntegerToFloat"] = self._float_matmul
-            self.dispatcher_["QAttention"] = self._qattention
-            self.dispatcher_["SkipLayerNormalization"] = self._skip_layer_norm
-            self.dispatcher_["SkipSimplifiedLayerNormalization"] = self._skip_layer_norm
-
-        def _skip_layer_norm(self, node: onnx.NodeProto) -> None:
-            # The library types outputs 0 and 3; 1 and 2 (mean, inverse std) are [..., 1] float.
-            self._infer_SkipLayerNormalization(node)
-            shape = self._get_shape(node, 0)
-            for index in (1, 2):
-                if len(node.output) > index and node.output[index]:
-                    vi = self.known_vi_[node.output[index]]
-                    vi.CopyFrom(
-                        helper.make_tensor_value_info(node.output[index], onnx.TensorProto.FLOAT, [*shape[:-1], 1])
-                    )
-
-        def _float_matmul(self, node: onnx.NodeProto) -> None:
-            self._compute_matmul_shape(node, onnx.TensorProto.FLOAT)
-
-        def _qattention(self, node: onnx.NodeProto) -> None:
-            # input [batch, sequence, hidden], weight [hidden, 3 * hidden] -> [batch, sequence, hidden]
-            shape = self._get_shape(node, 0)
-            weight = self._get_shape(node, 1)
-            sizes = ssi.get_attribute(node, "qkv_hidden_sizes")
-            shape[2] = int(sizes[2]) if sizes else weight[1] // 3
-            dtype = self.known_vi_[node.input[3]].type.tensor_type.elem_type  # input_scale's type
-            vi = self.known_vi_[node.output[0]]
-            vi.CopyFrom(helper.make_tensor_value_info(node.output[0], dtype, shape))
-
-    inference = Inference()
-    with _quiet(ssi.__name__):
-        inference._preprocess(proto)
-        try:
-            while inference.run_:
-                inference._infer_impl()
-        except Exception:
-            # An op the library cannot infer stops it; what it knows so far is kept and the
-            # rest is evaluated (see _evaluate).
-            pass
-    return dict(inference.known_vi_)
 
 
 def _concrete_dims(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
