@@ -1,1 +1,8 @@
-"""Backends: each is a loader (builds an executable session) plus a runner (runs it)."""
+"""Backends: each is a loader (builds an executable session) plus a runner (runs it).
+
+Every runner satisfies :class:`~llmc.backends.base.Runner`.
+"""
+
+from llmc.backends.base import Runner
+
+__all__ = ["Runner"]

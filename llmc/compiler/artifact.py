@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from llmc.backends.base import Runner as BackendRunner
 from llmc.errors import LlmcError
 from llmc.model.io import MANIFEST_FILE, MODEL_FILE
 
@@ -39,7 +40,7 @@ class Artifact:
 class Runner:
     """Runs a built artifact: ``run(feeds) -> {output name: array}``."""
 
-    def __init__(self, artifact: Artifact, runner: Any) -> None:
+    def __init__(self, artifact: Artifact, runner: BackendRunner) -> None:
         self.artifact = artifact
         self._runner = runner
 
@@ -115,8 +116,8 @@ def load(
     return Runner(artifact, OrtRunner(create_session(artifact.model_path, config)))
 
 
-def _trt_runner(artifact: Artifact) -> Any:
-    from llmc.backends.trt import loader
+def _trt_runner(artifact: Artifact) -> BackendRunner:
+    from llmc.backends.trt import detect
     from llmc.backends.trt.runner import TrtRunner
     from llmc.backends.trt.trust import verify_plan
 
@@ -127,7 +128,7 @@ def _trt_runner(artifact: Artifact) -> Any:
             "rebuild with --target trt on a GPU host, or load it with engine=False"
         )
     verify_plan(artifact.path, section)  # manifest, key and HMAC first: they need no TensorRT
-    trt_version = loader.tensorrt_version()  # one clear line when TensorRT is missing
-    capability = str(loader.device_info()["compute_capability"])
+    trt_version = detect.tensorrt_version()  # one clear line when TensorRT is missing
+    capability = str(detect.device_info()["compute_capability"])
     plan = verify_plan(artifact.path, section, trt_version=trt_version, compute_capability=capability)
     return TrtRunner(plan, host_code_allowed=bool(section.get("flags", {}).get("version_compatible")))

@@ -54,7 +54,7 @@ class BuildOptions:
 
     def check(self) -> None:
         """Refuse what cannot be built, before any work (TensorRT presence included)."""
-        from llmc.backends.trt.loader import import_tensorrt, tensorrt_available
+        from llmc.backends.trt.detect import import_tensorrt, tensorrt_available
 
         if self.target not in TARGETS:
             raise LlmcError(f"unknown target '{self.target}'; valid targets: {', '.join(TARGETS)}")

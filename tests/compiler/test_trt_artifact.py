@@ -1,7 +1,7 @@
 """The trt build's engine step and trusted loading, with TensorRT faked at the loader boundary.
 
 TensorRT and a GPU are missing here, so ``build_engine``, ``tensorrt_version`` and
-``device_info`` are replaced by stand-ins that return fixed bytes and versions; everything llmc
+``device_info`` (and the detection ``llmc.build`` asks first) are replaced by stand-ins that return fixed bytes and versions; everything llmc
 does around them (profiles, cache keys, engine cache, model.plan, the signed manifest, the
 refusals of ``llmc.load``) runs for real. The real build is in test_trt_backend (marked trt).
 """
@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 import llmc
-from llmc.backends.trt import loader
+import llmc.backends.trt as trt_package
+from llmc.backends.trt import detect, loader
 from llmc.backends.trt.profiles import parse_profile_specs
 from llmc.cli.main import app
 from llmc.compiler.engine import EngineSettings
@@ -43,14 +44,21 @@ def fake_trt(monkeypatch, tmp_path):
     fake = FakeTensorRT()
     monkeypatch.setenv("LLMC_ENGINE_KEY_FILE", str(tmp_path / "keys" / "engine.key"))
     monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(loader, "tensorrt_available", lambda: True)
-    monkeypatch.setattr(loader, "import_tensorrt", lambda: sys.modules[__name__])
-    monkeypatch.setattr(loader, "tensorrt_version", lambda: fake.version)
-    monkeypatch.setattr(
-        loader, "device_info", lambda device=0: {"gpu": "NVIDIA H100", "compute_capability": "9.0", "cuda": "12.8"}
+    _patch_detect(monkeypatch, "tensorrt_available", lambda: True)
+    _patch_detect(monkeypatch, "import_tensorrt", lambda: sys.modules[__name__])
+    _patch_detect(monkeypatch, "tensorrt_version", lambda: fake.version)
+    _patch_detect(
+        monkeypatch, "device_info", lambda device=0: {"gpu": "NVIDIA H100", "compute_capability": "9.0", "cuda": "12.8"}
     )
     monkeypatch.setattr(loader, "build_engine", fake.build_engine)
     return fake
+
+
+def _patch_detect(monkeypatch, name, value):
+    """Replace a detection function wherever callers may look it up: its module, the loader that
+    re-exports it, and the package face."""
+    for module in (detect, loader, trt_package):
+        monkeypatch.setattr(module, name, value)
 
 
 def _build(model, out, **engine):
@@ -88,16 +96,16 @@ def test_load_refuses_a_tampered_or_foreign_plan(fake_trt, tmp_path, tiny_bert_d
     runner = llmc.load(artifact.path, engine=False)
     assert runner.backend == "onnxruntime"
     # Another TensorRT or GPU: refused with both versions named.
-    monkeypatch.setattr(loader, "tensorrt_version", lambda: "10.14.1")
+    _patch_detect(monkeypatch, "tensorrt_version", lambda: "10.14.1")
     with pytest.raises(LlmcError, match="TensorRT 10.13.0.35.*10.14.1 is installed"):
         llmc.load(artifact.path)
-    monkeypatch.setattr(loader, "tensorrt_version", lambda: FakeTensorRT.version)
-    monkeypatch.setattr(loader, "device_info", lambda device=0: {"gpu": "A10", "compute_capability": "8.6", "cuda": "12"})
+    _patch_detect(monkeypatch, "tensorrt_version", lambda: FakeTensorRT.version)
+    _patch_detect(monkeypatch, "device_info", lambda device=0: {"gpu": "A10", "compute_capability": "8.6", "cuda": "12"})
     with pytest.raises(LlmcError, match="compute capability 9.0.*8.6"):
         llmc.load(artifact.path)
     # A modified plan: HMAC mismatch, checked before TensorRT is even needed.
     plan.write_bytes(plan.read_bytes() + b"\x00")
-    monkeypatch.setattr(loader, "tensorrt_version", lambda: (_ for _ in ()).throw(AssertionError("not reached")))
+    _patch_detect(monkeypatch, "tensorrt_version", lambda: (_ for _ in ()).throw(AssertionError("not reached")))
     with pytest.raises(LlmcError, match="HMAC mismatch"):
         llmc.load(artifact.path)
     # Another machine's key.
@@ -154,7 +162,7 @@ class _FakeRunner:
 
 def test_ort_tensorrt_ep_takes_the_same_profiles_and_builder_settings(tmp_path, tiny_bert_dynamo):
     from llmc.backends.ort import SessionConfig
-    from llmc.compiler.build import _trt_ep_options
+    from llmc.compiler.stages import _trt_ep_options
 
     settings = EngineSettings(profiles=parse_profile_specs(PROFILES), optimization_level=5, workspace_bytes=1 << 30)
     config = SessionConfig(device="tensorrt", **_trt_ep_options(settings))
@@ -163,3 +171,13 @@ def test_ort_tensorrt_ep_takes_the_same_profiles_and_builder_settings(tmp_path, 
     # Without onnxruntime-gpu the build stops at once, saying what to install.
     with pytest.raises(LlmcError, match="onnxruntime-gpu"):
         llmc.build(tiny_bert_dynamo, device="tensorrt", precision="fp16", output=tmp_path / "x", engine=settings)
+
+
+def test_one_settings_class_for_the_cli_the_build_and_the_backend():
+    from llmc.backends.trt import EngineSettings as BackendSettings
+
+    assert EngineSettings is BackendSettings
+    settings = EngineSettings(profiles=parse_profile_specs(PROFILES), workspace_bytes=1 << 20, optimization_level=2,
+                              version_compatible=True, hardware_compatibility="ampere_plus", timing_cache=None,
+                              engine_cache=None, use_engine_cache=False)
+    assert settings.to_dict()["optimization_level"] == 2 and settings.profiles["input_ids"].max == (2, 32)

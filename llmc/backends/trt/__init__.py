@@ -1,31 +1,35 @@
-"""TensorRT backend: profiles (:mod:`.profiles`), a loader that builds and caches engines
-(:mod:`.loader`), a runner (:mod:`.runner`) and engine signing (:mod:`.trust`).
+"""TensorRT backend: detection (:mod:`.detect`), build settings and their builder config
+(:mod:`.config`), profiles (:mod:`.profiles`), ONNX parsing (:mod:`.parser`), caches
+(:mod:`.cache`), the engine build (:mod:`.loader`), a runner (:mod:`.runner`) and engine
+signing (:mod:`.trust`).
 
 Importing this package never imports ``tensorrt`` or ``torch``; they load when an engine is
 built or run, so ``--no-engine`` builds and the tests work on machines without a GPU.
 """
 
-from llmc.backends.trt.loader import (
-    HARDWARE_LEVELS,
-    PRECISIONS,
+from llmc.backends.trt.cache import (
     EngineCache,
-    EngineConfig,
-    ParserErrorInfo,
-    build_engine,
-    builder_flags,
-    configure_builder,
+    atomic_write,
     default_cache_dir,
     default_timing_cache_path,
-    device_info,
     engine_cache_key,
-    explain_parser_errors,
-    import_tensorrt,
+)
+from llmc.backends.trt.config import (
+    HARDWARE_LEVELS,
+    EngineSettings,
+    builder_flags,
+    configure_builder,
     network_flags,
-    parse_onnx,
+)
+from llmc.backends.trt.detect import (
+    device_info,
+    import_tensorrt,
     tensorrt_available,
     tensorrt_version,
     trt_major,
 )
+from llmc.backends.trt.loader import build_engine, build_plan, graph_precision
+from llmc.backends.trt.parser import ParserErrorInfo, explain_parser_errors, parse_onnx
 from llmc.backends.trt.profiles import (
     ProfileShape,
     check_profiles,
@@ -48,13 +52,14 @@ from llmc.backends.trt.trust import (
 __all__ = [
     "HARDWARE_LEVELS",
     "PLAN_FILE",
-    "PRECISIONS",
     "EngineCache",
-    "EngineConfig",
+    "EngineSettings",
     "ParserErrorInfo",
     "ProfileShape",
     "TrtRunner",
+    "atomic_write",
     "build_engine",
+    "build_plan",
     "builder_flags",
     "check_profiles",
     "configure_builder",
@@ -65,6 +70,7 @@ __all__ = [
     "engine_cache_key",
     "engine_manifest",
     "explain_parser_errors",
+    "graph_precision",
     "import_tensorrt",
     "key_id",
     "load_key",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.backends.trt.loader import import_tensorrt
+from llmc.backends.trt.detect import import_tensorrt
 from llmc.errors import LlmcError
 
 # TensorRT DataType member name -> numpy dtype (BF16, FP8, INT4 have no numpy dtype).
