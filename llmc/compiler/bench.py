@@ -17,9 +17,6 @@ be re-created in a child process), ``None`` for the others.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import resource
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +28,7 @@ import numpy as np
 from llmc.backends.ort import OrtRunner, SessionConfig, create_session
 from llmc.compiler.artifact import MODEL_FILE, read_artifact
 from llmc.errors import LlmcError
+from llmc.model.process import run_in_fresh_process
 
 Runner = Callable[[dict[str, np.ndarray]], Any]
 
@@ -160,44 +158,22 @@ def _peak_rss_all(targets: list[BenchTarget], feeds: dict[str, np.ndarray], runs
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
-        ctx = multiprocessing.get_context("spawn")
         out: list[float | None] = []
         for target in targets:
             if not target.is_ort:
                 out.append(None)  # an in-process callable cannot be re-created in a child
                 continue
-            with ctx.Pool(1) as pool:
-                out.append(
-                    pool.apply(
-                        _peak_rss_child,
-                        (str(target.model_path), target.config.to_dict(), str(feeds_path), runs),
-                    )
-                )
+            _, peak = run_in_fresh_process(
+                _session_runs, str(target.model_path), target.config.to_dict(), str(feeds_path), runs
+            )
+            out.append(peak)
         return out
 
 
-def _peak_rss_child(model_path: str, config: dict[str, Any], feeds_path: str, runs: int) -> float:
-    """In a fresh process: create the session, run ``runs`` times, return peak RSS in MB."""
+def _session_runs(model_path: str, config: dict[str, Any], feeds_path: str, runs: int) -> None:
+    """In the fresh process whose peak RSS is measured: create the session, run ``runs`` times."""
     with np.load(feeds_path) as data:
         feeds = {k: data[k] for k in data.files}
     runner = OrtRunner(create_session(model_path, SessionConfig.from_dict(config)))
     for _ in range(runs):
         runner.run(feeds)
-    return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB.
-
-    Linux's ``VmHWM`` belongs to the current address space; ``ru_maxrss`` is not used there
-    because it survives ``exec`` and would report the parent's peak in a spawned child.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    scale = 1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0  # KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
