@@ -34,6 +34,7 @@ bench: install
 	$(PY) -m benchmarks.quant
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.fp16
+	$(PY) -m benchmarks.cache
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks

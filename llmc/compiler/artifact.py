@@ -19,7 +19,7 @@ import numpy as np
 
 from llmc.backends.base import Runner as BackendRunner
 from llmc.errors import LlmcError
-from llmc.model.io import MANIFEST_FILE, MODEL_FILE
+from llmc.model.files import MANIFEST_FILE, MODEL_FILE
 
 
 @dataclasses.dataclass

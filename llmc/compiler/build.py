@@ -10,27 +10,37 @@ instead, after its files pass their sha256 check.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmc.compiler.artifact import Artifact, write_manifest
-from llmc.compiler.cache import BuildCache, cache_disabled, digest_key, source_digest
+from llmc.compiler.cache import CALIBRATION_FILE, BuildCache, cache_disabled, digest_key, external_data
 from llmc.compiler.engine import EngineSettings
-from llmc.compiler.manifest import versions
-from llmc.compiler.options import BuildOptions
-from llmc.compiler.precision import CALIBRATION_FILE, apply_precision, plan_memory
-from llmc.compiler.stages import ModelLike, Prepared, Progress, prepare, run_passes
-from llmc.compiler.verify import verify, write
-from llmc.fp16.convert import Fp16Options
-from llmc.int8.quantize import QuantizeOptions
-from llmc.model.io import MANIFEST_FILE
-from llmc.passes.registry import PassOptions
+from llmc.compiler.options import BuildOptions, output_dir
+from llmc.fp16.options import Fp16Options
+from llmc.int8.options import QuantizeOptions
+from llmc.model.files import MANIFEST_FILE, sha256_file
+from llmc.passes.options import PassOptions
+from llmc.version import __version__
 
-# The versions that decide a build's bytes, in its cache key.
-KEY_VERSIONS = ("llmc", "onnx", "onnx_ir", "onnxscript", "onnxruntime", "numpy")
+if TYPE_CHECKING:
+    import onnx
+    import onnx_ir as ir
+
+    ModelLike = str | Path | onnx.ModelProto | ir.Model
+    Progress = Callable[[str, int, int], None]
+
+# The versions that decide a build's bytes, in its cache key: name -> distributions providing it.
+KEY_VERSIONS = {
+    "onnx": ("onnx",), "onnx_ir": ("onnx-ir", "onnx_ir"), "onnxscript": ("onnxscript",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "numpy": ("numpy",),
+}
 
 
 def build(
@@ -97,22 +107,55 @@ def run_build(
     model: ModelLike, options: BuildOptions, output: str | Path | None, log: Callable[[str], None],
     progress: Progress | None = None,
 ) -> Artifact:
-    """The stages in order, with the build cache around them."""
-    prep = prepare(model, options, output)
+    """The stages in order, with the build cache around them.
+
+    The stages (and onnx, onnxscript, ONNX Runtime with them) are imported only on a cache
+    miss: a hit needs the options, the source's hash and a file copy, nothing more.
+    """
+    options.check()
     store = _cache_for(options)
-    key = _cache_key(prep) if store is not None else None
+    source = describe_source(model) if store is not None else None
+    key = _cache_key(source, options) if source is not None else None
     if key is not None:
-        hit = _from_cache(store, key, prep, log)
+        hit = _from_cache(store, key, source, output_dir(source, output, options.target), log)
         if hit is not None:
             return hit
+
+    from llmc.compiler.precision import apply_precision, plan_memory
+    from llmc.compiler.stages import prepare, run_passes
+    from llmc.compiler.verify import verify, write
+
+    prep = prepare(model, options, output, source)
+    # The external data the source reads, before the passes replace its tensors.
+    external = external_data(Path(prep.source["path"]), prep.model) if key and prep.source["path"] else {}
     compiled = run_passes(prep, log)
     precise = apply_precision(prep, compiled, log, progress, store)
     memory, session_config = plan_memory(prep, compiled, precise, log)
     verified = verify(prep, compiled, precise, session_config, log)
     artifact = write(prep, compiled, precise, memory, verified, log)
     if key is not None:
-        _into_cache(store, key, artifact, log)
+        _into_cache(store, key, artifact, external, log)
     return artifact
+
+
+def describe_source(model: ModelLike) -> dict[str, Any] | None:
+    """The manifest's ``source`` {path, sha256}, from the file's bytes or the in-memory model's
+    content; None when the path is not a readable file (``prepare`` then says why)."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            return None
+        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    import onnx
+    import onnx_ir as ir
+
+    if isinstance(model, ir.Model):
+        from llmc.model.io import ir_sha256
+
+        return {"path": None, "sha256": ir_sha256(model)}
+    if isinstance(model, onnx.ModelProto):
+        return {"path": None, "sha256": hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()}
+    return None
 
 
 def _cache_for(options: BuildOptions) -> BuildCache | None:
@@ -123,33 +166,59 @@ def _cache_for(options: BuildOptions) -> BuildCache | None:
     return BuildCache()
 
 
-def _cache_key(prep: Prepared) -> str | None:
-    if prep.source["path"] is not None:
-        source = source_digest(Path(prep.source["path"]), prep.model)
-    else:
-        source = prep.source["sha256"]  # in-memory models: the content hash of their proto / IR
-    found = versions()
+def _cache_key(source: dict[str, Any], options: BuildOptions) -> str:
     return digest_key({
-        "source": source,
-        "options": prep.options.key_material(),
-        "versions": {k: found[k] for k in KEY_VERSIONS},
+        "source": source["sha256"],
+        "options": options.key_material(),
+        "versions": {name: _installed(*dists) for name, dists in KEY_VERSIONS.items()},
+        "llmc": [__version__, _llmc_sources()],
     })
 
 
-def _from_cache(store: BuildCache, key: str, prep: Prepared, log: Callable[[str], None]) -> Artifact | None:
+def _llmc_sources() -> str:
+    """A hash of llmc's own code, so an edited checkout (same version number) never reuses
+    artifacts an earlier llmc built."""
+    global _SOURCES
+    if _SOURCES is None:
+        root = Path(__file__).resolve().parents[1]
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _SOURCES = digest.hexdigest()
+    return _SOURCES
+
+
+_SOURCES: str | None = None
+
+
+def _installed(*distributions: str) -> str:
+    """A distribution's version, read without importing it."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "missing"
+
+
+def _from_cache(
+    store: BuildCache, key: str, source: dict[str, Any], out_dir: Path, log: Callable[[str], None]
+) -> Artifact | None:
     start = time.perf_counter()
-    entry = store.lookup(key)
+    entry = store.lookup(key, Path(source["path"]) if source["path"] else None)
     if entry is None:
         return None
     log("copying the artifact from the build cache")
-    manifest = store.restore(entry, prep.out_dir)
-    manifest["source"] = prep.source  # the same bytes, perhaps at another path
+    manifest = store.restore(entry, out_dir)
+    manifest["source"] = source  # the same bytes, perhaps at another path
     manifest["cache"] = {"hit": True, "key": key, "seconds": round(time.perf_counter() - start, 4)}
-    write_manifest(prep.out_dir, manifest)
-    return Artifact(prep.out_dir, manifest)
+    write_manifest(out_dir, manifest)
+    return Artifact(out_dir, manifest)
 
 
-def _into_cache(store: BuildCache, key: str, artifact: Artifact, log: Callable[[str], None]) -> None:
+def _into_cache(
+    store: BuildCache, key: str, artifact: Artifact, external: dict[str, str], log: Callable[[str], None]
+) -> None:
     manifest = artifact.manifest
     manifest["cache"] = {"hit": False, "key": key}
     write_manifest(artifact.path, manifest)
@@ -157,8 +226,8 @@ def _into_cache(store: BuildCache, key: str, artifact: Artifact, log: Callable[[
     if (artifact.path / CALIBRATION_FILE).is_file():
         files.append(CALIBRATION_FILE)
     summary = {
-        "source": manifest["source"].get("path"), "target": manifest["target"],
-        "precision": manifest["precision"], "pipeline": manifest["pipeline"],
+        "source": manifest["source"].get("path"), "target": manifest["target"], "precision": manifest["precision"],
+        "pipeline": manifest["pipeline"], "external": external,
     }
     if store.store(key, artifact.path, files, summary):
         log("stored in the build cache")

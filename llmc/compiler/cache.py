@@ -33,20 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
 
 from llmc.errors import LlmcError
-from llmc.model.io import MANIFEST_FILE, sha256_file
+from llmc.model.files import MANIFEST_FILE, sha256_file
 
 FORMAT = 1  # bump when the entry layout or the key's meaning changes
 DEFAULT_MAX_MB = 10 * 1024
 ENTRY_FILE = "entry.json"
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = "calibration.json"  # int8 statistics, beside the model and in calibration/
 SECTIONS = ("builds", "calibration")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LLMC_CACHE_DIR") or Path.home() / ".cache" / "llmc")
+    root = os.environ.get("LLMC_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "llmc"
 
 
 def cache_disabled() -> bool:
@@ -78,15 +78,16 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not part of a cache key")
 
 
-def source_digest(path: Path, model: ir.Model) -> str:
-    """sha256 over a model file and every external data file its initializers read."""
-    digest = hashlib.sha256(sha256_file(path).encode())
-    external = sorted(
-        {Path(v.const_value.path) for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)}
-    )
-    for data in external:
-        digest.update(data.name.encode() + sha256_file(data).encode())
-    return digest.hexdigest()
+def external_data(source: Path, model: Any) -> dict[str, str]:
+    """sha256 of every external data file the source model's initializers read, by its name
+    relative to the model's directory (the model file's bytes fix which files these are)."""
+    import onnx_ir as ir
+
+    files = {
+        Path(v.const_value.path) for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    base = source.parent.resolve()
+    return {str(f.resolve().relative_to(base)): sha256_file(f) for f in sorted(files) if f.resolve().is_relative_to(base)}
 
 
 def path_digest(path: str | Path | None) -> str | None:
@@ -131,8 +132,9 @@ class BuildCache:
         self.limit = max_bytes() if limit_bytes is None else limit_bytes
 
     # ------------------------------------------------------------------ builds
-    def lookup(self, key: str) -> CacheEntry | None:
-        """The entry for ``key`` if every file still has the sha256 it was stored with."""
+    def lookup(self, key: str, source: Path | None = None) -> CacheEntry | None:
+        """The entry for ``key`` if every file still has the sha256 it was stored with and the
+        source model's external data (next to ``source``) is what it was built from."""
         path = self.root / "builds" / key
         try:
             info = json.loads((path / ENTRY_FILE).read_text())
@@ -147,6 +149,10 @@ class BuildCache:
             if Path(name).name != name or not item.is_file() or sha256_file(item) != expected:
                 self._drop(path)  # corrupted or tampered with: never used
                 return None
+        for name, expected in (info.get("external") or {}).items():
+            data = source.parent / name if source is not None else None
+            if data is None or not data.is_file() or sha256_file(data) != expected:
+                return None  # other weights behind the same model file: a miss, rebuilt and replaced
         os.utime(path / ENTRY_FILE)  # last use, for LRU eviction
         return CacheEntry(key, path, info)
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from llmc.compiler.engine import EngineSettings
 from llmc.errors import LlmcError
-from llmc.fp16.convert import Fp16Options
-from llmc.int8.quantize import QuantizeOptions
-from llmc.passes.registry import TARGETS, PassOptions
+from llmc.fp16.options import Fp16Options
+from llmc.int8.options import QuantizeOptions
+from llmc.passes.options import TARGETS, PassOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Default output tolerance (max abs error over each output's scale) per precision; int8 is
@@ -123,3 +123,13 @@ class BuildOptions:
             "engine": self.engine if self.target == "trt" else None,
             "alignment": self.alignment,
         }
+
+
+def output_dir(source: dict[str, Any] | None, output: str | Path | None, target: str) -> Path:
+    """``output``, else ``MODEL.llmc-TARGET`` beside a model file."""
+    if output is not None:
+        return Path(output)
+    if source is None or source["path"] is None:
+        raise LlmcError("building from an in-memory model needs output=DIR")
+    path = Path(source["path"])
+    return path.parent / f"{path.stem}.llmc-{target}"

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
-from llmc.compiler.cache import BuildCache
+from llmc.compiler.cache import CALIBRATION_FILE, BuildCache
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
 from llmc.errors import LlmcError
 from llmc.fp16.stage import convert_for_build
@@ -20,8 +20,6 @@ from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
-
-CALIBRATION_FILE = "calibration.json"
 
 
 def apply_precision(

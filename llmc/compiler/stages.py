@@ -23,7 +23,7 @@ import onnx_ir as ir
 from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
 from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
 from llmc.compiler.engine import EngineSettings
-from llmc.compiler.options import BuildOptions
+from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model.compare import Comparison
@@ -99,9 +99,11 @@ class Verified:
 # ---------------------------------------------------------------------------------- prepare
 
 
-def prepare(model: ModelLike, options: BuildOptions, output: str | Path | None) -> Prepared:
-    """Check the options, load the source, resolve pipeline, session and verification inputs."""
-    options.check()
+def prepare(
+    model: ModelLike, options: BuildOptions, output: str | Path | None, source: dict[str, Any] | None = None
+) -> Prepared:
+    """Load the source (``source``: its record if already hashed), resolve the pipeline, the
+    session and the verification inputs (``options`` were checked by the caller)."""
     session_config = SessionConfig(
         device=options.device,
         intra_op_num_threads=options.threads,
@@ -110,8 +112,8 @@ def prepare(model: ModelLike, options: BuildOptions, output: str | Path | None) 
     )
     session_config.providers()  # fail now, not after compiling, if the device is missing
     enabled, disabled = enabled_families(options.target, options.device, options.fusions)
-    ir_model, source = load_source(model)
-    out_dir = Path(output) if output is not None else _default_output(source, options.target)
+    ir_model, source = load_source(model, source)
+    out_dir = output_dir(source, output, options.target)
     pipeline = parse_pipeline(options.passes, options.target) if options.passes else default_pipeline(options.target)
     pipeline = pipeline.without(list(options.disable_passes))
     for name in options.dump_ir_after:
@@ -127,30 +129,23 @@ def prepare(model: ModelLike, options: BuildOptions, output: str | Path | None) 
     )
 
 
-def load_source(model: ModelLike) -> tuple[ir.Model, dict[str, Any]]:
+def load_source(model: ModelLike, source: dict[str, Any] | None = None) -> tuple[ir.Model, dict[str, Any]]:
     """The model to compile (never the caller's object) and its ``source`` record."""
     if isinstance(model, (str, Path)):
         path = Path(model)
         ir_model = model_io.load_model(path)
-        return ir_model, {"path": str(path.resolve()), "sha256": model_io.sha256_file(path)}
+        return ir_model, source or {"path": str(path.resolve()), "sha256": model_io.sha256_file(path)}
     if isinstance(model, ir.Model):
         # Work on a clone (weights shared, never copied) so the caller's model stays as it was.
         ir_model = model.clone()
         model_io.normalize(ir_model)
-        return ir_model, {"path": None, "sha256": model_io.ir_sha256(model)}
+        return ir_model, source or {"path": None, "sha256": model_io.ir_sha256(model)}
     if isinstance(model, onnx.ModelProto):
-        data = model.SerializeToString(deterministic=True)
         ir_model = ir.serde.deserialize_model(model)
         model_io.normalize(ir_model)
-        return ir_model, {"path": None, "sha256": hashlib.sha256(data).hexdigest()}
+        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+        return ir_model, source or {"path": None, "sha256": digest}
     raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
-
-
-def _default_output(source: dict[str, Any], target: str) -> Path:
-    if source["path"] is None:
-        raise LlmcError("building from an in-memory model needs output=DIR")
-    path = Path(source["path"])
-    return path.parent / f"{path.stem}.llmc-{target}"
 
 
 def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:

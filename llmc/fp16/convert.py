@@ -22,7 +22,6 @@ inputs, rotary angles or out-of-range constants, and has no per-node reasons to 
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 
 import numpy as np
@@ -30,6 +29,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from llmc.errors import LlmcError
+from llmc.fp16.options import Fp16Options
 from llmc.passes.registry import LlmcPass
 
 FLOAT = ir.DataType.FLOAT
@@ -81,17 +81,6 @@ _FLOAT32_INPUTS = frozenset([("Resize", 2), ("Upsample", 1), ("Dropout", 1)])
 # Ops whose float output type comes from an attribute this pass knows how to change.
 _TYPED_BY_ATTRIBUTE = frozenset(["Cast", "ConstantOfShape"])
 _HEAD_WALK = frozenset(["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Add", "Cast", "Slice"])
-
-
-@dataclasses.dataclass(frozen=True)
-class Fp16Options:
-    """What the FP16 pass keeps in float32 beyond its rules."""
-
-    io_fp16: bool = False  # float graph inputs/outputs in float16 (e.g. a decoder's KV cache)
-    fp16_head: bool = False  # let the final logits head run in float16
-    keep_fp32: tuple[str, ...] = ()  # node names or globs kept in float32
-    # Node name -> reason, added by the numeric check (a layer moved back to float32).
-    forced: tuple[tuple[str, str], ...] = ()
 
 
 class Float16Pass(LlmcPass):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,11 +41,13 @@ from llmc.int8.numerics import (
     noise_ratio,
     uint8_params,
 )
+from llmc.int8.options import DEFAULT_MEMORY_BUDGET, QuantizeOptions  # noqa: F401  (re-exported)
 from llmc.int8.rewrite import NodeConfig, quantize_ort, quantize_trt
-from llmc.int8.stats import METHODS, TensorStats
+from llmc.int8.stats import TensorStats
 from llmc.int8.targets import QuantTarget, apply_exclusions, find_targets
 from llmc.model import io as model_io
 from llmc.model.compare import cosine
+from llmc.model.process import PeakRssSampler
 
 ALPHAS: tuple[float | None, ...] = (None, 0.5, 0.65, 0.8)
 STATS_VERSION = 1
@@ -54,31 +55,8 @@ PROBE_SAMPLES = 4
 PROBE_ROWS = 32  # output rows per probe sample whose error is measured
 SMOOTH_GAIN = 0.8  # smoothing must reach <= 0.8x the best unsmoothed error to be worth its Mul
 PROBE_COLUMNS = 256  # output channels whose error is measured (weights are per channel: exact)
-DEFAULT_MEMORY_BUDGET = 256 << 20  # captured activations per calibration batch; cached reference outputs
 MAX_BATCH = 32
 Progress = Callable[[str, int, int], None]
-
-
-@dataclasses.dataclass
-class QuantizeOptions:
-    method: str = "entropy"
-    samples: int = 256
-    holdout: int = 128
-    max_accuracy_loss: float = 0.005
-    exclude_nodes: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ()
-    smooth_quant: bool = True
-    percentile: float = 99.99
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
-    threads: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise LlmcError(f"unknown calibration method '{self.method}'; valid: {', '.join(METHODS)}")
-        if self.samples < 1:
-            raise LlmcError("--calibration-samples must be at least 1")
-        if not 0.0 <= self.max_accuracy_loss < 1.0:
-            raise LlmcError("--max-accuracy-loss is 1 - the cosine to keep, between 0 and 1 (e.g. 0.005)")
 
 
 @dataclasses.dataclass
@@ -106,7 +84,7 @@ def quantize_model(
     chosen = [i for i, t in enumerate(targets) if t.float_reason is None]
 
     start = time.perf_counter()
-    with _PeakRss() as rss:
+    with PeakRssSampler() as rss:
         names = sorted({targets[i].activation.name for i in chosen})
         # One fp32 session serves the statistics, the probe activations and the held-out reference.
         # No arena: a calibration batch's buffers are freed after it, not kept for the next one.
@@ -137,7 +115,7 @@ def quantize_model(
         "accuracy": _accuracy(cosines, options.max_accuracy_loss),
         "calibration_seconds": round(calibration_seconds, 3),
         "budget_seconds": round(budget_seconds, 3),
-        "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "peak_rss_mb": round(rss.peak_mb, 1),
     }
     if cosines is not None and not report["accuracy"]["met"]:
         raise LlmcError(
@@ -148,31 +126,6 @@ def quantize_model(
 
 
 # -- statistics --------------------------------------------------------------------------------
-
-
-class _PeakRss:
-    """Peak resident memory while the block runs, sampled every 20 ms by a thread."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self.peak = self._process.memory_info().rss
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.02):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> _PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
 
 
 def _statistics(model, capture, names, samples, options, stats_path, progress):

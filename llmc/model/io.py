@@ -22,11 +22,7 @@ import onnx_ir.passes.common as common_passes
 from google.protobuf.message import DecodeError
 
 from llmc.errors import LlmcError, first_line
-
-# The artifact directory's files (``llmc.compiler.artifact``); the model file is also what
-# ``llmc inspect DIR`` opens.
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
+from llmc.model.files import MANIFEST_FILE, MODEL_FILE, sha256_file  # noqa: F401  (re-exported)
 
 # A protobuf message cannot exceed 2 GiB; keep a margin for the graph itself.
 PROTO_LIMIT_BYTES = 2**31 - 64 * 2**20
@@ -91,14 +87,6 @@ def save_model(
 def weights_nbytes(model: ir.Model) -> int:
     """Bytes held by initializers (external or in-memory)."""
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

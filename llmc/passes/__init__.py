@@ -1,4 +1,5 @@
-"""Built-in passes. Importing this package registers them (see ``llmc passes``)."""
+"""The passes: a registry of named onnx-ir passes, textual pipelines, the PassManager and its
+instruments. The built-in passes register themselves when the registry is first asked
+(``registry.all_passes`` / ``get_pass``), so importing this package stays light."""
 
-from llmc.passes import cse, fold, fusion, noop, prune, shape  # noqa: F401  (registration)
-from llmc.passes.memory import reorder  # noqa: F401  (registration)
+__all__ = ["registry", "pipeline", "manager", "instruments"]

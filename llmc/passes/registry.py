@@ -12,27 +12,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
-
-TARGETS = ("ort", "trt")
-
-
-@dataclasses.dataclass(frozen=True)
-class PassOptions:
-    """Options a pass factory may read. Every field has a safe default."""
-
-    # Constant folding never creates a tensor over this many elements unless it replaces
-    # at least as many (so folding never duplicates weights).
-    fold_size_limit: int = 1 << 16
-    # Inputs over this many elements are folded only by ops that consume them alone.
-    fold_input_size_limit: int = 1 << 20
-    # The build's target and device: target-specific passes (fusion) read them.
-    target: str = "ort"
-    device: str = "cpu"
-    # Fusion families turned on/off against the target's defaults: ((name, on), ...).
-    fusions: tuple[tuple[str, bool], ...] = ()
-    # Memory planning: concrete input shape sets (each ((name, dims), ...)) and arena alignment.
-    memory_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = ()
-    memory_alignment: int = 64
+from llmc.passes.options import TARGETS, PassOptions  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +48,18 @@ def register(
     return decorator
 
 
+# Modules whose import registers the built-in passes.
+BUILTIN_MODULES = (
+    "llmc.passes.prune", "llmc.passes.shape", "llmc.passes.fold", "llmc.passes.noop", "llmc.passes.cse",
+    "llmc.passes.fusion", "llmc.passes.memory.reorder",
+)
+
+
 def _ensure_loaded() -> None:
-    import llmc.passes  # noqa: F401  (registers the built-in passes)
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def all_passes() -> list[PassInfo]:
