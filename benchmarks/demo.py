@@ -11,7 +11,7 @@ from rich.table import Table
 
 import llmc
 from benchmarks.models import minilm
-from llmc.cli.main import _print_build
+from llmc.cli.render import print_build
 from llmc.compiler.bench import resolve_target, run_benchmark
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
@@ -28,7 +28,7 @@ def main() -> None:
     out = Path(source).parent.parent / "demo" / "minilm.llmc-ort"
     with console.status("llmc build --target ort"):
         artifact = llmc.build(source, target="ort", output=out, shapes=SHAPE)
-    _print_build(artifact.manifest, artifact.path)
+    print_build(artifact.manifest, artifact.path)
 
     model = load_model(source)
     feeds = make_feeds(model, resolve_shapes(model, SHAPE)[0])

@@ -1,0 +1,339 @@
+"""What the commands print: rich tables and one-line summaries, and a progress bar.
+
+Every function takes plain data (a manifest, a summary dict, result objects) and prints to the
+shared console; none computes anything the artifact or the JSON output would lack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from llmc.cli.app import console
+
+
+class Progress:
+    """A rich progress bar (with ETA) per long stage: calibration, accuracy budget."""
+
+    def __enter__(self) -> Progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._bar.__enter__()
+        return self
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+
+# -- llmc build ------------------------------------------------------------------------------
+
+
+def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = False) -> None:
+    """The pass table and one line per feature of ``llmc build``, all from the manifest."""
+    table = Table(title=f"passes ({manifest['pipeline']})")
+    for col in ("pass", "iter", "ms", "nodes", "rewrites"):
+        table.add_column(col, justify="right" if col in ("iter", "ms") else "left")
+    for rec in manifest["passes"]:
+        nodes = (
+            f"{rec['nodes_before']} -> {rec['nodes_after']}" if rec["modified"] else str(rec["nodes_after"])
+        )
+        stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
+        table.add_row(rec["name"], str(rec["iteration"]), f"{rec['seconds'] * 1e3:.1f}", nodes, stats)
+    console.print(table)
+    shapes = manifest["shapes"]
+    if shapes["assumed"]:
+        assumed = ", ".join(f"{k}={v}" for k, v in shapes["assumed"].items())
+        console.print(f"assumed symbolic dims: {assumed} (set them with --shape NAME=DxD)")
+    v = manifest["verification"]
+    console.print(
+        f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; "
+        f"verified against the source: max abs error {v['max_abs_error']:.3g}, "
+        f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
+    )
+    _print_fusion(manifest, explain_fusion)
+    _print_build_memory(manifest.get("memory"))
+    if "quantization" in manifest:
+        _print_quantization(manifest["quantization"])
+    if "fp16" in manifest:
+        _print_fp16(manifest["fp16"])
+    if "engine" in manifest:
+        _print_engine(manifest["engine"])
+    console.print(f"artifact: {escape(str(path))}")
+
+
+def _print_fp16(f: dict[str, Any]) -> None:
+    check = f["check"]
+    console.print(
+        f"float16: {f['nodes']['fp16']} node(s) in float16, {f['nodes']['fp32']} in float32, {f['casts']} cast(s); "
+        f"worst layer drift {check['worst_layer_error']:.3g} over {check['layers']} layers (CPU emulation)"
+    )
+    for reason, group in f["fp32_islands"].items():
+        if not reason.startswith("fed only") and not reason.startswith("layout op"):
+            console.print(f"  float32 x{group['count']}: {escape(reason)}")
+    for r in f["fallback"]:
+        console.print(f"  numeric check: layer {r['layer']} ({r['nodes']} nodes) back to float32: {escape(r['finding'])}")
+    w = f["weights"]
+    if w["clamped"] or w["flushed"]:
+        console.print(f"  weights: {w['clamped']} value(s) clamped to float16's range, {w['flushed']} flushed to 0")
+
+
+def _print_engine(e: dict[str, Any]) -> None:
+    if not e.get("built"):
+        console.print(f"TensorRT engine: not built ({escape(e.get('reason', ''))})")
+        return
+    source = "from the engine cache" if e.get("from_cache") else "built"
+    console.print(
+        f"TensorRT engine {source}: {e['file']} for {escape(str(e['gpu']))} (sm {e['compute_capability']}), "
+        f"TensorRT {e['tensorrt_version']}, signed (key {e['key_id']})"
+    )
+
+
+def _print_build_memory(memory: dict[str, Any] | None) -> None:
+    if not memory:
+        return
+    if "error" in memory:
+        console.print(f"memory: not planned ({escape(memory['error'])})")
+        return
+    order = (
+        f"reordered ({memory['scheduler']}): lower bound {_mib(memory['lower_bound_before_reorder_bytes'])} -> "
+        f"{_mib(memory['lower_bound_bytes'])}"
+        if memory["order_changed"]
+        else "graph order kept (no schedule lowers the peak)"
+    )
+    console.print(
+        f"memory at the verification shapes: activation arena {_mib(memory['arena_bytes'])} (lower bound "
+        f"{_mib(memory['lower_bound_bytes'])}, no reuse {_mib(memory['naive_bytes'])}), weights "
+        f"{_mib(memory['weights_bytes'])}; peak at {escape(str(memory['peak_node']))}; {order}"
+    )
+
+
+def _print_quantization(q: dict[str, Any]) -> None:
+    acc = q["accuracy"]
+    console.print(
+        f"int8 ({q['method']} calibration, {q['samples']['calibration']} samples"
+        f"{', statistics reused' if q['statistics']['reused'] else ''}; activations {q['activations']}, "
+        f"weights {q['weights']}): {q['nodes_quantized']} node(s) quantized, {q['nodes_float']} in float"
+    )
+    if acc.get("holdout"):
+        console.print(
+            f"  accuracy on {acc['holdout']} held-out samples: cosine mean {acc['cosine_mean']:.5f}, "
+            f"worst {acc['cosine_worst']:.5f} (budget: mean >= {acc['budget']})"
+        )
+    else:
+        console.print(f"  accuracy: {acc['note']}")
+    for node in q["nodes"]:
+        if node["precision"] == "float":
+            console.print(f"  float: {escape(node['node'])} ({node['op_type']}): {escape(node['reason'])}")
+    modes: dict[str, int] = {}
+    for node in q["nodes"]:
+        if node["precision"] == "int8":
+            key = f"{node['activations']}" + (f", smooth alpha {node['smooth_alpha']}" if node["smooth_alpha"] else "")
+            modes[key] = modes.get(key, 0) + 1
+    if modes:
+        console.print("  int8 nodes: " + "; ".join(f"{k} x{n}" for k, n in modes.items()))
+    console.print(
+        f"  calibration {q['calibration_seconds']:.1f} s, accuracy budget {q['budget_seconds']:.1f} s, "
+        f"peak RSS {q['peak_rss_mb']:.0f} MB"
+    )
+
+
+def _print_fusion(manifest: dict[str, Any], explain: bool) -> None:
+    if manifest.get("fusions"):
+        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
+    if manifest.get("fused_ops"):
+        console.print(
+            "fused ops in the artifact: " + ", ".join(f"{k} x{n}" for k, n in manifest["fused_ops"].items())
+        )
+    records = manifest.get("not_fused", [])
+    if not records:
+        if "fusion_families" in manifest:
+            console.print("not fused: nothing (no candidate of any fusion family is left)")
+        return
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        groups.setdefault((r["family"], r["reason"]), []).append(r["node"])
+    if not explain:
+        console.print(f"not fused: {len(records)} candidate(s)")
+        for (family, reason), nodes in groups.items():
+            console.print(f"  {family} x{len(nodes)}: {escape(_short(reason))}")
+        console.print("  (--explain-fusion lists every node and the closest rule)")
+        return
+    # One line per candidate (not a table): node names stay whole and the output greps.
+    console.print(f"not fused (why): {len(records)} candidate(s)")
+    for r in records:
+        closest = f"closest rule {r['rule']}, {r['matched_nodes']} node(s) matched: " if r["rule"] else ""
+        console.print(
+            f"  {r['family']}  {escape(r['node'])} ({r['op_type']}): {closest}{escape(r['reason'])}",
+            soft_wrap=True,
+        )
+
+
+def _short(text: str, limit: int = 140) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- llmc inspect --memory -------------------------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB" if n >= 2**20 or n == 0 else f"{n / 1024:,.1f} KiB"
+
+
+def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> None:
+    """One column per shape set of ``llmc inspect --memory`` (llmc.passes.memory.planner)."""
+    table = Table(title=f"memory plan of {escape(str(path))} ({analysis.alignment}-byte alignment)", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    sets = [s.to_dict() for s in analysis.sets]
+    for s in analysis.sets:
+        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past")]
+        table.add_column("\n".join(dims), justify="right")
+    scheduler = analysis.choice.scheduler if analysis.choice else "graph"
+
+    def row(label: str, fn) -> None:
+        table.add_row(label, *[fn(d) for d in sets])
+
+    row("activation arena", lambda d: _mib(d["arena_bytes"]))
+    row("lower bound", lambda d: _mib(d["lower_bound_bytes"]))
+    row("arena / lower bound", lambda d: f"{d['arena_bytes'] / max(d['lower_bound_bytes'], 1):.4f}")
+    row("no-reuse total", lambda d: _mib(d["naive_bytes"]))
+    row("lower bound, graph order", lambda d: _mib(d["lower_bound_graph_order_bytes"]))
+    row(
+        f"reordered ({scheduler}) / graph order",
+        lambda d: f"{d['lower_bound_bytes'] / max(d['lower_bound_graph_order_bytes'], 1):.4f}",
+    )
+    row("lower bound with in-place reuse", lambda d: f"{_mib(d['lower_bound_inplace_bytes'])} ({d['inplace_candidates']} ops)")
+    row("weights", lambda d: _mib(d["weights_bytes"]))
+    row("graph inputs", lambda d: _mib(d["inputs_bytes"]))
+    row("graph outputs", lambda d: _mib(d["outputs_bytes"]))
+    row(
+        "total (weights + inputs + outputs + arena)",
+        lambda d: _mib(d["weights_bytes"] + d["inputs_bytes"] + d["outputs_bytes"] + d["arena_bytes"]),
+    )
+    if any("kv_cache" in d for d in sets):
+        row("KV cache after this step", lambda d: _kv(d.get("kv_cache")))
+        row("KV cache per token and sequence", lambda d: _mib(d["kv_cache"].get("bytes_per_token", 0)) if "kv_cache" in d else "-")
+    row("peak at node", lambda d: f"{d['peak_node']} ({d['peak_op_type']})")
+    console.print(table)
+    for s, d in zip(analysis.sets, sets, strict=True):
+        top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {_mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
+        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
+        console.print(f"largest tensors at the peak ({escape(label)}): {escape(top)}", soft_wrap=True)
+    for a in assumed:
+        if a:
+            console.print("assumed symbolic dims: " + ", ".join(f"{k}={v}" for k, v in a.items()) + " (set them with --shape)")
+    order = "unchanged (the graph's order has the lowest peak)" if not analysis.order_changed else f"{scheduler} schedule"
+    console.print(f"memory-aware order: {order}; planned in {sum(analysis.seconds.values()):.2f} s")
+
+
+def _kv(kv: dict[str, int] | None) -> str:
+    if kv is None:
+        return "-"
+    tokens = f" ({kv['tokens']} tokens)" if "tokens" in kv else ""
+    return f"{_mib(kv['present_bytes'])}{tokens}"
+
+
+# -- llmc inspect, passes, check, bench ------------------------------------------------------
+
+
+def print_summary(info: dict[str, Any], top: int) -> None:
+    """The model summary of ``llmc inspect`` (llmc.model.summary.summarize_model)."""
+    console.print(
+        f"[bold]{escape(info['path'])}[/bold]  IR v{info['ir_version']}, producer {info['producer']}"
+    )
+    console.print("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
+    io = Table(title="inputs and outputs")
+    for col in ("kind", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            shape_text = f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else "?"
+            io.add_row(kind[:-1], escape(v["name"]), v["dtype"] or "?", escape(shape_text))
+    console.print(io)
+    ops = Table(title=f"ops ({info['nodes']} nodes)")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in list(info["ops"].items())[:top]:
+        ops.add_row(op, str(n))
+    console.print(ops)
+    console.print(
+        f"file {info['file_bytes'] / 2**20:.1f} MiB, weights {info['weights_bytes'] / 2**20:.1f} MiB "
+        f"in {info['initializers']} initializers; external data: "
+        f"{', '.join(info['external_data']) or 'none'}"
+    )
+
+
+def print_passes(passes: Any, pipelines: dict[str, str], families: Any) -> None:
+    """The pass registry, the default pipeline per target and the fusion families."""
+    table = Table(title="passes")
+    for col in ("name", "targets", "description"):
+        table.add_column(col)
+    for info in passes:
+        table.add_row(info.name, ",".join(info.targets), info.description)
+    console.print(table)
+    for target, text in pipelines.items():
+        console.print(f"default pipeline for {target}: {text}")
+    fusions = Table(title="fusion families (pass 'fuse'; --enable-fusion / --disable-fusion NAME)")
+    for col in ("name", "targets", "produces", "off by default on", "description"):
+        fusions.add_column(col)
+    for family in families:
+        off = ", ".join(f"{t}/{d}" for t, d in family.off_by_default) or "-"
+        produces = ", ".join(p.split("::")[1] for p in family.produces) or "-"
+        fusions.add_row(family.name, ",".join(family.targets), produces, off, family.description)
+    console.print(fusions)
+
+
+def print_agreement(result: Any) -> None:
+    """Per-output agreement of ``llmc check`` (llmc.model.compare.compare_outputs)."""
+    table = Table(title="output agreement")
+    for col in ("output", "max abs", "max rel", "cosine", "result"):
+        table.add_column(col)
+    for o in result.outputs:
+        table.add_row(
+            escape(o.name),
+            f"{o.max_abs_error:.3g}",
+            f"{o.max_rel_error:.3g}",
+            f"{o.cosine:.6f}",
+            "ok" if o.passed else f"FAIL: {o.reason}",
+        )
+    console.print(table)
+
+
+def print_benchmark(results: list[Any], runs: int) -> None:
+    """The latency table of ``llmc bench`` (llmc.compiler.bench.run_benchmark)."""
+    table = Table(
+        title=f"latency ms ({runs} interleaved runs); ratio: p50 / first p50; RSS: peak",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("model", overflow="fold", min_width=12)
+    for col in ("p50", "p90", "p99", "mean", "rows/s", "load s", "RSS MB", "ratio"):
+        table.add_column(col, justify="right")
+    for r in results:
+        peak = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "-"
+        table.add_row(
+            escape(r.label),
+            f"{r.p50_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.mean_ms:.2f}",
+            f"{r.throughput:.1f}",
+            f"{r.session_create_s:.2f}",
+            peak,
+            f"{r.ratio_p50:.3f}",
+        )
+    console.print(table)
