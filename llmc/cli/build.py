@@ -19,8 +19,8 @@ from llmc.errors import LlmcError
 
 if TYPE_CHECKING:
     from llmc.compiler.engine import EngineSettings
-    from llmc.fp16.convert import Fp16Options
-    from llmc.int8.quantize import QuantizeOptions
+    from llmc.fp16.options import Fp16Options
+    from llmc.int8.options import QuantizeOptions
 
 PIPELINE = "Pipeline and debugging"
 INT8 = "int8 (--precision int8)"
@@ -63,6 +63,13 @@ ExternalDataOpt = Annotated[
 ]
 AlignmentOpt = Annotated[
     int, typer.Option("--alignment", help="Arena alignment in bytes of the memory plan (manifest 'memory').")
+]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="Neither reuse nor store a build in the build cache (~/.cache/llmc or $LLMC_CACHE_DIR; see `llmc cache`).",
+    ),
 ]
 
 # -- pipeline and debugging --------------------------------------------------------------------
@@ -283,6 +290,7 @@ def build(
     external_data: ExternalDataOpt = None,
     seed: SeedOpt = 0,
     alignment: AlignmentOpt = 64,
+    no_cache: NoCacheOpt = False,
     passes: PassesOpt = None,
     disable_pass: DisablePassOpt = None,
     enable_fusion: EnableFusionOpt = None,
@@ -316,7 +324,7 @@ def build(
 ) -> None:
     """Compile MODEL for a target and verify the result against the original."""
     from llmc.compiler.build import build as build_model
-    from llmc.model.feeds import parse_shape_specs
+    from llmc.model.shape_specs import parse_shape_specs
 
     dump_names, dump_dir = _dump_request(dump_ir_after)
     quantization = _quantize_options(
@@ -355,6 +363,7 @@ def build(
             fp16=fp16,
             engine=engine,
             alignment=alignment,
+            cache=not no_cache,
             log=lambda msg: status.update(msg),
             progress=progress.update,
         )
@@ -378,7 +387,7 @@ def _quantize_options(
     smooth_quant: bool,
     threads: int,
 ) -> QuantizeOptions:
-    from llmc.int8.quantize import QuantizeOptions
+    from llmc.int8.options import QuantizeOptions
 
     return QuantizeOptions(
         method=method,
@@ -420,7 +429,7 @@ def _engine_settings(
 
 
 def _fp16_options(keep_fp32: list[str] | None, fp16_io: bool, fp16_logits: bool) -> Fp16Options:
-    from llmc.fp16.convert import Fp16Options
+    from llmc.fp16.options import Fp16Options
 
     return Fp16Options(io_fp16=fp16_io, fp16_head=fp16_logits, keep_fp32=tuple(keep_fp32 or ()))
 

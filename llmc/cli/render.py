@@ -73,6 +73,9 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
         _print_fp16(manifest["fp16"])
     if "engine" in manifest:
         _print_engine(manifest["engine"])
+    cache = manifest.get("cache")
+    if cache and cache.get("hit"):
+        console.print(f"from the build cache (key {cache['key'][:12]}, {cache.get('seconds', 0):.2f} s): an identical build")
     console.print(f"artifact: {escape(str(path))}")
 
 

@@ -127,7 +127,7 @@ def test_stray_plan_beside_a_no_engine_artifact_is_refused(tmp_path, tiny_bert_d
 def test_missing_profiles_fail_before_compiling_and_list_every_dynamic_input(fake_trt, tmp_path, tiny_bert_dynamo):
     result = CliRunner().invoke(app, ["build", str(tiny_bert_dynamo), "--target", "trt", "-o", str(tmp_path / "o")])
     assert result.exit_code == 1
-    assert "input_ids" in result.output and "attention_mask" in result.output and "--shapes" in result.output
+    assert "input_ids" in result.output and "attention_mask" in result.output and "--profile" in result.output
     assert not (tmp_path / "o").exists() and fake_trt.builds == []
 
 
@@ -135,7 +135,7 @@ def test_cli_trt_build_with_profiles_prints_the_engine(fake_trt, tmp_path, tiny_
     args = ["build", str(tiny_bert_dynamo), "--target", "trt", "--precision", "fp16", "-o", str(tmp_path / "o"),
             "--workspace", "512", "--opt-level", "5", "--hardware-compatibility", "ampere_plus"]
     for spec in PROFILES:
-        args += ["--shapes", spec]
+        args += ["--profile", spec]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "TensorRT engine built: model.plan" in result.output

@@ -1,6 +1,6 @@
 """TensorRT build settings (:class:`EngineSettings`) and their application to a builder.
 
-One settings class holds what the user asked for (profiles from ``--shapes``, workspace,
+One settings class holds what the user asked for (profiles from ``--profile``, workspace,
 optimization level, compatibility, caches) and what the build records (the graph's precision).
 :func:`configure_builder` turns it into an ``IBuilderConfig``: workspace, optimization level,
 hardware compatibility, one optimization profile, timing cache. Precision is never a builder
@@ -235,7 +235,7 @@ def _add_profile(builder: Any, builder_config: Any, network: Any, profiles: dict
         raise LlmcError(
             "TensorRT rejected the optimization profile ("
             + ", ".join(f"{t.name}:{full[t.name].spec()}" for t in dynamic)
-            + "); check --shapes against the model's inputs"
+            + "); check --profile against the model's inputs"
         )
 
 

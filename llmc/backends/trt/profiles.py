@@ -1,4 +1,4 @@
-"""TensorRT optimization profiles: parse ``--shapes`` specs and check them against the model.
+"""TensorRT optimization profiles: parse ``--profile`` specs and check them against the model.
 
 A TensorRT engine only runs shapes inside the ranges it was built for: every input with a
 dynamic dimension needs a (min, opt, max) profile at build time, and kernels are tuned for
@@ -15,7 +15,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 
-EXAMPLE_FLAG = "--shapes input_ids:1x1:1x128:8x512"
+EXAMPLE_FLAG = "--profile input_ids:1x1:1x128:8x512"
 # Example ranges for a dynamic dim in error messages: batch-like dims, then sequence-like dims.
 _BATCH_RANGE = (1, 1, 8)
 _SEQUENCE_RANGE = (1, 128, 512)
@@ -89,13 +89,13 @@ def parse_profile_specs(specs: Iterable[str] | None) -> dict[str, ProfileShape]:
         parts = spec.strip().rsplit(":", 3)
         if len(parts) != 4 or not parts[0].strip() or not all(p.strip() for p in parts[1:]):
             raise LlmcError(
-                f"malformed --shapes spec '{spec}'; expected NAME:MIN:OPT:MAX with dims like 1x128, "
+                f"malformed --profile spec '{spec}'; expected NAME:MIN:OPT:MAX with dims like 1x128, "
                 f"e.g. {EXAMPLE_FLAG}"
             )
         name = parts[0].strip()
         if name in profiles:
             raise LlmcError(
-                f"--shapes names input '{name}' twice ('{spec}'); give one NAME:MIN:OPT:MAX per input, "
+                f"--profile names input '{name}' twice ('{spec}'); give one NAME:MIN:OPT:MAX per input, "
                 f"e.g. {EXAMPLE_FLAG}"
             )
         dims = [_parse_dims(part, spec) for part in parts[1:]]
@@ -116,7 +116,7 @@ def check_profiles(
     unknown = [name for name in profiles if name not in names]
     if unknown:
         raise LlmcError(
-            f"--shapes names {_plural('input', unknown)} {', '.join(unknown)} that the model does not "
+            f"--profile names {_plural('input', unknown)} {', '.join(unknown)} that the model does not "
             f"have; its inputs are {', '.join(names) or '(none)'}"
         )
     result: dict[str, ProfileShape] = {}
@@ -134,7 +134,7 @@ def check_profiles(
         result[name] = profile
     if missing:
         listed = ", ".join(f"{name} {_fmt_model_dims(dims)}" for name, dims in missing)
-        flags = " ".join(f"--shapes {name}:{_example_spec(dims)}" for name, dims in missing)
+        flags = " ".join(f"--profile {name}:{_example_spec(dims)}" for name, dims in missing)
         raise LlmcError(
             f"TensorRT needs an optimization profile for every dynamic input; missing: {listed}; "
             f"add {flags} (NAME:MIN:OPT:MAX, one per input)"
@@ -145,7 +145,7 @@ def check_profiles(
 def _check_against_model(name: str, dims: Sequence[Dim], profile: ProfileShape) -> None:
     if profile.rank != len(dims):
         raise LlmcError(
-            f"--shapes {name}:{profile.spec()} has rank {profile.rank}, but the model's input '{name}' "
+            f"--profile {name}:{profile.spec()} has rank {profile.rank}, but the model's input '{name}' "
             f"has rank {len(dims)} {_fmt_model_dims(dims)}; give {len(dims)} dims per shape"
         )
     for axis, dim in enumerate(dims):
@@ -154,7 +154,7 @@ def _check_against_model(name: str, dims: Sequence[Dim], profile: ProfileShape) 
         got = (profile.min[axis], profile.opt[axis], profile.max[axis])
         if got != (dim, dim, dim):
             raise LlmcError(
-                f"--shapes {name}:{profile.spec()} sets dim {axis} to {got[0]}..{got[2]}, but the "
+                f"--profile {name}:{profile.spec()} sets dim {axis} to {got[0]}..{got[2]}, but the "
                 f"model fixes it at {dim} {_fmt_model_dims(dims)}; use {dim} there in MIN, OPT and MAX"
             )
 
@@ -164,7 +164,7 @@ def _parse_dims(text: str, spec: str) -> tuple[int, ...]:
         return tuple(int(d) for d in text.strip().split("x"))
     except ValueError:
         raise LlmcError(
-            f"--shapes spec '{spec}' has a non-integer dim in '{text}'; write dims as integers "
+            f"--profile spec '{spec}' has a non-integer dim in '{text}'; write dims as integers "
             f"joined by 'x', e.g. {EXAMPLE_FLAG}"
         ) from None
 

@@ -137,7 +137,7 @@ class TrtRunner:
             low, _, high = (list(s) for s in self.engine.get_tensor_profile_shape(name, 0))
             raise LlmcError(
                 f"input '{name}' shape {list(shape)} is outside the engine's optimization profile "
-                f"({low} to {high}); rebuild with a wider --shapes {name}:MIN:OPT:MAX"
+                f"({low} to {high}); rebuild with a wider --profile {name}:MIN:OPT:MAX"
             )
 
 

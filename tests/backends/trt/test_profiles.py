@@ -1,4 +1,4 @@
-"""TensorRT optimization profiles: ``--shapes`` specs and their check against the model."""
+"""TensorRT optimization profiles: ``--profile`` specs and their check against the model."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_parse_profile_specs_good():
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ("input_ids:1x1:8x512", "malformed --shapes spec 'input_ids:1x1:8x512'.*NAME:MIN:OPT:MAX"),
+        ("input_ids:1x1:8x512", "malformed --profile spec 'input_ids:1x1:8x512'.*NAME:MIN:OPT:MAX"),
         (":1:1:1", "malformed"),
         ("x:1::4", "malformed"),
         ("x:1xa:1x2:1x3", "non-integer dim in '1xa'"),
@@ -42,7 +42,7 @@ def test_parse_profile_specs_errors(spec, match):
 
 
 def test_parse_profile_specs_names_the_input_and_example():
-    with pytest.raises(LlmcError, match=r"input 'ids'.*twice.*--shapes input_ids:1x1:1x128:8x512"):
+    with pytest.raises(LlmcError, match=r"input 'ids'.*twice.*--profile input_ids:1x1:1x128:8x512"):
         parse_profile_specs(["ids:1:1:1", "ids:1:2:3"])
     with pytest.raises(LlmcError, match="input 'ids'"):
         parse_profile_specs(["ids:3:2:1"])
@@ -60,9 +60,9 @@ def test_check_profiles_lists_every_missing_dynamic_input():
     text = str(info.value)
     assert "\n" not in text
     assert "missing: input_ids [batch, sequence], attention_mask [batch, sequence], token_type [1, ?]" in text
-    assert "--shapes input_ids:1x1:1x128:8x512" in text
-    assert "--shapes attention_mask:1x1:1x128:8x512" in text
-    assert "--shapes token_type:1x1:1x128:1x512" in text
+    assert "--profile input_ids:1x1:1x128:8x512" in text
+    assert "--profile attention_mask:1x1:1x128:8x512" in text
+    assert "--profile token_type:1x1:1x128:1x512" in text
     assert "scale" not in text  # static: no profile needed
 
 
