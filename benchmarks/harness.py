@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
 
+# Benchmarks time builds (calibration wall time, peak RSS, compile seconds): an artifact copied
+# from the build cache would time nothing. benchmarks.cache turns it on in its own children.
+os.environ.setdefault("LLMC_NO_CACHE", "1")
+
 __all__ = [
     "RESULTS",
     "ROOT",
