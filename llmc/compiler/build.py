@@ -211,6 +211,9 @@ def _from_cache(
     log("copying the artifact from the build cache")
     manifest = store.restore(entry, out_dir)
     manifest["source"] = source  # the same bytes, perhaps at another path
+    statistics = manifest.get("quantization", {}).get("statistics")
+    if statistics and statistics.get("file"):
+        statistics["file"] = str(out_dir / CALIBRATION_FILE)
     manifest["cache"] = {"hit": True, "key": key, "seconds": round(time.perf_counter() - start, 4)}
     write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)

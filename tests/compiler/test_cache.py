@@ -141,3 +141,4 @@ def test_int8_statistics_are_reused_across_output_directories(cache_dir, tmp_pat
     assert third.manifest["cache"]["hit"] is True
     assert (tmp_path / "c" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
     assert (tmp_path / "c" / "calibration.json").is_file()
+    assert third.manifest["quantization"]["statistics"]["file"] == str(tmp_path / "c" / "calibration.json")
