@@ -29,12 +29,8 @@ from llmc.model.files import MANIFEST_FILE, sha256_file
 from llmc.passes.options import PassOptions
 from llmc.version import __version__
 
-if TYPE_CHECKING:
-    import onnx
-    import onnx_ir as ir
-
-    ModelLike = str | Path | onnx.ModelProto | ir.Model
-    Progress = Callable[[str, int, int], None]
+if TYPE_CHECKING:  # the stages import onnx and ONNX Runtime: only on a cache miss
+    from llmc.compiler.stages import ModelLike, Progress
 
 # The versions that decide a build's bytes, in its cache key: name -> distributions providing it.
 KEY_VERSIONS = {
