@@ -23,11 +23,17 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 
 
+def _engine_dirs() -> list:
+    """TensorRT engines and timing caches: --target trt's and ONNX Runtime's TensorRT EP's."""
+    from llmc.model.files import cache_root
+
+    return [cache_root() / "trt", cache_root() / "ort-trt"]
+
+
 @cache_app.command("info")
 @user_errors
 def info() -> None:
     """Where the cache is, its size per section and its limit."""
-    from llmc.backends.trt.cache import default_cache_dir
     from llmc.compiler.cache import BuildCache, cache_disabled
 
     cache = BuildCache()
@@ -37,9 +43,9 @@ def info() -> None:
         found = [e for e in entries if e[0] == section]
         console.print(f"{section}: {len(found)} entries, {_mb(sum(e[2] for e in found))}")
     console.print(f"limit: {_mb(cache.limit)} (LLMC_CACHE_MAX_MB), least recently used entries go first")
-    engines = default_cache_dir()
-    size = sum(p.stat().st_size for p in engines.rglob("*") if p.is_file()) if engines.is_dir() else 0
-    console.print(f"TensorRT engines and timing cache: {escape(str(engines))}, {_mb(size)} (not counted in the limit)")
+    for engines in _engine_dirs():
+        size = sum(p.stat().st_size for p in engines.rglob("*") if p.is_file()) if engines.is_dir() else 0
+        console.print(f"TensorRT engines and timing cache: {escape(str(engines))}, {_mb(size)} (not counted in the limit)")
 
 
 @cache_app.command("list")
@@ -69,12 +75,12 @@ def clear(
     engines: Annotated[bool, typer.Option("--engines", help="Also the TensorRT engines and timing cache.")] = False,
 ) -> None:
     """Remove cached artifacts and calibration statistics (all of both unless one is named)."""
-    from llmc.backends.trt.cache import default_cache_dir
     from llmc.compiler.cache import BuildCache
 
     sections = tuple(s for s, on in (("builds", builds), ("calibration", calibration)) if on) or ("builds", "calibration")
     count, freed = BuildCache().clear(sections)
     console.print(f"removed {count} entries ({_mb(freed)}) from {', '.join(sections)}")
-    if engines and default_cache_dir().is_dir():
-        shutil.rmtree(default_cache_dir())
-        console.print(f"removed {escape(str(default_cache_dir()))}")
+    for folder in _engine_dirs() if engines else []:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            console.print(f"removed {escape(str(folder))}")

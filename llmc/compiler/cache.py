@@ -35,18 +35,13 @@ from typing import Any
 import numpy as np
 
 from llmc.errors import LlmcError
-from llmc.model.files import MANIFEST_FILE, sha256_file
+from llmc.model.files import MANIFEST_FILE, cache_root, sha256_file
 
 FORMAT = 1  # bump when the entry layout or the key's meaning changes
 DEFAULT_MAX_MB = 10 * 1024
 ENTRY_FILE = "entry.json"
 CALIBRATION_FILE = "calibration.json"  # int8 statistics, beside the model and in calibration/
 SECTIONS = ("builds", "calibration")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("LLMC_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "llmc"
 
 
 def cache_disabled() -> bool:
@@ -119,16 +114,12 @@ class CacheEntry:
     path: Path
     info: dict[str, Any]
 
-    @property
-    def size(self) -> int:
-        return _tree_size(self.path)
-
 
 class BuildCache:
     """Artifacts and calibration statistics by content key, LRU-bounded in size."""
 
     def __init__(self, root: Path | None = None, limit_bytes: int | None = None) -> None:
-        self.root = root or cache_dir()
+        self.root = root or cache_root()
         self.limit = max_bytes() if limit_bytes is None else limit_bytes
 
     # ------------------------------------------------------------------ builds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -16,3 +17,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """llmc's cache directory: ``$LLMC_CACHE_DIR``, else ``~/.cache/llmc`` (builds, calibration
+    statistics and TensorRT engines live in folders below it)."""
+    root = os.environ.get("LLMC_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "llmc"

@@ -47,6 +47,7 @@ from typing import Any
 import onnx_ir as ir
 
 from llmc.errors import LlmcError, first_line
+from llmc.model.files import cache_root
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 DEVICE_PROVIDERS = {
@@ -333,8 +334,7 @@ def trt_cache_dir(configured: str | None = None) -> Path:
     ~/.cache/llmc/ort-trt."""
     if configured:
         return Path(configured).expanduser()
-    root = os.environ.get("LLMC_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "llmc") / "ort-trt"
+    return cache_root() / "ort-trt"
 
 
 def profile_string(profiles: dict[str, list[list[int]]], index: int) -> str:

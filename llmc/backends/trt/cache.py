@@ -18,12 +18,12 @@ from typing import Any
 
 from llmc.backends.trt.profiles import ProfileShape
 from llmc.backends.trt.trust import sign_plan
+from llmc.model.files import cache_root
 
 
 def default_cache_dir() -> Path:
     """``$LLMC_CACHE_DIR/trt``, else ``~/.cache/llmc/trt``."""
-    root = os.environ.get("LLMC_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "llmc") / "trt"
+    return cache_root() / "trt"
 
 
 def default_timing_cache_path() -> Path:
