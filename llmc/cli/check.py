@@ -25,18 +25,32 @@ def check(
 ) -> None:
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
     from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
-    from llmc.compiler.artifact import MODEL_FILE
-    from llmc.model.compare import compare_outputs
+    from llmc.backends.ort.errors import run_context
+    from llmc.fp16.check import artifact_feeds
+    from llmc.model.compare import check_finite_reference, check_same_interface, compare_outputs
     from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.model.io import load_model
 
     source = load_model(original)
-    candidate_path = artifact / MODEL_FILE if artifact.is_dir() else artifact
+    candidate_path = _artifact_model(artifact)
     candidate = load_model(candidate_path)
+    check_same_interface(source, candidate, (str(original), str(candidate_path)))
     feeds = feeds_for(source, resolve_shapes(source, parse_shape_specs(shape))[0], inputs, seed)
-    ref = OrtRunner(create_session(original, REFERENCE_CONFIG, source)).run(feeds)
-    out = OrtRunner(create_session(candidate_path, REFERENCE_CONFIG, candidate)).run(feeds)
+    with run_context("ORIGINAL fails on the inputs: give ones it accepts with --shape or --inputs"):
+        ref = OrtRunner(create_session(original, REFERENCE_CONFIG, source)).run(feeds)
+    check_finite_reference(ref, str(original), seeded=inputs is None)
+    with run_context("ORIGINAL ran on the same inputs, so ARTIFACT is broken: rebuild it with --verify-each --diff-each"):
+        out = OrtRunner(create_session(candidate_path, REFERENCE_CONFIG, candidate)).run(artifact_feeds(candidate, feeds))
     result = compare_outputs(ref, out, tolerance)
     print_agreement(result)
     if not result.passed:
         raise typer.Exit(1)
+
+
+def _artifact_model(path: Path) -> Path:
+    """The model file of ARTIFACT: a checked artifact directory's, or the file itself."""
+    if not path.is_dir():
+        return path
+    from llmc.compiler.artifact import read_artifact
+
+    return read_artifact(path).model_path

@@ -47,6 +47,7 @@ def inspect(
     ] = None,
 ) -> None:
     """Show inputs/outputs (with symbolic dims), opsets, op histogram, size and external data; --memory plans memory."""
+    _check_artifact(model)
     if memory or plot is not None:
         _inspect_memory(model, shape, alignment, plot, as_json)
         return
@@ -61,6 +62,14 @@ def inspect(
     print_summary(info, top)
 
 
+def _check_artifact(path: Path) -> None:
+    """An artifact directory is inspected only if its files match its manifest."""
+    from llmc.compiler.artifact import MANIFEST_FILE, read_artifact
+
+    if path.is_dir() and (path / MANIFEST_FILE).exists():
+        read_artifact(path)
+
+
 def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: Path | None, as_json: bool) -> None:
     from llmc.compiler.artifact import MODEL_FILE
     from llmc.model.feeds import parse_shape_sets, resolve_shapes
@@ -71,6 +80,8 @@ def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: P
         raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")
     if plot is not None and plot.suffix.lower() != ".png":
         raise LlmcError(f"--plot {plot}: write a .png file")
+    if plot is not None and not plot.parent.is_dir():
+        raise LlmcError(f"--plot {plot}: directory {plot.parent} does not exist; create it first or plot elsewhere")
     model_path = path / MODEL_FILE if path.is_dir() and (path / MODEL_FILE).is_file() else path
     model = load_model(model_path)
     resolved = [resolve_shapes(model, given) for given in parse_shape_sets(specs)]

@@ -1,7 +1,7 @@
 """The artifact directory: ``model.onnx`` (+ external data) and ``manifest.json``.
 
-``llmc.load(dir)`` refuses a directory whose model file does not match the sha256 recorded in
-its manifest, and re-applies the recorded ONNX Runtime session options. A ``trt`` artifact with
+``llmc.load(dir)`` refuses a directory whose manifest or files break the integrity contract
+(``llmc.compiler.integrity``: every file matches the sha256 recorded at build time), and re-applies the recorded ONNX Runtime session options. A ``trt`` artifact with
 an engine runs ``model.plan`` in TensorRT, after ``llmc.backends.trt.trust.verify_plan`` has
 checked its HMAC (key outside the artifact), TensorRT version and GPU: a serialized engine is
 executable code, so a plan that fails any check is refused, never loaded. ``engine=False``
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmc.backends.base import Runner as BackendRunner
-from llmc.errors import LlmcError
+from llmc.compiler.integrity import check_files, check_manifest
+from llmc.errors import LlmcError, first_line
 from llmc.model.files import MANIFEST_FILE, MODEL_FILE
 
 
@@ -65,21 +67,36 @@ class Runner:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    """``path/manifest.json``, strict JSON (no NaN/Infinity), written to a new file then renamed."""
+    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    partial = path / f".{MANIFEST_FILE}.partial"
+    partial.write_text(text)
+    os.replace(partial, path / MANIFEST_FILE)
 
 
-def read_artifact(path: str | Path) -> Artifact:
+def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
+    """The artifact at ``path``; ``check`` (always, outside the build) enforces the integrity
+    contract: a manifest llmc wrote, and every file matching its recorded sha256."""
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
     if not path.is_dir() or not manifest_path.is_file():
         raise LlmcError(f"{path}: not an llmc artifact (no {MANIFEST_FILE}); build one with `llmc build`")
+    if manifest_path.is_symlink():
+        raise LlmcError(f"{manifest_path}: is a symlink; an artifact's files are never links, rebuild it")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LlmcError(f"{manifest_path}: not valid JSON ({exc}); rebuild the artifact") from None
-    if not (path / MODEL_FILE).is_file():
+        manifest = json.loads(manifest_path.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LlmcError(f"{manifest_path}: not valid JSON ({first_line(str(exc))}); rebuild the artifact") from None
+    if check:
+        check_manifest(path, manifest)
+        check_files(path, manifest)
+    elif not (path / MODEL_FILE).is_file():
         raise LlmcError(f"{path}: {MODEL_FILE} is missing; rebuild the artifact")
     return Artifact(path, manifest)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def load(
@@ -91,7 +108,6 @@ def load(
     True requires it, False runs the ONNX model in ONNX Runtime.
     """
     from llmc.backends.ort import OrtRunner, SessionConfig, create_session
-    from llmc.model.io import sha256_file
 
     artifact = read_artifact(path)
     section = artifact.manifest.get("engine")
@@ -101,12 +117,6 @@ def load(
         from llmc.compiler.engine import check_plan_file
 
         check_plan_file(artifact.path)  # an unsigned plan beside an ONNX-only artifact
-    expected = artifact.manifest.get("artifact", {}).get("model_sha256")
-    if expected and sha256_file(artifact.model_path) != expected:
-        raise LlmcError(
-            f"{artifact.model_path}: sha256 does not match the manifest; the model was modified "
-            "after the build, rebuild it"
-        )
     options = dict(artifact.manifest.get("session", {}).get("options", {}))
     if device is not None:
         options["device"] = device

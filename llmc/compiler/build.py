@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmc.compiler.artifact import Artifact, write_manifest
-from llmc.compiler.cache import CALIBRATION_FILE, BuildCache, cache_disabled, digest_key, external_data
+from llmc.compiler.cache import BuildCache, cache_disabled, digest_key, external_data
 from llmc.compiler.engine import EngineSettings
+from llmc.compiler.integrity import check_manifest
 from llmc.compiler.options import BuildOptions, output_dir
+from llmc.compiler.output import OutputWriter, check_output
+from llmc.errors import LlmcError
 from llmc.fp16.options import Fp16Options
 from llmc.int8.options import QuantizeOptions
-from llmc.model.files import MANIFEST_FILE, sha256_file
+from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, sha256_file
 from llmc.passes.options import PassOptions
 from llmc.version import __version__
 
@@ -103,25 +106,39 @@ def run_build(
     model: ModelLike, options: BuildOptions, output: str | Path | None, log: Callable[[str], None],
     progress: Progress | None = None,
 ) -> Artifact:
-    """The stages in order, with the build cache around them.
+    """The stages in order, with the build cache around them, written through an OutputWriter
+    (a private directory moved into place once verified; ``llmc.compiler.output``).
 
     The stages (and onnx, onnxscript, ONNX Runtime with them) are imported only on a cache
     miss: a hit needs the options, the source's hash and a file copy, nothing more.
     """
     options.check()
+    source = describe_source(model)
+    destination = _destination(model, source, output, options)
     store = _cache_for(options)
-    source = describe_source(model) if store is not None else None
-    key = _cache_key(source, options) if source is not None else None
-    if key is not None:
-        hit = _from_cache(store, key, source, output_dir(source, output, options.target), log)
-        if hit is not None:
-            return hit
+    key = _cache_key(source, options) if store is not None and source is not None else None
+    with OutputWriter(destination) as writer:
+        if key is not None:
+            hit = _from_cache(store, key, source, writer, log)
+            if hit is not None:
+                writer.commit()
+                return hit
+        artifact = _compile(model, options, output, source, writer.path, store, key, log, progress)
+        writer.commit()
+    return artifact
 
+
+def _compile(
+    model: ModelLike, options: BuildOptions, output: str | Path | None, source: dict[str, Any] | None,
+    work_dir: Path, store: BuildCache | None, key: str | None, log: Callable[[str], None],
+    progress: Progress | None,
+) -> Artifact:
     from llmc.compiler.precision import apply_precision, plan_memory
     from llmc.compiler.stages import prepare, run_passes
     from llmc.compiler.verify import verify, write
 
     prep = prepare(model, options, output, source)
+    prep.work_dir = work_dir
     # The external data the source reads, before the passes replace its tensors.
     external = external_data(Path(prep.source["path"]), prep.model) if key and prep.source["path"] else {}
     compiled = run_passes(prep, log)
@@ -130,8 +147,28 @@ def run_build(
     verified = verify(prep, compiled, precise, session_config, log)
     artifact = write(prep, compiled, precise, memory, verified, log)
     if key is not None:
-        _into_cache(store, key, artifact, external, log)
+        _into_cache(store, key, artifact, work_dir, external, log)
     return artifact
+
+
+def _destination(
+    model: ModelLike, source: dict[str, Any] | None, output: str | Path | None, options: BuildOptions
+) -> Path:
+    """The output directory, checked before any compiling (``check_output``)."""
+    if source is None and output is None and isinstance(model, (str, Path)):
+        from llmc.model.io import load_model
+
+        load_model(model)  # an unreadable path: its one line (no such file, a directory...)
+    path = output_dir(source, output, options.target)
+    check_output(path)
+    if options.dump_dir is not None and _inside(Path(options.dump_dir), path):
+        raise LlmcError(f"--dump-ir-after DIR {options.dump_dir} is inside -o {path}; dump somewhere else")
+    return path
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = path.absolute(), directory.absolute()
+    return path == directory or directory in path.parents
 
 
 def describe_source(model: ModelLike) -> dict[str, Any] | None:
@@ -198,35 +235,41 @@ def _installed(*distributions: str) -> str:
 
 
 def _from_cache(
-    store: BuildCache, key: str, source: dict[str, Any], out_dir: Path, log: Callable[[str], None]
+    store: BuildCache, key: str, source: dict[str, Any], writer: OutputWriter, log: Callable[[str], None]
 ) -> Artifact | None:
     start = time.perf_counter()
     entry = store.lookup(key, Path(source["path"]) if source["path"] else None)
     if entry is None:
         return None
     log("copying the artifact from the build cache")
-    manifest = store.restore(entry, out_dir)
+    manifest = store.restore(entry, writer.path)  # each copy checked against the stored sha256
+    if manifest is None:
+        return None
+    try:
+        check_manifest(writer.path, manifest)
+    except LlmcError:  # an entry of an older layout
+        store.drop(entry)
+        return None
     manifest["source"] = source  # the same bytes, perhaps at another path
     statistics = manifest.get("quantization", {}).get("statistics")
     if statistics and statistics.get("file"):
-        statistics["file"] = str(out_dir / CALIBRATION_FILE)
+        statistics["file"] = str(writer.destination / CALIBRATION_FILE)
     manifest["cache"] = {"hit": True, "key": key, "seconds": round(time.perf_counter() - start, 4)}
-    write_manifest(out_dir, manifest)
-    return Artifact(out_dir, manifest)
+    write_manifest(writer.path, manifest)
+    return Artifact(writer.destination, manifest)
 
 
 def _into_cache(
-    store: BuildCache, key: str, artifact: Artifact, external: dict[str, str], log: Callable[[str], None]
+    store: BuildCache, key: str, artifact: Artifact, work_dir: Path, external: dict[str, str],
+    log: Callable[[str], None],
 ) -> None:
     manifest = artifact.manifest
     manifest["cache"] = {"hit": False, "key": key}
-    write_manifest(artifact.path, manifest)
-    files = [*manifest["artifact"]["files"], MANIFEST_FILE]
-    if (artifact.path / CALIBRATION_FILE).is_file():
-        files.append(CALIBRATION_FILE)
+    write_manifest(work_dir, manifest)
+    files = [*manifest["artifact"]["sha256"], MANIFEST_FILE]
     summary = {
         "source": manifest["source"].get("path"), "target": manifest["target"], "precision": manifest["precision"],
         "pipeline": manifest["pipeline"], "external": external,
     }
-    if store.store(key, artifact.path, files, summary):
+    if store.store(key, work_dir, files, summary):
         log("stored in the build cache")

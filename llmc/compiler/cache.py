@@ -40,7 +40,6 @@ from llmc.model.files import MANIFEST_FILE, cache_root, sha256_file
 FORMAT = 1  # bump when the entry layout or the key's meaning changes
 DEFAULT_MAX_MB = 10 * 1024
 ENTRY_FILE = "entry.json"
-CALIBRATION_FILE = "calibration.json"  # int8 statistics, beside the model and in calibration/
 SECTIONS = ("builds", "calibration")
 
 
@@ -124,8 +123,8 @@ class BuildCache:
 
     # ------------------------------------------------------------------ builds
     def lookup(self, key: str, source: Path | None = None) -> CacheEntry | None:
-        """The entry for ``key`` if every file still has the sha256 it was stored with and the
-        source model's external data (next to ``source``) is what it was built from."""
+        """The entry for ``key`` if its files are there and the source model's external data (next
+        to ``source``) is what it was built from; ``restore`` checks the files' sha256."""
         path = self.root / "builds" / key
         try:
             info = json.loads((path / ENTRY_FILE).read_text())
@@ -135,9 +134,9 @@ class BuildCache:
         if info.get("key") != key or not isinstance(files, dict) or not files:
             self._drop(path)
             return None
-        for name, expected in files.items():
+        for name in files:
             item = path / name
-            if Path(name).name != name or not item.is_file() or sha256_file(item) != expected:
+            if Path(name).name != name or item.is_symlink() or not item.is_file():
                 self._drop(path)  # corrupted or tampered with: never used
                 return None
         for name, expected in (info.get("external") or {}).items():
@@ -147,13 +146,35 @@ class BuildCache:
         os.utime(path / ENTRY_FILE)  # last use, for LRU eviction
         return CacheEntry(key, path, info)
 
-    def restore(self, entry: CacheEntry, out_dir: Path) -> dict[str, Any]:
-        """Copy the entry's files into ``out_dir``; return its manifest."""
+    def restore(self, entry: CacheEntry, out_dir: Path) -> dict[str, Any] | None:
+        """Copy the entry's files into ``out_dir`` and return its manifest, if every copy has the
+        sha256 it was stored with; else drop the entry, remove the copies and return None."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in entry.info["files"]:
-            if name != MANIFEST_FILE:
-                shutil.copyfile(entry.path / name, out_dir / name)
-        return json.loads((entry.path / MANIFEST_FILE).read_text())
+        copied, manifest = [], None
+        try:
+            for name, expected in entry.info["files"].items():
+                if name == MANIFEST_FILE:
+                    data = (entry.path / name).read_bytes()
+                    ok = hashlib.sha256(data).hexdigest() == expected
+                    manifest = json.loads(data) if ok else None
+                else:
+                    copied.append(out_dir / name)
+                    shutil.copyfile(entry.path / name, out_dir / name)
+                    ok = sha256_file(out_dir / name) == expected
+                if not ok:
+                    break
+            else:
+                if isinstance(manifest, dict):
+                    return manifest
+        except (OSError, ValueError):
+            pass
+        self._drop(entry.path)  # corrupted or tampered with: never used
+        for path in copied:
+            path.unlink(missing_ok=True)
+        return None
+
+    def drop(self, entry: CacheEntry) -> None:
+        self._drop(entry.path)
 
     def store(self, key: str, out_dir: Path, files: list[str], summary: dict[str, Any]) -> bool:
         """Copy a finished artifact's ``files`` (manifest included) in under ``key``."""

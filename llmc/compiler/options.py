@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,42 @@ class BuildOptions:
                 "--precision int8 needs --calibration-data PATH (a directory of .npz feeds, one .npz with "
                 "stacked samples, or a text file with --tokenizer DIR)"
             )
-        if self.alignment < 1:
-            raise LlmcError(f"--alignment must be at least 1 byte, not {self.alignment}")
+        if not _is_int(self.alignment) or self.alignment < 1:
+            raise LlmcError(f"--alignment must be at least 1 byte, not {self.alignment!r}")
         if self.dump_ir_after and self.dump_dir is None:
             raise LlmcError("--dump-ir-after needs a directory: --dump-ir-after NAME DIR")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """The types and ranges of the scalar options (what the CLI's parser does not refuse)."""
+        tolerance = self.tolerance
+        if tolerance is not None:
+            if not isinstance(tolerance, numbers.Real) or isinstance(tolerance, bool):
+                raise LlmcError(f"--tolerance must be a number (e.g. 1e-4), not {tolerance!r}")
+            if not math.isfinite(tolerance) or tolerance < 0:
+                raise LlmcError(
+                    f"--tolerance must be a finite number >= 0 (max abs error over each output's scale; "
+                    f"0: exact), not {tolerance}"
+                )
+        if not _is_int(self.threads) or self.threads < 0:
+            raise LlmcError(f"--threads must be 0 (ONNX Runtime's default) or a positive count, not {self.threads!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise LlmcError(f"--seed must be an integer >= 0, not {self.seed!r}")
+        if self.passes is not None:
+            if not isinstance(self.passes, str):
+                raise LlmcError(f"--passes must be pipeline text such as 'prune,(fold,cse)*3', not {self.passes!r}")
+            if not self.passes.strip():
+                raise LlmcError(
+                    "--passes is empty: name at least one pass, e.g. --passes prune (see `llmc passes`), "
+                    "or leave --passes out for the target's default pipeline"
+                )
+        bad = [name for name in self.disable_passes if not isinstance(name, str)]
+        if bad:
+            raise LlmcError(f"--disable-pass takes pass names, not {bad[0]!r}")
+        if self.shapes is not None and not isinstance(self.shapes, dict):
+            raise LlmcError(f"shapes must be a dict of input name -> dims, e.g. {{'x': (1, 128)}}, not {self.shapes!r}")
+        for name, dims in (self.shapes or {}).items():
+            _check_shape(name, dims)
 
     @property
     def effective_tolerance(self) -> float:
@@ -123,6 +157,24 @@ class BuildOptions:
             "engine": self.engine if self.target == "trt" else None,
             "alignment": self.alignment,
         }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_shape(name: Any, dims: Any) -> None:
+    """A shape is a sequence of integers >= 0 (0: an empty cache axis; ``prepare`` checks its use)."""
+    example = f"--shape {name}=1x128 (shapes={{'{name}': (1, 128)}})"
+    if not isinstance(name, str) or not name:
+        raise LlmcError(f"shapes: input names must be strings, not {name!r}")
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        raise LlmcError(f"--shape {name}: give the dims as a tuple of integers, not {dims!r}; e.g. {example}")
+    for axis, dim in enumerate(dims):
+        if not _is_int(dim) or dim < 0:
+            raise LlmcError(
+                f"--shape {name}: axis {axis} is {dim!r}, not a whole number of elements >= 0; e.g. {example}"
+            )
 
 
 def output_dir(source: dict[str, Any] | None, output: str | Path | None, target: str) -> Path:

@@ -8,16 +8,27 @@ step changes the numbers on purpose.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from typing import Any
 
 from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
-from llmc.compiler.cache import CALIBRATION_FILE, BuildCache
-from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
+from llmc.compiler.cache import BuildCache
+from llmc.compiler.stages import (
+    Compiled,
+    Log,
+    Precise,
+    Prepared,
+    Progress,
+    compiled_runs,
+    fail_on_mismatch,
+    pass_options,
+)
 from llmc.errors import LlmcError
 from llmc.fp16.stage import convert_for_build
 from llmc.int8.stage import quantize_for_build
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
+from llmc.model.files import CALIBRATION_FILE
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
 
@@ -30,9 +41,9 @@ def apply_precision(
     result = Precise(compiled.model)
     if options.precision == "int8":
         # The passes must be exact before quantization changes the numbers on purpose.
-        result.fp32_comparison = compare_outputs(
-            compiled.reference, run_model(result.model, prep.feeds, REFERENCE_CONFIG), prep.tolerance
-        )
+        with compiled_runs():
+            fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
+        result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
         fail_on_mismatch(result.fp32_comparison)
         model_io.release_freed_memory()
         result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
@@ -49,12 +60,15 @@ def apply_precision(
 
 def _quantize(prep: Prepared, model, log: Log, progress: Progress | None, cache: BuildCache | None):
     """INT8 with the calibration statistics shared across output directories through the cache."""
-    stats_path = prep.out_dir / CALIBRATION_FILE
+    stats_path = prep.work_dir / CALIBRATION_FILE
     key = None
     if cache is not None:
         key = calibration_key(prep)
         if cache.fetch_calibration(key, stats_path):
             log("calibration statistics from the cache")
+    previous = prep.out_dir / CALIBRATION_FILE  # a rebuild into the same -o (the quantizer checks its key)
+    if not stats_path.exists() and previous.is_file() and not previous.is_symlink():
+        shutil.copyfile(previous, stats_path)
     model, report = quantize_for_build(
         model, prep.options.target, prep.options.calibration_data, prep.options.tokenizer,
         prep.options.effective_quantization, prep.feeds, stats_path, log, progress,

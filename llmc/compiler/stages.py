@@ -21,12 +21,13 @@ import onnx
 import onnx_ir as ir
 
 from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
+from llmc.backends.ort.errors import run_context
 from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
 from llmc.compiler.engine import EngineSettings
 from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
-from llmc.model.compare import Comparison
+from llmc.model.compare import Comparison, check_finite_reference
 from llmc.model.feeds import feeds_for, resolve_shapes
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
@@ -55,6 +56,8 @@ class Prepared:
     assumed: dict[str, Any]
     enabled_fusions: list[str]
     disabled_fusions: dict[str, str]
+    # Where the build writes: a private directory beside out_dir, moved into place when verified.
+    work_dir: Path | None = None
 
     @property
     def tolerance(self) -> float:
@@ -94,6 +97,7 @@ class Verified:
     model_sha256: str
     session_config: SessionConfig
     session_seconds: float
+    hashes: dict[str, str]  # sha256 of each file in ``files``, taken before verifying them
 
 
 # ---------------------------------------------------------------------------------- prepare
@@ -114,7 +118,7 @@ def prepare(
     enabled, disabled = enabled_families(options.target, options.device, options.fusions)
     ir_model, source = load_source(model, source)
     out_dir = output_dir(source, output, options.target)
-    pipeline = parse_pipeline(options.passes, options.target) if options.passes else default_pipeline(options.target)
+    pipeline = default_pipeline(options.target) if options.passes is None else parse_pipeline(options.passes, options.target)
     pipeline = pipeline.without(list(options.disable_passes))
     for name in options.dump_ir_after:
         if name != "all" and name not in pipeline.names():
@@ -167,6 +171,7 @@ def run_passes(prep: Prepared, log: Log) -> Compiled:
     options = prep.options
     log(f"reference run of the source model ({describe_shapes(prep.feeds)})")
     reference = _reference_outputs(prep.source_model, prep.model, prep.feeds)
+    check_finite_reference(reference, prep.source["path"] or "the source model", seeded=options.inputs is None)
     model_io.release_freed_memory()
     model = prep.model
     nodes_before = count_nodes(model)
@@ -207,10 +212,30 @@ def pass_options(prep: Prepared):
 
 
 def _reference_outputs(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    shapes = describe_shapes(feeds)
+    shapes = shapes if len(shapes) <= 100 else shapes[:97] + "..."
+    hint = (
+        f"the source model fails on the verification inputs ({shapes}): fix the model, "
+        "or give inputs it accepts with --shape or --inputs"
+    )
     if isinstance(model, (str, Path)):
         # Run the source file itself: ONNX Runtime reads its external data directly.
-        return OrtRunner(create_session(Path(model), REFERENCE_CONFIG, ir_model)).run(feeds)
-    return run_model(ir_model, feeds, REFERENCE_CONFIG)
+        with run_context(hint):
+            return OrtRunner(create_session(Path(model), REFERENCE_CONFIG, ir_model)).run(feeds)
+    with run_context(hint, "the source model"):
+        return run_model(ir_model, feeds, REFERENCE_CONFIG)
+
+
+# What a failure of the compiled graph means once the source model ran on the same inputs.
+COMPILED_HINT = (
+    "the source model ran on the same inputs, so a pass broke the graph (an llmc bug): rebuild with "
+    "--verify-each --diff-each to name the pass, then --disable-pass it"
+)
+
+
+def compiled_runs():
+    """Context for running the compiled graph: ONNX Runtime failures say a pass broke it."""
+    return run_context(COMPILED_HINT, "the compiled model")
 
 
 def describe_shapes(feeds: dict[str, np.ndarray]) -> str:

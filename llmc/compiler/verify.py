@@ -11,13 +11,14 @@ import numpy as np
 from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
 from llmc.compiler import manifest as manifest_mod
 from llmc.compiler.artifact import Artifact, write_manifest
-from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, fail_on_mismatch
+from llmc.compiler.integrity import check_files, hash_files
+from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, compiled_runs, fail_on_mismatch
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
 from llmc.fp16.stage import run_emulated
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
-from llmc.model.io import MODEL_FILE
+from llmc.model.files import CALIBRATION_FILE, MODEL_FILE, PLAN_FILE
 
 
 def verify(
@@ -30,13 +31,14 @@ def verify(
     too). int8: the passes' exactness was judged before quantizing, the accuracy budget judged
     the int8 graph, and the artifact must give finite outputs.
     """
-    out_dir = prep.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prep.work_dir
     files = model_io.save_model(precise.model, out_dir / MODEL_FILE, external_data=prep.options.external_data)
+    hashes = hash_files(out_dir, [f.name for f in files])  # the bytes the checks below run
     log("verifying the artifact against the source model")
     saved = model_io.load_model(out_dir / MODEL_FILE)
-    session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
-    candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
+    with compiled_runs():  # an ONNX Runtime failure here is a pass's
+        session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
+        candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
     if prep.options.precision == "fp16":
         comparison = compare_outputs(compiled.reference, run_emulated(saved, prep.feeds), prep.tolerance)
         fail_on_mismatch(comparison)
@@ -54,15 +56,16 @@ def verify(
     start = time.perf_counter()
     create_session(out_dir / MODEL_FILE, session_config, saved)
     seconds = time.perf_counter() - start
-    return Verified(files, comparison, model_io.sha256_file(out_dir / MODEL_FILE), session_config, seconds)
+    return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes)
 
 
 def write(
     prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified, log: Log
 ) -> Artifact:
-    """Assemble the manifest, build the TensorRT engine if asked, write ``manifest.json``."""
+    """Assemble the manifest, build the TensorRT engine if asked, write ``manifest.json`` with the
+    sha256 of every file, then check that the files are still the ones verified and hashed."""
     manifest = manifest_mod.assemble(prep, compiled, precise, memory, verified)
-    options = prep.options
+    options, work_dir = prep.options, prep.work_dir
     if options.target == "trt":
         if options.no_engine:
             manifest["engine"] = {
@@ -70,6 +73,17 @@ def write(
             }
         else:
             log("building the TensorRT engine")
-            manifest["engine"] = options.engine.build(prep.out_dir, precise.model, verified.model_sha256, log)
-    write_manifest(prep.out_dir, manifest)
+            manifest["engine"] = options.engine.build(work_dir, precise.model, verified.model_sha256, log)
+    hashes = dict(verified.hashes)
+    extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
+    hashes.update(hash_files(work_dir, extra))
+    manifest["artifact"]["sha256"] = hashes
+    statistics = (manifest.get("quantization") or {}).get("statistics")
+    if statistics and statistics.get("file"):
+        statistics["file"] = str(prep.out_dir / CALIBRATION_FILE)  # where it will be once moved into place
+    write_manifest(work_dir, manifest)
+    try:
+        check_files(work_dir, manifest)
+    except LlmcError as exc:
+        raise LlmcError(f"{exc} (changed while the build was writing it; is another process writing there?)") from None
     return Artifact(prep.out_dir, manifest)

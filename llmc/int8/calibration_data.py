@@ -11,12 +11,15 @@
 
 Every sample is checked against the model's inputs (names, dtypes, ranks, fixed dims); the first
 problem is one error naming the file and the input. Samples are returned one row each, so
-``--calibration-samples N`` counts rows whatever the files' batching.
+``--calibration-samples N`` counts rows whatever the files' batching. A sample with a NaN or Inf
+in a float input is skipped (it would poison the ranges) and counted; data with no finite sample
+left is one error.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -27,6 +30,11 @@ from llmc.model.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs, chec
 Sample = dict[str, np.ndarray]
 
 
+class CalibrationData(NamedTuple):
+    samples: list[Sample]
+    skipped_nonfinite: int  # samples left out for a NaN/Inf value
+
+
 def load_calibration_data(
     path: str | Path,
     model: ir.Model,
@@ -35,7 +43,21 @@ def load_calibration_data(
     sequence_length: int | None = None,
     limit: int | None = None,
 ) -> list[Sample]:
-    """Up to ``limit`` samples (batch 1 each) from ``path``, checked against ``model``'s inputs."""
+    """Up to ``limit`` finite samples (batch 1 each) from ``path``, checked against ``model``'s inputs."""
+    return read_calibration_data(
+        path, model, tokenizer=tokenizer, sequence_length=sequence_length, limit=limit
+    ).samples
+
+
+def read_calibration_data(
+    path: str | Path,
+    model: ir.Model,
+    *,
+    tokenizer: str | Path | None = None,
+    sequence_length: int | None = None,
+    limit: int | None = None,
+) -> CalibrationData:
+    """:func:`load_calibration_data` and the number of samples skipped for NaN/Inf values."""
     path = Path(path)
     if not path.exists():
         raise LlmcError(f"--calibration-data {path}: no such file or directory")
@@ -45,17 +67,32 @@ def load_calibration_data(
         if not files:
             raise LlmcError(f"--calibration-data {path}: the directory has no .npz files (one feed per file)")
         samples: list[Sample] = []
+        skipped = 0
         for file in files:
-            samples += _rows(read_npz(file), inputs, str(file), stacked=False)
+            rows = _rows(read_npz(file), inputs, str(file), stacked=False)
+            finite = [row for row in rows if _finite(row)]
+            samples += finite
+            skipped += len(rows) - len(finite)
             if limit is not None and len(samples) >= limit:
                 break
     elif path.suffix == ".npz":
-        samples = _rows(read_npz(path), inputs, str(path), stacked=True)
+        rows = _rows(read_npz(path), inputs, str(path), stacked=True)
+        samples = [row for row in rows if _finite(row)]
+        skipped = len(rows) - len(samples)
     else:
-        samples = _text_samples(path, inputs, tokenizer, sequence_length, limit)
+        samples, skipped = _text_samples(path, inputs, tokenizer, sequence_length, limit), 0
+    if not samples and skipped:
+        raise LlmcError(
+            f"--calibration-data {path}: every sample ({skipped}) has NaN or Inf values; give finite calibration data"
+        )
     if not samples:
         raise LlmcError(f"--calibration-data {path}: no samples in it")
-    return samples[:limit] if limit is not None else samples
+    return CalibrationData(samples[:limit] if limit is not None else samples, skipped)
+
+
+def _finite(sample: Sample) -> bool:
+    """Whether every float input of ``sample`` is free of NaN and Inf."""
+    return all(np.isfinite(v).all() for v in sample.values() if v.dtype.kind in "fc")
 
 
 def _rows(arrays: dict[str, np.ndarray], inputs: dict[str, ir.Value], origin: str, stacked: bool) -> list[Sample]:

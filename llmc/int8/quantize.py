@@ -200,6 +200,8 @@ class _Capture:
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = names if names is not None else self.graph_outputs
+        if not names:  # session.run([]) would return every output
+            return {}
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from llmc.int8.calibration_data import load_calibration_data
+from llmc.backends.ort.errors import run_context
+from llmc.int8.calibration_data import read_calibration_data
 from llmc.int8.lint import lint
 from llmc.int8.quantize import Progress, QuantizeOptions, quantize_model
 
@@ -37,12 +38,21 @@ def quantize_for_build(
     ids = feeds.get("input_ids")
     sequence = int(ids.shape[1]) if ids is not None and ids.ndim == 2 else None
     log(f"reading calibration data {calibration_data}")
-    samples = load_calibration_data(
+    samples, skipped = read_calibration_data(
         calibration_data, model, tokenizer=tokenizer, sequence_length=sequence,
         limit=options.samples + options.holdout,
     )
+    if skipped:
+        log(f"skipped {skipped} calibration samples with NaN/Inf values")
     log(f"calibrating on {min(len(samples), options.samples)} samples ({options.method})")
-    result = quantize_model(model, target, samples, options, stats_path=stats_path, progress=progress)
+    hint = (
+        "the model ran on the verification inputs but not on these samples: give calibration data of "
+        "the shapes and values it accepts"
+    )
+    with run_context(hint, f"calibration on {calibration_data}"):
+        result = quantize_model(model, target, samples, options, stats_path=stats_path, progress=progress)
+    if skipped:  # recorded only when it happened: manifests of clean data stay as they were
+        result.report["samples"]["skipped_nonfinite"] = skipped
     problems = lint(result.model, target)
     if problems:
         raise AssertionError(f"int8 graph breaks the {target} Q/DQ rules: {problems[0]}")

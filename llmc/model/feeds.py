@@ -12,10 +12,16 @@ Decoders with a KV cache (inputs ``past_key_values.*`` / ``past_*`` of rank 4, t
 and ONNX Runtime GenAI convention) get consistent feeds: the attention mask's length is
 ``past + sequence`` and ``position_ids`` count on from the cache, ``past .. past + sequence - 1``,
 which is what a generation loop feeds and what fused attention kernels assume.
+
+Refused before anything runs: a generated input over ``FEED_LIMIT_BYTES`` (16 GiB) or over the
+memory available at the time, before numpy allocates it; given inputs (``--inputs``) whose
+fixed dims or shared symbols disagree with the model; and any input with no elements (the
+outputs would be empty, so verification would prove nothing), except a decoder's empty KV cache.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +33,10 @@ from llmc.model.shape_specs import parse_shape_sets, parse_shape_specs  # noqa: 
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 128
+# A generated input over this many bytes (or over the memory available now, if less) is refused
+# before numpy allocates it: real transformer inputs are kilobytes to megabytes, and a declared
+# dim such as 2**40 would otherwise ask for terabytes.
+FEED_LIMIT_BYTES = 16 * 2**30
 
 
 def resolve_shapes(
@@ -82,6 +92,9 @@ def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 
     """Seeded inputs of the given shapes, with valid index ranges for embedding lookups."""
     rng = np.random.default_rng(seed)
     inputs = _runtime_inputs(model)
+    limit = _feed_limit()
+    for name, value in inputs.items():
+        _check_feed_size(value, shapes[name], limit)
     feeds = {}
     for name, value in inputs.items():
         feeds[name] = _make_array(value, shapes[name], rng)
@@ -101,13 +114,18 @@ def feeds_for(
     inputs: str | Path | dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """The given inputs (an .npz path or a dict, checked against ``model``) or seeded ones."""
+    """The given inputs (an .npz path or a dict, checked against ``model``) or seeded ones;
+    an input with no elements is refused (verification on it would prove nothing)."""
     if inputs is None:
-        return make_feeds(model, shapes, seed)
-    if isinstance(inputs, dict):
+        feeds = make_feeds(model, shapes, seed)
+        origin = ""
+    elif isinstance(inputs, dict):
         check_feeds(model, inputs, "inputs")
-        return inputs
-    return load_feeds(inputs, model)
+        feeds, origin = inputs, "inputs: "
+    else:
+        feeds, origin = load_feeds(inputs, model), f"{inputs}: "
+    check_not_empty(model, feeds, origin)
+    return feeds
 
 
 def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.ndarray]:
@@ -143,6 +161,85 @@ def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> N
                 f"{origin}: input '{name}' has rank {array.ndim} but the model expects "
                 f"{len(value.shape)} ({_format_shape(value.shape)})"
             )
+    _check_dims(inputs, feeds, origin)
+
+
+def _check_dims(inputs: dict[str, ir.Value], feeds: dict[str, np.ndarray], origin: str) -> None:
+    """Fixed dims must match; a symbol (dim_param) names one size across every input."""
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, value in inputs.items():
+        given = feeds[name].shape
+        for axis, dim in enumerate(value.shape or ()):
+            if isinstance(dim, int) and given[axis] != dim:
+                raise LlmcError(
+                    f"{origin}: input '{name}' has shape {_format_dims(given)} but the model expects "
+                    f"{_format_shape(value.shape)} (axis {axis} is fixed to {dim})"
+                )
+            if not isinstance(dim, ir.SymbolicDim) or not dim.value:
+                continue
+            size, first = symbols.setdefault(dim.value, (given[axis], name))
+            if size != given[axis]:
+                raise LlmcError(
+                    f"{origin}: input '{name}' has shape {_format_dims(given)} but the model expects "
+                    f"{_format_shape(value.shape)} with {dim.value}={size}, as in input '{first}'"
+                )
+
+
+def check_not_empty(model: ir.Model, feeds: dict[str, np.ndarray], origin: str = "") -> None:
+    """Refuse an input with no elements: outputs computed from it compare nothing. A decoder's
+    empty KV cache (0 only on the cache-length axis, the first generation step) is allowed."""
+    inputs = _runtime_inputs(model)
+    layout = _decoder_layout(inputs)
+    for name, array in feeds.items():
+        if array.size or (layout is not None and _empty_cache(inputs.get(name), array, layout.past)):
+            continue
+        raise LlmcError(
+            f"{origin}input '{name}' has no elements (shape {_format_dims(array.shape)}), so verification "
+            f"would compare empty outputs and prove nothing; give a non-empty shape with --shape {name}=... "
+            "or real data with --inputs FILE.npz"
+        )
+
+
+def _empty_cache(value: ir.Value | None, array: np.ndarray, past: str) -> bool:
+    """Whether ``array`` is empty only along the axes the model declares as the cache length."""
+    if value is None or value.shape is None or len(value.shape) != array.ndim:
+        return False
+    zeros = [axis for axis, size in enumerate(array.shape) if size == 0]
+    return all(isinstance(value.shape[a], ir.SymbolicDim) and value.shape[a].value == past for a in zeros)
+
+
+def _feed_limit() -> int:
+    """Bytes a generated input may take: FEED_LIMIT_BYTES, or the memory available if less."""
+    import psutil
+
+    return min(FEED_LIMIT_BYTES, psutil.virtual_memory().available)
+
+
+def _check_feed_size(value: ir.Value, shape: tuple[int, ...], limit: int) -> None:
+    """Refuse a generated input too large to allocate, before numpy tries."""
+    try:
+        dtype = np.dtype(value.dtype.numpy())  # type: ignore[union-attr]
+    except Exception:  # no or an odd element type: _make_array says so
+        return
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes <= limit:
+        return
+    what = "llmc's limit for a generated input" if limit == FEED_LIMIT_BYTES else "the memory available"
+    raise LlmcError(
+        f"input '{value.name}' at shape {_format_dims(shape)} ({dtype}) would take {_format_bytes(nbytes)}, "
+        f"over {what} ({_format_bytes(limit)}); give it a smaller shape with --shape {value.name}=..."
+    )
+
+
+def _format_bytes(nbytes: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _format_dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
 
 
 def check_input_names(inputs, feeds, origin: str, what: str = "inputs") -> None:

@@ -24,3 +24,10 @@ def cache_root() -> Path:
     statistics and TensorRT engines live in folders below it)."""
     root = os.environ.get("LLMC_CACHE_DIR")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "llmc"
+
+
+DATA_FILE = MODEL_FILE + ".data"  # external weights, when the model has them
+PLAN_FILE = "model.plan"  # a TensorRT engine
+CALIBRATION_FILE = "calibration.json"  # int8 calibration statistics
+# Every file an artifact directory may hold (a manifest may list more, e.g. a tokenizer's).
+ARTIFACT_FILES = frozenset({MODEL_FILE, DATA_FILE, MANIFEST_FILE, PLAN_FILE, CALIBRATION_FILE})

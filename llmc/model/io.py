@@ -31,6 +31,8 @@ PROTO_LIMIT_BYTES = 2**31 - 64 * 2**20
 # 2.0 s and +1.0 GB RSS through bytes, 1.2 s and +0.3 GB through a file).
 IN_MEMORY_LIMIT_BYTES = 32 * 2**20
 EXTERNAL_DATA_SUFFIX = ".data"
+# The temporary directories of ort_model_source: files in them are not named in errors.
+SESSION_COPY_PREFIX = "llmc-session-"
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -42,23 +44,64 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise LlmcError(f"{path}: is a directory; pass the .onnx file inside it")
     proto = _parse_proto(path)
     _check_external_data(proto, path)
+    _check_single_producers(proto.graph, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # a proto that parses but is not a coherent model
         raise LlmcError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     _check_defined_values(model.graph, path)
-    normalize(model)
+    normalize(model, path)
     return model
 
 
-def normalize(model: ir.Model) -> None:
-    """Put the graph in topological order and give every value a unique, deterministic name."""
+def normalize(model: ir.Model, origin: str | os.PathLike | None = None) -> None:
+    """Put the graph in topological order and give every value a unique, deterministic name.
+
+    ``origin`` (the model's file, if any) is named in the error for a cyclic graph.
+    """
     try:
         common_passes.TopologicalSortPass()(model)
     except Exception as exc:
-        raise LlmcError(f"the graph has a cycle and cannot be ordered ({first_line(exc)})") from None
+        where = f"{origin}: " if origin is not None else ""
+        cycle = find_cycle(model.graph)
+        if not cycle:
+            raise LlmcError(f"{where}the graph cannot be ordered ({first_line(exc)}); re-export the model") from None
+        path = " -> ".join(f"'{n.name}' ({n.op_type})" for n in [*cycle, cycle[0]][:8])
+        raise LlmcError(
+            f"{where}the graph has a cycle through node {path} (each depends on its own output); "
+            "re-export the model or fix those nodes' inputs"
+        ) from None
     common_passes.NameFixPass()(model)
+
+
+def find_cycle(graph: ir.Graph) -> list[ir.Node]:
+    """The nodes of one cycle of ``graph``'s top level, in data-flow order, or [] if it has none."""
+    nodes = list(graph)
+    inside = set(nodes)
+    preds = {n: {v.producer() for v in n.inputs if v is not None and v.producer() in inside} for n in nodes}
+    # Drop every node with no remaining predecessor (Kahn): what is left has a cycle upstream.
+    users: dict[ir.Node, list[ir.Node]] = {n: [] for n in nodes}
+    for node, before in preds.items():
+        for pred in before:
+            users[pred].append(node)
+    waiting = {n: len(before) for n, before in preds.items()}
+    ready = [n for n, count in waiting.items() if count == 0]
+    while ready:
+        node = ready.pop()
+        del waiting[node]
+        for user in users[node]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    if not waiting:
+        return []
+    # Walk predecessors inside the remainder until a node repeats: that node is on a cycle.
+    node, seen = next(iter(waiting)), []
+    while node not in seen:
+        seen.append(node)
+        node = next(p for p in preds[node] if p in waiting)
+    return list(reversed(seen[seen.index(node):]))
 
 
 def save_model(
@@ -76,7 +119,11 @@ def save_model(
     if external_data:
         # Tensors still mapped from the destination would be invalidated by the overwrite.
         ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
-        return [path, path.parent / data_name]
+        data = path.parent / data_name
+        if data.stat().st_size == 0:  # no tensor over the threshold: no data file to ship
+            data.unlink()
+            return [path]
+        return [path, data]
     if _has_external_tensors(model):
         # Weights mapped from the source's data file: bring them into memory to inline them.
         ir.external_data.load_to_model(model)
@@ -99,10 +146,16 @@ def ort_model_source(model: ir.Model) -> Iterator[bytes | str]:
     if not _has_external_tensors(model) and weights_nbytes(model) < IN_MEMORY_LIMIT_BYTES:
         yield ir.serde.serialize_model(model).SerializeToString()
         return
-    with tempfile.TemporaryDirectory(prefix="llmc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=SESSION_COPY_PREFIX) as tmp:
         path = Path(tmp) / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data", size_threshold_bytes=1024)
         yield str(path)
+
+
+def is_session_copy(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file of :func:`ort_model_source` (not the user's model)."""
+    parent = Path(path).parent
+    return parent.name.startswith(SESSION_COPY_PREFIX) and parent.parent == Path(tempfile.gettempdir())
 
 
 def _has_external_tensors(model: ir.Model) -> bool:
@@ -161,12 +214,40 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                 f"{path}: initializer '{tensor.name}' needs external data file '{location}', "
                 "which is missing; copy it beside the model"
             )
+        links = target.stat().st_nlink
+        if links > 1:  # onnx-ir refuses to read these (a hard link could expose another file)
+            raise LlmcError(
+                f"{path}: external data file '{location}' has {links} hard links, which onnx-ir refuses to read; "
+                f"replace it with a copy of its own (cp '{location}' x.tmp && mv x.tmp '{location}')"
+            )
         end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
         if end > target.stat().st_size:
             raise LlmcError(
                 f"{path}: external data file '{location}' is shorter than initializer "
                 f"'{tensor.name}' needs ({end} bytes); the file is truncated"
             )
+
+
+def _check_single_producers(graph: onnx.GraphProto, path: Path) -> None:
+    """Every tensor has one producer: a name written by two nodes (or by a node and a graph
+    input or initializer) is one error naming it and both writers."""
+    writers = {name: "the graph input" for name in (v.name for v in graph.input) if name}
+    writers.update({t.name: "an initializer" for t in graph.initializer if t.name})
+    for index, node in enumerate(graph.node):
+        here = f"node '{node.name}' ({node.op_type})" if node.name else f"node #{index} ({node.op_type}, unnamed)"
+        for name in node.output:
+            if not name:
+                continue
+            if name in writers:
+                by = f"twice by {here}" if writers[name] == here else f"by {writers[name]} and {here}"
+                raise LlmcError(
+                    f"{path}: tensor '{name}' is written {by}; every tensor must have one producer: "
+                    "rename one of the outputs or re-export the model"
+                )
+            writers[name] = here
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _check_single_producers(sub, path)
 
 
 def _check_defined_values(graph: ir.Graph, path: Path) -> None:

@@ -159,3 +159,190 @@ def test_bad_inputs_npz(tmp_path, relu_model):
     _assert_one_line_error(_build(relu_model, tmp_path, "--inputs", str(path)), "int64", "float32")
     np.savez(path, q=np.ones((2, 3), np.float32))
     _assert_one_line_error(_build(relu_model, tmp_path, "--inputs", str(path)), "missing: x")
+
+
+# -- issue 17: every bad input is one clean line ----------------------------------------------
+
+
+def _save(tmp_path: Path, name: str, nodes, inputs=(X,), outputs=(Y,), initializers=()) -> Path:
+    path = tmp_path / name
+    onnx.save(make_model(list(nodes), list(inputs), list(outputs), list(initializers)), path)
+    return path
+
+
+def _reshape_model(tmp_path: Path, target=(4, 4), x_shape=(2, 3)) -> Path:
+    """x -> Reshape(x, target) -> y: ONNX Runtime fails at run time when the sizes differ."""
+    shape = onnx.numpy_helper.from_array(np.array(target, np.int64), "shape")
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x_shape))
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(target))
+    node = oh.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")
+    return _save(tmp_path, "reshape.onnx", [node], [x], [y], [shape])
+
+
+def test_huge_declared_dim_is_refused_before_allocating(tmp_path):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2**40, 3])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2**40, 3])
+    path = _save(tmp_path, "huge.onnx", [oh.make_node("Relu", ["x"], ["y"])], [x], [y])
+    result = _build(path, tmp_path)
+    _assert_one_line_error(result, "input 'x'", "1099511627776x3", "TiB", "--shape x=")
+
+
+def test_source_model_failing_in_onnxruntime_names_file_and_node(tmp_path):
+    path = _reshape_model(tmp_path)
+    result = _build(path, tmp_path)
+    _assert_one_line_error(result, "reshape.onnx", "node 'bad_reshape' (Reshape)", "cannot be reshaped", "--shape")
+    assert "onnxruntime_src" not in result.output
+
+
+def test_check_names_the_failing_node(tmp_path):
+    path = _reshape_model(tmp_path)
+    result = runner.invoke(app, ["check", str(path), str(path)])
+    _assert_one_line_error(result, "reshape.onnx", "node 'bad_reshape'", "ORIGINAL fails")
+
+
+def test_inputs_npz_with_a_wrong_dim_names_given_and_expected_shape(tmp_path):
+    model = _save(tmp_path, "relu.onnx", [oh.make_node("Relu", ["x"], ["y"])])
+    path = tmp_path / "in.npz"
+    np.savez(path, x=np.ones((2, 4), np.float32))
+    result = _build(model, tmp_path, "--inputs", str(path))
+    _assert_one_line_error(result, "in.npz", "input 'x'", "2x4", "2x3")
+
+
+@pytest.mark.parametrize(
+    "inputs, outputs, fragments",
+    [
+        ([oh.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [2, 3])], [Y], ["different inputs", "x vs z"]),
+        ([oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 3])], [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 3])], ["input 'x'", "[2, 3]", "[4, 3]"]),
+        ([X], [oh.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [2, 3])], ["different outputs", "y vs w"]),
+    ],
+)
+def test_check_refuses_models_with_different_interfaces(tmp_path, inputs, outputs, fragments):
+    original = _save(tmp_path, "a.onnx", [oh.make_node("Relu", ["x"], ["y"])])
+    name_in, name_out = inputs[0].name, outputs[0].name
+    other = _save(tmp_path, "b.onnx", [oh.make_node("Relu", [name_in], [name_out])], inputs, outputs)
+    _assert_one_line_error(runner.invoke(app, ["check", str(original), str(other)]), *fragments)
+
+
+def _int8_model(tmp_path: Path, reshape: bool = False) -> Path:
+    """x [batch, 32] -> Neg -> MatMul (a weight int8 can take) [-> Reshape to 2x32] -> Relu -> y."""
+    k = 32
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", k])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, k] if reshape else ["batch", k])
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, k)).astype(np.float32), "w")
+    shape = onnx.numpy_helper.from_array(np.array([2, k], np.int64), "shape")
+    nodes = [oh.make_node("Neg", ["x"], ["n"], name="neg"), oh.make_node("MatMul", ["n", "w"], ["h"], name="mm")]
+    if reshape:
+        nodes.append(oh.make_node("Reshape", ["h", "shape"], ["r"], name="to_pair"))
+    nodes.append(oh.make_node("Relu", ["r" if reshape else "h"], ["y"], name="relu"))
+    return _save(tmp_path, "mm.onnx", nodes, [x], [y], [w, shape] if reshape else [w])
+
+
+def _calibration_dir(tmp_path: Path, n: int, bad: dict[int, float]) -> Path:
+    directory = tmp_path / "calib"
+    directory.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        x = rng.standard_normal((1, 32)).astype(np.float32)
+        if i in bad:
+            x[0, 2] = bad[i]
+        np.savez(directory / f"{i:02d}.npz", x=x)
+    return directory
+
+
+def test_calibration_run_failing_in_onnxruntime_names_node_and_data(tmp_path):
+    model = _int8_model(tmp_path, reshape=True)
+    data = _calibration_dir(tmp_path, 3, {})
+    result = _build(model, tmp_path, "--precision", "int8", "--calibration-data", str(data), "--shape", "x=2x32")
+    _assert_one_line_error(result, "calibration on", "calib", "node 'to_pair' (Reshape)", "calibration data")
+
+
+def test_non_finite_calibration_samples_are_skipped_and_counted(tmp_path):
+    import json
+
+    data = _calibration_dir(tmp_path, 6, {1: np.nan, 3: np.inf})
+    result = _build(_int8_model(tmp_path), tmp_path, "--precision", "int8", "--calibration-data", str(data))
+    assert result.exit_code == 0, result.output
+    samples = json.loads((tmp_path / "out" / "manifest.json").read_text())["quantization"]["samples"]
+    assert samples["calibration"] == 4 and samples["skipped_nonfinite"] == 2
+
+
+def test_calibration_data_with_no_finite_sample_is_refused(tmp_path):
+    data = _calibration_dir(tmp_path, 2, {0: np.nan, 1: -np.inf})
+    result = _build(_int8_model(tmp_path), tmp_path, "--precision", "int8", "--calibration-data", str(data))
+    _assert_one_line_error(result, "calib", "every sample (2)", "NaN or Inf")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_tolerance_must_be_finite_and_not_negative(tmp_path, relu_model, value):
+    result = _build(relu_model, tmp_path, "--tolerance", value)
+    _assert_one_line_error(result, "--tolerance", value.replace("-1", "-1.0"))
+    assert "--diff-each" not in result.output
+
+
+def test_empty_passes_is_refused(tmp_path, relu_model):
+    _assert_one_line_error(_build(relu_model, tmp_path, "--passes", ""), "--passes is empty", "llmc passes")
+
+
+def test_negative_threads_is_refused(tmp_path, relu_model):
+    _assert_one_line_error(_build(relu_model, tmp_path, "--threads", "-3"), "--threads", "-3")
+
+
+def test_source_giving_nan_on_seeded_inputs_is_refused(tmp_path):
+    path = _save(tmp_path, "log.onnx", [oh.make_node("Log", ["x"], ["y"])])  # log of N(0, 1) samples
+    result = _build(path, tmp_path)
+    _assert_one_line_error(result, "output 'y'", "NaN", "proves nothing", "--inputs")
+
+
+def test_zero_sized_input_is_refused(tmp_path):
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [0, 3])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [0, 3])
+    path = _save(tmp_path, "empty_input.onnx", [oh.make_node("Relu", ["x"], ["y"])], [x], [y])
+    _assert_one_line_error(_build(path, tmp_path), "input 'x'", "no elements", "0x3")
+
+
+def test_zero_dim_given_with_shape_is_refused(tmp_path, relu_model):
+    _assert_one_line_error(_build(relu_model, tmp_path, "--shape", "x=0x3"), "input 'x'", "no elements")
+
+
+def test_cyclic_graph_names_a_node_of_the_cycle_and_the_file(tmp_path):
+    nodes = [
+        oh.make_node("Add", ["x", "b"], ["a"], name="n1"),
+        oh.make_node("Relu", ["a"], ["b"], name="n2"),
+        oh.make_node("Relu", ["a"], ["y"], name="n3"),
+    ]
+    result = _build(_save(tmp_path, "cycle.onnx", nodes), tmp_path)
+    _assert_one_line_error(result, "cycle.onnx", "cycle", "'n1' (Add)", "'n2' (Relu)")
+    assert "'n3'" not in result.output
+
+
+def test_tensor_written_by_two_nodes_names_it_and_the_file(tmp_path):
+    nodes = [oh.make_node("Relu", ["x"], ["y"], name="first"), oh.make_node("Neg", ["x"], ["y"], name="second")]
+    result = _build(_save(tmp_path, "twice.onnx", nodes), tmp_path)
+    _assert_one_line_error(result, "twice.onnx", "tensor 'y'", "'first'", "'second'")
+    assert "_deserialize_graph" not in result.output
+
+
+def test_external_data_on_a_tiny_model_writes_no_empty_data_file(tmp_path, relu_model):
+    import json
+
+    result = _build(relu_model, tmp_path, "--external-data")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert not (out / "model.onnx.data").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifact"]["files"] == ["model.onnx"] and manifest["artifact"]["external_data"] is False
+
+
+def test_plot_into_a_missing_directory_is_refused_without_creating_it(tmp_path, relu_model):
+    plot = tmp_path / "nonexistent" / "dir" / "x.png"
+    result = runner.invoke(app, ["inspect", str(relu_model), "--memory", "--plot", str(plot)])
+    _assert_one_line_error(result, "--plot", "does not exist")
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_hard_linked_external_data_is_refused(tmp_path):
+    import os
+
+    path = _external_model(tmp_path, "ext.data")
+    os.link(tmp_path / "ext.data", tmp_path / "another-name.data")
+    _assert_one_line_error(_build(path, tmp_path), "edited.onnx", "ext.data", "hard links", "copy")

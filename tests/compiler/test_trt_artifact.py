@@ -8,6 +8,7 @@ refusals of ``llmc.load``) runs for real. The real build is in test_trt_backend 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -103,9 +104,15 @@ def test_load_refuses_a_tampered_or_foreign_plan(fake_trt, tmp_path, tiny_bert_d
     _patch_detect(monkeypatch, "device_info", lambda device=0: {"gpu": "A10", "compute_capability": "8.6", "cuda": "12"})
     with pytest.raises(LlmcError, match="compute capability 9.0.*8.6"):
         llmc.load(artifact.path)
-    # A modified plan: HMAC mismatch, checked before TensorRT is even needed.
+    # A modified plan: refused by the artifact's sha256, checked before TensorRT is even needed.
     plan.write_bytes(plan.read_bytes() + b"\x00")
     _patch_detect(monkeypatch, "tensorrt_version", lambda: (_ for _ in ()).throw(AssertionError("not reached")))
+    with pytest.raises(LlmcError, match="model.plan: sha256 does not match"):
+        llmc.load(artifact.path)
+    # ... and by its HMAC when the manifest's hashes are rewritten to match.
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    manifest["artifact"]["sha256"]["model.plan"] = hashlib.sha256(plan.read_bytes()).hexdigest()
+    (artifact.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(LlmcError, match="HMAC mismatch"):
         llmc.load(artifact.path)
     # Another machine's key.

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.helper as oh
 import onnx_ir as ir
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +21,7 @@ from llmc.int8.lint import lint
 from llmc.int8.numerics import fake_weight, uint8_params, weight_per_channel
 from llmc.int8.stats import METHODS, TensorStats
 from llmc.model import io as model_io
+from tests.helpers import make_model
 
 runner = CliRunner()
 
@@ -357,3 +360,22 @@ def test_cli_int8_build_prints_the_report(tmp_path, tiny_bert_dynamo):
     assert "accuracy on 8 held-out samples" in result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["precision"] == "int8" and (tmp_path / "o" / "calibration.json").is_file()
+
+
+def test_int8_build_with_nothing_worth_quantizing_writes_the_float_graph(tmp_path):
+    """A model whose only MatMul is too small to quantize (calibration captured no tensor)."""
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 4])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 4])
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["s"]), oh.make_node("Relu", ["s"], ["y"])]
+    onnx.save(make_model(nodes, [x], [y], [w]), tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        np.savez(tmp_path / "calib" / f"{i}.npz", x=rng.random((1, 4), dtype=np.float32))
+    artifact = llmc.build(
+        tmp_path / "m.onnx", precision="int8", calibration_data=tmp_path / "calib", output=tmp_path / "o",
+        quantization=llmc.int8.quantize.QuantizeOptions(samples=4, holdout=4),
+    )
+    assert artifact.manifest["quantization"]["nodes_quantized"] == 0
+    artifact.load().run({"x": np.ones((1, 4), np.float32)})

@@ -46,8 +46,10 @@ from typing import Any
 
 import onnx_ir as ir
 
+from llmc.backends.ort.errors import checked_session_type, current_context, located
 from llmc.errors import LlmcError, first_line
 from llmc.model.files import cache_root
+from llmc.model.io import is_session_copy
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 DEVICE_PROVIDERS = {
@@ -235,18 +237,19 @@ def create_session(
 
     Raises (or, with ``config.fallback``, warns) when ONNX Runtime did not enable the first
     provider of the device: it drops a provider whose libraries fail to load without an error.
+    The session's runs turn ONNX Runtime failures into one line (:mod:`.errors`).
     """
-    import onnxruntime as ort
-
     entries = config.provider_entries()
     providers = [name for name, _ in entries]
     provider_options = [options for _, options in entries]
     _make_cache_dirs(provider_options)
     if isinstance(source, os.PathLike):
         source = str(source)
+    # The file is named in errors, unless it is a temporary copy of an in-memory model.
+    origin = source if isinstance(source, str) and not is_session_copy(source) else None
     kwargs = {"disabled_optimizers": list(config.disabled_optimizers)} if config.disabled_optimizers else {}
     try:
-        session = ort.InferenceSession(
+        session = checked_session_type()(
             source,
             sess_options=config.session_options(),
             providers=providers,
@@ -254,7 +257,8 @@ def create_session(
             **kwargs,
         )
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise explain_ort_error(exc, model) from None
+        raise located(explain_ort_error(exc, model), origin) from None
+    session.llmc_origin = origin  # run failures name the file
     check_active_provider(session, providers[0], config.fallback)
     return session
 
@@ -440,7 +444,9 @@ def explain_ort_error(exc: BaseException, model: ir.Model | None) -> LlmcError:
             f"the model uses opset {m.group(1)}, which onnxruntime {version} cannot run{supported}; "
             "re-export with a lower opset (torch.onnx.export(..., opset_version=20)) or upgrade onnxruntime"
         )
-    return LlmcError(f"onnxruntime {version} cannot load the model: {first_line(text)}")
+    context = current_context()
+    hint = f"; {context.hint}" if context else ""
+    return LlmcError(f"onnxruntime {version} cannot load the model: {first_line(text)}{hint}")
 
 
 def _unknown_op_error(model: ir.Model | None, domain: str, op: str, version: str) -> LlmcError:

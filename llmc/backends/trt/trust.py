@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.model.files import PLAN_FILE
 
-PLAN_FILE = "model.plan"
 KEY_BYTES = 32
 _REQUIRED = ("sha256", "hmac", "key_id", "tensorrt_version", "compute_capability")
 
