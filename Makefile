@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[export,dev]'
+	$(PIP) install -q -e '.[cpu,export,dev]'
+	@if [ "$(notdir $(CURDIR))" = llmc ]; then echo "warning: this checkout is a folder named llmc: a script run from its parent folder imports it (an empty namespace package) instead of llmc; see README, Set-up" >&2; fi
 	touch $(STAMP)
 
 demo: install

@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from llmc.cli.app import app, console, user_errors
+from llmc.cli.app import LlmcTyper, app, console, user_errors
 
-cache_app = typer.Typer(
+cache_app = LlmcTyper(
     help="The build cache: artifacts and int8 calibration statistics by content key (also TensorRT engines).",
     no_args_is_help=True,
 )
@@ -38,7 +38,7 @@ def info() -> None:
 
     cache = BuildCache()
     entries = cache.entries()
-    console.print(f"cache: {escape(str(cache.root))} (LLMC_CACHE_DIR){'  [disabled: LLMC_NO_CACHE]' if cache_disabled() else ''}")
+    console.print(f"cache: {escape(str(cache.root))} (LLMC_CACHE_DIR){escape('  [disabled: LLMC_NO_CACHE]') if cache_disabled() else ''}")
     for section in ("builds", "calibration"):
         found = [e for e in entries if e[0] == section]
         console.print(f"{section}: {len(found)} entries, {_mb(sum(e[2] for e in found))}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
 from llmc.cli.app import InputsOpt, SeedOpt, ShapeOpt, app, user_errors
-from llmc.cli.render import print_agreement
+from llmc.cli.render import print_agreement, print_precision_hint, print_precision_tolerance
 
 
 @app.command()
@@ -19,8 +19,12 @@ def check(
     shape: ShapeOpt = None,
     inputs: InputsOpt = None,
     tolerance: Annotated[
-        float, typer.Option(help="Max abs error allowed, relative to each output's scale.")
-    ] = 1e-4,
+        Optional[float],
+        typer.Option(
+            help="Max abs error allowed, relative to each output's scale.",
+            show_default="1e-4; an fp16 artifact's: 1e-2",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
@@ -33,6 +37,7 @@ def check(
 
     source = load_model(original)
     candidate_path = _artifact_model(artifact)
+    manifest, tolerance = _precision_tolerance(artifact, tolerance)
     candidate = load_model(candidate_path)
     check_same_interface(source, candidate, (str(original), str(candidate_path)))
     feeds = feeds_for(source, resolve_shapes(source, parse_shape_specs(shape))[0], inputs, seed)
@@ -44,6 +49,7 @@ def check(
     result = compare_outputs(ref, out, tolerance)
     print_agreement(result)
     if not result.passed:
+        print_precision_hint(manifest, result)
         raise typer.Exit(1)
 
 
@@ -54,3 +60,21 @@ def _artifact_model(path: Path) -> Path:
     from llmc.compiler.artifact import read_artifact
 
     return read_artifact(path).model_path
+
+
+def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[dict[str, Any] | None, float]:
+    """ARTIFACT's manifest (None for a plain model) and the tolerance: given, or its precision's."""
+    from llmc.compiler.options import TOLERANCE
+
+    manifest = None
+    if path.is_dir():
+        from llmc.compiler.artifact import read_artifact
+
+        manifest = read_artifact(path, check=False).manifest  # checked by _artifact_model already
+    if tolerance is not None:
+        return manifest, tolerance
+    precision = (manifest or {}).get("precision", "fp32")
+    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    if tolerance != TOLERANCE["fp32"]:
+        print_precision_tolerance(precision, tolerance)
+    return manifest, tolerance

@@ -6,6 +6,7 @@ shared console; none computes anything the artifact or the JSON output would lac
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,7 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
     if shapes["assumed"]:
         assumed = ", ".join(f"{k}={v}" for k, v in shapes["assumed"].items())
         console.print(f"assumed symbolic dims: {assumed} (set them with --shape NAME=DxD)")
-    v = manifest["verification"]
-    console.print(
-        f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; "
-        f"verified against the source: max abs error {v['max_abs_error']:.3g}, "
-        f"max rel error {v['max_rel_error']:.3g}, cosine min {v['cosine_min']:.6f}"
-    )
+    console.print(f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; {_verified(manifest)}")
     _print_fusion(manifest, explain_fusion)
     _print_build_memory(manifest.get("memory"))
     if "quantization" in manifest:
@@ -77,6 +73,21 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
     if cache and cache.get("hit"):
         console.print(f"from the build cache (key {cache['key'][:12]}, {cache.get('seconds', 0):.2f} s): an identical build")
     console.print(f"artifact: {escape(str(path))}")
+
+
+def _verified(manifest: dict[str, Any]) -> str:
+    """What the build checked against the source model (the manifest's ``verification``)."""
+    v = manifest["verification"]
+    errors = (
+        f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}, "
+        f"cosine min {v['cosine_min']:.6f}"
+    )
+    if "quantization" in manifest:
+        # The tolerance judged the fp32 graph the passes wrote; the int8 graph has its own budget.
+        return f"the passes' fp32 graph verified against the source: {errors}; int8 judged by its accuracy budget"
+    if manifest.get("precision") == "fp16":
+        return f"verified against the source (float16 emulated on CPU): {errors}"
+    return f"verified against the source: {errors}"
 
 
 def _print_fp16(f: dict[str, Any]) -> None:
@@ -314,6 +325,39 @@ def print_agreement(result: Any) -> None:
             "ok" if o.passed else f"FAIL: {o.reason}",
         )
     console.print(table)
+
+
+def print_precision_tolerance(precision: str, tolerance: float) -> None:
+    """``llmc check`` of an fp16/int8 artifact without --tolerance: which one it uses."""
+    console.print(f"tolerance {tolerance:g}: the default for {precision} artifacts (set it with --tolerance)")
+
+
+def print_precision_hint(manifest: dict[str, Any] | None, result: Any) -> None:
+    """Why an fp16/int8 artifact can miss the tolerance, what its build measured, what to pass."""
+    precision = (manifest or {}).get("precision", "fp32")
+    if precision == "fp32":
+        return
+    worst = max((o.max_rel_error for o in result.outputs), default=0.0)
+    loose = 10 ** math.ceil(math.log10(worst)) if worst > 0 else 1e-4
+    q = (manifest or {}).get("quantization")
+    if q is not None:
+        acc = q["accuracy"]
+        measured = (
+            f"cosine mean {acc['cosine_mean']:.5f}, worst {acc['cosine_worst']:.5f} to fp32 on {acc['holdout']} "
+            f"held-out samples (budget: mean >= {acc['budget']})"
+            if acc.get("holdout") else acc.get("note", "no accuracy measured")
+        )
+        console.print(
+            f"ARTIFACT is an int8 build: it is not meant to match within fp32's tolerance; its build measured "
+            f"{measured}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g}) "
+            "or read the cosine column"
+        )
+        return
+    built = manifest["verification"].get("tolerance") if manifest else None
+    console.print(
+        f"ARTIFACT is an {precision} build (verified at tolerance {built}); compare it with --tolerance {loose:g} "
+        f"(this run's worst max rel error {worst:.3g})"
+    )
 
 
 def print_benchmark(results: list[Any], runs: int) -> None:

@@ -3,7 +3,9 @@
 onnx-ir's own ``PassManager`` runs a fixed list of pass objects; ours adds what a compiler
 driver needs on top of it: passes created by name from the registry with the build's options,
 bounded fixed-point groups, and instruments (timing, verify-each, IR dumps, differential
-checks) that observe every pass without being passes themselves.
+checks) that observe every pass without being passes themselves. The validity check
+(``llmc.passes.validity``) is on by default: after every pass that changed the model, the ONNX
+checker and strict shape inference, so an invalid graph names the pass that wrote it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from llmc.model.values import count_nodes
 from llmc.passes.instruments import Instrument, PassRecord, TimingInstrument
 from llmc.passes.pipeline import FixedPoint, Pipeline, Step
 from llmc.passes.registry import PassOptions, get_pass
+from llmc.passes.validity import ValidityInstrument
 
 
 class PassManager:
@@ -24,11 +27,15 @@ class PassManager:
         pipeline: Pipeline,
         options: PassOptions | None = None,
         instruments: list[Instrument] | None = None,
+        validate: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.options = options or PassOptions()
         self.timing = TimingInstrument()
-        self.instruments: list[Instrument] = [self.timing, *(instruments or [])]
+        # Validity last: the caller's instruments (an IR dump of the broken graph) see the pass first.
+        self.validity = ValidityInstrument() if validate else None
+        checks: list[Instrument] = [self.validity] if self.validity else []
+        self.instruments: list[Instrument] = [self.timing, *(instruments or []), *checks]
 
     @property
     def records(self) -> list[PassRecord]:

@@ -82,6 +82,7 @@ def eliminate_inference_dropouts(model: ir.Model) -> int:
         graph = node.graph
         assert graph is not None
         identity = ir.node("Identity", [node.inputs[0]], num_outputs=1)
+        identity.outputs[0].type, identity.outputs[0].shape = node.outputs[0].type, node.outputs[0].shape
         graph.insert_before(node, identity)
         ir.convenience.replace_all_uses_with(node.outputs[0], identity.outputs[0], replace_graph_outputs=True)
         identity.outputs[0].name, node.outputs[0].name = node.outputs[0].name, None

@@ -78,3 +78,47 @@ def test_profile_and_its_old_name_shapes_record_the_same_profiles(tmp_path, tiny
     assert profile["attention_mask"]["max"] == [2, 32] and profile["input_ids"]["opt"] == [1, 16]
     assert _trt_profiles(tmp_path, tiny_bert_dynamo, "shapes", "--shapes", "--shapes") == profile
     assert _trt_profiles(tmp_path, tiny_bert_dynamo, "mixed", "--profile", "--shapes") == profile
+
+
+# --------------------------------------------------------------------------- what a newcomer reads
+
+
+def _usage_line(output: str) -> str:
+    return next(line for line in output.splitlines() if "Usage:" in line)
+
+
+@pytest.mark.parametrize(
+    "args, usage",
+    [
+        ([], "llmc [OPTIONS] COMMAND [ARGS]..."),
+        (["build"], "llmc build [OPTIONS] MODEL"),
+        (["check"], "llmc check [OPTIONS] ORIGINAL ARTIFACT"),
+        (["bench"], "llmc bench [OPTIONS] MODELS..."),
+        (["cache", "clear"], "llmc cache clear [OPTIONS]"),
+    ],
+)
+def test_help_reads_plainly(args, usage):
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert usage in _usage_line(result.output)
+    assert "{" not in _usage_line(result.output)
+    assert "<bool>" not in result.output  # flags take no value
+
+
+@pytest.mark.parametrize(
+    "name, default", [("build", "[default: ort]"), ("check", "[default: 0]"), ("inspect", "[default: 25]"),
+                      ("bench", "[default: 100]")],
+)
+def test_help_keeps_its_defaults(name, default):
+    out = runner.invoke(app, [name, "--help"]).output
+    assert default in out  # rich must not take "[default: ...]" for markup
+    assert "\\[default" not in out
+
+
+def test_version():
+    from llmc.version import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"llmc {__version__}"
+    assert "--version" in runner.invoke(app, ["--help"]).output

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions import shape_optimization
 
-from llmc.model.values import const_ints, same_dim, shape_gather_dim
+from llmc.model.values import const_ints, is_op, same_dim, shape_gather_dim
 
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Equal", "Greater", "Less")
 
@@ -226,6 +227,78 @@ class ExplicitReduceDefaults(pattern.RewriteRuleClassBase):
             keepdims=attributes.get_int("keepdims", 1),
             noop_with_empty_axes=attributes.get_int("noop_with_empty_axes", 0),
         )
+
+
+def _nonnegative(value: ir.Value | None, depth: int = 0) -> bool:
+    """Whether ``value`` provably holds no negative element: a constant >= 0, or data taken
+    from a ``Shape`` (through Gather / Slice / Unsqueeze / Squeeze / Reshape / Concat)."""
+    if value is None:
+        return False
+    values = const_ints(value)
+    if values is not None:
+        return all(v >= 0 for v in values)
+    node = value.producer()
+    if is_op(node, "Shape"):
+        return True
+    if depth > 4 or not is_op(node, "Gather", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Concat"):
+        return False
+    data = node.inputs if node.op_type == "Concat" else node.inputs[:1]
+    return all(_nonnegative(v, depth + 1) for v in data)
+
+
+class ExtractDim(shape_optimization.ExtractDim):
+    """onnxscript's ``Slice(Shape(Transpose(Reshape(x, Concat(d0..d3), allowzero=1))))`` -> the
+    ``d``s it selects, where a selected ``d`` may be -1 only if the dim it infers is static.
+
+    ``allowzero=1`` keeps a 0 a 0, but -1 still means "inferred": that output dim is not the
+    shape element. onnxscript's rule returns the -1 itself, and a Reshape that read the dim from
+    the Shape then gets a second -1 (OPT's ``view(bsz, -1, heads, head_dim)``). Here a -1 becomes
+    the dim shape inference gives the Reshape's output when that is an int; otherwise no match.
+    """
+
+    def check(self, context, dim0, dim1, dim2, dim3, final_shape, start, end, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if not super().check(context, dim0, dim1, dim2, dim3, final_shape, start, end):
+            return result.fail("not a full Shape of a 4-D Reshape+Transpose with constant slice bounds")
+        reshaped = final_shape.producer().inputs[0].producer().inputs[0]
+        positions = [0, 2, 1, 3][self._start_val : self._end_val]  # transposed axis -> Reshape axis
+        self._static: dict[int, int] = {}
+        for axis in positions:
+            dim = (dim0, dim1, dim2, dim3)[axis]
+            if _nonnegative(dim):
+                continue
+            inferred = reshaped.shape[axis] if reshaped.shape is not None else None
+            if const_ints(dim) != [-1] or not isinstance(inferred, int):
+                return result.fail(f"dim {axis} of the Reshape's shape may be -1 and its size is not static", dim)
+            self._static[axis] = inferred
+        return result
+
+    def rewrite(self, op, dim0, dim1, dim2, dim3, final_shape, **_):
+        if not self._static:
+            return super().rewrite(op, dim0, dim1, dim2, dim3)
+        # Static dims as initializers, one node as onnxscript's rewrite: node names stay as they were.
+        dims = (dim0, dim1, dim2, dim3)
+        parts = [
+            op.initializer(ir.tensor(np.array([self._static[a]], np.int64)), name=_free_name(final_shape, a))
+            if a in self._static
+            else dims[a]
+            for a in [0, 2, 1, 3][self._start_val : self._end_val]
+        ]
+        return op.Identity(parts[0]) if len(parts) == 1 else op.Concat(*parts, axis=0)
+
+
+def _free_name(shape: ir.Value, axis: int) -> str:
+    """``<shape>_dim<axis>``, suffixed until no initializer of the graph has the name."""
+    taken = shape.graph.initializers if shape.graph is not None else {}
+    name, n = f"{shape.name}_dim{axis}", 0
+    while name in taken:
+        n += 1
+        name = f"{shape.name}_dim{axis}_{n}"
+    return name
+
+
+def shape_rules() -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet([ExtractDim.rule()])
 
 
 def rules() -> pattern.RewriteRuleSet:

@@ -127,11 +127,9 @@ def _bias_gelu_anchor(node: ir.Node) -> bool:
 
 
 def _canonical() -> list:
-    from onnxscript.rewriter.ort_fusions import shape_optimization
-
     from llmc.passes.fusion import canonical
 
-    return [canonical.rules(), shape_optimization.rules]
+    return [canonical.rules(), canonical.shape_rules()]
 
 
 def _layer_norm() -> list:
