@@ -53,6 +53,8 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         "fusion_families": {"enabled": prep.enabled_fusions, "disabled": prep.disabled_fusions},
         "nodes": {"before": compiled.nodes_before, "after": count_nodes(precise.model)},
         "compile_seconds": round(compiled.seconds, 4),
+        # The ONNX checker after every pass and precision step (llmc.passes.validity).
+        "validity": compiled.manager.validity.to_dict() if compiled.manager.validity else None,
         "memory": memory,
         "shapes": {"inputs": {k: list(v.shape) for k, v in feeds.items()}, "assumed": prep.assumed},
         "verification": _verification(prep, comparison, precise),

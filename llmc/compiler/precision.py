@@ -48,6 +48,7 @@ def apply_precision(
         model_io.release_freed_memory()
         result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
         model_io.release_freed_memory()
+        _check_step(compiled, "int8 quantization", result.model, "rebuild with --precision fp32 and report it")
     if options.precision == "fp16" or (options.precision == "int8" and options.target == "trt"):
         converted = convert_for_build(result.model, prep.feeds, options.fp16, options.precision, prep.tolerance, log)
         if result.fp32_comparison is None:
@@ -55,7 +56,14 @@ def apply_precision(
             result.fp32_comparison = compare_outputs(compiled.reference, converted.float32_outputs, prep.tolerance)
             fail_on_mismatch(result.fp32_comparison)
         result.model, result.fp16 = converted.model, converted.report
+        _check_step(compiled, "the float16 conversion", result.model, "rebuild with --precision fp32 and report it")
     return result
+
+
+def _check_step(compiled: Compiled, step: str, model, fix: str) -> None:
+    validity = compiled.manager.validity
+    if validity is not None:
+        validity.check_step(step, model, fix)
 
 
 def _quantize(prep: Prepared, model, log: Log, progress: Progress | None, cache: BuildCache | None):

@@ -346,3 +346,25 @@ def test_hard_linked_external_data_is_refused(tmp_path):
     path = _external_model(tmp_path, "ext.data")
     os.link(tmp_path / "ext.data", tmp_path / "another-name.data")
     _assert_one_line_error(_build(path, tmp_path), "edited.onnx", "ext.data", "hard links", "copy")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["bogus"], "No such command 'bogus'"),
+        (["build", "m.onnx", "--tolerance", "abc"], "'--tolerance'"),
+        (["build", "m.onnx", "--threads", "x2"], "'--threads'"),
+        (["build", "m.onnx", "--bogus"], "No such option: --bogus"),
+        (["build"], "Missing argument"),
+        (["cache", "info", "--bogus"], "--bogus"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_1(args, fragment):
+    """Not click's boxed usage text with exit 2: the same contract as every user error."""
+    result = runner.invoke(app, args)
+    _assert_one_line_error(result, fragment, "--help")
+
+
+def test_no_arguments_prints_the_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0 and "Usage: llmc" in result.output
