@@ -8,7 +8,18 @@ from __future__ import annotations
 
 
 class LlmcError(Exception):
-    """A user-facing error: the message names the file/node/tensor and says what to do."""
+    """A user-facing error: the message names the file/node/tensor and says what to do.
+
+    The message is one line whatever it quotes: a line break inside a name from the model
+    (a tensor called "a\\nb") is shown escaped, as ``a\\nb``.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_escape_line_breaks(a) if isinstance(a, str) else a for a in args))
+
+
+def _escape_line_breaks(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def first_line(message: object, limit: int = 300) -> str:

@@ -85,7 +85,7 @@ def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
         raise LlmcError(f"{manifest_path}: is a symlink; an artifact's files are never links, rebuild it")
     try:
         manifest = json.loads(manifest_path.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise LlmcError(f"{manifest_path}: not valid JSON ({first_line(str(exc))}); rebuild the artifact") from None
     if check:
         check_manifest(path, manifest)

@@ -145,8 +145,7 @@ def load_source(model: ModelLike, source: dict[str, Any] | None = None) -> tuple
         model_io.normalize(ir_model)
         return ir_model, source or {"path": None, "sha256": model_io.ir_sha256(model)}
     if isinstance(model, onnx.ModelProto):
-        ir_model = ir.serde.deserialize_model(model)
-        model_io.normalize(ir_model)
+        ir_model = model_io.model_from_proto(model)
         digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
         return ir_model, source or {"path": None, "sha256": digest}
     raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")

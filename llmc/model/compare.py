@@ -178,7 +178,7 @@ def _same_dims(a: ir.Shape | None, b: ir.Shape | None) -> bool:
         return True
     if len(a) != len(b):
         return False
-    return all(x == y for x, y in zip(a, b, strict=True) if isinstance(x, int) and isinstance(y, int))
+    return all(x == y for x, y in zip(a, b, strict=True) if isinstance(x, int) and isinstance(y, int) and x >= 0 and y >= 0)
 
 
 def _dims(shape: ir.Shape | None) -> str:

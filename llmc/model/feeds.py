@@ -57,7 +57,7 @@ def resolve_shapes(
                 f"({_format_shape(declared)})"
             )
         for axis, dim in enumerate(declared or ()):
-            if isinstance(dim, int) and dim != dims[axis]:
+            if _fixed(dim) and dim != dims[axis]:
                 raise LlmcError(
                     f"--shape {name}: axis {axis} is fixed to {dim} in the model, not {dims[axis]}"
                 )
@@ -76,16 +76,22 @@ def resolve_shapes(
             raise LlmcError(f"input '{name}' has no declared rank; give it with --shape {name}=...")
         dims = []
         for axis, dim in enumerate(value.shape):
-            if isinstance(dim, int):
+            if _fixed(dim):
                 dims.append(dim)
                 continue
-            symbol = dim.value or f"{name}[{axis}]"
+            symbol = (dim.value if isinstance(dim, ir.SymbolicDim) else None) or f"{name}[{axis}]"
             if symbol not in symbols:
                 symbols[symbol] = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
                 assumed[symbol] = symbols[symbol]
             dims.append(symbols[symbol])
         shapes[name] = tuple(dims)
     return shapes, assumed
+
+
+def _fixed(dim: object) -> bool:
+    """A declared dim of fixed size; a negative one (-1, as some exporters write) is dynamic, as
+    ONNX Runtime reads it."""
+    return isinstance(dim, int) and dim >= 0
 
 
 def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -143,9 +149,13 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` (no pickles); an unreadable file is one error line."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise LlmcError(f"{path}: not a readable .npz file ({' '.join(str(exc).split())})") from None
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):  # a member that is not an .npy file comes back as bytes
+            raise LlmcError(f"{path}: member '{name}' is not a numpy array (.npy); write the file with np.savez")
+    return arrays
 
 
 def check_feeds(model: ir.Model, feeds: dict[str, np.ndarray], origin: str) -> None:
@@ -170,7 +180,7 @@ def _check_dims(inputs: dict[str, ir.Value], feeds: dict[str, np.ndarray], origi
     for name, value in inputs.items():
         given = feeds[name].shape
         for axis, dim in enumerate(value.shape or ()):
-            if isinstance(dim, int) and given[axis] != dim:
+            if _fixed(dim) and given[axis] != dim:
                 raise LlmcError(
                     f"{origin}: input '{name}' has shape {_format_dims(given)} but the model expects "
                     f"{_format_shape(value.shape)} (axis {axis} is fixed to {dim})"

@@ -203,6 +203,11 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if not location or "\0" in location or location in (".", ".."):
+            raise LlmcError(
+                f"{path}: initializer '{tensor.name}' has an unusable external data location {location!r}; "
+                "re-export the model"
+            )
         target = (base / location).resolve()
         if os.path.isabs(location) or not target.is_relative_to(base):
             raise LlmcError(
@@ -220,12 +225,49 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                 f"{path}: external data file '{location}' has {links} hard links, which onnx-ir refuses to read; "
                 f"replace it with a copy of its own (cp '{location}' x.tmp && mv x.tmp '{location}')"
             )
-        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        end = _extent(info, tensor.name, path)
         if end > target.stat().st_size:
             raise LlmcError(
                 f"{path}: external data file '{location}' is shorter than initializer "
                 f"'{tensor.name}' needs ({end} bytes); the file is truncated"
             )
+
+
+def _extent(info: dict[str, str], tensor: str, path: Path) -> int:
+    """offset + length of an external tensor's bytes, from its (text) external_data fields."""
+    try:
+        offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+    except ValueError:
+        raise LlmcError(
+            f"{path}: initializer '{tensor}' has a non-numeric external data offset or length "
+            f"({info.get('offset')!r}, {info.get('length')!r}); re-export the model"
+        ) from None
+    if offset < 0 or length < 0:
+        raise LlmcError(f"{path}: initializer '{tensor}' has a negative external data offset or length; re-export the model")
+    return offset + length
+
+
+def model_from_proto(proto: onnx.ModelProto) -> ir.Model:
+    """An in-memory ``ModelProto`` as an onnx-ir model, with the checks ``load_model`` runs.
+
+    Its external data would be read relative to the working directory, which llmc never trusts:
+    such a model must be built from its file (``onnx.load(path)`` reads the data into memory).
+    """
+    origin = Path("<in-memory model>")
+    for tensor in _iter_tensor_protos(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise LlmcError(
+                f"in-memory model: initializer '{tensor.name}' keeps its data in an external file; build the "
+                ".onnx file instead, or load it with onnx.load(path) so the data is in memory"
+            )
+    _check_single_producers(proto.graph, origin)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # a proto that is not a coherent model
+        raise LlmcError(f"in-memory model: not a valid ONNX model ({first_line(exc)})") from None
+    _check_defined_values(model.graph, origin)
+    normalize(model, origin)
+    return model
 
 
 def _check_single_producers(graph: onnx.GraphProto, path: Path) -> None:

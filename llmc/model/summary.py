@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from llmc.errors import LlmcError
 from llmc.model.io import MODEL_FILE, load_model, weights_nbytes
 
 
@@ -23,6 +24,20 @@ def _io(value: ir.Value) -> dict[str, Any]:
         "dtype": str(value.dtype.name) if value.dtype is not None else None,
         "shape": _dims(value.shape),
     }
+
+
+def _weights_bytes(model: ir.Model, path: Path) -> int:
+    """Bytes of the initializers; one line naming one whose element type has no size (UNDEFINED)."""
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        try:
+            _ = tensor.nbytes if tensor is not None else 0
+        except TypeError:
+            raise LlmcError(
+                f"{path}: initializer '{name}' has element type {tensor.dtype.name}, which has no size; "
+                "re-export the model"
+            ) from None
+    return weights_nbytes(model)
 
 
 def summarize_model(path: str | Path) -> dict[str, Any]:
@@ -53,7 +68,7 @@ def summarize_model(path: str | Path) -> dict[str, Any]:
         "nodes": sum(ops.values()),
         "ops": dict(ops.most_common()),
         "initializers": len(graph.initializers),
-        "weights_bytes": weights_nbytes(model),
+        "weights_bytes": _weights_bytes(model, path),
         "file_bytes": path.stat().st_size,
         "external_data": external,
         "functions": len(model.functions),

@@ -29,11 +29,14 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import onnx
 import onnx_ir as ir
 from onnx import helper
+
+from llmc.errors import LlmcError
 
 # Initializers up to this many elements keep their values (shape arithmetic reads them).
 INLINE_LIMIT = 1024
@@ -102,7 +105,7 @@ def _weightless_proto(
     model: ir.Model, input_shapes: Mapping[str, Sequence[int | str]]
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The model as a proto with its large weights turned into typed inputs (no weight copies)."""
-    clone = model.clone()  # shares the tensors; only the graph structure is copied
+    clone = _clone(model)  # shares the tensors; only the graph structure is copied
     stripped = []
     for name, value in list(clone.graph.initializers.items()):
         tensor = value.const_value
@@ -121,6 +124,26 @@ def _weightless_proto(
         if value.name in input_shapes:
             value.shape = ir.Shape(input_shapes[value.name])
     return ir.serde.serialize_model(clone), stripped
+
+
+def _clone(model: ir.Model) -> ir.Model:
+    """``model.clone()``; one line naming the value if one is used where it is not defined."""
+    try:
+        return model.clone()
+    except RuntimeError as exc:  # onnx-ir's cloner: a value outside the scope being copied
+        innermost: BaseException = exc
+        while (innermost.__cause__ or innermost.__context__) is not None:
+            innermost = innermost.__cause__ or innermost.__context__
+        if innermost.args and isinstance(innermost.args[0], ir.Value):  # KeyError(value)
+            name = innermost.args[0].name
+        else:  # ValueError("Value '%"name"<...>' used by node ... is an outer-scope value ...")
+            found = re.search(r'%"([^"]*)"', str(innermost))
+            name = found.group(1) if found else None
+        what = f"value '{name}'" if name is not None else "a value"
+        raise LlmcError(
+            f"{what} is read or output by the graph (or one of its subgraphs or functions) but defined "
+            "nowhere in its scope: no node, input or initializer there produces it; re-export the model"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -121,7 +121,7 @@ def _evaluate(
     run_feeds = {}
     for value in inputs:
         if value.name in weights:
-            run_feeds[value.name] = model.graph.initializers[value.name].const_value.numpy()
+            run_feeds[value.name] = _weight_array(model, value.name)
         else:
             run_feeds[value.name] = feeds[value.name]
     options = ort.SessionOptions()
@@ -146,3 +146,15 @@ def _evaluate(
         else:
             out[n] = ((0,), ir.DataType.UNDEFINED)
     return out
+
+
+def _weight_array(model: ir.Model, name: str) -> np.ndarray:
+    """An initializer's values; one line if they cannot be materialized (absurd dims, no data)."""
+    tensor = model.graph.initializers[name].const_value
+    try:
+        return tensor.numpy()
+    except (MemoryError, ValueError) as exc:
+        raise LlmcError(
+            f"initializer '{name}' ({tensor.dtype.name} {list(tensor.shape)}) cannot be read "
+            f"({type(exc).__name__}); its dims or data are wrong: re-export the model"
+        ) from None

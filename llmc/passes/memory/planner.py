@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from llmc.errors import LlmcError
 from llmc.passes.memory.arena import ArenaPlan, plan_arena
 from llmc.passes.memory.concrete_shapes import nbytes, tensor_shapes
 from llmc.passes.memory.liveness import (
@@ -50,6 +51,8 @@ ELEMENTWISE_OPS = frozenset(
     }
 )
 TOP_TENSORS = 5
+# A tensor over this is a wrong dim, not something to plan (sums of such sizes overflow int64).
+MAX_TENSOR_BYTES = 2**48
 
 
 @dataclasses.dataclass
@@ -202,8 +205,14 @@ def memory_graph(
 
     def add(name: str, kind: str) -> int:
         shape, dtype = sized[name]
+        size = nbytes(shape, dtype)
+        if not 0 <= size <= MAX_TENSOR_BYTES:
+            raise LlmcError(
+                f"tensor '{name}' ({dtype.name} {list(shape)}) would take {size} bytes at these shapes; "
+                "give other --shape values or fix the model's dims"
+            )
         ids[name] = len(tensors)
-        tensors.append(Tensor(name, nbytes(shape, dtype), kind))
+        tensors.append(Tensor(name, size, kind))
         return ids[name]
 
     for value in graph.inputs:
