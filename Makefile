@@ -36,6 +36,7 @@ bench: install
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.fp16
 	$(PY) -m benchmarks.cache
+	$(PY) -m benchmarks.integrity
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks

@@ -1,4 +1,5 @@
-"""Do two llmc checkouts build the same artifacts? sha256 of model.onnx, case by case.
+"""Do two llmc checkouts build the same artifacts? sha256 of model.onnx, case by case, and
+each build's wall time (one fresh process per build, the two checkouts alternating).
 
     git worktree add /tmp/llmc-old REV
     python -m benchmarks.same_artifacts --against /tmp/llmc-old
@@ -33,7 +34,7 @@ CASES = {
 
 # Runs in the checkout under test: argv = root, case name, model path, kwargs json, out dir.
 CHILD = """
-import hashlib, json, os, sys
+import hashlib, json, os, sys, time
 root, name, model, kwargs, out = sys.argv[1:6]
 sys.path.insert(0, root)
 os.environ["LLMC_NO_CACHE"] = "1"
@@ -50,8 +51,10 @@ if kwargs.pop("int8", False):
 else:
     kwargs.pop("calibration_data"); kwargs.pop("tokenizer")
 try:
+    start = time.perf_counter()
     llmc.build(model, output=out, threads=2, **kwargs)
-    print(hashlib.sha256(open(os.path.join(out, "model.onnx"), "rb").read()).hexdigest())
+    seconds = time.perf_counter() - start
+    print(hashlib.sha256(open(os.path.join(out, "model.onnx"), "rb").read()).hexdigest(), f"{seconds:.2f}")
 except Exception as exc:
     print("failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120])
 """
@@ -73,20 +76,29 @@ def _build(root: Path, name: str, model: Path, kwargs: dict, out: Path) -> str:
     return lines[-1] if lines else "failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
 
 
+def _split(line: str) -> tuple[str, str]:
+    """(sha256 or the failure, build seconds or '-')."""
+    if line.startswith("failed"):
+        return line, "-"
+    sha, _, seconds = line.partition(" ")
+    return sha, seconds or "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", type=Path, required=True, help="a checkout of the other revision")
     args = parser.parse_args()
-    rows = ["| case | this checkout | other checkout | |", "|---|---|---|---|"]
+    rows = ["| case | this checkout | other checkout | | build s (this / other) |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="llmc-same-") as tmp:
         for name, (key, kwargs) in CASES.items():
             model = _model(key)
             slug = name.replace(" ", "_").replace("(", "").replace(")", "")
             ours = _build(ROOT, name, model, kwargs, Path(tmp) / "ours" / slug)
             theirs = _build(args.against.resolve(), name, model, kwargs, Path(tmp) / "theirs" / slug)
+            (ours, our_s), (theirs, their_s) = _split(ours), _split(theirs)
             verdict = "same" if ours == theirs and not ours.startswith("failed") else (
                 "same failure" if ours == theirs else "DIFFERENT")
-            rows.append(f"| {name} | {ours[:16]} | {theirs[:16]} | {verdict} |")
+            rows.append(f"| {name} | {ours[:16]} | {theirs[:16]} | {verdict} | {our_s} / {their_s} |")
             print(rows[-1], flush=True)
     print("\n".join(rows))
 
