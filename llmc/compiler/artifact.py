@@ -38,6 +38,20 @@ class Artifact:
     def load(self, **kwargs: Any) -> Runner:
         return load(self.path, **kwargs)
 
+    def session_config(self, **overrides: Any) -> Any:
+        """The ONNX Runtime session options the artifact was built with (``overrides`` on top);
+        recorded options that make no SessionConfig are a manifest error, in one line."""
+        from llmc.backends.ort import SessionConfig
+
+        options = {**self.manifest.get("session", {}).get("options", {}), **overrides}
+        try:
+            return SessionConfig.from_dict(options)
+        except (LlmcError, TypeError, ValueError, AttributeError) as exc:
+            raise LlmcError(
+                f"{self.path / MANIFEST_FILE}: 'session.options' is invalid ({first_line(exc)}); this is not a "
+                "manifest llmc wrote (or it was edited): rebuild the artifact with `llmc build`"
+            ) from None
+
 
 class Runner:
     """Runs a built artifact: ``run(feeds) -> {output name: array}``."""
@@ -107,7 +121,7 @@ def load(
     ``engine``: None runs a built TensorRT engine when the artifact has one (verified first),
     True requires it, False runs the ONNX model in ONNX Runtime.
     """
-    from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+    from llmc.backends.ort import OrtRunner, create_session
 
     artifact = read_artifact(path)
     section = artifact.manifest.get("engine")
@@ -117,12 +131,12 @@ def load(
         from llmc.compiler.engine import check_plan_file
 
         check_plan_file(artifact.path)  # an unsigned plan beside an ONNX-only artifact
-    options = dict(artifact.manifest.get("session", {}).get("options", {}))
+    overrides: dict[str, Any] = {}
     if device is not None:
-        options["device"] = device
+        overrides["device"] = device
     if threads is not None:
-        options["intra_op_num_threads"] = threads
-    config = SessionConfig.from_dict(options)
+        overrides["intra_op_num_threads"] = threads
+    config = artifact.session_config(**overrides)
     return Runner(artifact, OrtRunner(create_session(artifact.model_path, config)))
 
 

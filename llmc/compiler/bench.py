@@ -81,9 +81,9 @@ def resolve_target(
     path = Path(path)
     if path.is_dir():
         artifact = read_artifact(path)
-        options = dict(artifact.manifest.get("session", {}).get("options", {}))
-        options["intra_op_num_threads"] = threads or options.get("intra_op_num_threads", 0)
-        return BenchTarget(label or f"{path.name}/", path / MODEL_FILE, SessionConfig.from_dict(options))
+        recorded = artifact.manifest.get("session", {}).get("options", {}).get("intra_op_num_threads", 0)
+        config = artifact.session_config(intra_op_num_threads=threads or recorded)
+        return BenchTarget(label or f"{path.name}/", path / MODEL_FILE, config)
     if not path.is_file():
         raise LlmcError(f"{path}: no such model file or artifact directory")
     config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)

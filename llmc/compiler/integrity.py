@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmc.errors import LlmcError, first_line
+from llmc.errors import LlmcError
 from llmc.model.files import MANIFEST_FILE, MODEL_FILE, PLAN_FILE, sha256_file
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -65,7 +65,6 @@ def _check_sections(manifest: dict[str, Any], refuse: Any) -> None:
     session = manifest.get("session", {})
     if not isinstance(session, dict) or not isinstance(session.get("options", {}), dict):
         raise refuse("'session' must be an object with an 'options' object")
-    _check_session_options(session.get("options", {}), refuse)
     engine = manifest.get("engine")
     if engine is not None and not isinstance(engine, dict):
         raise refuse("'engine' must be an object")
@@ -74,16 +73,6 @@ def _check_sections(manifest: dict[str, Any], refuse: Any) -> None:
     for key in ("verification", "quantization", "fp16", "memory"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise refuse(f"'{key}' must be an object")
-
-
-def _check_session_options(options: dict[str, Any], refuse: Any) -> None:
-    """The recorded session options make a SessionConfig (what load and bench build from them)."""
-    from llmc.backends.ort.loader import SessionConfig
-
-    try:
-        SessionConfig.from_dict(options)
-    except (LlmcError, TypeError, ValueError, AttributeError) as exc:
-        raise refuse(f"'session.options' is invalid ({first_line(exc)})") from None
 
 
 def check_files(path: Path, manifest: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """The output directory: checked before compiling, written privately, moved into place whole.
 
 A build never writes into ``-o DIR`` itself. It writes into a private temporary directory
-beside it (``.DIR.llmc-XXXXXX``, mode 0700, same filesystem) and, once the artifact is verified
+beside it (``.DIR.llmc-<random>``, mode 0700, same filesystem) and, once the artifact is verified
 and hashed, swaps that directory into place with one rename (``renameat2(RENAME_EXCHANGE)`` on
 Linux when ``DIR`` exists; two renames elsewhere). So:
 

@@ -142,3 +142,21 @@ def test_int8_statistics_are_reused_across_output_directories(cache_dir, tmp_pat
     assert (tmp_path / "c" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
     assert (tmp_path / "c" / "calibration.json").is_file()
     assert third.manifest["quantization"]["statistics"]["file"] == str(tmp_path / "c" / "calibration.json")
+
+
+def test_a_cache_hit_imports_neither_onnx_nor_onnxruntime(cache_dir, tmp_path, relu_model):
+    """A hit is the options, the source's hash and a checked file copy: no compiler stack."""
+    import subprocess
+    import sys
+
+    llmc.build(relu_model, output=tmp_path / "a")
+    script = (
+        "import sys, llmc\n"
+        f"a = llmc.build({str(relu_model)!r}, output={str(tmp_path / 'b')!r})\n"
+        "assert a.manifest['cache']['hit'], a.manifest.get('cache')\n"
+        "heavy = sorted(m for m in ('onnx', 'onnx_ir', 'onnxruntime', 'onnxscript') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
