@@ -72,6 +72,10 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
     cache = manifest.get("cache")
     if cache and cache.get("hit"):
         console.print(f"from the build cache (key {cache['key'][:12]}, {cache.get('seconds', 0):.2f} s): an identical build")
+    tokenizer = manifest.get("tokenizer")
+    if tokenizer:
+        carried = [*tokenizer.get("files", []), *filter(None, [tokenizer.get("generation_config")])]
+        console.print(f"carried from beside the model (hashed): {escape(', '.join(carried))}")
     console.print(f"artifact: {escape(str(path))}")
 
 

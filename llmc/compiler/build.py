@@ -28,7 +28,7 @@ from llmc.compiler.output import OutputWriter, check_output
 from llmc.errors import LlmcError
 from llmc.fp16.options import Fp16Options
 from llmc.int8.options import QuantizeOptions
-from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, sha256_file
+from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, companion_files, sha256_file
 from llmc.passes.options import PassOptions
 from llmc.version import __version__
 
@@ -203,9 +203,19 @@ def _cache_key(source: dict[str, Any], options: BuildOptions) -> str:
     return digest_key({
         "source": source["sha256"],
         "options": options.key_material(),
+        "companions": _companion_digests(source),
         "versions": {name: _installed(*dists) for name, dists in KEY_VERSIONS.items()},
         "llmc": [__version__, _llmc_sources()],
     })
+
+
+def _companion_digests(source: dict[str, Any]) -> dict[str, str]:
+    """sha256 of the tokenizer / generation config files beside the source model (the build
+    carries them into the artifact, so their bytes are part of what the key stands for)."""
+    if not source.get("path"):
+        return {}
+    directory = Path(source["path"]).parent
+    return {name: sha256_file(directory / name) for name in companion_files(directory)}
 
 
 def _llmc_sources() -> str:

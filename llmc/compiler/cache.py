@@ -12,6 +12,7 @@ an entry that fails the check is dropped. INT8 calibration statistics are cached
 Layout under ``$LLMC_CACHE_DIR`` (default ``~/.cache/llmc``)::
 
     builds/<key>/entry.json, model.onnx[, model.onnx.data], manifest.json[, calibration.json]
+                 [, tokenizer.json, generation_config.json, ... (carried from beside the source)]
     calibration/<key>.json
     trt/  (TensorRT engines and timing cache, managed by the trt backend)
 

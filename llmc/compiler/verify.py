@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from llmc.fp16.check import artifact_feeds
 from llmc.fp16.stage import run_emulated
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
-from llmc.model.files import CALIBRATION_FILE, MODEL_FILE, PLAN_FILE
+from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
 
 
 def verify(
@@ -76,6 +77,8 @@ def write(
             manifest["engine"] = options.engine.build(work_dir, precise.model, verified.model_sha256, log)
     hashes = dict(verified.hashes)
     extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
+    companions = _carry_companions(prep, manifest)
+    extra += companions
     hashes.update(hash_files(work_dir, extra))
     manifest["artifact"]["sha256"] = hashes
     statistics = (manifest.get("quantization") or {}).get("statistics")
@@ -87,3 +90,16 @@ def write(
     except LlmcError as exc:
         raise LlmcError(f"{exc} (changed while the build was writing it; is another process writing there?)") from None
     return Artifact(prep.out_dir, manifest)
+
+
+def _carry_companions(prep: Prepared, manifest: dict[str, Any]) -> list[str]:
+    """Copy the tokenizer and generation config beside the source model file (the layout
+    ``llmc export`` writes) into the artifact and record them; return their names."""
+    path = (prep.source or {}).get("path")
+    names = copy_companions(Path(path).parent, prep.work_dir) if path else []
+    if names:
+        manifest["tokenizer"] = {
+            "files": [name for name in names if name != GENERATION_FILE],
+            "generation_config": GENERATION_FILE if GENERATION_FILE in names else None,
+        }
+    return names

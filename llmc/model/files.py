@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 MODEL_FILE = "model.onnx"
@@ -29,5 +30,33 @@ def cache_root() -> Path:
 DATA_FILE = MODEL_FILE + ".data"  # external weights, when the model has them
 PLAN_FILE = "model.plan"  # a TensorRT engine
 CALIBRATION_FILE = "calibration.json"  # int8 calibration statistics
-# Every file an artifact directory may hold (a manifest may list more, e.g. a tokenizer's).
-ARTIFACT_FILES = frozenset({MODEL_FILE, DATA_FILE, MANIFEST_FILE, PLAN_FILE, CALIBRATION_FILE})
+# A Hugging Face tokenizer's files (those that exist are kept), and a decoder's generation config:
+# `llmc export` writes them beside model.onnx, `llmc build` carries them into the artifact.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+    "chat_template.jinja", "chat_template.json",
+)
+GENERATION_FILE = "generation_config.json"
+COMPANION_FILES = (*TOKENIZER_FILES, GENERATION_FILE)
+# Every file an artifact directory may hold (a manifest may list more).
+ARTIFACT_FILES = frozenset({MODEL_FILE, DATA_FILE, MANIFEST_FILE, PLAN_FILE, CALIBRATION_FILE, *COMPANION_FILES})
+# Every file `llmc export` writes.
+EXPORT_FILES = frozenset({MODEL_FILE, DATA_FILE, *COMPANION_FILES})
+
+
+def companion_files(directory: str | os.PathLike) -> list[str]:
+    """The tokenizer and generation config files in ``directory`` (regular files, or links to
+    them: their content is what is copied), in :data:`COMPANION_FILES` order."""
+    directory = Path(directory)
+    return [name for name in COMPANION_FILES if (directory / name).is_file()]
+
+
+def copy_companions(source: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
+    """Copy :func:`companion_files` of ``source`` into ``destination`` as regular files."""
+    names = companion_files(source)
+    for name in names:
+        target = Path(destination) / name
+        target.unlink(missing_ok=True)  # never write through a link
+        shutil.copyfile(Path(source) / name, target)
+    return names

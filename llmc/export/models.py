@@ -1,4 +1,4 @@
-"""Export Hugging Face / torch models to ONNX the way users do (``pip install 'llmc[export]'``).
+"""Model builders (random weights, seeded) and the ONNX exporters for encoders and decoders.
 
 The default is the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), with dynamic
 batch and sequence axes named ``batch`` and ``sequence``; ``dynamo=False`` gives the legacy

@@ -1,0 +1,237 @@
+"""``llmc export SOURCE -o DIR``: a Hugging Face model directory to an ONNX model with its tokenizer.
+
+SOURCE is a local model directory (``config.json`` + weights, loaded offline with
+``from_pretrained``). Whether it is an encoder or a causal LM is read from ``config.json``
+(:func:`detect_task`); decoders are exported with their KV cache by
+:func:`llmc.export.models.export_decoder`, encoders by :func:`~llmc.export.models.export_encoder`.
+DIR receives ``model.onnx`` (+ ``model.onnx.data`` when the weights pass the protobuf limit, as
+``llmc build`` saves), the tokenizer files SOURCE has and, for decoders, ``generation_config.json``
+(SOURCE's, else derived from the model config's token ids). DIR is written privately and moved
+into place whole (:class:`llmc.model.output_dir.OutputWriter`), as builds are.
+
+A ``.gguf`` SOURCE is loaded through transformers' GGUF support when the ``gguf`` package is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmc.errors import LlmcError
+from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
+from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
+
+TASKS = ("auto", "encoder", "decoder")
+# Causal LMs whose KV cache export_decoder handles (transformers' DynamicCache + position_ids).
+DECODER_TYPES = frozenset({
+    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3",
+    "gpt_neox", "gptj", "opt", "olmo", "olmo2", "stablelm", "starcoder2", "granite", "smollm3",
+})
+# Encoders taking (input_ids, attention_mask) and returning last_hidden_state.
+ENCODER_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert",
+    "deberta", "deberta-v2", "modernbert",
+})
+_DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_NOT_A_MODEL_DIR = "give a Hugging Face model directory (config.json + weights) or a .gguf file"
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What ``llmc export`` wrote: the directory, the task, and the files and graph I/O names."""
+
+    path: Path
+    task: str
+    model_type: str
+    files: list[str]
+    inputs: list[str]
+    outputs: list[str]
+
+
+def detect_task(config: dict[str, Any], where: str = "config.json") -> str:
+    """``"decoder"`` or ``"encoder"`` from a model's ``config.json`` contents, else one line."""
+    model_type = str(config.get("model_type") or "unknown")
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if config.get("is_encoder_decoder"):
+        raise _unsupported(where, model_type, "an encoder-decoder model")
+    if model_type in DECODER_TYPES or config.get("is_decoder") or any(
+        a.endswith(_DECODER_SUFFIXES) for a in architectures
+    ):
+        return "decoder"
+    if model_type in ENCODER_TYPES:
+        return "encoder"
+    raise _unsupported(where, model_type, "an architecture llmc export does not know")
+
+
+def _unsupported(where: str, model_type: str, what: str) -> LlmcError:
+    return LlmcError(
+        f"{where}: model_type '{model_type}' is {what}; llmc export supports encoders "
+        f"({', '.join(sorted(ENCODER_TYPES))}) and causal LMs ({', '.join(sorted(DECODER_TYPES))}); "
+        "--task encoder|decoder exports it as one anyway"
+    )
+
+
+def export_pretrained(
+    source: str | Path,
+    output: str | Path,
+    *,
+    task: str = "auto",
+    dynamo: bool = True,
+    opset: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export the Hugging Face model at ``source`` into the directory ``output`` (see the module)."""
+    log = log or (lambda _msg: None)
+    source, output = Path(source), Path(output)
+    if task not in TASKS:
+        raise LlmcError(f"--task must be one of {', '.join(TASKS)}, not '{task}'")
+    if opset is not None and opset < 7:
+        raise LlmcError(f"--opset {opset}: ONNX opsets start at 7 (the dynamo exporter needs 18 or later)")
+    gguf_file = _check_source(source)
+    directory = source.parent if gguf_file else source
+    config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
+    where = str(source if gguf_file else source / "config.json")
+    chosen = detect_task(config, where) if task == "auto" else task
+    check_output(output, EXPORT_LAYOUT)
+    with OutputWriter(output, EXPORT_LAYOUT) as writer:
+        assert writer.path is not None
+        log(f"loading the {chosen} from {source}")
+        model = _load(directory, chosen, gguf_file)
+        log("exporting to ONNX")
+        inputs, outputs = _export(model, chosen, writer.path, dynamo, opset)
+        files = _model_files(writer.path)
+        if gguf_file:
+            files += _gguf_tokenizer(directory, gguf_file, writer.path)
+        else:
+            files += copy_companions(directory, writer.path)
+        if chosen == "decoder" and GENERATION_FILE not in files:
+            _write_generation_config(model.config, writer.path / GENERATION_FILE)
+            files.append(GENERATION_FILE)
+        writer.commit()
+    model_type = str(config.get("model_type") or "unknown")
+    return ExportResult(output, chosen, model_type, files, inputs, outputs)
+
+
+def _check_source(source: Path) -> str | None:
+    """One line for a SOURCE that is not a model directory; the file name of a .gguf SOURCE."""
+    if not source.exists():
+        raise LlmcError(f"{source}: no such file or directory; {_NOT_A_MODEL_DIR}")
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            raise LlmcError(
+                f"GGUF export needs the gguf package: pip install gguf (to read {source}), or export the "
+                "Hugging Face model directory it came from"
+            ) from None
+        return source.name
+    if not source.is_dir():
+        raise LlmcError(f"{source} is a file, not a model directory; {_NOT_A_MODEL_DIR}")
+    if not (source / "config.json").is_file():
+        raise LlmcError(f"{source} is not a Hugging Face model directory (no config.json in it); {_NOT_A_MODEL_DIR}")
+    return None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LlmcError(f"{path}: not a readable JSON model config ({_first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise LlmcError(f"{path}: holds a JSON {type(config).__name__}, not a model config object")
+    return config
+
+
+def _load(directory: Path, task: str, gguf_file: str | None) -> Any:
+    """The model from ``directory``, offline, in float32 (the exporters trace float32 KV caches)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from llmc.export.models import _torch
+
+    torch = _torch()
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if task == "decoder" else AutoModel
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return auto.from_pretrained(str(directory), **kwargs).eval()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LlmcError(
+            f"{directory}: transformers cannot load it as {'a causal LM' if task == 'decoder' else 'an encoder'} "
+            f"({_first_line(exc)}); check its config.json and weights, or --task"
+        ) from None
+
+
+def _export(model: Any, task: str, out_dir: Path, dynamo: bool, opset: int | None) -> tuple[list[str], list[str]]:
+    """Export into a scratch file, then save ``model.onnx`` the way builds save models (external
+    data in ``model.onnx.data`` past the protobuf limit); return the graph's I/O names."""
+    from llmc.export.models import (
+        ENCODER_INPUTS,
+        decoder_cache_shape,
+        decoder_input_names,
+        decoder_output_names,
+        export_decoder,
+        export_encoder,
+    )
+    from llmc.model import io as model_io
+
+    scratch = out_dir / ".export"
+    try:
+        if task == "decoder":
+            export_decoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset)
+        else:
+            export_encoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset)
+        model_io.save_model(model_io.load_model(scratch / MODEL_FILE), out_dir / MODEL_FILE)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if task == "decoder":
+        layers = decoder_cache_shape(model.config)[0]
+        return decoder_input_names(layers), decoder_output_names(layers)
+    return list(ENCODER_INPUTS), ["last_hidden_state"]
+
+
+def _model_files(out_dir: Path) -> list[str]:
+    return sorted(p.name for p in out_dir.iterdir() if p.name.startswith(MODEL_FILE))
+
+
+def _write_generation_config(config: Any, path: Path) -> None:
+    """A generation config from the model config's special token ids (what a runtime needs to
+    start and stop generating), readable by ``GenerationConfig.from_pretrained``."""
+    ids = {
+        name: getattr(config, name, None)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    }
+    text = json.dumps({**{k: v for k, v in ids.items() if v is not None}, "_from_model_config": True}, indent=2)
+    path.write_text(text + "\n")
+
+
+def _gguf_config(source: Path) -> dict[str, Any]:
+    """The model config transformers derives from a .gguf file (untested without gguf installed)."""
+    from llmc.export.models import _torch
+
+    _torch()
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name).to_dict()
+    except Exception as exc:  # a truncated or foreign file fails anywhere in the reader
+        raise LlmcError(f"{source}: transformers cannot read this GGUF file ({_first_line(exc)})") from None
+
+
+def _gguf_tokenizer(directory: Path, gguf_file: str, out_dir: Path) -> list[str]:
+    from transformers import AutoTokenizer
+
+    before = {p.name for p in out_dir.iterdir()}
+    AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file).save_pretrained(str(out_dir))
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in before)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
