@@ -97,6 +97,8 @@ def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> d
         "reference": reference,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
         "seed": prep.options.seed if prep.options.inputs is None else None,
+        # A decoder's KV cache: computed by the source model from a seeded prefill of this many tokens.
+        "kv_cache_prefill_tokens": prep.cache_prefill_tokens,
         "outputs": {
             o.name: {"max_abs_error": o.max_abs_error, "max_rel_error": o.max_rel_error, "cosine": o.cosine}
             for o in comparison.outputs

@@ -28,7 +28,7 @@ from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model.compare import Comparison, check_finite_reference
-from llmc.model.feeds import feeds_for, resolve_shapes
+from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 from llmc.passes.fusion.families import families_for
@@ -56,6 +56,8 @@ class Prepared:
     assumed: dict[str, Any]
     enabled_fusions: list[str]
     disabled_fusions: dict[str, str]
+    # Tokens of the seeded prefill that computed a decoder's verification KV cache (None: none).
+    cache_prefill_tokens: int | None = None
     # Where the build writes: a private directory beside out_dir, moved into place when verified.
     work_dir: Path | None = None
 
@@ -127,10 +129,28 @@ def prepare(
         options.engine.preflight(ir_model)  # a profile for every dynamic input
     concrete, assumed = resolve_shapes(ir_model, options.shapes)
     feeds = feeds_for(ir_model, concrete, options.inputs, options.seed)
+    prefill = cache_prefill(ir_model, feeds, options.seed) if options.inputs is None else None
+    if prefill is not None:
+        feeds = _with_computed_cache(model, ir_model, feeds, prefill)
     return Prepared(
         options, ir_model, source, model, out_dir, pipeline, session_config, feeds, assumed,
-        [f.name for f in enabled], disabled,
+        [f.name for f in enabled], disabled, cache_prefill_tokens=prefill.tokens if prefill else None,
     )
+
+
+def _with_computed_cache(
+    model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray], prefill: CachePrefill
+) -> dict[str, np.ndarray]:
+    """``feeds`` with the KV cache the source model computes from a seeded prefill (the state a
+    generation loop is in), instead of random numbers no prefill produces."""
+    hint = "the source model fails on a seeded prefill that computes the verification KV cache; give --inputs"
+    outputs = _run_source(model, ir_model, prefill.feeds, hint)
+    result = dict(feeds)
+    for present, past in prefill.outputs.items():
+        if outputs[present].shape != feeds[past].shape or outputs[present].dtype != feeds[past].dtype:
+            return feeds  # not the cache layout its input declares: keep the seeded one
+        result[past] = outputs[present]
+    return result
 
 
 def load_source(model: ModelLike, source: dict[str, Any] | None = None) -> tuple[ir.Model, dict[str, Any]]:
@@ -217,6 +237,11 @@ def _reference_outputs(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np
         f"the source model fails on the verification inputs ({shapes}): fix the model, "
         "or give inputs it accepts with --shape or --inputs"
     )
+    return _run_source(model, ir_model, feeds, hint)
+
+
+def _run_source(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray], hint: str) -> dict[str, np.ndarray]:
+    """The source model's outputs on ``feeds`` (ORT_DISABLE_ALL); failures end with ``hint``."""
     if isinstance(model, (str, Path)):
         # Run the source file itself: ONNX Runtime reads its external data directly.
         with run_context(hint):

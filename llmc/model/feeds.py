@@ -114,6 +114,58 @@ def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 
     return feeds
 
 
+class CachePrefill(NamedTuple):
+    """How to give a decoder's seeded feeds a KV cache its own model computed: run ``feeds`` (a
+    seeded prefill of the cached length, on an empty cache) and put each ``present`` output of
+    ``outputs`` (present name -> past input name) in place of the random cache."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, str]
+    tokens: int
+
+
+def cache_prefill(model: ir.Model, feeds: dict[str, np.ndarray], seed: int = 0) -> CachePrefill | None:
+    """The prefill that computes ``feeds``' KV cache, or None (no cache, an empty one, or cache
+    inputs whose ``present`` outputs the model does not have).
+
+    A standard-normal cache is a state no prefill produces; on real weights the model amplifies
+    rounding on it (SmolLM2: one float32 ulp of cache noise moves the logits by 1e-3 of their
+    scale, ten times the fp32 tolerance), so verification on it would judge noise, not the passes.
+    """
+    inputs = _runtime_inputs(model)
+    layout = _decoder_layout(inputs)
+    if layout is None or feeds[layout.past_input].shape[2] == 0:
+        return None
+    produced = {v.name for v in model.graph.outputs}
+    caches = {n: v for n, v in inputs.items() if n.startswith("past_") and v.shape is not None and len(v.shape) == 4}
+    outputs = {_present_name(n): n for n in caches}
+    if not set(outputs) <= produced:
+        return None
+    batch, _, past, _ = feeds[layout.past_input].shape
+    rng = np.random.default_rng(seed + 1)
+    prefill: dict[str, np.ndarray] = {}
+    for name, value in inputs.items():
+        if name in caches:
+            shape = feeds[name].shape
+            prefill[name] = np.zeros((shape[0], shape[1], 0, shape[3]), feeds[name].dtype)
+        elif name == "input_ids":
+            prefill[name] = _make_array(value, (batch, past), rng)
+        elif name == layout.position_ids:
+            prefill[name] = np.broadcast_to(np.arange(past, dtype=feeds[name].dtype), (batch, past)).copy()
+        elif name == "attention_mask" and feeds[name].ndim == 2:
+            prefill[name] = np.ones((batch, past), feeds[name].dtype)
+        else:
+            return None  # an input this prefill would have to invent
+    return CachePrefill(prefill, outputs, past)
+
+
+def _present_name(past: str) -> str:
+    """``past_key_values.0.key`` -> ``present.0.key`` (Hugging Face / GenAI), ``past_0`` -> ``present_0``."""
+    if past.startswith("past_key_values."):
+        return "present." + past.removeprefix("past_key_values.")
+    return "present_" + past.removeprefix("past_")
+
+
 def feeds_for(
     model: ir.Model,
     shapes: dict[str, tuple[int, ...]],
