@@ -79,6 +79,20 @@ class Runner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._runner.run(feeds)
 
+    def generate(self, prompt_or_ids: Any, max_new_tokens: int = 64, **options: Any) -> Any:
+        """Continue a text or token-id prompt (or a batch of them) with a decoder artifact's KV
+        cache: a :class:`llmc.generation.GenerationResult` each. Options: ``temperature``,
+        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``."""
+        from llmc.generation import generate
+
+        return generate(self.session, self.artifact.path, prompt_or_ids, max_new_tokens=max_new_tokens, **options)
+
+    def logits(self, input_ids: Any) -> np.ndarray:
+        """Full-sequence logits of token ids ([sequence] or [batch, sequence]) in one prefill."""
+        from llmc.generation import logits
+
+        return logits(self.session, self.artifact.path, input_ids)
+
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """``path/manifest.json``, strict JSON (no NaN/Infinity), written to a new file then renamed."""

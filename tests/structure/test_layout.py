@@ -18,7 +18,7 @@ LAYERS = [
     {"llmc.model"},
     {"llmc.backends"},
     {"llmc.passes"},
-    {"llmc.int8", "llmc.fp16", "llmc.export"},
+    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation"},
     {"llmc.compiler"},
     {"llmc.cli"},
     {"llmc.__main__"},

@@ -1,0 +1,98 @@
+"""``llmc generate`` and ``llmc perplexity``: run a decoder artifact built from ``llmc export`` output.
+
+Both use the artifact's tokenizer and its KV cache (``llmc.generation``); generation runs on
+ONNX Runtime (an artifact's TensorRT engine, if any, is not used).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmc.cli.app import JsonOpt, ThreadsOpt, app, user_errors
+from llmc.errors import LlmcError
+
+ArtifactArg = Annotated[Path, typer.Argument(help="An artifact directory built from `llmc export` output.")]
+
+
+def _load(artifact: Path, threads: int) -> Any:
+    from llmc.compiler.artifact import load
+
+    return load(artifact, threads=threads or None, engine=False)
+
+
+def _stats(result: Any) -> str:
+    return (
+        f"{result.tokens} tokens ({result.stop_reason}): time to first token {result.ttft_ms:.1f} ms, "
+        f"{result.ms_per_token:.2f} ms/token after it"
+    )
+
+
+@app.command()
+@user_errors
+def generate(
+    artifact: ArtifactArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="The text to continue.")],
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample from the smallest set with this mass.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this text (repeatable).")] = None,
+    max_length: Annotated[
+        Optional[int], typer.Option("--max-length", help="The model's context in tokens, if the tokenizer does not say.")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the text as it is generated.")] = False,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Continue a prompt with a decoder artifact (KV cache on ONNX Runtime); print the text and its speed."""
+    runner = _load(artifact, threads)
+    printer = (lambda piece: typer.echo(piece, nl=False)) if stream and not as_json else None
+    result = runner.generate(
+        prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        stop=tuple(stop or ()), stream=printer, chat=chat, max_length=max_length,
+    )
+    if as_json:
+        typer.echo(json.dumps({"artifact": str(artifact), **result.to_dict()}, indent=2))
+        return
+    typer.echo("" if printer else result.text)
+    typer.echo(_stats(result), err=True)
+
+
+@app.command()
+@user_errors
+def perplexity(
+    artifact: ArtifactArg,
+    text: Annotated[Path, typer.Option("--text", help="A UTF-8 text file to score.")],
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window (one prefill each).")] = 512,
+    stride: Annotated[
+        Optional[int], typer.Option("--stride", help="Tokens between window starts.", show_default="--max-length")
+    ] = None,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Perplexity of a text file under a decoder artifact, over sliding windows of its context."""
+    from llmc.generation import perplexity as score
+    from llmc.generation.text import encode, load_tokenizer
+
+    if not text.is_file():
+        raise LlmcError(f"--text {text}: no such file")
+    try:
+        content = text.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LlmcError(f"--text {text}: not UTF-8 text") from None
+    from llmc.generation.api import open_decoder
+
+    runner = _load(artifact, threads)
+    open_decoder(runner.session, artifact)  # not a decoder: one line before tokenizing the file
+    ids = encode(load_tokenizer(artifact), content)
+    result = score(runner.logits, ids, max_length, stride)
+    if as_json:
+        typer.echo(json.dumps({"artifact": str(artifact), **result.__dict__}, indent=2))
+        return
+    typer.echo(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens ({result.windows} window(s))")

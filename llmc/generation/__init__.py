@@ -1,0 +1,17 @@
+"""Text generation on a built decoder artifact: KV-cache prefill + decode on ONNX Runtime.
+
+- ``decoder``: the decoder I/O layout of a session (``llmc export``'s convention), or one error line;
+- ``loop``: the prefill/decode loop, the KV cache passed between steps through IOBinding;
+- ``sampling``: greedy, temperature, top-k and top-p with a seeded generator;
+- ``text``: the artifact's tokenizer, chat template and generation config;
+- ``evaluate``: full-sequence logits and sliding-window perplexity;
+- ``api``: :func:`generate` and :func:`logits`, what ``Runner.generate`` / ``Runner.logits`` call.
+"""
+
+from __future__ import annotations
+
+from llmc.generation.api import generate, logits
+from llmc.generation.evaluate import perplexity
+from llmc.generation.result import GenerationResult
+
+__all__ = ["GenerationResult", "generate", "logits", "perplexity"]

@@ -1,0 +1,128 @@
+"""``generate`` and ``logits`` on an artifact's ONNX Runtime session: what ``Runner`` delegates to.
+
+Prompts are text (tokenized with the artifact's tokenizer) or token ids (no tokenizer needed);
+one prompt gives one :class:`GenerationResult`, a list of prompts a list, generated as one batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from llmc.errors import LlmcError
+from llmc.generation import text as texts
+from llmc.generation.decoder import DecoderLayout, detect_layout
+from llmc.generation.loop import Request, Stepper, run_generation
+from llmc.generation.result import GenerationResult
+from llmc.generation.sampling import Sampling
+
+Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
+
+
+def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, DecoderLayout]:
+    """A :class:`Stepper` on ``session``; an engine or non-decoder is one error line."""
+    if session is None or not hasattr(session, "io_binding"):
+        raise LlmcError(
+            f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
+        )
+    layout = detect_layout(session, artifact)
+    return Stepper(session, layout, artifact), layout
+
+
+def _is_ids(prompt: Any) -> bool:
+    if isinstance(prompt, np.ndarray):
+        return np.issubdtype(prompt.dtype, np.integer)
+    items = list(prompt)
+    first = items[0] if items else None
+    while isinstance(first, (list, tuple, np.ndarray)):
+        first = first[0] if len(first) else None
+    return isinstance(first, (int, np.integer))
+
+
+def resolve_prompts(
+    artifact: Path, prompt: Prompt, chat: bool = False
+) -> tuple[list[list[int]], Any, bool]:
+    """``(token id prompts, tokenizer or None, one prompt?)``; an empty prompt is one error line."""
+    if isinstance(prompt, str) or not _is_ids(prompt):
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        tokenizer = texts.load_tokenizer(artifact)
+        if chat:
+            prompts = [texts.chat_prompt(artifact, p) for p in prompts]
+        ids = [texts.encode(tokenizer, p, special=not chat) if p.strip() else [] for p in prompts]
+    else:
+        items = list(prompt)
+        single = not isinstance(items[0], (list, tuple, np.ndarray))
+        ids = [[int(t) for t in row] for row in ([items] if single else items)]
+        tokenizer = texts.load_tokenizer(artifact) if (artifact / texts.TOKENIZER_JSON).is_file() else None
+    if not ids or any(not row for row in ids):
+        raise LlmcError(f"{artifact}: empty prompt; pass some text with --prompt (or at least one token id)")
+    return ids, tokenizer, single
+
+
+def _new_tokens(artifact: Path, prompts: list[list[int]], wanted: int, max_length: Optional[int]) -> int:
+    """``wanted``, capped so prompt + new tokens fit the context; a prompt too long is an error."""
+    if wanted < 1:
+        raise LlmcError(f"--max-new-tokens {wanted}: must be >= 1")
+    context = max_length or texts.context_length(artifact)
+    longest = max(len(p) for p in prompts)
+    if context is None:
+        return wanted
+    if longest >= context:
+        raise LlmcError(
+            f"{artifact}: the prompt is {longest} tokens, longer than the context of {context} "
+            "(--max-length or the tokenizer's model_max_length); shorten the prompt"
+        )
+    return min(wanted, context - longest)
+
+
+def generate(
+    session: Any,
+    artifact: str | Path,
+    prompt: Prompt,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop: Sequence[str] = (),
+    stream: Optional[Callable[[str], None]] = None,
+    chat: bool = False,
+    max_length: Optional[int] = None,
+) -> Union[GenerationResult, list[GenerationResult]]:
+    """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``."""
+    artifact = Path(artifact)
+    stepper, _ = open_decoder(session, artifact)
+    sampling = Sampling(temperature, top_k, top_p, seed)
+    prompts, tokenizer, single = resolve_prompts(artifact, prompt, chat)
+    if (stop or stream) and tokenizer is None:
+        raise LlmcError(f"{artifact} has no tokenizer ({texts.TOKENIZER_JSON}): stop strings and streaming need one")
+    if stream is not None and len(prompts) > 1:
+        raise LlmcError("stream takes one prompt; generate a batch without it")
+    config = texts.generation_config(artifact)
+    request = Request(
+        prompts=prompts, max_new_tokens=_new_tokens(artifact, prompts, max_new_tokens, max_length),
+        sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
+        tokenizer=tokenizer, stream=stream,
+    )
+    results = run_generation(stepper, request)
+    return results[0] if single else results
+
+
+def logits(session: Any, artifact: str | Path, input_ids: Any) -> np.ndarray:
+    """Full-sequence logits of ``input_ids`` ([sequence] or [batch, sequence]) in one prefill:
+    [sequence, vocab] or [batch, sequence, vocab]."""
+    artifact = Path(artifact)
+    stepper, _ = open_decoder(session, artifact)
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
+        raise LlmcError(f"logits takes token ids [sequence] or [batch, sequence], got shape {list(ids.shape)}")
+    batch = ids.reshape(-1, ids.shape[-1])
+    mask = np.ones_like(batch)
+    positions = np.broadcast_to(np.arange(batch.shape[1], dtype=np.int64), batch.shape)
+    out, _ = stepper.run(batch, mask, positions, None)
+    values = out.numpy()
+    return values[0] if ids.ndim == 1 else values

@@ -1,0 +1,167 @@
+"""The prefill + decode loop on ONNX Runtime, the KV cache kept in ``OrtValue``s.
+
+Each step runs through IOBinding: the ``present.*`` outputs of one step are bound as the
+``past_key_values.*`` inputs of the next as the ``OrtValue``s ONNX Runtime allocated, never copied
+to numpy and back (``session.run`` would copy every layer's cache out and in again each token,
+which grows with the sequence). Only the logits come back to numpy, for sampling. Prompts of
+different lengths are left-padded: ``attention_mask`` is 0 on the padding and ``position_ids``
+count from each row's first real token, so every row's last position is a real token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from llmc.backends.ort.runner import session_device
+from llmc.errors import LlmcError, first_line
+from llmc.generation.decoder import DecoderLayout
+from llmc.generation.result import GenerationResult
+from llmc.generation.sampling import Sampling, choose
+from llmc.generation.text import decode
+
+
+class Stepper:
+    """Runs one model step (prefill or decode) through IOBinding on the session's device."""
+
+    def __init__(self, session: Any, layout: DecoderLayout, artifact: Path) -> None:
+        self.session, self.layout, self.artifact = session, layout, artifact
+        self.device, self.device_id = session_device(session)
+
+    def run(
+        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]]
+    ) -> tuple[Any, list[Any]]:
+        """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache)."""
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self.layout.has_position_ids:
+            feeds["position_ids"] = positions
+        if past is None:
+            feeds.update(self.layout.empty_past(ids.shape[0]))
+        binding = self.session.io_binding()
+        for name, array in feeds.items():  # feeds keeps the arrays alive until the run
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        if past is not None:
+            for name, value in zip(self.layout.past_names, past, strict=True):
+                binding.bind_ortvalue_input(name, value)  # the previous step's present: no copy
+        for name in self.layout.output_names:
+            binding.bind_output(name, self.device, self.device_id)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # ONNX Runtime raises its own types (Fail, InvalidArgument...)
+            raise LlmcError(
+                f"{self.artifact}: ONNX Runtime failed at sequence length {mask.shape[1]} ({first_line(exc)}); "
+                "beyond the model's context? pass a shorter prompt or fewer new tokens"
+            ) from None
+        binding.synchronize_outputs()
+        outputs = binding.get_outputs()  # in bind order: logits, then present.*
+        return outputs[0], list(outputs[1:])
+
+
+@dataclasses.dataclass
+class Request:
+    """One batch to generate: token id prompts and how to continue them."""
+
+    prompts: list[list[int]]
+    max_new_tokens: int
+    sampling: Sampling
+    eos: set[int]
+    pad: int
+    stop: tuple[str, ...] = ()
+    tokenizer: Any = None
+    stream: Optional[Callable[[str], None]] = None
+
+
+class _Rows:
+    """Per-row new tokens, stop reasons and (for ``stream``) the text already emitted."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.tokens: list[list[int]] = [[] for _ in request.prompts]
+        self.reasons: list[Optional[str]] = [None for _ in request.prompts]
+        self.emitted = ""
+
+    @property
+    def finished(self) -> np.ndarray:
+        return np.array([reason is not None for reason in self.reasons])
+
+    def add(self, chosen: np.ndarray) -> None:
+        for row, token in enumerate(chosen.tolist()):
+            if self.reasons[row] is not None:
+                continue
+            self.tokens[row].append(token)
+            if token in self.request.eos:
+                self.reasons[row] = "eos"
+            elif self.request.stop and self._cut(row)[1]:
+                self.reasons[row] = "stop"
+        if self.request.stream is not None:
+            self._stream()
+
+    def text(self, row: int) -> Optional[str]:
+        return self._cut(row)[0] if self.request.tokenizer is not None else None
+
+    def _cut(self, row: int) -> tuple[str, bool]:
+        """Row's text, cut before the first stop string; whether one was found."""
+        text = decode(self.request.tokenizer, self.tokens[row])
+        found = [text.index(s) for s in self.request.stop if s and s in text]
+        return (text[: min(found)], True) if found else (text, False)
+
+    def _stream(self) -> None:
+        text = self.text(0) or ""
+        # A partial multi-byte character decodes to U+FFFD until its last byte arrives.
+        if text.startswith(self.emitted) and not text.endswith("\ufffd") and len(text) > len(self.emitted):
+            self.request.stream(text[len(self.emitted) :])
+            self.emitted = text
+
+
+def left_pad(prompts: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(input_ids, attention_mask)`` [batch, longest], the padding on the left."""
+    longest = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), longest), pad, dtype=np.int64)
+    mask = np.zeros((len(prompts), longest), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, -len(prompt) :] = prompt
+            mask[row, -len(prompt) :] = 1
+    return ids, mask
+
+
+def positions_of(mask: np.ndarray) -> np.ndarray:
+    """Position ids counted from each row's first real token (0 on the padding)."""
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+
+
+def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]:
+    """Prefill every prompt at once, then decode one token per step until every row stops."""
+    rng = request.sampling.generator()
+    ids, mask = left_pad(request.prompts, request.pad)
+    positions = positions_of(mask)
+    rows = _Rows(request)
+    start = time.perf_counter()
+    logits, past = stepper.run(ids, mask, positions, None)
+    chosen = choose(logits.numpy()[:, -1, :], request.sampling, rng)
+    ttft = time.perf_counter() - start
+    decoding, steps = 0.0, 0
+    while True:
+        rows.add(chosen)
+        if rows.finished.all() or steps + 1 >= request.max_new_tokens:
+            break
+        chosen = np.where(rows.finished, request.pad, chosen).astype(np.int64)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        began = time.perf_counter()
+        logits, past = stepper.run(chosen[:, None], mask, positions, past)
+        chosen = choose(logits.numpy()[:, -1, :], request.sampling, rng)
+        decoding += time.perf_counter() - began
+        steps += 1
+    per_token = 1000 * decoding / steps if steps else 0.0
+    return [
+        GenerationResult(
+            token_ids=rows.tokens[row], text=rows.text(row), ttft_ms=1000 * ttft, ms_per_token=per_token,
+            prompt_tokens=len(request.prompts[row]), stop_reason=rows.reasons[row] or "length",
+        )
+        for row in range(len(request.prompts))
+    ]

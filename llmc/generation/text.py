@@ -1,0 +1,100 @@
+"""The artifact's tokenizer, chat template and generation config (carried by ``llmc build``).
+
+Plain prompts go through ``tokenizers.Tokenizer`` (``tokenizer.json``): light, no transformers.
+``--chat`` needs the chat template, which only transformers renders (``apply_chat_template``),
+so it alone imports transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmc.errors import LlmcError, first_line
+from llmc.model.files import GENERATION_FILE
+
+TOKENIZER_JSON = "tokenizer.json"
+# tokenizer_config.json's "no limit" sentinel is ~1e30; a real context is far below this.
+_SANE_CONTEXT = 10_000_000
+
+
+def load_tokenizer(artifact: Path) -> Any:
+    """``artifact``'s ``tokenizers.Tokenizer``, or one line saying how to get one."""
+    path = artifact / TOKENIZER_JSON
+    if not path.is_file():
+        raise LlmcError(
+            f"{artifact} has no tokenizer ({TOKENIZER_JSON}); build it from `llmc export` output "
+            "(which carries the tokenizer), or pass token ids to Runner.generate from Python"
+        )
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise LlmcError("the tokenizers package is not installed: pip install tokenizers") from None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises plain Exception on a bad file
+        raise LlmcError(f"{path}: not a tokenizer file ({first_line(exc)}); rebuild the artifact") from None
+
+
+def encode(tokenizer: Any, text: str, *, special: bool = True) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=special).ids)
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def chat_prompt(artifact: Path, message: str) -> str:
+    """``message`` as one user turn of the artifact's chat template, ready for the reply."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise LlmcError("--chat needs transformers for the chat template: pip install transformers") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(artifact))
+    except Exception as exc:  # transformers raises many types for an unreadable tokenizer
+        raise LlmcError(f"{artifact}: transformers cannot load its tokenizer ({first_line(exc)})") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise LlmcError(f"{artifact}: its tokenizer has no chat template; drop --chat and pass the prompt as is")
+    messages = [{"role": "user", "content": message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def generation_config(artifact: Path) -> dict[str, Any]:
+    """``generation_config.json`` of the artifact ({} without one)."""
+    path = artifact / GENERATION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise LlmcError(f"{path}: not valid JSON ({first_line(exc)}); rebuild the artifact") from None
+    return config if isinstance(config, dict) else {}
+
+
+def eos_ids(config: dict[str, Any]) -> set[int]:
+    """The end-of-sequence token ids a generation config names (an int or a list)."""
+    value = config.get("eos_token_id")
+    values = value if isinstance(value, list) else [value]
+    return {int(v) for v in values if isinstance(v, int)}
+
+
+def pad_id(config: dict[str, Any]) -> int:
+    """The id left padding uses (masked out, so any id works): pad, else EOS, else 0."""
+    for key in ("pad_token_id", "eos_token_id"):
+        value = config.get(key)
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def context_length(artifact: Path) -> int | None:
+    """``model_max_length`` of ``tokenizer_config.json`` when it is a real limit, else None."""
+    path = artifact / "tokenizer_config.json"
+    try:
+        value = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, (int, float)) and 0 < value < _SANE_CONTEXT else None

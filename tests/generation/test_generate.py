@@ -1,0 +1,205 @@
+"""KV-cache generation on a built decoder artifact: greedy matches a plain ONNX Runtime loop on
+the exported model, batching, seeded sampling, full-sequence logits, perplexity and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import llmc
+from llmc.cli.main import app
+from llmc.errors import LlmcError
+from tests.cli.test_bad_inputs import _assert_one_line_error
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from tests.export.test_export_cli import _save  # noqa: E402  (needs transformers)
+
+runner = CliRunner()
+VOCAB, EOS = 64, 3
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    from llmc.export import llama_model
+
+    model = llama_model(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=VOCAB, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.5,
+        bos_token_id=2, eos_token_id=EOS,
+    )
+    source = _save(model, tmp_path_factory.mktemp("hf") / "llama", VOCAB)
+    out = tmp_path_factory.mktemp("exports") / "llama"
+    result = runner.invoke(app, ["export", str(source), "-o", str(out), "--legacy"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifact(export_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("artifacts") / "llama"
+    llmc.build(export_dir / "model.onnx", output=out, cache=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(artifact):
+    return llmc.load(artifact)
+
+
+def _reference_greedy(model: Path, prompt: list[int], steps: int) -> list[int]:
+    """A plain numpy loop on the exported model: present fed back as past, no llmc."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    feeds = {p.name: np.zeros((1, p.shape[1], 0, p.shape[3]), np.float32) for p in pasts}
+    ids, length, out = np.array([prompt], np.int64), len(prompt), []
+    positions = np.arange(length, dtype=np.int64)[None]
+    for _ in range(steps):
+        feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64), position_ids=positions)
+        logits, *present = session.run(None, feeds)
+        token = int(np.argmax(logits[0, -1]))
+        out.append(token)
+        feeds.update({p.name: value for p, value in zip(pasts, present, strict=True)})
+        ids, positions, length = np.array([[token]], np.int64), np.array([[length]], np.int64), length + 1
+    return out
+
+
+def _no_eos(tokens: list[int]) -> list[int]:
+    return tokens[: tokens.index(EOS) + 1] if EOS in tokens else tokens
+
+
+def test_greedy_is_token_identical_to_a_plain_onnxruntime_loop(loaded, export_dir):
+    prompt = [5, 17, 9, 40, 22]
+    result = loaded.generate(prompt, max_new_tokens=16)
+    assert result.token_ids == _no_eos(_reference_greedy(export_dir / "model.onnx", prompt, 16))
+    assert len(set(result.token_ids)) > 1  # the model does not just repeat a token
+    assert result.prompt_tokens == 5 and result.ttft_ms > 0 and result.text is not None
+    assert result.stop_reason == ("eos" if result.token_ids[-1] == EOS else "length")
+
+
+def test_a_text_prompt_is_tokenized_with_the_artifact_tokenizer(loaded):
+    by_text = loaded.generate("w5 w17 w9", max_new_tokens=8)
+    by_ids = loaded.generate([5, 17, 9], max_new_tokens=8)
+    assert by_text.token_ids == by_ids.token_ids
+    assert by_text.text == " ".join(f"w{t}" for t in by_text.token_ids if t != EOS)
+
+
+def test_batched_left_padded_greedy_equals_each_prompt_alone(loaded):
+    prompts = [[5, 17, 9, 40, 22, 8], [11], [30, 31, 12]]
+    batch = loaded.generate(prompts, max_new_tokens=12)
+    assert [r.token_ids for r in batch] == [loaded.generate(p, max_new_tokens=12).token_ids for p in prompts]
+
+
+def test_seeded_sampling_is_reproducible(loaded):
+    options = dict(max_new_tokens=12, temperature=1.5, top_k=20, top_p=0.95)
+    first = loaded.generate([5, 6], seed=7, **options)
+    assert loaded.generate([5, 6], seed=7, **options).token_ids == first.token_ids
+    others = [loaded.generate([5, 6], seed=s, **options).token_ids for s in range(8, 12)]
+    assert any(tokens != first.token_ids for tokens in others)
+
+
+def test_sampling_cuts():
+    from llmc.generation.sampling import Sampling, choose
+
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 200))
+    rng = np.random.default_rng(0)
+    assert set(choose(logits, Sampling(1.0, top_k=2), rng).tolist()) == {0, 1}
+    assert set(choose(logits, Sampling(1.0, top_p=0.7), rng).tolist()) == {0, 1}
+    assert set(choose(logits, Sampling(1.0, top_p=0.5), rng).tolist()) == {0}
+    assert choose(logits, Sampling(), rng).tolist() == [0] * 200
+    with pytest.raises(LlmcError, match="--top-p"):
+        Sampling(1.0, top_p=0)
+
+
+def test_stop_strings_and_streaming(loaded):
+    full = loaded.generate("w5 w17", max_new_tokens=10)
+    words = full.text.split()
+    assert len(words) >= 3
+    stopped = loaded.generate("w5 w17", max_new_tokens=10, stop=[words[2]])
+    assert stopped.stop_reason == "stop" and stopped.text == full.text[: full.text.index(words[2])]
+    pieces: list[str] = []
+    streamed = loaded.generate("w5 w17", max_new_tokens=10, stream=pieces.append)
+    assert "".join(pieces) == streamed.text == full.text
+
+
+def test_logits_equal_the_full_sequence_run(loaded):
+    ids = np.array([5, 17, 9, 40, 22], np.int64)
+    feeds = {
+        "input_ids": ids[None], "attention_mask": np.ones((1, 5), np.int64),
+        "position_ids": np.arange(5, dtype=np.int64)[None],
+    }
+    for i in loaded.session.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    expected = loaded.run(feeds)["logits"][0]
+    np.testing.assert_allclose(loaded.logits(ids), expected, rtol=1e-5, atol=1e-5)
+    assert loaded.logits(np.stack([ids, ids])).shape == (2, 5, VOCAB)
+
+
+def _perplexity(artifact: Path, text: Path, *options: str) -> dict:
+    result = runner.invoke(app, ["perplexity", str(artifact), "--text", str(text), "--json", *options])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_perplexity_cli(artifact, loaded, tmp_path):
+    ids = [4 + i % 50 for i in range(100)]
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i}" for i in ids))
+    logits = loaded.logits(ids).astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = np.exp(-log_probs[np.arange(99), ids[1:]].mean())
+    whole = _perplexity(artifact, text, "--max-length", "128")
+    assert whole["tokens"] == 99 and whole["windows"] == 1
+    assert whole["perplexity"] == pytest.approx(expected, rel=1e-6)
+    # stride == max-length: the first token of each later window is not scored
+    assert _perplexity(artifact, text, "--max-length", "32")["tokens"] == 99 - 3
+    sliding = runner.invoke(app, ["perplexity", str(artifact), "--text", str(text), "--max-length", "32", "--stride", "16"])
+    assert sliding.exit_code == 0 and "over 99 tokens" in sliding.output, sliding.output
+
+
+def test_generate_cli(artifact):
+    result = runner.invoke(app, ["generate", str(artifact), "--prompt", "w5 w17 w9", "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert "ms/token" in result.output and "time to first token" in result.output
+    as_json = runner.invoke(app, ["generate", str(artifact), "--prompt", "w5 w17 w9", "--max-new-tokens", "6", "--json"])
+    assert json.loads(as_json.output)["token_ids"] == llmc.load(artifact).generate([5, 17, 9], 6).token_ids
+    streamed = runner.invoke(app, ["generate", str(artifact), "--prompt", "w5 w17", "--stream", "--threads", "1"])
+    assert streamed.exit_code == 0, streamed.output
+
+
+def test_one_line_errors(artifact, tmp_path, tiny_bert_legacy):
+    _assert_one_line_error(runner.invoke(app, ["generate", str(artifact), "--prompt", "  "]), "empty prompt")
+    long_prompt = " ".join(["w5"] * 40)
+    _assert_one_line_error(
+        runner.invoke(app, ["generate", str(artifact), "--prompt", long_prompt, "--max-length", "32"]),
+        "40 tokens", "context of 32",
+    )
+    _assert_one_line_error(
+        runner.invoke(app, ["generate", str(artifact), "--prompt", "w5", "--chat"]), "no chat template"
+    )
+    _assert_one_line_error(
+        runner.invoke(app, ["generate", str(artifact), "--prompt", "w5", "--top-p", "2"]), "--top-p"
+    )
+    bert = tmp_path / "bert"
+    llmc.build(tiny_bert_legacy, output=bert, cache=False)
+    _assert_one_line_error(
+        runner.invoke(app, ["generate", str(bert), "--prompt", "hi"]), "is not a decoder with a KV cache", "llmc export"
+    )
+    alone = tmp_path / "alone" / "model.onnx"  # no tokenizer beside it to carry
+    alone.parent.mkdir()
+    alone.write_bytes((artifact / "model.onnx").read_bytes())
+    no_tokenizer = tmp_path / "bare"
+    llmc.build(alone, output=no_tokenizer, cache=False)
+    _assert_one_line_error(
+        runner.invoke(app, ["generate", str(no_tokenizer), "--prompt", "w5"]), "has no tokenizer", "llmc export"
+    )
+    assert llmc.load(no_tokenizer).generate([5, 6], 3).text is None  # ids need no tokenizer
