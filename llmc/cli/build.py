@@ -1,9 +1,9 @@
 """``llmc build``: compile a model for a target and verify it against the source.
 
 The options are module-level ``Annotated`` aliases grouped as ``llmc build --help`` shows them:
-general, pipeline and debugging, int8, fp16 and TensorRT. The command turns each group into
+general, pipeline and debugging, int8, int4, fp16 and TensorRT. The command turns each group into
 the settings object ``llmc.compiler.build.build`` takes (``_quantize_options``,
-``_fp16_options``, ``_engine_settings``) and prints the manifest (``llmc.cli.render``).
+``build_int4.int4_options``, ``_fp16_options``, ``_engine_settings``) and prints the manifest (``llmc.cli.render``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from llmc.cli.app import InputsOpt, SeedOpt, ShapeOpt, ThreadsOpt, app, console, user_errors
+from llmc.cli.build_int4 import (
+    AccuracyLevelOpt,
+    BlockSizeOpt,
+    Int4HeadOpt,
+    Int4MethodOpt,
+    MinTop1Opt,
+    SymmetricOpt,
+    int4_options,
+)
 from llmc.cli.render import Progress, print_build
 from llmc.errors import LlmcError
 
@@ -40,8 +49,9 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="fp32, fp16 (trt, or ort on --device cuda/tensorrt; float32 islands kept) or int8 "
-        "(needs --calibration-data; trt runs the rest in fp16).",
+        help="fp32, fp16 (trt, or ort on --device cuda/tensorrt; float32 islands kept), int8 "
+        "(needs --calibration-data; trt runs the rest in fp16) or int4 (ort: 4-bit MatMul weights, "
+        "MatMulNBits; no data needed).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or tensorrt (ONNX Runtime execution provider).")]
@@ -311,6 +321,12 @@ def build(
     keep_fp32: KeepFp32Opt = None,
     fp16_io: Fp16IoOpt = False,
     fp16_logits: Fp16LogitsOpt = False,
+    block_size: BlockSizeOpt = 32,
+    symmetric: SymmetricOpt = False,
+    accuracy_level: AccuracyLevelOpt = 0,
+    int4_method: Int4MethodOpt = "rtn",
+    min_top1_agreement: MinTop1Opt = 0.9,
+    int4_head: Int4HeadOpt = False,
     no_engine: NoEngineOpt = False,
     profile: ProfileOpt = None,
     shapes: ShapesAliasOpt = None,
@@ -336,6 +352,7 @@ def build(
         hardware_compatibility, timing_cache, engine_cache, no_engine_cache,
     )
     fp16 = _fp16_options(keep_fp32, fp16_io, fp16_logits)
+    int4 = int4_options(int4_method, block_size, symmetric, accuracy_level, min_top1_agreement, int4_head)
     with Progress() as progress, console.status("compiling") as status:
         artifact = build_model(
             model,
@@ -361,6 +378,7 @@ def build(
             quantization=quantization,
             no_engine=no_engine,
             fp16=fp16,
+            int4=int4,
             engine=engine,
             alignment=alignment,
             cache=not no_cache,

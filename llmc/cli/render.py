@@ -87,8 +87,9 @@ def _verified(manifest: dict[str, Any]) -> str:
         f"cosine min {v['cosine_min']:.6f}"
     )
     if "quantization" in manifest:
-        # The tolerance judged the fp32 graph the passes wrote; the int8 graph has its own budget.
-        return f"the passes' fp32 graph verified against the source: {errors}; int8 judged by its accuracy budget"
+        # The tolerance judged the fp32 graph the passes wrote; the quantized graph has its own check.
+        judged = "int4 judged by its top-1 agreement gate" if _is_int4(manifest) else "int8 judged by its accuracy budget"
+        return f"the passes' fp32 graph verified against the source: {errors}; {judged}"
     if manifest.get("precision") == "fp16":
         return f"verified against the source (float16 emulated on CPU): {errors}"
     return f"verified against the source: {errors}"
@@ -140,7 +141,33 @@ def _print_build_memory(memory: dict[str, Any] | None) -> None:
     )
 
 
+def _is_int4(manifest: dict[str, Any] | None) -> bool:
+    return ((manifest or {}).get("quantization") or {}).get("precision") == "int4"
+
+
+def _int4_measured(q: dict[str, Any]) -> str:
+    gate = q["gate"]
+    what = "top-1 agreement" if gate["metric"] == "top1_agreement" else "worst output cosine"
+    return f"{what} {gate['value']:.4f} with fp32 on {gate['samples']} seeded samples (minimum {gate['minimum']})"
+
+
+def _print_int4(q: dict[str, Any]) -> None:
+    sizes = q["weights_bytes"]
+    console.print(
+        f"int4 ({q['method']}, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
+        f"accuracy_level {q['accuracy_level']}; MatMulNBits): {q['nodes_quantized']} MatMul(s) quantized, "
+        f"{q['nodes_float']} in float; weights {_mib(sizes['before'])} -> {_mib(sizes['after'])}"
+    )
+    console.print(f"  {_int4_measured(q)}")
+    for node in q["nodes"]:
+        if node["precision"] == "float" and not node["reason"].startswith("B is computed"):
+            console.print(f"  float: {escape(node['node'])}: {escape(node['reason'])}")
+
+
 def _print_quantization(q: dict[str, Any]) -> None:
+    if q.get("precision") == "int4":
+        _print_int4(q)
+        return
     acc = q["accuracy"]
     console.print(
         f"int8 ({q['method']} calibration, {q['samples']['calibration']} samples"
@@ -344,6 +371,12 @@ def print_precision_hint(manifest: dict[str, Any] | None, result: Any) -> None:
     worst = max((o.max_rel_error for o in result.outputs), default=0.0)
     loose = 10 ** math.ceil(math.log10(worst)) if worst > 0 else 1e-4
     q = (manifest or {}).get("quantization")
+    if q is not None and _is_int4(manifest):
+        console.print(
+            f"ARTIFACT is an int4 build: it is not meant to match within fp32's tolerance; its build measured "
+            f"{_int4_measured(q)}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g})"
+        )
+        return
     if q is not None:
         acc = q["accuracy"]
         measured = (

@@ -80,9 +80,10 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:
     reference = "onnxruntime ORT_DISABLE_ALL on the source model"
     if precise.quantization is not None:
+        check = "top-1 agreement gate" if prep.options.precision == "int4" else "accuracy budget"
         reference += (
-            " (the fp32 graph before quantization; the int8 artifact is checked by the accuracy "
-            "budget in 'quantization')"
+            f" (the fp32 graph before quantization; the {prep.options.precision} artifact is checked by the "
+            f"{check} in 'quantization')"
         )
     if precise.fp16 is not None and prep.options.precision == "fp16":
         reference += (

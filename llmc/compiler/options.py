@@ -13,13 +13,15 @@ import numpy as np
 from llmc.compiler.engine import EngineSettings
 from llmc.errors import LlmcError
 from llmc.fp16.options import Fp16Options
+from llmc.int4.options import Int4Options
 from llmc.int8.options import QuantizeOptions
 from llmc.passes.options import TARGETS, PassOptions
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # Default output tolerance (max abs error over each output's scale) per precision; int8 is
-# judged by its accuracy budget instead.
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-4}
+# judged by its accuracy budget instead, int4 by its top-1 agreement with fp32 (the tolerance
+# judges the passes' fp32 graph for both).
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-4, "int4": 1e-4}
 GPU_DEVICES = ("cuda", "tensorrt")
 
 
@@ -45,6 +47,7 @@ class BuildOptions:
     quantization: QuantizeOptions | None = None
     no_engine: bool = False
     fp16: Fp16Options | None = None
+    int4: Int4Options | None = None
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     alignment: int = 64
     # Diagnostics: they observe the passes, so a build that asks for them is never served from cache.
@@ -66,6 +69,11 @@ class BuildOptions:
             raise LlmcError(
                 "--precision fp16 is for GPUs: use --device cuda or --device tensorrt, or --target trt; "
                 "on a CPU use --precision int8"
+            )
+        if self.precision == "int4" and self.target != "ort":
+            raise LlmcError(
+                "--precision int4 (MatMulNBits, an ONNX Runtime contrib op) is for --target ort; "
+                "for TensorRT use --precision int8 or fp16"
             )
         if self.target == "trt" and not self.no_engine and not tensorrt_available():
             import_tensorrt()  # raises the one line saying what to install
@@ -120,6 +128,10 @@ class BuildOptions:
         return self.quantization or QuantizeOptions(threads=self.threads)
 
     @property
+    def effective_int4(self) -> Int4Options:
+        return self.int4 or Int4Options()
+
+    @property
     def diagnostics(self) -> bool:
         return self.verify_each or self.diff_each or bool(self.dump_ir_after)
 
@@ -153,6 +165,7 @@ class BuildOptions:
             "tokenizer": path_digest(self.tokenizer),
             "quantization": self.effective_quantization if self.precision == "int8" else None,
             "fp16": self.fp16 or Fp16Options(),
+            "int4": self.effective_int4 if self.precision == "int4" else None,
             "no_engine": self.no_engine,
             "engine": self.engine if self.target == "trt" else None,
             "alignment": self.alignment,

@@ -1,6 +1,6 @@
-"""Build stages after the fp32 passes: precision (int8, fp16) and the memory plan.
+"""Build stages after the fp32 passes: precision (int8, int4, fp16) and the memory plan.
 
-The mechanics live in the feature packages (``llmc.int8``, ``llmc.fp16``, ``llmc.passes.memory``);
+The mechanics live in the feature packages (``llmc.int8``, ``llmc.int4``, ``llmc.fp16``, ``llmc.passes.memory``);
 these stages decide when each runs and check that the passes were exact before a precision
 step changes the numbers on purpose.
 """
@@ -25,6 +25,7 @@ from llmc.compiler.stages import (
 )
 from llmc.errors import LlmcError
 from llmc.fp16.stage import convert_for_build
+from llmc.int4.stage import quantize_int4_for_build
 from llmc.int8.stage import quantize_for_build
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
@@ -36,19 +37,27 @@ from llmc.passes.memory.reorder import MemoryReorderPass
 def apply_precision(
     prep: Prepared, compiled: Compiled, log: Log, progress: Progress | None, cache: BuildCache | None
 ) -> Precise:
-    """int8 (calibrated, within the accuracy budget), then fp16 for ``fp16`` and for trt int8."""
+    """int8 (calibrated, within the accuracy budget) or int4 (weight-only, within its top-1
+    agreement with fp32), then fp16 for ``fp16`` and for trt int8."""
     options = prep.options
     result = Precise(compiled.model)
-    if options.precision == "int8":
+    if options.precision in ("int8", "int4"):
         # The passes must be exact before quantization changes the numbers on purpose.
         with compiled_runs():
             fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
         result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
         fail_on_mismatch(result.fp32_comparison)
         model_io.release_freed_memory()
-        result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
+        if options.precision == "int8":
+            result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
+        else:
+            with compiled_runs():
+                result.model, result.quantization = quantize_int4_for_build(
+                    result.model, prep.feeds, options.effective_int4, options.seed, log
+                )
         model_io.release_freed_memory()
-        _check_step(compiled, "int8 quantization", result.model, "rebuild with --precision fp32 and report it")
+        step = f"{options.precision} quantization"
+        _check_step(compiled, step, result.model, "rebuild with --precision fp32 and report it")
     if options.precision == "fp16" or (options.precision == "int8" and options.target == "trt"):
         converted = convert_for_build(result.model, prep.feeds, options.fp16, options.precision, prep.tolerance, log)
         if result.fp32_comparison is None:
@@ -108,7 +117,7 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     """The manifest's ``memory``: the final graph's plan at the build's shapes, and the session
     config that runs the graph in the order the plan chose.
 
-    The ``memory`` pass reorders during the pipeline; an int8 build changed the graph after it,
+    The ``memory`` pass reorders during the pipeline; an int8/int4 build changed the graph after it,
     so the pass runs once more on the quantized graph.
     """
     names = prep.pipeline.names()
@@ -118,7 +127,7 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     if "memory" in names:
         records = [r for r in compiled.manager.records if r.name == "memory"]
         stats = dict(records[-1].stats) if records else {}
-        if prep.options.precision == "int8":
+        if prep.options.precision in ("int8", "int4"):
             reorder = MemoryReorderPass(pass_options(prep))
             reorder(precise.model)
             stats, skipped = reorder.stats, reorder.skipped

@@ -29,8 +29,9 @@ def verify(
 
     fp32: the tolerance judges the artifact. fp16: the CPU emulation of float16 is what the
     tolerance judges (ONNX Runtime's CPU run keeps float32 between nodes; its result is recorded
-    too). int8: the passes' exactness was judged before quantizing, the accuracy budget judged
-    the int8 graph, and the artifact must give finite outputs.
+    too). int8/int4: the passes' exactness was judged before quantizing, the accuracy budget
+    (int8) or the top-1 agreement gate (int4) judged the quantized graph, and the artifact must
+    give finite outputs.
     """
     out_dir = prep.work_dir
     files = model_io.save_model(precise.model, out_dir / MODEL_FILE, external_data=prep.options.external_data)
@@ -52,7 +53,9 @@ def verify(
         comparison = precise.fp32_comparison
         bad = [k for k, v in candidate.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
         if bad:
-            raise LlmcError(f"the int8 model gives NaN/Inf in output '{bad[0]}'; rebuild with --precision fp32")
+            raise LlmcError(
+                f"the {prep.options.precision} model gives NaN/Inf in output '{bad[0]}'; rebuild with --precision fp32"
+            )
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
     create_session(out_dir / MODEL_FILE, session_config, saved)
