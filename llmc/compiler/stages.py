@@ -28,7 +28,7 @@ from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model.compare import Comparison, check_finite_reference
-from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes
+from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes, with_computed_cache
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 from llmc.passes.fusion.families import families_for
@@ -144,13 +144,7 @@ def _with_computed_cache(
     """``feeds`` with the KV cache the source model computes from a seeded prefill (the state a
     generation loop is in), instead of random numbers no prefill produces."""
     hint = "the source model fails on a seeded prefill that computes the verification KV cache; give --inputs"
-    outputs = _run_source(model, ir_model, prefill.feeds, hint)
-    result = dict(feeds)
-    for present, past in prefill.outputs.items():
-        if outputs[present].shape != feeds[past].shape or outputs[present].dtype != feeds[past].dtype:
-            return feeds  # not the cache layout its input declares: keep the seeded one
-        result[past] = outputs[present]
-    return result
+    return with_computed_cache(feeds, prefill, lambda f: _run_source(model, ir_model, f, hint))
 
 
 def load_source(model: ModelLike, source: dict[str, Any] | None = None) -> tuple[ir.Model, dict[str, Any]]:

@@ -15,7 +15,8 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
-from llmc.model.feeds import cache_prefill, make_feeds
+from llmc.model.compare import cosine
+from llmc.model.feeds import cache_prefill, make_feeds, with_computed_cache
 from llmc.model.io import ort_model_source
 
 
@@ -40,16 +41,7 @@ def gate_feeds(
         sample_seed = seed + 1000 * index
         extra = make_feeds(model, shapes, sample_seed)
         prefill = cache_prefill(model, extra, sample_seed)
-        if prefill is not None:
-            outputs = run(prefill.feeds)
-            for present, past in prefill.outputs.items():
-                if outputs[present].shape != extra[past].shape:
-                    break
-                extra[past] = outputs[present].astype(extra[past].dtype)
-            else:
-                result.append(extra)
-            continue
-        result.append(extra)
+        result.append(extra if prefill is None else with_computed_cache(extra, prefill, run))
     return result
 
 
@@ -57,7 +49,7 @@ def agreement(references: list[dict[str, np.ndarray]], candidates: list[dict[str
     """Top-1 agreement over every logits position (or the worst output cosine), per the docstring."""
     names = [n for n in references[0] if "logits" in n and references[0][n].dtype.kind == "f"]
     cosines = [
-        _cosine(ref[name], cand[name])
+        cosine(ref[name].astype(np.float64), cand[name].astype(np.float64))
         for ref, cand in zip(references, candidates, strict=True)
         for name in ref
         if ref[name].dtype.kind == "f" and (not names or name in names)
@@ -74,12 +66,3 @@ def agreement(references: list[dict[str, np.ndarray]], candidates: list[dict[str
     else:
         report.update(metric="cosine_min", value=report["cosine_min"])
     return report
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    norm = np.linalg.norm(a) * np.linalg.norm(b)
-    if norm == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.dot(a, b) / norm)

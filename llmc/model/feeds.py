@@ -22,6 +22,7 @@ outputs would be empty, so verification would prove nothing), except a decoder's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -157,6 +158,22 @@ def cache_prefill(model: ir.Model, feeds: dict[str, np.ndarray], seed: int = 0) 
         else:
             return None  # an input this prefill would have to invent
     return CachePrefill(prefill, outputs, past)
+
+
+def with_computed_cache(
+    feeds: dict[str, np.ndarray],
+    prefill: CachePrefill,
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """``feeds`` with each cache input replaced by what ``run`` (the model) computes on the
+    prefill; ``feeds`` as they were if an output is not the layout its input declares."""
+    outputs = run(prefill.feeds)
+    result = dict(feeds)
+    for present, past in prefill.outputs.items():
+        if outputs[present].shape != feeds[past].shape or outputs[present].dtype != feeds[past].dtype:
+            return feeds
+        result[past] = outputs[present]
+    return result
 
 
 def _present_name(past: str) -> str:
