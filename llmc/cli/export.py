@@ -11,7 +11,7 @@ import typer
 from llmc.cli.app import app, console, user_errors
 
 SourceArg = Annotated[
-    Path, typer.Argument(help="A Hugging Face model directory (config.json + weights), read offline.")
+    Path, typer.Argument(help="A Hugging Face model directory (config.json + weights) or a .gguf file (needs the gguf package), read offline.")
 ]
 ExportOutputOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Directory for model.onnx and the tokenizer files.")
