@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from llmc.backends.ort.runner import session_device
-from llmc.errors import LlmcError, first_line
+from llmc.backends.ort.errors import run_context
+from llmc.backends.ort.runner import OrtRunner
 from llmc.generation.decoder import DecoderLayout
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
@@ -26,39 +26,30 @@ from llmc.generation.text import decode
 
 
 class Stepper:
-    """Runs one model step (prefill or decode) through IOBinding on the session's device."""
+    """Runs one model step (prefill or decode) through IOBinding on the session's device
+    (``OrtRunner.run_bound``: OrtValue inputs are bound as they are, outputs stay OrtValues)."""
 
     def __init__(self, session: Any, layout: DecoderLayout, artifact: Path) -> None:
-        self.session, self.layout, self.artifact = session, layout, artifact
-        self.device, self.device_id = session_device(session)
+        self.runner, self.layout, self.artifact = OrtRunner(session, io_binding=True), layout, artifact
 
     def run(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]]
     ) -> tuple[Any, list[Any]]:
         """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache)."""
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self.layout.has_position_ids:
             feeds["position_ids"] = positions
         if past is None:
             feeds.update(self.layout.empty_past(ids.shape[0]))
-        binding = self.session.io_binding()
-        for name, array in feeds.items():  # feeds keeps the arrays alive until the run
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        if past is not None:
-            for name, value in zip(self.layout.past_names, past, strict=True):
-                binding.bind_ortvalue_input(name, value)  # the previous step's present: no copy
-        for name in self.layout.output_names:
-            binding.bind_output(name, self.device, self.device_id)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:  # ONNX Runtime raises its own types (Fail, InvalidArgument...)
-            raise LlmcError(
-                f"{self.artifact}: ONNX Runtime failed at sequence length {mask.shape[1]} ({first_line(exc)}); "
-                "beyond the model's context? pass a shorter prompt or fewer new tokens"
-            ) from None
-        binding.synchronize_outputs()
-        outputs = binding.get_outputs()  # in bind order: logits, then present.*
-        return outputs[0], list(outputs[1:])
+        else:  # the previous step's present: bound as it is, no copy
+            feeds.update(zip(self.layout.past_names, past, strict=True))
+        hint = (
+            f"at sequence length {mask.shape[1]}, beyond the model's context? pass a shorter prompt or "
+            "fewer new tokens"
+        )
+        with run_context(hint, str(self.artifact)):
+            outputs = self.runner.run_bound(feeds)
+        return outputs["logits"], [outputs[name] for name in self.layout.present_names]
 
 
 @dataclasses.dataclass
