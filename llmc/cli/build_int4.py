@@ -3,14 +3,24 @@ own help panel, and the :class:`~llmc.int4.options.Int4Options` they make."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 if TYPE_CHECKING:
     from llmc.int4.options import Int4Options
 
-INT4 = "int4 (--precision int4, weight-only)"
+INT4 = "weight-only: int4, int8 --weight-only"
+
+WeightOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--weight-only",
+        help="With --precision int8: weights only, as 8-bit MatMulNBits blocks (no calibration data; the int4 "
+        "gate and head/embedding options apply).",
+        rich_help_panel=INT4,
+    ),
+]
 
 BlockSizeOpt = Annotated[
     int,
@@ -38,7 +48,9 @@ AccuracyLevelOpt = Annotated[
 Int4MethodOpt = Annotated[
     str,
     typer.Option(
-        "--int4-method", help="rtn (round to nearest) or hqq (half-quadratic, error-minimising; asymmetric).",
+        "--int4-method",
+        help="minmax (block minimum and range, a float minimum: llama.cpp's Q4_1, exact on Q4_1 GGUF weights), "
+        "rtn (ONNX Runtime's round to nearest, integer zero points) or hqq (half-quadratic, error-minimising).",
         rich_help_panel=INT4,
     ),
 ]
@@ -46,22 +58,50 @@ MinTop1Opt = Annotated[
     float,
     typer.Option(
         "--min-top1-agreement",
-        help="Fraction of logits positions whose argmax must match fp32 (seeded inputs); else the build fails.",
+        help="Gate: fraction of positions whose argmax must match fp32 (decoders; others: worst output cosine).",
         rich_help_panel=INT4,
     ),
 ]
-Int4HeadOpt = Annotated[
-    bool,
-    typer.Option("--int4-head", help="Quantize the LM head too (kept float by default).", rich_help_panel=INT4),
+MaxPplOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-perplexity-increase",
+        help="Gate: perplexity may rise this fraction over fp32 (0.05: 5%); failing nodes fall back to int8, "
+        "then the head to float.",
+        rich_help_panel=INT4,
+    ),
+]
+EvalTextOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--eval-text", metavar="FILE", show_default="sequences the fp32 model samples itself",
+        help="Held-out text the gate measures perplexity on (tokenizer beside MODEL or --tokenizer).",
+        rich_help_panel=INT4,
+    ),
+]
+LmHeadOpt = Annotated[
+    str,
+    typer.Option("--lm-head", help="LM head weights: int8 (blocks, Q8_0 rounding), int4 or float.", rich_help_panel=INT4),
+]
+EmbeddingOpt = Annotated[
+    str,
+    typer.Option(
+        "--embedding", help="Token embedding: int8 (GatherBlockQuantized, shares a tied head's blocks) or float.",
+        rich_help_panel=INT4,
+    ),
 ]
 
 
 def int4_options(
-    method: str, block_size: int, symmetric: bool, accuracy_level: int, min_top1: float, head: bool
+    method: str, block_size: int, symmetric: bool, accuracy_level: int, gate: tuple[float, float, str | None],
+    head: str, embedding: str,
 ) -> Int4Options:
+    """``gate``: (min top-1 agreement, max perplexity increase, eval text path)."""
     from llmc.int4.options import Int4Options
 
+    min_top1, max_increase, eval_text = gate
     return Int4Options(
         method=method, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
-        min_top1_agreement=min_top1, quantize_head=head,
+        min_top1_agreement=min_top1, max_perplexity_increase=max_increase, eval_text=eval_text, head=head,
+        embedding=embedding,
     )

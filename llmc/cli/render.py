@@ -88,7 +88,7 @@ def _verified(manifest: dict[str, Any]) -> str:
     )
     if "quantization" in manifest:
         # The tolerance judged the fp32 graph the passes wrote; the quantized graph has its own check.
-        judged = "int4 judged by its top-1 agreement gate" if _is_int4(manifest) else "int8 judged by its accuracy budget"
+        judged = "int4 judged by its perplexity / agreement gate" if _is_int4(manifest) else "int8 judged by its accuracy budget"
         return f"the passes' fp32 graph verified against the source: {errors}; {judged}"
     if manifest.get("precision") == "fp16":
         return f"verified against the source (float16 emulated on CPU): {errors}"
@@ -142,30 +142,44 @@ def _print_build_memory(memory: dict[str, Any] | None) -> None:
 
 
 def _is_int4(manifest: dict[str, Any] | None) -> bool:
-    return ((manifest or {}).get("quantization") or {}).get("precision") == "int4"
+    return bool(((manifest or {}).get("quantization") or {}).get("weight_only"))
 
 
 def _int4_measured(q: dict[str, Any]) -> str:
     gate = q["gate"]
-    what = "top-1 agreement" if gate["metric"] == "top1_agreement" else "worst output cosine"
-    return f"{what} {gate['value']:.4f} with fp32 on {gate['samples']} seeded samples (minimum {gate['minimum']})"
+    if gate["metric"] == "perplexity":
+        return (
+            f"perplexity {gate['perplexity']:.3f} vs fp32 {gate['perplexity_fp32']:.3f} "
+            f"({100 * gate['increase']:+.2f}%, limit +{100 * gate['max_increase']:g}%), top-1 agreement "
+            f"{gate['top1_agreement']:.4f} (minimum {gate['min_top1_agreement']}) over {gate['positions']} positions "
+            f"of {gate['on']}"
+        )
+    return f"worst output cosine {gate['value']:.4f} with fp32 on {gate['samples']} seeded samples"
 
 
 def _print_int4(q: dict[str, Any]) -> None:
     sizes = q["weights_bytes"]
-    console.print(
+    counts = ", ".join(f"{n} {p}" for p, n in q["nodes_by_precision"].items())
+    settings = (
         f"int4 ({q['method']}, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
-        f"accuracy_level {q['accuracy_level']}; MatMulNBits): {q['nodes_quantized']} MatMul(s) quantized, "
-        f"{q['nodes_float']} in float; weights {_mib(sizes['before'])} -> {_mib(sizes['after'])}"
+        f"accuracy_level {q['accuracy_level']}; MatMulNBits)"
+        if q["precision"] == "int4"
+        else f"int8 weight-only (block {q['block_size']}, Q8_0 rounding, accuracy_level 4; MatMulNBits)"
+    )
+    console.print(
+        f"{settings}: MatMuls {counts}; LM head {q['lm_head']}; "
+        f"{len(q['embeddings'])} embedding(s) int8; weights {_mib(sizes['before'])} -> {_mib(sizes['after'])}"
     )
     console.print(f"  {_int4_measured(q)}")
+    if len(q["attempts"]) > 1:
+        console.print(f"  gate passed after {len(q['attempts']) - 1} fallback step(s); see manifest 'attempts'")
     for node in q["nodes"]:
         if node["precision"] == "float" and not node["reason"].startswith("B is computed"):
             console.print(f"  float: {escape(node['node'])}: {escape(node['reason'])}")
 
 
 def _print_quantization(q: dict[str, Any]) -> None:
-    if q.get("precision") == "int4":
+    if q.get("weight_only"):
         _print_int4(q)
         return
     acc = q["accuracy"]

@@ -70,6 +70,7 @@ def build(
     no_engine: bool = False,
     fp16: Fp16Options | None = None,
     int4: Int4Options | None = None,
+    weight_only: bool = False,
     engine: EngineSettings | None = None,
     alignment: int = 64,
     cache: bool = True,
@@ -86,9 +87,10 @@ def build(
     of the exact tolerance. ``precision="fp16"`` (``trt``, or ``ort`` on a GPU device) converts
     to float16 with float32 islands (``fp16`` options) and checks it on a CPU emulation of
     float16 against ``tolerance`` (default 1e-2); ``trt`` int8 runs what is not int8 in float16.
-    ``precision="int4"`` (target ``ort``) stores MatMul weights as 4-bit blocks (``MatMulNBits``,
-    ``int4`` options: method, block size, symmetry, accuracy level) and refuses an artifact whose
-    top-1 agreement with the fp32 graph is below ``int4.min_top1_agreement``.
+    ``precision="int4"`` (target ``ort``) stores MatMul weights as 4-bit blocks (``MatMulNBits``;
+    ``int4`` options: method, block size, accuracy level, LM head and embedding precision), and
+    ``precision="int8", weight_only=True`` as 8-bit blocks; both are gated on perplexity and
+    top-1 agreement with the fp32 graph, falling back node by node (``llmc.int4.stage``).
     ``target="trt"`` builds a TensorRT engine (``engine`` settings: profiles, workspace, caches)
     into ``model.plan``, signed in the manifest; ``no_engine=True`` writes only the
     TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
@@ -100,7 +102,7 @@ def build(
         disable_passes=tuple(disable_passes), device=device, threads=threads, tolerance=tolerance,
         external_data=external_data, seed=seed, pass_options=options or PassOptions(), fusions=fusions,
         calibration_data=calibration_data, tokenizer=tokenizer, quantization=quantization,
-        no_engine=no_engine, fp16=fp16, int4=int4, engine=engine or EngineSettings(), alignment=alignment,
+        no_engine=no_engine, fp16=fp16, int4=int4, weight_only=weight_only, engine=engine or EngineSettings(), alignment=alignment,
         verify_each=verify_each, diff_each=diff_each, dump_ir_after=tuple(dump_ir_after), dump_dir=dump_dir,
         use_cache=cache,
     )

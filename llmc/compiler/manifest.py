@@ -80,7 +80,7 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:
     reference = "onnxruntime ORT_DISABLE_ALL on the source model"
     if precise.quantization is not None:
-        check = "top-1 agreement gate" if prep.options.precision == "int4" else "accuracy budget"
+        check = "perplexity / agreement gate" if prep.options.weight_only_build else "accuracy budget"
         reference += (
             f" (the fp32 graph before quantization; the {prep.options.precision} artifact is checked by the "
             f"{check} in 'quantization')"

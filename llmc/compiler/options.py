@@ -48,6 +48,7 @@ class BuildOptions:
     no_engine: bool = False
     fp16: Fp16Options | None = None
     int4: Int4Options | None = None
+    weight_only: bool = False  # int8: weights only (MatMulNBits blocks, no calibration)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     alignment: int = 64
     # Diagnostics: they observe the passes, so a build that asks for them is never served from cache.
@@ -77,10 +78,16 @@ class BuildOptions:
             )
         if self.target == "trt" and not self.no_engine and not tensorrt_available():
             import_tensorrt()  # raises the one line saying what to install
-        if self.precision == "int8" and self.calibration_data is None:
+        if self.weight_only and self.precision != "int8":
+            raise LlmcError(
+                f"--weight-only is for --precision int8 (--precision int4 is always weight-only), not {self.precision}"
+            )
+        if self.weight_only and self.target != "ort":
+            raise LlmcError("--weight-only (MatMulNBits, an ONNX Runtime contrib op) is for --target ort")
+        if self.precision == "int8" and self.calibration_data is None and not self.weight_only:
             raise LlmcError(
                 "--precision int8 needs --calibration-data PATH (a directory of .npz feeds, one .npz with "
-                "stacked samples, or a text file with --tokenizer DIR)"
+                "stacked samples, or a text file with --tokenizer DIR), or --weight-only"
             )
         if not _is_int(self.alignment) or self.alignment < 1:
             raise LlmcError(f"--alignment must be at least 1 byte, not {self.alignment!r}")
@@ -129,7 +136,13 @@ class BuildOptions:
 
     @property
     def effective_int4(self) -> Int4Options:
-        return self.int4 or Int4Options()
+        options = self.int4 or Int4Options()
+        return dataclasses.replace(options, body="int8") if self.precision == "int8" and self.weight_only else options
+
+    @property
+    def weight_only_build(self) -> bool:
+        """int4, or int8 --weight-only: the MatMulNBits stage (``llmc.int4``)."""
+        return self.precision == "int4" or (self.precision == "int8" and self.weight_only)
 
     @property
     def diagnostics(self) -> bool:
@@ -163,9 +176,10 @@ class BuildOptions:
             "fusions": sorted((self.fusions or {}).items()),
             "calibration_data": path_digest(self.calibration_data),
             "tokenizer": path_digest(self.tokenizer),
-            "quantization": self.effective_quantization if self.precision == "int8" else None,
+            "quantization": self.effective_quantization if self.precision == "int8" and not self.weight_only else None,
             "fp16": self.fp16 or Fp16Options(),
-            "int4": self.effective_int4 if self.precision == "int4" else None,
+            "int4": self.effective_int4 if self.weight_only_build else None,
+            "eval_text": path_digest(self.effective_int4.eval_text) if self.weight_only_build else None,
             "no_engine": self.no_engine,
             "engine": self.engine if self.target == "trt" else None,
             "alignment": self.alignment,

@@ -48,12 +48,12 @@ def apply_precision(
         result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
         fail_on_mismatch(result.fp32_comparison)
         model_io.release_freed_memory()
-        if options.precision == "int8":
+        if not options.weight_only_build:
             result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
         else:
             with compiled_runs():
                 result.model, result.quantization = quantize_int4_for_build(
-                    result.model, prep.feeds, options.effective_int4, options.seed, log
+                    result.model, prep.feeds, options.effective_int4, options.seed, log, prep.eval_ids
                 )
         model_io.release_freed_memory()
         step = f"{options.precision} quantization"

@@ -60,6 +60,8 @@ class Prepared:
     cache_prefill_tokens: int | None = None
     # Where the build writes: a private directory beside out_dir, moved into place when verified.
     work_dir: Path | None = None
+    # int4 --eval-text as token ids (the source's or --tokenizer's tokenizer), for the gate.
+    eval_ids: list[int] | None = None
 
     @property
     def tolerance(self) -> float:
@@ -135,7 +137,34 @@ def prepare(
     return Prepared(
         options, ir_model, source, model, out_dir, pipeline, session_config, feeds, assumed,
         [f.name for f in enabled], disabled, cache_prefill_tokens=prefill.tokens if prefill else None,
+        eval_ids=_eval_ids(options, source),
     )
+
+
+def _eval_ids(options: BuildOptions, source: dict[str, Any]) -> list[int] | None:
+    """``--eval-text`` tokenized with ``--tokenizer`` DIR or the tokenizer.json beside the source."""
+    text = options.effective_int4.eval_text if options.weight_only_build else None
+    if text is None:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise LlmcError(f"--eval-text {text}: no such file")
+    folder = Path(options.tokenizer) if options.tokenizer else (Path(source["path"]).parent if source["path"] else None)
+    tokenizer = folder / "tokenizer.json" if folder is not None else None
+    if tokenizer is None or not tokenizer.is_file():
+        raise LlmcError(
+            f"--eval-text {text}: no tokenizer.json {'in ' + str(folder) if folder else 'for an in-memory model'}; "
+            "give --tokenizer DIR (a folder with tokenizer.json)"
+        )
+    from tokenizers import Tokenizer
+
+    try:
+        ids = Tokenizer.from_file(str(tokenizer)).encode(path.read_text(encoding="utf-8")).ids
+    except (UnicodeDecodeError, OSError) as exc:
+        raise LlmcError(f"--eval-text {text}: cannot read it as UTF-8 text ({exc})") from None
+    if len(ids) < 16:
+        raise LlmcError(f"--eval-text {text} is {len(ids)} token(s); the gate needs at least 16 (give a few paragraphs)")
+    return ids
 
 
 def _with_computed_cache(

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from llmc.errors import LlmcError
+from llmc.model.compare import token_nll
 
 
 @dataclasses.dataclass
@@ -22,11 +23,6 @@ class Perplexity:
     nll: float
     tokens: int
     windows: int
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def perplexity(
@@ -47,10 +43,9 @@ def perplexity(
     for begin in range(0, tokens.size - 1, stride):
         end = min(begin + max_length, tokens.size)
         window = tokens[begin:end]
-        log_probs = _log_softmax(logits_of(window)[:-1])
-        picked = log_probs[np.arange(window.size - 1), window[1:]]  # picked[j] scores token begin+j+1
-        new = picked[max(scored_to - begin - 1, 0) :]  # stride == max_length skips token `begin`
-        total -= float(new.sum())
+        nll = token_nll(logits_of(window), window)  # nll[j] scores token begin+j+1
+        new = nll[max(scored_to - begin - 1, 0) :]  # stride == max_length skips token `begin`
+        total += float(new.sum())
         count += new.size
         scored_to, windows = end, windows + 1
         if end == tokens.size:

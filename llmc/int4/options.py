@@ -7,26 +7,39 @@ import math
 
 from llmc.errors import LlmcError
 
-METHODS = ("rtn", "hqq")
+METHODS = ("minmax", "rtn", "hqq")
+BODIES = ("int4", "int8")
+HEADS = ("int8", "int4", "float")
+EMBEDDINGS = ("int8", "float")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 @dataclasses.dataclass(frozen=True)
 class Int4Options:
-    """Block-wise 4-bit weights for MatMul, and the agreement the int4 graph must keep with fp32.
+    """Block-wise 4-bit weights for MatMul, and what the int4 graph must keep of fp32: perplexity
+    within ``max_perplexity_increase`` and top-1 agreement ``min_top1_agreement`` (decoders, on
+    ``eval_text`` or on the fp32 graph's own samples; other models: the worst output cosine).
 
+    ``method``: ``minmax`` (block minimum and range with a float minimum: llama.cpp's Q4_1,
+    exact on Q4_1 GGUF weights), ``rtn`` (ONNX Runtime's round-to-nearest, integer zero points or
+    ``symmetric``), ``hqq`` (ONNX Runtime's half-quadratic quantizer, error-minimising).
     ``accuracy_level`` is MatMulNBits' compute type for the activations (0: unset, float32;
-    4: int8 activations, fast but the least accurate). The LM head stays float unless
-    ``quantize_head``.
+    4: int8 activations, fast but the least accurate). ``head``: the LM head's blocks (int8 by
+    default: Q8_0's rounding); ``embedding``: a token-embedding Gather onto 8-bit blocks (shared
+    with a tied head).
     """
 
-    method: str = "rtn"
+    method: str = "minmax"
+    body: str = "int4"  # every MatMul but the head: int4, or int8 (--precision int8 --weight-only)
     block_size: int = 32
     symmetric: bool = False
     accuracy_level: int = 0
     min_top1_agreement: float = 0.9
-    quantize_head: bool = False
+    max_perplexity_increase: float = 0.05
+    eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
+    head: str = "int8"
+    embedding: str = "int8"
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds
 
     def __post_init__(self) -> None:
@@ -44,7 +57,19 @@ class Int4Options:
         value = self.min_top1_agreement
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise LlmcError(f"--min-top1-agreement is a fraction of tokens (e.g. 0.9), not {value!r}")
-        if self.method == "hqq" and self.symmetric:
-            raise LlmcError("--int4-method hqq is asymmetric only (float zero points); drop --symmetric or use rtn")
+        value = self.max_perplexity_increase
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise LlmcError(f"--max-perplexity-increase is a fraction (0.05: 5%), not {value!r}")
+        if self.method != "rtn" and self.symmetric:
+            raise LlmcError(
+                f"--int4-method {self.method} is asymmetric only (a float minimum per block); "
+                "drop --symmetric or use --int4-method rtn"
+            )
+        if self.body not in BODIES:
+            raise LlmcError(f"body must be one of {', '.join(BODIES)}, not {self.body!r}")
+        if self.head not in HEADS:
+            raise LlmcError(f"--lm-head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise LlmcError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, not {self.embedding!r}")
         if not isinstance(self.gate_samples, int) or self.gate_samples < 0:
             raise LlmcError(f"gate_samples must be an integer >= 0, not {self.gate_samples!r}")

@@ -1,16 +1,21 @@
-"""INT4 weight-only quantization of MatMul weights into ``com.microsoft`` ``MatMulNBits``.
+"""Weight-only quantization of MatMul weights into ``com.microsoft`` ``MatMulNBits`` (int4 blocks
+for the body, int8 blocks for the LM head) and of the token embedding into ``GatherBlockQuantized``.
 
-What is ONNX Runtime's: the numerics. Each weight is quantized by ORT's own
-``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (round-to-nearest:
-``DefaultWeightOnlyQuantConfig``, its C++ block quantizer; HQQ: ``HQQWeightOnlyQuantConfig``),
-run on a one-node ONNX model holding that weight, so the packed blocks, scales and zero points
-are exactly the layout ORT's MatMulNBits kernels read.
+Numerics by method (``Int4Options.method``):
 
-What is ours: which nodes are quantized and why the others are not (constant 2-D float32
-weights whose K is a multiple of the block size; the LM head kept float by default), the
-graph rewrite in onnx-ir (a weight shared by several MatMuls is quantized once), the
-``accuracy_level`` attribute (HQQ's quantizer does not write it), and the manifest's record of
-every MatMul: quantized with which settings, or kept float with the reason.
+* ``rtn`` and ``hqq`` are ONNX Runtime's: each weight is quantized by
+  ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (``DefaultWeightOnlyQuantConfig``,
+  its C++ block quantizer; ``HQQWeightOnlyQuantConfig``) on a one-node model holding that weight, so
+  the packed blocks and scales are the layout ORT's kernels read. HQQ's float zero points are then
+  moved into offsets (``llmc.int4.blocks.hqq_offsets``) so that its blocks run on the fast kernel.
+* ``minmax`` (llama.cpp's Q4_1 rounding) and every 8-bit block (Q8_0's) are ours, in
+  ``llmc.int4.blocks`` (why: its docstring).
+
+What is ours besides: which nodes are quantized to what and why the others are not (constant 2-D
+float32 weights, or the transpose of one, whose K is a multiple of the block size), per-node
+overrides (the accuracy gate's fallback), the graph rewrite in onnx-ir (``llmc.int4.rewrite``; a
+weight shared by several MatMuls, such as a tied embedding and head, is quantized once), and the
+manifest's record of every MatMul: quantized with which settings, or kept float with the reason.
 """
 
 from __future__ import annotations
@@ -25,14 +30,17 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnx_ir as ir
 
+from llmc.int4.blocks import hqq_offsets, q4_minmax, q8_symmetric
 from llmc.int4.options import Int4Options
+from llmc.int4.rewrite import MS_DOMAIN, Rewriter, register
 
-MS_DOMAIN = "com.microsoft"
 # Ops a head's output may pass through on its way to ``logits`` (bias, reshapes, casts, scaling).
 _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Transpose", "Mul", "Div", "Tanh"}
+# 8-bit MatMulNBits has no fast float-activation path in ONNX Runtime 1.32's CPU kernels (measured,
+# 576x1536 at batch 1: 1.7 ms at accuracy_level 0, 0.1 ms at 4), so 8-bit blocks always run at 4.
+INT8_ACCURACY_LEVEL = 4
 HEAD_REASON = (
-    "LM head (produces 'logits'): kept float by default, its error moves every token's ranking "
-    "directly (int4 heads are where top-1 agreement is lost)"
+    "LM head (produces 'logits'): kept float (--lm-head float); its error moves every token's ranking directly"
 )
 
 
@@ -52,26 +60,59 @@ def head_nodes(model: ir.Model) -> set[int]:
     return found
 
 
-def float_reason(node: ir.Node, options: Int4Options, heads: set[int]) -> str | None:
-    """Why this MatMul stays float, or None when it is quantized."""
+def constant_weight(node: ir.Node) -> tuple[ir.Value, bool] | str:
+    """The constant behind a MatMul's B: ``(value, transposed)`` (B is ``Transpose(value)``, as a
+    tied LM head's is), or why there is none."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if id(node) in heads and not options.quantize_head:
-        tied = weight is not None and weight.const_value is None
-        return HEAD_REASON + ("; its weight is computed (a tied embedding, transposed at run time)" if tied else "")
+    if weight is not None and weight.const_value is None:
+        producer = weight.producer()
+        if producer is not None and producer.op_type == "Transpose" and producer.domain == "":
+            source = producer.inputs[0]
+            perm = producer.attributes.get("perm")
+            if source is not None and source.const_value is not None and perm is not None and list(perm.value) == [1, 0]:
+                return source, True
     if weight is None or weight.const_value is None:
         return "B is computed (activation x activation), not a constant weight"
+    return weight, False
+
+
+def float_reason(node: ir.Node, precision: str, block: int) -> str | None:
+    """Why this MatMul stays float at ``precision`` ("int4", "int8" or "float"), or None."""
+    if precision == "float":
+        return "kept float (per-node override)"
+    found = constant_weight(node)
+    if isinstance(found, str):
+        return found
+    weight, transposed = found
     if weight.const_value.dtype != ir.DataType.FLOAT:
         return f"weight is {weight.const_value.dtype.name}, not float32"
     shape = tuple(weight.const_value.shape)
     if len(shape) != 2:
         return f"weight has rank {len(shape)}; MatMulNBits takes a 2-D (K, N) weight"
-    k = shape[0]
-    if k % options.block_size:
+    k = shape[1] if transposed else shape[0]
+    if k % block:
         return (
-            f"K={k} is not a multiple of --block-size {options.block_size} "
+            f"K={k} is not a multiple of --block-size {block} "
             "(a padded last block would quantize zeros); a smaller --block-size may fit"
         )
     return None
+
+
+def node_name(node: ir.Node) -> str:
+    return node.name or node.outputs[0].name
+
+
+def node_precisions(model: ir.Model, options: Int4Options, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Every MatMul's precision before checks: ``options.body`` (int4 or int8), ``options.head``
+    for the LM head, then ``overrides`` (node name -> "int4" | "int8" | "float")."""
+    heads = head_nodes(model)
+    result = {
+        node_name(node): options.head if id(node) in heads else options.body
+        for node in model.graph
+        if node.op_type == "MatMul" and node.domain == ""
+    }
+    result.update({k: v for k, v in (overrides or {}).items() if k in result})
+    return result
 
 
 def ort_quantize_weight(weight: np.ndarray, options: Int4Options) -> dict[str, Any]:
@@ -125,70 +166,128 @@ def _ort_quantizer():
     return matmul_nbits_quantizer
 
 
-def quantize_model(model: ir.Model, options: Int4Options) -> dict[str, Any]:
-    """Replace the selected MatMuls by MatMulNBits in place; return the manifest's record."""
+def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """Replace the selected MatMuls by MatMulNBits (and the embedding Gather by
+    GatherBlockQuantized) in place; return the manifest's record."""
     graph = model.graph
     heads = head_nodes(model)
+    precisions = node_precisions(model, options, overrides)
+    rewriter = Rewriter(graph)
+    done: dict[tuple[int, int], tuple[list[ir.Value], ir.Value | None]] = {}
     quantized: dict[str, dict[str, Any]] = {}
     kept: dict[str, str] = {}
-    done: dict[int, list[ir.Value]] = {}  # weight value id -> its quantized inputs (shared weights)
-    before = after = 0
+    sizes = _Sizes()
     for node in list(graph):
         if node.op_type != "MatMul" or node.domain != "":
             continue
-        name = node.name or node.outputs[0].name
-        reason = float_reason(node, options, heads)
+        name, precision = node_name(node), precisions[node_name(node)]
+        reason = HEAD_REASON if precision == "float" and id(node) in heads else float_reason(
+            node, precision, options.block_size
+        )
         if reason is not None:
             kept[name] = reason
             continue
-        weight = node.inputs[1]
-        k, n = (int(d) for d in weight.const_value.shape)
-        if id(weight) not in done:
-            result = ort_quantize_weight(weight.const_value.numpy(), options)
-            done[id(weight)] = _register(graph, weight.name, result["inputs"])
-            before += weight.const_value.nbytes
-            after += sum(int(v.const_value.nbytes) for v in done[id(weight)])
-        _replace(graph, node, done[id(weight)], k, n, options)
-        quantized[name] = {"K": k, "N": n, "weight": weight.name}
-    for value in list(graph.initializers.values()):
-        if not value.uses() and value not in graph.outputs:
-            del graph.initializers[value.name]
-    if quantized:
+        weight, transposed = constant_weight(node)  # type: ignore[misc]
+        array = weight.const_value.numpy()
+        kn = array.T if transposed else array
+        bits = 4 if precision == "int4" else 8
+        if (id(weight), bits) not in done:
+            done[id(weight), bits] = _quantize(graph, weight.name, kn, bits, options)
+            sizes.add(weight, done[id(weight), bits])
+        values, offsets = done[id(weight), bits]
+        level = options.accuracy_level if bits == 4 else INT8_ACCURACY_LEVEL
+        rewriter.matmul(node, values, offsets, bits, options.block_size, kn.shape[0], kn.shape[1], level)
+        quantized[name] = {"K": int(kn.shape[0]), "N": int(kn.shape[1]), "weight": weight.name, "precision": precision}
+    embeddings = _quantize_embeddings(graph, rewriter, done, options, sizes)
+    _remove_dead(graph)
+    if quantized or embeddings:
         model.opset_imports.setdefault(MS_DOMAIN, 1)
     return {
         "quantized": quantized,
         "kept_float": kept,
-        "weights_bytes": {"before": before, "after": after},
+        "embeddings": embeddings,
+        "weights_bytes": {"before": sizes.before, "after": sizes.after},
     }
 
 
-def _register(graph: ir.Graph, base: str, arrays: list[np.ndarray]) -> list[ir.Value]:
-    values = []
-    for suffix, array in zip(("_Q4", "_scales", "_zero_points"), arrays, strict=False):
-        name = base + suffix
-        index = 1
-        while name in graph.initializers:
-            name, index = f"{base}{suffix}_{index}", index + 1
-        tensor = ir.tensor(np.ascontiguousarray(array), name=name)
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-        graph.register_initializer(value)
-        values.append(value)
-    return values
+class _Sizes:
+    """Bytes of the float weights replaced and of what replaced them (each weight once)."""
+
+    def __init__(self) -> None:
+        self.before = self.after = 0
+        self._seen: set[int] = set()
+
+    def add(self, weight: ir.Value, new: tuple[list[ir.Value], ir.Value | None]) -> None:
+        if id(weight) not in self._seen:
+            self._seen.add(id(weight))
+            self.before += int(weight.const_value.nbytes)
+        values, offsets = new
+        self.after += sum(int(v.const_value.nbytes) for v in [*values, *([offsets] if offsets else [])])
 
 
-def _replace(graph: ir.Graph, node: ir.Node, inputs: list[ir.Value], k: int, n: int, options: Int4Options) -> None:
-    attributes = [
-        ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", 4),
-        ir.AttrInt64("block_size", options.block_size),
-    ]
-    if options.accuracy_level:  # unset means 0 (float32 compute); ORT writes it only when set too
-        attributes.append(ir.AttrInt64("accuracy_level", options.accuracy_level))
-    new = ir.Node(MS_DOMAIN, "MatMulNBits", [node.inputs[0], *inputs], attributes, name=node.name, num_outputs=1)
-    old = node.outputs[0]
-    out = new.outputs[0]
-    out.shape, out.type = old.shape, old.type
-    graph.insert_before(node, new)
-    ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
-    name = old.name
-    graph.remove(node, safe=True)
-    out.name = name
+def _quantize(
+    graph: ir.Graph, base: str, kn: np.ndarray, bits: int, options: Int4Options
+) -> tuple[list[ir.Value], ir.Value | None]:
+    """Blocks of one (K, N) weight as new initializers: MatMulNBits' inputs, and the offsets."""
+    block = options.block_size
+    if bits == 8:
+        blocks = q8_symmetric(kn, block)
+    elif options.method == "minmax":
+        blocks = q4_minmax(kn, block)
+    else:
+        result = ort_quantize_weight(np.ascontiguousarray(kn), options)
+        if options.method == "rtn":
+            names = ("_Q4", "_scales", "_zero_points")
+            return [register(graph, base + suffix, a) for suffix, a in zip(names, result["inputs"], strict=False)], None
+        packed, scales, zero_points = result["inputs"]
+        blocks = hqq_offsets(packed, scales, zero_points, block, kn.shape[1])
+    suffix = "_Q4" if bits == 4 else "_Q8"
+    values = [register(graph, base + suffix, blocks.packed), register(graph, base + suffix + "_scales", blocks.scales)]
+    offsets = None
+    if blocks.offsets is not None:
+        offsets = register(graph, base + suffix + "_offsets", np.ascontiguousarray(blocks.offsets.T))
+    return values, offsets
+
+
+def _quantize_embeddings(
+    graph: ir.Graph,
+    rewriter: Rewriter,
+    done: dict[tuple[int, int], tuple[list[ir.Value], ir.Value | None]],
+    options: Int4Options,
+    sizes: _Sizes,
+) -> dict[str, dict[str, Any]]:
+    """Token-embedding Gathers of a 2-D float32 table onto 8-bit blocks (the LM head's, when tied)."""
+    record: dict[str, dict[str, Any]] = {}
+    if options.embedding != "int8":
+        return record
+    block = options.block_size
+    for node in list(graph):
+        table = node.inputs[0] if node.op_type == "Gather" and node.domain == "" and node.inputs else None
+        axis = node.attributes.get("axis")
+        if table is None or table.const_value is None or (axis is not None and axis.value != 0):
+            continue
+        shape = tuple(table.const_value.shape)
+        ids = node.inputs[1]
+        if len(shape) != 2 or table.const_value.dtype != ir.DataType.FLOAT or shape[1] % block or ids.shape is None:
+            continue
+        shared = (id(table), 8) in done
+        if not shared:
+            done[id(table), 8] = _quantize(graph, table.name, table.const_value.numpy().T, 8, options)
+            sizes.add(table, done[id(table), 8])
+        packed = done[id(table), 8][0]
+        scales = packed[1].const_value.numpy().reshape(shape[0], shape[1] // block, 1)
+        scales3 = register(graph, f"{packed[1].name}_rows", scales)
+        sizes.after += int(scales3.const_value.nbytes)
+        rewriter.gather(node, packed[0], scales3, block, shape[1])
+        record[node_name(node)] = {"rows": shape[0], "dim": shape[1], "bits": 8, "shared_with_head": shared}
+    return record
+
+
+def _remove_dead(graph: ir.Graph) -> None:
+    """Transposes left without users (a tied head's), then initializers nothing reads."""
+    for node in reversed(list(graph)):
+        if node.op_type == "Transpose" and not any(o.uses() or o in graph.outputs for o in node.outputs):
+            graph.remove(node, safe=True)
+    for value in list(graph.initializers.values()):
+        if not value.uses() and value not in graph.outputs:
+            del graph.initializers[value.name]

@@ -1,8 +1,9 @@
-"""INT4 as one build stage: measure the fp32 graph, quantize its MatMul weights, run the gate.
+"""Weight-only quantization as one build stage: measure the fp32 graph, quantize, run the gate,
+and fall back node by node until the gate passes.
 
 ``llmc.compiler`` calls :func:`quantize_int4_for_build` after the fp32 passes were judged exact;
-everything it needs about INT4 lives in this package (``quantize``: the rewrite around ORT's
-quantizer; ``gate``: the top-1 agreement with fp32).
+everything it needs about it lives in this package (``quantize``: the rewrite; ``gate``: the
+perplexity and agreement with fp32; ``fallback``: which nodes leave int4 when the gate fails).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
-from llmc.int4.gate import Runner, agreement, gate_feeds
+from llmc.int4.fallback import fallback_plan
+from llmc.int4.gate import Runner, evaluation
 from llmc.int4.options import Int4Options
 from llmc.int4.quantize import quantize_model
 
-LIBRARY = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
+LIBRARY = "onnxruntime.quantization.matmul_nbits_quantizer (rtn, hqq); llmc.int4.blocks (minmax, 8-bit)"
 
 
 def quantize_int4_for_build(
@@ -28,55 +30,102 @@ def quantize_int4_for_build(
     options: Int4Options,
     seed: int,
     log: Callable[[str], None],
+    text_ids: list[int] | None = None,
 ) -> tuple[ir.Model, dict[str, Any]]:
-    """The int4 model (``model`` rewritten in place) and the manifest's ``quantization``.
+    """The quantized model and the manifest's ``quantization``.
 
-    Refuses, in one line, an int4 graph whose agreement with fp32 is below
-    ``options.min_top1_agreement``.
+    Refuses, in one line, a model whose gate fails even with every fallback (all MatMuls int8,
+    the head float).
     """
     start = time.perf_counter()
     fp32 = Runner(model)
-    samples = gate_feeds(model, feeds, seed, options.gate_samples, fp32)
-    references = [fp32(sample) for sample in samples]
+    judged_on = evaluation(model, feeds, options, seed, fp32, text_ids)
     del fp32
-    log(f"int4: quantizing MatMul weights ({options.method}, block {options.block_size})")
-    quantize_start = time.perf_counter()
-    record = quantize_model(model, options)
-    quantize_seconds = time.perf_counter() - quantize_start
-    log(f"int4: checking top-1 agreement with fp32 on {len(samples)} samples")
-    int4 = Runner(model)
-    measured = agreement(references, [int4(sample) for sample in samples])
-    measured.update(minimum=options.min_top1_agreement, passed=measured["value"] >= options.min_top1_agreement)
-    report = _report(record, options, measured, quantize_seconds, time.perf_counter() - start)
-    if not measured["passed"]:
-        what = "top-1 agreement" if measured["metric"] == "top1_agreement" else "worst output cosine"
-        raise LlmcError(
-            f"--precision int4 keeps {what} {measured['value']:.4f} with fp32 on {measured['samples']} samples, "
-            f"below --min-top1-agreement {options.min_top1_agreement}; try a smaller --block-size, --asymmetric, "
-            "--accuracy-level 0, --int4-method hqq, or --precision int8"
+    source = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # fallbacks start from it
+    attempts: list[dict[str, Any]] = []
+    overrides: dict[str, str] = {}
+    plan = None
+    while True:
+        candidate = model if not attempts else ir.serde.deserialize_model(ir.serde.serialize_model(source))
+        log(f"int4: quantizing ({options.method}, block {options.block_size}; {_describe(overrides)})")
+        began = time.perf_counter()
+        record = quantize_model(candidate, options, overrides)
+        quantize_seconds = time.perf_counter() - began
+        log(f"int4: gate on {judged_on.source}")
+        measured = judged_on.judge(Runner(candidate), options)
+        attempts.append({"overrides": _count(overrides), **measured})
+        if measured["passed"]:
+            break
+        plan = plan or fallback_plan(source, options)
+        overrides = plan.next(overrides)
+        if overrides is None:
+            raise LlmcError(_refusal(measured, options))
+        log(f"int4: gate failed ({_summary(measured)}); falling back: {_describe(overrides)}")
+    report = _report(record, options, measured, attempts, quantize_seconds, time.perf_counter() - start)
+    return candidate, report
+
+
+def _count(overrides: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for precision in overrides.values():
+        counts[precision] = counts.get(precision, 0) + 1
+    return counts
+
+
+def _describe(overrides: dict[str, str]) -> str:
+    counts = _count(overrides)
+    return ", ".join(f"{n} node(s) {p}" for p, n in sorted(counts.items())) or "every candidate int4"
+
+
+def _summary(measured: dict[str, Any]) -> str:
+    if measured["metric"] == "perplexity":
+        return f"perplexity +{100 * measured['increase']:.2f}%, top-1 agreement {measured['top1_agreement']:.4f}"
+    return f"worst output cosine {measured['value']:.4f}"
+
+
+def _refusal(measured: dict[str, Any], options: Int4Options) -> str:
+    if measured["metric"] == "perplexity":
+        return (
+            f"--precision {options.body} (weight-only) fails its gate even with every fallback (MatMuls int8 or float, "
+            "the head float): "
+            f"{_summary(measured)} on {measured['on']} (limits: +{100 * options.max_perplexity_increase:g}%, "
+            f"{options.min_top1_agreement}); raise --max-perplexity-increase / lower --min-top1-agreement, "
+            "or build --precision fp32"
         )
-    return model, report
+    return (
+        f"--precision int4 keeps {_summary(measured)} with fp32 on {measured['samples']} samples even with every "
+        f"fallback, below --min-top1-agreement {options.min_top1_agreement}; build --precision fp32 or int8"
+    )
 
 
 def _report(
-    record: dict[str, Any], options: Int4Options, measured: dict[str, Any], quantize_seconds: float, seconds: float
+    record: dict[str, Any], options: Int4Options, measured: dict[str, Any], attempts: list[dict[str, Any]],
+    quantize_seconds: float, seconds: float,
 ) -> dict[str, Any]:
     settings = {
-        "method": options.method, "bits": 4, "block_size": options.block_size, "symmetric": options.symmetric,
+        "method": options.method, "block_size": options.block_size, "symmetric": options.symmetric,
         "accuracy_level": options.accuracy_level,
     }
-    nodes = [{"node": name, "precision": "int4", **info, **settings} for name, info in record["quantized"].items()]
+    nodes = [{"node": name, **info} for name, info in record["quantized"].items()]
     nodes += [{"node": name, "precision": "float", "reason": reason} for name, reason in record["kept_float"].items()]
+    counts: dict[str, int] = {}
+    for info in record["quantized"].values():
+        counts[info["precision"]] = counts.get(info["precision"], 0) + 1
     return {
-        "precision": "int4",
+        "precision": options.body,
+        "weight_only": True,
         "op": "com.microsoft MatMulNBits",
         "library": LIBRARY,
         **settings,
-        "lm_head": "int4" if options.quantize_head else "float",
+        "int8_accuracy_level": 4,
+        "lm_head": options.head,
+        "embeddings": record["embeddings"],
+        "nodes_by_precision": {**counts, "float": len(record["kept_float"])},
         "nodes_quantized": len(record["quantized"]),
         "nodes_float": len(record["kept_float"]),
         "nodes": nodes,
         "weights_bytes": record["weights_bytes"],
         "gate": measured,
+        "attempts": attempts,
         "seconds": {"quantize": round(quantize_seconds, 3), "total": round(seconds, 3)},
     }

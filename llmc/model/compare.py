@@ -196,3 +196,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if not np.isfinite(na * nb):
         return 0.0
     return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
+
+
+def token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood (float64) of ``ids[1:]`` under full-sequence ``logits`` [sequence,
+    vocab] (position ``j`` predicts token ``j + 1``)."""
+    shifted = logits[:-1].astype(np.float64)
+    shifted -= shifted.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=-1))
+    return log_z - shifted[np.arange(len(ids) - 1), np.asarray(ids)[1:]]

@@ -176,6 +176,31 @@ def with_computed_cache(
     return result
 
 
+def prefill_feeds(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Feeds that run the token ids ``ids`` [batch, sequence] from an empty KV cache (all-ones
+    mask, positions from 0), or None when ``model`` takes inputs this cannot fill in (no
+    ``input_ids``, or another input than mask, positions and a rank-4 cache)."""
+    inputs = _runtime_inputs(model)
+    if "input_ids" not in inputs or ids.ndim != 2:
+        return None
+    shapes, _ = resolve_shapes(model)
+    batch, length = ids.shape
+    feeds: dict[str, np.ndarray] = {}
+    for name, value in inputs.items():
+        dtype = value.dtype.numpy() if value.dtype is not None else None
+        shape = shapes[name]
+        if name == "input_ids":
+            feeds[name] = ids.astype(dtype)
+        elif name in ("attention_mask", "position_ids") and len(shape) == 2:
+            row = np.ones(length) if name == "attention_mask" else np.arange(length)
+            feeds[name] = np.broadcast_to(row, (batch, length)).astype(dtype)
+        elif name.startswith("past_") and len(shape) == 4 and dtype is not None:
+            feeds[name] = np.zeros((batch, shape[1], 0, shape[3]), dtype)
+        else:
+            return None
+    return feeds
+
+
 def _present_name(past: str) -> str:
     """``past_key_values.0.key`` -> ``present.0.key`` (Hugging Face / GenAI), ``past_0`` -> ``present_0``."""
     if past.startswith("past_key_values."):

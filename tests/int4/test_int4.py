@@ -56,60 +56,121 @@ def _nbits(path: Path) -> dict[str, onnx.NodeProto]:
     return {n.name: n for n in model.graph.node if n.op_type == "MatMulNBits" and n.domain == "com.microsoft"}
 
 
-@pytest.mark.parametrize(("block", "symmetric"), [(32, True), (64, False), (128, False)])
-def test_matmul_chain_settings_recorded_and_runs(tmp_path, block, symmetric):
-    options = Int4Options(block_size=block, symmetric=symmetric, min_top1_agreement=0.5)
+@pytest.mark.parametrize(("method", "block", "symmetric"), [("rtn", 32, True), ("rtn", 64, False), ("minmax", 128, False)])
+def test_matmul_chain_settings_recorded_and_runs(tmp_path, method, block, symmetric):
+    options = Int4Options(method=method, block_size=block, symmetric=symmetric, min_top1_agreement=0.5)
     art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
-    # K=128 always fits; K=64 only blocks of 32/64; the head (K=48) stays float by default.
+    # K=128 always fits; K=64 only blocks of 32/64; the head (K=48) fits no block size >= 32.
     expected = {"up", "down"} if block <= 64 else {"up"}
     assert set(nodes) == expected
     for node in nodes.values():
         attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
         assert attrs["bits"] == 4 and attrs["block_size"] == block
-        assert len(node.input) == (3 if symmetric else 4)  # zero points only when asymmetric
-    assert (q["precision"], q["block_size"], q["symmetric"], q["method"]) == ("int4", block, symmetric, "rtn")
+        assert len(node.input) == (4 if method == "rtn" and not symmetric else 3)  # integer zero points: rtn asym
+    assert (q["precision"], q["block_size"], q["symmetric"], q["method"]) == ("int4", block, symmetric, method)
     floats = {n["node"]: n["reason"] for n in q["nodes"] if n["precision"] == "float"}
-    assert floats["head"].startswith("LM head")
+    assert "K=48 is not a multiple" in floats["head"]
     if block == 128:
         assert "not a multiple of --block-size 128" in floats["down"]
     assert q["weights_bytes"]["after"] < q["weights_bytes"]["before"] / 4
-    assert q["gate"]["metric"] == "top1_agreement" and q["gate"]["passed"] and q["gate"]["samples"] == 4
+    assert q["gate"]["metric"] == "cosine_min" and q["gate"]["passed"] and q["gate"]["samples"] == 4
     # The artifact loads and runs in plain ONNX Runtime.
     session = ort.InferenceSession(str(art.path / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"x": np.ones((1, 8, 128), np.float32)})
     assert logits.shape == (1, 8, 200) and np.isfinite(logits).all()
 
 
-def test_head_quantized_on_request_and_accuracy_level(tmp_path):
-    options = Int4Options(block_size=16, accuracy_level=4, quantize_head=True, min_top1_agreement=0.0)
+def test_minmax_offsets_are_a_block_sum_matmul(tmp_path):
+    art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=Int4Options(min_top1_agreement=0.5))
+    model = onnx.load(art.path / "model.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    # up and down: MatMulNBits + block sums (x @ S) + offsets (sums @ C) + Add; the head stays MatMul.
+    assert ops.count("MatMulNBits") == 2 and ops.count("Add") == 2 and ops.count("MatMul") == 5
+
+
+@pytest.mark.parametrize("head", ["int8", "int4", "float"])
+def test_head_precision_and_accuracy_level(tmp_path, head):
+    options = Int4Options(block_size=16, accuracy_level=4, head=head, min_top1_agreement=0.0)
     art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
     nodes = _nbits(art.path)
-    assert set(nodes) == {"up", "down", "head"}
-    attrs = {a.name: oh.get_attribute_value(a) for a in nodes["head"].attribute}
-    assert attrs["accuracy_level"] == 4 and attrs["K"] == 48 and attrs["N"] == 200
-    assert art.manifest["quantization"]["lm_head"] == "int4"
+    assert set(nodes) == ({"up", "down"} if head == "float" else {"up", "down", "head"})
+    q = art.manifest["quantization"]
+    assert q["lm_head"] == head
+    if head != "float":
+        attrs = {a.name: oh.get_attribute_value(a) for a in nodes["head"].attribute}
+        assert attrs["accuracy_level"] == 4 and attrs["K"] == 48 and attrs["N"] == 200
+        assert attrs["bits"] == (8 if head == "int8" else 4)
+    else:
+        floats = {n["node"]: n["reason"] for n in q["nodes"] if n["precision"] == "float"}
+        assert floats["head"].startswith("LM head")
 
 
-def test_tiny_llama_rtn_and_hqq(tmp_path, tiny_llama_dynamo):
-    for method in ("rtn", "hqq"):
-        art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=Int4Options(method=method))
-        q = art.manifest["quantization"]
-        assert q["method"] == method and q["nodes_quantized"] == len(_nbits(art.path)) > 0
-        head = [n for n in q["nodes"] if n["precision"] == "float" and n["reason"].startswith("LM head")]
-        assert len(head) == 1  # the tied head: float, with its reason
-        assert q["gate"]["metric"] == "top1_agreement" and q["gate"]["value"] >= 0.9
-        assert art.manifest["verification"]["kv_cache_prefill_tokens"]  # the gate's feeds carry a computed cache
-        manifest = json.loads((art.path / "manifest.json").read_text())
-        assert manifest["precision"] == "int4"
+@pytest.mark.parametrize("method", ["minmax", "rtn", "hqq"])
+def test_tiny_llama_methods_tied_head_and_embedding(tmp_path, tiny_llama_dynamo, method):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=Int4Options(method=method))
+    q = art.manifest["quantization"]
+    nodes = _nbits(art.path)
+    assert q["method"] == method and q["nodes_quantized"] == len(nodes) > 0
+    model = onnx.load(art.path / "model.onnx")
+    (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    (head,) = [n for n in nodes.values() if n.output[0] == "logits" or "lm_head" in n.input[1]]
+    assert gather.input[0] == head.input[1]  # the tied embedding and head read one 8-bit table
+    assert q["embeddings"][gather.name]["shared_with_head"] and q["nodes_by_precision"]["int8"] == 1
+    assert not [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in {i.name for i in model.graph.initializer}
+                if n.input[0].endswith("weight")]
+    gate = q["gate"]
+    assert gate["metric"] == "perplexity" and gate["on"].startswith("sequences sampled") and gate["passed"]
+    assert gate["increase"] <= 0.05 and gate["top1_agreement"] >= 0.9 and gate["positions"] == 4 * 63
+    assert art.manifest["verification"]["kv_cache_prefill_tokens"]
+    assert json.loads((art.path / "manifest.json").read_text())["precision"] == "int4"
 
 
-def test_gate_fails_in_one_line(tmp_path):
+def test_gate_falls_back_node_by_node_and_records_it(tmp_path, tiny_llama_dynamo):
+    options = Int4Options(max_perplexity_increase=0.0003, min_top1_agreement=0.99)
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
+    q = art.manifest["quantization"]
+    attempts = q["attempts"]
+    assert len(attempts) > 1 and not any(a["passed"] for a in attempts[:-1]) and attempts[-1]["passed"]
+    assert attempts[0]["overrides"] == {} and attempts[-1]["overrides"].get("int8", 0) > 0
+    by_node = {n["node"]: n["precision"] for n in q["nodes"]}
+    assert sum(p == "int8" for p in by_node.values()) == attempts[-1]["overrides"]["int8"] + 1  # + the int8 head
+    assert q["gate"]["increase"] <= 0.0003
+
+
+def test_eval_text_gate(tmp_path, tiny_llama_dynamo):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(1000)} | {"[UNK]": 999}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    text = tmp_path / "held_out.txt"
+    text.write_text(" ".join(f"w{(i * 37) % 1000}" for i in range(300)))
+    options = Int4Options(eval_text=str(text))
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options, tokenizer=folder)
+    gate = art.manifest["quantization"]["gate"]
+    assert gate["on"] == "held-out text (--eval-text)" and gate["windows"] == 2 and gate["positions"] == 2 * 127
+    with pytest.raises(LlmcError, match="no tokenizer.json"):
+        llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", int4=options)
+    (tmp_path / "short.txt").write_text("w1 w2")
+    with pytest.raises(LlmcError, match="needs at least 16"):
+        llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", tokenizer=folder,
+                   int4=Int4Options(eval_text=str(tmp_path / "short.txt")))
+
+
+def test_gate_fails_in_one_line(tmp_path, tiny_llama_dynamo):
     with pytest.raises(LlmcError) as info:
         llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=Int4Options(min_top1_agreement=1.01))
     message = str(info.value)
-    assert "\n" not in message and "--min-top1-agreement 1.01" in message and "--precision int8" in message
+    assert "\n" not in message and "--min-top1-agreement 1.01" in message and "--precision fp32" in message
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(LlmcError) as info:
+        llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(min_top1_agreement=1.01))
+    message = str(info.value)
+    assert "\n" not in message and "even with every fallback" in message
     assert not (tmp_path / "o").exists()
 
 
@@ -117,7 +178,8 @@ def test_option_checks_are_one_line():
     with pytest.raises(LlmcError, match="--target ort"):
         BuildOptions(target="trt", precision="int4", no_engine=True).check()
     for bad in ({"block_size": 48}, {"accuracy_level": 5}, {"method": "gptq"}, {"method": "hqq", "symmetric": True},
-                {"min_top1_agreement": float("nan")}):
+                {"symmetric": True}, {"min_top1_agreement": float("nan")}, {"max_perplexity_increase": -0.1},
+                {"head": "int2"}, {"embedding": "int4"}):
         with pytest.raises(LlmcError) as info:
             Int4Options(**bad)
         assert "\n" not in str(info.value)
@@ -139,7 +201,30 @@ def test_cli_flags(tmp_path):
     assert result.exit_code == 0, result.output
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert (q["block_size"], q["symmetric"], q["accuracy_level"]) == (64, True, 4)
-    assert "int4 (rtn, block 64, symmetric" in result.output
+    assert "int4 (rtn, block 64, symmetric" in result.output and "worst output cosine" in result.output
     result = runner.invoke(app, ["build", str(model), "-o", str(tmp_path / "t"), "-t", "trt", "--precision", "int4"])
     assert result.exit_code != 0
     assert result.output.strip().count("\n") == 0 and "--target ort" in result.output
+
+
+def test_int8_weight_only(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int8", weight_only=True, output=tmp_path / "o")
+    q = art.manifest["quantization"]
+    assert (q["precision"], q["weight_only"]) == ("int8", True) and set(q["nodes_by_precision"]) <= {"int8", "float"}
+    assert {oh.get_attribute_value(a) for n in _nbits(art.path).values() for a in n.attribute if a.name == "bits"} == {8}
+    assert q["gate"]["passed"] and q["gate"]["increase"] <= 0.01
+    with pytest.raises(LlmcError, match="--weight-only is for --precision int8"):
+        BuildOptions(precision="fp32", weight_only=True).check()
+    BuildOptions(precision="int8", weight_only=True).check()  # no calibration data needed
+
+
+def test_cli_weight_only_and_head_flags(tmp_path, tiny_llama_dynamo):
+    out = tmp_path / "o"
+    result = runner.invoke(app, [
+        "build", str(tiny_llama_dynamo), "-o", str(out), "--precision", "int8", "--weight-only", "--lm-head", "float",
+        "--embedding", "float", "--max-perplexity-increase", "0.02",
+    ])
+    assert result.exit_code == 0, result.output
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["lm_head"] == "float" and q["embeddings"] == {} and q["gate"]["max_increase"] == 0.02
+    assert "int8 weight-only" in result.output and "perplexity" in result.output

@@ -1,0 +1,70 @@
+"""Which MatMuls leave int4 when the gate fails, in what order.
+
+Nodes are ranked by the relative error of their weight's 4-bit blocks, ``||W - Q(W)|| / ||W||``
+(``Q``: the block minimum/range quantizer at the build's block size; a proxy for every method,
+computed once from the fp32 weights). Each step moves more of the worst-ranked nodes to 8-bit
+blocks: an eighth, a quarter, half, all of them; then the LM head goes float too. The first step
+whose graph passes the gate is the artifact; the manifest lists every node's precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from llmc.int4.blocks import q4_minmax
+from llmc.int4.options import Int4Options
+from llmc.int4.quantize import constant_weight, float_reason, head_nodes, node_name, node_precisions
+
+FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+
+
+class FallbackPlan:
+    """The override steps, worst-ranked int4 nodes first."""
+
+    def __init__(self, ranked: list[str], heads: list[str], body: str = "int4") -> None:
+        self.ranked, self.heads = ranked, heads
+        # An int8 body has nowhere to go but float for its worst nodes.
+        self.target = "int8" if body == "int4" else "float"
+        self.steps = [self._step(fraction) for fraction in FRACTIONS]
+        self.steps.append({**self._step(1.0), **{name: "float" for name in heads}})
+        self.index = 0
+
+    def _step(self, fraction: float) -> dict[str, str]:
+        count = max(1, round(fraction * len(self.ranked))) if self.ranked else 0
+        return {name: self.target for name in self.ranked[:count]}
+
+    def next(self, current: dict[str, str]) -> dict[str, str] | None:
+        """The next step that changes something beyond ``current``, or None when none is left."""
+        while self.index < len(self.steps):
+            step = self.steps[self.index]
+            self.index += 1
+            if step != current:
+                return step
+        return None
+
+
+def fallback_plan(model: ir.Model, options: Int4Options) -> FallbackPlan:
+    """Rank ``model``'s (fp32) int4 candidates by relative 4-bit weight error."""
+    precisions = node_precisions(model, options)
+    heads = head_nodes(model)
+    errors: dict[str, float] = {}
+    head_names = []
+    cache: dict[int, float] = {}
+    for node in model.graph:
+        if node.op_type != "MatMul" or node.domain != "":
+            continue
+        name = node_name(node)
+        if id(node) in heads and precisions[name] != "float":
+            head_names.append(name)
+        if precisions[name] != options.body or float_reason(node, "int4", options.block_size) is not None:
+            continue
+        weight, transposed = constant_weight(node)  # type: ignore[misc]
+        if id(weight) not in cache:
+            array = weight.const_value.numpy()
+            kn = array.T if transposed else array
+            restored = q4_minmax(kn, options.block_size).dequantize()
+            cache[id(weight)] = float(np.linalg.norm(kn - restored) / max(float(np.linalg.norm(kn)), 1e-30))
+        errors[name] = cache[id(weight)]
+    ranked = sorted(errors, key=lambda name: -errors[name])
+    return FallbackPlan(ranked, head_names, options.body)

@@ -1,0 +1,100 @@
+"""Graph rewrites of weight-only quantization, in onnx-ir: a MatMul becomes ``MatMulNBits`` (plus,
+for blocks with float offsets, ``blocksum(x) @ C``), a token-embedding Gather becomes
+``GatherBlockQuantized`` reading the head's own 8-bit blocks.
+
+The offset term: ``x @ W`` with ``W[k, n] = s[n, b] (q[n, k] - 8) + c[n, b]`` (``b = k // block``)
+is ``MatMulNBits(x) + (x @ S) @ C`` where ``S`` is the (K, K / block) 0/1 matrix summing each block
+of ``x`` and ``C = c.T``. ``x @ S`` is computed once per activation and block size and shared by
+every MatMul reading that activation (q/k/v, gate/up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+MS_DOMAIN = "com.microsoft"
+
+
+def register(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer named after ``base`` (made unique)."""
+    name, index = base, 1
+    while name in graph.initializers:
+        name, index = f"{base}_{index}", index + 1
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+class Rewriter:
+    """Replaces nodes of one graph; remembers shared pieces (block sums per activation)."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self._block_sums: dict[tuple[int, int, int], ir.Value] = {}
+
+    def matmul(
+        self, node: ir.Node, weights: list[ir.Value], offsets: ir.Value | None, bits: int, block: int, k: int, n: int,
+        accuracy_level: int,
+    ) -> None:
+        """Replace ``node`` (a MatMul, activation first) by MatMulNBits on ``weights`` (B,
+        scales[, zero_points]) plus, with ``offsets`` (C, [K / block, N]), the offset term."""
+        attributes = [
+            ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", block),
+        ]
+        if accuracy_level:  # unset means 0 (float32 compute); ORT's quantizer writes it only when set too
+            attributes.append(ir.AttrInt64("accuracy_level", accuracy_level))
+        x = node.inputs[0]
+        new = ir.Node(MS_DOMAIN, "MatMulNBits", [x, *weights], attributes, name=node.name, num_outputs=1)
+        self.graph.insert_before(node, new)
+        result = new.outputs[0]
+        if offsets is not None:
+            sums = self._block_sum(node, x, k, block)
+            correction = self._node(node, "MatMul", [sums, offsets], "offset")
+            result = self._node(node, "Add", [result, correction], "plus_offset")
+        self._take_over(node, result)
+
+    def gather(self, node: ir.Node, packed: ir.Value, scales: ir.Value, block: int, k: int) -> None:
+        """Replace ``Gather(table, ids)`` by ``GatherBlockQuantized`` on the 8-bit blocks
+        ``packed`` [V, K / block, block] (scales [V, K / block, 1]), reshaped back to [..., K]."""
+        ids = node.inputs[1]
+        rank = len(ids.shape) if ids.shape is not None else None
+        if rank is None:
+            raise ValueError("the indices' rank is unknown")
+        attributes = [
+            ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 2),
+            ir.AttrInt64("block_size", block), ir.AttrInt64("bits", 8),
+        ]
+        gathered = ir.Node(
+            MS_DOMAIN, "GatherBlockQuantized", [packed, ids, scales], attributes, name=node.name, num_outputs=1
+        )
+        self.graph.insert_before(node, gathered)
+        shape = register(self.graph, f"{packed.name}_gather_shape", np.array([0] * rank + [k], np.int64))
+        result = self._node(node, "Reshape", [gathered.outputs[0], shape], "rows")
+        self._take_over(node, result)
+
+    def _block_sum(self, before: ir.Node, x: ir.Value, k: int, block: int) -> ir.Value:
+        key = (id(x), k, block)
+        if key not in self._block_sums:
+            ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+            matrix = register(self.graph, f"block_sum_{k}_{block}", ones)
+            self._block_sums[key] = self._node(before, "MatMul", [x, matrix], "block_sum")
+        return self._block_sums[key]
+
+    def _node(self, before: ir.Node, op: str, inputs: list[ir.Value], tag: str) -> ir.Value:
+        name = f"{before.name or before.outputs[0].name}/{tag}"
+        new = ir.Node("", op, inputs, name=name, num_outputs=1)
+        new.outputs[0].name = name
+        new.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+        self.graph.insert_before(before, new)
+        return new.outputs[0]
+
+    def _take_over(self, node: ir.Node, result: ir.Value) -> None:
+        """``result`` replaces ``node``'s output everywhere, under its name; ``node`` goes."""
+        old = node.outputs[0]
+        result.shape, result.type = old.shape, old.type
+        ir.convenience.replace_all_uses_with(old, result, replace_graph_outputs=True)
+        name = old.name
+        self.graph.remove(node, safe=True)
+        result.name = name
