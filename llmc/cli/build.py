@@ -327,7 +327,7 @@ def build(
     fp16_logits: Fp16LogitsOpt = False,
     block_size: BlockSizeOpt = 32,
     symmetric: SymmetricOpt = False,
-    accuracy_level: AccuracyLevelOpt = 0,
+    accuracy_level: AccuracyLevelOpt = 4,
     int4_method: Int4MethodOpt = "minmax",
     min_top1_agreement: MinTop1Opt = 0.9,
     max_perplexity_increase: MaxPplOpt = 0.05,

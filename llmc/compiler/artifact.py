@@ -82,7 +82,7 @@ class Runner:
     def generate(self, prompt_or_ids: Any, max_new_tokens: int = 64, **options: Any) -> Any:
         """Continue a text or token-id prompt (or a batch of them) with a decoder artifact's KV
         cache: a :class:`llmc.generation.GenerationResult` each. Options: ``temperature``,
-        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``."""
+        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``, ``min_new_tokens``."""
         from llmc.generation import generate
 
         return generate(self.session, self.artifact.path, prompt_or_ids, max_new_tokens=max_new_tokens, **options)

@@ -92,8 +92,10 @@ def generate(
     stream: Optional[Callable[[str], None]] = None,
     chat: bool = False,
     max_length: Optional[int] = None,
+    min_new_tokens: int = 0,
 ) -> Union[GenerationResult, list[GenerationResult]]:
-    """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``."""
+    """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``;
+    EOS is never picked before ``min_new_tokens`` (benchmarks: exactly that many tokens)."""
     artifact = Path(artifact)
     stepper, _ = open_decoder(session, artifact)
     sampling = Sampling(temperature, top_k, top_p, seed)
@@ -106,7 +108,7 @@ def generate(
     request = Request(
         prompts=prompts, max_new_tokens=_new_tokens(artifact, prompts, max_new_tokens, max_length),
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
-        tokenizer=tokenizer, stream=stream,
+        tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens,
     )
     results = run_generation(stepper, request)
     return results[0] if single else results

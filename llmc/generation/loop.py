@@ -64,6 +64,7 @@ class Request:
     stop: tuple[str, ...] = ()
     tokenizer: Any = None
     stream: Optional[Callable[[str], None]] = None
+    min_new_tokens: int = 0  # EOS is masked until then
 
 
 class _Rows:
@@ -125,6 +126,15 @@ def positions_of(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
 
 
+def _last(logits: Any, request: Request, made: int) -> np.ndarray:
+    """The last position's logits, EOS masked while fewer than ``min_new_tokens`` were made."""
+    last = logits.numpy()[:, -1, :]
+    if made < request.min_new_tokens and request.eos:
+        last = last.copy()
+        last[:, [e for e in request.eos if e < last.shape[-1]]] = -np.inf
+    return last
+
+
 def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]:
     """Prefill every prompt at once, then decode one token per step until every row stops."""
     rng = request.sampling.generator()
@@ -133,7 +143,7 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
     rows = _Rows(request)
     start = time.perf_counter()
     logits, past = stepper.run(ids, mask, positions, None)
-    chosen = choose(logits.numpy()[:, -1, :], request.sampling, rng)
+    chosen = choose(_last(logits, request, 0), request.sampling, rng)
     ttft = time.perf_counter() - start
     decoding, steps = 0.0, 0
     while True:
@@ -145,7 +155,7 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
         positions = positions[:, -1:] + 1
         began = time.perf_counter()
         logits, past = stepper.run(chosen[:, None], mask, positions, past)
-        chosen = choose(logits.numpy()[:, -1, :], request.sampling, rng)
+        chosen = choose(_last(logits, request, steps + 1), request.sampling, rng)
         decoding += time.perf_counter() - began
         steps += 1
     per_token = 1000 * decoding / steps if steps else 0.0

@@ -34,12 +34,13 @@ class Int4Options:
     body: str = "int4"  # every MatMul but the head: int4, or int8 (--precision int8 --weight-only)
     block_size: int = 32
     symmetric: bool = False
-    accuracy_level: int = 0
+    accuracy_level: int = 4
     min_top1_agreement: float = 0.9
     max_perplexity_increase: float = 0.05
     eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
     head: str = "int8"
     embedding: str = "int8"
+    pack: bool = True  # MatMuls of one activation (q/k/v, gate/up) run as one MatMulNBits
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds
 
     def __post_init__(self) -> None:

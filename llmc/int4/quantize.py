@@ -20,6 +20,7 @@ manifest's record of every MatMul: quantized with which settings, or kept float 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from typing import Any
@@ -177,27 +178,27 @@ def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, s
     quantized: dict[str, dict[str, Any]] = {}
     kept: dict[str, str] = {}
     sizes = _Sizes()
-    for node in list(graph):
-        if node.op_type != "MatMul" or node.domain != "":
-            continue
-        name, precision = node_name(node), precisions[node_name(node)]
-        reason = HEAD_REASON if precision == "float" and id(node) in heads else float_reason(
-            node, precision, options.block_size
-        )
-        if reason is not None:
-            kept[name] = reason
-            continue
-        weight, transposed = constant_weight(node)  # type: ignore[misc]
-        array = weight.const_value.numpy()
-        kn = array.T if transposed else array
-        bits = 4 if precision == "int4" else 8
-        if (id(weight), bits) not in done:
-            done[id(weight), bits] = _quantize(graph, weight.name, kn, bits, options)
-            sizes.add(weight, done[id(weight), bits])
-        values, offsets = done[id(weight), bits]
+    pack = options.pack and model.opset_imports.get("", 0) >= 13  # Split takes its sizes as an input
+    for group in _packable_groups(model, precisions, heads, options, kept, pack):
+        nodes = [item.node for item in group]
+        bits = 4 if group[0].precision == "int4" else 8
+        key = (*[id(item.weight) for item in group], bits)
+        kn = group[0].kn if len(group) == 1 else np.concatenate([item.kn for item in group], axis=1)
+        if key not in done:
+            base = group[0].weight.name if len(group) == 1 else "+".join(item.weight.name for item in group)
+            done[key] = _quantize(graph, base, kn, bits, options)
+            for item in group:
+                sizes.before_add(item.weight)
+            sizes.after_add(done[key])
+        values, offsets = done[key]
         level = options.accuracy_level if bits == 4 else INT8_ACCURACY_LEVEL
-        rewriter.matmul(node, values, offsets, bits, options.block_size, kn.shape[0], kn.shape[1], level)
-        quantized[name] = {"K": int(kn.shape[0]), "N": int(kn.shape[1]), "weight": weight.name, "precision": precision}
+        widths = [int(item.kn.shape[1]) for item in group]
+        rewriter.matmul(nodes, values, offsets, bits, options.block_size, int(kn.shape[0]), widths, level)
+        for item in group:
+            quantized[node_name(item.node)] = {
+                "K": int(item.kn.shape[0]), "N": int(item.kn.shape[1]), "weight": item.weight.name,
+                "precision": item.precision, **({"packed_with": len(group) - 1} if len(group) > 1 else {}),
+            }
     embeddings = _quantize_embeddings(graph, rewriter, done, options, sizes)
     _remove_dead(graph)
     if quantized or embeddings:
@@ -210,6 +211,47 @@ def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, s
     }
 
 
+@dataclasses.dataclass
+class _Candidate:
+    node: ir.Node
+    precision: str
+    weight: ir.Value
+    kn: np.ndarray  # the (K, N) weight
+
+
+def _packable_groups(
+    model: ir.Model, precisions: dict[str, str], heads: set[int], options: Int4Options, kept: dict[str, str],
+    pack: bool,
+) -> list[list[_Candidate]]:
+    """The MatMuls to quantize (why the others stay float goes into ``kept``), grouped: with
+    ``pack``, MatMuls reading the same activation at the same precision (q/k/v, gate/up) form one
+    group, quantized as one weight (its columns side by side) and run as one MatMulNBits.
+    The LM head is never packed."""
+    groups: dict[tuple[int, str, int], list[_Candidate]] = {}
+    order: list[list[_Candidate]] = []
+    for node in list(model.graph):
+        if node.op_type != "MatMul" or node.domain != "":
+            continue
+        name, precision = node_name(node), precisions[node_name(node)]
+        reason = HEAD_REASON if precision == "float" and id(node) in heads else float_reason(
+            node, precision, options.block_size
+        )
+        if reason is not None:
+            kept[name] = reason
+            continue
+        weight, transposed = constant_weight(node)  # type: ignore[misc]
+        array = weight.const_value.numpy()
+        item = _Candidate(node, precision, weight, array.T if transposed else array)
+        key = (id(node.inputs[0]), precision, int(item.kn.shape[0]))
+        if pack and id(node) not in heads and key in groups and all(c.weight is not weight for c in groups[key]):
+            groups[key].append(item)
+            continue
+        order.append([item])
+        if pack and id(node) not in heads:
+            groups[key] = order[-1]
+    return order
+
+
 class _Sizes:
     """Bytes of the float weights replaced and of what replaced them (each weight once)."""
 
@@ -218,9 +260,15 @@ class _Sizes:
         self._seen: set[int] = set()
 
     def add(self, weight: ir.Value, new: tuple[list[ir.Value], ir.Value | None]) -> None:
+        self.before_add(weight)
+        self.after_add(new)
+
+    def before_add(self, weight: ir.Value) -> None:
         if id(weight) not in self._seen:
             self._seen.add(id(weight))
             self.before += int(weight.const_value.nbytes)
+
+    def after_add(self, new: tuple[list[ir.Value], ir.Value | None]) -> None:
         values, offsets = new
         self.after += sum(int(v.const_value.nbytes) for v in [*values, *([offsets] if offsets else [])])
 

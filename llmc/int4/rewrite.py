@@ -35,25 +35,36 @@ class Rewriter:
         self._block_sums: dict[tuple[int, int, int], ir.Value] = {}
 
     def matmul(
-        self, node: ir.Node, weights: list[ir.Value], offsets: ir.Value | None, bits: int, block: int, k: int, n: int,
-        accuracy_level: int,
+        self, nodes: list[ir.Node], weights: list[ir.Value], offsets: ir.Value | None, bits: int, block: int,
+        k: int, widths: list[int], accuracy_level: int,
     ) -> None:
-        """Replace ``node`` (a MatMul, activation first) by MatMulNBits on ``weights`` (B,
-        scales[, zero_points]) plus, with ``offsets`` (C, [K / block, N]), the offset term."""
+        """Replace ``nodes`` (MatMuls of one activation; several: packed, their weights' columns
+        side by side, ``widths`` each) by one MatMulNBits on ``weights`` (B, scales[, zero_points])
+        plus, with ``offsets`` (C, [K / block, N]), the offset term, then a Split back."""
+        first = nodes[0]
         attributes = [
-            ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", block),
+            ir.AttrInt64("K", k), ir.AttrInt64("N", sum(widths)), ir.AttrInt64("bits", bits),
+            ir.AttrInt64("block_size", block),
         ]
         if accuracy_level:  # unset means 0 (float32 compute); ORT's quantizer writes it only when set too
             attributes.append(ir.AttrInt64("accuracy_level", accuracy_level))
-        x = node.inputs[0]
-        new = ir.Node(MS_DOMAIN, "MatMulNBits", [x, *weights], attributes, name=node.name, num_outputs=1)
-        self.graph.insert_before(node, new)
+        x = first.inputs[0]
+        name = first.name if len(nodes) == 1 else "+".join(n.name or n.outputs[0].name for n in nodes)
+        new = ir.Node(MS_DOMAIN, "MatMulNBits", [x, *weights], attributes, name=name, num_outputs=1)
+        self.graph.insert_before(first, new)
         result = new.outputs[0]
         if offsets is not None:
-            sums = self._block_sum(node, x, k, block)
-            correction = self._node(node, "MatMul", [sums, offsets], "offset")
-            result = self._node(node, "Add", [result, correction], "plus_offset")
-        self._take_over(node, result)
+            sums = self._block_sum(first, x, k, block)
+            correction = self._node(first, "MatMul", [sums, offsets], "offset")
+            result = self._node(first, "Add", [result, correction], "plus_offset")
+        if len(nodes) == 1:
+            self._take_over(first, result)
+            return
+        sizes = register(self.graph, f"{name}_split", np.array(widths, np.int64))
+        split = ir.Node("", "Split", [result, sizes], [ir.AttrInt64("axis", -1)], name=f"{name}/split", num_outputs=len(nodes))
+        self.graph.insert_before(first, split)
+        for node, part in zip(nodes, split.outputs, strict=True):
+            self._take_over(node, part)
 
     def gather(self, node: ir.Node, packed: ir.Value, scales: ir.Value, block: int, k: int) -> None:
         """Replace ``Gather(table, ids)`` by ``GatherBlockQuantized`` on the 8-bit blocks

@@ -203,3 +203,12 @@ def test_one_line_errors(artifact, tmp_path, tiny_bert_legacy):
         runner.invoke(app, ["generate", str(no_tokenizer), "--prompt", "w5"]), "has no tokenizer", "llmc export"
     )
     assert llmc.load(no_tokenizer).generate([5, 6], 3).text is None  # ids need no tokenizer
+
+
+def test_min_new_tokens_masks_eos_until_reached(loaded):
+    prompt = [5, 17, 9, 40, 22]
+    free = loaded.generate(prompt, max_new_tokens=200, temperature=1.5, seed=1)
+    assert free.stop_reason == "eos"  # this seed reaches EOS early...
+    forced = loaded.generate(prompt, max_new_tokens=200, temperature=1.5, seed=1, min_new_tokens=200)
+    assert len(forced.token_ids) == 200 and EOS not in forced.token_ids  # ...unless it is masked
+    assert forced.stop_reason == "length"

@@ -89,7 +89,7 @@ def test_matmulnbits_with_offsets_computes_with_the_dequantized_weight(bits, lev
     graph = model.graph
     values = [register(graph, "w_q", blocks.packed), register(graph, "w_scales", blocks.scales)]
     offsets = register(graph, "w_offsets", blocks.offsets.T.copy()) if blocks.offsets is not None else None
-    Rewriter(graph).matmul(next(iter(graph)), values, offsets, bits, BLOCK, K, N, level)
+    Rewriter(graph).matmul([next(iter(graph))], values, offsets, bits, BLOCK, K, [N], level)
     x = rng.standard_normal((2, 3, K)).astype(np.float32)
     got = _run(model, {"x": x})
     expected = x @ blocks.dequantize()

@@ -112,10 +112,12 @@ def test_tiny_llama_methods_tied_head_and_embedding(tmp_path, tiny_llama_dynamo,
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=Int4Options(method=method))
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
-    assert q["method"] == method and q["nodes_quantized"] == len(nodes) > 0
+    # q/k/v and gate/up are packed: one MatMulNBits each, named after the MatMuls it replaced.
+    assert q["method"] == method and q["nodes_quantized"] == sum(len(name.split("+")) for name in nodes) > len(nodes)
+    assert sum(1 for n in q["nodes"] if n.get("packed_with") == 2) == 3 * 2  # q/k/v in each of 2 layers
     model = onnx.load(art.path / "model.onnx")
     (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
-    (head,) = [n for n in nodes.values() if n.output[0] == "logits" or "lm_head" in n.input[1]]
+    (head,) = [n for n in nodes.values() if {a.name: a.i for a in n.attribute}["bits"] == 8]
     assert gather.input[0] == head.input[1]  # the tied embedding and head read one 8-bit table
     assert q["embeddings"][gather.name]["shared_with_head"] and q["nodes_by_precision"]["int8"] == 1
     assert not [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in {i.name for i in model.graph.initializer}
@@ -228,3 +230,13 @@ def test_cli_weight_only_and_head_flags(tmp_path, tiny_llama_dynamo):
     q = json.loads((out / "manifest.json").read_text())["quantization"]
     assert q["lm_head"] == "float" and q["embeddings"] == {} and q["gate"]["max_increase"] == 0.02
     assert "int8 weight-only" in result.output and "perplexity" in result.output
+
+
+def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
+    outputs = []
+    for pack in (True, False):
+        art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / str(pack), int4=Int4Options(pack=pack))
+        names = list(_nbits(art.path))
+        assert any("+" in name for name in names) == pack
+        outputs.append(llmc.load(art.path).logits([5, 17, 9, 40, 22, 7]))
+    assert np.array_equal(outputs[0], outputs[1])
