@@ -6,6 +6,8 @@ one prompt gives one :class:`GenerationResult`, a list of prompts a list, genera
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -28,7 +30,19 @@ def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, DecoderLayout]:
             f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
         )
     layout = detect_layout(session, artifact)
+    if _attention_ops(artifact).get("GroupQueryAttention") == layout.num_layers:
+        layout = dataclasses.replace(layout, shared_cache=True)
     return Stepper(session, layout, artifact), layout
+
+
+def _attention_ops(artifact: Path) -> dict[str, int]:
+    """The fused ops the artifact's manifest records (none for a model outside an artifact)."""
+    try:
+        manifest = json.loads((Path(artifact) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    fusions = manifest.get("fusions") if isinstance(manifest, dict) else None
+    return fusions if isinstance(fusions, dict) else {}
 
 
 def _is_ids(prompt: Any) -> bool:
@@ -110,7 +124,12 @@ def generate(
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
         tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens,
     )
-    results = run_generation(stepper, request)
+    if stepper.layout.shared_cache and len({len(p) for p in prompts}) > 1:
+        # GroupQueryAttention takes each row's length from its positions and cannot skip left
+        # padding: prompts of different lengths run one at a time (same answers, no batching).
+        results = [run_generation(stepper, dataclasses.replace(request, prompts=[p]))[0] for p in prompts]
+    else:
+        results = run_generation(stepper, request)
     return results[0] if single else results
 
 

@@ -31,6 +31,9 @@ class DecoderLayout:
     head_size: int
     kv_dtype: Any
     has_position_ids: bool
+    # Every layer's attention is ONNX Runtime's GroupQueryAttention (``--enable-fusion gqa``): the
+    # cache is one buffer of the final length per tensor, bound as past and present, updated in place.
+    shared_cache: bool = False
 
     @property
     def past_names(self) -> list[str]:

@@ -3,7 +3,10 @@
 Each step runs through IOBinding: the ``present.*`` outputs of one step are bound as the
 ``past_key_values.*`` inputs of the next as the ``OrtValue``s ONNX Runtime allocated, never copied
 to numpy and back (``session.run`` would copy every layer's cache out and in again each token,
-which grows with the sequence). Only the logits come back to numpy, for sampling. Prompts of
+which grows with the sequence). When every attention is GroupQueryAttention
+(``DecoderLayout.shared_cache``), each cache tensor is instead one buffer of the final length,
+allocated at prefill and bound as both past and present: the kernel writes new keys and values
+into it in place, and nothing is reallocated or copied per token. Only the logits come back to numpy, for sampling. Prompts of
 different lengths are left-padded: ``attention_mask`` is 0 on the padding and ``position_ids``
 count from each row's first real token, so every row's last position is a real token.
 """
@@ -33,23 +36,40 @@ class Stepper:
         self.runner, self.layout, self.artifact = OrtRunner(session, io_binding=True), layout, artifact
 
     def run(
-        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]]
+        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]],
+        capacity: int = 0,
     ) -> tuple[Any, list[Any]]:
-        """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache)."""
+        """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache). A shared
+        cache is allocated at prefill for ``capacity`` tokens and then updated in place."""
         feeds: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self.layout.has_position_ids:
             feeds["position_ids"] = positions
+        if past is None and self.layout.shared_cache:
+            past = self._allocate(ids.shape[0], max(capacity, ids.shape[1]))
         if past is None:
             feeds.update(self.layout.empty_past(ids.shape[0]))
         else:  # the previous step's present: bound as it is, no copy
             feeds.update(zip(self.layout.past_names, past, strict=True))
+        into = dict(zip(self.layout.present_names, past, strict=True)) if self.layout.shared_cache else None
         hint = (
             f"at sequence length {mask.shape[1]}, beyond the model's context? pass a shorter prompt or "
             "fewer new tokens"
         )
         with run_context(hint, str(self.artifact)):
-            outputs = self.runner.run_bound(feeds)
+            outputs = self.runner.run_bound(feeds, into)
         return outputs["logits"], [outputs[name] for name in self.layout.present_names]
+
+    def _allocate(self, batch: int, capacity: int) -> list[Any]:
+        """One [batch, kv_heads, capacity, head_size] buffer per cache tensor, on the session's
+        device (never read beyond the positions written: GroupQueryAttention masks by length)."""
+        from onnxruntime import OrtValue
+
+        shape = [batch, self.layout.kv_heads, capacity, self.layout.head_size]
+        device, device_id = self.runner.device, self.runner.device_id
+        return [
+            OrtValue.ortvalue_from_shape_and_type(shape, self.layout.kv_dtype, device, device_id)
+            for _ in self.layout.past_names
+        ]
 
 
 @dataclasses.dataclass
@@ -142,7 +162,7 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
     positions = positions_of(mask)
     rows = _Rows(request)
     start = time.perf_counter()
-    logits, past = stepper.run(ids, mask, positions, None)
+    logits, past = stepper.run(ids, mask, positions, None, capacity=ids.shape[1] + request.max_new_tokens)
     chosen = choose(_last(logits, request, 0), request.sampling, rng)
     ttft = time.perf_counter() - start
     decoding, steps = 0.0, 0

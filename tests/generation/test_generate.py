@@ -26,7 +26,7 @@ VOCAB, EOS = 64, 3
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
+def hf_source(tmp_path_factory) -> Path:
     from llmc.export import llama_model
 
     model = llama_model(
@@ -34,9 +34,13 @@ def export_dir(tmp_path_factory) -> Path:
         vocab_size=VOCAB, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.5,
         bos_token_id=2, eos_token_id=EOS,
     )
-    source = _save(model, tmp_path_factory.mktemp("hf") / "llama", VOCAB)
+    return _save(model, tmp_path_factory.mktemp("hf") / "llama", VOCAB)
+
+
+@pytest.fixture(scope="module")
+def export_dir(hf_source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "llama"
-    result = runner.invoke(app, ["export", str(source), "-o", str(out), "--legacy"])
+    result = runner.invoke(app, ["export", str(hf_source), "-o", str(out), "--legacy"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -212,3 +216,55 @@ def test_min_new_tokens_masks_eos_until_reached(loaded):
     forced = loaded.generate(prompt, max_new_tokens=200, temperature=1.5, seed=1, min_new_tokens=200)
     assert len(forced.token_ids) == 200 and EOS not in forced.token_ids  # ...unless it is masked
     assert forced.stop_reason == "length"
+
+
+@pytest.fixture(scope="module")
+def gqa_loaded(tmp_path_factory):
+    """A decoder (head size 16: GroupQueryAttention needs a multiple of 16) exported with dynamo
+    and built with --enable-fusion gqa."""
+    from llmc.export import llama_model
+
+    model = llama_model(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=VOCAB, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.5,
+        bos_token_id=2, eos_token_id=EOS,
+    )
+    source = _save(model, tmp_path_factory.mktemp("hf") / "llama16", VOCAB)
+    out = tmp_path_factory.mktemp("exports") / "llama-dynamo"
+    result = runner.invoke(app, ["export", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    art = tmp_path_factory.mktemp("artifacts") / "llama-gqa"
+    built = llmc.build(out / "model.onnx", output=art, fusions={"gqa": True}, cache=False)
+    assert built.manifest["fusions"].get("GroupQueryAttention") == 2
+    return llmc.load(art), out
+
+
+def test_gqa_artifact_updates_one_cache_buffer_in_place(gqa_loaded, monkeypatch):
+    loaded, export = gqa_loaded
+    prompt = [5, 17, 9, 40, 22]
+    allocated = []
+    from llmc.generation import loop
+
+    original = loop.Stepper._allocate
+    monkeypatch.setattr(loop.Stepper, "_allocate", lambda self, b, c: allocated.append((b, c)) or original(self, b, c))
+    result = loaded.generate(prompt, max_new_tokens=16, min_new_tokens=16)
+    assert allocated == [(1, 5 + 16)]  # once, for the final length
+    assert result.token_ids == _reference_greedy(export / "model.onnx", prompt, 16)
+
+
+def test_gqa_artifact_runs_unequal_prompts_one_at_a_time(gqa_loaded):
+    loaded, _ = gqa_loaded
+    prompts = [[5, 17, 9, 40, 22, 8], [11], [30, 31, 12]]
+    batch = loaded.generate(prompts, max_new_tokens=8)
+    assert [r.token_ids for r in batch] == [loaded.generate(p, max_new_tokens=8).token_ids for p in prompts]
+    same = loaded.generate([[5, 17, 9], [30, 31, 12]], max_new_tokens=8)  # equal lengths: one batch
+    assert [r.token_ids for r in same] == [loaded.generate(p, max_new_tokens=8).token_ids for p in ([5, 17, 9], [30, 31, 12])]
+
+
+def test_gqa_fusion_refuses_a_head_size_onnxruntime_rejects(hf_source, tmp_path):
+    out = tmp_path / "export"  # hf_source has head size 8: GroupQueryAttention would fail at run time
+    assert runner.invoke(app, ["export", str(hf_source), "-o", str(out)]).exit_code == 0
+    built = llmc.build(out / "model.onnx", output=tmp_path / "o", fusions={"gqa": True}, cache=False)
+    # Before the check, the fused graph failed verification ("head_size shall be a multiple of 16").
+    assert "GroupQueryAttention" not in built.manifest["fusions"]
+    assert built.manifest["fusions"].get("MultiHeadAttention") == 2

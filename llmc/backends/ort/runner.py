@@ -71,12 +71,15 @@ class OrtRunner:
             # IOBinding binds graph inputs only, not initializer defaults: session.run can.
             outputs = self.session.run(self.output_names, _on_host(feeds))
         else:
-            binding = self._bound_run(feeds)
+            binding = self._bound_run(feeds, {})
             outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
 
-    def run_bound(self, feeds: dict[str, Any]) -> dict[str, Any]:
+    def run_bound(self, feeds: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
         """One inference through IOBinding, outputs left on the runner's device as ``OrtValue``s.
+
+        ``into`` binds outputs to existing ``OrtValue``s (name -> value), which may be bound as
+        inputs too: a KV cache that ONNX Runtime's GroupQueryAttention updates in place.
 
         The run has finished when this returns (outputs are synchronized), so timing it measures
         the model and the input copies, not the output copy. ``value.numpy()`` brings one back.
@@ -88,7 +91,7 @@ class OrtRunner:
                 f"run_bound cannot override initializer default(s) {', '.join(overridden)} "
                 "(ONNX Runtime's IOBinding binds graph inputs only); use run()"
             )
-        binding = self._bound_run(feeds)
+        binding = self._bound_run(feeds, into or {})
         return dict(zip(self.output_names, binding.get_outputs(), strict=True))
 
     def to_device(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -112,7 +115,7 @@ class OrtRunner:
                 f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(self.inputs)}"
             )
 
-    def _bound_run(self, feeds: dict[str, Any]) -> Any:
+    def _bound_run(self, feeds: dict[str, Any], into: dict[str, Any]) -> Any:
         """Bind ``feeds`` and every output on the device, run, and return the binding.
 
         A new binding per call: an IOBinding is not safe to share between threads, and creating
@@ -126,8 +129,11 @@ class OrtRunner:
                 binding.bind_ortvalue_input(name, value)
             else:
                 binding.bind_cpu_input(name, np.asarray(value, order="C"))
-        for name in self.output_names:
-            binding.bind_output(name, self.device, self.device_id)
+        for name in self.output_names:  # in this order: get_outputs() follows the binding order
+            if name in into:
+                binding.bind_ortvalue_output(name, into[name])
+            else:
+                binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return binding

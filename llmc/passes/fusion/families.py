@@ -206,9 +206,24 @@ def _sdpa() -> list:
 
 
 def _gqa() -> list:
+    from onnxscript.rewriter import pattern
     from onnxscript.rewriter.ort_fusions import gqa, gqa_packed_qkv
 
-    return [gqa.gqa_rules, gqa_packed_qkv.fuse_qkv_gqa_rules]
+    class GroupQueryAttention(gqa.GroupQueryAttention):
+        """onnxscript's rule, refusing what ONNX Runtime's CPU kernel rejects at run time."""
+
+        def check(self, context, **bindings):  # noqa: ANN001
+            result = super().check(context, **bindings)
+            query = bindings.get("query_BSHDh")
+            shape = query.shape if query is not None else None
+            head = shape[3] if shape is not None and len(shape) == 4 else None
+            if result and (not isinstance(head, int) or head % 16):
+                return pattern.MatchResult().fail(
+                    f"head size {head} is not a multiple of 16 (ONNX Runtime's GroupQueryAttention needs it)", query
+                )
+            return result
+
+    return [pattern.RewriteRuleSet([GroupQueryAttention.rule()]), gqa_packed_qkv.fuse_qkv_gqa_rules]
 
 
 def _mha() -> list:
