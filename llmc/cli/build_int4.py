@@ -81,7 +81,10 @@ EvalTextOpt = Annotated[
 ]
 LmHeadOpt = Annotated[
     str,
-    typer.Option("--lm-head", help="LM head weights: int8 (blocks, Q8_0 rounding), int4 or float.", rich_help_panel=INT4),
+    typer.Option(
+        "--lm-head", help="LM head weights: float, int8 (blocks, Q8_0 rounding; runs at accuracy level 4) or int4.",
+        rich_help_panel=INT4,
+    ),
 ]
 EmbeddingOpt = Annotated[
     str,

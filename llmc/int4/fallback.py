@@ -2,9 +2,10 @@
 
 Nodes are ranked by the relative error of their weight's 4-bit blocks, ``||W - Q(W)|| / ||W||``
 (``Q``: the block minimum/range quantizer at the build's block size; a proxy for every method,
-computed once from the fp32 weights). Each step moves more of the worst-ranked nodes to 8-bit
-blocks: an eighth, a quarter, half, all of them; then the LM head goes float too. The first step
-whose graph passes the gate is the artifact; the manifest lists every node's precision.
+computed once from the fp32 weights). The steps: int4 at accuracy level 0 (float32 activations)
+when the build asked for another level; the LM head float when it was quantized; then more of the
+worst-ranked nodes in 8-bit blocks: an eighth, a quarter, half, all of them. The first step whose
+graph passes the gate is the artifact; the manifest lists every node's precision.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import onnx_ir as ir
 
 from llmc.int4.blocks import q4_minmax
 from llmc.int4.options import Int4Options
-from llmc.int4.quantize import constant_weight, float_reason, head_nodes, node_name, node_precisions
+from llmc.int4.quantize import (
+    ACCURATE_INT4,
+    constant_weight,
+    float_reason,
+    head_nodes,
+    node_name,
+    node_precisions,
+)
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 
@@ -22,12 +30,19 @@ FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 class FallbackPlan:
     """The override steps, worst-ranked int4 nodes first."""
 
-    def __init__(self, ranked: list[str], heads: list[str], body: str = "int4") -> None:
+    def __init__(self, ranked: list[str], heads: list[str], body: str = "int4", accuracy_level: int = 0) -> None:
         self.ranked, self.heads = ranked, heads
         # An int8 body has nowhere to go but float for its worst nodes.
         self.target = "int8" if body == "int4" else "float"
-        self.steps = [self._step(fraction) for fraction in FRACTIONS]
-        self.steps.append({**self._step(1.0), **{name: "float" for name in heads}})
+        base: dict[str, str] = {}
+        self.steps = []
+        if body == "int4" and accuracy_level != 0:  # first float32 activations, the cheapest fix
+            base = {name: ACCURATE_INT4 for name in ranked}
+            self.steps.append(base)
+        if heads:  # then the LM head float
+            base = {**base, **{name: "float" for name in heads}}
+            self.steps.append(base)
+        self.steps += [{**base, **self._step(fraction)} for fraction in FRACTIONS]
         self.index = 0
 
     def _step(self, fraction: float) -> dict[str, str]:
@@ -67,4 +82,4 @@ def fallback_plan(model: ir.Model, options: Int4Options) -> FallbackPlan:
             cache[id(weight)] = float(np.linalg.norm(kn - restored) / max(float(np.linalg.norm(kn)), 1e-30))
         errors[name] = cache[id(weight)]
     ranked = sorted(errors, key=lambda name: -errors[name])
-    return FallbackPlan(ranked, head_names, options.body)
+    return FallbackPlan(ranked, head_names, options.body, options.accuracy_level)

@@ -25,20 +25,23 @@ class Int4Options:
     exact on Q4_1 GGUF weights), ``rtn`` (ONNX Runtime's round-to-nearest, integer zero points or
     ``symmetric``), ``hqq`` (ONNX Runtime's half-quadratic quantizer, error-minimising).
     ``accuracy_level`` is MatMulNBits' compute type for the activations (0: unset, float32;
-    4: int8 activations, fast but the least accurate). ``head``: the LM head's blocks (int8 by
-    default: Q8_0's rounding); ``embedding``: a token-embedding Gather onto 8-bit blocks (shared
-    with a tied head).
+    4: int8 activations, fast but the least accurate). ``head``: the LM head (float by default;
+    int8: Q8_0's rounding, always at accuracy level 4); ``embedding``: a token-embedding Gather
+    onto 8-bit blocks (shared with a tied int8 head; a table tied to a float head stays float).
+    The defaults are the accurate ones, measured on SmolLM2: int8 activations anywhere (level 4,
+    or the int8 head) moved its greedy chat answer; ``--accuracy-level 4 --lm-head int8`` is the
+    fast setting (benchmarks/RESULTS.md).
     """
 
     method: str = "minmax"
     body: str = "int4"  # every MatMul but the head: int4, or int8 (--precision int8 --weight-only)
     block_size: int = 32
     symmetric: bool = False
-    accuracy_level: int = 4
+    accuracy_level: int = 0
     min_top1_agreement: float = 0.9
     max_perplexity_increase: float = 0.05
     eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
-    head: str = "int8"
+    head: str = "float"
     embedding: str = "int8"
     pack: bool = True  # MatMuls of one activation (q/k/v, gate/up) run as one MatMulNBits
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds

@@ -40,6 +40,8 @@ _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", 
 # 8-bit MatMulNBits has no fast float-activation path in ONNX Runtime 1.32's CPU kernels (measured,
 # 576x1536 at batch 1: 1.7 ms at accuracy_level 0, 0.1 ms at 4), so 8-bit blocks always run at 4.
 INT8_ACCURACY_LEVEL = 4
+# An override: int4 blocks with float32 activations (accuracy_level 0), whatever the build's level.
+ACCURATE_INT4 = "int4@0"
 HEAD_REASON = (
     "LM head (produces 'logits'): kept float (--lm-head float); its error moves every token's ranking directly"
 )
@@ -78,7 +80,7 @@ def constant_weight(node: ir.Node) -> tuple[ir.Value, bool] | str:
 
 
 def float_reason(node: ir.Node, precision: str, block: int) -> str | None:
-    """Why this MatMul stays float at ``precision`` ("int4", "int8" or "float"), or None."""
+    """Why this MatMul stays float at ``precision`` ("int4", "int4@0", "int8" or "float"), or None."""
     if precision == "float":
         return "kept float (per-node override)"
     found = constant_weight(node)
@@ -181,7 +183,7 @@ def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, s
     pack = options.pack and model.opset_imports.get("", 0) >= 13  # Split takes its sizes as an input
     for group in _packable_groups(model, precisions, heads, options, kept, pack):
         nodes = [item.node for item in group]
-        bits = 4 if group[0].precision == "int4" else 8
+        bits = 4 if group[0].precision.startswith("int4") else 8
         key = (*[id(item.weight) for item in group], bits)
         kn = group[0].kn if len(group) == 1 else np.concatenate([item.kn for item in group], axis=1)
         if key not in done:
@@ -191,13 +193,14 @@ def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, s
                 sizes.before_add(item.weight)
             sizes.after_add(done[key])
         values, offsets = done[key]
-        level = options.accuracy_level if bits == 4 else INT8_ACCURACY_LEVEL
+        level = INT8_ACCURACY_LEVEL if bits == 8 else 0 if group[0].precision == ACCURATE_INT4 else options.accuracy_level
         widths = [int(item.kn.shape[1]) for item in group]
         rewriter.matmul(nodes, values, offsets, bits, options.block_size, int(kn.shape[0]), widths, level)
         for item in group:
             quantized[node_name(item.node)] = {
                 "K": int(item.kn.shape[0]), "N": int(item.kn.shape[1]), "weight": item.weight.name,
-                "precision": item.precision, **({"packed_with": len(group) - 1} if len(group) > 1 else {}),
+                "precision": item.precision.split("@")[0], "accuracy_level": level,
+                **({"packed_with": len(group) - 1} if len(group) > 1 else {}),
             }
     embeddings = _quantize_embeddings(graph, rewriter, done, options, sizes)
     _remove_dead(graph)
@@ -318,6 +321,8 @@ def _quantize_embeddings(
         ids = node.inputs[1]
         if len(shape) != 2 or table.const_value.dtype != ir.DataType.FLOAT or shape[1] % block or ids.shape is None:
             continue
+        if any(use.node.op_type == "Transpose" and any(o.uses() for o in use.node.outputs) for use in table.uses()):
+            continue  # tied to an LM head that stays float: the one float table serves both
         shared = (id(table), 8) in done
         if not shared:
             done[id(table), 8] = _quantize(graph, table.name, table.const_value.numpy().T, 8, options)

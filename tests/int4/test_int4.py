@@ -58,7 +58,7 @@ def _nbits(path: Path) -> dict[str, onnx.NodeProto]:
 
 @pytest.mark.parametrize(("method", "block", "symmetric"), [("rtn", 32, True), ("rtn", 64, False), ("minmax", 128, False)])
 def test_matmul_chain_settings_recorded_and_runs(tmp_path, method, block, symmetric):
-    options = Int4Options(method=method, block_size=block, symmetric=symmetric, min_top1_agreement=0.5)
+    options = Int4Options(method=method, block_size=block, symmetric=symmetric, min_top1_agreement=0.5, head="int8")
     art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
@@ -109,7 +109,8 @@ def test_head_precision_and_accuracy_level(tmp_path, head):
 
 @pytest.mark.parametrize("method", ["minmax", "rtn", "hqq"])
 def test_tiny_llama_methods_tied_head_and_embedding(tmp_path, tiny_llama_dynamo, method):
-    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=Int4Options(method=method))
+    options = Int4Options(method=method, head="int8")
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
     # q/k/v and gate/up are packed: one MatMulNBits each, named after the MatMuls it replaced.
@@ -137,7 +138,7 @@ def test_gate_falls_back_node_by_node_and_records_it(tmp_path, tiny_llama_dynamo
     assert len(attempts) > 1 and not any(a["passed"] for a in attempts[:-1]) and attempts[-1]["passed"]
     assert attempts[0]["overrides"] == {} and attempts[-1]["overrides"].get("int8", 0) > 0
     by_node = {n["node"]: n["precision"] for n in q["nodes"]}
-    assert sum(p == "int8" for p in by_node.values()) == attempts[-1]["overrides"]["int8"] + 1  # + the int8 head
+    assert sum(p == "int8" for p in by_node.values()) == attempts[-1]["overrides"]["int8"]  # the head stays float
     assert q["gate"]["increase"] <= 0.0003
 
 
@@ -240,3 +241,25 @@ def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
         assert any("+" in name for name in names) == pack
         outputs.append(llmc.load(art.path).logits([5, 17, 9, 40, 22, 7]))
     assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_default_keeps_the_tied_head_and_its_table_float(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o")
+    q = art.manifest["quantization"]
+    assert (q["lm_head"], q["accuracy_level"], q["embeddings"]) == ("float", 0, {})
+    model = onnx.load(art.path / "model.onnx")
+    assert not [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {a.name: a.i for n in _nbits(art.path).values() for a in n.attribute}.get("accuracy_level", 0) == 0
+
+
+def test_fallback_tries_float_activations_then_the_head_first(tmp_path, tiny_llama_dynamo):
+    options = Int4Options(accuracy_level=4, head="int8", max_perplexity_increase=0.0, min_top1_agreement=1.0)
+    with pytest.raises(LlmcError):
+        llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
+    from llmc.int4.fallback import FallbackPlan
+
+    plan = FallbackPlan(["a", "b"], ["head"], "int4", 4)
+    first, second = plan.next({}), None
+    second = plan.next(first)
+    assert first == {"a": "int4@0", "b": "int4@0"} and second == {**first, "head": "float"}
+    assert plan.next(second) == {**second, "a": "int8"}
