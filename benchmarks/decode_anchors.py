@@ -418,10 +418,7 @@ def logits(system: str, model: str, windows: list[list[int]]) -> list[np.ndarray
 
 def perplexity(window_logits: list[np.ndarray], windows: list[list[int]]) -> float:
     """exp of the mean next-token negative log-likelihood over all windows."""
-    nll: list[np.ndarray] = []
-    for rows, window in zip(window_logits, windows, strict=True):
-        x = rows[:-1].astype(np.float64)
-        x = x - x.max(axis=1, keepdims=True)
-        logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-        nll.append(-logp[np.arange(len(window) - 1), np.asarray(window[1:])])
+    from llmc.model.compare import token_nll
+
+    nll = [token_nll(rows, np.asarray(window)) for rows, window in zip(window_logits, windows, strict=True)]
     return float(np.exp(np.concatenate(nll).mean()))
