@@ -66,8 +66,8 @@ MaxPplOpt = Annotated[
     float,
     typer.Option(
         "--max-perplexity-increase",
-        help="Gate: perplexity may rise this fraction over fp32 (0.05: 5%); failing nodes fall back to int8, "
-        "then the head to float.",
+        help="Gate: perplexity may rise this fraction over fp32 (0.05: 5%); a failing graph falls back to "
+        "float32 activations, a float head, then 8-bit blocks for its worst MatMuls.",
         rich_help_panel=INT4,
     ),
 ]
