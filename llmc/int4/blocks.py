@@ -40,11 +40,13 @@ class Blocks:
     packed: np.ndarray
     scales: np.ndarray
     offsets: np.ndarray | None = None
+    centre: int | None = None  # the zero point of every block; None: MatMulNBits' default 2**(bits-1)
 
     def dequantize(self) -> np.ndarray:
         """The (K, N) float32 weight these blocks stand for."""
         q = unpack(self.packed, self.bits).astype(np.float32)
-        w = self.scales[..., None] * (q - 2 ** (self.bits - 1))
+        centre = 2 ** (self.bits - 1) if self.centre is None else self.centre
+        w = self.scales[..., None] * (q - centre)
         if self.offsets is not None:
             w = w + self.offsets[..., None]
         n = w.shape[0]
@@ -97,6 +99,17 @@ def q8_symmetric(weight: np.ndarray, block: int) -> Blocks:
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.clip(np.rint(w / safe[..., None]), -127, 127) + 128
     return Blocks(8, block, pack(q, 8), scale)
+
+
+def q8_digits(blocks: Blocks) -> tuple[Blocks, Blocks]:
+    """8-bit blocks ``d (q - 128)`` as two 4-bit ones over the same input, ``16 d (h - 8)`` and
+    ``d (l - 0)`` with ``q = 16 h + l``: exact, and both run on the 4-bit kernel with float32
+    activations (8-bit MatMulNBits has a fast path only with int8 activations, which moved
+    SmolLM2's greedy answers; measured on its 49152 x 576 head: 2.5 ms against 4.0-4.5 in fp32)."""
+    codes = unpack(blocks.packed, 8)
+    high = Blocks(4, blocks.block, pack(codes >> 4, 4), (16.0 * blocks.scales).astype(np.float32))
+    low = Blocks(4, blocks.block, pack(codes & 15, 4), blocks.scales, centre=0)
+    return high, low
 
 
 def hqq_offsets(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, block: int, n: int) -> Blocks:

@@ -31,7 +31,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnx_ir as ir
 
-from llmc.int4.blocks import hqq_offsets, q4_minmax, q8_symmetric
+from llmc.int4.blocks import hqq_offsets, q4_minmax, q8_digits, q8_symmetric
 from llmc.int4.options import Int4Options
 from llmc.int4.rewrite import MS_DOMAIN, Rewriter, register
 
@@ -40,6 +40,8 @@ _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", 
 # 8-bit MatMulNBits has no fast float-activation path in ONNX Runtime 1.32's CPU kernels (measured,
 # 576x1536 at batch 1: 1.7 ms at accuracy_level 0, 0.1 ms at 4), so 8-bit blocks always run at 4.
 INT8_ACCURACY_LEVEL = 4
+# The ``done`` key of a weight stored as two 4-bit digits of its 8-bit blocks (an int8 head at level 0).
+DIGITS = 82
 # An override: int4 blocks with float32 activations (accuracy_level 0), whatever the build's level.
 ACCURATE_INT4 = "int4@0"
 HEAD_REASON = (
@@ -184,6 +186,9 @@ def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, s
     for group in _packable_groups(model, precisions, heads, options, kept, pack):
         nodes = [item.node for item in group]
         bits = 4 if group[0].precision.startswith("int4") else 8
+        if bits == 8 and options.accuracy_level == 0 and id(nodes[0]) in heads:
+            quantized[node_name(nodes[0])] = _head_digits(graph, rewriter, group[0], options, done, sizes)
+            continue
         key = (*[id(item.weight) for item in group], bits)
         kn = group[0].kn if len(group) == 1 else np.concatenate([item.kn for item in group], axis=1)
         if key not in done:
@@ -274,6 +279,29 @@ class _Sizes:
     def after_add(self, new: tuple[list[ir.Value], ir.Value | None]) -> None:
         values, offsets = new
         self.after += sum(int(v.const_value.nbytes) for v in [*values, *([offsets] if offsets else [])])
+
+
+def _head_digits(
+    graph: ir.Graph, rewriter: Rewriter, item: _Candidate, options: Int4Options,
+    done: dict[tuple[int, int], Any], sizes: _Sizes,
+) -> dict[str, Any]:
+    """An int8 LM head at accuracy level 0: its 8-bit blocks as two exact 4-bit digits."""
+    k, n = (int(d) for d in item.kn.shape)
+    if (id(item.weight), DIGITS) not in done:
+        high, low = q8_digits(q8_symmetric(item.kn, options.block_size))
+        base = item.weight.name + "_Q8"
+        zero = np.zeros((n, (k // options.block_size + 1) // 2), np.uint8)  # packed 4-bit zero points 0
+        done[id(item.weight), DIGITS] = (
+            [register(graph, base + "_high", high.packed), register(graph, base + "_high_scales", high.scales)],
+            [register(graph, base + "_low", low.packed), register(graph, base + "_low_scales", low.scales),
+             register(graph, base + "_low_zero_points", zero)],
+        )
+        sizes.before_add(item.weight)
+        sizes.after_add((done[id(item.weight), DIGITS][0] + done[id(item.weight), DIGITS][1], None))
+    high_values, low_values = done[id(item.weight), DIGITS]
+    rewriter.matmul_digits(item.node, high_values, low_values, options.block_size, k, n)
+    return {"K": k, "N": n, "weight": item.weight.name, "precision": "int8", "accuracy_level": 0,
+            "form": "two exact 4-bit digits (float32 activations)"}
 
 
 def _quantize(

@@ -66,6 +66,24 @@ class Rewriter:
         for node, part in zip(nodes, split.outputs, strict=True):
             self._take_over(node, part)
 
+    def matmul_digits(
+        self, node: ir.Node, high: list[ir.Value], low: list[ir.Value], block: int, k: int, n: int
+    ) -> None:
+        """Replace ``node`` by the two 4-bit MatMulNBits of 8-bit blocks (``blocks.q8_digits``:
+        ``high`` B and scales; ``low`` B, scales and zero points 0), summed; float32 activations."""
+        x = node.inputs[0]
+        outputs = []
+        for tag, weights in (("high", high), ("low", low)):
+            attributes = [
+                ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", 4), ir.AttrInt64("block_size", block),
+            ]
+            name = f"{node.name or node.outputs[0].name}/{tag}"
+            digit = ir.Node(MS_DOMAIN, "MatMulNBits", [x, *weights], attributes, name=name, num_outputs=1)
+            digit.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+            self.graph.insert_before(node, digit)
+            outputs.append(digit.outputs[0])
+        self._take_over(node, self._node(node, "Add", outputs, "digits"))
+
     def gather(self, node: ir.Node, packed: ir.Value, scales: ir.Value, block: int, k: int) -> None:
         """Replace ``Gather(table, ids)`` by ``GatherBlockQuantized`` on the 8-bit blocks
         ``packed`` [V, K / block, block] (scales [V, K / block, 1]), reshaped back to [..., K]."""

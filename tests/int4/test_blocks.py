@@ -12,7 +12,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from llmc.int4.blocks import hqq_offsets, pack, q4_minmax, q8_symmetric, unpack
+from llmc.int4.blocks import hqq_offsets, pack, q4_minmax, q8_digits, q8_symmetric, unpack
 from llmc.int4.rewrite import Rewriter, register
 
 K, N, BLOCK = 128, 48, 32
@@ -115,3 +115,23 @@ def test_gather_block_quantized_returns_the_dequantized_rows():
     ids = rng.integers(0, N, size=(2, 5))
     got = _run(model, {"ids": ids})
     assert np.array_equal(got, blocks.dequantize().T[ids])
+
+
+def test_q8_digits_are_exact_on_the_4bit_kernel():
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((K, N)).astype(np.float32)
+    blocks = q8_symmetric(weight, BLOCK)
+    high, low = q8_digits(blocks)
+    np.testing.assert_allclose(high.dequantize() + low.dequantize(), blocks.dequantize(), rtol=0, atol=1e-6)
+    model = _one_matmul(weight)
+    graph = model.graph
+    zero = np.zeros((N, (K // BLOCK + 1) // 2), np.uint8)
+    Rewriter(graph).matmul_digits(
+        next(iter(graph)),
+        [register(graph, "h", high.packed), register(graph, "hs", high.scales)],
+        [register(graph, "l", low.packed), register(graph, "ls", low.scales), register(graph, "lz", zero)],
+        BLOCK, K, N,
+    )
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)
+    expected = x @ blocks.dequantize()
+    assert np.abs(_run(model, {"x": x}) - expected).max() <= 1e-5 * np.abs(expected).max()

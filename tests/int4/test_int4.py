@@ -109,7 +109,7 @@ def test_head_precision_and_accuracy_level(tmp_path, head):
 
 @pytest.mark.parametrize("method", ["minmax", "rtn", "hqq"])
 def test_tiny_llama_methods_tied_head_and_embedding(tmp_path, tiny_llama_dynamo, method):
-    options = Int4Options(method=method, head="int8")
+    options = Int4Options(method=method, head="int8", accuracy_level=4)  # one 8-bit head node, table shared
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
@@ -214,7 +214,9 @@ def test_int8_weight_only(tmp_path, tiny_llama_dynamo):
     art = llmc.build(tiny_llama_dynamo, precision="int8", weight_only=True, output=tmp_path / "o")
     q = art.manifest["quantization"]
     assert (q["precision"], q["weight_only"]) == ("int8", True) and set(q["nodes_by_precision"]) <= {"int8", "float"}
-    assert {oh.get_attribute_value(a) for n in _nbits(art.path).values() for a in n.attribute if a.name == "bits"} == {8}
+    bits = {n.name: oh.get_attribute_value(a) for n in _nbits(art.path).values() for a in n.attribute if a.name == "bits"}
+    # the body in 8-bit blocks; the int8 head as its two exact 4-bit digits
+    assert {b for name, b in bits.items() if not name.endswith(("/high", "/low"))} == {8}
     assert q["gate"]["passed"] and q["gate"]["increase"] <= 0.01
     with pytest.raises(LlmcError, match="--weight-only is for --precision int8"):
         BuildOptions(precision="fp32", weight_only=True).check()
@@ -243,13 +245,25 @@ def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
     assert np.array_equal(outputs[0], outputs[1])
 
 
-def test_default_keeps_the_tied_head_and_its_table_float(tmp_path, tiny_llama_dynamo):
+def test_default_head_is_two_exact_digits_with_float_activations(tmp_path, tiny_llama_dynamo):
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o")
     q = art.manifest["quantization"]
-    assert (q["lm_head"], q["accuracy_level"], q["embeddings"]) == ("float", 0, {})
+    assert (q["lm_head"], q["accuracy_level"]) == ("int8", 0)
+    (head,) = [n for n in q["nodes"] if n.get("form", "").startswith("two exact 4-bit digits")]
+    nodes = _nbits(art.path)
+    digits = [n for name, n in nodes.items() if name.startswith(head["node"] + "/")]
+    assert sorted(n.name.rsplit("/", 1)[1] for n in digits) == ["high", "low"] and len(digits[0].input) != len(digits[1].input)
+    assert all(a.name != "accuracy_level" or a.i == 0 for n in nodes.values() for a in n.attribute)
+    (embedding,) = q["embeddings"].values()  # its own 8-bit table (the head's is in digits)
+    assert not embedding["shared_with_head"]
+
+
+def test_float_head_keeps_its_tied_table_float(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(head="float"))
+    q = art.manifest["quantization"]
+    assert (q["lm_head"], q["embeddings"]) == ("float", {})
     model = onnx.load(art.path / "model.onnx")
     assert not [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
-    assert {a.name: a.i for n in _nbits(art.path).values() for a in n.attribute}.get("accuracy_level", 0) == 0
 
 
 def test_fallback_tries_float_activations_then_the_head_first(tmp_path, tiny_llama_dynamo):
