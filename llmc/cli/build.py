@@ -332,7 +332,7 @@ def build(
     min_top1_agreement: MinTop1Opt = 0.9,
     max_perplexity_increase: MaxPplOpt = 0.05,
     eval_text: EvalTextOpt = None,
-    lm_head: LmHeadOpt = "int8",
+    lm_head: LmHeadOpt = "float",
     embedding: EmbeddingOpt = "int8",
     weight_only: WeightOnlyOpt = False,
     no_engine: NoEngineOpt = False,

@@ -83,8 +83,8 @@ LmHeadOpt = Annotated[
     str,
     typer.Option(
         "--lm-head",
-        help="LM head weights: int8 (Q8_0 rounding; two exact 4-bit digits at accuracy level 0, else one 8-bit "
-        "node at level 4), int4 or float.",
+        help="LM head weights: float, int8 (Q8_0 rounding; two exact 4-bit digits at accuracy level 0, else one "
+        "8-bit node at level 4) or int4.",
         rich_help_panel=INT4,
     ),
 ]

@@ -1,2 +1,4 @@
-"""INT4 weight-only quantization (``--precision int4``): MatMul weights as ``com.microsoft``
-``MatMulNBits``, checked against the fp32 graph by top-1 agreement (``stage``)."""
+"""Weight-only quantization (``--precision int4``, ``--precision int8 --weight-only``): MatMul
+weights as ``com.microsoft`` ``MatMulNBits`` blocks, the token embedding as
+``GatherBlockQuantized``, gated on perplexity and top-1 agreement with the fp32 graph with a
+node-by-node fallback (``stage``)."""

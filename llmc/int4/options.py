@@ -25,12 +25,14 @@ class Int4Options:
     exact on Q4_1 GGUF weights), ``rtn`` (ONNX Runtime's round-to-nearest, integer zero points or
     ``symmetric``), ``hqq`` (ONNX Runtime's half-quadratic quantizer, error-minimising).
     ``accuracy_level`` is MatMulNBits' compute type for the activations (0: unset, float32;
-    4: int8 activations, fast but the least accurate). ``head``: the LM head (int8 by default:
-    Q8_0's rounding; at accuracy level 0 run as two exact 4-bit digits with float32 activations,
-    otherwise one 8-bit MatMulNBits at level 4); ``embedding``: a token-embedding Gather onto
-    8-bit blocks (the same table as a tied one-node int8 head; a table tied to a float head stays
-    float). The defaults keep float32 activations: measured on SmolLM2, int8 activations anywhere
-    moved its greedy chat answer; ``--accuracy-level 4`` is the fast setting (benchmarks/RESULTS.md).
+    4: int8 activations, fast but the least accurate). ``head``: the LM head (float by default;
+    int8: Q8_0's rounding, at accuracy level 0 run as two exact 4-bit digits with float32
+    activations, otherwise one 8-bit MatMulNBits at level 4); ``embedding``: a token-embedding
+    Gather onto 8-bit blocks (the same table as a tied one-node int8 head; a table tied to a float
+    head stays float). The defaults keep float32 activations and a float head: measured on
+    SmolLM2, int8 activations anywhere moved its greedy chat answer, and the digits head costs
+    prefill (it dequantizes twice: TTFT 196 vs 113 ms) for no measurable decode gain;
+    ``--accuracy-level 4 --lm-head int8`` is the fast setting (benchmarks/RESULTS.md).
     """
 
     method: str = "minmax"
@@ -41,7 +43,7 @@ class Int4Options:
     min_top1_agreement: float = 0.9
     max_perplexity_increase: float = 0.05
     eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
-    head: str = "int8"
+    head: str = "float"
     embedding: str = "int8"
     pack: bool = True  # MatMuls of one activation (q/k/v, gate/up) run as one MatMulNBits
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds

@@ -215,7 +215,7 @@ def test_int8_weight_only(tmp_path, tiny_llama_dynamo):
     q = art.manifest["quantization"]
     assert (q["precision"], q["weight_only"]) == ("int8", True) and set(q["nodes_by_precision"]) <= {"int8", "float"}
     bits = {n.name: oh.get_attribute_value(a) for n in _nbits(art.path).values() for a in n.attribute if a.name == "bits"}
-    # the body in 8-bit blocks; the int8 head as its two exact 4-bit digits
+    # the body in 8-bit blocks (an int8 head at level 0 would be two 4-bit digits)
     assert {b for name, b in bits.items() if not name.endswith(("/high", "/low"))} == {8}
     assert q["gate"]["passed"] and q["gate"]["increase"] <= 0.01
     with pytest.raises(LlmcError, match="--weight-only is for --precision int8"):
@@ -245,8 +245,8 @@ def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
     assert np.array_equal(outputs[0], outputs[1])
 
 
-def test_default_head_is_two_exact_digits_with_float_activations(tmp_path, tiny_llama_dynamo):
-    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o")
+def test_int8_head_at_level_0_is_two_exact_digits_with_float_activations(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(head="int8"))
     q = art.manifest["quantization"]
     assert (q["lm_head"], q["accuracy_level"]) == ("int8", 0)
     (head,) = [n for n in q["nodes"] if n.get("form", "").startswith("two exact 4-bit digits")]
@@ -258,8 +258,8 @@ def test_default_head_is_two_exact_digits_with_float_activations(tmp_path, tiny_
     assert not embedding["shared_with_head"]
 
 
-def test_float_head_keeps_its_tied_table_float(tmp_path, tiny_llama_dynamo):
-    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(head="float"))
+def test_default_float_head_keeps_its_tied_table_float(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o")
     q = art.manifest["quantization"]
     assert (q["lm_head"], q["embeddings"]) == ("float", {})
     model = onnx.load(art.path / "model.onnx")
