@@ -149,17 +149,17 @@ def _eval_ids(options: BuildOptions, source: dict[str, Any]) -> list[int] | None
     path = Path(text)
     if not path.is_file():
         raise LlmcError(f"--eval-text {text}: no such file")
-    folder = Path(options.tokenizer) if options.tokenizer else (Path(source["path"]).parent if source["path"] else None)
-    tokenizer = folder / "tokenizer.json" if folder is not None else None
-    if tokenizer is None or not tokenizer.is_file():
-        raise LlmcError(
-            f"--eval-text {text}: no tokenizer.json {'in ' + str(folder) if folder else 'for an in-memory model'}; "
-            "give --tokenizer DIR (a folder with tokenizer.json)"
-        )
-    from tokenizers import Tokenizer
+    from llmc.generation.text import TOKENIZER_JSON, encode, load_tokenizer
 
+    folder = Path(options.tokenizer) if options.tokenizer else (Path(source["path"]).parent if source["path"] else None)
+    if folder is None or not (folder / TOKENIZER_JSON).is_file():
+        raise LlmcError(
+            f"--eval-text {text}: no {TOKENIZER_JSON} {'in ' + str(folder) if folder else 'for an in-memory model'}; "
+            f"give --tokenizer DIR (a folder with {TOKENIZER_JSON})"
+        )
+    tokenizer = load_tokenizer(folder)  # a bad file is one line there
     try:
-        ids = Tokenizer.from_file(str(tokenizer)).encode(path.read_text(encoding="utf-8")).ids
+        ids = encode(tokenizer, path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, OSError) as exc:
         raise LlmcError(f"--eval-text {text}: cannot read it as UTF-8 text ({exc})") from None
     if len(ids) < 16:

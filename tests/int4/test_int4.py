@@ -158,6 +158,11 @@ def test_eval_text_gate(tmp_path, tiny_llama_dynamo):
     assert gate["on"] == "held-out text (--eval-text)" and gate["windows"] == 2 and gate["positions"] == 2 * 127
     with pytest.raises(LlmcError, match="no tokenizer.json"):
         llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", int4=options)
+    bad = tmp_path / "bad_tok"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text("{not json")
+    with pytest.raises(LlmcError, match="not a tokenizer file"):
+        llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", int4=options, tokenizer=bad)
     (tmp_path / "short.txt").write_text("w1 w2")
     with pytest.raises(LlmcError, match="needs at least 16"):
         llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", tokenizer=folder,
