@@ -143,21 +143,9 @@ def cache_prefill(model: ir.Model, feeds: dict[str, np.ndarray], seed: int = 0) 
     if not set(outputs) <= produced:
         return None
     batch, _, past, _ = feeds[layout.past_input].shape
-    rng = np.random.default_rng(seed + 1)
-    prefill: dict[str, np.ndarray] = {}
-    for name, value in inputs.items():
-        if name in caches:
-            shape = feeds[name].shape
-            prefill[name] = np.zeros((shape[0], shape[1], 0, shape[3]), feeds[name].dtype)
-        elif name == "input_ids":
-            prefill[name] = _make_array(value, (batch, past), rng)
-        elif name == layout.position_ids:
-            prefill[name] = np.broadcast_to(np.arange(past, dtype=feeds[name].dtype), (batch, past)).copy()
-        elif name == "attention_mask" and feeds[name].ndim == 2:
-            prefill[name] = np.ones((batch, past), feeds[name].dtype)
-        else:
-            return None  # an input this prefill would have to invent
-    return CachePrefill(prefill, outputs, past)
+    ids = _make_array(inputs["input_ids"], (batch, past), np.random.default_rng(seed + 1))
+    prefill = prefill_feeds(model, ids, like=feeds)
+    return None if prefill is None else CachePrefill(prefill, outputs, past)
 
 
 def with_computed_cache(
@@ -176,18 +164,21 @@ def with_computed_cache(
     return result
 
 
-def prefill_feeds(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray] | None:
+def prefill_feeds(
+    model: ir.Model, ids: np.ndarray, like: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray] | None:
     """Feeds that run the token ids ``ids`` [batch, sequence] from an empty KV cache (all-ones
     mask, positions from 0), or None when ``model`` takes inputs this cannot fill in (no
-    ``input_ids``, or another input than mask, positions and a rank-4 cache)."""
+    ``input_ids``, or another input than mask, positions and a rank-4 cache). Shapes and dtypes
+    (the cache's heads and head size) come from ``like``'s arrays, else from the model."""
     inputs = _runtime_inputs(model)
     if "input_ids" not in inputs or ids.ndim != 2:
         return None
-    shapes, _ = resolve_shapes(model)
+    shapes = {k: tuple(v.shape) for k, v in like.items()} if like is not None else resolve_shapes(model)[0]
     batch, length = ids.shape
     feeds: dict[str, np.ndarray] = {}
     for name, value in inputs.items():
-        dtype = value.dtype.numpy() if value.dtype is not None else None
+        dtype = like[name].dtype if like is not None else value.dtype.numpy() if value.dtype is not None else None
         shape = shapes[name]
         if name == "input_ids":
             feeds[name] = ids.astype(dtype)
