@@ -23,9 +23,11 @@ WeightOnlyOpt = Annotated[
 ]
 
 BlockSizeOpt = Annotated[
-    int,
+    str,
     typer.Option(
-        "--block-size", help="Weights per 4-bit block along K: 16, 32, 64, 128 or 256 (smaller: more accurate).",
+        "--block-size",
+        help="Weights per 4-bit block along K: 16, 32, 64, 128 or 256 (smaller: more accurate), or auto "
+        "(per node: the fastest measured of 32/64/128 within 10% of the most accurate's output error).",
         rich_help_panel=INT4,
     ),
 ]
@@ -38,10 +40,11 @@ SymmetricOpt = Annotated[
     ),
 ]
 AccuracyLevelOpt = Annotated[
-    int,
+    str,
     typer.Option(
         "--accuracy-level",
-        help="MatMulNBits compute: 0 float32 activations; 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest, least accurate).",
+        help="MatMulNBits compute: 0 float32 activations; 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest, least accurate); "
+        "auto: per node, 4 where measured faster and within 10% of level 0's output error.",
         rich_help_panel=INT4,
     ),
 ]
@@ -98,15 +101,22 @@ EmbeddingOpt = Annotated[
 
 
 def int4_options(
-    method: str, block_size: int, symmetric: bool, accuracy_level: int, gate: tuple[float, float, str | None],
-    head: str, embedding: str,
+    method: str, block_size: str | int, symmetric: bool, accuracy_level: str | int,
+    gate: tuple[float, float, str | None], head: str, embedding: str,
 ) -> Int4Options:
     """``gate``: (min top-1 agreement, max perplexity increase, eval text path)."""
     from llmc.int4.options import Int4Options
 
+    block_size, accuracy_level = _number_or_auto(block_size), _number_or_auto(accuracy_level)
     min_top1, max_increase, eval_text = gate
     return Int4Options(
         method=method, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
         min_top1_agreement=min_top1, max_perplexity_increase=max_increase, eval_text=eval_text, head=head,
         embedding=embedding,
     )
+
+
+def _number_or_auto(value: str | int) -> str | int:
+    """``"64"`` -> 64; ``auto`` and anything else unchanged (Int4Options names a bad value)."""
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else text

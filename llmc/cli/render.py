@@ -171,6 +171,10 @@ def _print_int4(q: dict[str, Any]) -> None:
         f"{len(q['embeddings'])} embedding(s) int8; weights {_mib(sizes['before'])} -> {_mib(sizes['after'])}"
     )
     console.print(f"  {_int4_measured(q)}")
+    if q.get("per_node_choice"):
+        chosen = ", ".join(f"{n} {s}" for s, n in q.get("int4_nodes_by_setting", {}).items())
+        chosen = chosen or "none left int4 after the fallback"
+        console.print(f"  per-node int4 settings (measured): {chosen}; see manifest 'per_node_choice'")
     if len(q["attempts"]) > 1:
         console.print(f"  gate passed after {len(q['attempts']) - 1} fallback step(s); see manifest 'attempts'")
     for node in q["nodes"]:

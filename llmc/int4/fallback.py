@@ -17,6 +17,7 @@ from llmc.int4.blocks import q4_minmax
 from llmc.int4.options import Int4Options
 from llmc.int4.quantize import (
     ACCURATE_INT4,
+    Settings,
     constant_weight,
     float_reason,
     head_nodes,
@@ -59,8 +60,9 @@ class FallbackPlan:
         return None
 
 
-def fallback_plan(model: ir.Model, options: Int4Options) -> FallbackPlan:
-    """Rank ``model``'s (fp32) int4 candidates by relative 4-bit weight error."""
+def fallback_plan(model: ir.Model, options: Int4Options, settings: Settings | None = None) -> FallbackPlan:
+    """Rank ``model``'s (fp32) int4 candidates by relative 4-bit weight error; ``settings``: the
+    per-node choices (a node chosen at another accuracy level makes level 0 the first step)."""
     precisions = node_precisions(model, options)
     heads = head_nodes(model)
     errors: dict[str, float] = {}
@@ -72,14 +74,15 @@ def fallback_plan(model: ir.Model, options: Int4Options) -> FallbackPlan:
         name = node_name(node)
         if id(node) in heads and precisions[name] != "float":
             head_names.append(name)
-        if precisions[name] != options.body or float_reason(node, "int4", options.block_size) is not None:
+        if precisions[name] != options.body or float_reason(node, "int4", options.block) is not None:
             continue
         weight, transposed = constant_weight(node)  # type: ignore[misc]
         if id(weight) not in cache:
             array = weight.const_value.numpy()
             kn = array.T if transposed else array
-            restored = q4_minmax(kn, options.block_size).dequantize()
+            restored = q4_minmax(kn, options.block).dequantize()
             cache[id(weight)] = float(np.linalg.norm(kn - restored) / max(float(np.linalg.norm(kn)), 1e-30))
         errors[name] = cache[id(weight)]
     ranked = sorted(errors, key=lambda name: -errors[name])
-    return FallbackPlan(ranked, head_names, options.body, options.accuracy_level)
+    levels = max([options.level, *(level for _, level in (settings or {}).values())])
+    return FallbackPlan(ranked, head_names, options.body, levels)

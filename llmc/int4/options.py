@@ -13,6 +13,7 @@ HEADS = ("int8", "int4", "float")
 EMBEDDINGS = ("int8", "float")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+AUTO = "auto"  # block size / accuracy level chosen per node by measurement (llmc.int4.choose)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +34,17 @@ class Int4Options:
     SmolLM2, int8 activations anywhere moved its greedy chat answer, and the digits head costs
     prefill (it dequantizes twice: TTFT 196 vs 113 ms) for no measurable decode gain;
     ``--accuracy-level 4 --lm-head int8`` is the fast setting (benchmarks/RESULTS.md).
+
+    ``block_size`` / ``accuracy_level`` ``"auto"``: chosen per node (per packed group) by
+    measurement, :mod:`llmc.int4.choose`: the fastest setting, timed on the node's own shape,
+    whose output error on the model's activations stays within 10% of the most accurate one's.
     """
 
     method: str = "minmax"
     body: str = "int4"  # every MatMul but the head: int4, or int8 (--precision int8 --weight-only)
-    block_size: int = 32
+    block_size: int | str = 32
     symmetric: bool = False
-    accuracy_level: int = 0
+    accuracy_level: int | str = 0
     min_top1_agreement: float = 0.9
     max_perplexity_increase: float = 0.05
     eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
@@ -51,14 +56,19 @@ class Int4Options:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise LlmcError(f"--int4-method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.block_size not in BLOCK_SIZES:
+        if self.block_size not in (*BLOCK_SIZES, AUTO) or isinstance(self.block_size, bool):
             raise LlmcError(
-                f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))} (MatMulNBits' block sizes), "
+                f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))} (MatMulNBits' block sizes) or auto, "
                 f"not {self.block_size!r}"
             )
-        if self.accuracy_level not in ACCURACY_LEVELS:
+        if self.accuracy_level not in (*ACCURACY_LEVELS, AUTO) or isinstance(self.accuracy_level, bool):
             raise LlmcError(
-                f"--accuracy-level must be 0..4 (0: float32 compute, 4: int8 activations), not {self.accuracy_level!r}"
+                "--accuracy-level must be 0..4 (0: float32 compute, 4: int8 activations) or auto, "
+                f"not {self.accuracy_level!r}"
+            )
+        if self.body != "int4" and AUTO in (self.block_size, self.accuracy_level):
+            raise LlmcError(
+                "--block-size/--accuracy-level auto choose int4 settings; drop them with --precision int8 --weight-only"
             )
         value = self.min_top1_agreement
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -79,3 +89,18 @@ class Int4Options:
             raise LlmcError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, not {self.embedding!r}")
         if not isinstance(self.gate_samples, int) or self.gate_samples < 0:
             raise LlmcError(f"gate_samples must be an integer >= 0, not {self.gate_samples!r}")
+
+    @property
+    def block(self) -> int:
+        """The build's block size; with ``auto``, the smallest candidate (32): the LM head's, the
+        embedding's and the fallback ranking's."""
+        return 32 if self.block_size == AUTO else int(self.block_size)
+
+    @property
+    def level(self) -> int:
+        """The build's accuracy level; with ``auto``, 0 until a node's choice says otherwise."""
+        return 0 if self.accuracy_level == AUTO else int(self.accuracy_level)
+
+    @property
+    def auto(self) -> bool:
+        return AUTO in (self.block_size, self.accuracy_level)

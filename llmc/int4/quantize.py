@@ -120,7 +120,7 @@ def node_precisions(model: ir.Model, options: Int4Options, overrides: dict[str, 
     return result
 
 
-def ort_quantize_weight(weight: np.ndarray, options: Int4Options) -> dict[str, Any]:
+def ort_quantize_weight(weight: np.ndarray, options: Int4Options, block: int | None = None) -> dict[str, Any]:
     """ORT's MatMulNBits quantization of one (K, N) float32 weight: attributes and the packed
     ``B``, ``scales`` and (asymmetric) ``zero_points`` arrays, by MatMulNBits input position."""
     ort = _ort_quantizer()
@@ -128,6 +128,7 @@ def ort_quantize_weight(weight: np.ndarray, options: Int4Options) -> dict[str, A
     HQQWeightOnlyQuantConfig = ort.HQQWeightOnlyQuantConfig  # noqa: N806
     MatMulNBitsQuantizer = ort.MatMulNBitsQuantizer  # noqa: N806
     k, n = weight.shape
+    block = block or options.block
     graph = oh.make_graph(
         [oh.make_node("MatMul", ["A", "W"], ["Y"], name="matmul")], "one_weight",
         [oh.make_tensor_value_info("A", onnx.TensorProto.FLOAT, ["m", k])],
@@ -136,9 +137,9 @@ def ort_quantize_weight(weight: np.ndarray, options: Int4Options) -> dict[str, A
     )
     proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
     if options.method == "hqq":
-        config = HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4)
+        config = HQQWeightOnlyQuantConfig(block_size=block, bits=4)
     else:
-        config = DefaultWeightOnlyQuantConfig(block_size=options.block_size, is_symmetric=options.symmetric, bits=4)
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=options.symmetric, bits=4)
     quantizer_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantizer_logger.level
     quantizer_logger.setLevel(logging.WARNING)  # ORT logs every node at INFO
@@ -171,40 +172,47 @@ def _ort_quantizer():
     return matmul_nbits_quantizer
 
 
-def quantize_model(model: ir.Model, options: Int4Options, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+Settings = dict[str, tuple[int, int]]  # node name -> (block size, accuracy level) of its int4 blocks
+
+
+def quantize_model(
+    model: ir.Model, options: Int4Options, overrides: dict[str, str] | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Replace the selected MatMuls by MatMulNBits (and the embedding Gather by
-    GatherBlockQuantized) in place; return the manifest's record."""
+    GatherBlockQuantized) in place; return the manifest's record. ``settings``: per-node int4
+    block size and accuracy level (``llmc.int4.choose``), else the options' for every node."""
     graph = model.graph
     heads = head_nodes(model)
     precisions = node_precisions(model, options, overrides)
+    settings = settings or {}
     rewriter = Rewriter(graph)
-    done: dict[tuple[int, int], tuple[list[ir.Value], ir.Value | None]] = {}
+    done: dict[tuple[int, ...], tuple[list[ir.Value], ir.Value | None]] = {}
     quantized: dict[str, dict[str, Any]] = {}
     kept: dict[str, str] = {}
     sizes = _Sizes()
     pack = options.pack and model.opset_imports.get("", 0) >= 13  # Split takes its sizes as an input
-    for group in _packable_groups(model, precisions, heads, options, kept, pack):
+    for group in packable_groups(model, precisions, heads, options, kept, pack, settings):
         nodes = [item.node for item in group]
         bits = 4 if group[0].precision.startswith("int4") else 8
-        if bits == 8 and options.accuracy_level == 0 and id(nodes[0]) in heads:
+        block, level = group[0].block, group[0].level
+        if bits == 8 and options.level == 0 and id(nodes[0]) in heads:
             quantized[node_name(nodes[0])] = _head_digits(graph, rewriter, group[0], options, done, sizes)
             continue
-        key = (*[id(item.weight) for item in group], bits)
+        key = (*[id(item.weight) for item in group], bits, block)
         kn = group[0].kn if len(group) == 1 else np.concatenate([item.kn for item in group], axis=1)
         if key not in done:
             base = group[0].weight.name if len(group) == 1 else "+".join(item.weight.name for item in group)
-            done[key] = _quantize(graph, base, kn, bits, options)
+            done[key] = _quantize(graph, base, kn, bits, options, block)
             for item in group:
                 sizes.before_add(item.weight)
             sizes.after_add(done[key])
         values, offsets = done[key]
-        level = INT8_ACCURACY_LEVEL if bits == 8 else 0 if group[0].precision == ACCURATE_INT4 else options.accuracy_level
         widths = [int(item.kn.shape[1]) for item in group]
-        rewriter.matmul(nodes, values, offsets, bits, options.block_size, int(kn.shape[0]), widths, level)
+        rewriter.matmul(nodes, values, offsets, bits, block, int(kn.shape[0]), widths, level)
         for item in group:
             quantized[node_name(item.node)] = {
                 "K": int(item.kn.shape[0]), "N": int(item.kn.shape[1]), "weight": item.weight.name,
-                "precision": item.precision.split("@")[0], "accuracy_level": level,
+                "precision": item.precision.split("@")[0], "block_size": block, "accuracy_level": level,
                 **({"packed_with": len(group) - 1} if len(group) > 1 else {}),
             }
     embeddings = _quantize_embeddings(graph, rewriter, done, options, sizes)
@@ -225,32 +233,33 @@ class _Candidate:
     precision: str
     weight: ir.Value
     kn: np.ndarray  # the (K, N) weight
+    block: int
+    level: int
 
 
-def _packable_groups(
+def packable_groups(
     model: ir.Model, precisions: dict[str, str], heads: set[int], options: Int4Options, kept: dict[str, str],
-    pack: bool,
+    pack: bool, settings: Settings,
 ) -> list[list[_Candidate]]:
     """The MatMuls to quantize (why the others stay float goes into ``kept``), grouped: with
-    ``pack``, MatMuls reading the same activation at the same precision (q/k/v, gate/up) form one
-    group, quantized as one weight (its columns side by side) and run as one MatMulNBits.
-    The LM head is never packed."""
-    groups: dict[tuple[int, str, int], list[_Candidate]] = {}
+    ``pack``, MatMuls reading the same activation at the same precision and settings (q/k/v,
+    gate/up) form one group, quantized as one weight (its columns side by side) and run as one
+    MatMulNBits. The LM head is never packed."""
+    groups: dict[tuple[Any, ...], list[_Candidate]] = {}
     order: list[list[_Candidate]] = []
     for node in list(model.graph):
         if node.op_type != "MatMul" or node.domain != "":
             continue
         name, precision = node_name(node), precisions[node_name(node)]
-        reason = HEAD_REASON if precision == "float" and id(node) in heads else float_reason(
-            node, precision, options.block_size
-        )
+        block, level = _setting(name, precision, options, settings)
+        reason = HEAD_REASON if precision == "float" and id(node) in heads else float_reason(node, precision, block)
         if reason is not None:
             kept[name] = reason
             continue
         weight, transposed = constant_weight(node)  # type: ignore[misc]
         array = weight.const_value.numpy()
-        item = _Candidate(node, precision, weight, array.T if transposed else array)
-        key = (id(node.inputs[0]), precision, int(item.kn.shape[0]))
+        item = _Candidate(node, precision, weight, array.T if transposed else array, block, level)
+        key = (id(node.inputs[0]), precision, int(item.kn.shape[0]), block, level)
         if pack and id(node) not in heads and key in groups and all(c.weight is not weight for c in groups[key]):
             groups[key].append(item)
             continue
@@ -258,6 +267,14 @@ def _packable_groups(
         if pack and id(node) not in heads:
             groups[key] = order[-1]
     return order
+
+
+def _setting(name: str, precision: str, options: Int4Options, settings: Settings) -> tuple[int, int]:
+    """(block size, accuracy level) of one node at ``precision``."""
+    if precision in ("int8", "float"):
+        return options.block, INT8_ACCURACY_LEVEL
+    block, level = settings.get(name, (options.block, options.level))
+    return block, 0 if precision == ACCURATE_INT4 else level
 
 
 class _Sizes:
@@ -283,14 +300,14 @@ class _Sizes:
 
 def _head_digits(
     graph: ir.Graph, rewriter: Rewriter, item: _Candidate, options: Int4Options,
-    done: dict[tuple[int, int], Any], sizes: _Sizes,
+    done: dict[tuple[int, ...], Any], sizes: _Sizes,
 ) -> dict[str, Any]:
     """An int8 LM head at accuracy level 0: its 8-bit blocks as two exact 4-bit digits."""
     k, n = (int(d) for d in item.kn.shape)
     if (id(item.weight), DIGITS) not in done:
-        high, low = q8_digits(q8_symmetric(item.kn, options.block_size))
+        high, low = q8_digits(q8_symmetric(item.kn, options.block))
         base = item.weight.name + "_Q8"
-        zero = np.zeros((n, (k // options.block_size + 1) // 2), np.uint8)  # packed 4-bit zero points 0
+        zero = np.zeros((n, (k // options.block + 1) // 2), np.uint8)  # packed 4-bit zero points 0
         done[id(item.weight), DIGITS] = (
             [register(graph, base + "_high", high.packed), register(graph, base + "_high_scales", high.scales)],
             [register(graph, base + "_low", low.packed), register(graph, base + "_low_scales", low.scales),
@@ -299,22 +316,21 @@ def _head_digits(
         sizes.before_add(item.weight)
         sizes.after_add((done[id(item.weight), DIGITS][0] + done[id(item.weight), DIGITS][1], None))
     high_values, low_values = done[id(item.weight), DIGITS]
-    rewriter.matmul_digits(item.node, high_values, low_values, options.block_size, k, n)
+    rewriter.matmul_digits(item.node, high_values, low_values, options.block, k, n)
     return {"K": k, "N": n, "weight": item.weight.name, "precision": "int8", "accuracy_level": 0,
             "form": "two exact 4-bit digits (float32 activations)"}
 
 
 def _quantize(
-    graph: ir.Graph, base: str, kn: np.ndarray, bits: int, options: Int4Options
+    graph: ir.Graph, base: str, kn: np.ndarray, bits: int, options: Int4Options, block: int
 ) -> tuple[list[ir.Value], ir.Value | None]:
     """Blocks of one (K, N) weight as new initializers: MatMulNBits' inputs, and the offsets."""
-    block = options.block_size
     if bits == 8:
         blocks = q8_symmetric(kn, block)
     elif options.method == "minmax":
         blocks = q4_minmax(kn, block)
     else:
-        result = ort_quantize_weight(np.ascontiguousarray(kn), options)
+        result = ort_quantize_weight(np.ascontiguousarray(kn), options, block)
         if options.method == "rtn":
             names = ("_Q4", "_scales", "_zero_points")
             return [register(graph, base + suffix, a) for suffix, a in zip(names, result["inputs"], strict=False)], None
@@ -331,7 +347,7 @@ def _quantize(
 def _quantize_embeddings(
     graph: ir.Graph,
     rewriter: Rewriter,
-    done: dict[tuple[int, int], tuple[list[ir.Value], ir.Value | None]],
+    done: dict[tuple[int, ...], tuple[list[ir.Value], ir.Value | None]],
     options: Int4Options,
     sizes: _Sizes,
 ) -> dict[str, dict[str, Any]]:
@@ -339,7 +355,7 @@ def _quantize_embeddings(
     record: dict[str, dict[str, Any]] = {}
     if options.embedding != "int8":
         return record
-    block = options.block_size
+    block = options.block
     for node in list(graph):
         table = node.inputs[0] if node.op_type == "Gather" and node.domain == "" and node.inputs else None
         axis = node.attributes.get("axis")
@@ -351,11 +367,12 @@ def _quantize_embeddings(
             continue
         if any(use.node.op_type == "Transpose" and any(o.uses() for o in use.node.outputs) for use in table.uses()):
             continue  # tied to an LM head that stays float: the one float table serves both
-        shared = (id(table), 8) in done
+        key = (id(table), 8, block)  # the key of a tied int8 head's blocks
+        shared = key in done
         if not shared:
-            done[id(table), 8] = _quantize(graph, table.name, table.const_value.numpy().T, 8, options)
-            sizes.add(table, done[id(table), 8])
-        packed = done[id(table), 8][0]
+            done[key] = _quantize(graph, table.name, table.const_value.numpy().T, 8, options, block)
+            sizes.add(table, done[key])
+        packed = done[key][0]
         scales = packed[1].const_value.numpy().reshape(shape[0], shape[1] // block, 1)
         scales3 = register(graph, f"{packed[1].name}_rows", scales)
         sizes.after += int(scales3.const_value.nbytes)

@@ -16,10 +16,13 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.int4.choose import choose_settings
 from llmc.int4.fallback import fallback_plan
 from llmc.int4.gate import Runner, evaluation
 from llmc.int4.options import Int4Options
-from llmc.int4.quantize import quantize_model
+from llmc.int4.quantize import Settings, quantize_model
+
+CHOICE_FEEDS = 2  # evaluation windows whose activations the per-node choice is measured on
 
 LIBRARY = "onnxruntime.quantization.matmul_nbits_quantizer (rtn, hqq); llmc.int4.blocks (minmax, 8-bit)"
 
@@ -41,6 +44,10 @@ def quantize_int4_for_build(
     fp32 = Runner(model)
     judged_on = evaluation(model, feeds, options, seed, fp32, text_ids)
     del fp32
+    settings: Settings = {}
+    chosen = None
+    if options.auto:
+        settings, chosen = choose_settings(model, judged_on.feeds[:CHOICE_FEEDS], options, log)
     source = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # fallbacks start from it
     attempts: list[dict[str, Any]] = []
     overrides: dict[str, str] = {}
@@ -49,19 +56,21 @@ def quantize_int4_for_build(
         candidate = model if not attempts else ir.serde.deserialize_model(ir.serde.serialize_model(source))
         log(f"int4: quantizing ({options.method}, block {options.block_size}; {_describe(overrides)})")
         began = time.perf_counter()
-        record = quantize_model(candidate, options, overrides)
+        record = quantize_model(candidate, options, overrides, settings)
         quantize_seconds = time.perf_counter() - began
         log(f"int4: gate on {judged_on.source}")
         measured = judged_on.judge(Runner(candidate), options)
         attempts.append({"overrides": _count(overrides), **measured})
         if measured["passed"]:
             break
-        plan = plan or fallback_plan(source, options)
+        plan = plan or fallback_plan(source, options, settings)
         overrides = plan.next(overrides)
         if overrides is None:
             raise LlmcError(_refusal(measured, options))
         log(f"int4: gate failed ({_summary(measured)}); falling back: {_describe(overrides)}")
     report = _report(record, options, measured, attempts, quantize_seconds, time.perf_counter() - start)
+    if chosen is not None:
+        report["per_node_choice"] = chosen
     return candidate, report
 
 
@@ -109,8 +118,12 @@ def _report(
     nodes = [{"node": name, **info} for name, info in record["quantized"].items()]
     nodes += [{"node": name, "precision": "float", "reason": reason} for name, reason in record["kept_float"].items()]
     counts: dict[str, int] = {}
+    int4_settings: dict[str, int] = {}
     for info in record["quantized"].values():
         counts[info["precision"]] = counts.get(info["precision"], 0) + 1
+        if info["precision"] == "int4":
+            key = f"block {info['block_size']}, level {info['accuracy_level']}"
+            int4_settings[key] = int4_settings.get(key, 0) + 1
     return {
         "precision": options.body,
         "weight_only": True,
@@ -121,6 +134,7 @@ def _report(
         "lm_head": options.head,
         "embeddings": record["embeddings"],
         "nodes_by_precision": {**counts, "float": len(record["kept_float"])},
+        "int4_nodes_by_setting": int4_settings,
         "nodes_quantized": len(record["quantized"]),
         "nodes_float": len(record["kept_float"]),
         "nodes": nodes,
