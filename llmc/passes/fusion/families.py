@@ -206,24 +206,9 @@ def _sdpa() -> list:
 
 
 def _gqa() -> list:
-    from onnxscript.rewriter import pattern
-    from onnxscript.rewriter.ort_fusions import gqa, gqa_packed_qkv
+    from llmc.passes.fusion.gqa import gqa_rules
 
-    class GroupQueryAttention(gqa.GroupQueryAttention):
-        """onnxscript's rule, refusing what ONNX Runtime's CPU kernel rejects at run time."""
-
-        def check(self, context, **bindings):  # noqa: ANN001
-            result = super().check(context, **bindings)
-            query = bindings.get("query_BSHDh")
-            shape = query.shape if query is not None else None
-            head = shape[3] if shape is not None and len(shape) == 4 else None
-            if result and (not isinstance(head, int) or head % 16):
-                return pattern.MatchResult().fail(
-                    f"head size {head} is not a multiple of 16 (ONNX Runtime's GroupQueryAttention needs it)", query
-                )
-            return result
-
-    return [pattern.RewriteRuleSet([GroupQueryAttention.rule()]), gqa_packed_qkv.fuse_qkv_gqa_rules]
+    return gqa_rules()
 
 
 def _mha() -> list:
@@ -259,10 +244,9 @@ def _sdpa_via_mha() -> list:
 
 
 ORT_ONLY, BOTH = ("ort",), ("ort", "trt")
-GQA_PADDING = (
-    "changes answers on left-padded batches (ONNX Runtime's GroupQueryAttention takes positions "
-    "and padding from the mask's lengths, not position_ids); enable it with --enable-fusion gqa "
-    "for unpadded or right-padded inputs"
+GQA_GPU = (
+    "its padding-aware form (an attention_bias from attention_mask) is verified on ONNX Runtime's "
+    "CPU kernel only; enable it with --enable-fusion gqa and check the build's verification"
 )
 SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
 NO_FASTER = (
@@ -360,12 +344,12 @@ FAMILIES: tuple[FusionFamily, ...] = (
     ),
     FusionFamily(
         "gqa",
-        "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (positions from the mask)",
+        "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (padding from attention_mask)",
         ORT_ONLY,
         ("com.microsoft::GroupQueryAttention",),
         (Step(_sdpa, shape_inference=True), Step(_gqa)),
         lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
-        off_by_default={("ort", device): GQA_PADDING for device in ("cpu", "cuda", "tensorrt")},
+        off_by_default={("ort", device): GQA_GPU for device in ("cuda", "tensorrt")},
     ),
     FusionFamily(
         "attention",
