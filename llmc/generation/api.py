@@ -30,19 +30,21 @@ def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, DecoderLayout]:
             f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
         )
     layout = detect_layout(session, artifact)
-    if _attention_ops(artifact).get("GroupQueryAttention") == layout.num_layers:
-        layout = dataclasses.replace(layout, shared_cache=True)
+    manifest = _manifest(artifact)
+    fusions, gqa = manifest.get("fusions"), manifest.get("gqa")
+    if isinstance(fusions, dict) and fusions.get("GroupQueryAttention") == layout.num_layers:
+        masks = isinstance(gqa, dict) and gqa.get("padding_from_attention_mask") == layout.num_layers
+        layout = dataclasses.replace(layout, shared_cache=True, masks_padding=masks)
     return Stepper(session, layout, artifact), layout
 
 
-def _attention_ops(artifact: Path) -> dict[str, int]:
-    """The fused ops the artifact's manifest records (none for a model outside an artifact)."""
+def _manifest(artifact: Path) -> dict[str, Any]:
+    """The artifact's manifest (empty for a model outside an artifact)."""
     try:
         manifest = json.loads((Path(artifact) / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    fusions = manifest.get("fusions") if isinstance(manifest, dict) else None
-    return fusions if isinstance(fusions, dict) else {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _is_ids(prompt: Any) -> bool:
@@ -124,9 +126,9 @@ def generate(
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
         tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens,
     )
-    if stepper.layout.shared_cache and len({len(p) for p in prompts}) > 1:
-        # GroupQueryAttention takes each row's length from its positions and cannot skip left
-        # padding: prompts of different lengths run one at a time (same answers, no batching).
+    if stepper.layout.shared_cache and not stepper.layout.masks_padding and len({len(p) for p in prompts}) > 1:
+        # GroupQueryAttention of builds before llmc.passes.fusion.gqa took each row's length from
+        # its positions and cannot skip left padding: such prompts run one at a time.
         results = [run_generation(stepper, dataclasses.replace(request, prompts=[p]))[0] for p in prompts]
     else:
         results = run_generation(stepper, request)

@@ -31,9 +31,12 @@ class DecoderLayout:
     head_size: int
     kv_dtype: Any
     has_position_ids: bool
-    # Every layer's attention is ONNX Runtime's GroupQueryAttention (``--enable-fusion gqa``): the
-    # cache is one buffer of the final length per tensor, bound as past and present, updated in place.
+    # Every layer's attention is ONNX Runtime's GroupQueryAttention (the gqa fusion): the cache is
+    # one buffer of the final length per tensor, bound as past and present, updated in place.
     shared_cache: bool = False
+    # ... and each takes the padding from attention_mask (llmc.passes.fusion.gqa): left-padded
+    # prompts of different lengths batch; GQA of older builds took lengths from the positions.
+    masks_padding: bool = False
 
     @property
     def past_names(self) -> list[str]:

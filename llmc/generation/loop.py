@@ -4,7 +4,7 @@ Each step runs through IOBinding: the ``present.*`` outputs of one step are boun
 ``past_key_values.*`` inputs of the next as the ``OrtValue``s ONNX Runtime allocated, never copied
 to numpy and back (``session.run`` would copy every layer's cache out and in again each token,
 which grows with the sequence). When every attention is GroupQueryAttention
-(``DecoderLayout.shared_cache``), each cache tensor is instead one buffer of the final length,
+(``DecoderLayout.shared_cache``, the default for CPU builds), each cache tensor is instead one buffer of the final length,
 allocated at prefill and bound as both past and present: the kernel writes new keys and values
 into it in place, and nothing is reallocated or copied per token. Only the logits come back to numpy, for sampling. Prompts of
 different lengths are left-padded: ``attention_mask`` is 0 on the padding and ``position_ids``
@@ -61,7 +61,7 @@ class Stepper:
 
     def _allocate(self, batch: int, capacity: int) -> list[Any]:
         """One [batch, kv_heads, capacity, head_size] buffer per cache tensor, on the session's
-        device (never read beyond the positions written: GroupQueryAttention masks by length)."""
+        device (never read beyond the positions written: GroupQueryAttention attends to the mask's length)."""
         from onnxruntime import OrtValue
 
         shape = [batch, self.layout.kv_heads, capacity, self.layout.head_size]

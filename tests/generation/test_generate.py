@@ -252,13 +252,62 @@ def test_gqa_artifact_updates_one_cache_buffer_in_place(gqa_loaded, monkeypatch)
     assert result.token_ids == _reference_greedy(export / "model.onnx", prompt, 16)
 
 
-def test_gqa_artifact_runs_unequal_prompts_one_at_a_time(gqa_loaded):
+def test_gqa_artifact_batches_unequal_prompts_with_each_prompts_own_answer(gqa_loaded, monkeypatch):
     loaded, _ = gqa_loaded
+    assert loaded.artifact.manifest["gqa"] == {"nodes": 2, "padding_from_attention_mask": 2}
     prompts = [[5, 17, 9, 40, 22, 8], [11], [30, 31, 12]]
+    alone = [loaded.generate(p, max_new_tokens=8).token_ids for p in prompts]
+    allocated = []
+    from llmc.generation import loop
+
+    original = loop.Stepper._allocate
+    monkeypatch.setattr(loop.Stepper, "_allocate", lambda self, b, c: allocated.append((b, c)) or original(self, b, c))
     batch = loaded.generate(prompts, max_new_tokens=8)
-    assert [r.token_ids for r in batch] == [loaded.generate(p, max_new_tokens=8).token_ids for p in prompts]
-    same = loaded.generate([[5, 17, 9], [30, 31, 12]], max_new_tokens=8)  # equal lengths: one batch
-    assert [r.token_ids for r in same] == [loaded.generate(p, max_new_tokens=8).token_ids for p in ([5, 17, 9], [30, 31, 12])]
+    assert allocated == [(3, 6 + 8)]  # one left-padded batch, one buffer per cache tensor
+    assert [r.token_ids for r in batch] == alone
+
+
+def _padded_feeds(session, prompts: list[list[int]]) -> dict[str, np.ndarray]:
+    """A left-padded prefill of ``prompts`` from an empty cache, positions from the mask."""
+    width = max(map(len, prompts))
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int64)
+    ids = np.array([[0] * (width - len(p)) + p for p in prompts], np.int64)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    empty = {p.name: np.zeros((len(prompts), p.shape[1], 0, p.shape[3]), np.float32) for p in pasts}
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **empty}
+
+
+def test_gqa_keeps_the_exports_answers_on_left_padded_batches(gqa_loaded):
+    """Prefill of a left-padded batch, then a decode step on its cache: every real position's
+    logits and cache entries equal the export's (padding positions are meaningless in both)."""
+    import onnxruntime as ort
+
+    loaded, export = gqa_loaded
+    reference = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in reference.get_outputs()]
+    feeds = _padded_feeds(reference, [[5, 17, 9, 40, 22, 8], [11, 30], [30, 31, 12, 7]])
+    want = dict(zip(names, reference.run(None, feeds), strict=True))
+    got = loaded.run(feeds)
+    real = feeds["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got["logits"][real], want["logits"][real], atol=2e-4, rtol=1e-4)
+    for name in names[1:]:  # present.N.key/value [B, Hkv, T, D]: real positions
+        np.testing.assert_allclose(got[name].transpose(0, 2, 1, 3)[real], want[name].transpose(0, 2, 1, 3)[real],
+                                   atol=2e-4, rtol=1e-4)
+    step = {
+        "input_ids": np.array([[4], [6], [9]], np.int64),
+        "attention_mask": np.concatenate([feeds["attention_mask"], np.ones((3, 1), np.int64)], axis=1),
+        "position_ids": feeds["position_ids"][:, -1:] + 1,
+        **{name.replace("present", "past_key_values"): want[name] for name in names[1:]},
+    }
+    want_step = dict(zip(names, reference.run(None, step), strict=True))
+    np.testing.assert_allclose(loaded.run(step)["logits"], want_step["logits"], atol=2e-4, rtol=1e-4)
+
+
+def test_gqa_is_on_by_default_for_cpu_decoders(gqa_loaded, tmp_path):
+    _, export = gqa_loaded
+    built = llmc.build(export / "model.onnx", output=tmp_path / "o", cache=False)
+    assert built.manifest["fusions"].get("GroupQueryAttention") == 2
 
 
 def test_gqa_fusion_refuses_a_head_size_onnxruntime_rejects(hf_source, tmp_path):
