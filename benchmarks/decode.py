@@ -34,14 +34,14 @@ from benchmarks.harness import ROOT, job, machine_line, write_section
 
 CACHE = ROOT / ".cache" / "decode"
 THREADS = 2
-LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-fast", "llmc-int4-fast-gqa")
+LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-fast", "llmc-int4-mha")
 # The llmc builds: precision, weight-only, Int4Options fields, fusion overrides.
 BUILDS = {
     "llmc-fp32": ("fp32", False, {}, {}),
     "llmc-int8w": ("int8", True, {}, {}),
     "llmc-int4": ("int4", False, {}, {}),
     "llmc-int4-fast": ("int4", False, {"accuracy_level": 4, "head": "int8"}, {}),
-    "llmc-int4-fast-gqa": ("int4", False, {"accuracy_level": 4, "head": "int8"}, {"gqa": True}),
+    "llmc-int4-mha": ("int4", False, {}, {"gqa": False}),
 }
 SYSTEMS = ("torch", "ort-loop", "genai-fp32", "genai-int8", "genai-int4", "llamacpp", *LLMC)
 SHAPES = {"b1@128": (1, 128, 32), "b1@1024": (1, 1024, 16), "b4@128": (4, 128, 16)}  # batch, prompt, new
@@ -300,7 +300,7 @@ LABELS = {
     "llmc-fp32": "**llmc fp32**", "llmc-int8w": "**llmc int8 weight-only**",
     "llmc-int4": "**llmc int4** (defaults: accuracy level 0, float head)",
     "llmc-int4-fast": "**llmc int4 fast** (`--accuracy-level 4 --lm-head int8`)",
-    "llmc-int4-fast-gqa": "**llmc int4 fast + `--enable-fusion gqa`** (KV cache updated in place)",
+    "llmc-int4-mha": "**llmc int4, `--disable-fusion gqa`** (MultiHeadAttention: the cache concatenated per step)",
 }
 
 
