@@ -27,13 +27,20 @@ def bench(
     ] = True,
     as_json: JsonOpt = False,
     seed: SeedOpt = 0,
+    padding: Annotated[
+        str,
+        typer.Option(
+            help="Artifacts of encoders: auto (skip padding as the build measured safe), trim, bucket or off "
+            "(compute every position). Give padded inputs with --inputs to see it."
+        ),
+    ] = "auto",
 ) -> None:
     """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
     from llmc.compiler.bench import resolve_target, run_benchmark
     from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.model.io import load_model
 
-    targets = [resolve_target(m, threads=threads, level=level) for m in models]
+    targets = [resolve_target(m, threads=threads, level=level, padding=padding) for m in models]
     first = load_model(targets[0].model_path)
     feeds = feeds_for(first, resolve_shapes(first, parse_shape_specs(shape))[0], inputs, seed)
     results = run_benchmark(targets, feeds, runs=runs, warmup=warmup, measure_rss=rss)

@@ -54,11 +54,17 @@ class Artifact:
 
 
 class Runner:
-    """Runs a built artifact: ``run(feeds) -> {output name: array}``."""
+    """Runs a built artifact: ``run(feeds) -> {output name: array}``; ``padding`` says whether an
+    encoder's padding is skipped (``llmc.padding``: ``trim``, ``bucket``) or computed (``off``)."""
 
-    def __init__(self, artifact: Artifact, runner: BackendRunner) -> None:
+    def __init__(self, artifact: Artifact, runner: BackendRunner, padding: Any = None) -> None:
         self.artifact = artifact
         self._runner = runner
+        self._padded = padding  # llmc.padding.PaddedRunner or None
+
+    @property
+    def padding(self) -> str:
+        return self._padded.mode if self._padded is not None else "off"
 
     @property
     def input_names(self) -> list[str]:
@@ -77,6 +83,8 @@ class Runner:
         return "tensorrt" if hasattr(self._runner, "engine") else "onnxruntime"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._padded is not None:
+            return self._padded.run(feeds)
         return self._runner.run(feeds)
 
     def generate(self, prompt_or_ids: Any, max_new_tokens: int = 64, **options: Any) -> Any:
@@ -128,18 +136,23 @@ def _no_constant(name: str) -> Any:
 
 
 def load(
-    path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None
+    path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None,
+    padding: str = "auto",
 ) -> Runner:
     """Open an artifact for inference with the session options it was built with.
 
     ``engine``: None runs a built TensorRT engine when the artifact has one (verified first),
-    True requires it, False runs the ONNX model in ONNX Runtime.
+    True requires it, False runs the ONNX model in ONNX Runtime. ``padding`` (ONNX Runtime
+    encoders): ``auto`` skips padding the way the build measured to keep every real position's
+    outputs (``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket`` or ``off`` as asked.
     """
     from llmc.backends.ort import OrtRunner, create_session
 
     artifact = read_artifact(path)
     section = artifact.manifest.get("engine")
     if engine or (engine is None and section and section.get("built")):
+        if padding not in ("auto", "off"):
+            raise LlmcError(f"padding='{padding}' runs in ONNX Runtime; load {path} with engine=False for it")
         return Runner(artifact, _trt_runner(artifact))
     if engine is None:
         from llmc.compiler.engine import check_plan_file
@@ -151,7 +164,16 @@ def load(
     if threads is not None:
         overrides["intra_op_num_threads"] = threads
     config = artifact.session_config(**overrides)
-    return Runner(artifact, OrtRunner(create_session(artifact.model_path, config)))
+    runner = OrtRunner(create_session(artifact.model_path, config))
+    return Runner(artifact, runner, padded_runner(artifact, runner.run, padding))
+
+
+def padded_runner(artifact: Artifact, run: Any, padding: str) -> Any:
+    """The :class:`llmc.padding.PaddedRunner` ``padding`` asks for on ``artifact``, or None."""
+    from llmc.padding import PaddedRunner, choose
+
+    mode, layout = choose(artifact.manifest, padding, str(artifact.path))
+    return PaddedRunner(run, layout, mode) if layout is not None else None
 
 
 def _trt_runner(artifact: Artifact) -> BackendRunner:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from llmc.backends.ort import OrtRunner, SessionConfig, create_session
-from llmc.compiler.artifact import MODEL_FILE, read_artifact
+from llmc.compiler.artifact import MODEL_FILE, padded_runner, read_artifact
 from llmc.errors import LlmcError
 from llmc.model.process import run_in_fresh_process
 
@@ -42,6 +42,7 @@ class BenchTarget:
     model_path: Path | None = None
     config: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     make_runner: Callable[[], Runner] | None = None
+    wrap: Callable[[Runner], Runner] | None = None  # e.g. an artifact's padding-aware runner
 
     def __post_init__(self) -> None:
         if (self.model_path is None) == (self.make_runner is None):
@@ -54,7 +55,8 @@ class BenchTarget:
     def create_runner(self) -> Runner:
         if self.make_runner is not None:
             return self.make_runner()
-        return OrtRunner(create_session(self.model_path, self.config)).run
+        run = OrtRunner(create_session(self.model_path, self.config)).run
+        return self.wrap(run) if self.wrap is not None else run
 
 
 @dataclasses.dataclass
@@ -75,15 +77,18 @@ class BenchResult:
 
 
 def resolve_target(
-    path: str | Path, threads: int = 0, level: str = "all", label: str | None = None
+    path: str | Path, threads: int = 0, level: str = "all", label: str | None = None, padding: str = "auto"
 ) -> BenchTarget:
-    """A model file (ORT at ``level``) or an artifact directory (its recorded session options)."""
+    """A model file (ORT at ``level``) or an artifact directory (its recorded session options and
+    ``padding`` as ``llmc.load`` takes it)."""
     path = Path(path)
     if path.is_dir():
         artifact = read_artifact(path)
         recorded = artifact.manifest.get("session", {}).get("options", {}).get("intra_op_num_threads", 0)
         config = artifact.session_config(intra_op_num_threads=threads or recorded)
-        return BenchTarget(label or f"{path.name}/", path / MODEL_FILE, config)
+        padded_runner(artifact, None, padding)  # a mode that cannot apply is an error before any run
+        name = label or f"{path.name}/"
+        return BenchTarget(name, path / MODEL_FILE, config, wrap=lambda run: padded_runner(artifact, run, padding) or run)
     if not path.is_file():
         raise LlmcError(f"{path}: no such model file or artifact directory")
     config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)

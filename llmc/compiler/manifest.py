@@ -70,6 +70,8 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
             "create_seconds": round(verified.session_seconds, 4),
         },
     }
+    if verified.padding is not None:
+        manifest["padding"] = verified.padding
     gqa = _gqa(precise.model)
     if gqa is not None:
         manifest["gqa"] = gqa

@@ -102,6 +102,7 @@ class Verified:
     session_config: SessionConfig
     session_seconds: float
     hashes: dict[str, str]  # sha256 of each file in ``files``, taken before verifying them
+    padding: dict[str, Any] | None = None  # llmc.padding.probe: may the runtime skip padding?
 
 
 # ---------------------------------------------------------------------------------- prepare

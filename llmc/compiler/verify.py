@@ -20,6 +20,9 @@ from llmc.fp16.stage import run_emulated
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
 from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
+from llmc.padding.probe import probe as probe_padding
+
+PADDING_TOLERANCE = 1e-4  # skipping padding must keep real positions within fp32's build tolerance
 
 
 def verify(
@@ -58,9 +61,13 @@ def verify(
             )
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
-    create_session(out_dir / MODEL_FILE, session_config, saved)
+    deployed = create_session(out_dir / MODEL_FILE, session_config, saved)
     seconds = time.perf_counter() - start
-    return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes)
+    padding = None
+    if prep.options.target == "ort":
+        log("measuring whether padding can be skipped")
+        padding = probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), prep.options.seed)
+    return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding)
 
 
 def write(
