@@ -18,8 +18,9 @@ LAYERS = [
     {"llmc.model"},
     {"llmc.backends"},
     {"llmc.passes"},
-    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation"},
+    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation", "llmc.padding"},
     {"llmc.compiler"},
+    {"llmc.serving"},  # runs and exports artifacts: above the compiler that writes them
     {"llmc.cli"},
     {"llmc.__main__"},
 ]
