@@ -7,6 +7,7 @@ so it alone imports transformers.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,29 @@ def decode(tokenizer: Any, ids: list[int]) -> str:
 
 def chat_prompt(artifact: Path, message: str) -> str:
     """``message`` as one user turn of the artifact's chat template, ready for the reply."""
+    return chat_messages(artifact, [{"role": "user", "content": message}])
+
+
+def chat_messages(artifact: Path, messages: list[dict[str, str]]) -> str:
+    """``messages`` (OpenAI's ``role``/``content`` turns) through the artifact's chat template,
+    ready for the reply."""
+    tokenizer = _chat_tokenizer(str(artifact))
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _chat_tokenizer(artifact: str) -> Any:
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise LlmcError("--chat needs transformers for the chat template: pip install transformers") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(artifact))
+        tokenizer = AutoTokenizer.from_pretrained(artifact)
     except Exception as exc:  # transformers raises many types for an unreadable tokenizer
         raise LlmcError(f"{artifact}: transformers cannot load its tokenizer ({first_line(exc)})") from None
     if not getattr(tokenizer, "chat_template", None):
         raise LlmcError(f"{artifact}: its tokenizer has no chat template; drop --chat and pass the prompt as is")
-    messages = [{"role": "user", "content": message}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer
 
 
 def generation_config(artifact: Path) -> dict[str, Any]:
