@@ -5,6 +5,7 @@
 - ``sampling``: greedy, temperature, top-k and top-p with a seeded generator;
 - ``text``: the artifact's tokenizer, chat template and generation config;
 - ``evaluate``: full-sequence logits and sliding-window perplexity;
+- ``prefix``: :class:`PrefixCache`, prompts' KV blocks shared across requests;
 - ``api``: :func:`generate` and :func:`logits`, what ``Runner.generate`` / ``Runner.logits`` call.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from llmc.generation.api import generate, logits
 from llmc.generation.evaluate import perplexity
+from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 
-__all__ = ["GenerationResult", "generate", "logits", "perplexity"]
+__all__ = ["GenerationResult", "PrefixCache", "generate", "logits", "perplexity"]

@@ -17,6 +17,7 @@ from llmc.errors import LlmcError
 from llmc.generation import text as texts
 from llmc.generation.decoder import DecoderLayout, detect_layout
 from llmc.generation.loop import Request, Stepper, run_generation
+from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
 
@@ -109,9 +110,11 @@ def generate(
     chat: bool = False,
     max_length: Optional[int] = None,
     min_new_tokens: int = 0,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> Union[GenerationResult, list[GenerationResult]]:
     """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``;
-    EOS is never picked before ``min_new_tokens`` (benchmarks: exactly that many tokens)."""
+    EOS is never picked before ``min_new_tokens`` (benchmarks: exactly that many tokens).
+    ``prefix_cache``: a :class:`llmc.generation.PrefixCache` one-prompt requests reuse and feed."""
     artifact = Path(artifact)
     stepper, _ = open_decoder(session, artifact)
     sampling = Sampling(temperature, top_k, top_p, seed)
@@ -124,7 +127,7 @@ def generate(
     request = Request(
         prompts=prompts, max_new_tokens=_new_tokens(artifact, prompts, max_new_tokens, max_length),
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
-        tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens,
+        tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens, prefix=prefix_cache,
     )
     if stepper.layout.shared_cache and not stepper.layout.masks_padding and len({len(p) for p in prompts}) > 1:
         # GroupQueryAttention of builds before llmc.passes.fusion.gqa took each row's length from

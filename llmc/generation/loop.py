@@ -23,6 +23,7 @@ import numpy as np
 from llmc.backends.ort.errors import run_context
 from llmc.backends.ort.runner import OrtRunner
 from llmc.generation.decoder import DecoderLayout
+from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
 from llmc.generation.text import decode
@@ -59,6 +60,23 @@ class Stepper:
             outputs = self.runner.run_bound(feeds, into)
         return outputs["logits"], [outputs[name] for name in self.layout.present_names]
 
+    def cached_past(self, tensors: list[np.ndarray], capacity: int) -> list[Any]:
+        """A prefix's cache tensors ``[1, kv, length, d]`` as the past of the next run, copied into
+        ``OrtValue``s that own their memory: of ``capacity`` positions when the cache is shared
+        (updated in place), else of the prefix's length."""
+        from onnxruntime import OrtValue
+
+        device, device_id = self.runner.device, self.runner.device_id
+        values = []
+        for tensor in tensors:
+            length = capacity if self.layout.shared_cache else tensor.shape[2]
+            buffer = np.zeros((1, tensor.shape[1], length, tensor.shape[3]), dtype=self.layout.kv_dtype)
+            buffer[:, :, : tensor.shape[2]] = tensor
+            value = OrtValue.ortvalue_from_shape_and_type(list(buffer.shape), self.layout.kv_dtype, device, device_id)
+            value.update_inplace(buffer)  # a copy: ortvalue_from_numpy would borrow the array's memory
+            values.append(value)
+        return values
+
     def _allocate(self, batch: int, capacity: int) -> list[Any]:
         """One [batch, kv_heads, capacity, head_size] buffer per cache tensor, on the session's
         device (never read beyond the positions written: GroupQueryAttention attends to the mask's length)."""
@@ -85,6 +103,7 @@ class Request:
     tokenizer: Any = None
     stream: Optional[Callable[[str], None]] = None
     min_new_tokens: int = 0  # EOS is masked until then
+    prefix: Optional[PrefixCache] = None  # one-prompt requests reuse and feed it
 
 
 class _Rows:
@@ -155,14 +174,34 @@ def _last(logits: Any, request: Request, made: int) -> np.ndarray:
     return last
 
 
+def _prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.ndarray, np.ndarray]:
+    """``(logits, cache, mask, positions)`` after the prompts; a one-prompt request computes only
+    what ``request.prefix`` does not hold, then adds its prompt's blocks to it."""
+    ids, mask = left_pad(request.prompts, request.pad)
+    positions = positions_of(mask)
+    capacity = ids.shape[1] + request.max_new_tokens
+    cache = request.prefix if len(request.prompts) == 1 else None
+    hit = cache.acquire(request.prompts[0]) if cache is not None else None
+    try:
+        if hit is not None and hit.length:
+            past = stepper.cached_past(hit.tensors, capacity)
+            logits, past = stepper.run(ids[:, hit.length :], mask, positions[:, hit.length :], past)
+        else:
+            logits, past = stepper.run(ids, mask, positions, None, capacity=capacity)
+        if cache is not None:
+            cache.insert(request.prompts[0], [value.numpy()[:, :, : ids.shape[1]] for value in past])
+    finally:
+        if hit is not None:
+            cache.release(hit)
+    return logits, past, mask, positions
+
+
 def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]:
     """Prefill every prompt at once, then decode one token per step until every row stops."""
     rng = request.sampling.generator()
-    ids, mask = left_pad(request.prompts, request.pad)
-    positions = positions_of(mask)
     rows = _Rows(request)
     start = time.perf_counter()
-    logits, past = stepper.run(ids, mask, positions, None, capacity=ids.shape[1] + request.max_new_tokens)
+    logits, past, mask, positions = _prefill(stepper, request)
     chosen = choose(_last(logits, request, 0), request.sampling, rng)
     ttft = time.perf_counter() - start
     decoding, steps = 0.0, 0

@@ -98,10 +98,15 @@ class OrtRunner:
         """Copy numpy feeds to the runner's device once, as ``OrtValue``s that runs can reuse."""
         from onnxruntime import OrtValue
 
-        return {
-            name: OrtValue.ortvalue_from_numpy(np.asarray(array, order="C"), self.device, self.device_id)
-            for name, array in feeds.items()
-        }
+        values = {}
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array)
+            # A copy the OrtValue owns: on CPU, ortvalue_from_numpy borrows the array's memory, and
+            # a temporary contiguous copy would be freed under it (measured: garbage KV caches).
+            value = OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, self.device, self.device_id)
+            value.update_inplace(array)
+            values[name] = value
+        return values
 
     def check_feeds(self, feeds: dict[str, Any]) -> None:
         missing = [name for name in self.inputs if name not in feeds]

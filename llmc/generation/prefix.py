@@ -1,0 +1,125 @@
+"""A prefix KV cache shared by the requests of one process (a serving replica).
+
+A prompt's KV cache is kept in blocks of ``block`` tokens. A block's key hashes its tokens and
+its parent's key (vLLM's automatic prefix caching), so two prompts share exactly the blocks of
+their common prefix and a block is valid only after the very tokens before it. A request looks
+up the longest chain of cached blocks of its prompt (leaving at least one token to compute, the
+logits of the last one), prefills only the rest after that cache, then adds its prompt's new
+full blocks. Blocks in use by a request are reference-counted and never evicted; the others go
+least recently used first when the blocks' bytes exceed ``max_bytes``.
+
+Why our own: ONNX Runtime and onnxruntime-genai keep no cache across requests; vLLM's and
+SGLang's live inside their own GPU engines. The KV tensors are copied in and out of the model's
+cache as numpy arrays once per request (not per token).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import threading
+
+import numpy as np
+
+ROOT = b"llmc-prefix"
+
+
+@dataclasses.dataclass
+class Block:
+    tokens: tuple[int, ...]
+    tensors: list[np.ndarray]  # one [kv_heads, block, head_size] slice per cache tensor
+    refs: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclasses.dataclass
+class Hit:
+    """The cached part of a prompt: ``length`` tokens, their cache tensors ``[1, kv, length, d]``."""
+
+    keys: list[bytes]
+    tensors: list[np.ndarray] | None
+    length: int
+
+
+class PrefixCache:
+    def __init__(self, max_bytes: int, block: int = 16) -> None:
+        if block < 1 or max_bytes < 0:
+            raise ValueError("block must be >= 1 and max_bytes >= 0")
+        self.block, self.max_bytes = block, max_bytes
+        self._blocks: collections.OrderedDict[bytes, Block] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = self.misses = self.tokens_reused = self.evictions = 0
+
+    def keys(self, tokens: list[int]) -> list[bytes]:
+        """The keys of every full block of ``tokens``, each chained to its parent's."""
+        keys, parent = [], ROOT
+        for start in range(0, len(tokens) - self.block + 1, self.block):
+            chunk = np.asarray(tokens[start : start + self.block], dtype=np.int64).tobytes()
+            parent = hashlib.blake2b(parent + chunk, digest_size=16).digest()
+            keys.append(parent)
+        return keys
+
+    def acquire(self, tokens: list[int]) -> Hit:
+        """The longest cached chain of ``tokens``' blocks (at least one token left to compute),
+        its blocks held until :meth:`release`."""
+        usable = self.keys(tokens[:-1])
+        with self._lock:
+            chain = []
+            for key in usable:
+                block = self._blocks.get(key)
+                if block is None:
+                    break
+                chain.append(key)
+            for key in chain:
+                self._blocks[key].refs += 1
+                self._blocks.move_to_end(key)
+            if not chain:
+                self.misses += 1
+                return Hit([], None, 0)
+            self.hits += 1
+            self.tokens_reused += len(chain) * self.block
+            parts = [self._blocks[key].tensors for key in chain]
+        tensors = [np.concatenate([p[i] for p in parts], axis=1)[None] for i in range(len(parts[0]))]
+        return Hit(chain, tensors, len(chain) * self.block)
+
+    def release(self, hit: Hit) -> None:
+        with self._lock:
+            for key in hit.keys:
+                if key in self._blocks:
+                    self._blocks[key].refs -= 1
+            self._evict()
+
+    def insert(self, tokens: list[int], tensors: list[np.ndarray]) -> None:
+        """Add the full blocks of ``tokens`` not cached yet, from ``tensors`` ([1, kv, >= len, d]
+        per cache tensor: the prompt's own cache)."""
+        keys = self.keys(tokens)
+        with self._lock:
+            for index, key in enumerate(keys):
+                if key in self._blocks:
+                    self._blocks.move_to_end(key)
+                    continue
+                span = slice(index * self.block, (index + 1) * self.block)
+                block = Block(tuple(tokens[span]), [np.ascontiguousarray(t[0, :, span]) for t in tensors])
+                self._blocks[key] = block
+                self.bytes += block.nbytes
+            self._evict()
+
+    def _evict(self) -> None:
+        for key in list(self._blocks):
+            if self.bytes <= self.max_bytes:
+                return
+            block = self._blocks[key]
+            if block.refs == 0:
+                del self._blocks[key]
+                self.bytes -= block.nbytes
+                self.evictions += 1
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"blocks": len(self._blocks), "bytes": self.bytes, "hits": self.hits, "misses": self.misses,
+                    "tokens_reused": self.tokens_reused, "evictions": self.evictions}
