@@ -23,6 +23,10 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="Most requests merged into one run (/v1/infer).")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Requests in flight per replica before 503 + Retry-After.")] = 64,
+    prefix_cache_mb: Annotated[
+        int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")
+    ] = 256,
+    result_cache: Annotated[int, typer.Option(help="Answers kept for repeated temperature-0 requests (0: off).")] = 0,
     address: Annotated[Optional[str], typer.Option(help="A running Ray cluster (ray start --head); default: a local one.")] = None,
     emit_config: Annotated[
         Optional[Path], typer.Option(help="Write the Ray Serve config YAML for `serve deploy` and exit.")
@@ -37,7 +41,12 @@ def serve(
                         ("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
-    settings = ServeSettings(str(artifact.resolve()), replicas, threads_per_replica, max_batch_size, batch_wait_ms, max_queue)
+    if prefix_cache_mb < 0 or result_cache < 0:
+        raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
+    settings = ServeSettings(
+        str(artifact.resolve()), replicas, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
+        prefix_cache_mb=prefix_cache_mb, result_cache=result_cache,
+    )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
 

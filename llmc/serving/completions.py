@@ -86,13 +86,24 @@ def _guard(call: Any) -> Any:
 
 
 def _generate(engine: Any, prompt: str, request: dict[str, Any], stream: Any) -> Any:
+    key = (prompt, request["max_tokens"], tuple(request["stop"])) if request["temperature"] == 0 else None
+    if key is not None and stream is None and key in engine.results:  # an exact repeat: the same answer
+        engine.results.move_to_end(key)
+        engine.metrics.count("result_cache_hit")
+        return engine.results[key]
     lock = _LOCKS.setdefault(id(engine), threading.Lock())
     with lock:
         result = _guard(lambda: engine.runner.generate(
             prompt, max_new_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
-            seed=request["seed"], stop=request["stop"], stream=stream,
+            seed=request["seed"], stop=request["stop"], stream=stream, prefix_cache=engine.prefix,
         ))
     engine.metrics.generation(result.ttft_ms, result.ms_per_token)
+    if engine.prefix is not None:
+        engine.metrics.cache_hits = engine.prefix.stats()["hits"]
+    if key is not None and engine.settings.result_cache > 0:
+        engine.results[key] = result
+        while len(engine.results) > engine.settings.result_cache:
+            engine.results.popitem(last=False)
     return result
 
 

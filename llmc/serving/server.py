@@ -18,6 +18,7 @@ whose ``import_path`` is :func:`app`). Per replica:
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations as objects
 # (``request: Request`` with ``Request`` imported where the app is built).
 import asyncio
+import collections
 import dataclasses
 import json
 import time
@@ -37,6 +38,8 @@ class ServeSettings:
     max_queue: int = 64
     max_elements: int = 4_000_000
     max_new_tokens: int = 512
+    prefix_cache_mb: int = 256  # decoders: prompts' KV blocks reused across requests (0: off)
+    result_cache: int = 0  # answers kept for repeated temperature-0 requests (0: off)
 
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +59,12 @@ class Engine:
         self.decoder = any(i.name.startswith("past_key_values") for i in self.inputs)
         self.metrics = Metrics()
         self.in_flight = 0
+        self.prefix = None
+        if self.decoder and settings.prefix_cache_mb > 0:
+            from llmc.generation.prefix import PrefixCache
+
+            self.prefix = PrefixCache(settings.prefix_cache_mb << 20)
+        self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 
     def run_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run a batch of parsed requests, merged by shape where allowed; results in order."""
