@@ -105,7 +105,11 @@ def _deployment(settings: ServeSettings) -> Any:
 
         @api.get("/health")
         async def health(self) -> dict[str, Any]:
-            return {"status": "ok", "artifact": self.engine.settings.artifact, "in_flight": self.engine.in_flight}
+            import resource
+
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {"status": "ok", "artifact": self.engine.settings.artifact, "in_flight": self.engine.in_flight,
+                    "peak_rss_mb": round(peak_mb, 1)}
 
         @api.get("/metrics")
         async def metrics(self) -> PlainTextResponse:
