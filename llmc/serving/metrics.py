@@ -37,6 +37,7 @@ class Metrics:
         self.batch_rows = Histogram(SIZES)
         self.ttft_seconds = Histogram(BUCKETS)
         self.token_seconds = Histogram(BUCKETS)
+        self.queue_seconds = Histogram(BUCKETS)
         self.cache_hits = 0
 
     def count(self, outcome: str) -> None:
@@ -46,6 +47,10 @@ class Metrics:
     def latency(self, seconds: float) -> None:
         with self._lock:
             self.request_seconds.observe(seconds)
+
+    def queued(self, seconds: float) -> None:
+        with self._lock:
+            self.queue_seconds.observe(seconds)
 
     def batch(self, rows: int) -> None:
         with self._lock:
@@ -63,6 +68,7 @@ class Metrics:
             lines += [f'llmc_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(self.requests.items())]
             lines += self.request_seconds.lines("llmc_request_seconds", "Request latency in the replica.")
             lines += self.batch_rows.lines("llmc_batch_rows", "Rows per model run (dynamic batching).")
+            lines += self.queue_seconds.lines("llmc_queue_seconds", "Wait from a request's arrival to its run.")
             lines += self.ttft_seconds.lines("llmc_ttft_seconds", "Time to first token.")
             lines += self.token_seconds.lines("llmc_token_seconds", "Decode time per token.")
             lines += ["# HELP llmc_prefix_cache_hits_total Prefix KV cache hits.",

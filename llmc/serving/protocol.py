@@ -94,9 +94,39 @@ def outputs_json(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"outputs": {name: array.tolist() for name, array in outputs.items()}}
 
 
-def shape_key(feeds: dict[str, np.ndarray]) -> tuple[Any, ...]:
-    """Requests batch together when every input agrees beyond the batch axis."""
-    return tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feeds.items()))
+def shape_key(feeds: dict[str, np.ndarray], layout: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """Requests batch together when every input agrees beyond the batch axis (and, with a padding
+    ``layout``, beyond the sequence axis of its ``[batch, sequence]`` inputs)."""
+    sequence = set(layout["inputs"]) if layout else set()
+    return tuple(sorted(
+        (name, array.shape[2:] if name in sequence else array.shape[1:], array.dtype.str) for name, array in feeds.items()
+    ))
+
+
+def pad_to_longest(
+    requests: list[dict[str, np.ndarray]], layout: dict[str, Any]
+) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """Each request's ``[batch, sequence]`` inputs padded with zeros (the mask's 0: padding) to
+    the longest request's length, and each request's own length."""
+    lengths = [int(r[layout["mask"]].shape[1]) for r in requests]
+    longest = max(lengths)
+    padded = []
+    for request, length in zip(requests, lengths, strict=True):
+        padded.append({
+            name: np.pad(array, [(0, 0), (0, longest - length)] + [(0, 0)] * (array.ndim - 2))
+            if name in layout["inputs"] and length < longest else array
+            for name, array in request.items()
+        })
+    return padded, lengths
+
+
+def cut_to(outputs: dict[str, np.ndarray], length: int, layout: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A padded request's outputs back to its own sequence length."""
+    result = {}
+    for name, array in outputs.items():
+        axis = layout["outputs"].get(name, {}).get("sequence_axis")
+        result[name] = np.take(array, range(length), axis=axis) if axis is not None else array
+    return result
 
 
 def merge(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:

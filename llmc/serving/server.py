@@ -25,7 +25,17 @@ import time
 from typing import Any
 
 from llmc.serving.metrics import Metrics
-from llmc.serving.protocol import BadRequest, merge, outputs_json, parse_inputs, shape_key, specs, split
+from llmc.serving.protocol import (
+    BadRequest,
+    cut_to,
+    merge,
+    outputs_json,
+    pad_to_longest,
+    parse_inputs,
+    shape_key,
+    specs,
+    split,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +64,13 @@ class Engine:
         self.settings = settings
         self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False)
         self.inputs = specs(self.runner.session)
-        outputs = (self.runner.artifact.manifest.get("padding") or {}).get("outputs") or {}
+        padding = self.runner.artifact.manifest.get("padding") or {}
+        outputs = padding.get("outputs") or {}
         self.mergeable = bool(outputs) and all(v.get("batch_axis") == 0 for v in outputs.values())
+        # Requests of different lengths share a run, padded, where the build measured that
+        # padding leaves every real position unchanged (the loaded runner then skips it again).
+        self.padded_merge = self.mergeable and bool(padding.get("trim", {}).get("safe"))
+        self.layout = padding if self.padded_merge else None
         self.decoder = any(i.name.startswith("past_key_values") for i in self.inputs)
         self.metrics = Metrics()
         self.in_flight = 0
@@ -66,18 +81,26 @@ class Engine:
             self.prefix = PrefixCache(settings.prefix_cache_mb << 20)
         self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 
-    def run_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run a batch of parsed requests, merged by shape where allowed; results in order."""
+    def run_batch(self, batch: list[tuple[dict[str, Any], float]]) -> list[dict[str, Any]]:
+        """Run ``(request, arrival time)`` pairs, merged where allowed; results in order."""
+        started = time.perf_counter()
+        requests = [feeds for feeds, _ in batch]
+        for _, arrival in batch:
+            self.metrics.queued(started - arrival)
         results: list[Any] = [None] * len(requests)
         groups: dict[Any, list[int]] = {}
         for index, feeds in enumerate(requests):
-            key = shape_key(feeds) if self.mergeable else index
+            key = index if not self.mergeable else shape_key(feeds, self.layout)
             groups.setdefault(key, []).append(index)
         for members in groups.values():
-            feeds, rows = merge([requests[i] for i in members])
+            group = [requests[i] for i in members]
+            lengths = None
+            if self.layout is not None:
+                group, lengths = pad_to_longest(group, self.layout)
+            feeds, rows = merge(group)
             self.metrics.batch(sum(rows))
-            for i, out in zip(members, split(self.runner.run(feeds), rows), strict=True):
-                results[i] = out
+            for n, (i, out) in enumerate(zip(members, split(self.runner.run(feeds), rows), strict=True)):
+                results[i] = out if lengths is None else cut_to(out, lengths[n], self.layout)
         return results
 
 
@@ -100,7 +123,7 @@ def _deployment(settings: ServeSettings) -> Any:
             self._infer.set_batch_wait_timeout_s(self.engine.settings.batch_wait_ms / 1e3)
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-        async def _infer(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        async def _infer(self, requests: list[tuple[dict[str, Any], float]]) -> list[dict[str, Any]]:
             return await asyncio.get_running_loop().run_in_executor(None, self.engine.run_batch, requests)
 
         @api.get("/health")
@@ -120,8 +143,9 @@ def _deployment(settings: ServeSettings) -> Any:
             return await _admitted(self.engine, lambda: self._infer_one(request))
 
         async def _infer_one(self, request: Request) -> Any:
+            arrival = time.perf_counter()
             feeds = parse_inputs(await _json(request), self.engine.inputs, self.engine.settings.max_elements)
-            return JSONResponse(outputs_json(await self._infer(feeds)))
+            return JSONResponse(outputs_json(await self._infer((feeds, arrival))))
 
         @api.post("/v1/completions")
         async def completions(self, request: Request) -> Any:

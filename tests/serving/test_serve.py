@@ -95,7 +95,8 @@ def test_infer_concurrent_and_malformed(server, artifacts):
     metrics = requests.get(base + "/metrics").text
     assert 'llmc_requests_total{outcome="ok"} 24' in metrics and 'outcome="bad_400"} 7' in metrics
     runs = float(metrics.split("llmc_batch_rows_count ")[1].split()[0])
-    assert runs < 24  # concurrent requests were merged into fewer runs
+    assert runs < 24  # concurrent requests of different lengths were merged into fewer runs
+    assert float(metrics.split("llmc_queue_seconds_count ")[1].split()[0]) == 24
 
 
 def test_completions_match_the_runtime_and_stream(server, artifacts):
@@ -169,3 +170,20 @@ def test_emit_config_for_a_cluster(artifacts, tmp_path):
     assert application["deployments"][0]["ray_actor_options"]["num_cpus"] == 2
     result = runner.invoke(app, ["serve", str(artifacts[0]), "--replicas", "0", "--emit-config", str(path)])
     assert result.exit_code == 1 and "--replicas must be >= 1" in result.output
+
+
+def test_padded_merge_gives_each_request_its_own_answer(artifacts):
+    """Requests of different lengths padded into one run and cut back: the artifact's answers."""
+    from llmc.serving.server import Engine, ServeSettings
+
+    engine = Engine(ServeSettings(str(artifacts[0])))
+    assert engine.padded_merge
+    rng = np.random.default_rng(1)
+    requests_ = [{k: np.array(v, np.int64) for k, v in _ids(rng, rows, width).items()} for rows, width in
+                 ((1, 3), (2, 9), (1, 1), (3, 6))]
+    answers = engine.run_batch([(r, 0.0) for r in requests_])
+    for request, answer in zip(requests_, answers, strict=True):
+        for name, want in engine.runner.run(request).items():
+            assert answer[name].shape == want.shape
+            np.testing.assert_allclose(answer[name], want, atol=1e-5, rtol=1e-5)
+    assert engine.metrics.batch_rows.count == 1  # one run for all four
