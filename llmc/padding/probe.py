@@ -32,7 +32,7 @@ def probe(model: ir.Model, run: Run, tolerance: float, seed: int = 0) -> dict[st
     if isinstance(found, str):
         return {"applies": False, "reason": found}
     mask, names = found
-    feeds = [_feeds(model, names, shape, seed) for shape in SHAPES]
+    feeds = [_feeds(model, mask, names, shape, seed) for shape in SHAPES]
     outputs = [run(f) for f in feeds]
     layout = PaddingLayout(mask, names, {name: _axes(outputs, name) for name in outputs[0]})
     padded = dict(feeds[0])
@@ -55,10 +55,11 @@ def probe(model: ir.Model, run: Run, tolerance: float, seed: int = 0) -> dict[st
     }
 
 
-def _feeds(model: ir.Model, names: tuple[str, ...], shape: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+def _feeds(
+    model: ir.Model, mask: str, names: tuple[str, ...], shape: tuple[int, int], seed: int
+) -> dict[str, np.ndarray]:
     shapes, _ = resolve_shapes(model, {name: shape for name in names})
     feeds = make_feeds(model, shapes, seed)
-    mask = next(n for n in names if n == "attention_mask")
     feeds[mask] = np.ones_like(feeds[mask])
     return feeds
 

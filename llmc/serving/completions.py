@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.serving.protocol import BadRequest
-
-_LOCKS: dict[int, threading.Lock] = {}
 
 
 def parse(body: Any, chat: bool, max_new_tokens: int) -> dict[str, Any]:
@@ -91,8 +88,7 @@ def _generate(engine: Any, prompt: str, request: dict[str, Any], stream: Any) ->
         engine.results.move_to_end(key)
         engine.metrics.count("result_cache_hit")
         return engine.results[key]
-    lock = _LOCKS.setdefault(id(engine), threading.Lock())
-    with lock:
+    with engine.generation_lock:
         result = _guard(lambda: engine.runner.generate(
             prompt, max_new_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
             seed=request["seed"], stop=request["stop"], stream=stream, prefix_cache=engine.prefix,

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import threading
 import time
 from typing import Any
 
@@ -80,6 +81,7 @@ class Engine:
 
             self.prefix = PrefixCache(settings.prefix_cache_mb << 20)
         self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self.generation_lock = threading.Lock()  # one generation at a time per replica
 
     def run_batch(self, batch: list[tuple[dict[str, Any], float]]) -> list[dict[str, Any]]:
         """Run ``(request, arrival time)`` pairs, merged where allowed; results in order."""
