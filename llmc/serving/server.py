@@ -21,10 +21,12 @@ import asyncio
 import collections
 import dataclasses
 import json
+import sys
 import threading
 import time
 from typing import Any
 
+from llmc.errors import LlmcError
 from llmc.serving.metrics import Metrics
 from llmc.serving.protocol import (
     BadRequest,
@@ -83,8 +85,10 @@ class Engine:
         self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         self.generation_lock = threading.Lock()  # one generation at a time per replica
 
-    def run_batch(self, batch: list[tuple[dict[str, Any], float]]) -> list[dict[str, Any]]:
-        """Run ``(request, arrival time)`` pairs, merged where allowed; results in order."""
+    def run_batch(self, batch: list[tuple[dict[str, Any], float]]) -> list[Any]:
+        """Run ``(request, arrival time)`` pairs, merged where allowed; results in order. A merged
+        run that fails is run again request by request, so that only the request the model
+        refuses (e.g. a token id beyond its vocabulary) gets the error (an :class:`LlmcError`)."""
         started = time.perf_counter()
         requests = [feeds for feeds, _ in batch]
         for _, arrival in batch:
@@ -101,9 +105,23 @@ class Engine:
                 group, lengths = pad_to_longest(group, self.layout)
             feeds, rows = merge(group)
             self.metrics.batch(sum(rows))
-            for n, (i, out) in enumerate(zip(members, split(self.runner.run(feeds), rows), strict=True)):
-                results[i] = out if lengths is None else cut_to(out, lengths[n], self.layout)
+            try:
+                outputs = split(self.runner.run(feeds), rows)
+            except LlmcError:
+                if len(members) == 1:
+                    outputs = [sys.exc_info()[1]]
+                else:
+                    outputs = [self._alone(request) for request in group]
+            for n, (i, out) in enumerate(zip(members, outputs, strict=True)):
+                ok = lengths is not None and not isinstance(out, LlmcError)
+                results[i] = cut_to(out, lengths[n], self.layout) if ok else out
         return results
+
+    def _alone(self, request: dict[str, Any]) -> Any:
+        try:
+            return self.runner.run(request)
+        except LlmcError as exc:
+            return exc
 
 
 def _deployment(settings: ServeSettings) -> Any:
@@ -147,7 +165,10 @@ def _deployment(settings: ServeSettings) -> Any:
         async def _infer_one(self, request: Request) -> Any:
             arrival = time.perf_counter()
             feeds = parse_inputs(await _json(request), self.engine.inputs, self.engine.settings.max_elements)
-            return JSONResponse(outputs_json(await self._infer((feeds, arrival))))
+            result = await self._infer((feeds, arrival))
+            if isinstance(result, LlmcError):  # the model refused these inputs' values
+                raise BadRequest(str(result))
+            return JSONResponse(outputs_json(result))
 
         @api.post("/v1/completions")
         async def completions(self, request: Request) -> Any:

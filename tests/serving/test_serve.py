@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import llmc
 from llmc.cli.main import app
+from llmc.errors import LlmcError
 from llmc.serving.protocol import BadRequest, InputSpec, parse_inputs
 
 pytest.importorskip("ray.serve")
@@ -87,16 +88,17 @@ def test_infer_concurrent_and_malformed(server, artifacts):
         json.dumps({"inputs": {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}}): (400, "rectangular"),
         json.dumps({"inputs": _ids(rng, 100, 60)}): (413, "more than 10000"),
         json.dumps([1, 2]): (400, "JSON object"),
+        json.dumps({"inputs": {"input_ids": [[5, 10**6]], "attention_mask": [[1, 1]]}}): (400, "Gather"),
     }
     for body, (status, words) in bad.items():
         answer = requests.post(base + "/v1/infer", data=body)
         assert answer.status_code == status and words in answer.json()["error"], (body[:40], answer.text)
     assert requests.get(base + "/health").status_code == 200
     metrics = requests.get(base + "/metrics").text
-    assert 'llmc_requests_total{outcome="ok"} 24' in metrics and 'outcome="bad_400"} 7' in metrics
+    assert 'llmc_requests_total{outcome="ok"} 24' in metrics and 'outcome="bad_400"} 8' in metrics
     runs = float(metrics.split("llmc_batch_rows_count ")[1].split()[0])
     assert runs < 24  # concurrent requests of different lengths were merged into fewer runs
-    assert float(metrics.split("llmc_queue_seconds_count ")[1].split()[0]) == 24
+    assert float(metrics.split("llmc_queue_seconds_count ")[1].split()[0]) == 25  # + the one the model refused
 
 
 def test_completions_match_the_runtime_and_stream(server, artifacts):
@@ -187,3 +189,9 @@ def test_padded_merge_gives_each_request_its_own_answer(artifacts):
             assert answer[name].shape == want.shape
             np.testing.assert_allclose(answer[name], want, atol=1e-5, rtol=1e-5)
     assert engine.metrics.batch_rows.count == 1  # one run for all four
+    # A request the model refuses (a token id beyond the vocabulary) fails alone in a merged run.
+    bad = {"input_ids": np.array([[5, 10**6]]), "attention_mask": np.ones((1, 2), np.int64)}
+    answers = engine.run_batch([(requests_[0], 0.0), (bad, 0.0), (requests_[3], 0.0)])
+    assert isinstance(answers[1], LlmcError) and "\n" not in str(answers[1])
+    np.testing.assert_allclose(answers[2]["last_hidden_state"], engine.runner.run(requests_[3])["last_hidden_state"],
+                               atol=1e-5, rtol=1e-5)
