@@ -43,6 +43,7 @@ bench: install
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.padding
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.compress
 
 # The LLM anchors of benchmarks.decode (rows say n/a without them): onnxruntime-genai, and
 # llama-cpp-python built once into .whl/ (7-10 min; the native build faults in ggml's AMX path on
