@@ -105,8 +105,9 @@ class PaddedRunner:
             outputs = self._run(self._cut(feeds, int(lengths[rows].max()), rows))
             for name, array in outputs.items():
                 batch_axis, seq_axis = self.layout.outputs[name]
-                part = np.moveaxis(array, batch_axis, 0)
-                if seq_axis is not None:
+                if seq_axis is None:
+                    part = np.moveaxis(array, batch_axis, 0)
+                else:
                     part = np.moveaxis(array, [batch_axis, seq_axis], [0, 1])
                 if name not in result:
                     shape = (batch, width, *part.shape[2:]) if seq_axis is not None else (batch, *part.shape[1:])
