@@ -188,7 +188,7 @@ def _prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.nda
             logits, past = stepper.run(ids[:, hit.length :], mask, positions[:, hit.length :], past)
         else:
             logits, past = stepper.run(ids, mask, positions, None, capacity=capacity)
-        if cache is not None:
+        if cache is not None and not cache.holds(request.prompts[0]):  # copy the cache out only when new
             cache.insert(request.prompts[0], [value.numpy()[:, :, : ids.shape[1]] for value in past])
     finally:
         if hit is not None:

@@ -94,6 +94,12 @@ class PrefixCache:
                     self._blocks[key].refs -= 1
             self._evict()
 
+    def holds(self, tokens: list[int]) -> bool:
+        """Every full block of ``tokens`` is cached (nothing for :meth:`insert` to add)."""
+        keys = self.keys(tokens)
+        with self._lock:
+            return all(key in self._blocks for key in keys)
+
     def insert(self, tokens: list[int], tensors: list[np.ndarray]) -> None:
         """Add the full blocks of ``tokens`` not cached yet, from ``tensors`` ([1, kv, >= len, d]
         per cache tensor: the prompt's own cache)."""

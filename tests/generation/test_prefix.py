@@ -34,7 +34,9 @@ def test_acquire_returns_the_longest_cached_chain_and_keeps_one_token():
     cache = PrefixCache(1 << 20, block=4)
     prompt = list(range(10))
     tensors = _tensors(10)
+    assert not cache.holds(prompt)
     cache.insert(prompt, tensors)
+    assert cache.holds(prompt) and cache.holds(prompt[:9]) and not cache.holds([*prompt[:8], 5, 5, 5, 5])
     hit = cache.acquire(prompt[:8])  # 8 tokens: only the first block usable (one token must be computed)
     assert hit.length == 4
     np.testing.assert_array_equal(hit.tensors[1], tensors[1][:, :, :4])
