@@ -1,13 +1,19 @@
-"""``llmc compress`` on all-MiniLM-L6-v2 (real weights), distilled on ../shared/data/sentences.txt.
+"""``llmc compress`` on real weights, distilled on ../shared/data/sentences.txt (rows 1000-1099,
+which are timed and compared here, left out of the training text; each compress run also holds
+out its own last tenth).
 
-The compressed model (half of every layer's FFN neurons, the 4 most important of 6 layers,
-distilled for ``--minutes``, 24 by default) is built by ``llmc build`` in fp32 and int8 and timed interleaved
-against llmc's fp32 build of the original and ONNX Runtime on the original export (batch 1, the
-sentences 1000-1031 each padded to 128, padding computed: the compute of a fixed-length server).
-Agreement: mean-pooled embedding cosine with the original on those held-out sentences (the
-compress run holds out its own last tenth of the file as well).
+- all-MiniLM-L6-v2, ``--target-speedup 1.8``: the search picks the cut, then distillation for
+  ``--minutes``. The compressed model is built by ``llmc build`` in fp32 and int8 and timed
+  interleaved against llmc's fp32 build of the original and ONNX Runtime on the original export
+  (batch 1, the sentences 1000-1031 each padded to 128, padding computed). Agreement: mean-pooled
+  embedding cosine with the original on those sentences.
+- all-MiniLM-L6-v2, ``--sparsity 2:4``: the same builds; whether int8 and fp16 keep the pattern
+  (the build manifest's ``sparsity``), and what 2:4 costs in agreement (no CPU kernel runs it faster).
+- SmolLM2-135M (GGUF), ``--ffn 0.25 --heads 0.25``: held-out perplexity before and after, and
+  decode ms/token of llmc's fp32 builds of the original and the compressed export (prompt 128,
+  32 new tokens, fresh processes).
 
-    python -m benchmarks.compress [--minutes 10]
+    python -m benchmarks.compress [--minutes 20] [--sparse-minutes 8] [--decoder-minutes 12]
 """
 
 from __future__ import annotations
@@ -17,57 +23,58 @@ import json
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import harness, models
+from benchmarks import anchors, harness, models
 from benchmarks.harness import machine_line, sentences, tokenize, tokenizer_dir, write_section
 
 CACHE = harness.ROOT / ".cache" / "compress"
 THREADS = 2
 
 
-def _compress(minutes: float) -> dict[str, Any]:
-    from llmc.compression import CompressOptions, compress
+def _compress(name: str, source: Path, options: Any) -> dict[str, Any]:
+    """``llmc compress`` into CACHE/name (reused while its options and budget are unchanged)."""
+    import dataclasses
 
-    out = CACHE / "minilm-compressed"
-    report_path = out / "compress_report.json"
-    if report_path.exists() and json.loads(report_path.read_text())["distillation"]["seconds"] >= 60 * minutes * 0.95:
-        return json.loads(report_path.read_text())
+    from llmc.compression import compress
+
+    out = CACHE / name
+    path = out / "compress_report.json"
+    wanted = dataclasses.asdict(options)
+    if path.exists() and json.loads(path.read_text()).get("options") == wanted:
+        return json.loads(path.read_text())
     shutil.rmtree(out, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    data = CACHE / "train.txt"  # the file minus the rows the timing and agreement use
+    data = CACHE / "train.txt"
     data.write_text("\n".join(sentences(0, 1000) + sentences(1100, 2000)) + "\n")
     start = time.perf_counter()
-    report = compress(tokenizer_dir(), data, out, CompressOptions(ffn=0.5, layers=4, minutes=minutes), print)
+    report = compress(source, data, out, options, print)
     report["wall_s"] = time.perf_counter() - start
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report_path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2))
     return report
 
 
-def _builds() -> dict[str, Any]:
+def _build(label: str, source: Path, precision: str) -> Path:
     import llmc
     from llmc.int8.quantize import QuantizeOptions
 
-    calibration = CACHE / "calibration.txt"
-    calibration.write_text("\n".join(sentences(0, 256)) + "\n")
-    paths = {"ORT fp32 (original)": models.minilm()}
-    for label, source, precision in (("llmc fp32 (original)", models.minilm(), "fp32"),
-                                     ("llmc fp32 (compressed)", CACHE / "minilm-compressed" / "model.onnx", "fp32"),
-                                     ("llmc int8 (compressed)", CACHE / "minilm-compressed" / "model.onnx", "int8")):
-        out = CACHE / label.replace(" ", "-").replace("(", "").replace(")", "")
-        if not (out / "manifest.json").exists():
-            extra = {} if precision == "fp32" else {
-                "calibration_data": calibration, "tokenizer": tokenizer_dir(),
-                "quantization": QuantizeOptions(samples=256, holdout=128, threads=THREADS)}
-            llmc.build(source, precision=precision, output=out, threads=THREADS, shapes={"input_ids": (1, 128)}, **extra)
-        paths[label] = out
-    return paths
+    out = CACHE / label.replace(" ", "-").replace("(", "").replace(")", "").replace(":", "")
+    if not (out / "manifest.json").exists():
+        extra: dict[str, Any] = {}
+        if precision == "int8":
+            calibration = CACHE / "calibration.txt"
+            calibration.write_text("\n".join(sentences(0, 256)) + "\n")
+            extra = {"calibration_data": calibration, "tokenizer": tokenizer_dir(),
+                     "quantization": QuantizeOptions(samples=256, holdout=128, threads=THREADS)}
+        llmc.build(source, precision=precision, output=out, threads=THREADS, shapes={"input_ids": (1, 128)}, **extra)
+    return out
 
 
-def _runner(path: Any) -> Any:
+def _runner(path: Path) -> Any:
     import llmc
     from llmc.backends.ort import OrtRunner, SessionConfig, create_session
 
@@ -76,8 +83,8 @@ def _runner(path: Any) -> Any:
     return llmc.load(path, threads=THREADS, padding="off").run
 
 
-def measure(rounds: int) -> dict[str, Any]:
-    paths = _builds()
+def measure(paths: dict[str, Path], rounds: int) -> dict[str, Any]:
+    """Interleaved ms (batch 1, 128) and pooled cosine to ORT on the original, per artifact."""
     ids, mask = tokenize(sentences(1000, 1032), 128)
     calls = [{"input_ids": ids[i : i + 1], "attention_mask": mask[i : i + 1]} for i in range(len(ids))]
     times: dict[str, list[float]] = {label: [] for label in paths}
@@ -112,35 +119,152 @@ def _pooled(run: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return (hidden * mask).sum(0) / mask.sum()
 
 
-def render(report: dict[str, Any], result: dict[str, Any], rounds: int) -> str:
+def _sparsity_kept(path: Path) -> str:
+    manifest = json.loads((path / "manifest.json").read_text())
+    found = manifest.get("sparsity")
+    if not found:
+        return "-"
+    return f"{found['artifact']['sparse_2_4']}/{found['artifact']['weights']}"
+
+
+def _table(result: dict[str, Any], paths: dict[str, Path]) -> list[str]:
     base, ours = result["ms"]["ORT fp32 (original)"], result["ms"]["llmc fp32 (original)"]
-    lines = ["<!-- compress:begin -->", f"{machine_line()} `python -m benchmarks.compress`, {rounds} rounds.\n",
-             "| model | ms (batch 1, 128) | vs ORT fp32 | vs llmc fp32 original | cosine mean | worst |", "|---|---|---|---|---|---|"]
+    lines = ["| model | ms (batch 1, 128) | vs ORT fp32 | vs llmc fp32 original | cosine mean | worst | 2:4 weights |",
+             "|---|---|---|---|---|---|---|"]
     for label, ms in result["ms"].items():
         mean, worst = result["cosine"][label]
-        lines.append(f"| {label} | {ms:.2f} | {ms / base:.2f}x | {ours / ms:.2f}x faster | {mean:.4f} | {worst:.4f} |")
+        sparse = _sparsity_kept(paths[label]) if paths[label].is_dir() else "-"
+        lines.append(f"| {label} | {ms:.2f} | {ms / base:.2f}x | {ours / ms:.2f}x faster | {mean:.4f} | {worst:.4f} | "
+                     f"{sparse} |")
+    return lines
+
+
+def _summary(report: dict[str, Any]) -> str:
     agree = report["held_out_agreement"]
-    lines.append(
-        f"\nCompression: layers {report['layers_kept']} of 6, FFN {report['ffn_neurons']['before']} -> "
-        f"{report['ffn_neurons']['after']}, parameters {report['parameters']['before'] / 1e6:.1f}M -> "
-        f"{report['parameters']['after'] / 1e6:.1f}M, GEMM FLOPs per token {report['gemm_flops_per_token']['before'] / 1e6:.1f}M -> "
-        f"{report['gemm_flops_per_token']['after'] / 1e6:.1f}M; its own held-out cosine {agree['pruned']['cosine_mean']:.4f} "
-        f"pruned -> {agree['distilled']['cosine_mean']:.4f} distilled ({report['distillation']['steps']} steps, "
-        f"{report['distillation']['seconds']:.0f} s); `llmc compress` wall {report.get('wall_s', 0):.0f} s, peak RSS "
-        f"{report.get('peak_rss_mb', 0):.0f} MB."
+    search = report.get("search")
+    chosen = (f"search chose ffn {search['chosen']['ffn']}, heads {search['chosen']['heads']}, "
+              f"{search['chosen']['layers']} layers ({search['chosen']['measured_speedup']}x measured) of "
+              f"{len(search['tried'])} built; " if search else "")
+    kept = ("perplexity {perplexity:.2f} (original {teacher_perplexity:.2f}), top-1 agreement {top1_agreement:.3f}"
+            if "perplexity" in agree["pruned"] else "cosine {cosine_mean:.4f}")
+    return (
+        f"{chosen}layers kept {report['layers_kept']}, FFN {report['ffn_neurons']['before']} -> "
+        f"{report['ffn_neurons']['after']}, heads {report['attention_heads']['before']} -> "
+        f"{report['attention_heads']['after']}{', 2:4 sparse' if report.get('sparsity') else ''}; parameters "
+        f"{report['parameters']['before'] / 1e6:.1f}M -> {report['parameters']['after'] / 1e6:.1f}M, FLOPs per token "
+        f"{report['flops_per_token']['before'] / 1e6:.1f}M -> {report['flops_per_token']['after'] / 1e6:.1f}M; "
+        f"held-out {kept.format(**agree['pruned'])} pruned -> {kept.format(**agree['distilled'])} distilled "
+        f"({report['distillation']['steps']} steps, {report['distillation']['seconds']:.0f} s); ONNX Runtime "
+        f"{report['latency_ms']['what']}: {report['latency_ms']['original']:.2f} -> {report['latency_ms']['compressed']:.2f} "
+        f"ms; `llmc compress` wall {report.get('wall_s', 0):.0f} s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB."
     )
-    lines.append("<!-- compress:end -->")
-    return "\n".join(lines)
+
+
+def _llmc_decode(path: str, prompt: list[int], new: int) -> dict[str, Any]:
+    import llmc
+
+    runner = llmc.load(path, threads=THREADS)
+    runner.generate([prompt], max_new_tokens=2, min_new_tokens=2)
+    (result,) = runner.generate([prompt], max_new_tokens=new, min_new_tokens=new)
+    return {"ms_per_token": result.ms_per_token, "ttft_ms": result.ttft_ms}
+
+
+def decoder(report: dict[str, Any], rounds: int) -> list[str]:
+    """llmc fp32 decode ms/token, original vs compressed SmolLM2 (fresh process per run)."""
+    from tokenizers import Tokenizer
+
+    import llmc
+    from llmc.export import export_pretrained
+
+    original = CACHE / "smollm2-export"
+    if not (original / "model.onnx").exists():
+        export_pretrained(anchors.smollm2_gguf(), original)
+    paths = {}
+    for label, source in (("original", original), ("compressed", CACHE / "smollm2-compressed")):
+        out = CACHE / f"smollm2-{label}-fp32"
+        if not (out / "manifest.json").exists():
+            llmc.build(source / "model.onnx", precision="fp32", output=out, threads=THREADS)
+        paths[label] = out
+    tokenizer = Tokenizer.from_file(str(original / "tokenizer.json"))
+    prompt = tokenizer.encode(" ".join(sentences(1000, 1020))).ids[:128]
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for label, path in paths.items():
+            runs[label].append(harness.job(_llmc_decode, str(path), prompt, 32))
+    ms = {k: float(np.median([r["ms_per_token"] for r in v])) for k, v in runs.items()}
+    ttft = {k: float(np.median([r["ttft_ms"] for r in v])) for k, v in runs.items()}
+    agree = report["held_out_agreement"]
+    return [
+        "| SmolLM2-135M | llmc fp32 ms/token (prompt 128, 32 new) | TTFT ms | held-out perplexity | top-1 = original |",
+        "|---|---|---|---|---|",
+        f"| original | {ms['original']:.2f} | {ttft['original']:.0f} | {agree['pruned']['teacher_perplexity']:.2f} | 1.000 |",
+        f"| pruned, not distilled | - | - | {agree['pruned']['perplexity']:.2f} | {agree['pruned']['top1_agreement']:.3f} |",
+        f"| compressed (distilled) | {ms['compressed']:.2f} ({ms['original'] / ms['compressed']:.2f}x faster) | "
+        f"{ttft['compressed']:.0f} | {agree['distilled']['perplexity']:.2f} | {agree['distilled']['top1_agreement']:.3f} |",
+    ]
+
+
+def _importance_comparison(source: str) -> dict[str, Any]:
+    """Held-out agreement of SmolLM2 pruned (FFN 0.25, heads 0.25), not distilled, by each importance."""
+    from llmc.compression import importance
+    from llmc.compression.arch import load_teacher
+    from llmc.compression.compress import GRAM_BATCHES, _batches, read_lines
+    from llmc.compression.distill import agreement
+    from llmc.compression.prune import Plan, ffn_kept, heads_kept, prune
+    from llmc.compression.refit import grams
+
+    teacher, tokenizer, arch = load_teacher(Path(source))
+    lines = read_lines(CACHE / "train.txt")
+    held = max(16, len(lines) // 10)
+    train, holdout = _batches(tokenizer, lines[:-held]), _batches(tokenizer, lines[-held:])
+    config = teacher.config
+    plan = Plan(list(range(config.num_hidden_layers)), ffn_kept(config.intermediate_size, 0.25), heads_kept(config, 0.25))
+    scores = {kind: getattr(importance, kind)(teacher, arch, train[:8]) for kind in ("activation", "taylor")}
+    found = {kind: agreement(prune(teacher, arch, plan, *s), teacher, holdout, decoder=True) for kind, s in scores.items()}
+    gram = grams(teacher, arch, train[:GRAM_BATCHES])
+    found["activation + refit"] = agreement(prune(teacher, arch, plan, *scores["activation"], gram), teacher, holdout,
+                                            decoder=True)
+    return found
 
 
 def main() -> None:
+    from llmc.compression import CompressOptions
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=24.0)
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--sparse-minutes", type=float, default=8.0)
+    parser.add_argument("--decoder-minutes", type=float, default=12.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=("minilm", "sparse", "smollm2"), action="append")
     args = parser.parse_args()
-    report = _compress(args.minutes)
-    result = measure(args.rounds)
-    text = render(report, result, args.rounds)
+    parts = args.only or ["minilm", "sparse", "smollm2"]
+    lines = ["<!-- compress:begin -->", f"{machine_line()} `python -m benchmarks.compress`, {args.rounds} rounds.\n"]
+    if "minilm" in parts:
+        report = _compress("minilm-compressed", tokenizer_dir(), CompressOptions(target_speedup=1.8, minutes=args.minutes))
+        paths = {"ORT fp32 (original)": models.minilm(), "llmc fp32 (original)": _build("llmc fp32 (original)", models.minilm(), "fp32")}
+        for precision in ("fp32", "int8"):
+            paths[f"llmc {precision} (compressed)"] = _build(f"llmc {precision} (compressed)",
+                                                             CACHE / "minilm-compressed" / "model.onnx", precision)
+        lines += ["MiniLM, `--target-speedup 1.8`:\n", *_table(measure(paths, args.rounds), paths), "", _summary(report), ""]
+    if "sparse" in parts:
+        report = _compress("minilm-2to4", tokenizer_dir(), CompressOptions(ffn=0.0, sparsity="2:4", minutes=args.sparse_minutes))
+        paths = {"ORT fp32 (original)": models.minilm(), "llmc fp32 (original)": _build("llmc fp32 (original)", models.minilm(), "fp32")}
+        for precision in ("fp32", "int8", "fp16"):
+            paths[f"llmc {precision} (2:4)"] = _build(f"llmc {precision} (2:4)", CACHE / "minilm-2to4" / "model.onnx", precision)
+        lines += ["MiniLM, `--sparsity 2:4`:\n", *_table(measure(paths, args.rounds), paths), "", _summary(report), ""]
+    if "smollm2" in parts:
+        report = _compress("smollm2-compressed", anchors.smollm2_gguf(),
+                           CompressOptions(ffn=0.25, heads=0.25, minutes=args.decoder_minutes))
+        compared = harness.job(_importance_comparison, str(anchors.smollm2_gguf()))
+        lines += ["SmolLM2-135M, `--ffn 0.25 --heads 0.25`:\n", *decoder(report, max(1, args.rounds // 2)), "",
+                  _summary(report), "",
+                  "Importance and refit, measured (the same cut, before distillation, held-out perplexity / top-1 "
+                  "agreement): "
+                  + ", ".join(f"{k} {compared[k]['perplexity']:.0f} / {compared[k]['top1_agreement']:.3f}"
+                            for k in ("activation", "taylor", "activation + refit"))
+                  + f" (original {compared['activation']['teacher_perplexity']:.1f}).", ""]
+    lines.append("<!-- compress:end -->")
+    text = "\n".join(lines)
     write_section("<!-- compress:begin -->", "<!-- compress:end -->", text)
     print(text)
 

@@ -1,4 +1,4 @@
-"""``llmc compress``: a smaller encoder, pruned and distilled on the user's text."""
+"""``llmc compress``: a smaller model, pruned and distilled on the user's text."""
 
 from __future__ import annotations
 
@@ -13,22 +13,38 @@ from llmc.cli.app import app, console, user_errors
 @app.command()
 @user_errors
 def compress(
-    source: Annotated[Path, typer.Argument(help="A Hugging Face encoder directory (BERT-style).")],
+    source: Annotated[Path, typer.Argument(help="A Hugging Face model directory (BERT-style encoder or "
+                                                "LLaMA-style decoder) or a LLaMA .gguf file.")],
     data: Annotated[Path, typer.Option("--data", help="Unlabeled text, one sentence per line (a tenth is held out).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (new or empty).")],
-    ffn: Annotated[float, typer.Option("--ffn", help="Fraction of every layer's FFN neurons removed (0-0.95).")] = 0.5,
+    ffn: Annotated[Optional[float], typer.Option(
+        "--ffn", help="Fraction of every layer's FFN neurons removed (0-0.95; default 0.5, 0 with --sparsity).")] = None,
+    heads: Annotated[float, typer.Option("--heads", help="Fraction of every layer's attention heads removed "
+                                                         "(0-0.95; whole heads per key/value group).")] = 0.0,
     layers: Annotated[Optional[int], typer.Option("--layers", help="Layers kept, the least important dropped.")] = None,
+    target_speedup: Annotated[Optional[float], typer.Option(
+        "--target-speedup", help="Search --ffn/--heads/--layers for this measured speed-up of the built "
+                                 "fp32 artifact (encoders).")] = None,
+    sparsity: Annotated[Optional[str], typer.Option(
+        "--sparsity", help="2:4: keep 2 of every 4 weights of the layer projections (TensorRT sparse weights).")] = None,
     minutes: Annotated[float, typer.Option("--minutes", help="Distillation budget (CPU minutes).")] = 5.0,
+    importance: Annotated[str, typer.Option("--importance", help="activation, or taylor (decoders).")] = "activation",
 ) -> None:
-    """Prune FFN neurons and layers by importance on --data, distill against the original, export."""
+    """Prune heads, FFN neurons and layers by importance on --data (or 2:4-sparsify), distill
+    against the original, export."""
     from llmc.compression import CompressOptions
     from llmc.compression import compress as run
 
-    report = run(source, data, output, CompressOptions(ffn, layers, minutes), console.print)
+    if ffn is None:
+        ffn = 0.0 if sparsity else 0.5
+    options = CompressOptions(ffn=ffn, heads=heads, layers=layers, minutes=minutes, sparsity=sparsity,
+                              target_speedup=target_speedup, importance=importance)
+    report = run(source, data, output, options, console.print)
     agree = report["held_out_agreement"]["distilled"]
-    params = report["parameters"]
+    params, ms = report["parameters"], report["latency_ms"]
+    kept = (f"perplexity {agree['perplexity']:.2f} (original {agree['teacher_perplexity']:.2f})" if "perplexity" in agree
+            else f"cosine {agree['cosine_mean']:.4f} (worst {agree['cosine_worst']:.4f})")
     console.print(
-        f"compressed: {params['before'] / 1e6:.1f}M -> {params['after'] / 1e6:.1f}M parameters, held-out cosine "
-        f"{agree['cosine_mean']:.4f} (worst {agree['cosine_worst']:.4f}); {output}/model.onnx, {output}/hf, "
-        f"{output}/compress_report.json"
+        f"compressed: {params['before'] / 1e6:.1f}M -> {params['after'] / 1e6:.1f}M parameters, {ms['speedup']:.2f}x "
+        f"faster on ONNX Runtime, held-out {kept}; {output}/model.onnx, {output}/hf, {output}/compress_report.json"
     )

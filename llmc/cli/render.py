@@ -338,6 +338,10 @@ def print_summary(info: dict[str, Any], top: int) -> None:
         f"in {info['initializers']} initializers; external data: "
         f"{', '.join(info['external_data']) or 'none'}"
     )
+    found = info.get("sparsity") or {}
+    if found.get("sparse_2_4"):
+        dense = f" (dense: {', '.join(map(escape, found['dense'][:5]))})" if found["dense"] else ""
+        console.print(f"2:4 sparse matrix-product weights: {found['sparse_2_4']} of {found['weights']}{dense}")
 
 
 def print_passes(passes: Any, pipelines: dict[str, str], families: Any) -> None:

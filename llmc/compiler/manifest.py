@@ -6,6 +6,7 @@ import platform
 import sys
 from typing import TYPE_CHECKING, Any
 
+from llmc.model import sparsity
 from llmc.model.values import count_nodes
 from llmc.version import __version__
 
@@ -79,6 +80,10 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         manifest["quantization"] = precise.quantization
     if precise.fp16 is not None:
         manifest["fp16"] = precise.fp16
+    if compiled.sparsity_before is not None and compiled.sparsity_before.sparse:
+        # 2:4 weights in the source (llmc compress --sparsity 2:4): does the artifact keep them?
+        manifest["sparsity"] = {"source": compiled.sparsity_before.to_dict(),
+                                "artifact": sparsity.report(precise.model).to_dict()}
     return manifest
 
 

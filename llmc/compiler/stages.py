@@ -27,8 +27,10 @@ from llmc.compiler.engine import EngineSettings
 from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
+from llmc.model import sparsity
 from llmc.model.compare import Comparison, check_finite_reference
 from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes, with_computed_cache
+from llmc.model.sparsity import SparsityReport
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 from llmc.passes.fusion.families import families_for
@@ -80,6 +82,8 @@ class Compiled:
     fused_after: dict[str, int]
     not_fused: list[Any]
     seconds: float
+    # 2:4 sparse matrix-product weights of the source (llmc.model.sparsity), before any pass.
+    sparsity_before: SparsityReport | None = None
 
 
 @dataclasses.dataclass
@@ -218,6 +222,7 @@ def run_passes(prep: Prepared, log: Log) -> Compiled:
     model_io.release_freed_memory()
     model = prep.model
     nodes_before = count_nodes(model)
+    sparsity_before = sparsity.report(model)
     fused_before = fused_op_counts(model, options.target)
     instruments: list[Instrument] = []
     if options.verify_each:
@@ -237,7 +242,8 @@ def run_passes(prep: Prepared, log: Log) -> Compiled:
     if "fuse" in prep.pipeline.names():
         not_fused = explain(model, families_for(options.target), prep.disabled_fusions, options.target)
     return Compiled(
-        model, reference, manager, nodes_before, fused_before, fused_op_counts(model, options.target), not_fused, seconds
+        model, reference, manager, nodes_before, fused_before, fused_op_counts(model, options.target), not_fused, seconds,
+        sparsity_before,
     )
 
 

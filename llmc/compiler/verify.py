@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,15 @@ def write(
     manifest = manifest_mod.assemble(prep, compiled, precise, memory, verified)
     options, work_dir = prep.options, prep.work_dir
     if options.target == "trt":
+        engine = options.engine
+        if (manifest.get("sparsity") or {}).get("artifact", {}).get("sparse_2_4"):
+            engine = dataclasses.replace(engine, sparse_weights=True)  # 2:4 weights: let TensorRT use them
         if options.no_engine:
-            manifest["engine"] = {
-                "built": False, "reason": "--no-engine: TensorRT-ready ONNX only", **options.engine.requested(precise.model)
-            }
+            manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only",
+                                  **engine.requested(precise.model)}
         else:
             log("building the TensorRT engine")
-            manifest["engine"] = options.engine.build(work_dir, precise.model, verified.model_sha256, log)
+            manifest["engine"] = engine.build(work_dir, precise.model, verified.model_sha256, log)
     hashes = dict(verified.hashes)
     extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
     companions = _carry_companions(prep, manifest)

@@ -1,5 +1,6 @@
-"""``llmc compress``: prune an encoder's FFN neurons and layers on the user's text, distill the
-pruned model against the original, export it, and report what it cost and what it kept.
+"""``llmc compress``: prune a model's attention heads, FFN neurons and layers by importance on the
+user's text (or 2:4-sparsify its projections), distill it against the original, export it, and
+report what it cost and what it kept.
 
 The text (one sentence per line) is split: the last tenth (at least 16 lines) is held out and
 never trained on; agreement with the original is measured on it before and after distillation.
@@ -23,23 +24,38 @@ import numpy as np
 from llmc.errors import LlmcError
 
 BATCH, MAX_LENGTH, MIN_LINES = 16, 128, 32
+GRAM_BATCHES = 32  # batches of text the output refit sees (llmc.compression.refit)
 REPORT = "compress_report.json"
+IMPORTANCE = ("activation", "taylor")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompressOptions:
     ffn: float = 0.5  # fraction of every layer's FFN neurons removed
+    heads: float = 0.0  # fraction of every layer's attention (query) heads removed
     layers: int | None = None  # layers kept (None: all)
     minutes: float = 5.0  # distillation budget
+    sparsity: str | None = None  # "2:4": magnitude 2:4 sparsity of the layer projections
+    target_speedup: float | None = None  # search ffn/heads/layers by measured latency instead
+    importance: str = "activation"
+    refit: bool = True  # least-squares refit of the output projections after pruning
     seed: int = 0
 
     def check(self, num_layers: int) -> None:
         if not 0.0 <= self.ffn <= 0.95:
             raise LlmcError(f"--ffn is the fraction of FFN neurons removed, 0 to 0.95, not {self.ffn}")
+        if not 0.0 <= self.heads <= 0.95:
+            raise LlmcError(f"--heads is the fraction of attention heads removed, 0 to 0.95, not {self.heads}")
         if self.layers is not None and not 1 <= self.layers <= num_layers:
             raise LlmcError(f"--layers keeps 1 to {num_layers} layers (the model has {num_layers}), not {self.layers}")
         if self.minutes < 0:
             raise LlmcError(f"--minutes must be >= 0, not {self.minutes}")
+        if self.sparsity not in (None, "2:4"):
+            raise LlmcError(f"--sparsity: only 2:4 (2 of every 4 weights kept) is supported, not '{self.sparsity}'")
+        if self.importance not in IMPORTANCE:
+            raise LlmcError(f"--importance must be one of {', '.join(IMPORTANCE)}, not '{self.importance}'")
+        if self.target_speedup is not None and self.target_speedup <= 1.0:
+            raise LlmcError(f"--target-speedup must be above 1 (x faster than the original), not {self.target_speedup}")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -61,70 +77,154 @@ def _batches(tokenizer: Any, lines: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def _parameters(model: Any) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+def _check_first(source: Path, data: Path, output: Path) -> list[str]:
+    from llmc.compression.arch import source_parts
 
-
-def _gemm_flops(config: Any) -> int:
-    """Multiply-adds x 2 per token of the encoder's matrix products (attention scores aside)."""
-    hidden, ffn = config.hidden_size, config.intermediate_size
-    return 2 * config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * ffn)
-
-
-def compress(source: Path, data: Path, output: Path, options: CompressOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    """Compress the Hugging Face encoder at ``source`` into ``output``; returns the report."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from llmc.compression.distill import agreement, distill
-    from llmc.compression.prune import check_model, ffn_importance, layer_importance, prune
-
-    if not (source / "config.json").is_file():
-        raise LlmcError(f"{source}: not a Hugging Face model directory (no config.json)")
+    source_parts(source)
     lines = read_lines(data)
     if output.is_symlink() or output.is_file() or (output.is_dir() and any(output.iterdir())):
         raise LlmcError(f"-o {output} exists and is not an empty directory; choose a new directory")
+    return lines
+
+
+def compress(source: Path, data: Path, output: Path, options: CompressOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Compress the Hugging Face model (or .gguf) at ``source`` into ``output``; returns the report."""
+    from llmc.compression import importance
+    from llmc.compression.arch import load_teacher
+    from llmc.compression.distill import agreement, distill
+
+    lines = _check_first(source, data, output)
     began = time.perf_counter()
-    teacher = AutoModel.from_pretrained(str(source)).eval()
-    check_model(teacher, str(source))
+    teacher, tokenizer, arch = load_teacher(source)
     options.check(teacher.config.num_hidden_layers)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    if options.importance == "taylor" and not arch.decoder:
+        raise LlmcError("--importance taylor needs a next-token loss: decoders only (encoders use activation)")
     held = max(16, len(lines) // 10)
     train, holdout = _batches(tokenizer, lines[:-held]), _batches(tokenizer, lines[-held:])
-    log(f"measuring importance on {len(lines) - held} sentences ({held} held out)")
-    scores = ffn_importance(teacher, train[:8])
-    layers = list(range(teacher.config.num_hidden_layers))
-    if options.layers is not None and options.layers < len(layers):
-        by_layer = layer_importance(teacher, train[:4])
-        layers = sorted(np.argsort(by_layer)[::-1][: options.layers].tolist())
-    keep_ffn = max(1, round(teacher.config.intermediate_size * (1.0 - options.ffn)))
-    student = prune(teacher, keep_ffn, layers, scores)
-    before = agreement(student, teacher, holdout)
-    log(f"pruned: layers {layers}, {keep_ffn} FFN neurons each; held-out cosine {before['cosine_mean']:.4f}")
-    trained = distill(student, teacher, train, options.minutes, log, options.seed)
-    after = agreement(student, teacher, holdout)
-    log(f"distilled {trained['steps']} steps: held-out cosine {after['cosine_mean']:.4f} (worst {after['cosine_worst']:.4f})")
-    report = {
-        "source": str(source), "data": str(data), "sentences": {"train": len(lines) - held, "held_out": held},
-        "layers_kept": layers, "ffn_neurons": {"before": teacher.config.intermediate_size, "after": keep_ffn},
-        "parameters": {"before": _parameters(teacher), "after": _parameters(student)},
-        "gemm_flops_per_token": {"before": _gemm_flops(teacher.config), "after": _gemm_flops(student.config)},
-        "held_out_agreement": {"pruned": before, "distilled": after}, "distillation": trained,
-    }
-    _write(student, tokenizer, source, output, report, log)
+    log(f"measuring {options.importance} importance on {len(lines) - held} sentences ({held} held out)")
+    scores = getattr(importance, options.importance)(teacher, arch, train[:8])
+    if options.refit:
+        from llmc.compression.refit import grams
+
+        scores = (*scores, grams(teacher, arch, train[:GRAM_BATCHES]))
+    plan, search_report = _plan(teacher, arch, options, scores, train, holdout, log)
+    student = _pruned(teacher, arch, plan, scores)
+    masks = None
+    if options.sparsity:
+        from llmc.compression.sparsity import sparsify
+
+        masks = sparsify(student, arch)
+    before = agreement(student, teacher, holdout, arch.decoder)
+    log(f"pruned: layers {plan.layers}, {plan.ffn} FFN neurons and {plan.heads} heads each"
+        f"{', 2:4 sparse' if masks else ''}; held-out {_line(before)}")
+    hold = None
+    if masks:
+        from llmc.compression.sparsity import hold as hold_masks
+
+        hold = lambda: hold_masks(student, arch, masks)  # noqa: E731
+    trained = distill(student, teacher, train, options.minutes, log, decoder=arch.decoder, after_step=hold,
+                      seed=options.seed)
+    after = agreement(student, teacher, holdout, arch.decoder)
+    log(f"distilled {trained['steps']} steps: held-out {_line(after)}")
+    report = _report(source, data, lines, held, teacher, student, arch, plan, options, before, after, trained)
+    if search_report:
+        report["search"] = search_report
+    _write(source, student, tokenizer, arch, output, report, log)
     report["seconds"] = round(time.perf_counter() - began, 1)
     (output / REPORT).write_text(json.dumps(report, indent=2))
     return report
 
 
-def _write(student: Any, tokenizer: Any, source: Path, output: Path, report: dict[str, Any], log: Callable[[str], None]) -> None:
-    """``output``: the ONNX export (tokenizer included), ``hf/`` the pruned weights."""
+def _line(agree: dict[str, float]) -> str:
+    if "perplexity" in agree:
+        return (f"perplexity {agree['perplexity']:.2f} (original {agree['teacher_perplexity']:.2f}), "
+                f"top-1 agreement {agree['top1_agreement']:.3f}")
+    return f"cosine {agree['cosine_mean']:.4f} (worst {agree['cosine_worst']:.4f})"
+
+
+def _plan(teacher: Any, arch: Any, options: CompressOptions, scores: Any, train: list[Any], holdout: list[Any],
+          log: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
+    from llmc.compression import importance
+    from llmc.compression.prune import Plan, ffn_kept, heads_kept
+
+    count = teacher.config.num_hidden_layers
+    needs_order = options.target_speedup is not None or (options.layers is not None and options.layers < count)
+    order = list(range(count))
+    if needs_order:
+        by_layer = importance.layers(teacher, arch, train[:4])
+        order = np.argsort(by_layer)[::-1].tolist()
+    if options.target_speedup is not None:
+        from llmc.compression.search import search
+
+        return search(teacher, arch, options.target_speedup, order, scores, holdout, log)
+    layers = sorted(order[: options.layers or count])
+    return Plan(layers, ffn_kept(teacher.config.intermediate_size, options.ffn), heads_kept(teacher.config, options.heads)), None
+
+
+def _pruned(teacher: Any, arch: Any, plan: Any, scores: Any) -> Any:
+    from llmc.compression.prune import prune
+
+    return prune(teacher, arch, plan, *scores)
+
+
+def _report(source: Path, data: Path, lines: list[str], held: int, teacher: Any, student: Any, arch: Any, plan: Any,
+            options: CompressOptions, before: dict[str, float], after: dict[str, float], trained: dict[str, Any]
+            ) -> dict[str, Any]:
+    from llmc.compression import measure
+    from llmc.compression.arch import heads
+
+    return {
+        "source": str(source), "data": str(data), "architecture": arch.name,
+        "sentences": {"train": len(lines) - held, "held_out": held},
+        "options": dataclasses.asdict(options), "layers_kept": plan.layers,
+        "ffn_neurons": {"before": teacher.config.intermediate_size, "after": plan.ffn},
+        "attention_heads": {"before": heads(teacher.config)[0], "after": plan.heads},
+        "sparsity": options.sparsity,
+        "parameters": {"before": measure.parameters(teacher), "after": measure.parameters(student)},
+        "flops_per_token": {"before": measure.flops_per_token(teacher.config, arch.decoder),
+                            "after": measure.flops_per_token(student.config, arch.decoder)},
+        "held_out_agreement": {"pruned": before, "distilled": after}, "distillation": trained,
+    }
+
+
+def _write(source: Path, student: Any, tokenizer: Any, arch: Any, output: Path, report: dict[str, Any],
+           log: Callable[[str], None]) -> None:
+    """``output``: the ONNX export (tokenizer included), ``hf/`` the pruned weights; the latency
+    of the original's export and of the compressed one, and the 2:4 check of the export."""
+    from llmc.compression import measure
     from llmc.export.hf import export_pretrained
 
-    with tempfile.TemporaryDirectory(prefix=".llmc-compress-", dir=output.parent if output.parent.exists() else None) as tmp:
-        hf = Path(tmp) / "hf"
+    task = "decoder" if arch.decoder else "encoder"
+    parent = output.parent if output.parent.exists() else None
+    with tempfile.TemporaryDirectory(prefix=".llmc-compress-", dir=parent) as tmp:
+        hf, original = Path(tmp) / "hf", Path(tmp) / "original"
         student.save_pretrained(hf)
         tokenizer.save_pretrained(hf)
         log("exporting the compressed model")
-        export_pretrained(hf, output, task="encoder")
+        export_pretrained(hf, output, task=task)
+        log("exporting the original to time it")
+        export_pretrained(source, original / "onnx", task=task)
+        ms = measure.latency({"original": original / "onnx" / "model.onnx", "compressed": output / "model.onnx"},
+                             arch.decoder, measure.timed_length(student.config),
+                             student.config.vocab_size)
         shutil.move(str(hf), str(output / "hf"))
+    report["latency_ms"] = {**ms, "speedup": round(ms["original"] / ms["compressed"], 3),
+                            "what": "ONNX Runtime, " + (f"one decode step after {measure.timed_length(student.config)} "
+                                                        "tokens" if arch.decoder else
+                                                        f"batch 1 x {measure.timed_length(student.config)} tokens")}
+    if report["sparsity"]:
+        _check_sparse(output / "model.onnx", report)
     report["files"] = sorted(p.name for p in output.iterdir())
+
+
+def _check_sparse(model_path: Path, report: dict[str, Any]) -> None:
+    from llmc.compression.arch import ARCHS
+    from llmc.model import io as model_io
+    from llmc.model.sparsity import report as sparsity_report
+
+    found = sparsity_report(model_io.load_model(model_path))
+    arch = ARCHS[report["architecture"]]
+    expected = len(report["layers_kept"]) * (len(arch.attn_in) + len(arch.ffn_in) + 2)
+    if len(found.sparse) < expected:
+        raise AssertionError(f"2:4 lost in the export: {len(found.sparse)} of {expected} projections sparse ({found.dense})")
+    report["sparsity_check"] = found.to_dict()

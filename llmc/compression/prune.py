@@ -1,123 +1,153 @@
-"""Structured pruning of BERT-style encoders: FFN neurons and whole layers, removed physically.
+"""Structured pruning: FFN neurons, attention heads and whole layers, removed physically.
 
-Importance is measured on the user's text (activation-based, no labels needed): an FFN neuron's
-mean absolute activation (after its GELU) times the norm of the weights it writes to the residual
-stream, i.e. how much it moves each token on average; a layer's, how far skipping it moves the
-model's output (1 - mean cosine of the last hidden states at real tokens). The same number of
-neurons is kept in every layer, so the pruned model is a plain ``BertConfig`` (a smaller
-``intermediate_size`` and ``num_hidden_layers``) that ``transformers`` loads, every exporter
-exports and every runtime speeds up. Heads are not pruned: a ``BertConfig`` ties the head size
-to ``hidden_size / num_attention_heads``, so fewer heads cannot be written as one.
+The same number of neurons and of heads is kept in every layer (each layer keeps its own most
+important ones), so the pruned model is a smaller dense model of the same family:
+- LLaMA-style decoders: a plain ``LlamaConfig`` (smaller ``intermediate_size``,
+  ``num_attention_heads`` and ``num_hidden_layers``; ``head_dim`` written out). Grouped-query
+  attention is respected: each key/value head keeps the same number of its query heads, so
+  ``num_attention_heads`` stays a multiple of ``num_key_value_heads`` and no key/value head (the
+  KV cache) changes;
+- BERT-style encoders: a plain ``BertConfig`` when no head is removed, else
+  :class:`~llmc.export.pruned_bert.PrunedBertConfig` (a ``BertConfig`` cannot have fewer heads
+  of the same size).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from llmc.errors import LlmcError
-
-SUPPORTED = ("bert",)
+from llmc.compression.arch import Arch, get, heads
 
 
-def check_model(model: Any, where: str) -> None:
-    model_type = getattr(model.config, "model_type", "unknown")
-    if model_type not in SUPPORTED:
-        raise LlmcError(
-            f"{where}: llmc compress prunes BERT-style encoders ({', '.join(SUPPORTED)}), not '{model_type}'"
-        )
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the pruned model keeps: layer indices (in order), FFN neurons and query heads per layer."""
+
+    layers: list[int]
+    ffn: int
+    heads: int
 
 
-def ffn_importance(model: Any, batches: list[dict[str, Any]]) -> list[np.ndarray]:
-    """Per layer, each FFN neuron's mean |activation| x ||output weight column|| over real tokens."""
-    import torch
-
-    sums = [torch.zeros(layer.intermediate.dense.out_features) for layer in model.encoder.layer]
-    count = [0]
-    masks: list[Any] = []
-
-    def hook(index: int) -> Any:
-        def record(_module: Any, _inputs: Any, output: Any) -> None:
-            real = masks[-1].reshape(-1).bool()
-            sums[index] += output.detach().reshape(-1, output.shape[-1])[real].abs().sum(0)
-        return record
-
-    handles = [layer.intermediate.register_forward_hook(hook(i)) for i, layer in enumerate(model.encoder.layer)]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                masks.append(batch["attention_mask"])
-                count[0] += int(batch["attention_mask"].sum())
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [
-        (total / max(count[0], 1) * layer.output.dense.weight.detach().norm(dim=0)).numpy()
-        for total, layer in zip(sums, model.encoder.layer, strict=True)
-    ]
+def ffn_kept(intermediate: int, fraction: float) -> int:
+    return max(1, round(intermediate * (1.0 - fraction)))
 
 
-def layer_importance(model: Any, batches: list[dict[str, Any]]) -> list[float]:
-    """Per layer, 1 - mean cosine between the model's output and its output without that layer."""
-    import torch
-
-    reference = _outputs(model, batches)
-    scores = []
-    layers = model.encoder.layer
-    for index in range(len(layers)):
-        kept = torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i != index])
-        model.encoder.layer = kept
-        try:
-            scores.append(1.0 - _mean_cosine(reference, _outputs(model, batches), batches))
-        finally:
-            model.encoder.layer = layers
-    return scores
+def _groups(config: Any) -> int:
+    """Key/value groups whose query heads are pruned alike: 1 without grouped-query attention
+    (each key/value head then goes with its query head)."""
+    query, kv, _ = heads(config)
+    return 1 if kv == query else kv
 
 
-def _outputs(model: Any, batches: list[dict[str, Any]]) -> list[Any]:
-    import torch
-
-    with torch.no_grad():
-        return [model(**batch).last_hidden_state for batch in batches]
-
-
-def _mean_cosine(a: list[Any], b: list[Any], batches: list[dict[str, Any]]) -> float:
-    import torch
-
-    values = []
-    for x, y, batch in zip(a, b, batches, strict=True):
-        real = batch["attention_mask"].bool()
-        values.append(torch.nn.functional.cosine_similarity(x[real], y[real], dim=-1))
-    return float(torch.cat(values).mean())
+def heads_kept(config: Any, fraction: float) -> int:
+    """Query heads kept per layer for removing ``fraction`` of them: a whole number per key/value
+    head (grouped-query attention), at least one each."""
+    query, groups = heads(config)[0], _groups(config)
+    per_group = max(1, round(query // groups * (1.0 - fraction)))
+    return per_group * groups
 
 
-def prune(model: Any, keep_ffn: int, keep_layers: list[int], ffn_scores: list[np.ndarray]) -> Any:
-    """A new, smaller model: layers ``keep_layers`` (in order), each with its ``keep_ffn`` most
-    important FFN neurons; every other weight copied."""
-    import torch
+def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+    return np.sort(np.argsort(-scores, kind="stable")[:keep])
 
+
+def kept_heads(config: Any, scores: np.ndarray, keep: int) -> np.ndarray:
+    """The query heads to keep: the best ``keep / kv`` of each key/value head's group."""
+    query, groups = heads(config)[0], _groups(config)
+    group, per_group = query // groups, keep // groups
+    return np.concatenate([g * group + _top(scores[g * group : (g + 1) * group], per_group) for g in range(groups)])
+
+
+def student_config(model: Any, arch: Arch, plan: Plan) -> Any:
+    query, _, size = heads(model.config)
     config = copy.deepcopy(model.config)
-    config.num_hidden_layers = len(keep_layers)
-    config.intermediate_size = keep_ffn
-    student = type(model)(config)
+    config.num_hidden_layers = len(plan.layers)
+    config.intermediate_size = plan.ffn
+    if arch.decoder:
+        if _groups(model.config) == 1:  # no grouped-query attention: key/value heads go with their queries
+            config.num_key_value_heads = plan.heads
+        config.num_attention_heads, config.head_dim = plan.heads, size
+        return config
+    if plan.heads == query:
+        return config
+    from llmc.export.pruned_bert import PrunedBertConfig
+
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "auto_map")}
+    return PrunedBertConfig(attention_heads_kept=[plan.heads] * len(plan.layers), **fields)
+
+
+def _student_class(model: Any, config: Any) -> Any:
+    if getattr(config, "model_type", "") == "llmc_pruned_bert":
+        from llmc.export.pruned_bert import PrunedBertModel
+
+        return PrunedBertModel
+    return type(model)
+
+
+def prune(model: Any, arch: Arch, plan: Plan, ffn_scores: list[np.ndarray], head_scores: list[np.ndarray],
+          grams: list[dict[str, Any]] | None = None) -> Any:
+    """A new, smaller model following ``plan``; every weight not removed is copied, except that
+    with ``grams`` (:func:`llmc.compression.refit.grams`) the output projections are refitted
+    to what the removed neurons and heads wrote."""
+    import torch
+
+    config = student_config(model, arch, plan)
+    student = _student_class(model, config)(config)
+    query, kv, size = heads(model.config)
     state = model.state_dict()
-    new_state = {k: v for k, v in state.items() if not k.startswith("encoder.layer.")}
-    for new_index, old_index in enumerate(keep_layers):
-        keep = torch.as_tensor(np.sort(np.argsort(-ffn_scores[old_index], kind="stable")[:keep_ffn]))
-        prefix, new_prefix = f"encoder.layer.{old_index}.", f"encoder.layer.{new_index}."
+    layer_prefix = arch.layers + "."
+    new_state = {k: v for k, v in state.items() if not k.startswith(layer_prefix)}
+    for new_index, old_index in enumerate(plan.layers):
+        neurons = torch.as_tensor(_top(ffn_scores[old_index], plan.ffn))
+        keep = kept_heads(model.config, head_scores[old_index], plan.heads)
+        rows = torch.as_tensor((keep[:, None] * size + np.arange(size)).reshape(-1))
+        prefix, new_prefix = f"{layer_prefix}{old_index}.", f"{layer_prefix}{new_index}."
         for key, value in state.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :]
-            if name in ("intermediate.dense.weight", "intermediate.dense.bias"):
-                value = value.index_select(0, keep)
-            elif name == "output.dense.weight":
-                value = value.index_select(1, keep)
-            new_state[new_prefix + name] = value.clone()
+            if key.startswith(prefix):
+                name = key[len(prefix) :]
+                new_state[new_prefix + name] = _select(arch, name, value, neurons, rows, query == kv).clone()
+        if grams is not None:
+            for kind, path, keep_columns in (("ffn", arch.ffn_out, neurons), ("attn", arch.attn_out, rows)):
+                _refit(state, new_state, prefix + path, new_prefix + path, grams[old_index][kind], keep_columns)
     missing, unexpected = student.load_state_dict(new_state, strict=False)
-    if unexpected or [m for m in missing if "position_ids" not in m]:
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or [m for m in missing if "position_ids" not in m and m not in tied]:
         raise AssertionError(f"pruned state does not fit: missing {missing}, unexpected {unexpected}")
     return student.eval()
+
+
+def _refit(state: dict[str, Any], new_state: dict[str, Any], old: str, new: str, gram: Any, keep: Any) -> None:
+    from llmc.compression.refit import refit
+
+    if len(keep) == state[old + ".weight"].shape[1]:
+        return  # nothing removed: the weights stay exactly as they are
+    weight, bias = refit(gram, state[old + ".weight"], state.get(old + ".bias"), keep)
+    new_state[new + ".weight"] = weight
+    if bias is not None:
+        new_state[new + ".bias"] = bias
+
+
+def _select(arch: Arch, name: str, value: Any, neurons: Any, rows: Any, heads_everywhere: bool) -> Any:
+    module, _, kind = name.rpartition(".")
+    if module in arch.ffn_in:
+        return value.index_select(0, neurons)
+    if module == arch.ffn_out and kind == "weight":
+        return value.index_select(1, neurons)
+    if module == arch.query or (module in arch.attn_in and heads_everywhere):
+        return value.index_select(0, rows)
+    if module == arch.attn_out and kind == "weight":
+        return value.index_select(1, rows)
+    return value
+
+
+def linear_layers(model: Any, arch: Arch) -> list[tuple[str, Any]]:
+    """``(name, nn.Linear)`` of every projection inside the layers (what 2:4 sparsity prunes)."""
+    found = []
+    for index, layer in enumerate(arch.layer_list(model)):
+        for path in (*arch.attn_in, arch.attn_out, *arch.ffn_in, arch.ffn_out):
+            found.append((f"{arch.layers}.{index}.{path}", get(layer, path)))
+    return found

@@ -35,7 +35,7 @@ DECODER_TYPES = frozenset({
 # Encoders taking (input_ids, attention_mask) and returning last_hidden_state.
 ENCODER_TYPES = frozenset({
     "bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert",
-    "deberta", "deberta-v2", "modernbert",
+    "deberta", "deberta-v2", "modernbert", "llmc_pruned_bert",
 })
 _DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _NOT_A_MODEL_DIR = "give a Hugging Face model directory (config.json + weights) or a .gguf file"
@@ -156,6 +156,10 @@ def _load(directory: Path, task: str, gguf_file: str | None) -> Any:
     from transformers import AutoModel, AutoModelForCausalLM
 
     auto = AutoModelForCausalLM if task == "decoder" else AutoModel
+    if not gguf_file and _read_config(directory / "config.json").get("model_type") == "llmc_pruned_bert":
+        from llmc.export.pruned_bert import PrunedBertModel
+
+        auto = PrunedBertModel  # llmc's own class: no code from the directory runs
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file

@@ -9,6 +9,7 @@ from typing import Any
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.model import sparsity
 from llmc.model.io import MODEL_FILE, load_model, weights_nbytes
 
 
@@ -72,4 +73,5 @@ def summarize_model(path: str | Path) -> dict[str, Any]:
         "file_bytes": path.stat().st_size,
         "external_data": external,
         "functions": len(model.functions),
+        "sparsity": sparsity.report(model).to_dict(),
     }

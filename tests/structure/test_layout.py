@@ -19,8 +19,8 @@ LAYERS = [
     {"llmc.backends"},
     {"llmc.passes"},
     {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation", "llmc.padding"},
-    {"llmc.compression"},  # prunes, distills, then exports (llmc.export)
     {"llmc.compiler"},
+    {"llmc.compression"},  # prunes, distills, exports (llmc.export), builds to time (--target-speedup)
     {"llmc.serving"},  # runs and exports artifacts: above the compiler that writes them
     {"llmc.cli"},
     {"llmc.__main__"},

@@ -39,6 +39,7 @@ FLAG_FIELDS = (
     "hardware_compatibility",
     "precision",
     "strongly_typed",
+    "sparse_weights",
 )
 _LOG = logging.getLogger("llmc.trt")
 
@@ -52,7 +53,9 @@ class EngineSettings:
     ``engine_cache`` None: :meth:`build` uses the defaults under the cache directory (a bare
     :func:`~llmc.backends.trt.loader.build_engine` then uses no timing cache file). ``engine_cache``
     and ``use_engine_cache`` matter to :meth:`build` only. ``precision`` records the
-    precision already in the graph (the build sets it); it sets no builder flag.
+    precision already in the graph (the build sets it); it sets no builder flag. ``sparse_weights``
+    sets ``BuilderFlag.SPARSE_WEIGHTS`` (the build turns it on when the graph has 2:4 sparse
+    MatMul weights: TensorRT then picks sparse tensor-core tactics where they are faster).
     :meth:`validate` checks the ranges: ``optimization_level`` 0..5, ``hardware_compatibility``
     one of :data:`HARDWARE_LEVELS`, ``workspace_bytes`` None or > 0.
     """
@@ -67,6 +70,7 @@ class EngineSettings:
     use_engine_cache: bool = True
     precision: str = "fp32"
     strongly_typed: bool = True
+    sparse_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.timing_cache is not None:
@@ -181,6 +185,8 @@ def builder_flags(trt: Any, major: int, settings: EngineSettings) -> list[Any]:
     flags = []
     if settings.version_compatible:
         flags.append(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if settings.sparse_weights:
+        flags.append(trt.BuilderFlag.SPARSE_WEIGHTS)
     return flags
 
 

@@ -255,7 +255,7 @@ def make_fake_tensorrt(version: str) -> types.ModuleType:
     if major <= 10:
         network_flags["EXPLICIT_BATCH"] = 0  # deprecated and ignored in 10, gone in 11
     fake.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags)
-    builder_names = ["VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "REFIT"]
+    builder_names = ["VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "REFIT", "SPARSE_WEIGHTS"]  # 11 keeps them
     if major < 11:
         builder_names += ["FP16", "INT8", "BF16", "OBEY_PRECISION_CONSTRAINTS"]
     fake.BuilderFlag = enum.IntEnum("BuilderFlag", builder_names)

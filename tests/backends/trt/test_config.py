@@ -63,6 +63,7 @@ def test_builder_defaults_and_version_compatible(fake_trt):
     assert config.hardware_compatibility_level == fake_trt.HardwareCompatibilityLevel.NONE
     assert config.timing_cache_calls == [(b"", False)]  # no cache file: an empty cache
     assert _configure(fake_trt, version_compatible=True).flags == [fake_trt.BuilderFlag.VERSION_COMPATIBLE]
+    assert _configure(fake_trt, sparse_weights=True).flags == [fake_trt.BuilderFlag.SPARSE_WEIGHTS]  # 2:4 weights
     major = int(fake_trt.__version__.split(".")[0])
     for precision in ("fp32", "fp16", "int8"):
         assert builder_flags(fake_trt, major, EngineSettings(precision=precision)) == []

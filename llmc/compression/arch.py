@@ -1,0 +1,99 @@
+"""Where the prunable parts of each supported architecture live, and loading the teacher.
+
+Pruning touches four kinds of projection in every layer: the attention's query/key/value
+(``attn_in``, rows = heads x head size), its output (``attn_out``, columns = the same), the FFN's
+input projections (``ffn_in``, rows = neurons: BERT's one, LLaMA's gate and up) and its output
+(``ffn_out``, columns = neurons). Everything else is copied as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from llmc.errors import LlmcError
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    name: str
+    decoder: bool
+    layers: str  # attribute path of the layer list, from the loaded model
+    attn_in: tuple[str, ...]
+    attn_out: str
+    ffn_in: tuple[str, ...]
+    ffn_out: str
+    query: str  # the attn_in projection whose rows are query heads (the others are key/value heads)
+
+    def layer_list(self, model: Any) -> Any:
+        return get(model, self.layers)
+
+    def base(self, model: Any) -> Any:
+        """The module returning ``last_hidden_state`` (the model itself for encoders)."""
+        return model.model if self.decoder else model
+
+
+BERT = Arch("bert", False, "encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value"),
+            "attention.output.dense", ("intermediate.dense",), "output.dense", "attention.self.query")
+LLAMA = Arch("llama", True, "model.layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "self_attn.q_proj")
+ARCHS = {"bert": BERT, "llama": LLAMA}
+
+
+def get(module: Any, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def heads(config: Any) -> tuple[int, int, int]:
+    """``(query heads, key/value heads, head size)``."""
+    query = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or query
+    size = getattr(config, "head_dim", None) or config.hidden_size // query
+    return query, kv, size
+
+
+def source_parts(source: Path) -> tuple[Path, str | None]:
+    """``(directory, gguf file name or None)`` of a model SOURCE, or one line."""
+    if source.is_file() and source.suffix.lower() == ".gguf":
+        return source.parent, source.name
+    if not (source / "config.json").is_file():
+        raise LlmcError(f"{source}: not a Hugging Face model directory (no config.json) nor a .gguf file")
+    return source, None
+
+
+def load_teacher(source: Path) -> tuple[Any, Any, Arch]:
+    """The model (float32, eval), its tokenizer and its :class:`Arch`, or one line."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import json
+
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    directory, gguf = source_parts(source)
+    if gguf:
+        from transformers import AutoConfig
+
+        model_type = str(AutoConfig.from_pretrained(str(directory), gguf_file=gguf).model_type)
+    else:
+        model_type = str(json.loads((directory / "config.json").read_text()).get("model_type"))
+    if model_type not in ARCHS:
+        raise LlmcError(
+            f"{source}: llmc compress prunes BERT-style encoders and LLaMA-style decoders ({', '.join(ARCHS)}), "
+            f"not '{model_type}'"
+        )
+    arch = ARCHS[model_type]
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    model = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs).eval()
+    if getattr(model.config, "model_type", None) not in ARCHS:
+        raise LlmcError(f"{source}: llmc compress supports {', '.join(ARCHS)}, not '{model.config.model_type}'")
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), **({"gguf_file": gguf} if gguf else {}))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return model, tokenizer, arch

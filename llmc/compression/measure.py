@@ -1,0 +1,76 @@
+"""What a compressed model costs: parameters, matrix-product FLOPs per token, and latency of its
+ONNX export on ONNX Runtime (encoders: batch 1 x 128 tokens; decoders: one decode step after 128
+cached tokens), original and compressed timed interleaved in the same process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmc.compression.arch import heads
+
+LENGTH = 128
+
+
+def parameters(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def flops_per_token(config: Any, decoder: bool, length: int = LENGTH) -> int:
+    """Multiply-adds x 2 per token: projections, attention over ``length`` tokens, LM head."""
+    query, kv, size = heads(config)
+    hidden, ffn = config.hidden_size, config.intermediate_size
+    ffn_in = 2 if decoder else 1
+    per_layer = hidden * (query + 2 * kv) * size + query * size * hidden + (ffn_in + 1) * hidden * ffn
+    per_layer += 2 * length * query * size
+    head = hidden * config.vocab_size if decoder else 0
+    return 2 * (config.num_hidden_layers * per_layer + head)
+
+
+def feeds(session: Any, decoder: bool, length: int = LENGTH, vocab: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for one timed run of an ``llmc export`` model."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for value in session.get_inputs():
+        name = value.name
+        if name.startswith("past_key_values"):
+            _, kv, _, size = value.shape
+            out[name] = rng.standard_normal((1, kv, length, size)).astype(np.float32)
+        elif name == "input_ids":
+            out[name] = rng.integers(min(100, vocab // 2), min(1000, vocab), size=(1, 1 if decoder else length), dtype=np.int64)
+        elif name == "attention_mask":
+            out[name] = np.ones((1, length + 1 if decoder else length), dtype=np.int64)
+        elif name == "position_ids":
+            out[name] = np.full((1, 1), length, dtype=np.int64) if decoder else np.arange(length)[None]
+        else:
+            out[name] = np.zeros((1, length), dtype=np.int64)
+    return out
+
+
+def timed_length(config: Any) -> int:
+    """:data:`LENGTH`, or less for a model with fewer positions."""
+    return min(LENGTH, int(getattr(config, "max_position_embeddings", LENGTH) or LENGTH) - 1)
+
+
+def latency(models: dict[str, Path], decoder: bool, length: int = LENGTH, vocab: int = 1000, threads: int = 0,
+            rounds: int = 5) -> dict[str, float]:
+    """Median milliseconds per run of each ONNX model, interleaved round by round."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
+    inputs = {k: feeds(s, decoder, length, vocab) for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            session.run(None, inputs[name])
+            start = time.perf_counter()
+            for _ in range(5):
+                session.run(None, inputs[name])
+            times[name].append(1e3 * (time.perf_counter() - start) / 5)
+    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
