@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmc.cli.app import app, console, user_errors
+from llmc.errors import LlmcError
 
 
 @app.command()
@@ -35,6 +36,8 @@ def compress(
     from llmc.compression import CompressOptions
     from llmc.compression import compress as run
 
+    if target_speedup is not None and (ffn is not None or heads or layers is not None):
+        raise LlmcError("--target-speedup chooses --ffn/--heads/--layers itself: give one or the others, not both")
     if ffn is None:
         ffn = 0.0 if sparsity else 0.5
     options = CompressOptions(ffn=ffn, heads=heads, layers=layers, minutes=minutes, sparsity=sparsity,

@@ -1,6 +1,7 @@
 """``llmc compress``: prune a model's attention heads, FFN neurons and layers by importance on the
-user's text (or 2:4-sparsify its projections), distill it against the original, export it, and
-report what it cost and what it kept.
+user's text (or 2:4-sparsify its projections), refit the output projections to what was removed
+(:mod:`llmc.compression.refit`), distill it against the original, export it, and report what it
+cost and what it kept.
 
 The text (one sentence per line) is split: the last tenth (at least 16 lines) is held out and
 never trained on; agreement with the original is measured on it before and after distillation.

@@ -4,10 +4,11 @@ Candidates are a grid of (FFN fraction, head fraction, layers kept). Each is pru
 scored by how well it still agrees with the original on held-out text before any distillation;
 those whose FLOPs could reach the target are then, best-agreeing first, exported, built by
 ``llmc build`` (fp32, batch 1 x 128) and timed against the original's build, interleaved. The
-first measured at or past the target wins. The FLOP bar is recalibrated from every measurement
-(a model whose FLOPs fell 2x but ran 1.7x faster moves the bar up by 2/1.7), so at most
-:data:`MAX_BUILDS` builds run. A target beyond what the grid's deepest cut could give is refused
-before anything is built.
+first measured at or past the target wins. A cut measured too slow raises the FLOP bar to its
+own FLOPs (a cut with no fewer FLOPs would be no faster), and at most :data:`MAX_BUILDS` builds
+run. Latency is not FLOPs: dropping a layer removes its norms, softmax and activations too, while
+narrowing its FFN leaves them, so the bar only ever excludes what one measurement rules out. A
+target beyond what the grid's deepest cut could give is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def search(model: Any, arch: Arch, target: float, layer_order: list[int],
                 f"{speedup:.2f}x measured ({candidate.flop_speedup:.2f}x FLOPs), pruned cosine {candidate.agreement:.4f}")
             if speedup >= target:
                 return candidate.plan, {"target": target, "tried": tried, "chosen": tried[-1]}
-            bar = max(bar, candidate.flop_speedup * target / max(speedup, 1e-6))
+            bar = max(bar, candidate.flop_speedup * (1.0 + 1e-6))  # a cut with no fewer FLOPs would be slower too
     reached = max((t["measured_speedup"] for t in tried), default=1.0)
     raise LlmcError(
         f"--target-speedup {target}: cannot be reached; the builds measured at most {reached:.2f}x "
@@ -119,21 +120,25 @@ def _build(model: Any, arch: Arch, where: Path) -> Path:
     return where / "art"
 
 
-def _speedup(original: Path, candidate: Path, length: int, vocab: int, rounds: int = 5) -> float:
-    """Original ms / candidate ms, medians of interleaved rounds of their built artifacts."""
-    from llmc.compiler.artifact import load
-
-    runners = {name: load(path, threads=THREADS, padding="off") for name, path in (("a", original), ("b", candidate))}
+def _speedup(original: Path, candidate: Path, length: int, vocab: int, rounds: int = 7, runs: int = 20) -> float:
+    """Original ms / candidate ms: the median over rounds of each round's ratio, the two artifacts
+    run back to back in alternating order (``runs`` calls each), so drift hits both alike."""
     import onnxruntime as ort
 
+    from llmc.compiler.artifact import load
+
+    runners = [load(path, threads=THREADS, padding="off") for path in (original, candidate)]
     inputs = ort.InferenceSession(str(original / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = measure.feeds(inputs, decoder=False, length=length, vocab=vocab)
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            runner.run(feeds)
+    for runner in runners:
+        runner.run(feeds)
+    ratios = []
+    for index in range(rounds):
+        seconds = [0.0, 0.0]
+        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
             start = time.perf_counter()
-            for _ in range(5):
-                runner.run(feeds)
-            times[name].append(time.perf_counter() - start)
-    return float(np.median(times["a"]) / np.median(times["b"]))
+            for _ in range(runs):
+                runners[which].run(feeds)
+            seconds[which] = time.perf_counter() - start
+        ratios.append(seconds[0] / seconds[1])
+    return float(np.median(ratios))

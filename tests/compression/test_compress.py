@@ -94,6 +94,7 @@ def test_bad_input_is_one_line(bert_dir, gpt2_dir, text, tmp_path):  # noqa: F81
         ([str(bert_dir), "--data", str(text), "--heads", "1.5"], "--heads"),
         ([str(bert_dir), "--data", str(text), "--sparsity", "1:4"], "only 2:4"),
         ([str(bert_dir), "--data", str(text), "--target-speedup", "0.5"], "--target-speedup must be above 1"),
+        ([str(bert_dir), "--data", str(text), "--target-speedup", "2", "--ffn", "0.5"], "not both"),
         ([str(bert_dir), "--data", str(text), "--target-speedup", "50"], "cannot be reached"),
         ([str(bert_dir), "--data", str(text), "--importance", "taylor"], "decoders only"),
         ([str(bert_dir), "--data", str(text), "--importance", "magic"], "--importance must be one of"),

@@ -130,6 +130,7 @@ def test_settings_validation_and_flags():
         "hardware_compatibility": "none",
         "precision": "fp32",
         "strongly_typed": True,
+        "sparse_weights": False,
     }  # the caches only speed the build up: not flags, not in the cache key
     assert EngineSettings.from_dict(flags).to_dict() == flags
     assert EngineSettings.from_dict({**flags, "unknown": 1, "use_engine_cache": False}).use_engine_cache
