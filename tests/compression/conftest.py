@@ -45,3 +45,17 @@ def bert4_dir(tmp_path_factory) -> Path:
 
 def batch(tokenizer, lines):
     return dict(tokenizer(lines, padding=True, return_tensors="pt"))
+
+
+def assert_export_matches(model_path: Path, student, tokenizer, line: str) -> None:
+    """The exported encoder computes what the Hugging Face student computes on ``line``."""
+    import onnxruntime as ort
+    import torch
+
+    feeds = {k: v.numpy() for k, v in batch(tokenizer, [line]).items()}
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    (got, *_) = session.run(None, {k: v for k, v in feeds.items() if k in names})
+    with torch.no_grad():
+        want = student(**{k: torch.as_tensor(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)

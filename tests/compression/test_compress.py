@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
@@ -14,6 +13,7 @@ from llmc.cli.main import app
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+from tests.compression.conftest import assert_export_matches  # noqa: E402
 from tests.export.test_export_cli import bert_dir, gpt2_dir  # noqa: E402, F401  (fixtures)
 
 runner = CliRunner()
@@ -73,13 +73,7 @@ def test_compress_writes_export_weights_and_report(bert_dir, text, tmp_path):  #
 
     student = AutoModel.from_pretrained(str(out / "hf")).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(out / "hf"))
-    feeds = {k: v.numpy() for k, v in _batch(tokenizer, ["the quick brown fox jumps"]).items()}
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    (got, *_) = session.run(None, {k: v for k, v in feeds.items() if k in names})
-    with torch.no_grad():
-        want = student(**{k: torch.as_tensor(v) for k, v in feeds.items()}).last_hidden_state.numpy()
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert_export_matches(out / "model.onnx", student, tokenizer, "the quick brown fox jumps")
     assert (out / "tokenizer.json").is_file()
 
 
