@@ -8,8 +8,10 @@ input projections (``ffn_in``, rows = neurons: BERT's one, LLaMA's gate and up) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,29 @@ def get(module: Any, path: str) -> Any:
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
+
+@contextlib.contextmanager
+def projection_inputs(model: Any, arch: Arch, record: Callable[[int, str, Any, Any], None]) -> Iterator[None]:
+    """While open, every forward pass calls ``record(layer index, "ffn" | "attn", module, x)`` with
+    the input ``x`` of each layer's FFN and attention output projections, as the module gets it."""
+    handles = []
+    for index, layer in enumerate(arch.layer_list(model)):
+        for kind, path in (("ffn", arch.ffn_out), ("attn", arch.attn_out)):
+            def hook(module: Any, args: Any, index: int = index, kind: str = kind) -> None:
+                record(index, kind, module, args[0])
+
+            handles.append(get(layer, path).register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def real_rows(x: Any, mask: Any) -> Any:
+    """``x`` [batch, sequence, width] as [real tokens, width] (``mask`` the attention mask)."""
+    return x.reshape(-1, x.shape[-1])[mask.reshape(-1).bool()]
 
 
 def heads(config: Any) -> tuple[int, int, int]:

@@ -18,22 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.compression.arch import Arch, get, heads
-
-
-def _hooks(model: Any, arch: Arch, masks: list[Any], record: Any) -> list[Any]:
-    handles = []
-    for index, layer in enumerate(arch.layer_list(model)):
-        for kind in ("ffn", "attn"):
-            module = get(layer, arch.ffn_out if kind == "ffn" else arch.attn_out)
-
-            def hook(mod: Any, args: Any, index: int = index, kind: str = kind) -> None:
-                real = masks[-1].reshape(-1).bool()
-                x = args[0].reshape(-1, args[0].shape[-1])[real]
-                record(index, kind, mod, x)
-
-            handles.append(module.register_forward_pre_hook(hook))
-    return handles
+from llmc.compression.arch import Arch, get, heads, projection_inputs, real_rows
 
 
 def activation(model: Any, arch: Arch, batches: list[dict[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -46,7 +31,10 @@ def activation(model: Any, arch: Arch, batches: list[dict[str, Any]]) -> tuple[l
     head = [torch.zeros(count_q, dtype=torch.float64) for _ in layers]
     tokens = [0]
 
+    masks: list[Any] = []
+
     def record(index: int, kind: str, module: Any, x: Any) -> None:
+        x = real_rows(x, masks[-1])
         if kind == "ffn":
             ffn[index] += x.abs().sum(0).double()
             return
@@ -55,17 +43,11 @@ def activation(model: Any, arch: Arch, batches: list[dict[str, Any]]) -> tuple[l
             part = x[:, h * size : (h + 1) * size] @ weight[:, h * size : (h + 1) * size].T
             head[index][h] += part.norm(dim=-1).sum().double()
 
-    masks: list[Any] = []
-    handles = _hooks(model, arch, masks, record)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                masks.append(batch["attention_mask"])
-                tokens[0] += int(batch["attention_mask"].sum())
-                model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with projection_inputs(model, arch, record), torch.no_grad():
+        for batch in batches:
+            masks.append(batch["attention_mask"])
+            tokens[0] += int(batch["attention_mask"].sum())
+            model(**batch)
     norms = [get(layer, arch.ffn_out).weight.detach().norm(dim=0).double() for layer in layers]
     scale = 1.0 / max(tokens[0], 1)
     return [(f * scale * n).numpy() for f, n in zip(ffn, norms, strict=True)], [(h * scale).numpy() for h in head]
@@ -81,30 +63,25 @@ def taylor(model: Any, arch: Arch, batches: list[dict[str, Any]]) -> tuple[list[
     ffn = [torch.zeros(get(layer, arch.ffn_out).in_features, dtype=torch.float64) for layer in layers]
     head = [torch.zeros(count_q, dtype=torch.float64) for _ in layers]
     saved: list[tuple[int, str, Any]] = []
-    handles = []
-    for index, layer in enumerate(layers):
-        for kind, path in (("ffn", arch.ffn_out), ("attn", arch.attn_out)):
-            def hook(_module: Any, args: Any, index: int = index, kind: str = kind) -> None:
-                args[0].retain_grad()
-                saved.append((index, kind, args[0]))
 
-            handles.append(get(layer, path).register_forward_pre_hook(hook))
+    def record(index: int, kind: str, _module: Any, x: Any) -> None:
+        x.retain_grad()
+        saved.append((index, kind, x))
+
     try:
-        for batch in batches:
-            saved.clear()
-            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-            model.zero_grad()
-            model(**batch, labels=labels, use_cache=False).loss.backward()
-            real = batch["attention_mask"].reshape(-1).bool()
-            for index, kind, x in saved:
-                flat = (x * x.grad).detach().double().reshape(-1, x.shape[-1])[real].sum(0)
-                if kind == "ffn":
-                    ffn[index] += flat
-                else:
-                    head[index] += flat.reshape(count_q, size).sum(-1)
+        with projection_inputs(model, arch, record):
+            for batch in batches:
+                saved.clear()
+                labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+                model.zero_grad()
+                model(**batch, labels=labels, use_cache=False).loss.backward()
+                for index, kind, x in saved:
+                    flat = real_rows((x * x.grad).detach().double(), batch["attention_mask"]).sum(0)
+                    if kind == "ffn":
+                        ffn[index] += flat
+                    else:
+                        head[index] += flat.reshape(count_q, size).sum(-1)
     finally:
-        for handle in handles:
-            handle.remove()
         model.zero_grad()
     return [f.abs().numpy() for f in ffn], [h.abs().numpy() for h in head]
 

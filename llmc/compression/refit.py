@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmc.compression.arch import Arch, get
+from llmc.compression.arch import Arch, projection_inputs, real_rows
 
 RIDGE = 1e-4  # relative to the mean diagonal of the kept Gram block
 
@@ -25,26 +25,18 @@ def grams(model: Any, arch: Arch, batches: list[dict[str, Any]]) -> list[dict[st
     over the real tokens of ``batches``, for the FFN and attention output projections."""
     import torch
 
-    layers = arch.layer_list(model)
-    found: list[dict[str, Any]] = [{} for _ in layers]
+    found: list[dict[str, Any]] = [{} for _ in arch.layer_list(model)]
     masks: list[Any] = []
-    handles = []
-    for index, layer in enumerate(layers):
-        for kind, path in (("ffn", arch.ffn_out), ("attn", arch.attn_out)):
-            def hook(_module: Any, args: Any, index: int = index, kind: str = kind) -> None:
-                x = args[0].detach().reshape(-1, args[0].shape[-1])[masks[-1].reshape(-1).bool()].double()
-                x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-                found[index][kind] = found[index].get(kind, 0) + x.T @ x
 
-            handles.append(get(layer, path).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                masks.append(batch["attention_mask"])
-                model(**batch, **({"use_cache": False} if arch.decoder else {}))
-    finally:
-        for handle in handles:
-            handle.remove()
+    def record(index: int, kind: str, _module: Any, x: Any) -> None:
+        x = real_rows(x.detach(), masks[-1]).double()
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        found[index][kind] = found[index].get(kind, 0) + x.T @ x
+
+    with projection_inputs(model, arch, record), torch.no_grad():
+        for batch in batches:
+            masks.append(batch["attention_mask"])
+            model(**batch, **({"use_cache": False} if arch.decoder else {}))
     return found
 
 
