@@ -4,7 +4,9 @@ cached tokens), original and compressed timed interleaved in the same process.""
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,26 @@ def timed_length(config: Any) -> int:
     return min(LENGTH, int(getattr(config, "max_position_embeddings", LENGTH) or LENGTH) - 1)
 
 
-def latency(models: dict[str, Path], decoder: bool, length: int = LENGTH, vocab: int = 1000, threads: int = 0,
-            rounds: int = 5) -> dict[str, float]:
-    """Median milliseconds per run of each ONNX model, interleaved round by round."""
+def interleaved_ms(calls: dict[str, Callable[[], Any]], rounds: int = 7, runs: int = 20) -> dict[str, float]:
+    """Median milliseconds per call of each callable. After one warm-up call each, every round
+    runs each callable ``runs`` times back to back, in an order rotated by round, so drift on a
+    noisy machine hits all alike (windows of a few calls measured the same model 1.1x-1.85x)."""
+    names = list(calls)
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            start = time.perf_counter()
+            for _ in range(runs):
+                calls[name]()
+            times[name].append(1e3 * (time.perf_counter() - start) / runs)
+    return {name: round(float(np.median(v)), 3) for name, v in times.items()}
+
+
+def latency(models: dict[str, Path], decoder: bool, length: int = LENGTH, vocab: int = 1000, threads: int = 0
+            ) -> dict[str, float]:
+    """Median milliseconds per run of each ONNX model on ONNX Runtime (:func:`interleaved_ms`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -65,12 +84,4 @@ def latency(models: dict[str, Path], decoder: bool, length: int = LENGTH, vocab:
         options.intra_op_num_threads = threads
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
     inputs = {k: feeds(s, decoder, length, vocab) for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            session.run(None, inputs[name])
-            start = time.perf_counter()
-            for _ in range(5):
-                session.run(None, inputs[name])
-            times[name].append(1e3 * (time.perf_counter() - start) / 5)
-    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    return interleaved_ms({k: functools.partial(s.run, None, inputs[k]) for k, s in sessions.items()})

@@ -14,13 +14,11 @@ target beyond what the grid's deepest cut could give is refused before anything 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from llmc.compression import measure
 from llmc.compression.arch import Arch
@@ -121,24 +119,13 @@ def _build(model: Any, arch: Arch, where: Path) -> Path:
 
 
 def _speedup(original: Path, candidate: Path, length: int, vocab: int, rounds: int = 7, runs: int = 20) -> float:
-    """Original ms / candidate ms: the median over rounds of each round's ratio, the two artifacts
-    run back to back in alternating order (``runs`` calls each), so drift hits both alike."""
+    """Original ms / candidate ms of the two built artifacts (:func:`measure.interleaved_ms`)."""
     import onnxruntime as ort
 
     from llmc.compiler.artifact import load
 
-    runners = [load(path, threads=THREADS, padding="off") for path in (original, candidate)]
     inputs = ort.InferenceSession(str(original / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = measure.feeds(inputs, decoder=False, length=length, vocab=vocab)
-    for runner in runners:
-        runner.run(feeds)
-    ratios = []
-    for index in range(rounds):
-        seconds = [0.0, 0.0]
-        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-            start = time.perf_counter()
-            for _ in range(runs):
-                runners[which].run(feeds)
-            seconds[which] = time.perf_counter() - start
-        ratios.append(seconds[0] / seconds[1])
-    return float(np.median(ratios))
+    runners = {name: load(path, threads=THREADS, padding="off") for name, path in (("a", original), ("b", candidate))}
+    ms = measure.interleaved_ms({name: functools.partial(r.run, feeds) for name, r in runners.items()}, rounds, runs)
+    return ms["a"] / ms["b"]
