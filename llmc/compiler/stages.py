@@ -30,7 +30,6 @@ from llmc.model import io as model_io
 from llmc.model import sparsity
 from llmc.model.compare import Comparison, check_finite_reference
 from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes, with_computed_cache
-from llmc.model.sparsity import SparsityReport
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 from llmc.passes.fusion.families import families_for
@@ -83,7 +82,7 @@ class Compiled:
     not_fused: list[Any]
     seconds: float
     # 2:4 sparse matrix-product weights of the source (llmc.model.sparsity), before any pass.
-    sparsity_before: SparsityReport | None = None
+    sparsity_before: sparsity.SparsityReport | None = None
 
 
 @dataclasses.dataclass
