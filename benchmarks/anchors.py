@@ -8,7 +8,7 @@
   :func:`fused_op_counts` says which contrib (``com.microsoft``) ops it produced.
 - **Torch eager** (:func:`torch_eager_target`): the Hugging Face module itself, called under
   ``torch.inference_mode()`` with the same intra-op thread count, timed interleaved with the ORT
-  targets by :func:`llmc.compiler.bench.run_benchmark` (no peak RSS for it).
+  targets by :func:`llmc.runtime.bench.run_benchmark` (no peak RSS for it).
 - **The machine's MatMul peak** (:func:`matmul_peak_gflops`): fp32 GFLOP/s of a one-node MatMul
   with a constant weight (as in a transformer layer) in ORT_ENABLE_ALL at a few transformer
   shapes, median of many runs, in-process. With :func:`matmul_flops` (the FLOPs of every
@@ -29,8 +29,8 @@ import onnx.helper as oh
 import onnx.inliner
 import onnx.numpy_helper as onh
 
-from llmc.backends.ort import OrtRunner, SessionConfig, create_session
-from llmc.compiler.bench import BenchTarget
+from llmc.runtime.bench import BenchTarget
+from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
 CONTRIB_DOMAIN = "com.microsoft"
 

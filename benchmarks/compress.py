@@ -82,8 +82,8 @@ def _build(label: str, source: Path, precision: str) -> Path:
 def _trt_fp16(source: Path) -> Path:
     """The TensorRT-ready fp16 build (no engine: no GPU here) of a 2:4 model, for its manifest."""
     import llmc
-    from llmc.backends.trt import parse_profile_specs
-    from llmc.compiler.engine import EngineSettings
+    from llmc.targets.trt.config import EngineSettings
+    from llmc.targets.trt.profiles import parse_profile_specs
 
     out = CACHE / "trt-fp16-2to4"
     shutil.rmtree(out, ignore_errors=True)
@@ -95,7 +95,7 @@ def _trt_fp16(source: Path) -> Path:
 
 def _runner(path: Path) -> Any:
     import llmc
-    from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+    from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
     if str(path).endswith(".onnx"):
         return OrtRunner(create_session(path, SessionConfig(intra_op_num_threads=THREADS))).run

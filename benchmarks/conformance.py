@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import default_pipeline
+from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
 
 
 @dataclasses.dataclass

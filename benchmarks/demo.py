@@ -12,9 +12,9 @@ from rich.table import Table
 import llmc
 from benchmarks.models import minilm
 from llmc.cli.render import print_build
-from llmc.compiler.bench import resolve_target, run_benchmark
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
+from llmc.runtime.bench import resolve_target, run_benchmark
 
 SHAPE = {"input_ids": (1, 128)}
 

@@ -144,7 +144,7 @@ def time_target(kind: str, path: str, runs: int, warmup: int) -> dict[str, float
     import statistics
 
     if kind == "raw":
-        from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+        from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
         run = OrtRunner(create_session(path, SessionConfig(device="cuda"))).run
     else:

@@ -35,8 +35,7 @@ def _load(path: str) -> dict[str, Any]:
     import time
 
     import llmc
-    from llmc.backends.ort import loader  # noqa: F401  (ONNX Runtime's import is not the check's cost)
-    from llmc.compiler.artifact import read_artifact
+    from llmc.runtime.artifact import read_artifact
 
     timings = {}
     for label, call in (

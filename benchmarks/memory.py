@@ -102,8 +102,8 @@ def _plan_row(path: Path, model, batch: int, sequence: int) -> dict[str, Any]:
 def _rss_child(path: str, config: dict[str, Any], feeds_path: str) -> float:
     """In a fresh process: create the session, reset the high-water mark, run twice; the peak's
     growth over the RSS after session creation (MiB)."""
-    from llmc.backends.ort import OrtRunner, SessionConfig, create_session
     from llmc.model.process import current_rss_mb, peak_rss_mb, reset_peak_rss
+    from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
     with np.load(feeds_path) as data:
         feeds = {k: data[k] for k in data.files}

@@ -89,7 +89,7 @@ def artifacts() -> dict[str, Path]:
 
 def _runners(paths: dict[str, Path]) -> dict[str, Callable[[Feeds], Any]]:
     import llmc
-    from llmc.backends.ort import OrtRunner, SessionConfig, create_session
+    from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
     ort = OrtRunner(create_session(paths["source"], SessionConfig(intra_op_num_threads=THREADS)))
     return {

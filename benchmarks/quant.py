@@ -106,8 +106,8 @@ def _ort_static(model: str, out: str, method: str, samples: int) -> dict[str, An
 
 
 def _embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, batch: int = 16) -> np.ndarray:
-    from llmc.backends.ort import OrtRunner, create_session
-    from llmc.compiler.bench import resolve_target
+    from llmc.runtime.bench import resolve_target
+    from llmc.runtime.ort import OrtRunner, create_session
 
     target = resolve_target(path, threads=2)
     runner = OrtRunner(create_session(target.model_path, target.config))
@@ -170,7 +170,7 @@ def _variants(name: str, source: Path, legacy: Path, work: Path, heads: int, hid
 
 
 def bench_model(name: str, source: Path, legacy: Path, runs: int, evaluate: int, heads: int, hidden: int) -> dict[str, Any]:
-    from llmc.compiler.bench import resolve_target, run_benchmark
+    from llmc.runtime.bench import resolve_target, run_benchmark
 
     paths, failed, jobs = _variants(name, source, legacy, CACHE / name, heads, hidden)
     ids, mask = tokenize(sentences(256, 256 + evaluate))

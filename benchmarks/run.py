@@ -31,10 +31,10 @@ import numpy as np
 import llmc
 from benchmarks import anchors, conformance, models
 from benchmarks.harness import RESULTS, isolated, machine, versions_text
-from llmc.compiler.bench import BenchTarget, resolve_target, run_benchmark
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families
+from llmc.runtime.bench import BenchTarget, resolve_target, run_benchmark
 
 BENCH = models.CACHE.parent / "bench"
 SEQUENCE, PAST = 128, 128

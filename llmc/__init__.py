@@ -16,15 +16,16 @@ from llmc.version import __version__
 __all__ = ["Artifact", "LlmcError", "Runner", "__version__", "build", "load"]
 
 if TYPE_CHECKING:
-    from llmc.compiler.artifact import Artifact, Runner, load
     from llmc.compiler.build import build
+    from llmc.generation.runner import Runner, load
+    from llmc.runtime.artifact import Artifact
 
 # The compiler pulls in onnx, onnx-ir and onnxruntime: import it on first use so that
 # `llmc --help` and `import llmc.errors` stay fast.
 _LAZY = {
-    "Artifact": "llmc.compiler.artifact",
-    "Runner": "llmc.compiler.artifact",
-    "load": "llmc.compiler.artifact",
+    "Artifact": "llmc.runtime.artifact",
+    "Runner": "llmc.generation.runner",
+    "load": "llmc.generation.runner",
     "build": "llmc.compiler.build",
 }
 

@@ -36,9 +36,9 @@ def bench(
     ] = "auto",
 ) -> None:
     """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
-    from llmc.compiler.bench import resolve_target, run_benchmark
     from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.model.io import load_model
+    from llmc.runtime.bench import resolve_target, run_benchmark
 
     targets = [resolve_target(m, threads=threads, level=level, padding=padding) for m in models]
     first = load_model(targets[0].model_path)

@@ -31,9 +31,9 @@ from llmc.cli.render import Progress, print_build
 from llmc.errors import LlmcError
 
 if TYPE_CHECKING:
-    from llmc.compiler.engine import EngineSettings
     from llmc.fp16.options import Fp16Options
     from llmc.int8.options import QuantizeOptions
+    from llmc.targets.trt.config import EngineSettings
 
 PIPELINE = "Pipeline and debugging"
 INT8 = "int8 (--precision int8)"
@@ -419,8 +419,8 @@ def _engine_settings(
     engine_cache: Path | None,
     no_engine_cache: bool,
 ) -> EngineSettings:
-    from llmc.backends.trt.profiles import parse_profile_specs
-    from llmc.compiler.engine import EngineSettings
+    from llmc.targets.trt.config import EngineSettings
+    from llmc.targets.trt.profiles import parse_profile_specs
 
     if workspace_mb is not None and workspace_mb <= 0:
         raise LlmcError(f"--workspace must be a positive number of MiB, not {workspace_mb}")

@@ -28,12 +28,12 @@ def check(
     seed: SeedOpt = 0,
 ) -> None:
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
-    from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
-    from llmc.backends.ort.errors import run_context
     from llmc.fp16.check import artifact_feeds
     from llmc.model.compare import check_finite_reference, check_same_interface, compare_outputs
     from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.model.io import load_model
+    from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
+    from llmc.runtime.ort.errors import run_context
 
     source = load_model(original)
     candidate_path = _artifact_model(artifact)
@@ -57,7 +57,7 @@ def _artifact_model(path: Path) -> Path:
     """The model file of ARTIFACT: a checked artifact directory's, or the file itself."""
     if not path.is_dir():
         return path
-    from llmc.compiler.artifact import read_artifact
+    from llmc.runtime.artifact import read_artifact
 
     return read_artifact(path).model_path
 
@@ -68,7 +68,7 @@ def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[dict[str,
 
     manifest = None
     if path.is_dir():
-        from llmc.compiler.artifact import read_artifact
+        from llmc.runtime.artifact import read_artifact
 
         manifest = read_artifact(path, check=False).manifest  # checked by _artifact_model already
     if tolerance is not None:

@@ -19,7 +19,7 @@ ArtifactArg = Annotated[Path, typer.Argument(help="An artifact directory built f
 
 
 def _load(artifact: Path, threads: int) -> Any:
-    from llmc.compiler.artifact import load
+    from llmc.generation.runner import load
 
     return load(artifact, threads=threads or None, engine=False)
 

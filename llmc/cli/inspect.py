@@ -64,17 +64,17 @@ def inspect(
 
 def _check_artifact(path: Path) -> None:
     """An artifact directory is inspected only if its files match its manifest."""
-    from llmc.compiler.artifact import MANIFEST_FILE, read_artifact
+    from llmc.runtime.artifact import MANIFEST_FILE, read_artifact
 
     if path.is_dir() and (path / MANIFEST_FILE).exists():
         read_artifact(path)
 
 
 def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: Path | None, as_json: bool) -> None:
-    from llmc.compiler.artifact import MODEL_FILE
     from llmc.model.feeds import parse_shape_sets, resolve_shapes
     from llmc.model.io import load_model
     from llmc.passes.memory.planner import analyze_memory
+    from llmc.runtime.artifact import MODEL_FILE
 
     if alignment < 1:
         raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")

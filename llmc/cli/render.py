@@ -420,7 +420,7 @@ def print_precision_hint(manifest: dict[str, Any] | None, result: Any) -> None:
 
 
 def print_benchmark(results: list[Any], runs: int) -> None:
-    """The latency table of ``llmc bench`` (llmc.compiler.bench.run_benchmark)."""
+    """The latency table of ``llmc bench`` (llmc.runtime.bench.run_benchmark)."""
     table = Table(
         title=f"latency ms ({runs} interleaved runs); ratio: p50 / first p50; RSS: peak",
         box=box.SIMPLE_HEAD,

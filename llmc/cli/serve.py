@@ -33,7 +33,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve ARTIFACT over HTTP: /v1/infer, /v1/completions, /v1/chat/completions, /health, /metrics."""
-    from llmc.compiler.artifact import read_artifact
+    from llmc.runtime.artifact import read_artifact
     from llmc.serving.server import ServeSettings
 
     read_artifact(artifact)  # the integrity contract before anything starts

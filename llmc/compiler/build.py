@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmc.compiler.artifact import Artifact, write_manifest
 from llmc.compiler.cache import BuildCache, cache_disabled, digest_key, external_data
-from llmc.compiler.engine import EngineSettings
-from llmc.compiler.integrity import check_manifest
 from llmc.compiler.options import BuildOptions, output_dir
-from llmc.compiler.output import OutputWriter, check_output
 from llmc.errors import LlmcError
 from llmc.fp16.options import Fp16Options
 from llmc.int4.options import Int4Options
 from llmc.int8.options import QuantizeOptions
 from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, companion_files, sha256_file
+from llmc.model.output_dir import OutputWriter, check_output
 from llmc.passes.options import PassOptions
+from llmc.runtime.artifact import Artifact, write_manifest
+from llmc.runtime.integrity import check_manifest
+from llmc.targets.trt.config import EngineSettings
 from llmc.version import __version__
 
 if TYPE_CHECKING:  # the stages import onnx and ONNX Runtime: only on a cache miss
@@ -114,7 +114,7 @@ def run_build(
     progress: Progress | None = None,
 ) -> Artifact:
     """The stages in order, with the build cache around them, written through an OutputWriter
-    (a private directory moved into place once verified; ``llmc.compiler.output``).
+    (a private directory moved into place once verified; ``llmc.model.output_dir``).
 
     The stages (and onnx, onnxscript, ONNX Runtime with them) are imported only on a cache
     miss: a hit needs the options, the source's hash and a file copy, nothing more.

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from llmc.compiler.engine import EngineSettings
 from llmc.errors import LlmcError
 from llmc.fp16.options import Fp16Options
 from llmc.int4.options import Int4Options
 from llmc.int8.options import QuantizeOptions
 from llmc.passes.options import TARGETS, PassOptions
+from llmc.targets.trt.config import EngineSettings
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # Default output tolerance (max abs error over each output's scale) per precision; int8 is
@@ -60,7 +60,7 @@ class BuildOptions:
 
     def check(self) -> None:
         """Refuse what cannot be built, before any work (TensorRT presence included)."""
-        from llmc.backends.trt.detect import import_tensorrt, tensorrt_available
+        from llmc.runtime.trt.detect import import_tensorrt, tensorrt_available
 
         if self.target not in TARGETS:
             raise LlmcError(f"unknown target '{self.target}'; valid targets: {', '.join(TARGETS)}")

@@ -11,7 +11,6 @@ import dataclasses
 import shutil
 from typing import Any
 
-from llmc.backends.ort import REFERENCE_CONFIG, SessionConfig, run_model
 from llmc.compiler.cache import BuildCache
 from llmc.compiler.stages import (
     Compiled,
@@ -32,6 +31,7 @@ from llmc.model.compare import compare_outputs
 from llmc.model.files import CALIBRATION_FILE
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
+from llmc.runtime.ort import REFERENCE_CONFIG, SessionConfig, run_model
 
 
 def apply_precision(

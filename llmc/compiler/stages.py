@@ -20,10 +20,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
-from llmc.backends.ort.errors import run_context
-from llmc.backends.ort.loader import SLOWER_ORT_FUSIONS
-from llmc.compiler.engine import EngineSettings
 from llmc.compiler.options import BuildOptions, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
@@ -36,6 +32,10 @@ from llmc.passes.fusion.families import families_for
 from llmc.passes.instruments import DifferentialInstrument, DumpIRInstrument, Instrument, VerifyEachInstrument
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import Pipeline, default_pipeline, parse_pipeline
+from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
+from llmc.runtime.ort.errors import run_context
+from llmc.runtime.ort.loader import SLOWER_ORT_FUSIONS
+from llmc.targets.trt.config import EngineSettings
 
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 Log = Callable[[str], None]
@@ -105,7 +105,7 @@ class Verified:
     session_config: SessionConfig
     session_seconds: float
     hashes: dict[str, str]  # sha256 of each file in ``files``, taken before verifying them
-    padding: dict[str, Any] | None = None  # llmc.padding.probe: may the runtime skip padding?
+    padding: dict[str, Any] | None = None  # llmc.runtime.padding.probe: may the runtime skip padding?
 
 
 # ---------------------------------------------------------------------------------- prepare

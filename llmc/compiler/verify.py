@@ -10,10 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
 from llmc.compiler import manifest as manifest_mod
-from llmc.compiler.artifact import Artifact, write_manifest
-from llmc.compiler.integrity import check_files, hash_files
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, compiled_runs, fail_on_mismatch
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
@@ -21,7 +18,10 @@ from llmc.fp16.stage import run_emulated
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
 from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
-from llmc.padding.probe import probe as probe_padding
+from llmc.runtime.artifact import Artifact, write_manifest
+from llmc.runtime.integrity import check_files, hash_files
+from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
+from llmc.runtime.padding.probe import probe as probe_padding
 
 PADDING_TOLERANCE = 1e-4  # skipping padding must keep real positions within fp32's build tolerance
 
@@ -87,7 +87,9 @@ def write(
                                   **engine.requested(precise.model)}
         else:
             log("building the TensorRT engine")
-            manifest["engine"] = engine.build(work_dir, precise.model, verified.model_sha256, log)
+            from llmc.targets.trt.loader import build_plan
+
+            manifest["engine"] = build_plan(engine, work_dir, precise.model, verified.model_sha256, log)
     hashes = dict(verified.hashes)
     extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
     companions = _carry_companions(prep, manifest)

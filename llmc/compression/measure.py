@@ -5,14 +5,13 @@ cached tokens), original and compressed timed interleaved in the same process.""
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmc.compression.arch import heads
+from llmc.runtime.timing import median_ms
 
 LENGTH = 128
 
@@ -57,31 +56,15 @@ def timed_length(config: Any) -> int:
     return min(LENGTH, int(getattr(config, "max_position_embeddings", LENGTH) or LENGTH) - 1)
 
 
-def interleaved_ms(calls: dict[str, Callable[[], Any]], rounds: int = 7, runs: int = 20) -> dict[str, float]:
-    """Median milliseconds per call of each callable. After one warm-up call each, every round
-    runs each callable ``runs`` times back to back, in an order rotated by round, so drift on a
-    noisy machine hits all alike (windows of a few calls measured the same model 1.1x-1.85x)."""
-    names = list(calls)
-    for call in calls.values():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            start = time.perf_counter()
-            for _ in range(runs):
-                calls[name]()
-            times[name].append(1e3 * (time.perf_counter() - start) / runs)
-    return {name: round(float(np.median(v)), 3) for name, v in times.items()}
-
-
 def latency(models: dict[str, Path], decoder: bool, length: int = LENGTH, vocab: int = 1000, threads: int = 0
             ) -> dict[str, float]:
-    """Median milliseconds per run of each ONNX model on ONNX Runtime (:func:`interleaved_ms`)."""
-    import onnxruntime as ort
+    """Median milliseconds per run of each ONNX model on ONNX Runtime, to the microsecond (rounds of
+    20 runs, interleaved: :func:`llmc.runtime.timing.median_ms`)."""
+    from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
-    inputs = {k: feeds(s, decoder, length, vocab) for k, s in sessions.items()}
-    return interleaved_ms({k: functools.partial(s.run, None, inputs[k]) for k, s in sessions.items()})
+    config = SessionConfig(intra_op_num_threads=threads)
+    runners = {k: OrtRunner(create_session(p, config)) for k, p in models.items()}
+    inputs = {k: feeds(r.session, decoder, length, vocab) for k, r in runners.items()}
+    ms = median_ms({k: functools.partial(r.session.run, None, inputs[k]) for k, r in runners.items()})
+    return {k: round(v, 3) for k, v in ms.items()}
+

@@ -119,13 +119,11 @@ def _build(model: Any, arch: Arch, where: Path) -> Path:
 
 
 def _speedup(original: Path, candidate: Path, length: int, vocab: int, rounds: int = 7, runs: int = 20) -> float:
-    """Original ms / candidate ms of the two built artifacts (:func:`measure.interleaved_ms`)."""
-    import onnxruntime as ort
+    """Original ms / candidate ms of the two built artifacts (:func:`llmc.runtime.timing.median_ms`)."""
+    from llmc.runtime.artifact import load
+    from llmc.runtime.timing import median_ms
 
-    from llmc.compiler.artifact import load
-
-    inputs = ort.InferenceSession(str(original / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = measure.feeds(inputs, decoder=False, length=length, vocab=vocab)
     runners = {name: load(path, threads=THREADS, padding="off") for name, path in (("a", original), ("b", candidate))}
-    ms = measure.interleaved_ms({name: functools.partial(r.run, feeds) for name, r in runners.items()}, rounds, runs)
+    feeds = measure.feeds(runners["a"].session, decoder=False, length=length, vocab=vocab)
+    ms = median_ms({name: functools.partial(r.run, feeds) for name, r in runners.items()}, rounds, runs)
     return ms["a"] / ms["b"]

@@ -231,7 +231,7 @@ def _layer_to_fall_back(
 
 def run_values(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every named float value of ``model`` (and its outputs), by one ONNX Runtime run."""
-    from llmc.backends.ort import run_model
+    from llmc.runtime.ort import run_model
 
     probe = model.clone()
     graph = probe.graph

@@ -38,6 +38,6 @@ def convert_for_build(
 def run_emulated(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of a float16 graph computed in float32 with a float16 rounding after every float16
     node: ONNX Runtime's CPU run keeps float32 between nodes, so overflows inside a chain hide."""
-    from llmc.backends.ort import run_model
+    from llmc.runtime.ort import run_model
 
     return run_model(emulate_float16(model), emulation_feeds(model, feeds))

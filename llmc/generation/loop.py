@@ -20,13 +20,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from llmc.backends.ort.errors import run_context
-from llmc.backends.ort.runner import OrtRunner
 from llmc.generation.decoder import DecoderLayout
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
 from llmc.generation.text import decode
+from llmc.runtime.ort.errors import run_context
+from llmc.runtime.ort.runner import OrtRunner
 
 
 class Stepper:

@@ -21,8 +21,6 @@ whole graph, and its fallback still moves nodes to level 0 and to int8.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +29,6 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 
-from llmc.backends.ort import OrtRunner, SessionConfig, create_session
 from llmc.int4.blocks import q4_minmax
 from llmc.int4.gate import Runner
 from llmc.int4.options import AUTO, Int4Options
@@ -43,6 +40,8 @@ from llmc.int4.quantize import (
     packable_groups,
     quantize_model,
 )
+from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
+from llmc.runtime.timing import median_ms
 
 TOLERANCE = 0.10  # a candidate's output error may exceed the most accurate one's by 10%
 BLOCKS = (32, 64, 128)
@@ -118,14 +117,8 @@ class Timer:
             create_session(ir.serde.serialize_model(model).SerializeToString(), SessionConfig())
         )
         feeds = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
-        for _ in range(5):
-            runner.run(feeds)
-        times = []
-        for _ in range(RUNS):
-            start = time.perf_counter()
-            runner.run(feeds)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e6
+        ms = median_ms({"group": lambda: runner.run(feeds)}, rounds=1, runs=RUNS, warmup=5, per_call=True)
+        return ms["group"] * 1e3
 
 
 def capture(model: ir.Model, feeds: list[dict[str, np.ndarray]], names: set[str]) -> dict[str, np.ndarray]:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from llmc.backends.ort import REFERENCE_CONFIG, OrtRunner, create_session
 from llmc.int4.options import Int4Options
 from llmc.model.compare import cosine, token_nll
 from llmc.model.feeds import cache_prefill, make_feeds, prefill_feeds, with_computed_cache
 from llmc.model.io import ort_model_source
+from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
 
 WINDOW = 128  # tokens per text window
 TEXT_WINDOWS = 16

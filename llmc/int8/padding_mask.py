@@ -94,9 +94,9 @@ def _single_graph_input(model: ir.Model, value: ir.Value) -> ir.Value | None:
 
 def _bias_session(model: ir.Model, bias: ir.Value, source: ir.Value):
     """An ONNX Runtime session computing ``bias`` from ``source`` alone."""
-    from llmc.backends.ort import SessionConfig, create_session
     from llmc.errors import LlmcError
     from llmc.model.io import ort_model_source
+    from llmc.runtime.ort import SessionConfig, create_session
 
     sub = model.clone()
     values = {v.name: v for node in sub.graph for v in node.outputs}

@@ -184,8 +184,8 @@ class _Capture:
     """An ORT session over a copy of the model whose extra outputs are the named tensors."""
 
     def __init__(self, model: ir.Model, names: list[str], threads: int, arena: bool = True) -> None:
-        from llmc.backends.ort import SessionConfig, create_session
         from llmc.model.io import ort_model_source
+        from llmc.runtime.ort import SessionConfig, create_session
 
         capture = model.clone() if names else model
         values = {v.name: v for node in capture.graph for v in node.outputs}

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from llmc.backends.ort.errors import run_context
 from llmc.int8.calibration_data import read_calibration_data
 from llmc.int8.lint import lint
 from llmc.int8.quantize import Progress, QuantizeOptions, quantize_model
+from llmc.runtime.ort.errors import run_context
 
 
 def quantize_for_build(

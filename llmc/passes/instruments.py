@@ -161,13 +161,13 @@ class DifferentialInstrument(Instrument):
         self.checked = 0
 
     def before_pipeline(self, model: ir.Model) -> None:
-        from llmc.backends.ort import run_model
+        from llmc.runtime.ort import run_model
 
         if self.reference is None:
             self.reference = run_model(model, self.feeds)
 
     def after_pass(self, record: PassRecord, model: ir.Model) -> None:
-        from llmc.backends.ort import run_model
+        from llmc.runtime.ort import run_model
 
         if not record.modified:
             return

@@ -150,8 +150,8 @@ def write_repository(artifact_path: str | Path, repo: str | Path, options: Trito
     """Write ``repo/NAME`` for the artifact at ``artifact_path``; returns that directory."""
     from google.protobuf import text_format
 
-    from llmc.compiler.artifact import read_artifact
     from llmc.model.files import MODEL_FILE, PLAN_FILE
+    from llmc.runtime.artifact import read_artifact
 
     options.check()
     artifact = read_artifact(artifact_path)  # the integrity contract first

@@ -9,8 +9,8 @@ import onnx.numpy_helper as onh
 import pytest
 
 from benchmarks import anchors
-from llmc.compiler.bench import BenchTarget, resolve_target, run_benchmark
 from llmc.errors import LlmcError
+from llmc.runtime.bench import BenchTarget, resolve_target, run_benchmark
 from tests.helpers import make_model
 
 F = onnx.TensorProto.FLOAT

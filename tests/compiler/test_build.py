@@ -10,9 +10,9 @@ import onnx_ir as ir
 import pytest
 
 import llmc
-from llmc.backends.ort import OrtRunner, SessionConfig, create_session
 from llmc.model import io as model_io
 from llmc.model.feeds import make_feeds, resolve_shapes
+from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
 MANIFEST_KEYS = {"llmc_version", "source", "target", "precision", "passes", "fusions",
                  "verification", "versions", "session"}
@@ -102,7 +102,7 @@ def test_over_protobuf_limit_saves_external(tiny_bert_legacy, tmp_path, monkeypa
 
 
 def test_sessions_of_large_models_are_created_from_a_file(tiny_bert_legacy, monkeypatch):
-    from llmc.backends.ort import run_model
+    from llmc.runtime.ort import run_model
 
     model = model_io.load_model(tiny_bert_legacy)
     feeds = make_feeds(model, resolve_shapes(model)[0])

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import llmc
-from llmc.backends.ort import run_model
 from llmc.compiler.options import BuildOptions
 from llmc.compiler.stages import prepare
 from llmc.model import io as model_io
 from llmc.model.feeds import cache_prefill, feeds_for, resolve_shapes
+from llmc.runtime.ort import run_model
 from tests.passes.test_fusion_numerics import _smollm2_dir
 
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import llmc
 import llmc.compiler.stages as stages
 from llmc.cli.main import app
-from llmc.compiler.output import OutputWriter
 from llmc.errors import LlmcError
+from llmc.model.output_dir import OutputWriter
 from tests.cli.test_bad_inputs import _assert_one_line_error
 
 runner = CliRunner()

@@ -17,12 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 import llmc
-import llmc.backends.trt as trt_package
-from llmc.backends.trt import detect, loader
-from llmc.backends.trt.profiles import parse_profile_specs
 from llmc.cli.main import app
-from llmc.compiler.engine import EngineSettings
 from llmc.errors import LlmcError
+from llmc.runtime.trt import detect
+from llmc.targets.trt import loader
+from llmc.targets.trt.config import EngineSettings
+from llmc.targets.trt.profiles import parse_profile_specs
 
 PROFILES = ["input_ids:1x4:1x16:2x32", "attention_mask:1x4:1x16:2x32"]
 
@@ -56,10 +56,8 @@ def fake_trt(monkeypatch, tmp_path):
 
 
 def _patch_detect(monkeypatch, name, value):
-    """Replace a detection function wherever callers may look it up: its module, the loader that
-    re-exports it, and the package face."""
-    for module in (detect, loader, trt_package):
-        monkeypatch.setattr(module, name, value)
+    """Replace a detection function in its module (callers look it up there at call time)."""
+    monkeypatch.setattr(detect, name, value)
 
 
 def _build(model, out, **engine):
@@ -90,7 +88,7 @@ def test_load_refuses_a_tampered_or_foreign_plan(fake_trt, tmp_path, tiny_bert_d
     artifact = _build(tiny_bert_dynamo, tmp_path / "a")
     plan = artifact.path / "model.plan"
     loaded = []
-    monkeypatch.setattr("llmc.backends.trt.runner.TrtRunner", lambda data, **kw: loaded.append(data) or _FakeRunner())
+    monkeypatch.setattr("llmc.runtime.trt.runner.TrtRunner", lambda data, **kw: loaded.append(data) or _FakeRunner())
     llmc.load(artifact.path)
     assert loaded == [plan.read_bytes()]
     # The ONNX side still runs in ONNX Runtime on request.
@@ -168,8 +166,8 @@ class _FakeRunner:
 
 
 def test_ort_tensorrt_ep_takes_the_same_profiles_and_builder_settings(tmp_path, tiny_bert_dynamo):
-    from llmc.backends.ort import SessionConfig
     from llmc.compiler.stages import _trt_ep_options
+    from llmc.runtime.ort import SessionConfig
 
     settings = EngineSettings(profiles=parse_profile_specs(PROFILES), optimization_level=5, workspace_bytes=1 << 30)
     config = SessionConfig(device="tensorrt", **_trt_ep_options(settings))
@@ -181,7 +179,7 @@ def test_ort_tensorrt_ep_takes_the_same_profiles_and_builder_settings(tmp_path, 
 
 
 def test_one_settings_class_for_the_cli_the_build_and_the_backend():
-    from llmc.backends.trt import EngineSettings as BackendSettings
+    from llmc.targets.trt.config import EngineSettings as BackendSettings
 
     assert EngineSettings is BackendSettings
     settings = EngineSettings(profiles=parse_profile_specs(PROFILES), workspace_bytes=1 << 20, optimization_level=2,

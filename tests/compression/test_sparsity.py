@@ -75,8 +75,8 @@ PROFILES = ["input_ids:1x4:1x16:2x32", "attention_mask:1x4:1x16:2x32"]
 
 
 def _trt_engine():
-    from llmc.backends.trt import parse_profile_specs
-    from llmc.compiler.engine import EngineSettings
+    from llmc.targets.trt.config import EngineSettings
+    from llmc.targets.trt.profiles import parse_profile_specs
 
     return EngineSettings(profiles=parse_profile_specs(PROFILES))
 

@@ -12,7 +12,6 @@ from onnx import numpy_helper as nh
 from typer.testing import CliRunner
 
 import llmc
-from llmc.backends.ort import run_model
 from llmc.cli.main import app
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds, convert_fp16, emulation_feeds, layer_of_nodes
@@ -20,6 +19,7 @@ from llmc.fp16.convert import Float16Pass, Fp16Options
 from llmc.fp16.emulate import emulate_float16
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
+from llmc.runtime.ort import run_model
 from tests.helpers import make_model
 
 HALF, FLOAT = ir.DataType.FLOAT16, ir.DataType.FLOAT

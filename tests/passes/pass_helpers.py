@@ -9,8 +9,8 @@ import onnx.helper as oh
 import onnx_ir as ir
 from onnx import TensorProto, numpy_helper
 
-from llmc.backends.ort import run_model
 from llmc.passes.registry import PassOptions, get_pass
+from llmc.runtime.ort import run_model
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64

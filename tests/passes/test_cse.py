@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from llmc.backends.ort import run_model
+from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import (
     apply,
     assert_outputs_equal,

@@ -10,10 +10,10 @@ import onnx.helper as oh
 import onnx_ir as ir
 import pytest
 
-from llmc.backends.ort import run_model
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import default_pipeline
 from llmc.passes.registry import PassOptions
+from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import I64, F, const, node, vi
 
 

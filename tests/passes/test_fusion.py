@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 import llmc
-from llmc.backends.ort import run_model
 from llmc.cli.main import app
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
@@ -24,6 +23,7 @@ from llmc.passes.fusion.families import FAMILIES, families_for
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import default_pipeline
 from llmc.passes.registry import PassOptions
+from llmc.runtime.ort import run_model
 from tests.helpers import make_model
 
 F = onnx.TensorProto.FLOAT

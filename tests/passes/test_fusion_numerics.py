@@ -24,13 +24,13 @@ import os
 import numpy as np
 import pytest
 
-from llmc.backends.ort import run_model
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import default_pipeline
 from llmc.passes.registry import PassOptions
+from llmc.runtime.ort import run_model
 from tests.helpers import TINY_LLAMA
 
 
@@ -42,7 +42,7 @@ def _fuse(model, fusions: tuple[tuple[str, bool], ...] = ()):
 
 def _ort_all(model, feeds):
     """The unfused graph under ONNX Runtime's own ENABLE_ALL rewrites (one thread)."""
-    from llmc.backends.ort import SessionConfig
+    from llmc.runtime.ort import SessionConfig
 
     config = dataclasses.replace(SessionConfig(), graph_optimization_level="all", intra_op_num_threads=1)
     return run_model(model, feeds, config)

@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 
-from llmc.backends.ort import run_model
+from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import (
     F,
     apply,

@@ -8,7 +8,6 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from llmc.backends.ort import run_model
 from llmc.errors import LlmcError
 from llmc.passes import registry
 from llmc.passes.instruments import (
@@ -29,6 +28,7 @@ from llmc.passes.pipeline import (
     parse_pipeline,
 )
 from llmc.passes.registry import TARGETS, PassInfo, PassOptions, all_passes, get_pass
+from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import build, op_types, vi
 
 F = TensorProto.FLOAT

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from llmc.backends.ort import run_model
+from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import (
     I64,
     F,

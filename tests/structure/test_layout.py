@@ -16,9 +16,10 @@ PACKAGE = ROOT / "llmc"
 LAYERS = [
     {"llmc.errors", "llmc.version"},
     {"llmc.model"},
-    {"llmc.backends"},
+    {"llmc.runtime"},  # sessions, Runner, load, padding execution, timing: what runs a model
     {"llmc.passes"},
-    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation", "llmc.padding"},
+    {"llmc.targets"},  # ort, trt: pipeline, fusion families, Q/DQ rules, finishing step (engine)
+    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation"},
     {"llmc.compiler"},
     {"llmc.compression"},  # prunes, distills, exports (llmc.export), builds to time (--target-speedup)
     {"llmc.serving"},  # runs and exports artifacts: above the compiler that writes them

@@ -93,9 +93,8 @@ def _evaluate(
     feeds: dict[str, np.ndarray] | None,
 ) -> dict[str, tuple[tuple[int, ...], ir.DataType]]:
     """Run the ops that compute ``names`` in ONNX Runtime and read their shapes."""
-    import onnxruntime as ort
-
     from llmc.model.feeds import make_feeds
+    from llmc.runtime.ort import SessionConfig, create_session
 
     graph = proto.graph
     needed = set(names)
@@ -124,13 +123,8 @@ def _evaluate(
             run_feeds[value.name] = _weight_array(model, value.name)
         else:
             run_feeds[value.name] = feeds[value.name]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(
-            cone_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = create_session(cone_model.SerializeToString(), SessionConfig(graph_optimization_level="disable"))
         arrays = session.run(names, run_feeds)
     except Exception as exc:
         first = " ".join(str(exc).split())[:300]

@@ -1,0 +1,192 @@
+"""The artifact directory: ``model.onnx`` (+ external data) and ``manifest.json``.
+
+``llmc.load(dir)`` refuses a directory whose manifest or files break the integrity contract
+(``llmc.runtime.integrity``: every file matches the sha256 recorded at build time), and re-applies the recorded ONNX Runtime session options. A ``trt`` artifact with
+an engine runs ``model.plan`` in TensorRT, after ``llmc.runtime.trt.trust.verify_plan`` has
+checked its HMAC (key outside the artifact), TensorRT version and GPU: a serialized engine is
+executable code, so a plan that fails any check is refused, never loaded. ``engine=False``
+runs such an artifact's ONNX in ONNX Runtime instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmc.errors import LlmcError, first_line
+from llmc.model.files import MANIFEST_FILE, MODEL_FILE, PLAN_FILE
+from llmc.runtime.base import Runner as BackendRunner
+from llmc.runtime.integrity import check_files, check_manifest
+
+
+@dataclasses.dataclass
+class Artifact:
+    """What ``llmc.build`` returns: the directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def load(self, **kwargs: Any) -> Runner:
+        """``llmc.runtime.artifact.load`` of this artifact (``llmc.load`` adds generation)."""
+        return load(self.path, **kwargs)
+
+    def session_config(self, **overrides: Any) -> Any:
+        """The ONNX Runtime session options the artifact was built with (``overrides`` on top);
+        recorded options that make no SessionConfig are a manifest error, in one line."""
+        from llmc.runtime.ort import SessionConfig
+
+        options = {**self.manifest.get("session", {}).get("options", {}), **overrides}
+        try:
+            return SessionConfig.from_dict(options)
+        except (LlmcError, TypeError, ValueError, AttributeError) as exc:
+            raise LlmcError(
+                f"{self.path / MANIFEST_FILE}: 'session.options' is invalid ({first_line(exc)}); this is not a "
+                "manifest llmc wrote (or it was edited): rebuild the artifact with `llmc build`"
+            ) from None
+
+
+class Runner:
+    """Runs a built artifact: ``run(feeds) -> {output name: array}``; ``padding`` says whether an
+    encoder's padding is skipped (``llmc.runtime.padding``: ``trim``, ``bucket``) or computed (``off``)."""
+
+    def __init__(self, artifact: Artifact, runner: BackendRunner, padding: Any = None) -> None:
+        self.artifact = artifact
+        self._runner = runner
+        self._padded = padding  # llmc.runtime.padding.PaddedRunner or None
+
+    @property
+    def padding(self) -> str:
+        return self._padded.mode if self._padded is not None else "off"
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._runner.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._runner.output_names
+
+    @property
+    def session(self) -> Any:
+        """What runs the model: an ONNX Runtime ``InferenceSession`` or a TensorRT engine."""
+        return self._runner.session
+
+    @property
+    def backend(self) -> str:
+        return self._runner.backend
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._padded is not None:
+            return self._padded.run(feeds)
+        return self._runner.run(feeds)
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """``path/manifest.json``, strict JSON (no NaN/Infinity), written to a new file then renamed."""
+    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    partial = path / f".{MANIFEST_FILE}.partial"
+    partial.write_text(text)
+    os.replace(partial, path / MANIFEST_FILE)
+
+
+def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
+    """The artifact at ``path``; ``check`` (always, outside the build) enforces the integrity
+    contract: a manifest llmc wrote, and every file matching its recorded sha256."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir() or not manifest_path.is_file():
+        raise LlmcError(f"{path}: not an llmc artifact (no {MANIFEST_FILE}); build one with `llmc build`")
+    if manifest_path.is_symlink():
+        raise LlmcError(f"{manifest_path}: is a symlink; an artifact's files are never links, rebuild it")
+    try:
+        manifest = json.loads(manifest_path.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise LlmcError(f"{manifest_path}: not valid JSON ({first_line(str(exc))}); rebuild the artifact") from None
+    if check:
+        check_manifest(path, manifest)
+        check_files(path, manifest)
+    elif not (path / MODEL_FILE).is_file():
+        raise LlmcError(f"{path}: {MODEL_FILE} is missing; rebuild the artifact")
+    return Artifact(path, manifest)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load(
+    path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None,
+    padding: str = "auto", runner: type[Runner] | None = None,
+) -> Runner:
+    """Open an artifact for inference with the session options it was built with.
+
+    ``engine``: None runs a built TensorRT engine when the artifact has one (verified first),
+    True requires it, False runs the ONNX model in ONNX Runtime. ``padding`` (ONNX Runtime
+    encoders): ``auto`` skips padding the way the build measured to keep every real position's
+    outputs (``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket`` or ``off`` as asked.
+    ``runner``: the :class:`Runner` subclass to return (``llmc.load`` adds generation).
+    """
+    from llmc.runtime.ort import OrtRunner, create_session
+
+    runner = runner or Runner
+    artifact = read_artifact(path)
+    section = artifact.manifest.get("engine")
+    if engine or (engine is None and section and section.get("built")):
+        if padding not in ("auto", "off"):
+            raise LlmcError(f"padding='{padding}' runs in ONNX Runtime; load {path} with engine=False for it")
+        return runner(artifact, _trt_runner(artifact))
+    if engine is None:
+        check_plan_file(artifact.path)  # an unsigned plan beside an ONNX-only artifact
+    overrides: dict[str, Any] = {}
+    if device is not None:
+        overrides["device"] = device
+    if threads is not None:
+        overrides["intra_op_num_threads"] = threads
+    config = artifact.session_config(**overrides)
+    backend = OrtRunner(create_session(artifact.model_path, config))
+    return runner(artifact, backend, padded_runner(artifact, backend.run, padding))
+
+
+def check_plan_file(path: Path) -> None:
+    """A stray ``model.plan`` in an artifact built with --no-engine is refused, never run."""
+    if (path / PLAN_FILE).exists():
+        raise LlmcError(
+            f"{path / PLAN_FILE}: the manifest records no engine built by llmc; refusing to load an "
+            "unsigned plan (a serialized engine is executable code); delete it or rebuild on a GPU host"
+        )
+
+
+def padded_runner(artifact: Artifact, run: Any, padding: str) -> Any:
+    """The :class:`llmc.runtime.padding.PaddedRunner` ``padding`` asks for on ``artifact``, or None."""
+    from llmc.runtime.padding.execute import PaddedRunner
+    from llmc.runtime.padding.select import choose
+
+    mode, layout = choose(artifact.manifest, padding, str(artifact.path))
+    return PaddedRunner(run, layout, mode) if layout is not None else None
+
+
+def _trt_runner(artifact: Artifact) -> BackendRunner:
+    from llmc.runtime.trt import detect
+    from llmc.runtime.trt.runner import TrtRunner
+    from llmc.runtime.trt.trust import verify_plan
+
+    section = artifact.manifest.get("engine")
+    if not section or not section.get("built"):
+        raise LlmcError(
+            f"{artifact.path} has no TensorRT engine (built with --no-engine or for --target ort); "
+            "rebuild with --target trt on a GPU host, or load it with engine=False"
+        )
+    verify_plan(artifact.path, section)  # manifest, key and HMAC first: they need no TensorRT
+    trt_version = detect.tensorrt_version()  # one clear line when TensorRT is missing
+    capability = str(detect.device_info()["compute_capability"])
+    plan = verify_plan(artifact.path, section, trt_version=trt_version, compute_capability=capability)
+    return TrtRunner(plan, host_code_allowed=bool(section.get("flags", {}).get("version_compatible")))

@@ -1,0 +1,32 @@
+"""Which padding mode a loaded artifact runs with: what was asked, against what its build measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmc.errors import LlmcError
+from llmc.runtime.padding.execute import MODES
+from llmc.runtime.padding.layout import PaddingLayout
+
+
+def choose(manifest: dict[str, Any], mode: str, origin: str) -> tuple[str, PaddingLayout | None]:
+    """``(mode, layout)`` to run with. ``auto``: bucket if the build measured it safe, else trim if
+    safe, else off; ``trim``/``bucket`` as asked where the layout allows it (one error line where
+    it cannot apply); ``off``: every position computed."""
+    if mode not in MODES:
+        raise LlmcError(f"padding must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "off":
+        return "off", None
+    section = manifest.get("padding")
+    if not isinstance(section, dict) or not section.get("applies"):
+        if mode == "auto":
+            return "off", None
+        why = section.get("reason") if isinstance(section, dict) else "its build did not measure padding (rebuild it)"
+        raise LlmcError(f"{origin}: padding '{mode}' does not apply: {why}; load it with padding='off'")
+    layout = PaddingLayout.from_dict(section)
+    if mode == "auto":
+        chosen = "bucket" if section["bucket"]["safe"] else "trim" if section["trim"]["safe"] else "off"
+        return chosen, layout if chosen != "off" else None
+    if mode == "bucket" and not layout.rows_separable:
+        raise LlmcError(f"{origin}: padding 'bucket' needs a batch axis on every output; use padding='trim'")
+    return mode, layout
