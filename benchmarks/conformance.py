@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from llmc.compiler.stages import target_passes
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
 
 
@@ -104,7 +104,7 @@ def compile_default(model: onnx.ModelProto) -> onnx.ModelProto:
     """The default ORT pipeline on an in-memory model, as ``llmc build`` runs it."""
     ir_model = ir.serde.deserialize_model(model)
     model_io.normalize(ir_model)
-    PassManager(default_pipeline("ort")).run(ir_model)
+    PassManager(*target_passes("ort")).run(ir_model)
     model_io.normalize(ir_model)
     return ir.serde.serialize_model(ir_model)
 

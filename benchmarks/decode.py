@@ -70,7 +70,7 @@ def export_dir(model: str) -> Path:
 def artifact(model: str, system: str) -> Path:
     """The llmc build of ``system`` (cached; see BUILDS)."""
     import llmc
-    from llmc.int4.options import Int4Options
+    from llmc.weight_only.options import Int4Options
 
     out = CACHE / f"{model}-{system}"
     if not (out / "manifest.json").exists():
@@ -368,7 +368,7 @@ SWEEP = {  # label -> Int4Options fields; the gate is opened so each row is the 
 def sweep(model: str) -> str:
     """Every SWEEP setting built (gate open), its perplexity / top-1 vs fp32 and b1@128 ms/token."""
     import llmc
-    from llmc.int4.options import Int4Options
+    from llmc.weight_only.options import Int4Options
 
     stream = token_stream(model, 4096 + WINDOWS * WINDOW)
     windows = [stream[4096 + i * WINDOW : 4096 + (i + 1) * WINDOW] for i in range(WINDOWS)]

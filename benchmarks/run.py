@@ -35,6 +35,7 @@ from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families
 from llmc.runtime.bench import BenchTarget, resolve_target, run_benchmark
+from llmc.targets.ort import ORT
 
 BENCH = models.CACHE.parent / "bench"
 SEQUENCE, PAST = 128, 128
@@ -215,7 +216,7 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
     """Default artifact vs each relevant family flipped, batch 1 (prefill for decoders)."""
     source = spec.export(dynamo=True)
     default = build(spec, source)
-    enabled, disabled = enabled_families("ort", "cpu")
+    enabled, disabled = enabled_families(ORT.name, ORT.fusions, "cpu")
     fired = set(
         default.manifest["passes"][[r["name"] for r in default.manifest["passes"]].index("fuse")]["stats"]
     )

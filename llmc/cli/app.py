@@ -20,6 +20,7 @@ from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from llmc.errors import LlmcError
+from llmc.model.shape_specs import ASSUMED_DIMS
 
 try:  # typer >= 0.24 vendors click as typer._click; earlier versions use click itself
     from typer._click import exceptions as _usage
@@ -136,8 +137,6 @@ def user_errors(fn):
     return wrapper
 
 
-# The effective default of --shape when it is not given (llmc.model.feeds.resolve_shapes).
-ASSUMED_DIMS = "symbolic dims assumed: 1 on axis 0, 128 elsewhere"
 
 ShapeOpt = Annotated[
     Optional[list[str]],

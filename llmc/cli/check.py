@@ -64,7 +64,8 @@ def _artifact_model(path: Path) -> Path:
 
 def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[dict[str, Any] | None, float]:
     """ARTIFACT's manifest (None for a plain model) and the tolerance: given, or its precision's."""
-    from llmc.compiler.options import TOLERANCE
+    from llmc.compiler.registry import precision_of
+    from llmc.spec.precision import FP32
 
     manifest = None
     if path.is_dir():
@@ -73,8 +74,7 @@ def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[dict[str,
         manifest = read_artifact(path, check=False).manifest  # checked by _artifact_model already
     if tolerance is not None:
         return manifest, tolerance
-    precision = (manifest or {}).get("precision", "fp32")
-    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
-    if tolerance != TOLERANCE["fp32"]:
-        print_precision_tolerance(precision, tolerance)
-    return manifest, tolerance
+    precision = precision_of(manifest) if manifest is not None else FP32
+    if precision.tolerance != FP32.tolerance:
+        print_precision_tolerance(precision.name, precision.tolerance)
+    return manifest, precision.tolerance

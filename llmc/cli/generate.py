@@ -78,7 +78,7 @@ def perplexity(
 ) -> None:
     """Perplexity of a text file under a decoder artifact, over sliding windows of its context."""
     from llmc.generation import perplexity as score
-    from llmc.generation.text import encode, load_tokenizer
+    from llmc.model.text import encode, load_tokenizer
 
     if not text.is_file():
         raise LlmcError(f"--text {text}: no such file")

@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from llmc.cli.app import ASSUMED_DIMS, JsonOpt, app, console, user_errors
+from llmc.cli.app import JsonOpt, app, console, user_errors
 from llmc.cli.render import print_memory, print_summary
 from llmc.errors import LlmcError
+from llmc.model.shape_specs import ASSUMED_DIMS
 
 
 @app.command()

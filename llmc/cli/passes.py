@@ -10,11 +10,11 @@ from llmc.cli.render import print_passes
 @user_errors
 def list_passes() -> None:
     """List the registered passes and the default pipeline of each target."""
-    from llmc.passes.pipeline import DEFAULT_PIPELINES
+    from llmc.compiler.registry import TARGETS
     from llmc.passes.registry import all_passes
 
     # The registry lists passes in import order: take it before the fusion families are imported.
     passes = all_passes()
     from llmc.passes.fusion.families import FAMILIES
 
-    print_passes(passes, DEFAULT_PIPELINES, FAMILIES)
+    print_passes(passes, TARGETS, FAMILIES)

@@ -15,6 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmc.cli.app import console
+from llmc.compiler.registry import chain_of, precision_of
+from llmc.model.files import mib
+from llmc.spec.precision import FP32
 
 
 class Progress:
@@ -63,10 +66,9 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
     console.print(f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; {_verified(manifest)}")
     _print_fusion(manifest, explain_fusion)
     _print_build_memory(manifest.get("memory"))
-    if "quantization" in manifest:
-        _print_quantization(manifest["quantization"])
-    if "fp16" in manifest:
-        _print_fp16(manifest["fp16"])
+    for precision in chain_of(manifest):  # each precision step's own section, in its words
+        for line in precision.describe(manifest.get(precision.manifest_section) or {}):
+            console.print(line)
     if "engine" in manifest:
         _print_engine(manifest["engine"])
     cache = manifest.get("cache")
@@ -80,35 +82,14 @@ def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = Fal
 
 
 def _verified(manifest: dict[str, Any]) -> str:
-    """What the build checked against the source model (the manifest's ``verification``)."""
+    """What the build checked against the source model (the manifest's ``verification``), in its
+    precision's words."""
     v = manifest["verification"]
     errors = (
         f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}, "
         f"cosine min {v['cosine_min']:.6f}"
     )
-    if "quantization" in manifest:
-        # The tolerance judged the fp32 graph the passes wrote; the quantized graph has its own check.
-        judged = "int4 judged by its perplexity / agreement gate" if _is_int4(manifest) else "int8 judged by its accuracy budget"
-        return f"the passes' fp32 graph verified against the source: {errors}; {judged}"
-    if manifest.get("precision") == "fp16":
-        return f"verified against the source (float16 emulated on CPU): {errors}"
-    return f"verified against the source: {errors}"
-
-
-def _print_fp16(f: dict[str, Any]) -> None:
-    check = f["check"]
-    console.print(
-        f"float16: {f['nodes']['fp16']} node(s) in float16, {f['nodes']['fp32']} in float32, {f['casts']} cast(s); "
-        f"worst layer drift {check['worst_layer_error']:.3g} over {check['layers']} layers (CPU emulation)"
-    )
-    for reason, group in f["fp32_islands"].items():
-        if not reason.startswith("fed only") and not reason.startswith("layout op"):
-            console.print(f"  float32 x{group['count']}: {escape(reason)}")
-    for r in f["fallback"]:
-        console.print(f"  numeric check: layer {r['layer']} ({r['nodes']} nodes) back to float32: {escape(r['finding'])}")
-    w = f["weights"]
-    if w["clamped"] or w["flushed"]:
-        console.print(f"  weights: {w['clamped']} value(s) clamped to float16's range, {w['flushed']} flushed to 0")
+    return precision_of(manifest).verified_line(errors)
 
 
 def _print_engine(e: dict[str, Any]) -> None:
@@ -129,89 +110,15 @@ def _print_build_memory(memory: dict[str, Any] | None) -> None:
         console.print(f"memory: not planned ({escape(memory['error'])})")
         return
     order = (
-        f"reordered ({memory['scheduler']}): lower bound {_mib(memory['lower_bound_before_reorder_bytes'])} -> "
-        f"{_mib(memory['lower_bound_bytes'])}"
+        f"reordered ({memory['scheduler']}): lower bound {mib(memory['lower_bound_before_reorder_bytes'])} -> "
+        f"{mib(memory['lower_bound_bytes'])}"
         if memory["order_changed"]
         else "graph order kept (no schedule lowers the peak)"
     )
     console.print(
-        f"memory at the verification shapes: activation arena {_mib(memory['arena_bytes'])} (lower bound "
-        f"{_mib(memory['lower_bound_bytes'])}, no reuse {_mib(memory['naive_bytes'])}), weights "
-        f"{_mib(memory['weights_bytes'])}; peak at {escape(str(memory['peak_node']))}; {order}"
-    )
-
-
-def _is_int4(manifest: dict[str, Any] | None) -> bool:
-    return bool(((manifest or {}).get("quantization") or {}).get("weight_only"))
-
-
-def _int4_measured(q: dict[str, Any]) -> str:
-    gate = q["gate"]
-    if gate["metric"] == "perplexity":
-        return (
-            f"perplexity {gate['perplexity']:.3f} vs fp32 {gate['perplexity_fp32']:.3f} "
-            f"({100 * gate['increase']:+.2f}%, limit +{100 * gate['max_increase']:g}%), top-1 agreement "
-            f"{gate['top1_agreement']:.4f} (minimum {gate['min_top1_agreement']}) over {gate['positions']} positions "
-            f"of {gate['on']}"
-        )
-    return f"worst output cosine {gate['value']:.4f} with fp32 on {gate['samples']} seeded samples"
-
-
-def _print_int4(q: dict[str, Any]) -> None:
-    sizes = q["weights_bytes"]
-    counts = ", ".join(f"{n} {p}" for p, n in q["nodes_by_precision"].items())
-    settings = (
-        f"int4 ({q['method']}, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
-        f"accuracy_level {q['accuracy_level']}; MatMulNBits)"
-        if q["precision"] == "int4"
-        else f"int8 weight-only (block {q['block_size']}, Q8_0 rounding, accuracy_level 4; MatMulNBits)"
-    )
-    console.print(
-        f"{settings}: MatMuls {counts}; LM head {q['lm_head']}; "
-        f"{len(q['embeddings'])} embedding(s) int8; weights {_mib(sizes['before'])} -> {_mib(sizes['after'])}"
-    )
-    console.print(f"  {_int4_measured(q)}")
-    if q.get("per_node_choice"):
-        chosen = ", ".join(f"{n} {s}" for s, n in q.get("int4_nodes_by_setting", {}).items())
-        chosen = chosen or "none left int4 after the fallback"
-        console.print(f"  per-node int4 settings (measured): {chosen}; see manifest 'per_node_choice'")
-    if len(q["attempts"]) > 1:
-        console.print(f"  gate passed after {len(q['attempts']) - 1} fallback step(s); see manifest 'attempts'")
-    for node in q["nodes"]:
-        if node["precision"] == "float" and not node["reason"].startswith("B is computed"):
-            console.print(f"  float: {escape(node['node'])}: {escape(node['reason'])}")
-
-
-def _print_quantization(q: dict[str, Any]) -> None:
-    if q.get("weight_only"):
-        _print_int4(q)
-        return
-    acc = q["accuracy"]
-    console.print(
-        f"int8 ({q['method']} calibration, {q['samples']['calibration']} samples"
-        f"{', statistics reused' if q['statistics']['reused'] else ''}; activations {q['activations']}, "
-        f"weights {q['weights']}): {q['nodes_quantized']} node(s) quantized, {q['nodes_float']} in float"
-    )
-    if acc.get("holdout"):
-        console.print(
-            f"  accuracy on {acc['holdout']} held-out samples: cosine mean {acc['cosine_mean']:.5f}, "
-            f"worst {acc['cosine_worst']:.5f} (budget: mean >= {acc['budget']})"
-        )
-    else:
-        console.print(f"  accuracy: {acc['note']}")
-    for node in q["nodes"]:
-        if node["precision"] == "float":
-            console.print(f"  float: {escape(node['node'])} ({node['op_type']}): {escape(node['reason'])}")
-    modes: dict[str, int] = {}
-    for node in q["nodes"]:
-        if node["precision"] == "int8":
-            key = f"{node['activations']}" + (f", smooth alpha {node['smooth_alpha']}" if node["smooth_alpha"] else "")
-            modes[key] = modes.get(key, 0) + 1
-    if modes:
-        console.print("  int8 nodes: " + "; ".join(f"{k} x{n}" for k, n in modes.items()))
-    console.print(
-        f"  calibration {q['calibration_seconds']:.1f} s, accuracy budget {q['budget_seconds']:.1f} s, "
-        f"peak RSS {q['peak_rss_mb']:.0f} MB"
+        f"memory at the verification shapes: activation arena {mib(memory['arena_bytes'])} (lower bound "
+        f"{mib(memory['lower_bound_bytes'])}, no reuse {mib(memory['naive_bytes'])}), weights "
+        f"{mib(memory['weights_bytes'])}; peak at {escape(str(memory['peak_node']))}; {order}"
     )
 
 
@@ -253,10 +160,6 @@ def _short(text: str, limit: int = 140) -> str:
 # -- llmc inspect --memory -------------------------------------------------------------------
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.2f} MiB" if n >= 2**20 or n == 0 else f"{n / 1024:,.1f} KiB"
-
-
 def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> None:
     """One column per shape set of ``llmc inspect --memory`` (llmc.passes.memory.planner)."""
     table = Table(title=f"memory plan of {escape(str(path))} ({analysis.alignment}-byte alignment)", box=box.SIMPLE_HEAD)
@@ -270,30 +173,30 @@ def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> No
     def row(label: str, fn) -> None:
         table.add_row(label, *[fn(d) for d in sets])
 
-    row("activation arena", lambda d: _mib(d["arena_bytes"]))
-    row("lower bound", lambda d: _mib(d["lower_bound_bytes"]))
+    row("activation arena", lambda d: mib(d["arena_bytes"]))
+    row("lower bound", lambda d: mib(d["lower_bound_bytes"]))
     row("arena / lower bound", lambda d: f"{d['arena_bytes'] / max(d['lower_bound_bytes'], 1):.4f}")
-    row("no-reuse total", lambda d: _mib(d["naive_bytes"]))
-    row("lower bound, graph order", lambda d: _mib(d["lower_bound_graph_order_bytes"]))
+    row("no-reuse total", lambda d: mib(d["naive_bytes"]))
+    row("lower bound, graph order", lambda d: mib(d["lower_bound_graph_order_bytes"]))
     row(
         f"reordered ({scheduler}) / graph order",
         lambda d: f"{d['lower_bound_bytes'] / max(d['lower_bound_graph_order_bytes'], 1):.4f}",
     )
-    row("lower bound with in-place reuse", lambda d: f"{_mib(d['lower_bound_inplace_bytes'])} ({d['inplace_candidates']} ops)")
-    row("weights", lambda d: _mib(d["weights_bytes"]))
-    row("graph inputs", lambda d: _mib(d["inputs_bytes"]))
-    row("graph outputs", lambda d: _mib(d["outputs_bytes"]))
+    row("lower bound with in-place reuse", lambda d: f"{mib(d['lower_bound_inplace_bytes'])} ({d['inplace_candidates']} ops)")
+    row("weights", lambda d: mib(d["weights_bytes"]))
+    row("graph inputs", lambda d: mib(d["inputs_bytes"]))
+    row("graph outputs", lambda d: mib(d["outputs_bytes"]))
     row(
         "total (weights + inputs + outputs + arena)",
-        lambda d: _mib(d["weights_bytes"] + d["inputs_bytes"] + d["outputs_bytes"] + d["arena_bytes"]),
+        lambda d: mib(d["weights_bytes"] + d["inputs_bytes"] + d["outputs_bytes"] + d["arena_bytes"]),
     )
     if any("kv_cache" in d for d in sets):
         row("KV cache after this step", lambda d: _kv(d.get("kv_cache")))
-        row("KV cache per token and sequence", lambda d: _mib(d["kv_cache"].get("bytes_per_token", 0)) if "kv_cache" in d else "-")
+        row("KV cache per token and sequence", lambda d: mib(d["kv_cache"].get("bytes_per_token", 0)) if "kv_cache" in d else "-")
     row("peak at node", lambda d: f"{d['peak_node']} ({d['peak_op_type']})")
     console.print(table)
     for s, d in zip(analysis.sets, sets, strict=True):
-        top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {_mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
+        top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
         label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
         console.print(f"largest tensors at the peak ({escape(label)}): {escape(top)}", soft_wrap=True)
     for a in assumed:
@@ -307,7 +210,7 @@ def _kv(kv: dict[str, int] | None) -> str:
     if kv is None:
         return "-"
     tokens = f" ({kv['tokens']} tokens)" if "tokens" in kv else ""
-    return f"{_mib(kv['present_bytes'])}{tokens}"
+    return f"{mib(kv['present_bytes'])}{tokens}"
 
 
 # -- llmc inspect, passes, check, bench ------------------------------------------------------
@@ -344,23 +247,24 @@ def print_summary(info: dict[str, Any], top: int) -> None:
         console.print(f"2:4 sparse matrix-product weights: {found['sparse_2_4']} of {found['weights']}{dense}")
 
 
-def print_passes(passes: Any, pipelines: dict[str, str], families: Any) -> None:
+def print_passes(passes: Any, targets: dict[str, Any], families: Any) -> None:
     """The pass registry, the default pipeline per target and the fusion families."""
     table = Table(title="passes")
-    for col in ("name", "targets", "description"):
+    for col in ("name", "description"):
         table.add_column(col)
     for info in passes:
-        table.add_row(info.name, ",".join(info.targets), info.description)
+        table.add_row(info.name, info.description)
     console.print(table)
-    for target, text in pipelines.items():
-        console.print(f"default pipeline for {target}: {text}")
+    for target in targets.values():
+        console.print(f"default pipeline for {target.name}: {target.pipeline}")
     fusions = Table(title="fusion families (pass 'fuse'; --enable-fusion / --disable-fusion NAME)")
     for col in ("name", "targets", "produces", "off by default on", "description"):
         fusions.add_column(col)
     for family in families:
-        off = ", ".join(f"{t}/{d}" for t, d in family.off_by_default) or "-"
+        uses = {t.name: u for t in targets.values() for u in t.fusions if u.name == family.name}
+        off = ", ".join(f"{name}/{device}" for name, use in uses.items() for device in use.off_by_default) or "-"
         produces = ", ".join(p.split("::")[1] for p in family.produces) or "-"
-        fusions.add_row(family.name, ",".join(family.targets), produces, off, family.description)
+        fusions.add_row(family.name, ",".join(uses), produces, off, family.description)
     console.print(fusions)
 
 
@@ -387,36 +291,20 @@ def print_precision_tolerance(precision: str, tolerance: float) -> None:
 
 def print_precision_hint(manifest: dict[str, Any] | None, result: Any) -> None:
     """Why an fp16/int8 artifact can miss the tolerance, what its build measured, what to pass."""
-    precision = (manifest or {}).get("precision", "fp32")
-    if precision == "fp32":
+    if manifest is None or precision_of(manifest) is FP32:
         return
+    precision = precision_of(manifest)
     worst = max((o.max_rel_error for o in result.outputs), default=0.0)
     loose = 10 ** math.ceil(math.log10(worst)) if worst > 0 else 1e-4
-    q = (manifest or {}).get("quantization")
-    if q is not None and _is_int4(manifest):
-        console.print(
-            f"ARTIFACT is an int4 build: it is not meant to match within fp32's tolerance; its build measured "
-            f"{_int4_measured(q)}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g})"
+    section = manifest.get(precision.manifest_section) if precision.manifest_section else None
+    note = precision.mismatch_note(section, worst, loose)
+    if note is None:
+        built = manifest["verification"].get("tolerance")
+        note = (
+            f"ARTIFACT is an {precision.name} build (verified at tolerance {built}); compare it with --tolerance "
+            f"{loose:g} (this run's worst max rel error {worst:.3g})"
         )
-        return
-    if q is not None:
-        acc = q["accuracy"]
-        measured = (
-            f"cosine mean {acc['cosine_mean']:.5f}, worst {acc['cosine_worst']:.5f} to fp32 on {acc['holdout']} "
-            f"held-out samples (budget: mean >= {acc['budget']})"
-            if acc.get("holdout") else acc.get("note", "no accuracy measured")
-        )
-        console.print(
-            f"ARTIFACT is an int8 build: it is not meant to match within fp32's tolerance; its build measured "
-            f"{measured}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g}) "
-            "or read the cosine column"
-        )
-        return
-    built = manifest["verification"].get("tolerance") if manifest else None
-    console.print(
-        f"ARTIFACT is an {precision} build (verified at tolerance {built}); compare it with --tolerance {loose:g} "
-        f"(this run's worst max rel error {worst:.3g})"
-    )
+    console.print(note)
 
 
 def print_benchmark(results: list[Any], runs: int) -> None:

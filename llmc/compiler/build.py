@@ -17,20 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from llmc.compiler.cache import BuildCache, cache_disabled, digest_key, external_data
-from llmc.compiler.options import BuildOptions, output_dir
+from llmc.compiler.request import BuildRequest, make_request, output_dir
 from llmc.errors import LlmcError
-from llmc.fp16.options import Fp16Options
-from llmc.int4.options import Int4Options
-from llmc.int8.options import QuantizeOptions
 from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, companion_files, sha256_file
 from llmc.model.output_dir import OutputWriter, check_output
-from llmc.passes.options import PassOptions
 from llmc.runtime.artifact import Artifact, write_manifest
 from llmc.runtime.integrity import check_manifest
-from llmc.targets.trt.config import EngineSettings
 from llmc.version import __version__
 
 if TYPE_CHECKING:  # the stages import onnx and ONNX Runtime: only on a cache miss
@@ -49,68 +42,44 @@ def build(
     precision: str = "fp32",
     output: str | Path | None = None,
     *,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    inputs: str | Path | dict[str, np.ndarray] | None = None,
-    passes: str | None = None,
-    disable_passes: list[str] | tuple[str, ...] = (),
-    device: str = "cpu",
-    threads: int = 0,
-    verify_each: bool = False,
-    diff_each: bool = False,
-    dump_ir_after: list[str] | tuple[str, ...] = (),
-    dump_dir: str | Path | None = None,
-    tolerance: float | None = None,
-    external_data: bool | None = None,
-    seed: int = 0,
-    options: PassOptions | None = None,
-    fusions: dict[str, bool] | None = None,
-    calibration_data: str | Path | None = None,
-    tokenizer: str | Path | None = None,
-    quantization: QuantizeOptions | None = None,
-    no_engine: bool = False,
-    fp16: Fp16Options | None = None,
-    int4: Int4Options | None = None,
-    weight_only: bool = False,
-    engine: EngineSettings | None = None,
-    alignment: int = 64,
-    cache: bool = True,
     log: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    **options: Any,
 ) -> Artifact:
     """Compile ``model`` for ``target`` into the directory ``output``; return the Artifact.
+
+    ``options`` are the build options of ``llmc build`` by their Python names (the option table,
+    :func:`llmc.compiler.request.table`: ``shapes``, ``inputs``, ``passes``, ``disable_passes``,
+    ``device``, ``threads``, ``tolerance``, ``seed``, ``fusions``, ``calibration_data``,
+    ``calibration_samples``, ``block_size``, ``keep_fp32``, ``profiles``...), or a section's
+    settings object by its name: ``quantization`` (:class:`llmc.int8.options.QuantizeOptions`),
+    ``int4`` (:class:`llmc.weight_only.options.Int4Options`), ``fp16``
+    (:class:`llmc.fp16.options.Fp16Options`), ``engine``
+    (:class:`llmc.targets.trt.config.EngineSettings`).
 
     ``fusions`` turns fusion families on/off against the target's measured defaults
     (``{"skip_layer_norm": True}``); see ``llmc passes`` for their names.
     ``precision="int8"`` calibrates on ``calibration_data`` (a directory of .npz feeds, one
-    stacked .npz, or a text file with ``tokenizer``) under ``quantization`` options; the
-    artifact is then checked against the fp32 graph on held-out samples (cosine budget) instead
-    of the exact tolerance. ``precision="fp16"`` (``trt``, or ``ort`` on a GPU device) converts
-    to float16 with float32 islands (``fp16`` options) and checks it on a CPU emulation of
-    float16 against ``tolerance`` (default 1e-2); ``trt`` int8 runs what is not int8 in float16.
-    ``precision="int4"`` (target ``ort``) stores MatMul weights as 4-bit blocks (``MatMulNBits``;
-    ``int4`` options: method, block size, accuracy level, LM head and embedding precision), and
-    ``precision="int8", weight_only=True`` as 8-bit blocks; both are gated on perplexity and
-    top-1 agreement with the fp32 graph, falling back node by node (``llmc.int4.stage``).
-    ``target="trt"`` builds a TensorRT engine (``engine`` settings: profiles, workspace, caches)
-    into ``model.plan``, signed in the manifest; ``no_engine=True`` writes only the
-    TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded
-    in the manifest's ``memory`` (planned for the shapes of the verification inputs).
-    ``cache=False`` (or ``LLMC_NO_CACHE=1``) neither reads nor fills the build cache.
+    stacked .npz, or a text file with ``tokenizer``); the artifact is then checked against the
+    fp32 graph on held-out samples (cosine budget) instead of the exact tolerance.
+    ``precision="fp16"`` (``trt``, or ``ort`` on a GPU device) converts to float16 with float32
+    islands and checks it on a CPU emulation of float16 against ``tolerance`` (default 1e-2);
+    ``trt`` int8 runs what is not int8 in float16. ``precision="int4"`` (target ``ort``) stores
+    MatMul weights as 4-bit blocks (``MatMulNBits``), and ``precision="int8", weight_only=True``
+    as 8-bit blocks; both are gated on perplexity and top-1 agreement with the fp32 graph,
+    falling back node by node (``llmc.weight_only.stage``). ``target="trt"`` builds a TensorRT
+    engine into ``model.plan``, signed in the manifest; ``no_engine=True`` writes only the
+    TensorRT-ready ONNX. ``alignment`` is the arena alignment of the memory plan recorded in the
+    manifest's ``memory`` (planned for the shapes of the verification inputs). ``cache=False``
+    (or ``LLMC_NO_CACHE=1``) neither reads nor fills the build cache. A precision registered with
+    ``llmc.register_precision`` is built the same way.
     """
-    request = BuildOptions(
-        target=target, precision=precision, shapes=shapes, inputs=inputs, passes=passes,
-        disable_passes=tuple(disable_passes), device=device, threads=threads, tolerance=tolerance,
-        external_data=external_data, seed=seed, pass_options=options or PassOptions(), fusions=fusions,
-        calibration_data=calibration_data, tokenizer=tokenizer, quantization=quantization,
-        no_engine=no_engine, fp16=fp16, int4=int4, weight_only=weight_only, engine=engine or EngineSettings(), alignment=alignment,
-        verify_each=verify_each, diff_each=diff_each, dump_ir_after=tuple(dump_ir_after), dump_dir=dump_dir,
-        use_cache=cache,
-    )
+    request = make_request(target=target, precision=precision, **options)
     return run_build(model, request, output, log or (lambda _msg: None), progress)
 
 
 def run_build(
-    model: ModelLike, options: BuildOptions, output: str | Path | None, log: Callable[[str], None],
+    model: ModelLike, request: BuildRequest, output: str | Path | None, log: Callable[[str], None],
     progress: Progress | None = None,
 ) -> Artifact:
     """The stages in order, with the build cache around them, written through an OutputWriter
@@ -119,24 +88,24 @@ def run_build(
     The stages (and onnx, onnxscript, ONNX Runtime with them) are imported only on a cache
     miss: a hit needs the options, the source's hash and a file copy, nothing more.
     """
-    options.check()
+    request.check()
     source = describe_source(model)
-    destination = _destination(model, source, output, options)
-    store = _cache_for(options)
-    key = _cache_key(source, options) if store is not None and source is not None else None
+    destination = _destination(model, source, output, request)
+    store = _cache_for(request)
+    key = _cache_key(source, request) if store is not None and source is not None else None
     with OutputWriter(destination) as writer:
         if key is not None:
             hit = _from_cache(store, key, source, writer, log)
             if hit is not None:
                 writer.commit()
                 return hit
-        artifact = _compile(model, options, output, source, writer.path, store, key, log, progress)
+        artifact = _compile(model, request, output, source, writer.path, store, key, log, progress)
         writer.commit()
     return artifact
 
 
 def _compile(
-    model: ModelLike, options: BuildOptions, output: str | Path | None, source: dict[str, Any] | None,
+    model: ModelLike, request: BuildRequest, output: str | Path | None, source: dict[str, Any] | None,
     work_dir: Path, store: BuildCache | None, key: str | None, log: Callable[[str], None],
     progress: Progress | None,
 ) -> Artifact:
@@ -144,7 +113,7 @@ def _compile(
     from llmc.compiler.stages import prepare, run_passes
     from llmc.compiler.verify import verify, write
 
-    prep = prepare(model, options, output, source)
+    prep = prepare(model, request, output, source)
     prep.work_dir = work_dir
     # The external data the source reads, before the passes replace its tensors.
     external = external_data(Path(prep.source["path"]), prep.model) if key and prep.source["path"] else {}
@@ -159,17 +128,17 @@ def _compile(
 
 
 def _destination(
-    model: ModelLike, source: dict[str, Any] | None, output: str | Path | None, options: BuildOptions
+    model: ModelLike, source: dict[str, Any] | None, output: str | Path | None, request: BuildRequest
 ) -> Path:
     """The output directory, checked before any compiling (``check_output``)."""
     if source is None and output is None and isinstance(model, (str, Path)):
         from llmc.model.io import load_model
 
         load_model(model)  # an unreadable path: its one line (no such file, a directory...)
-    path = output_dir(source, output, options.target)
+    path = output_dir(source, output, request.target)
     check_output(path)
-    if options.dump_dir is not None and _inside(Path(options.dump_dir), path):
-        raise LlmcError(f"--dump-ir-after DIR {options.dump_dir} is inside -o {path}; dump somewhere else")
+    if request.dump_dir is not None and _inside(Path(request.dump_dir), path):
+        raise LlmcError(f"--dump-ir-after DIR {request.dump_dir} is inside -o {path}; dump somewhere else")
     return path
 
 
@@ -198,18 +167,18 @@ def describe_source(model: ModelLike) -> dict[str, Any] | None:
     return None
 
 
-def _cache_for(options: BuildOptions) -> BuildCache | None:
+def _cache_for(request: BuildRequest) -> BuildCache | None:
     # Diagnostics observe the passes and an engine is signed for this machine: both always build
     # (TensorRT engines have their own cache, keyed by GPU and TensorRT version).
-    if not options.use_cache or cache_disabled() or options.diagnostics or options.builds_engine:
+    if not request.cache or cache_disabled() or request.diagnostics or not request.target.cacheable(request):
         return None
     return BuildCache()
 
 
-def _cache_key(source: dict[str, Any], options: BuildOptions) -> str:
+def _cache_key(source: dict[str, Any], request: BuildRequest) -> str:
     return digest_key({
         "source": source["sha256"],
-        "options": options.key_material(),
+        "options": request.key_material(),
         "companions": _companion_digests(source),
         "versions": {name: _installed(*dists) for name, dists in KEY_VERSIONS.items()},
         "llmc": [__version__, _llmc_sources()],

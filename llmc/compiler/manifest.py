@@ -37,13 +37,13 @@ def versions() -> dict[str, str]:
 
 def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified) -> dict[str, Any]:
     """``manifest.json`` of a build, from what its stages returned (the engine section aside)."""
-    options, comparison, feeds = prep.options, verified.comparison, prep.feeds
+    request, comparison, feeds = prep.request, verified.comparison, prep.feeds
     fused_before, fused_after = compiled.fused_before, compiled.fused_after
     manifest: dict[str, Any] = {
         "llmc_version": __version__,
         "source": prep.source,
-        "target": options.target,
-        "precision": options.precision,
+        "target": request.target.name,
+        "precision": request.precision.name,
         "pipeline": str(prep.pipeline),
         "passes": [r.to_dict() for r in compiled.manager.records],
         "rewrites": compiled.manager.timing.rewrites(),
@@ -51,7 +51,7 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         "fusions": {op: n - fused_before.get(op, 0) for op, n in sorted(fused_after.items()) if n > fused_before.get(op, 0)},
         "fused_ops": fused_after,
         "not_fused": [r.to_dict() for r in compiled.not_fused],
-        "fusion_families": {"enabled": prep.enabled_fusions, "disabled": prep.disabled_fusions},
+        "fusion_families": {"enabled": [use.name for use in prep.enabled_fusions], "disabled": prep.disabled_fusions},
         "nodes": {"before": compiled.nodes_before, "after": count_nodes(precise.model)},
         "compile_seconds": round(compiled.seconds, 4),
         # The ONNX checker after every pass and precision step (llmc.passes.validity).
@@ -76,10 +76,7 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
     gqa = _gqa(precise.model)
     if gqa is not None:
         manifest["gqa"] = gqa
-    if precise.quantization is not None:
-        manifest["quantization"] = precise.quantization
-    if precise.fp16 is not None:
-        manifest["fp16"] = precise.fp16
+    manifest.update(precise.reports)  # each precision step's section ("quantization", "fp16")
     if compiled.sparsity_before is not None and compiled.sparsity_before.sparse:
         # 2:4 weights in the source (llmc compress --sparsity 2:4): does the artifact keep them?
         manifest["sparsity"] = {"source": compiled.sparsity_before.to_dict(),
@@ -98,18 +95,7 @@ def _gqa(model: Any) -> dict[str, int] | None:
 
 
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:
-    reference = "onnxruntime ORT_DISABLE_ALL on the source model"
-    if precise.quantization is not None:
-        check = "perplexity / agreement gate" if prep.options.weight_only_build else "accuracy budget"
-        reference += (
-            f" (the fp32 graph before quantization; the {prep.options.precision} artifact is checked by the "
-            f"{check} in 'quantization')"
-        )
-    if precise.fp16 is not None and prep.options.precision == "fp16":
-        reference += (
-            " (the float16 graph run by its CPU emulation: float32 compute, float16 rounding after "
-            "every float16 node)"
-        )
+    reference = "onnxruntime ORT_DISABLE_ALL on the source model" + prep.request.precision.reference_note
     feeds = prep.feeds
     return {
         **comparison.summary(),
@@ -117,7 +103,7 @@ def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> d
         "tolerance": prep.tolerance,
         "reference": reference,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
-        "seed": prep.options.seed if prep.options.inputs is None else None,
+        "seed": prep.request.seed if prep.request.inputs is None else None,
         # A decoder's KV cache: computed by the source model from a seeded prefill of this many tokens.
         "kv_cache_prefill_tokens": prep.cache_prefill_tokens,
         "outputs": {

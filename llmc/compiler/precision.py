@@ -1,71 +1,63 @@
-"""Build stages after the fp32 passes: precision (int8, int4, fp16) and the memory plan.
+"""Build stages after the fp32 passes: the precision chain and the memory plan.
 
-The mechanics live in the feature packages (``llmc.int8``, ``llmc.int4``, ``llmc.fp16``, ``llmc.passes.memory``);
-these stages decide when each runs and check that the passes were exact before a precision
-step changes the numbers on purpose.
+Each precision declares its stage (``llmc.spec.precision.Precision.apply``; the mechanics live
+in its package: ``llmc.int8``, ``llmc.weight_only``, ``llmc.fp16``); this stage runs the chain
+the request names (the requested precision, then the one it leaves the rest of the graph to on
+the target), checks that the passes were exact before a stage changes the numbers on purpose,
+and runs the validity check after each step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import functools
+from pathlib import Path
 from typing import Any
 
 from llmc.compiler.cache import BuildCache
-from llmc.compiler.stages import (
-    Compiled,
-    Log,
-    Precise,
-    Prepared,
-    Progress,
-    compiled_runs,
-    fail_on_mismatch,
-    pass_options,
-)
+from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
 from llmc.errors import LlmcError
-from llmc.fp16.stage import convert_for_build
-from llmc.int4.stage import quantize_int4_for_build
-from llmc.int8.stage import quantize_for_build
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
-from llmc.model.files import CALIBRATION_FILE
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
 from llmc.runtime.ort import REFERENCE_CONFIG, SessionConfig, run_model
+from llmc.runtime.ort.errors import compiled_runs
+from llmc.spec.precision import Step
 
 
 def apply_precision(
     prep: Prepared, compiled: Compiled, log: Log, progress: Progress | None, cache: BuildCache | None
 ) -> Precise:
-    """int8 (calibrated, within the accuracy budget) or int4 (weight-only, within its top-1
-    agreement with fp32), then fp16 for ``fp16`` and for trt int8."""
-    options = prep.options
+    """The request's precision chain on the fp32 graph; each step's report is a manifest section."""
+    request = prep.request
     result = Precise(compiled.model)
-    if options.precision in ("int8", "int4"):
-        # The passes must be exact before quantization changes the numbers on purpose.
-        with compiled_runs():
-            fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
-        result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
-        fail_on_mismatch(result.fp32_comparison)
-        model_io.release_freed_memory()
-        if not options.weight_only_build:
-            result.model, result.quantization = _quantize(prep, result.model, log, progress, cache)
-        else:
+    before = None
+    for precision in request.chain:
+        if precision.quantized and result.fp32_comparison is None:
+            # The passes must be exact before quantization changes the numbers on purpose.
             with compiled_runs():
-                result.model, result.quantization = quantize_int4_for_build(
-                    result.model, prep.feeds, options.effective_int4, options.seed, log, prep.eval_ids
-                )
-        model_io.release_freed_memory()
-        step = f"{options.precision} quantization"
-        _check_step(compiled, step, result.model, "rebuild with --precision fp32 and report it")
-    if options.precision == "fp16" or (options.precision == "int8" and options.target == "trt"):
-        converted = convert_for_build(result.model, prep.feeds, options.fp16, options.precision, prep.tolerance, log)
-        if result.fp32_comparison is None:
-            # The conversion's own float32 run tells whether the passes were exact.
-            result.fp32_comparison = compare_outputs(compiled.reference, converted.float32_outputs, prep.tolerance)
+                fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
+            result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
             fail_on_mismatch(result.fp32_comparison)
-        result.model, result.fp16 = converted.model, converted.report
-        _check_step(compiled, "the float16 conversion", result.model, "rebuild with --precision fp32 and report it")
+            model_io.release_freed_memory()
+        step = Step(
+            result.model, prep.feeds, compiled.reference, request, request.target, prep.tolerance, log, progress,
+            prep.work_dir, prep.out_dir, before, prep.prepared.get(precision.name),
+            _Calibration(cache, prep) if cache is not None else None,
+        )
+        done = precision.apply(step)
+        model_io.release_freed_memory()
+        if done.float32_outputs is not None and result.fp32_comparison is None:
+            # The step's own float32 run tells whether the passes were exact.
+            result.fp32_comparison = compare_outputs(compiled.reference, done.float32_outputs, prep.tolerance)
+            fail_on_mismatch(result.fp32_comparison)
+        result.model = done.model
+        if precision.manifest_section is not None and done.report is not None:
+            result.reports[precision.manifest_section] = done.report
+        if precision.step_name:
+            _check_step(compiled, precision.step_name, result.model, "rebuild with --precision fp32 and report it")
+        before = precision
     return result
 
 
@@ -75,24 +67,22 @@ def _check_step(compiled: Compiled, step: str, model, fix: str) -> None:
         validity.check_step(step, model, fix)
 
 
-def _quantize(prep: Prepared, model, log: Log, progress: Progress | None, cache: BuildCache | None):
-    """INT8 with the calibration statistics shared across output directories through the cache."""
-    stats_path = prep.work_dir / CALIBRATION_FILE
-    key = None
-    if cache is not None:
-        key = calibration_key(prep)
-        if cache.fetch_calibration(key, stats_path):
-            log("calibration statistics from the cache")
-    previous = prep.out_dir / CALIBRATION_FILE  # a rebuild into the same -o (the quantizer checks its key)
-    if not stats_path.exists() and previous.is_file() and not previous.is_symlink():
-        shutil.copyfile(previous, stats_path)
-    model, report = quantize_for_build(
-        model, prep.options.target, prep.options.calibration_data, prep.options.tokenizer,
-        prep.options.effective_quantization, prep.feeds, stats_path, log, progress,
-    )
-    if cache is not None and key is not None:
-        cache.keep_calibration(key, stats_path)
-    return model, report
+class _Calibration:
+    """The build cache's calibration statistics under this build's key (shared across output
+    directories): what ``llmc.int8.precision`` fetches before calibrating and keeps after."""
+
+    def __init__(self, cache: BuildCache, prep: Prepared) -> None:
+        self.cache, self.prep = cache, prep
+
+    @functools.cached_property
+    def key(self) -> str:
+        return calibration_key(self.prep)
+
+    def fetch(self, path: Path) -> bool:
+        return self.cache.fetch_calibration(self.key, path)
+
+    def keep(self, path: Path) -> None:
+        self.cache.keep_calibration(self.key, path)
 
 
 def calibration_key(prep: Prepared) -> str:
@@ -103,13 +93,15 @@ def calibration_key(prep: Prepared) -> str:
     """
     from llmc.compiler.cache import digest_key
 
-    options = prep.options
-    material = options.key_material()
+    request = prep.request
+    material = request.key_material()
+    settings = request.precision.settings(request)
+    samples = getattr(settings, "samples", 0) + getattr(settings, "holdout", 0)
     return digest_key({
         "calibration_statistics": prep.source["sha256"],
-        **{k: material[k] for k in ("target", "device", "passes", "disable_passes", "fusions", "pass_options",
-                                    "shapes", "calibration_data", "tokenizer")},
-        "samples": options.effective_quantization.samples + options.effective_quantization.holdout,
+        **{k: material[k] for k in ("target", "device", "passes", "disable_passes", "fusions", "shapes",
+                                    "calibration_data", "tokenizer")},
+        "samples": samples,
     })
 
 
@@ -127,7 +119,7 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     if "memory" in names:
         records = [r for r in compiled.manager.records if r.name == "memory"]
         stats = dict(records[-1].stats) if records else {}
-        if prep.options.precision in ("int8", "int4"):
+        if prep.request.precision.quantized:
             reorder = MemoryReorderPass(pass_options(prep))
             reorder(precise.model)
             stats, skipped = reorder.stats, reorder.skipped
@@ -136,7 +128,7 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     log("planning memory")
     try:
         analysis = analyze_memory(
-            precise.model, [shapes], alignment=prep.options.alignment, reorder=False, feeds=[prep.feeds]
+            precise.model, [shapes], alignment=prep.request.alignment, reorder=False, feeds=[prep.feeds]
         )
     except LlmcError as exc:
         return {"error": str(exc), "shapes": {k: list(v) for k, v in shapes.items()}}, prep.session_config

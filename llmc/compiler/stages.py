@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from llmc.compiler.options import BuildOptions, output_dir
+from llmc.compiler.request import BuildRequest, output_dir
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model import sparsity
@@ -28,14 +28,14 @@ from llmc.model.compare import Comparison, check_finite_reference
 from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes, with_computed_cache
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
-from llmc.passes.fusion.families import families_for
 from llmc.passes.instruments import DifferentialInstrument, DumpIRInstrument, Instrument, VerifyEachInstrument
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import Pipeline, default_pipeline, parse_pipeline
+from llmc.passes.options import PassOptions
+from llmc.passes.pipeline import Pipeline, parse_pipeline
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session, run_model
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.loader import SLOWER_ORT_FUSIONS
-from llmc.targets.trt.config import EngineSettings
+from llmc.spec.target import FamilyUse
 
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 Log = Callable[[str], None]
@@ -46,7 +46,7 @@ Progress = Callable[[str, int, int], None]
 class Prepared:
     """``prepare``: the loaded source, where the artifact goes, and the inputs it is judged on."""
 
-    options: BuildOptions
+    request: BuildRequest
     model: ir.Model
     source: dict[str, Any]
     source_model: ModelLike
@@ -55,18 +55,18 @@ class Prepared:
     session_config: SessionConfig
     feeds: dict[str, np.ndarray]
     assumed: dict[str, Any]
-    enabled_fusions: list[str]
+    enabled_fusions: list[FamilyUse]
     disabled_fusions: dict[str, str]
     # Tokens of the seeded prefill that computed a decoder's verification KV cache (None: none).
     cache_prefill_tokens: int | None = None
     # Where the build writes: a private directory beside out_dir, moved into place when verified.
     work_dir: Path | None = None
-    # int4 --eval-text as token ids (the source's or --tokenizer's tokenizer), for the gate.
-    eval_ids: list[int] | None = None
+    # What each precision's preflight read before compiling (weight-only: --eval-text's token ids).
+    prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def tolerance(self) -> float:
-        return self.options.effective_tolerance
+        return self.request.tolerance
 
 
 @dataclasses.dataclass
@@ -90,8 +90,7 @@ class Precise:
     """``apply_precision``: the graph at the requested precision and its reports."""
 
     model: ir.Model
-    quantization: dict[str, Any] | None = None
-    fp16: dict[str, Any] | None = None
+    reports: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # manifest sections
     fp32_comparison: Comparison | None = None  # the passes' exactness, when a precision step ran it
 
 
@@ -112,63 +111,38 @@ class Verified:
 
 
 def prepare(
-    model: ModelLike, options: BuildOptions, output: str | Path | None, source: dict[str, Any] | None = None
+    model: ModelLike, request: BuildRequest, output: str | Path | None, source: dict[str, Any] | None = None
 ) -> Prepared:
     """Load the source (``source``: its record if already hashed), resolve the pipeline, the
-    session and the verification inputs (``options`` were checked by the caller)."""
+    session and the verification inputs (``request`` was checked by the caller)."""
     session_config = SessionConfig(
-        device=options.device,
-        intra_op_num_threads=options.threads,
-        disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(options.device, [])),
-        **(_trt_ep_options(options.engine) if options.device == "tensorrt" else {}),
+        device=request.device,
+        intra_op_num_threads=request.threads,
+        disabled_optimizers=list(SLOWER_ORT_FUSIONS.get(request.device, [])),
+        **(_trt_ep_options(request.section("engine")) if request.device == "tensorrt" else {}),
     )
     session_config.providers()  # fail now, not after compiling, if the device is missing
-    enabled, disabled = enabled_families(options.target, options.device, options.fusions)
+    target = request.target
+    enabled, disabled = enabled_families(target.name, target.fusions, request.device, request.fusions)
     ir_model, source = load_source(model, source)
-    out_dir = output_dir(source, output, options.target)
-    pipeline = default_pipeline(options.target) if options.passes is None else parse_pipeline(options.passes, options.target)
-    pipeline = pipeline.without(list(options.disable_passes))
-    for name in options.dump_ir_after:
+    out_dir = output_dir(source, output, target)
+    pipeline = parse_pipeline(target.pipeline if request.passes is None else request.passes)
+    pipeline = pipeline.without(list(request.disable_passes))
+    for name in request.dump_ir_after:
         if name != "all" and name not in pipeline.names():
             raise LlmcError(f"--dump-ir-after '{name}' is not in the pipeline ({pipeline}); use a pass from it or 'all'")
-    if options.builds_engine:
-        options.engine.preflight(ir_model)  # a profile for every dynamic input
-    concrete, assumed = resolve_shapes(ir_model, options.shapes)
-    feeds = feeds_for(ir_model, concrete, options.inputs, options.seed)
-    prefill = cache_prefill(ir_model, feeds, options.seed) if options.inputs is None else None
+    target.preflight(request, ir_model)
+    concrete, assumed = resolve_shapes(ir_model, request.shapes)
+    feeds = feeds_for(ir_model, concrete, request.inputs, request.seed)
+    prefill = cache_prefill(ir_model, feeds, request.seed) if request.inputs is None else None
     if prefill is not None:
         feeds = _with_computed_cache(model, ir_model, feeds, prefill)
+    source_dir = Path(source["path"]).parent if source["path"] else None
+    prepared = {p.name: p.preflight(request, source_dir) for p in request.chain}
     return Prepared(
-        options, ir_model, source, model, out_dir, pipeline, session_config, feeds, assumed,
-        [f.name for f in enabled], disabled, cache_prefill_tokens=prefill.tokens if prefill else None,
-        eval_ids=_eval_ids(options, source),
+        request, ir_model, source, model, out_dir, pipeline, session_config, feeds, assumed,
+        enabled, disabled, cache_prefill_tokens=prefill.tokens if prefill else None, prepared=prepared,
     )
-
-
-def _eval_ids(options: BuildOptions, source: dict[str, Any]) -> list[int] | None:
-    """``--eval-text`` tokenized with ``--tokenizer`` DIR or the tokenizer.json beside the source."""
-    text = options.effective_int4.eval_text if options.weight_only_build else None
-    if text is None:
-        return None
-    path = Path(text)
-    if not path.is_file():
-        raise LlmcError(f"--eval-text {text}: no such file")
-    from llmc.generation.text import TOKENIZER_JSON, encode, load_tokenizer
-
-    folder = Path(options.tokenizer) if options.tokenizer else (Path(source["path"]).parent if source["path"] else None)
-    if folder is None or not (folder / TOKENIZER_JSON).is_file():
-        raise LlmcError(
-            f"--eval-text {text}: no {TOKENIZER_JSON} {'in ' + str(folder) if folder else 'for an in-memory model'}; "
-            f"give --tokenizer DIR (a folder with {TOKENIZER_JSON})"
-        )
-    tokenizer = load_tokenizer(folder)  # a bad file is one line there
-    try:
-        ids = encode(tokenizer, path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, OSError) as exc:
-        raise LlmcError(f"--eval-text {text}: cannot read it as UTF-8 text ({exc})") from None
-    if len(ids) < 16:
-        raise LlmcError(f"--eval-text {text} is {len(ids)} token(s); the gate needs at least 16 (give a few paragraphs)")
-    return ids
 
 
 def _with_computed_cache(
@@ -198,7 +172,7 @@ def load_source(model: ModelLike, source: dict[str, Any] | None = None) -> tuple
     raise LlmcError(f"cannot build from {type(model).__name__}: pass a path, onnx.ModelProto or onnx_ir.Model")
 
 
-def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:
+def _trt_ep_options(engine: Any) -> dict[str, Any]:
     """ONNX Runtime's TensorRT EP takes the same profiles and builder settings as --target trt."""
     options: dict[str, Any] = {
         "profiles": {name: [list(p.min), list(p.opt), list(p.max)] for name, p in engine.profiles.items()},
@@ -214,21 +188,21 @@ def _trt_ep_options(engine: EngineSettings) -> dict[str, Any]:
 
 def run_passes(prep: Prepared, log: Log) -> Compiled:
     """The source model's reference outputs, then the pipeline with the requested instruments."""
-    options = prep.options
+    request = prep.request
     log(f"reference run of the source model ({describe_shapes(prep.feeds)})")
     reference = _reference_outputs(prep.source_model, prep.model, prep.feeds)
-    check_finite_reference(reference, prep.source["path"] or "the source model", seeded=options.inputs is None)
+    check_finite_reference(reference, prep.source["path"] or "the source model", seeded=request.inputs is None)
     model_io.release_freed_memory()
     model = prep.model
     nodes_before = count_nodes(model)
     sparsity_before = sparsity.report(model)
-    fused_before = fused_op_counts(model, options.target)
+    fused_before = fused_op_counts(model, request.target.fusions)
     instruments: list[Instrument] = []
-    if options.verify_each:
+    if request.verify_each:
         instruments.append(VerifyEachInstrument())
-    if options.dump_ir_after:
-        instruments.append(DumpIRInstrument(list(options.dump_ir_after), options.dump_dir))
-    if options.diff_each:
+    if request.dump_ir_after:
+        instruments.append(DumpIRInstrument(list(request.dump_ir_after), request.dump_dir))
+    if request.diff_each:
         instruments.append(DifferentialInstrument(prep.feeds, prep.tolerance, reference))
     manager = PassManager(prep.pipeline, pass_options(prep), instruments)
     log(f"pipeline {prep.pipeline}")
@@ -239,23 +213,20 @@ def run_passes(prep: Prepared, log: Log) -> Compiled:
     # Unfused candidates of every family of the target (disabled ones say why they are off).
     not_fused = []
     if "fuse" in prep.pipeline.names():
-        not_fused = explain(model, families_for(options.target), prep.disabled_fusions, options.target)
+        not_fused = explain(model, request.target.fusions, prep.disabled_fusions)
     return Compiled(
-        model, reference, manager, nodes_before, fused_before, fused_op_counts(model, options.target), not_fused, seconds,
-        sparsity_before,
+        model, reference, manager, nodes_before, fused_before, fused_op_counts(model, request.target.fusions),
+        not_fused, seconds, sparsity_before,
     )
 
 
-def pass_options(prep: Prepared):
-    """The passes' options: the build's target, device, fusion overrides and memory shapes."""
-    options = prep.options
-    return dataclasses.replace(
-        options.pass_options,
-        target=options.target,
-        device=options.device,
-        fusions=tuple(sorted((options.fusions or {}).items())),
+def pass_options(prep: Prepared) -> PassOptions:
+    """The passes' constructor arguments: the target's enabled fusion families, the memory
+    plan's shapes (the verification inputs') and alignment."""
+    return PassOptions(
+        fusions=tuple(prep.enabled_fusions),
         memory_shapes=(tuple((k, tuple(v.shape)) for k, v in prep.feeds.items()),),
-        memory_alignment=options.alignment,
+        memory_alignment=prep.request.alignment,
     )
 
 
@@ -279,18 +250,6 @@ def _run_source(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarra
         return run_model(ir_model, feeds, REFERENCE_CONFIG)
 
 
-# What a failure of the compiled graph means once the source model ran on the same inputs.
-COMPILED_HINT = (
-    "the source model ran on the same inputs, so a pass broke the graph (an llmc bug): rebuild with "
-    "--verify-each --diff-each to name the pass, then --disable-pass it"
-)
-
-
-def compiled_runs():
-    """Context for running the compiled graph: ONNX Runtime failures say a pass broke it."""
-    return run_context(COMPILED_HINT, "the compiled model")
-
-
 def describe_shapes(feeds: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
 
@@ -302,3 +261,16 @@ def fail_on_mismatch(comparison: Comparison) -> None:
             f"the compiled model changed output '{worst.name}' ({worst.reason}); rebuild with "
             "--diff-each to name the pass, then --disable-pass it"
         )
+
+
+def target_passes(
+    target: str = "ort", device: str = "cpu", fusions: dict[str, bool] | None = None, **options: Any
+) -> tuple[Pipeline, PassOptions]:
+    """A target's default pipeline and the pass options a build for it on ``device`` uses (its
+    fusion families with ``fusions`` overrides; ``options``: more PassOptions fields), for
+    running the passes outside a build."""
+    from llmc.compiler.registry import get_target
+
+    spec = get_target(target)
+    enabled, _ = enabled_families(spec.name, spec.fusions, device, fusions)
+    return parse_pipeline(spec.pipeline), PassOptions(fusions=tuple(enabled), **options)

@@ -1,27 +1,25 @@
 """The last build stages: save and verify the artifact against the source model, then write it
-(engine, manifest) and keep it in the build cache."""
+(the target's finishing step, the manifest)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from llmc.compiler import manifest as manifest_mod
-from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, compiled_runs, fail_on_mismatch
+from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, fail_on_mismatch
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
-from llmc.fp16.stage import run_emulated
 from llmc.model import io as model_io
-from llmc.model.compare import compare_outputs
 from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
 from llmc.runtime.artifact import Artifact, write_manifest
 from llmc.runtime.integrity import check_files, hash_files
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
+from llmc.runtime.ort.errors import compiled_runs
 from llmc.runtime.padding.probe import probe as probe_padding
+from llmc.spec.precision import Judgement
+from llmc.spec.target import Finish
 
 PADDING_TOLERANCE = 1e-4  # skipping padding must keep real positions within fp32's build tolerance
 
@@ -31,65 +29,51 @@ def verify(
 ) -> Verified:
     """Save the model, run the saved file and compare it with the source model's outputs.
 
-    fp32: the tolerance judges the artifact. fp16: the CPU emulation of float16 is what the
-    tolerance judges (ONNX Runtime's CPU run keeps float32 between nodes; its result is recorded
-    too). int8/int4: the passes' exactness was judged before quantizing, the accuracy budget
-    (int8) or the top-1 agreement gate (int4) judged the quantized graph, and the artifact must
-    give finite outputs.
+    How the artifact is judged is its precision's (``Precision.judge``): fp32 by the tolerance;
+    fp16 by the CPU emulation of float16 (ONNX Runtime's CPU run keeps float32 between nodes; its
+    result is recorded too); int8/int4 by the passes' exactness judged before quantizing and the
+    stage's own check (accuracy budget, perplexity / agreement gate), with finite outputs.
     """
+    request = prep.request
     out_dir = prep.work_dir
-    files = model_io.save_model(precise.model, out_dir / MODEL_FILE, external_data=prep.options.external_data)
+    files = model_io.save_model(precise.model, out_dir / MODEL_FILE, external_data=request.external_data)
     hashes = hash_files(out_dir, [f.name for f in files])  # the bytes the checks below run
     log("verifying the artifact against the source model")
     saved = model_io.load_model(out_dir / MODEL_FILE)
     with compiled_runs():  # an ONNX Runtime failure here is a pass's
         session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
         candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
-    if prep.options.precision == "fp16":
-        comparison = compare_outputs(compiled.reference, run_emulated(saved, prep.feeds), prep.tolerance)
-        fail_on_mismatch(comparison)
-        precise.fp16["check"]["ort_cpu"] = compare_outputs(compiled.reference, candidate, prep.tolerance).summary()
-        precise.fp16["check"]["emulated"] = comparison.summary()
-    elif precise.fp32_comparison is None:
-        comparison = compare_outputs(compiled.reference, candidate, prep.tolerance)
-        fail_on_mismatch(comparison)
-    else:
-        comparison = precise.fp32_comparison
-        bad = [k for k, v in candidate.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
-        if bad:
-            raise LlmcError(
-                f"the {prep.options.precision} model gives NaN/Inf in output '{bad[0]}'; rebuild with --precision fp32"
-            )
+    precision = request.precision
+    comparison = precision.judge(Judgement(
+        saved, candidate, compiled.reference, prep.feeds, prep.tolerance, precise.fp32_comparison,
+        precise.reports.get(precision.manifest_section) if precision.manifest_section else None,
+    ))
+    fail_on_mismatch(comparison)
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
     deployed = create_session(out_dir / MODEL_FILE, session_config, saved)
     seconds = time.perf_counter() - start
     padding = None
-    if prep.options.target == "ort":
+    if request.target.measures_padding:
         log("measuring whether padding can be skipped")
-        padding = probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), prep.options.seed)
+        padding = probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), request.seed)
     return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding)
 
 
 def write(
     prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified, log: Log
 ) -> Artifact:
-    """Assemble the manifest, build the TensorRT engine if asked, write ``manifest.json`` with the
-    sha256 of every file, then check that the files are still the ones verified and hashed."""
+    """Assemble the manifest, run the target's finishing step (TensorRT: the engine), write
+    ``manifest.json`` with the sha256 of every file, then check that the files are still the ones
+    verified and hashed."""
     manifest = manifest_mod.assemble(prep, compiled, precise, memory, verified)
-    options, work_dir = prep.options, prep.work_dir
-    if options.target == "trt":
-        engine = options.engine
-        if (manifest.get("sparsity") or {}).get("artifact", {}).get("sparse_2_4"):
-            engine = dataclasses.replace(engine, sparse_weights=True)  # 2:4 weights: let TensorRT use them
-        if options.no_engine:
-            manifest["engine"] = {"built": False, "reason": "--no-engine: TensorRT-ready ONNX only",
-                                  **engine.requested(precise.model)}
-        else:
-            log("building the TensorRT engine")
-            from llmc.targets.trt.loader import build_plan
-
-            manifest["engine"] = build_plan(engine, work_dir, precise.model, verified.model_sha256, log)
+    work_dir = prep.work_dir
+    sparse = bool((manifest.get("sparsity") or {}).get("artifact", {}).get("sparse_2_4"))
+    engine = prep.request.target.finish(
+        prep.request, Finish(work_dir, precise.model, verified.model_sha256, sparse, log)
+    )
+    if engine is not None:
+        manifest["engine"] = engine
     hashes = dict(verified.hashes)
     extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
     companions = _carry_companions(prep, manifest)

@@ -18,14 +18,15 @@ def convert_for_build(
     model: ir.Model,
     feeds: dict[str, np.ndarray],
     options: Fp16Options | None,
-    precision: str,
+    after_quantization: bool,
     tolerance: float,
     log: Callable[[str], None],
 ) -> Fp16Result:
-    """The float16 graph of ``model`` (``precision`` fp16, or trt int8 whose rest runs in fp16)."""
+    """The float16 graph of ``model`` (``after_quantization``: the rest of an int8 graph, as
+    TensorRT's int8 runs it)."""
     log("converting to float16 with float32 islands")
     options = options or Fp16Options()
-    if precision == "int8":
+    if after_quantization:
         # Quantization steps flip under float16 rounding: judge by NaN/Inf and similarity to the
         # int8 graph in float32 (whose accuracy budget was already checked).
         result = convert_fp16(model, feeds, options, tolerance=None, layer_tolerance=None, min_cosine=0.999, log=log)

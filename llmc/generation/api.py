@@ -14,12 +14,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from llmc.errors import LlmcError
-from llmc.generation import text as texts
 from llmc.generation.decoder import DecoderLayout, detect_layout
 from llmc.generation.loop import Request, Stepper, run_generation
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
+from llmc.model import text as texts
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 

@@ -24,7 +24,7 @@ from llmc.generation.decoder import DecoderLayout
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
-from llmc.generation.text import decode
+from llmc.model.text import decode
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.runner import OrtRunner
 

@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.model.values import const_array
+from llmc.spec.target import QdqRules
 
 _ORT_INT_OPS = {
     # op: (activation input, weight input, weight scale input, weight zero point input)
@@ -46,8 +47,8 @@ def _scale_problem(value: ir.Value | None) -> str | None:
     return None
 
 
-def lint(model: ir.Model, target: str) -> list[str]:
-    return _lint_ort(model) if target == "ort" else _lint_trt(model)
+def lint(model: ir.Model, rules: QdqRules) -> list[str]:
+    return _lint_ort(model) if rules.integer_ops else _lint_trt(model)
 
 
 def _lint_ort(model: ir.Model) -> list[str]:

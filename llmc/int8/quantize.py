@@ -2,13 +2,13 @@
 
 Steps (``quantize_model``):
 
-1. **Targets**: linear layers with constant weights (``targets.py``); output
+1. **Targets**: linear layers with constant weights (``linear.py``); output
    heads, tiny layers and ``--exclude-*`` matches stay float with their reason.
-2. **Calibration** (streaming): the fp32 graph runs in ONNX Runtime with every target's input
+2. **Calibration** (streaming): the fp32 graph runs in ONNX Runtime with every linear node's input
    exposed, a batch at a time (the batch sized to a memory budget); each batch updates a
    constant-size :class:`TensorStats` per tensor and is dropped. Statistics are saved as JSON and
    reused when the model and the samples are the same.
-3. **Per-node configuration**: on a few probe samples, each target's output error (noise ratio
+3. **Per-node configuration**: on a few probe samples, each linear node's output error (noise ratio
    against x @ W in float) is measured in numpy for every candidate: SmoothQuant alpha in
    ``ALPHAS`` and, for ``ort``, dynamic or static activations. Smoothing (a Mul at run time) is
    taken only when it cuts the error below ``SMOOTH_GAIN`` times the best unsmoothed error; the
@@ -32,6 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.int8.linear import LinearNode, apply_exclusions, find_linear
 from llmc.int8.numerics import (
     fake_dynamic_uint8,
     fake_int8,
@@ -44,10 +45,10 @@ from llmc.int8.numerics import (
 from llmc.int8.options import DEFAULT_MEMORY_BUDGET, QuantizeOptions  # noqa: F401  (re-exported)
 from llmc.int8.rewrite import NodeConfig, quantize_ort, quantize_trt
 from llmc.int8.stats import TensorStats
-from llmc.int8.targets import QuantTarget, apply_exclusions, find_targets
 from llmc.model import io as model_io
 from llmc.model.compare import cosine
 from llmc.model.process import PeakRssSampler
+from llmc.spec.target import QdqRules, Target
 
 ALPHAS: tuple[float | None, ...] = (None, 0.5, 0.65, 0.8)
 STATS_VERSION = 1
@@ -67,50 +68,51 @@ class QuantizeResult:
 
 def quantize_model(
     model: ir.Model,
-    target: str,
+    target: Target,
     samples: list[dict[str, np.ndarray]],
     options: QuantizeOptions,
     *,
     stats_path: Path | None = None,
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """INT8 copy of the compiled fp32 ``model`` for ``target``, within the accuracy budget."""
+    """INT8 copy of the compiled fp32 ``model`` written by ``target``'s Q/DQ rules, within the
+    accuracy budget."""
     progress = progress or (lambda _stage, _done, _total: None)
     calibration, holdout = samples[: options.samples], samples[options.samples : options.samples + options.holdout]
-    targets = find_targets(model, target)
-    apply_exclusions(targets, list(options.exclude_nodes), list(options.exclude_op_types))
-    if not targets:
+    linear = find_linear(model, target.qdq)
+    apply_exclusions(linear, list(options.exclude_nodes), list(options.exclude_op_types))
+    if not linear:
         raise LlmcError("--precision int8: the model has no MatMul/Gemm with a constant weight to quantize")
-    chosen = [i for i, t in enumerate(targets) if t.float_reason is None]
+    chosen = [i for i, t in enumerate(linear) if t.float_reason is None]
 
     start = time.perf_counter()
     with PeakRssSampler() as rss:
-        names = sorted({targets[i].activation.name for i in chosen})
+        names = sorted({linear[i].activation.name for i in chosen})
         # One fp32 session serves the statistics, the probe activations and the held-out reference.
         # No arena: a calibration batch's buffers are freed after it, not kept for the next one.
         capture = _Capture(model, names, options.threads, arena=False)
         stats, probes, reused = _statistics(model, capture, names, calibration, options, stats_path, progress)
-        configs, sensitivity, candidates = _choose_configs(targets, chosen, stats, probes, target, options)
+        configs, sensitivity, candidates = _choose_configs(linear, chosen, stats, probes, target.qdq, options)
         del probes
         model_io.release_freed_memory()
         calibration_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
         reference = _Reference(capture, holdout, options.memory_budget)
-        fallbacks, quantized, cosines = _budget(model, target, targets, configs, sensitivity, reference, holdout, options, progress)
+        fallbacks, quantized, cosines = _budget(model, target.qdq, linear, configs, sensitivity, reference, holdout, options, progress)
         del capture, reference
     budget_seconds = time.perf_counter() - start
 
     report = {
         "method": options.method,
-        "target": target,
-        "activations": "uint8 asymmetric" if target == "ort" else "int8 symmetric (zero point 0)",
+        "target": target.name,
+        "activations": target.qdq.activations,
         "weights": "int8 symmetric per output channel",
         "samples": {"calibration": len(calibration), "holdout": len(holdout)},
         "statistics": {"reused": reused, "file": str(stats_path) if stats_path else None},
         "nodes_quantized": len(configs),
-        "nodes_float": len(targets) - len(configs),
-        "nodes": [_node_report(i, t, configs.get(i), sensitivity.get(i), candidates.get(i)) for i, t in enumerate(targets)],
+        "nodes_float": len(linear) - len(configs),
+        "nodes": [_node_report(i, t, configs.get(i), sensitivity.get(i), candidates.get(i)) for i, t in enumerate(linear)],
         "fallbacks": fallbacks,
         "accuracy": _accuracy(cosines, options.max_accuracy_loss),
         "calibration_seconds": round(calibration_seconds, 3),
@@ -237,13 +239,13 @@ def smooth_scale(channel_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: f
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
 
-def _choose_configs(targets, chosen, stats, probes, target, options):
+def _choose_configs(linear, chosen, stats, probes, rules: QdqRules, options):
     """Pick each node's SmoothQuant alpha and activation mode by its measured output error."""
     configs: dict[int, NodeConfig] = {}
     sensitivity: dict[int, float] = {}
     candidates: dict[int, list[dict[str, Any]]] = {}
     for i in chosen:
-        t = targets[i]
+        t = linear[i]
         s = stats[t.activation.name]
         xs = [x.reshape(x.shape[0], -1, x.shape[-1]) for x in probes[t.activation.name]]
         x = np.concatenate(xs)  # [samples, rows, K]
@@ -257,11 +259,11 @@ def _choose_configs(targets, chosen, stats, probes, target, options):
             config = _candidate_config(s, weight_absmax, alpha, options, "static")
             xq_in = x / config.smooth if config.smooth is not None else x
             w = fake_weight(weight * config.smooth[:, None] if config.smooth is not None else weight)
-            modes = ("dynamic", "static") if target == "ort" else ("static",)
+            modes = ("dynamic", "static") if rules.integer_ops else ("static",)
             for mode in modes:
                 if mode == "dynamic":
                     xq = fake_dynamic_uint8(xq_in)
-                elif target == "ort":
+                elif rules.integer_ops:
                     xq = fake_uint8(xq_in, *uint8_params(config.lo, config.hi))
                 else:
                     xq = fake_int8(xq_in, int8_params(max(-config.lo, config.hi)))
@@ -300,20 +302,20 @@ def _candidate_config(s: TensorStats, weight_absmax: np.ndarray, alpha: float | 
 # -- accuracy ------------------------------------------------------------------------------------
 
 
-def _apply(model: ir.Model, target: str, configs: dict[int, NodeConfig]) -> ir.Model:
+def _apply(model: ir.Model, rules: QdqRules, configs: dict[int, NodeConfig]) -> ir.Model:
     copy = model.clone()
-    targets = find_targets(copy, target)
-    (quantize_ort if target == "ort" else quantize_trt)(copy, targets, configs)
+    linear = find_linear(copy, rules)
+    (quantize_ort if rules.integer_ops else quantize_trt)(copy, linear, configs)
     return copy
 
 
-def _budget(model, target, targets, configs, sensitivity, reference, holdout, options, progress):
+def _budget(model, rules, linear, configs, sensitivity, reference, holdout, options, progress):
     """Quantize with ``configs``; while the held-out mean cosine misses the budget, drop the most
     sensitive node to float. Returns (fallbacks, quantized model, cosines or None)."""
     fallbacks: list[dict[str, Any]] = []
     total = len(configs) + 1
     while True:
-        quantized = _apply(model, target, configs)
+        quantized = _apply(model, rules, configs)
         if not holdout:
             return fallbacks, quantized, None
         session = _Capture(quantized, [], options.threads)
@@ -326,10 +328,10 @@ def _budget(model, target, targets, configs, sensitivity, reference, holdout, op
             return fallbacks, quantized, cosines
         worst = max(configs, key=lambda i: sensitivity[i])
         fallbacks.append(
-            {"node": targets[worst].name, "sensitivity": sensitivity[worst], "cosine_mean_before": float(np.mean(cosines))}
+            {"node": linear[worst].name, "sensitivity": sensitivity[worst], "cosine_mean_before": float(np.mean(cosines))}
         )
         del configs[worst]
-        targets[worst].float_reason = (
+        linear[worst].float_reason = (
             f"fell back to float: mean cosine {np.mean(cosines):.5f} was below the budget "
             f"{1 - options.max_accuracy_loss:.4f}, and its sensitivity was the highest left"
         )
@@ -383,7 +385,7 @@ def _accuracy(cosines: np.ndarray | None, loss: float) -> dict[str, Any]:
     }
 
 
-def _node_report(i, t: QuantTarget, config: NodeConfig | None, sensitivity, candidates) -> dict[str, Any]:
+def _node_report(i, t: LinearNode, config: NodeConfig | None, sensitivity, candidates) -> dict[str, Any]:
     entry: dict[str, Any] = {"node": t.name, "op_type": t.node.op_type, "shape": list(t.weight.shape)}
     if config is None:
         entry["precision"] = "float"

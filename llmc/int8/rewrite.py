@@ -1,6 +1,7 @@
-"""Rewrite calibrated linear layers into each target's INT8 form.
+"""Rewrite calibrated linear layers into the build target's INT8 form.
 
-``ort`` (ONNX Runtime CPU): integer kernels directly, no Q/DQ left for the runtime to fuse.
+Integer ops (``QdqRules.integer_ops``, ONNX Runtime CPU): integer kernels directly, no Q/DQ left
+for the runtime to fuse.
 
 - dynamic activations: ``DynamicQuantizeMatMul(x, W_s8, w_scale[N], -, bias)``, the fused kernel
   that ORT_ENABLE_ALL makes out of quantize_dynamic's output;
@@ -11,7 +12,7 @@
   ``MultiHeadAttention`` keeping the bias.
 
 Activations are uint8 asymmetric and weights int8 symmetric per output channel (u8 x s8 is the
-fast VNNI path). ``trt``: a QuantizeLinear/DequantizeLinear pair (int8, zero point 0, per tensor)
+fast VNNI path). Explicit Q/DQ (TensorRT): a QuantizeLinear/DequantizeLinear pair (int8, zero point 0, per tensor)
 on the activation and a DequantizeLinear (int8, zero point 0, per output channel) on the weight of
 each MatMul/Gemm, as TensorRT's explicit quantization expects. SmoothQuant divides the
 activation by ``s`` (an inserted Mul) and multiplies the weight's rows by it before quantizing.
@@ -26,16 +27,16 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from llmc.int8.linear import LinearNode
 from llmc.int8.numerics import int8_params, uint8_params, weight_per_channel
 from llmc.int8.padding_mask import PaddingMask, prove_padding_mask
-from llmc.int8.targets import QuantTarget
 
 MS_DOMAIN = "com.microsoft"
 
 
 @dataclasses.dataclass
 class NodeConfig:
-    """How one target is quantized."""
+    """How one linear node is quantized."""
 
     mode: str = "dynamic"  # "dynamic" | "static"
     alpha: float | None = None  # SmoothQuant migration strength (None: no smoothing)
@@ -69,7 +70,7 @@ def _initializer(model: ir.Model, names: _Names, base: str, array: np.ndarray) -
     return value
 
 
-def _smoothed(model, names, t: QuantTarget, config: NodeConfig, nodes: list[ir.Node]) -> tuple[ir.Value, np.ndarray]:
+def _smoothed(model, names, t: LinearNode, config: NodeConfig, nodes: list[ir.Node]) -> tuple[ir.Value, np.ndarray]:
     """The activation to quantize (divided by s when smoothing) and the matching [K, N] weight."""
     x = t.node.inputs[0]  # current: an earlier rewrite may have replaced the producer
     assert x is not None
@@ -83,7 +84,7 @@ def _smoothed(model, names, t: QuantTarget, config: NodeConfig, nodes: list[ir.N
     return mul.outputs[0], t.weight * config.smooth[:, None]
 
 
-def _replace(model: ir.Model, t: QuantTarget, nodes: list[ir.Node], result: ir.Value) -> None:
+def _replace(model: ir.Model, t: LinearNode, nodes: list[ir.Node], result: ir.Value) -> None:
     graph = model.graph
     anchor = t.bias_node or t.node
     graph.insert_before(t.node, nodes)
@@ -97,19 +98,19 @@ def _replace(model: ir.Model, t: QuantTarget, nodes: list[ir.Node], result: ir.V
     _drop_unused_initializers(model, t)
 
 
-def _drop_unused_initializers(model: ir.Model, t: QuantTarget) -> None:
+def _drop_unused_initializers(model: ir.Model, t: LinearNode) -> None:
     for value in list(t.node.inputs) + (list(t.bias_node.inputs) if t.bias_node else []):
         if value is not None and value.is_initializer() and not value.uses() and not value.is_graph_output():
             model.graph.initializers.pop(value.name, None)
 
 
-def quantize_ort(model: ir.Model, targets: list[QuantTarget], configs: dict[int, NodeConfig]) -> None:
-    """Rewrite ``targets[i]`` for every ``i`` in ``configs`` into ONNX Runtime integer ops."""
+def quantize_ort(model: ir.Model, linear: list[LinearNode], configs: dict[int, NodeConfig]) -> None:
+    """Rewrite ``linear[i]`` for every ``i`` in ``configs`` into ONNX Runtime integer ops."""
     names = _Names(model)
     model.opset_imports.setdefault(MS_DOMAIN, 1)
     masks = _MaskIndex(model, names)
     for i, config in sorted(configs.items()):
-        t = targets[i]
+        t = linear[i]
         nodes: list[ir.Node] = []
         x, weight = _smoothed(model, names, t, config, nodes)
         q, w_scale = weight_per_channel(weight, axis=1)
@@ -139,7 +140,7 @@ def quantize_ort(model: ir.Model, targets: list[QuantTarget], configs: dict[int,
     common_passes.RemoveUnusedNodesPass()(model)  # e.g. the attention-bias ops QAttention replaced
 
 
-def _quantize_static(model, names, t: QuantTarget, config: NodeConfig, x: ir.Value, nodes: list[ir.Node]):
+def _quantize_static(model, names, t: LinearNode, config: NodeConfig, x: ir.Value, nodes: list[ir.Node]):
     """QuantizeLinear to the calibrated uint8 grid: (x_u8, scale, zero point)."""
     scale, zero_point = uint8_params(config.lo, config.hi)
     xs = _initializer(model, names, f"{t.name}_input_scale", np.array(scale, np.float32))
@@ -159,8 +160,8 @@ class _MaskIndex:
         self._proofs: dict[str, PaddingMask | None] = {}
         self._casts: dict[str, tuple[ir.Value, float]] = {}
 
-    def for_attention(self, t: QuantTarget) -> tuple[ir.Value, float] | None:
-        # find_targets already refused mask_index, past and unequal qkv_hidden_sizes.
+    def for_attention(self, t: LinearNode) -> tuple[ir.Value, float] | None:
+        # find_linear already refused mask_index, past and unequal qkv_hidden_sizes.
         bias = t.node.inputs[5] if len(t.node.inputs) > 5 else None
         if bias is None:
             return None
@@ -180,7 +181,7 @@ class _MaskIndex:
         return self._casts[proof.mask.name]
 
 
-def _qattention(model, names, t: QuantTarget, config: NodeConfig, x, wq, ws, bias, mask_index, nodes) -> ir.Value:
+def _qattention(model, names, t: LinearNode, config: NodeConfig, x, wq, ws, bias, mask_index, nodes) -> ir.Value:
     """QAttention: int8 QKV projection and attention in one kernel, the padding mask as mask_index."""
     mask, filter_value = mask_index
     if config.mode == "dynamic":
@@ -206,7 +207,7 @@ def _qattention(model, names, t: QuantTarget, config: NodeConfig, x, wq, ws, bia
     return node.outputs[0]
 
 
-def _attention_tail(model, names, t: QuantTarget, qkv: ir.Value, nodes: list[ir.Node]) -> ir.Value:
+def _attention_tail(model, names, t: LinearNode, qkv: ir.Value, nodes: list[ir.Node]) -> ir.Value:
     """Split the quantized QKV projection and attend with MultiHeadAttention (same attributes)."""
     hidden = t.weight.shape[1] // 3
     sizes = _initializer(model, names, f"{t.name}_qkv_sizes", np.array([hidden] * 3, np.int64))
@@ -229,12 +230,12 @@ def _attention_tail(model, names, t: QuantTarget, qkv: ir.Value, nodes: list[ir.
     return mha.outputs[0]
 
 
-def quantize_trt(model: ir.Model, targets: list[QuantTarget], configs: dict[int, NodeConfig]) -> None:
+def quantize_trt(model: ir.Model, linear: list[LinearNode], configs: dict[int, NodeConfig]) -> None:
     """Insert TensorRT-style symmetric Q/DQ on the activation and weight of each configured target."""
     names = _Names(model)
     shared: dict[tuple[str, float], ir.Value] = {}
     for i, config in sorted(configs.items()):
-        t = targets[i]
+        t = linear[i]
         nodes: list[ir.Node] = []
         x, weight = _smoothed(model, names, t, config, nodes)
         scale = int8_params(max(-config.lo, config.hi))

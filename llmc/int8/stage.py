@@ -17,11 +17,12 @@ from llmc.int8.calibration_data import read_calibration_data
 from llmc.int8.lint import lint
 from llmc.int8.quantize import Progress, QuantizeOptions, quantize_model
 from llmc.runtime.ort.errors import run_context
+from llmc.spec.target import Target
 
 
 def quantize_for_build(
     model: ir.Model,
-    target: str,
+    target: Target,
     calibration_data: str | Path,
     tokenizer: str | Path | None,
     options: QuantizeOptions,
@@ -30,7 +31,7 @@ def quantize_for_build(
     log: Callable[[str], None],
     progress: Progress | None = None,
 ) -> tuple[ir.Model, dict[str, Any]]:
-    """The INT8 model for ``target`` and the manifest's ``quantization`` report.
+    """The INT8 model written by ``target``'s Q/DQ rules and the manifest's ``quantization`` report.
 
     Text calibration data is padded to the sequence length of the verification ``feeds``;
     statistics are kept in (and reused from) ``stats_path``.
@@ -53,8 +54,8 @@ def quantize_for_build(
         result = quantize_model(model, target, samples, options, stats_path=stats_path, progress=progress)
     if skipped:  # recorded only when it happened: manifests of clean data stay as they were
         result.report["samples"]["skipped_nonfinite"] = skipped
-    problems = lint(result.model, target)
+    problems = lint(result.model, target.qdq)
     if problems:
-        raise AssertionError(f"int8 graph breaks the {target} Q/DQ rules: {problems[0]}")
-    result.report["lint"] = {"rules": target, "passed": True}
+        raise AssertionError(f"int8 graph breaks the {target.name} Q/DQ rules: {problems[0]}")
+    result.report["lint"] = {"rules": target.name, "passed": True}
     return result.model, result.report

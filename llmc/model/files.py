@@ -60,3 +60,8 @@ def copy_companions(source: str | os.PathLike, destination: str | os.PathLike) -
         target.unlink(missing_ok=True)  # never write through a link
         shutil.copyfile(Path(source) / name, target)
     return names
+
+
+def mib(n: int) -> str:
+    """A size in bytes as people read it: MiB from 1 MiB up (and 0), KiB below."""
+    return f"{n / 2**20:,.2f} MiB" if n >= 2**20 or n == 0 else f"{n / 1024:,.1f} KiB"

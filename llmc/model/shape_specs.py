@@ -6,6 +6,9 @@ import re
 
 from llmc.errors import LlmcError
 
+# The effective default of --shape when it is not given (llmc.model.feeds.resolve_shapes).
+ASSUMED_DIMS = "symbolic dims assumed: 1 on axis 0, 128 elsewhere"
+
 _SPEC = re.compile(r"^\s*([^=\s]+)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*|scalar)\s*$")
 
 

@@ -1,26 +1,28 @@
-"""What a pass may be configured with (light: no IR imports; the build cache key reads it)."""
+"""The passes' constructor arguments (light: no IR imports; the build cache key reads them).
+
+The build fills them from its target and request (``llmc.compiler.stages.pass_options``); every
+field has the default a pass runs with on its own.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-TARGETS = ("ort", "trt")
+from llmc.spec.target import FamilyUse
 
 
 @dataclasses.dataclass(frozen=True)
 class PassOptions:
-    """Options a pass factory may read. Every field has a safe default."""
+    """Options a pass factory may read."""
 
     # Constant folding never creates a tensor over this many elements unless it replaces
     # at least as many (so folding never duplicates weights).
     fold_size_limit: int = 1 << 16
     # Inputs over this many elements are folded only by ops that consume them alone.
     fold_input_size_limit: int = 1 << 20
-    # The build's target and device: target-specific passes (fusion) read them.
-    target: str = "ort"
-    device: str = "cpu"
-    # Fusion families turned on/off against the target's defaults: ((name, on), ...).
-    fusions: tuple[tuple[str, bool], ...] = ()
-    # Memory planning: concrete input shape sets (each ((name, dims), ...)) and arena alignment.
+    # The fusion families to apply, in order (the build target's enabled ones).
+    fusions: tuple[FamilyUse, ...] = ()
+    # Memory planning: concrete input shape sets (each ((name, dims), ...)) and arena alignment
+    # (0: the planner's default).
     memory_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = ()
-    memory_alignment: int = 64
+    memory_alignment: int = 0

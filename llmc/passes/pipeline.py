@@ -15,14 +15,9 @@ import dataclasses
 import re
 
 from llmc.errors import LlmcError
-from llmc.passes.registry import TARGETS, get_pass
+from llmc.passes.registry import get_pass
 
 DEFAULT_MAX_ITERATIONS = 4
-
-DEFAULT_PIPELINES = {
-    "ort": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,memory",
-    "trt": "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,memory",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,26 +57,17 @@ class Pipeline:
 _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][\w\-]*)|(?P<num>\d+)|(?P<sym>[(),*]))")
 
 
-def parse_pipeline(text: str, target: str | None = None) -> Pipeline:
-    """Parse ``text``; every name must be a registered pass valid for ``target``."""
+def parse_pipeline(text: str) -> Pipeline:
+    """Parse ``text``; every name must be a registered pass (a target's default pipeline is its
+    ``pipeline`` text: ``llmc.spec.target.Target``)."""
     tokens = _tokenize(text)
     items, pos = _parse_items(tokens, 0, text)
     if pos != len(tokens):
         raise LlmcError(f"pipeline '{text}': unexpected '{tokens[pos][1]}'")
     pipeline = Pipeline(items)
     for name in pipeline.names():
-        info = get_pass(name)
-        if target is not None and target not in info.targets:
-            raise LlmcError(
-                f"pass '{name}' does not apply to target '{target}' (only {', '.join(info.targets)})"
-            )
+        get_pass(name)
     return pipeline
-
-
-def default_pipeline(target: str) -> Pipeline:
-    if target not in TARGETS:
-        raise LlmcError(f"unknown target '{target}'; valid targets: {', '.join(TARGETS)}")
-    return parse_pipeline(DEFAULT_PIPELINES[target], target)
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:

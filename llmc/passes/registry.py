@@ -1,4 +1,4 @@
-"""The pass registry: every pass llmc can run, by name, with what it does and for which targets.
+"""The pass registry: every pass llmc can run, by name, with what it does.
 
 Passes register a factory so that a pipeline can create fresh pass objects with the build's
 options (``PassOptions``). ``llmc passes`` prints this registry.
@@ -12,14 +12,13 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
-from llmc.passes.options import TARGETS, PassOptions  # noqa: F401  (re-exported)
+from llmc.passes.options import PassOptions
 
 
 @dataclasses.dataclass(frozen=True)
 class PassInfo:
     name: str
     description: str
-    targets: tuple[str, ...]
     factory: Callable[[PassOptions], ir.passes.PassBase]
 
 
@@ -35,14 +34,14 @@ _REGISTRY: dict[str, PassInfo] = {}
 
 
 def register(
-    name: str, description: str, targets: tuple[str, ...] = TARGETS
+    name: str, description: str
 ) -> Callable[[Callable[[PassOptions], ir.passes.PassBase]], Callable[[PassOptions], ir.passes.PassBase]]:
     """Decorator: register a pass factory (a class taking PassOptions, or a function)."""
 
     def decorator(factory: Callable[[PassOptions], ir.passes.PassBase]):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} registered twice")
-        _REGISTRY[name] = PassInfo(name, description, targets, factory)
+        _REGISTRY[name] = PassInfo(name, description, factory)
         return factory
 
     return decorator

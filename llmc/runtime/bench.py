@@ -112,8 +112,8 @@ def run_benchmark(
         create_times.append(time.perf_counter() - start)
         runners[str(index)] = functools.partial(runner, feeds)
     block = max(1, min(block, runs))
-    timed = interleaved(runners, -(-runs // block), block, warmup=warmup, pause_s=pause_s, per_call=True)
-    times = [timed[str(index)][:runs] for index in range(len(targets))]
+    timed = interleaved(runners, -(-runs // block), block, warmup=warmup, pause_s=pause_s, per_call=True, limit=runs)
+    times = [timed[str(index)] for index in range(len(targets))]
     del runners
     batch = _batch_size(feeds)
     rss = _peak_rss_all(targets, feeds, warmup + 5) if measure_rss else [None] * len(targets)

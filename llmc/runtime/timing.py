@@ -19,12 +19,14 @@ import numpy as np
 
 
 def interleaved(
-    calls: dict[str, Callable[[], Any]], rounds: int, runs: int, *, warmup: int = 1, pause_s: float = 0.0,
-    per_call: bool = False,
+    calls: dict[str, Callable[[], Any]], rounds: int, runs: int, *, warmup: int = 1,
+    pause_s: float | None = None, per_call: bool = False, limit: int | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of each callable: after ``warmup`` untimed calls each, every one of ``rounds``
-    rounds runs each callable ``runs`` times back to back (order rotated by round). Returns each
-    call's seconds (``per_call``) or each round's mean seconds per call."""
+    rounds runs each callable ``runs`` times back to back (order rotated by round; at most
+    ``limit`` timed calls each in all). ``pause_s`` (not None): each switch sleeps that long and
+    makes one untimed call first. Returns each call's seconds (``per_call``) or each round's mean
+    seconds per call."""
     names = list(calls)
     for call in calls.values():
         for _ in range(warmup):
@@ -33,20 +35,20 @@ def interleaved(
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            call = calls[name]
-            if pause_s:
+            call, count = calls[name], runs if limit is None else min(runs, limit - len(times[name]))
+            if pause_s is not None:
                 time.sleep(pause_s)  # let the previous session's spinning threads park
                 call()  # untimed: wakes this one's threads
             if per_call:
-                for _ in range(runs):
+                for _ in range(count):
                     start = time.perf_counter()
                     call()
                     times[name].append(time.perf_counter() - start)
-            else:
+            elif count:
                 start = time.perf_counter()
-                for _ in range(runs):
+                for _ in range(count):
                     call()
-                times[name].append((time.perf_counter() - start) / runs)
+                times[name].append((time.perf_counter() - start) / count)
     return times
 
 

@@ -65,7 +65,7 @@ async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_resp
     request = parse(body, chat, engine.settings.max_new_tokens)
     prompt = request.get("prompt")
     if chat:
-        from llmc.generation.text import chat_messages
+        from llmc.model.text import chat_messages
 
         prompt = _guard(lambda: chat_messages(engine.runner.artifact.path, request["messages"]))
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import llmc
-from llmc.compiler.options import BuildOptions
+from llmc.compiler.request import make_request
 from llmc.compiler.stages import prepare
 from llmc.model import io as model_io
 from llmc.model.feeds import cache_prefill, feeds_for, resolve_shapes
@@ -22,7 +22,7 @@ from tests.passes.test_fusion_numerics import _smollm2_dir
 
 def test_the_seeded_cache_is_the_source_models_own(tmp_path, tiny_llama_dynamo):
     shapes = {"input_ids": (1, 8), "attention_mask": (1, 24)}  # 16 cached tokens
-    prep = prepare(tiny_llama_dynamo, BuildOptions(shapes=shapes), tmp_path / "o")
+    prep = prepare(tiny_llama_dynamo, make_request(shapes=shapes), tmp_path / "o")
     assert prep.cache_prefill_tokens == 16
     plan = cache_prefill(prep.model, prep.feeds, 0)
     present = run_model(prep.model, plan.feeds)
@@ -37,7 +37,7 @@ def test_no_prefill_for_an_empty_cache_given_inputs_or_an_encoder(tmp_path, tiny
     model = model_io.load_model(tiny_llama_dynamo)
     empty = feeds_for(model, resolve_shapes(model, {"input_ids": (1, 8), "attention_mask": (1, 8)})[0])
     assert cache_prefill(model, empty) is None
-    given = prepare(tiny_llama_dynamo, BuildOptions(inputs=dict(empty)), tmp_path / "o")
+    given = prepare(tiny_llama_dynamo, make_request(inputs=dict(empty)), tmp_path / "o")
     assert given.cache_prefill_tokens is None
     bert = model_io.load_model(tiny_bert_dynamo)
     assert cache_prefill(bert, feeds_for(bert, resolve_shapes(bert)[0])) is None

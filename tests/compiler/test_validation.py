@@ -12,7 +12,7 @@ import onnx_ir as ir
 import pytest
 
 import llmc
-from llmc.compiler.options import BuildOptions
+from llmc.compiler.request import make_request
 from llmc.errors import LlmcError
 from tests.helpers import make_model
 
@@ -47,12 +47,12 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 )
 def test_build_options_refuse_bad_values(options, fragment):
     with pytest.raises(LlmcError) as exc:
-        BuildOptions(**options).check()
+        make_request(**options).check()
     assert fragment in _one_line(exc)
 
 
 def test_good_options_pass_the_check():
-    BuildOptions(shapes={"x": (np.int64(2), 3)}, tolerance=np.float32(1e-3), passes="prune", threads=2).check()
+    make_request(shapes={"x": (np.int64(2), 3)}, tolerance=np.float32(1e-3), passes="prune", threads=2).check()
 
 
 def _relu(tmp_path: Path) -> Path:

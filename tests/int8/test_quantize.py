@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import llmc
 import llmc.int8.quantize
 from llmc.cli.main import app
+from llmc.compiler.registry import get_target
 from llmc.errors import LlmcError
 from llmc.int8.calibration_data import load_calibration_data
 from llmc.int8.lint import lint
@@ -189,7 +190,7 @@ def test_int8_ort_build_quantizes_lints_and_reuses_statistics(tmp_path, tiny_ber
     model = model_io.load_model(artifact.model_path)
     ops = {n.op_type for n in model.graph}
     assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
-    assert lint(model, "ort") == []
+    assert lint(model, get_target("ort").qdq) == []
     # The artifact runs, and the rebuild reuses the saved statistics.
     out = artifact.load().run(_bert_samples(tiny_bert_dynamo, 1, seed=5)[0])
     assert all(np.isfinite(v).all() for v in out.values())
@@ -204,7 +205,7 @@ def test_int8_ort_build_quantizes_lints_and_reuses_statistics(tmp_path, tiny_ber
 def test_padding_mask_bias_becomes_qattention_and_batches_agree(tmp_path, tiny_bert_dynamo):
     artifact = _int8(tiny_bert_dynamo, tmp_path)
     model = model_io.load_model(artifact.model_path)
-    assert any(n.op_type == "QAttention" for n in model.graph) and lint(model, "ort") == []
+    assert any(n.op_type == "QAttention" for n in model.graph) and lint(model, get_target("ort").qdq) == []
     # Rows padded differently in one batch match fp32 row by row (the mask is per row).
     a, b = _bert_samples(tiny_bert_dynamo, 2, seed=9)
     feeds = {k: np.concatenate([a[k], b[k]]) for k in a}
@@ -262,7 +263,7 @@ def test_padding_mask_proof_accepts_padding_and_rejects_causal_masks():
 def test_int8_trt_qdq_is_symmetric_and_lints(tmp_path, tiny_bert_dynamo):
     artifact = _int8(tiny_bert_dynamo, tmp_path, target="trt")
     model = model_io.load_model(artifact.model_path)
-    assert lint(model, "trt") == [] and artifact.manifest["engine"]["built"] is False
+    assert lint(model, get_target("trt").qdq) == [] and artifact.manifest["engine"]["built"] is False
     qdq = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(n.inputs[2].const_value.numpy().dtype == np.int8 for n in qdq)
     assert all(not n.inputs[2].const_value.numpy().any() for n in qdq)
@@ -270,7 +271,7 @@ def test_int8_trt_qdq_is_symmetric_and_lints(tmp_path, tiny_bert_dynamo):
     # The lint catches a zero point a user (or a bug) made asymmetric.
     zero = qdq[0].inputs[2]
     zero.const_value = ir.tensor(np.array(3, np.int8))
-    assert any("zero point is not 0" in p for p in lint(model, "trt"))
+    assert any("zero point is not 0" in p for p in lint(model, get_target("trt").qdq))
 
 
 def test_reference_outputs_over_the_memory_budget_are_recomputed(tmp_path, tiny_bert_dynamo):
@@ -297,7 +298,7 @@ def test_int8_decoder_with_kv_cache_lints_for_both_targets(tmp_path, tiny_gpt2_d
     q = artifact.manifest["quantization"]
     assert q["lint"]["passed"] and q["accuracy"]["met"] and q["nodes_quantized"] > 0
     quantized = model_io.load_model(artifact.model_path)
-    assert lint(quantized, target) == []
+    assert lint(quantized, get_target(target).qdq) == []
     # The logits head stays a float MatMul (its weight is the tied embedding's transpose).
     assert quantized.graph.outputs[0].producer().op_type == "MatMul"
 

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from llmc.compiler.stages import target_passes
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline
 from tests.passes.pass_helpers import PASSES, apply, build, const, node, op_types, snapshot, vi
 
 
@@ -40,7 +40,7 @@ def test_custom_domain_node_is_opaque(name):
 
 def test_custom_domain_node_survives_the_default_pipeline():
     model = custom_op_model()
-    PassManager(default_pipeline("ort")).run(model)
+    PassManager(*target_passes("ort")).run(model)
     assert op_types(model) == ["Foo", "Foo", "Add", "Relu"]
     assert "my.custom" in model.opset_imports
     assert "w" in model.graph.initializers

@@ -10,9 +10,8 @@ import onnx.helper as oh
 import onnx_ir as ir
 import pytest
 
+from llmc.compiler.stages import target_passes
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline
-from llmc.passes.registry import PassOptions
 from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import I64, F, const, node, vi
 
@@ -62,7 +61,7 @@ def test_inferred_sequence_dim_is_not_extracted_as_minus_one(target):
     )
     x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
     reference = run_model(model, {"x": x})
-    PassManager(default_pipeline(target), PassOptions(target=target)).run(model)  # validity checked
+    PassManager(*target_passes(target)).run(model)  # validity checked
     assert all(target.count(-1) <= 1 for target in _reshape_targets(model))
     np.testing.assert_array_equal(run_model(model, {"x": x})["y"], reference["y"])
 
@@ -77,7 +76,7 @@ def test_static_minus_one_dim_becomes_its_size():
     )
     x = np.zeros((3, 7, 64), np.float32)
     assert run_model(model, {"x": x})["y"].tolist() == [8]
-    manager = PassManager(default_pipeline("trt"), PassOptions(target="trt"))
+    manager = PassManager(*target_passes("trt"))
     manager.run(model)
     assert "Shape" not in [n.op_type for n in model.graph]  # the rule fired: no Shape chain left
     assert run_model(model, {"x": x})["y"].tolist() == [8]

@@ -15,15 +15,16 @@ from typer.testing import CliRunner
 
 import llmc
 from llmc.cli.main import app
+from llmc.compiler.registry import get_target
+from llmc.compiler.stages import target_passes
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
-from llmc.passes.fusion.families import FAMILIES, families_for
+from llmc.passes.fusion.families import FAMILIES
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline
-from llmc.passes.registry import PassOptions
 from llmc.runtime.ort import run_model
+from llmc.targets.ort import ORT
 from tests.helpers import make_model
 
 F = onnx.TensorProto.FLOAT
@@ -31,14 +32,18 @@ F = onnx.TensorProto.FLOAT
 
 def fuse(source, target: str = "ort", fusions: dict[str, bool] | None = None) -> ir.Model:
     model = source.clone() if isinstance(source, ir.Model) else model_io.load_model(source)
-    options = PassOptions(target=target, fusions=tuple((fusions or {}).items()))
-    PassManager(default_pipeline(target), options).run(model)
+    PassManager(*target_passes(target, "cpu", fusions)).run(model)
     return model
 
 
+def families(target: str, device: str = "cpu", fusions: dict[str, bool] | None = None):
+    spec = get_target(target)
+    return enabled_families(spec.name, spec.fusions, device, fusions)
+
+
 def report(model: ir.Model, target: str = "ort", fusions: dict[str, bool] | None = None):
-    _, disabled = enabled_families(target, "cpu", fusions)
-    return explain(model, families_for(target), disabled, target)
+    _, disabled = families(target, "cpu", fusions)
+    return explain(model, get_target(target).fusions, disabled)
 
 
 def assert_same_outputs(source: ir.Model, fused: ir.Model, feeds, atol: float = 1e-4) -> None:
@@ -79,7 +84,7 @@ DECODERS = {
 
 def fuse_expecting(source: ir.Model, expected: dict[str, int]) -> ir.Model:
     fused = fuse(source)
-    counts = fused_op_counts(fused, "ort")
+    counts = fused_op_counts(fused, ORT.fusions)
     assert {op: counts.get(op) for op in expected} == expected, counts
     return fused
 
@@ -144,11 +149,11 @@ def test_gqa_takes_padding_from_the_mask_and_keeps_the_cache(tiny_llama_dynamo):
         if name.startswith("present"):  # [B, Hkv, T, D]; row 1's first two positions are padding
             np.testing.assert_allclose(actual[name][0], expected[name][0], atol=1e-5, rtol=0)
             np.testing.assert_allclose(actual[name][1, :, 2:], expected[name][1, :, 2:], atol=1e-5, rtol=0)
-    enabled, disabled = enabled_families("ort", "cpu")
+    enabled, disabled = families("ort", "cpu")
     assert "gqa" in {f.name for f in enabled}
-    _, disabled = enabled_families("ort", "cuda")
+    _, disabled = families("ort", "cuda")
     assert "CPU kernel only" in disabled["gqa"]
-    _, disabled = enabled_families("ort", "cpu", {"attention": False})
+    _, disabled = families("ort", "cpu", {"attention": False})
     assert "needs the attention family" in disabled["gqa"]
 
 
@@ -172,7 +177,7 @@ def test_decoder_seeded_feeds_are_consistent(tiny_llama_dynamo):
 def test_minilm_real_weights_fully_fused(minilm_dynamo):
     source = load(minilm_dynamo)
     fused = fuse(source)
-    counts = fused_op_counts(fused, "ort")
+    counts = fused_op_counts(fused, ORT.fusions)
     assert counts["Attention"] == 6 and counts["BiasGelu"] == 6
     feeds = make_feeds(source, resolve_shapes(source, {"input_ids": (2, 32)})[0])
     feeds["attention_mask"][1, 20:] = 0
@@ -182,14 +187,14 @@ def test_minilm_real_weights_fully_fused(minilm_dynamo):
 def test_skip_layer_norm_family_can_be_enabled(tiny_bert_dynamo):
     source = load(tiny_bert_dynamo)
     fused = fuse(source, fusions={"skip_layer_norm": True})
-    assert fused_op_counts(fused, "ort").get("SkipLayerNormalization", 0) >= 4
+    assert fused_op_counts(fused, ORT.fusions).get("SkipLayerNormalization", 0) >= 4
     feeds = make_feeds(source, resolve_shapes(source, {"input_ids": (2, 16)})[0])
     assert_same_outputs(source, fused, feeds)
 
 
 def test_disabled_family_is_reported_with_its_reason(tiny_bert_dynamo):
     fused = fuse(tiny_bert_dynamo, fusions={"attention": False})
-    assert "Attention" not in fused_op_counts(fused, "ort")
+    assert "Attention" not in fused_op_counts(fused, ORT.fusions)
     records = [r for r in report(fused, fusions={"attention": False}) if r.family == "attention"]
     assert len(records) == 2
     assert all(r.op_type == "Softmax" and "--disable-fusion" in r.reason for r in records)
@@ -499,7 +504,7 @@ def test_embed_layer_norm_near_misses_keep_the_graph(tmp_path):
 def test_embed_layer_norm_on_exports(fixture, request):
     source = load(request.getfixturevalue(fixture))
     fused = fuse(source, fusions=EMBED_ON)
-    assert fused_op_counts(fused, "ort").get("EmbedLayerNormalization") == 1
+    assert fused_op_counts(fused, ORT.fusions).get("EmbedLayerNormalization") == 1
     for batch, sequence in ((1, 16), (3, 7)):
         feeds = make_feeds(source, resolve_shapes(source, {"input_ids": (batch, sequence)})[0])
         feeds["attention_mask"][0, sequence // 2 :] = 0
@@ -526,12 +531,12 @@ def test_fusion_stats_and_families_registry():
     names = [f.name for f in FAMILIES]
     assert len(names) == len(set(names))
     with pytest.raises(LlmcError, match="unknown fusion 'nope'"):
-        enabled_families("ort", "cpu", {"nope": True})
+        families("ort", "cpu", {"nope": True})
     with pytest.raises(LlmcError, match="does not apply to target 'trt'"):
-        enabled_families("trt", "cpu", {"attention": True})
-    enabled, disabled = enabled_families("ort", "cpu")
+        families("trt", "cpu", {"attention": True})
+    enabled, disabled = families("ort", "cpu")
     assert "skip_layer_norm" in disabled and "measured slower" in disabled["skip_layer_norm"]
-    assert "skip_layer_norm" in {f.name for f in enabled_families("ort", "cuda")[0]}
+    assert "skip_layer_norm" in {f.name for f in families("ort", "cuda")[0]}
 
 
 # --- the build: manifest and CLI ------------------------------------------------------------

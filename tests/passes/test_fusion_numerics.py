@@ -24,19 +24,18 @@ import os
 import numpy as np
 import pytest
 
+from llmc.compiler.stages import target_passes
 from llmc.model import io as model_io
 from llmc.model.compare import compare_outputs
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline
-from llmc.passes.registry import PassOptions
 from llmc.runtime.ort import run_model
 from tests.helpers import TINY_LLAMA
 
 
 def _fuse(model, fusions: tuple[tuple[str, bool], ...] = ()):
     fused = model.clone()
-    PassManager(default_pipeline("ort"), PassOptions(target="ort", device="cpu", fusions=fusions)).run(fused)
+    PassManager(*target_passes("ort", "cpu", dict(fusions))).run(fused)
     return fused
 
 

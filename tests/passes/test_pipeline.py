@@ -8,6 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from llmc.compiler.registry import TARGETS, get_target
 from llmc.errors import LlmcError
 from llmc.passes import registry
 from llmc.passes.instruments import (
@@ -21,13 +22,11 @@ from llmc.passes.instruments import (
 from llmc.passes.manager import PassManager
 from llmc.passes.pipeline import (
     DEFAULT_MAX_ITERATIONS,
-    DEFAULT_PIPELINES,
     FixedPoint,
     Step,
-    default_pipeline,
     parse_pipeline,
 )
-from llmc.passes.registry import TARGETS, PassInfo, PassOptions, all_passes, get_pass
+from llmc.passes.registry import PassInfo, PassOptions, all_passes, get_pass
 from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import build, op_types, vi
 
@@ -90,9 +89,9 @@ def fake_pass(monkeypatch):
     """Register a test-only pass for the duration of one test: ``fake_pass(name, fn)``."""
     get_pass("prune")  # load the built-in passes first
 
-    def add(name, fn=None, targets=TARGETS, factory=None):
+    def add(name, fn=None, factory=None):
         factory = factory or (lambda options: FnPass(fn))
-        monkeypatch.setitem(registry._REGISTRY, name, PassInfo(name, "test pass", targets, factory))
+        monkeypatch.setitem(registry._REGISTRY, name, PassInfo(name, "test pass", factory))
 
     return add
 
@@ -179,21 +178,13 @@ def test_parse_errors(text, fragment):
     assert fragment in str(excinfo.value)
 
 
-def test_target_restriction(fake_pass):
-    fake_pass("trt_only", lambda model: False, targets=("trt",))
-    assert parse_pipeline("prune,trt_only", "trt").names() == ["prune", "trt_only"]
-    assert parse_pipeline("prune,trt_only").names() == ["prune", "trt_only"]  # no target: no check
-    with pytest.raises(LlmcError, match="does not apply to target 'ort'"):
-        parse_pipeline("prune,(trt_only)*2", "ort")
-
-
 def test_default_pipelines():
-    for target in TARGETS:
-        pipeline = default_pipeline(target)
-        assert str(pipeline) == DEFAULT_PIPELINES[target]
+    for target in TARGETS.values():
+        pipeline = parse_pipeline(target.pipeline)
+        assert str(pipeline) == target.pipeline
         assert sorted(set(pipeline.names())) == sorted(BUILTIN)
     with pytest.raises(LlmcError, match="unknown target 'tpu'.*ort, trt"):
-        default_pipeline("tpu")
+        get_target("tpu")
 
 
 def test_registry_lists_builtin_passes_and_refuses_duplicates(monkeypatch):
@@ -269,7 +260,7 @@ def test_fixed_point_group_with_real_passes():
 
 def test_pass_manager_reports_no_change():
     model = build([oh.make_node("Relu", ["x"], ["y"])], [vi("x", [2, 3])], [vi("y", [2, 3])])
-    manager = PassManager(default_pipeline("ort"))
+    manager = PassManager(parse_pipeline(get_target("ort").pipeline))
     assert manager.run(model) is False
     assert [r.name for r in manager.records] == [
         "prune",
@@ -351,7 +342,7 @@ def test_differential_check_names_the_pass_that_changed_outputs(fake_pass):
 def test_differential_check_passes_correct_passes():
     model = identity_cse_model()
     instrument = DifferentialInstrument(feeds(3))
-    manager = PassManager(default_pipeline("ort"), instruments=[instrument])
+    manager = PassManager(parse_pipeline(get_target("ort").pipeline), instruments=[instrument])
     assert manager.run(model)
     assert instrument.checked == sum(r.modified for r in manager.records) > 0
     assert instrument.reference is not None
@@ -403,7 +394,7 @@ def test_verify_each_skips_passes_that_report_no_change(fake_pass):
 
 def test_verify_each_accepts_the_default_pipeline():
     model = identity_cse_model()
-    manager = PassManager(default_pipeline("ort"), instruments=[VerifyEachInstrument()])
+    manager = PassManager(parse_pipeline(get_target("ort").pipeline), instruments=[VerifyEachInstrument()])
     assert manager.run(model)
 
 

@@ -9,10 +9,11 @@ import onnx_ir as ir
 import pytest
 from typer.testing import CliRunner
 
+from llmc.compiler.stages import target_passes
 from llmc.errors import LlmcError
 from llmc.passes import registry
 from llmc.passes.manager import PassManager
-from llmc.passes.pipeline import default_pipeline, parse_pipeline
+from llmc.passes.pipeline import parse_pipeline
 from llmc.passes.registry import LlmcPass
 from llmc.passes.validity import INLINE_LIMIT, InvalidGraphError, checkable_proto, describe, find_problem
 from tests.passes.pass_helpers import I64, build, const, node, vi
@@ -109,7 +110,7 @@ def test_validate_false_turns_the_check_off(broken_pass):
 
 def test_default_pipelines_pass_the_check_and_count_it():
     for target in ("ort", "trt"):
-        manager = PassManager(default_pipeline(target), registry.PassOptions(target=target))
+        manager = PassManager(*target_passes(target))
         manager.run(reshape_model())
         modified = sum(r.modified for r in manager.records)
         assert manager.validity.checked == 1 + modified and manager.validity.skipped is None

@@ -16,10 +16,11 @@ PACKAGE = ROOT / "llmc"
 LAYERS = [
     {"llmc.errors", "llmc.version"},
     {"llmc.model"},
+    {"llmc.spec"},  # what a build is made of, as data: options, Target, Precision (no mechanics)
     {"llmc.runtime"},  # sessions, Runner, load, padding execution, timing: what runs a model
     {"llmc.passes"},
     {"llmc.targets"},  # ort, trt: pipeline, fusion families, Q/DQ rules, finishing step (engine)
-    {"llmc.int8", "llmc.int4", "llmc.fp16", "llmc.export", "llmc.generation"},
+    {"llmc.int8", "llmc.weight_only", "llmc.fp16", "llmc.export", "llmc.generation"},
     {"llmc.compiler"},
     {"llmc.compression"},  # prunes, distills, exports (llmc.export), builds to time (--target-speedup)
     {"llmc.serving"},  # runs and exports artifacts: above the compiler that writes them

@@ -1,7 +1,8 @@
 """Transformer operator fusion for the build's target, with a "why not fused" report.
 
-Rewrites: the subgraphs of the target's enabled fusion families (``families.FAMILIES``) into
-ONNX Runtime contrib ops (target ``ort``) or standard ONNX ops TensorRT fuses itself (``trt``).
+Rewrites: the subgraphs of the enabled fusion families (``PassOptions.fusions``: the build
+target's families, :class:`llmc.spec.target.FamilyUse`, in order) into ONNX Runtime contrib ops
+or the standard ONNX ops TensorRT fuses itself.
 Requires: a topologically sorted graph (shape inference is run here; checks read shapes).
 Guarantees: every rewrite is exact (each rule's check proves the fused op computes the same
 function: axes, constants, shapes), graph inputs/outputs are unchanged, intermediate fusion
@@ -16,10 +17,11 @@ import onnx_ir.passes.common as common_passes
 
 from llmc.errors import LlmcError
 from llmc.model.symbolic_shapes import refine_shapes
-from llmc.passes.fusion.families import FAMILIES, FusionFamily, families_for
+from llmc.passes.fusion.families import FAMILIES, get_family, opset_problem
 from llmc.passes.fusion.report import NotFused, explain
 from llmc.passes.noop import eliminate_identities
 from llmc.passes.registry import LlmcPass, PassOptions, register
+from llmc.spec.target import FamilyUse
 
 __all__ = ["FusionPass", "NotFused", "enabled_families", "explain", "fused_op_counts"]
 
@@ -27,44 +29,42 @@ FUSION_DOMAIN = "ai.onnxruntime._fusion"  # onnxscript's intermediate ops (SDPA.
 
 
 def enabled_families(
-    target: str, device: str, overrides: dict[str, bool] | None = None
-) -> tuple[list[FusionFamily], dict[str, str]]:
-    """The target's families in order, and the disabled ones with why."""
+    target: str, uses: tuple[FamilyUse, ...], device: str, overrides: dict[str, bool] | None = None
+) -> tuple[list[FamilyUse], dict[str, str]]:
+    """The families ``target`` (its name, for messages) uses, enabled in order, and the disabled
+    ones with why: ``overrides`` (--enable/--disable-fusion) over the target's defaults."""
     overrides = dict(overrides or {})
     names = {f.name for f in FAMILIES}
     for name in overrides:
         if name not in names:
             raise LlmcError(f"unknown fusion '{name}'; valid fusions: {', '.join(sorted(names))}")
-    available = families_for(target)
     for name in overrides:
-        if name not in {f.name for f in available}:
+        if name not in {u.name for u in uses}:
             raise LlmcError(
                 f"fusion '{name}' does not apply to target '{target}'; its fusions: "
-                f"{', '.join(f.name for f in available)}"
+                f"{', '.join(u.name for u in uses)}"
             )
     enabled, disabled = [], {}
-    for family in available:
-        on = overrides.get(family.name, family.enabled_by_default(target, device))
+    for use in uses:
+        on = overrides.get(use.name, use.enabled_by_default(device))
         if on:
-            enabled.append(family)
-        elif family.name in overrides:
-            disabled[family.name] = "turned off by --disable-fusion"
+            enabled.append(use)
+        elif use.name in overrides:
+            disabled[use.name] = "turned off by --disable-fusion"
         else:
-            disabled[family.name] = (
-                f"off by default for {target}/{device}: " + family.off_by_default[(target, device)]
-            )
-    names = {f.name for f in enabled}
+            disabled[use.name] = f"off by default for {target}/{device}: " + use.off_by_default[device]
+    names = {u.name for u in enabled}
     if "gqa" in names and "attention" not in names:
         # gqa starts from onnxscript's SDPA ops, which only the attention family turns back into
         # ONNX Runtime ops: without it, attention GQA does not match would stay in SDPA form.
-        enabled = [f for f in enabled if f.name != "gqa"]
+        enabled = [u for u in enabled if u.name != "gqa"]
         disabled["gqa"] = "needs the attention family (its SDPA step), which is off"
     return enabled, disabled
 
 
-def fused_op_counts(model: ir.Model, target: str) -> dict[str, int]:
-    """Nodes of every op a fusion family of ``target`` produces, by op type."""
-    produced = {p for f in families_for(target) for p in f.produces}
+def fused_op_counts(model: ir.Model, uses: tuple[FamilyUse, ...] | list[FamilyUse]) -> dict[str, int]:
+    """Nodes of every op the families in ``uses`` produce, by op type."""
+    produced = {p for u in uses for p in get_family(u.name).produces}
     counts: dict[str, int] = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         domain = "" if node.domain == "ai.onnx" else node.domain
@@ -84,13 +84,12 @@ class FusionPass(LlmcPass):
         self.options = options or PassOptions()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opts = self.options
-        enabled, _ = enabled_families(opts.target, opts.device, dict(opts.fusions))
         _shape_inference(model)
         refine_shapes(model)
-        for family in enabled:
-            if family.opset_problem(model, opts.target):
+        for use in self.options.fusions:
+            if opset_problem(model, use.min_opset):
                 continue  # reported by explain()
+            family = get_family(use.name)
             count = 0
             for step in family.steps:
                 for rule_set in step.rules():

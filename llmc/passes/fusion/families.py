@@ -1,12 +1,13 @@
-"""Fusion families: which rewrite rules run for which target, in which order, on by default or not.
+"""Fusion families: the rewrite rules of each user-visible fusion.
 
 A family is one user-visible fusion (``attention``, ``bias_gelu``...): an ordered list of
 onnxscript rule sets (pattern / check / rewrite), the ops it produces, and the "anchor" ops whose
 presence after fusion marks a candidate that did not fuse (what the "why not fused" report
 lists). onnxscript's ``ort_fusions`` rules are the engine (they already understand dynamo
-exports); llmc adds canonicalisation rules for the legacy exporter's variants, standard-op rules
-for TensorRT, and the per-target defaults, which are decided by measurement (``make bench``
-times every family on/off; the figures are in benchmarks/RESULTS.md).
+exports); llmc adds canonicalisation rules for the legacy exporter's variants and standard-op
+rules for TensorRT. Which families a target uses, in which order, where each is off by default
+(decided by measurement: ``make bench`` times every family on/off, benchmarks/RESULTS.md) and
+from which opset is the target's declaration (:class:`llmc.spec.target.FamilyUse`).
 """
 
 from __future__ import annotations
@@ -34,27 +35,17 @@ class Step:
 class FusionFamily:
     name: str
     description: str
-    targets: tuple[str, ...]
     produces: tuple[str, ...]  # "domain::Op" of the fused ops
     steps: tuple[Step, ...]
     anchor: Callable[[ir.Node], bool]  # an op left behind when an instance did not fuse
-    # (target, device) -> why the family is off by default there (a measured figure).
-    off_by_default: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
-    # target -> lowest default-domain opset at which the produced op exists there.
-    min_opset: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    def enabled_by_default(self, target: str, device: str) -> bool:
-        return (target, device) not in self.off_by_default
 
-    def opset_problem(self, model: ir.Model, target: str) -> str | None:
-        """Why the model's opset rules this family out on ``target``, or None."""
-        needed = self.min_opset.get(target, 0)
-        have = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        if have >= needed:
-            return None
-        return (
-            f"needs ONNX opset >= {needed} (the model imports {have}); re-export with opset_version={needed}"
-        )
+def opset_problem(model: ir.Model, needed: int) -> str | None:
+    """Why the model's opset rules out a family whose op exists from opset ``needed``, or None."""
+    have = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if have >= needed:
+        return None
+    return f"needs ONNX opset >= {needed} (the model imports {have}); re-export with opset_version={needed}"
 
 
 def _feeds(node: ir.Node, *op_types: str) -> bool:
@@ -243,24 +234,13 @@ def _sdpa_via_mha() -> list:
     return [sdpa_via_mha._rules]
 
 
-ORT_ONLY, BOTH = ("ort",), ("ort", "trt")
-GQA_GPU = (
-    "its padding-aware form (an attention_bias from attention_mask) is verified on ONNX Runtime's "
-    "CPU kernel only; enable it with --enable-fusion gqa and check the build's verification"
-)
-SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"
-NO_FASTER = (
-    "measured no faster than the unfused ops on this target (whole-model A/B within 1% either "
-    "way at batch 1 and 8; benchmarks/RESULTS.md, fusion A/B)"
-)
-
-# In application order: normalizations first (attention patterns start after them), rotary before
-# attention (MHA consumes RotaryEmbedding), attention before GELU (bias rules see plain MatMul+Add).
+# In application order (targets list them in this order): normalizations first (attention
+# patterns start after them), rotary before attention (MHA consumes RotaryEmbedding), attention
+# before GELU (bias rules see plain MatMul+Add).
 FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "canonical",
         "normalise exporter variants (scalar constants, shape arithmetic) so patterns match",
-        BOTH,
         (),
         (Step(_canonical),),
         lambda n: False,
@@ -268,25 +248,20 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "layer_norm",
         "ReduceMean/Sub/Pow/Sqrt/Div chains -> LayerNormalization (opset 17)",
-        BOTH,
         ("::LayerNormalization",),
         (Step(_layer_norm),),
         _layer_norm_anchor,
-        min_opset={"trt": 17},  # ONNX Runtime also runs it at older opsets
     ),
     FusionFamily(
         "embed_layer_norm",
         "word + position (+ segment) embedding gathers + LayerNormalization -> EmbedLayerNormalization",
-        ORT_ONLY,
         ("com.microsoft::EmbedLayerNormalization",),
         (Step(_embed_layer_norm),),
         _embed_anchor,
-        off_by_default={("ort", "cpu"): NO_FASTER},
     ),
     FusionFamily(
         "rms_norm",
         "x * rsqrt(mean(x^2) + eps) * scale -> SimplifiedLayerNormalization",
-        ORT_ONLY,
         ("com.microsoft::SimplifiedLayerNormalization",),
         (Step(_rms_ort),),
         _rms_anchor,
@@ -294,16 +269,13 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "rms_norm_standard",
         "x * rsqrt(mean(x^2) + eps) * scale -> RMSNormalization-23 (standard op TensorRT parses)",
-        ("trt",),
         ("::RMSNormalization",),
         (Step(_rms_standard),),
         _rms_anchor,
-        min_opset={"trt": 23},
     ),
     FusionFamily(
         "gelu",
         "erf / tanh GELU formulas -> Gelu / FastGelu",
-        ORT_ONLY,
         ("com.microsoft::Gelu", "com.microsoft::FastGelu"),
         (Step(_gelu_ort),),
         lambda n: is_op(n, "Erf", "Tanh"),
@@ -311,25 +283,20 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "gelu_standard",
         "erf / tanh GELU formulas -> Gelu-20 (standard op TensorRT parses)",
-        ("trt",),
         ("::Gelu",),
         (Step(_gelu_trt),),
         lambda n: is_op(n, "Erf", "Tanh"),
-        min_opset={"trt": 20},
     ),
     FusionFamily(
         "skip_layer_norm",
         "Add + LayerNormalization -> SkipLayerNormalization",
-        ORT_ONLY,
         ("com.microsoft::SkipLayerNormalization",),
         (Step(_skip_layer_norm),),
         _skip_ln_anchor,
-        off_by_default={("ort", "cpu"): SLOWER},
     ),
     FusionFamily(
         "skip_rms_norm",
         "Add + SimplifiedLayerNormalization -> SkipSimplifiedLayerNormalization",
-        ORT_ONLY,
         ("com.microsoft::SkipSimplifiedLayerNormalization",),
         (Step(_skip_rms),),
         _skip_rms_anchor,
@@ -337,7 +304,6 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "rotary",
         "rotate-half RoPE (with its cos/sin cache) -> RotaryEmbedding",
-        ORT_ONLY,
         ("com.microsoft::RotaryEmbedding",),
         (Step(_rotary_ort),),
         lambda n: False,  # RoPE leaves no single tell-tale op; unfused RoPE shows in attention
@@ -345,16 +311,13 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "gqa",
         "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (padding from attention_mask)",
-        ORT_ONLY,
         ("com.microsoft::GroupQueryAttention",),
         (Step(_sdpa, shape_inference=True), Step(_gqa)),
         lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
-        off_by_default={("ort", device): GQA_GPU for device in ("cuda", "tensorrt")},
     ),
     FusionFamily(
         "attention",
         "MatMul-Softmax-MatMul with head split/merge -> MultiHeadAttention (with past/present KV)",
-        ORT_ONLY,
         ("com.microsoft::MultiHeadAttention",),
         (
             Step(_sdpa, shape_inference=True),
@@ -368,7 +331,6 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "packed_qkv",
         "MultiHeadAttention fed by three projections of one input -> Attention (one packed QKV GEMM)",
-        ORT_ONLY,
         ("com.microsoft::Attention",),
         (Step(_packed_attention),),
         _packed_qkv_anchor,
@@ -376,16 +338,11 @@ FAMILIES: tuple[FusionFamily, ...] = (
     FusionFamily(
         "bias_gelu",
         "MatMul + Add(bias) + Gelu -> BiasGelu",
-        ORT_ONLY,
         ("com.microsoft::BiasGelu",),
         (Step(_bias_gelu),),
         _bias_gelu_anchor,
     ),
 )
-
-
-def families_for(target: str) -> list[FusionFamily]:
-    return [f for f in FAMILIES if target in f.targets]
 
 
 def get_family(name: str) -> FusionFamily:

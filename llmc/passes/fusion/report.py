@@ -19,7 +19,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics
 
-from llmc.passes.fusion.families import FusionFamily
+from llmc.passes.fusion.families import FusionFamily, get_family, opset_problem
+from llmc.spec.target import FamilyUse
 
 # A NO_MATCH partial match is worth reporting only if it matched at least this many nodes.
 MIN_PARTIAL_NODES = 3
@@ -81,15 +82,15 @@ def _reason(info: _basics.MatchInfo) -> str:
     return " ".join(reason.split())
 
 
-def explain(
-    model: ir.Model, families: list[FusionFamily], disabled: dict[str, str], target: str = "ort"
-) -> list[NotFused]:
-    """Unfused candidates of ``families`` in the fused ``model`` (which is left unchanged)."""
+def explain(model: ir.Model, uses: tuple[FamilyUse, ...], disabled: dict[str, str]) -> list[NotFused]:
+    """Unfused candidates of the families a target ``uses`` in the fused ``model`` (which is left
+    unchanged); ``disabled``: the families that were off, with why."""
     disabled = dict(disabled)
-    for family in families:
-        problem = family.opset_problem(model, target)
-        if problem and family.name not in disabled:
-            disabled[family.name] = problem
+    for use in uses:
+        problem = opset_problem(model, use.min_opset)
+        if problem and use.name not in disabled:
+            disabled[use.name] = problem
+    families = [get_family(use.name) for use in uses]
     records: list[NotFused] = []
     todo = [f for f in families if _anchors(model, f)]
     if not todo:

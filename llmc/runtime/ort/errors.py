@@ -51,6 +51,18 @@ def run_context(hint: str, model: str | None = None) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
+# What a failure of the compiled graph means once the source model ran on the same inputs.
+COMPILED_HINT = (
+    "the source model ran on the same inputs, so a pass broke the graph (an llmc bug): rebuild with "
+    "--verify-each --diff-each to name the pass, then --disable-pass it"
+)
+
+
+def compiled_runs() -> Iterator[None]:
+    """Context for running a build's compiled graph: ONNX Runtime failures say a pass broke it."""
+    return run_context(COMPILED_HINT, "the compiled model")
+
+
 def current_context() -> RunContext | None:
     return _CONTEXT.get()
 

@@ -16,15 +16,15 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
-from llmc.int4.choose import choose_settings
-from llmc.int4.fallback import fallback_plan
-from llmc.int4.gate import Runner, evaluation
-from llmc.int4.options import Int4Options
-from llmc.int4.quantize import Settings, quantize_model
+from llmc.weight_only.choose import choose_settings
+from llmc.weight_only.fallback import fallback_plan
+from llmc.weight_only.gate import Runner, evaluation
+from llmc.weight_only.options import Int4Options
+from llmc.weight_only.quantize import Settings, quantize_model
 
 CHOICE_FEEDS = 2  # evaluation windows whose activations the per-node choice is measured on
 
-LIBRARY = "onnxruntime.quantization.matmul_nbits_quantizer (rtn, hqq); llmc.int4.blocks (minmax, 8-bit)"
+LIBRARY = "onnxruntime.quantization.matmul_nbits_quantizer (rtn, hqq); llmc.weight_only.blocks (minmax, 8-bit)"
 
 
 def quantize_int4_for_build(

@@ -1,4 +1,4 @@
-"""Our block quantizers (llmc.int4.blocks) against llama.cpp's formats and ONNX Runtime's kernels:
+"""Our block quantizers (llmc.weight_only.blocks) against llama.cpp's formats and ONNX Runtime's kernels:
 Q4_1 / Q8_0 grids come back exactly, and MatMulNBits (+ the offset term) and GatherBlockQuantized
 compute with exactly the weights the blocks stand for."""
 
@@ -12,8 +12,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from llmc.int4.blocks import hqq_offsets, pack, q4_minmax, q8_digits, q8_symmetric, unpack
-from llmc.int4.rewrite import Rewriter, register
+from llmc.weight_only.blocks import hqq_offsets, pack, q4_minmax, q8_digits, q8_symmetric, unpack
+from llmc.weight_only.rewrite import Rewriter, register
 
 K, N, BLOCK = 128, 48, 32
 

@@ -29,10 +29,12 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 
-from llmc.int4.blocks import q4_minmax
-from llmc.int4.gate import Runner
-from llmc.int4.options import AUTO, Int4Options
-from llmc.int4.quantize import (
+from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
+from llmc.runtime.timing import median_ms
+from llmc.weight_only.blocks import q4_minmax
+from llmc.weight_only.gate import Runner
+from llmc.weight_only.options import AUTO, Int4Options
+from llmc.weight_only.quantize import (
     Settings,
     head_nodes,
     node_name,
@@ -40,8 +42,6 @@ from llmc.int4.quantize import (
     packable_groups,
     quantize_model,
 )
-from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
-from llmc.runtime.timing import median_ms
 
 TOLERANCE = 0.10  # a candidate's output error may exceed the most accurate one's by 10%
 BLOCKS = (32, 64, 128)

@@ -13,7 +13,7 @@ HEADS = ("int8", "int4", "float")
 EMBEDDINGS = ("int8", "float")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-AUTO = "auto"  # block size / accuracy level chosen per node by measurement (llmc.int4.choose)
+AUTO = "auto"  # block size / accuracy level chosen per node by measurement (llmc.weight_only.choose)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Int4Options:
     ``--accuracy-level 4 --lm-head int8`` is the fast setting (benchmarks/RESULTS.md).
 
     ``block_size`` / ``accuracy_level`` ``"auto"``: chosen per node (per packed group) by
-    measurement, :mod:`llmc.int4.choose`: the fastest setting, timed on the node's own shape,
+    measurement, :mod:`llmc.weight_only.choose`: the fastest setting, timed on the node's own shape,
     whose output error on the model's activations stays within 10% of the most accurate one's.
     """
 

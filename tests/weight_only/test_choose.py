@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 import llmc
 from llmc.cli.main import app
 from llmc.errors import LlmcError
-from llmc.int4.blocks import q4_minmax
-from llmc.int4.choose import TOLERANCE, candidates, int8_blocks, output_error
-from llmc.int4.options import Int4Options
-from llmc.int4.quantize import quantize_model
-from tests.int4.test_int4 import _chain, _nbits
+from llmc.weight_only.blocks import q4_minmax
+from llmc.weight_only.choose import TOLERANCE, candidates, int8_blocks, output_error
+from llmc.weight_only.options import Int4Options
+from llmc.weight_only.quantize import quantize_model
+from tests.weight_only.test_int4 import _chain, _nbits
 
 runner = CliRunner()
 

@@ -7,13 +7,13 @@ Numerics by method (``Int4Options.method``):
   ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (``DefaultWeightOnlyQuantConfig``,
   its C++ block quantizer; ``HQQWeightOnlyQuantConfig``) on a one-node model holding that weight, so
   the packed blocks and scales are the layout ORT's kernels read. HQQ's float zero points are then
-  moved into offsets (``llmc.int4.blocks.hqq_offsets``) so that its blocks run on the fast kernel.
+  moved into offsets (``llmc.weight_only.blocks.hqq_offsets``) so that its blocks run on the fast kernel.
 * ``minmax`` (llama.cpp's Q4_1 rounding) and every 8-bit block (Q8_0's) are ours, in
-  ``llmc.int4.blocks`` (why: its docstring).
+  ``llmc.weight_only.blocks`` (why: its docstring).
 
 What is ours besides: which nodes are quantized to what and why the others are not (constant 2-D
 float32 weights, or the transpose of one, whose K is a multiple of the block size), per-node
-overrides (the accuracy gate's fallback), the graph rewrite in onnx-ir (``llmc.int4.rewrite``; a
+overrides (the accuracy gate's fallback), the graph rewrite in onnx-ir (``llmc.weight_only.rewrite``; a
 weight shared by several MatMuls, such as a tied embedding and head, is quantized once), and the
 manifest's record of every MatMul: quantized with which settings, or kept float with the reason.
 """
@@ -31,9 +31,9 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnx_ir as ir
 
-from llmc.int4.blocks import hqq_offsets, q4_minmax, q8_digits, q8_symmetric
-from llmc.int4.options import Int4Options
-from llmc.int4.rewrite import MS_DOMAIN, Rewriter, register
+from llmc.weight_only.blocks import hqq_offsets, q4_minmax, q8_digits, q8_symmetric
+from llmc.weight_only.options import Int4Options
+from llmc.weight_only.rewrite import MS_DOMAIN, Rewriter, register
 
 # Ops a head's output may pass through on its way to ``logits`` (bias, reshapes, casts, scaling).
 _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Transpose", "Mul", "Div", "Tanh"}
@@ -180,7 +180,7 @@ def quantize_model(
 ) -> dict[str, Any]:
     """Replace the selected MatMuls by MatMulNBits (and the embedding Gather by
     GatherBlockQuantized) in place; return the manifest's record. ``settings``: per-node int4
-    block size and accuracy level (``llmc.int4.choose``), else the options' for every node."""
+    block size and accuracy level (``llmc.weight_only.choose``), else the options' for every node."""
     graph = model.graph
     heads = head_nodes(model)
     precisions = node_precisions(model, options, overrides)

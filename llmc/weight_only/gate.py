@@ -14,16 +14,17 @@ Another model is judged by the worst cosine of its float outputs on the verifica
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from llmc.int4.options import Int4Options
 from llmc.model.compare import cosine, token_nll
 from llmc.model.feeds import cache_prefill, make_feeds, prefill_feeds, with_computed_cache
 from llmc.model.io import ort_model_source
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
+from llmc.weight_only.options import Int4Options
 
 WINDOW = 128  # tokens per text window
 TEXT_WINDOWS = 16
@@ -154,3 +155,27 @@ def agreement(references: list[dict[str, np.ndarray]], candidates: list[dict[str
     ]
     value = round(min(cosines, default=1.0), 6)
     return {"metric": "cosine_min", "on": "seeded inputs", "samples": len(references), "value": value}
+
+
+def eval_text_ids(text: str, folder: Path | None) -> list[int]:
+    """``--eval-text`` FILE as token ids with the ``tokenizer.json`` in ``folder`` (``--tokenizer``
+    DIR or the source model's folder; None: an in-memory model); one line for what is wrong."""
+    from llmc.errors import LlmcError
+    from llmc.model.text import TOKENIZER_JSON, encode, load_tokenizer
+
+    path = Path(text)
+    if not path.is_file():
+        raise LlmcError(f"--eval-text {text}: no such file")
+    if folder is None or not (folder / TOKENIZER_JSON).is_file():
+        raise LlmcError(
+            f"--eval-text {text}: no {TOKENIZER_JSON} {'in ' + str(folder) if folder else 'for an in-memory model'}; "
+            f"give --tokenizer DIR (a folder with {TOKENIZER_JSON})"
+        )
+    tokenizer = load_tokenizer(folder)  # a bad file is one line there
+    try:
+        ids = encode(tokenizer, path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as exc:
+        raise LlmcError(f"--eval-text {text}: cannot read it as UTF-8 text ({exc})") from None
+    if len(ids) < 16:
+        raise LlmcError(f"--eval-text {text} is {len(ids)} token(s); the gate needs at least 16 (give a few paragraphs)")
+    return ids

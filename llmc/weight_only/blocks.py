@@ -1,6 +1,6 @@
 """Block quantizers of our own, in MatMulNBits' layout: 4-bit with a float block minimum, and 8-bit.
 
-Why our own (ONNX Runtime's ``MatMulNBitsQuantizer`` does RTN and HQQ, and ``llmc.int4.quantize``
+Why our own (ONNX Runtime's ``MatMulNBitsQuantizer`` does RTN and HQQ, and ``llmc.weight_only.quantize``
 uses it for those): the two formats llama.cpp's users bring, Q4_1 (a float scale and a float
 minimum per block of 32) and Q8_0 (a float scale per block of 32, symmetric), have no quantizer in
 ONNX Runtime that writes them onto its fast kernels:
@@ -10,7 +10,7 @@ ONNX Runtime that writes them onto its fast kernels:
   So a block is stored as ``w = s * (q - 8) + c``: ``s * (q - 8)`` is the symmetric MatMulNBits
   kernel (no zero points input, the default 8), and the per-block offset ``c`` is applied as
   ``blocksum(x) @ C``, a MatMul ``1 / block`` the size of the weight (:func:`offset_nodes` in
-  ``llmc.int4.rewrite``). HQQ's float zero points go through the same form (:func:`hqq_offsets`).
+  ``llmc.weight_only.rewrite``). HQQ's float zero points go through the same form (:func:`hqq_offsets`).
 * Q8_0's scale is ``max|w| / 127``: ORT's 8-bit RTN rounds differently, so a Q8_0 weight (a GGUF
   file's embedding) would not come back exactly.
 

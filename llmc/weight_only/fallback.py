@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from llmc.int4.blocks import q4_minmax
-from llmc.int4.options import Int4Options
-from llmc.int4.quantize import (
+from llmc.weight_only.blocks import q4_minmax
+from llmc.weight_only.options import Int4Options
+from llmc.weight_only.quantize import (
     ACCURATE_INT4,
     Settings,
     constant_weight,

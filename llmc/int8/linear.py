@@ -1,10 +1,10 @@
 """The nodes INT8 quantization can take: linear layers with a constant weight.
 
-A :class:`QuantTarget` is a MatMul (2-D constant B, an optional constant 1-D bias Add after it),
-a Gemm (constant B, alpha = beta = 1, no transA) or, for ``ort``, a fused ``com.microsoft``
-Attention (its packed QKV projection; self-attention without past or mask_index). Its weight is
+A :class:`LinearNode` is a MatMul (2-D constant B, an optional constant 1-D bias Add after it),
+a Gemm (constant B, alpha = beta = 1, no transA) or, where the Q/DQ rules write integer ops (ONNX
+Runtime), a fused ``com.microsoft`` Attention (its packed QKV projection; self-attention without past or mask_index). Its weight is
 given as [K, N] whatever the node's layout, so calibration and the rewrites see one form.
-Targets are found by what the graph computes, never by names.
+Linear nodes are found by what the graph computes, never by names.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import onnx_ir as ir
 
 from llmc.errors import LlmcError
 from llmc.model.values import const_array
+from llmc.spec.target import QdqRules
 
 MIN_WEIGHT_ELEMENTS = 256  # below this the integer kernel's overhead outweighs its gain
 
 
 @dataclasses.dataclass
-class QuantTarget:
+class LinearNode:
     node: ir.Node
     kind: str  # "matmul" | "gemm" | "attention"
     activation: ir.Value
@@ -61,7 +62,7 @@ def _bias_add(output: ir.Value, n: int) -> tuple[ir.Node, np.ndarray] | None:
     return add, bias
 
 
-def _matmul(node: ir.Node) -> QuantTarget | None:
+def _matmul(node: ir.Node) -> LinearNode | None:
     weight = const_array(node.inputs[1])
     x = node.inputs[0]
     if weight is None or weight.ndim != 2 or weight.dtype != np.float32 or not _float32(x):
@@ -69,12 +70,12 @@ def _matmul(node: ir.Node) -> QuantTarget | None:
     out = node.outputs[0]
     found = _bias_add(out, weight.shape[1])
     if found is None:
-        return QuantTarget(node, "matmul", x, weight, None, None, out)
+        return LinearNode(node, "matmul", x, weight, None, None, out)
     add, bias = found
-    return QuantTarget(node, "matmul", x, weight, bias, add, add.outputs[0])
+    return LinearNode(node, "matmul", x, weight, bias, add, add.outputs[0])
 
 
-def _gemm(node: ir.Node) -> QuantTarget | None:
+def _gemm(node: ir.Node) -> LinearNode | None:
     x = node.inputs[0]
     weight = const_array(node.inputs[1])
     if weight is None or weight.ndim != 2 or not _float32(x) or weight.dtype != np.float32:
@@ -87,10 +88,10 @@ def _gemm(node: ir.Node) -> QuantTarget | None:
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         if bias is None or bias.shape != (weight.shape[1],):
             return None
-    return QuantTarget(node, "gemm", x, np.ascontiguousarray(weight), bias, None, node.outputs[0])
+    return LinearNode(node, "gemm", x, np.ascontiguousarray(weight), bias, None, node.outputs[0])
 
 
-def _attention(node: ir.Node) -> QuantTarget | None:
+def _attention(node: ir.Node) -> LinearNode | None:
     inputs = list(node.inputs) + [None] * (7 - len(node.inputs))
     x, weight, bias = inputs[0], const_array(inputs[1]), const_array(inputs[2])
     if weight is None or bias is None or not _float32(x) or weight.ndim != 2:
@@ -104,19 +105,19 @@ def _attention(node: ir.Node) -> QuantTarget | None:
         return None
     if len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
         return None
-    return QuantTarget(node, "attention", x, weight, bias, None, node.outputs[0])
+    return LinearNode(node, "attention", x, weight, bias, None, node.outputs[0])
 
 
-def find_targets(model: ir.Model, target: str) -> list[QuantTarget]:
+def find_linear(model: ir.Model, rules: QdqRules) -> list[LinearNode]:
     """Every quantizable linear layer in graph order; rule-based float ones carry a reason."""
-    found: list[QuantTarget] = []
+    found: list[LinearNode] = []
     for node in model.graph:
         t = None
         if node.domain in ("", "ai.onnx") and node.op_type == "MatMul":
             t = _matmul(node)
         elif node.domain in ("", "ai.onnx") and node.op_type == "Gemm":
             t = _gemm(node)
-        elif target == "ort" and node.domain == "com.microsoft" and node.op_type == "Attention":
+        elif rules.integer_ops and node.domain == "com.microsoft" and node.op_type == "Attention":
             t = _attention(node)
         if t is None:
             continue
@@ -128,12 +129,12 @@ def find_targets(model: ir.Model, target: str) -> list[QuantTarget]:
     return found
 
 
-def apply_exclusions(targets: list[QuantTarget], nodes: list[str], op_types: list[str]) -> None:
-    """Mark targets named by ``--exclude-nodes`` (names or globs) / ``--exclude-op-types`` float."""
+def apply_exclusions(linear: list[LinearNode], nodes: list[str], op_types: list[str]) -> None:
+    """Mark linear named by ``--exclude-nodes`` (names or globs) / ``--exclude-op-types`` float."""
     for pattern in nodes:
-        matched = [t for t in targets if fnmatch.fnmatchcase(t.name, pattern) or t.output.name == pattern]
+        matched = [t for t in linear if fnmatch.fnmatchcase(t.name, pattern) or t.output.name == pattern]
         if not matched:
-            names = ", ".join(t.name for t in targets[:8]) + (", ..." if len(targets) > 8 else "")
+            names = ", ".join(t.name for t in linear[:8]) + (", ..." if len(linear) > 8 else "")
             raise LlmcError(
                 f"--exclude-nodes '{pattern}' matches no quantizable node; quantizable nodes are "
                 f"{names or 'none'} (names or shell globs)"
@@ -141,9 +142,9 @@ def apply_exclusions(targets: list[QuantTarget], nodes: list[str], op_types: lis
         for t in matched:
             t.float_reason = f"excluded by --exclude-nodes {pattern}"
     for op_type in op_types:
-        matched = [t for t in targets if t.node.op_type == op_type]
+        matched = [t for t in linear if t.node.op_type == op_type]
         if not matched:
-            present = sorted({t.node.op_type for t in targets})
+            present = sorted({t.node.op_type for t in linear})
             raise LlmcError(
                 f"--exclude-op-types '{op_type}' matches no quantizable node; quantizable op types "
                 f"here: {', '.join(present) or 'none'}"
