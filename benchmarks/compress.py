@@ -1,4 +1,4 @@
-"""``llmc compress`` on real weights, distilled on ../shared/data/sentences.txt (rows 1000-1099,
+"""``llmc compress`` on real weights, distilled on benchmarks/data/sentences.txt (rows 1000-1099,
 which are timed and compared here, left out of the training text; each compress run also holds
 out its own last tenth).
 

@@ -21,8 +21,9 @@ Prerequisites (this script installs nothing and downloads nothing):
   - onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime, then pip install
     onnxruntime-gpu: both provide the `onnxruntime` module), with the CUDA 12 and cuDNN 9
     libraries it loads, so that CUDAExecutionProvider is available;
-  - a CUDA build of torch (llmc's TensorRT runner takes its device buffers from torch);
-- ../shared/data/sentences.txt beside the repository (int8 calibration text).
+  - a CUDA build of torch (llmc's TensorRT runner takes its device buffers from torch).
+
+The int8 calibration text, benchmarks/data/sentences.txt, is in the repository.
 
     python -m benchmarks.gpu [--runs 200] [--warmup 20] [--out .cache/gpu] [--llmc PATH]
         [--models minilm,bert-base] [--results benchmarks/results-gpu.md]
@@ -249,7 +250,7 @@ def render(rows: list[dict[str, Any]], *, gpu: str, cuda: str, commit: str, stac
         f"- {stack}",
         f"- Sequence 128; median (p50) and p90 of {runs} runs after {warmup} warm-up runs of "
         "`llmc.load(artifact).run`, host numpy in and out, one process per target.",
-        f"- Builds: `llmc build MODEL ... {' '.join(SHAPES)}`; int8 calibrates on ../shared/data/sentences.txt "
+        f"- Builds: `llmc build MODEL ... {' '.join(SHAPES)}`; int8 calibrates on benchmarks/data/sentences.txt "
         "with the MiniLM tokenizer.",
         "- Ratio: p50 over the raw export's on ONNX Runtime's CUDA EP (fp32, ORT_ENABLE_ALL) at the same batch.",
         "",

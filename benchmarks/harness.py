@@ -21,7 +21,8 @@ from llmc.model.process import FreshProcessError, run_in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SENTENCES = ROOT.parent / "shared" / "data" / "sentences.txt"
+# 2,000 docstring sentences (benchmarks/data/README.md): every benchmark, the demo and the tests read them here.
+SENTENCES = ROOT / "benchmarks" / "data" / "sentences.txt"
 
 # Benchmarks time builds (calibration wall time, peak RSS, compile seconds): an artifact copied
 # from the build cache would time nothing. benchmarks.cache turns it on in its own children.
@@ -105,7 +106,7 @@ def tokenizer_dir() -> Path:
 
 
 def sentences(start: int, stop: int) -> list[str]:
-    """Non-blank lines ``start:stop`` of ../shared/data/sentences.txt."""
+    """Non-blank lines ``start:stop`` of benchmarks/data/sentences.txt (``SENTENCES``)."""
     lines = [x.strip() for x in SENTENCES.read_text().splitlines() if x.strip()]
     return lines[start:stop]
 

@@ -1,6 +1,6 @@
 """Encoders on real inputs: padded masks, real sentence lengths, padding skipped or computed.
 
-all-MiniLM-L6-v2 (real weights), 2 threads. Inputs are sentences of ../shared/data/sentences.txt
+all-MiniLM-L6-v2 (real weights), 2 threads. Inputs are sentences of benchmarks/data/sentences.txt
 tokenized as a server would: batch 1 padded to 128 (fixed-length serving) or unpadded, batches of
 8 and 32 padded to their longest row or to 128. Systems: ONNX Runtime fp32 on the raw export
 (ENABLE_ALL), llmc fp32 and int8 with padding computed (``padding="off"``) and skipped

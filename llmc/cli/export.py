@@ -1,5 +1,11 @@
 """``llmc export``: a Hugging Face model directory to ONNX, with its tokenizer and generation config
-(``llmc.export.hf``); the output directory is what ``llmc build`` takes next."""
+(``llmc.export.hf``); the output directory is what ``llmc build`` takes next.
+
+The export's phases (loading, exporting to ONNX, optimising, saving) show as they run: the
+running one beside a spinner, each finished one as a line with its elapsed seconds. Only finished
+phases are printed, so an error in the first phase (a bad config, weights that do not load) is
+still the one line every command's errors are.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.status import Status
 
 from llmc.cli.app import app, console, user_errors
 
@@ -41,9 +48,7 @@ def export(
     from llmc.export.hf import export_pretrained
 
     with console.status("exporting") as status:
-        result = export_pretrained(
-            source, output, task=task, dynamo=dynamo, opset=opset, log=lambda msg: status.update(msg)
-        )
+        result = export_pretrained(source, output, task=task, dynamo=dynamo, opset=opset, log=_show_phases(status))
     console.print(f"exported {result.model_type} ({result.task}) to {result.path}", highlight=False, soft_wrap=True)
     console.print(f"  files:   {', '.join(result.files)}", highlight=False, soft_wrap=True)
     inputs = result.inputs if len(result.inputs) <= 5 else [*result.inputs[:4], f"... ({len(result.inputs)} in all)"]
@@ -51,3 +56,17 @@ def export(
     console.print(f"  inputs:  {', '.join(inputs)}", highlight=False, soft_wrap=True)
     console.print(f"  outputs: {', '.join(outputs)}", highlight=False, soft_wrap=True)
     console.print(f"next: llmc build {result.path / 'model.onnx'}", highlight=False, soft_wrap=True)
+
+
+def _show_phases(status: Status):
+    """The ``log`` callback of :func:`~llmc.export.hf.export_pretrained`: a phase that starts
+    replaces the spinner's text; one that has finished is printed with its elapsed seconds."""
+    from llmc.export.phases import STARTING
+
+    def show(line: str) -> None:
+        if line.endswith(STARTING):
+            status.update(line)
+        else:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    return show

@@ -3,7 +3,8 @@
 - :mod:`llmc.export.models`: tiny/random-weight model builders and the exporters
   :func:`export_encoder` / :func:`export_decoder` (their I/O convention is documented there);
 - :mod:`llmc.export.hf`: ``llmc export SOURCE -o DIR``: a Hugging Face model directory to an
-  ONNX model with its tokenizer and generation config beside it (:func:`export_pretrained`).
+  ONNX model with its tokenizer and generation config beside it (:func:`export_pretrained`);
+- :mod:`llmc.export.phases`: the export's phases, timed and reported through an optional ``log``.
 """
 
 from __future__ import annotations

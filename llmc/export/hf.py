@@ -10,6 +10,11 @@ DIR receives ``model.onnx`` (+ ``model.onnx.data`` when the weights pass the pro
 into place whole (:class:`llmc.model.output_dir.OutputWriter`), as builds are.
 
 A ``.gguf`` SOURCE is loaded through transformers' GGUF support when the ``gguf`` package is there.
+
+The export runs in four phases, reported with their elapsed seconds through the optional ``log``
+callback (:mod:`llmc.export.phases`): loading (config and weights; a GGUF file's weights are
+dequantized to float32), exporting to ONNX (torch.onnx), optimising (onnxscript's optimizer, the
+dynamo exporter only) and saving (``model.onnx``, the tokenizer files, the generation config).
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.export.phases import Log, Phases
 from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
 
@@ -83,10 +88,11 @@ def export_pretrained(
     task: str = "auto",
     dynamo: bool = True,
     opset: int | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
 ) -> ExportResult:
-    """Export the Hugging Face model at ``source`` into the directory ``output`` (see the module)."""
-    log = log or (lambda _msg: None)
+    """Export the Hugging Face model at ``source`` into the directory ``output`` (see the module);
+    ``log`` receives each phase's start line and, once it has finished, its elapsed seconds."""
+    phases = Phases(log)
     source, output = Path(source), Path(output)
     if task not in TASKS:
         raise LlmcError(f"--task must be one of {', '.join(TASKS)}, not '{task}'")
@@ -94,16 +100,16 @@ def export_pretrained(
         raise LlmcError(f"--opset {opset}: ONNX opsets start at 7 (the dynamo exporter needs 18 or later)")
     gguf_file = _check_source(source)
     directory = source.parent if gguf_file else source
+    what = "config, weights dequantized to float32" if gguf_file else "config, float32 weights"
+    phases.start(f"loading {source.resolve().name}", what)
     config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
     where = str(source if gguf_file else source / "config.json")
     chosen = detect_task(config, where) if task == "auto" else task
     check_output(output, EXPORT_LAYOUT)
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
-        log(f"loading the {chosen} from {source}")
         model = _load(directory, chosen, gguf_file)
-        log("exporting to ONNX")
-        inputs, outputs = _export(model, chosen, writer.path, dynamo, opset)
+        inputs, outputs = _export(model, chosen, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
             files += _gguf_tokenizer(directory, gguf_file, writer.path)
@@ -113,6 +119,7 @@ def export_pretrained(
             _write_generation_config(model.config, writer.path / GENERATION_FILE)
             files.append(GENERATION_FILE)
         writer.commit()
+    phases.end()
     model_type = str(config.get("model_type") or "unknown")
     return ExportResult(output, chosen, model_type, files, inputs, outputs)
 
@@ -172,9 +179,12 @@ def _load(directory: Path, task: str, gguf_file: str | None) -> Any:
         ) from None
 
 
-def _export(model: Any, task: str, out_dir: Path, dynamo: bool, opset: int | None) -> tuple[list[str], list[str]]:
+def _export(
+    model: Any, task: str, out_dir: Path, dynamo: bool, opset: int | None, phases: Phases
+) -> tuple[list[str], list[str]]:
     """Export into a scratch file, then save ``model.onnx`` the way builds save models (external
-    data in ``model.onnx.data`` past the protobuf limit); return the graph's I/O names."""
+    data in ``model.onnx.data`` past the protobuf limit); return the graph's I/O names. The
+    exporters report their phases and start "saving", which the caller ends."""
     from llmc.export.models import (
         ENCODER_INPUTS,
         decoder_cache_shape,
@@ -188,9 +198,9 @@ def _export(model: Any, task: str, out_dir: Path, dynamo: bool, opset: int | Non
     scratch = out_dir / ".export"
     try:
         if task == "decoder":
-            export_decoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset)
+            export_decoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
         else:
-            export_encoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset)
+            export_encoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
         model_io.save_model(model_io.load_model(scratch / MODEL_FILE), out_dir / MODEL_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

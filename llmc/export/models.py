@@ -12,14 +12,17 @@ LLaMA-style) go through :func:`export_decoder`, one graph for both prefill and d
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.export.phases import Phases
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 
@@ -88,8 +91,10 @@ def export_encoder(
     batch: int = 1,
     sequence: int = 16,
     opset: int | None = None,
+    phases: Phases | None = None,
 ) -> Path:
-    """Export a BERT-style encoder taking (input_ids, attention_mask) with dynamic batch/sequence."""
+    """Export a BERT-style encoder taking (input_ids, attention_mask) with dynamic batch/sequence.
+    ``phases``: see :func:`_torch_export`."""
     torch = _torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,15 +109,53 @@ def export_encoder(
     else:
         axes = {0: "batch", 1: "sequence"}
         kwargs["dynamic_axes"] = {"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes}
-    wrapped = _HiddenStates(model).eval()
-    # Exporters print progress and warnings; keep the user's terminal for llmc's own output.
+    return _torch_export(_HiddenStates(model).eval(), (ids, mask), path, dynamo, kwargs, phases)
+
+
+def _torch_export(
+    module: Any, args: tuple, path: Path, dynamo: bool, kwargs: dict[str, Any], phases: Phases | None
+) -> Path:
+    """``torch.onnx.export`` of ``module`` into ``path``, reporting through ``phases`` (if any)
+    "exporting to ONNX", "optimising" (dynamo: the onnxscript optimizer torch.onnx.export runs
+    by default, run here as a step of its own) and starting "saving", which the caller ends."""
+    torch = _torch()
+    phases = phases or Phases()
+    if not dynamo:
+        phases.start("exporting to ONNX", "torch.onnx's TorchScript exporter traces, converts and folds")
+        with _quiet():
+            torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
+        phases.start("saving", path.name)
+        return path
+    phases.start("exporting to ONNX", "torch.export traces the model, torch.onnx translates the graph")
+    optimize = _optimizes_by_default(torch)
+    with _quiet():
+        later = {"optimize": False} if optimize else {}  # optimised below, as a phase of its own
+        program = torch.onnx.export(module, args, dynamo=True, **later, **kwargs)
+    if optimize:
+        phases.start("optimising", "onnxscript: constant folding, simplifications, unused nodes removed")
+        with _quiet():
+            program.optimize()
+    phases.start("saving", path.name)
+    with _quiet():
+        program.save(str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Exporters print progress and warnings; keep the user's terminal for llmc's own output
+    (the phases are reported outside, where the caller's output goes)."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(wrapped, (ids, mask), dynamo=True, **kwargs).save(str(path))
-        else:
-            torch.onnx.export(wrapped, (ids, mask), str(path), dynamo=False, **kwargs)
-    return path
+        yield
+
+
+def _optimizes_by_default(torch: Any) -> bool:
+    """Whether ``torch.onnx.export(dynamo=True)`` runs onnxscript's optimizer by default (torch >=
+    2.7). If it does, :func:`_torch_export` turns it off there and runs the same step
+    (``ONNXProgram.optimize``) as a phase of its own; if not, the step is not run."""
+    parameter = inspect.signature(torch.onnx.export).parameters.get("optimize")
+    return parameter is not None and parameter.default is True
 
 
 def _hidden_states_module():
@@ -212,6 +255,7 @@ def export_decoder(
     *,
     dynamo: bool = True,
     opset: int | None = None,
+    phases: Phases | None = None,
 ) -> Path:
     """Export a causal LM with its KV cache as ONE graph serving both prefill and decode.
 
@@ -227,7 +271,8 @@ def export_decoder(
 
     All four axes are dynamic. The legacy exporter names them as above everywhere; the dynamo
     exporter names the inputs so, but names the ``present`` length ``past_sequence + sequence``.
-    The model's own attention implementation (sdpa by default) is kept.
+    The model's own attention implementation (sdpa by default) is kept. ``phases``: see
+    :func:`_torch_export`.
     """
     torch = _torch()
     path = Path(path)
@@ -265,15 +310,8 @@ def export_decoder(
         axes.update({name: kv for name in input_names[3:]})
         axes.update({name: {0: "batch", 2: "total_sequence"} for name in output_names[1:]})
         kwargs["dynamic_axes"] = axes
-    wrapped = _DecoderWithCache(model).eval()
     args = (ids, mask, positions, *cache)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(wrapped, args, dynamo=True, **kwargs).save(str(path))
-        else:
-            torch.onnx.export(wrapped, args, str(path), dynamo=False, **kwargs)
-    return path
+    return _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
 
 
 def _decoder_with_cache_module():

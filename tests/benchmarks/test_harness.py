@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -21,6 +22,15 @@ def test_write_section_appends_then_replaces(tmp_path):
     assert path.read_text() == f"# Results\n\nbefore\n\n{BEGIN}\ntwo\nlines\n{END}\n\nafter\n"
     harness.write_section("<!-- y:begin -->", "<!-- y:end -->", "<!-- y:begin -->\nthree\n<!-- y:end -->", path)
     assert path.read_text().endswith(f"{END}\n\nafter\n\n<!-- y:begin -->\nthree\n<!-- y:end -->\n")
+
+
+def test_sentences_are_the_vendored_file_inside_the_checkout():
+    # Byte-identical to the text the benchmarks' figures and int8 calibration were measured on.
+    assert harness.SENTENCES == harness.ROOT / "benchmarks" / "data" / "sentences.txt"
+    data = harness.SENTENCES.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == "4dc2bd565fa2d402b24b56643e7c046821e0223a26ee2bc8f023dc5ed123ec0f"
+    lines = harness.sentences(0, 5000)
+    assert len(lines) == 2000 and harness.sentences(1000, 1032) == lines[1000:1032]
 
 
 def test_machine_line_names_machine_and_versions():

@@ -4,6 +4,7 @@ and `llmc build` carrying those files into the artifact under its integrity hash
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from typer.testing import CliRunner
 import llmc
 from llmc.cli.main import app
 from llmc.errors import LlmcError
-from llmc.export.hf import detect_task
+from llmc.export.hf import detect_task, export_pretrained
+from llmc.export.models import _optimizes_by_default
 from tests.cli.test_bad_inputs import _assert_one_line_error
 
 pytest.importorskip("torch")
@@ -62,12 +64,18 @@ def bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gpt2_export(gpt2_dir, tmp_path_factory) -> Path:
+def gpt2_export_run(gpt2_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The directory ``llmc export`` (dynamo) wrote for gpt2_dir, and what it printed."""
     out = tmp_path_factory.mktemp("exports") / "gpt2"
     result = runner.invoke(app, ["export", str(gpt2_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "exported gpt2 (decoder)" in result.output
-    return out
+    return out, result.output
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(gpt2_export_run) -> Path:
+    return gpt2_export_run[0]
 
 
 @pytest.fixture()
@@ -173,6 +181,28 @@ def test_the_cache_key_covers_the_tokenizer_bytes(gpt2_export, tmp_path, cache_o
     assert first.manifest["cache"]["key"] != second.manifest["cache"]["key"]
     assert second.manifest["cache"]["hit"] is False
     assert (tmp_path / "b" / "tokenizer_config.json").read_text() == '{"model_max_length": 8}\n'
+
+
+def test_the_phases_show_in_order_with_their_seconds(gpt2_export_run, bert_dir, tmp_path, capfd):
+    import torch
+
+    optimising = ["optimising"] if _optimizes_by_default(torch) else []  # torch >= 2.7
+    output = gpt2_export_run[1]  # the CLI prints each finished phase (the running one is a spinner)
+    done = [m.groups() for m in re.finditer(r"^(.+): (\d+\.\d) s$", output, re.MULTILINE)]
+    assert [name for name, _ in done] == ["loading gpt2", "exporting to ONNX", *optimising, "saving"], output
+    assert all(float(seconds) >= 0 for _, seconds in done)
+    assert output.index("saving: ") < output.index("exported gpt2 (decoder)")
+
+    # A library caller's callback gets each phase's start line, then its seconds; none, no output.
+    lines: list[str] = []
+    export_pretrained(bert_dir, tmp_path / "lib", dynamo=False, log=lines.append)
+    names = ["loading bert", "exporting to ONNX", "saving"]
+    assert [re.sub(r" \(.*\) \.\.\.$", "", line) for line in lines[::2]] == names, lines
+    assert [re.sub(r": \d+\.\d s$", "", line) for line in lines[1::2]] == names, lines
+    assert lines[0] == "loading bert (config, float32 weights) ..."
+    capfd.readouterr()
+    export_pretrained(bert_dir, tmp_path / "quiet", dynamo=False)
+    assert capfd.readouterr() == ("", "")
 
 
 def test_detect_task():

