@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmc.cli.app import console
+from llmc.model.decoder import is_cache_input
 
 
 class Progress:
@@ -263,7 +264,7 @@ def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> No
     table.add_column("", no_wrap=True)
     sets = [s.to_dict() for s in analysis.sets]
     for s in analysis.sets:
-        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past")]
+        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not is_cache_input(k)]
         table.add_column("\n".join(dims), justify="right")
     scheduler = analysis.choice.scheduler if analysis.choice else "graph"
 
@@ -294,7 +295,7 @@ def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> No
     console.print(table)
     for s, d in zip(analysis.sets, sets, strict=True):
         top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {_mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
-        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
+        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not is_cache_input(k))
         console.print(f"largest tensors at the peak ({escape(label)}): {escape(top)}", soft_wrap=True)
     for a in assumed:
         if a:
