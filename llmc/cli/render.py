@@ -18,6 +18,7 @@ from llmc.cli.app import console
 from llmc.compiler.registry import chain_of, precision_of
 from llmc.model.files import mib
 from llmc.spec.precision import FP32
+from llmc.model.decoder import is_cache_input
 
 
 class Progress:
@@ -166,7 +167,7 @@ def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> No
     table.add_column("", no_wrap=True)
     sets = [s.to_dict() for s in analysis.sets]
     for s in analysis.sets:
-        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past")]
+        dims = [f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not is_cache_input(k)]
         table.add_column("\n".join(dims), justify="right")
     scheduler = analysis.choice.scheduler if analysis.choice else "graph"
 
@@ -197,7 +198,7 @@ def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> No
     console.print(table)
     for s, d in zip(analysis.sets, sets, strict=True):
         top = ", ".join(f"{t['tensor']} [{'x'.join(map(str, t['shape']))}] {mib(t['bytes'])}" for t in d["top_tensors_at_peak"])
-        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
+        label = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not is_cache_input(k))
         console.print(f"largest tensors at the peak ({escape(label)}): {escape(top)}", soft_wrap=True)
     for a in assumed:
         if a:

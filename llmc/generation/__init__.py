@@ -1,7 +1,7 @@
 """Text generation on a built decoder artifact: KV-cache prefill + decode on ONNX Runtime.
 
-- ``decoder``: the decoder I/O layout of a session (``llmc export``'s convention), or one error line;
-- ``loop``: the prefill/decode loop, the KV cache passed between steps through IOBinding;
+- ``loop``: the prefill/decode loop, the KV cache passed between steps through IOBinding, on the
+  decoder I/O contract (:mod:`llmc.model.decoder`: names, cache geometry, one error line otherwise);
 - ``sampling``: greedy, temperature, top-k and top-p with a seeded generator;
 - ``text``: the artifact's tokenizer, chat template and generation config;
 - ``evaluate``: full-sequence logits and sliding-window perplexity;

@@ -14,28 +14,24 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from llmc.errors import LlmcError
-from llmc.generation.decoder import DecoderLayout, detect_layout
 from llmc.generation.loop import Request, Stepper, run_generation
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
 from llmc.model import text as texts
+from llmc.model import decoder
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
 
-def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, DecoderLayout]:
+def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, decoder.DecoderLayout]:
     """A :class:`Stepper` on ``session``; an engine or non-decoder is one error line."""
     if session is None or not hasattr(session, "io_binding"):
         raise LlmcError(
             f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
         )
-    layout = detect_layout(session, artifact)
-    manifest = _manifest(artifact)
-    fusions, gqa = manifest.get("fusions"), manifest.get("gqa")
-    if isinstance(fusions, dict) and fusions.get("GroupQueryAttention") == layout.num_layers:
-        masks = isinstance(gqa, dict) and gqa.get("padding_from_attention_mask") == layout.num_layers
-        layout = dataclasses.replace(layout, shared_cache=True, masks_padding=masks)
+    layout = decoder.require(*decoder.session_io(session), artifact)
+    layout = decoder.with_manifest(layout, _manifest(artifact))
     return Stepper(session, layout, artifact), layout
 
 
@@ -129,7 +125,7 @@ def generate(
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
         tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens, prefix=prefix_cache,
     )
-    if stepper.layout.shared_cache and not stepper.layout.masks_padding and len({len(p) for p in prompts}) > 1:
+    if not stepper.layout.batches_left_padding and len({len(p) for p in prompts}) > 1:
         # GroupQueryAttention of builds before llmc.passes.fusion.gqa took each row's length from
         # its positions and cannot skip left padding: such prompts run one at a time.
         results = [run_generation(stepper, dataclasses.replace(request, prompts=[p]))[0] for p in prompts]

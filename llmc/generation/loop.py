@@ -20,11 +20,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from llmc.generation.decoder import DecoderLayout
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
 from llmc.model.text import decode
+from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, DecoderLayout
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.runner import OrtRunner
 
@@ -42,9 +42,9 @@ class Stepper:
     ) -> tuple[Any, list[Any]]:
         """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache). A shared
         cache is allocated at prefill for ``capacity`` tokens and then updated in place."""
-        feeds: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask}
         if self.layout.has_position_ids:
-            feeds["position_ids"] = positions
+            feeds[POSITION_IDS] = positions
         if past is None and self.layout.shared_cache:
             past = self._allocate(ids.shape[0], max(capacity, ids.shape[1]))
         if past is None:
@@ -58,7 +58,7 @@ class Stepper:
         )
         with run_context(hint, str(self.artifact)):
             outputs = self.runner.run_bound(feeds, into)
-        return outputs["logits"], [outputs[name] for name in self.layout.present_names]
+        return outputs[LOGITS], [outputs[name] for name in self.layout.present_names]
 
     def cached_past(self, tensors: list[np.ndarray], capacity: int) -> list[Any]:
         """A prefix's cache tensors ``[1, kv, length, d]`` as the past of the next run, copied into

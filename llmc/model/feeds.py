@@ -30,6 +30,8 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.model import decoder
+from llmc.model.decoder import DecoderLayout
 from llmc.model.shape_specs import parse_shape_sets, parse_shape_specs  # noqa: F401  (re-exported)
 
 DEFAULT_BATCH = 1
@@ -106,12 +108,12 @@ def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 
     for name, value in inputs.items():
         feeds[name] = _make_array(value, shapes[name], rng)
     layout = _decoder_layout(inputs)
-    if layout is not None and layout.position_ids in feeds:
-        past = shapes[layout.past_input][2]
-        array = feeds[layout.position_ids]
+    if layout is not None and decoder.POSITION_IDS in feeds:
+        past = shapes[layout.past_input][decoder.LENGTH_AXIS]
+        array = feeds[decoder.POSITION_IDS]
         if array.ndim >= 1:
             positions = np.arange(past, past + array.shape[-1], dtype=array.dtype)
-            feeds[layout.position_ids] = np.broadcast_to(positions, array.shape).copy()
+            feeds[decoder.POSITION_IDS] = np.broadcast_to(positions, array.shape).copy()
     return feeds
 
 
@@ -135,15 +137,14 @@ def cache_prefill(model: ir.Model, feeds: dict[str, np.ndarray], seed: int = 0) 
     """
     inputs = _runtime_inputs(model)
     layout = _decoder_layout(inputs)
-    if layout is None or feeds[layout.past_input].shape[2] == 0:
+    if layout is None or feeds[layout.past_input].shape[decoder.LENGTH_AXIS] == 0:
         return None
     produced = {v.name for v in model.graph.outputs}
-    caches = {n: v for n, v in inputs.items() if n.startswith("past_") and v.shape is not None and len(v.shape) == 4}
-    outputs = {_present_name(n): n for n in caches}
+    outputs = {decoder.present_for(n): n for n in layout.cache_inputs}
     if not set(outputs) <= produced:
         return None
     batch, _, past, _ = feeds[layout.past_input].shape
-    ids = _make_array(inputs["input_ids"], (batch, past), np.random.default_rng(seed + 1))
+    ids = _make_array(inputs[decoder.INPUT_IDS], (batch, past), np.random.default_rng(seed + 1))
     prefill = prefill_feeds(model, ids, like=feeds)
     return None if prefill is None else CachePrefill(prefill, outputs, past)
 
@@ -172,7 +173,7 @@ def prefill_feeds(
     ``input_ids``, or another input than mask, positions and a rank-4 cache). Shapes and dtypes
     (the cache's heads and head size) come from ``like``'s arrays, else from the model."""
     inputs = _runtime_inputs(model)
-    if "input_ids" not in inputs or ids.ndim != 2:
+    if decoder.INPUT_IDS not in inputs or ids.ndim != 2:
         return None
     shapes = {k: tuple(v.shape) for k, v in like.items()} if like is not None else resolve_shapes(model)[0]
     batch, length = ids.shape
@@ -180,23 +181,16 @@ def prefill_feeds(
     for name, value in inputs.items():
         dtype = like[name].dtype if like is not None else value.dtype.numpy() if value.dtype is not None else None
         shape = shapes[name]
-        if name == "input_ids":
+        if name == decoder.INPUT_IDS:
             feeds[name] = ids.astype(dtype)
-        elif name in ("attention_mask", "position_ids") and len(shape) == 2:
-            row = np.ones(length) if name == "attention_mask" else np.arange(length)
+        elif name in (decoder.ATTENTION_MASK, decoder.POSITION_IDS) and len(shape) == 2:
+            row = np.ones(length) if name == decoder.ATTENTION_MASK else np.arange(length)
             feeds[name] = np.broadcast_to(row, (batch, length)).astype(dtype)
-        elif name.startswith("past_") and len(shape) == 4 and dtype is not None:
-            feeds[name] = np.zeros((batch, shape[1], 0, shape[3]), dtype)
+        elif decoder.is_cache_input(name) and len(shape) == decoder.CACHE_RANK and dtype is not None:
+            feeds[name] = np.zeros((batch, shape[decoder.HEADS_AXIS], 0, shape[decoder.HEAD_SIZE_AXIS]), dtype)
         else:
             return None
     return feeds
-
-
-def _present_name(past: str) -> str:
-    """``past_key_values.0.key`` -> ``present.0.key`` (Hugging Face / GenAI), ``past_0`` -> ``present_0``."""
-    if past.startswith("past_key_values."):
-        return "present." + past.removeprefix("past_key_values.")
-    return "present_" + past.removeprefix("past_")
 
 
 def feeds_for(
@@ -286,7 +280,7 @@ def check_not_empty(model: ir.Model, feeds: dict[str, np.ndarray], origin: str =
     inputs = _runtime_inputs(model)
     layout = _decoder_layout(inputs)
     for name, array in feeds.items():
-        if array.size or (layout is not None and _empty_cache(inputs.get(name), array, layout.past)):
+        if array.size or (layout is not None and _empty_cache(inputs.get(name), array, layout.past_symbol)):
             continue
         raise LlmcError(
             f"{origin}input '{name}' has no elements (shape {_format_dims(array.shape)}), so verification "
@@ -348,67 +342,37 @@ def check_input_names(inputs, feeds, origin: str, what: str = "inputs") -> None:
         )
 
 
-class _DecoderLayout(NamedTuple):
-    past_input: str  # one KV-cache input, [batch, heads, past, head_size]
-    past: str  # symbol of the cached length
-    sequence: str  # symbol of the new tokens' length
-    total: str | None  # symbol of the attention mask's length, past + sequence
-    position_ids: str | None
+def _decoder_layout(inputs: dict[str, ir.Value]) -> DecoderLayout | None:
+    """The KV-cache symbols of a decoder's inputs (llmc.model.decoder: either naming convention),
+    or None for a model without a cache whose length and new tokens are named symbols."""
+    layout = decoder.parse(decoder.tensor_of(v) for v in inputs.values())
+    return layout if layout is not None and layout.symbolic else None
 
 
-def _decoder_layout(inputs: dict[str, ir.Value]) -> _DecoderLayout | None:
-    """The KV-cache symbols of a decoder's inputs, or None for a model without a cache."""
-    past = next(
-        (
-            v
-            for n, v in inputs.items()
-            if (n.startswith("past_key_values") or n.startswith("past_"))
-            and v.shape is not None
-            and len(v.shape) == 4
-            and isinstance(v.shape[2], ir.SymbolicDim)
-            and v.shape[2].value
-        ),
-        None,
-    )
-    ids = inputs.get("input_ids")
-    if past is None or ids is None or ids.shape is None or len(ids.shape) != 2:
-        return None
-    sequence = ids.shape[1]
-    if not isinstance(sequence, ir.SymbolicDim) or not sequence.value:
-        return None
-    total = None
-    mask = inputs.get("attention_mask")
-    if mask is not None and mask.shape is not None and len(mask.shape) == 2:
-        last = mask.shape[1]
-        if isinstance(last, ir.SymbolicDim) and last.value not in (None, sequence.value):
-            total = last.value
-    positions = "position_ids" if "position_ids" in inputs else None
-    return _DecoderLayout(past.name, past.shape[2].value, sequence.value, total, positions)
-
-
-def _bind_total_sequence(layout: _DecoderLayout, symbols: dict[str, int], assumed: dict[str, int]) -> None:
+def _bind_total_sequence(layout: DecoderLayout, symbols: dict[str, int], assumed: dict[str, int]) -> None:
     """Keep ``total = past + sequence`` whichever of them was given or assumed."""
-    if layout.total is None:
+    total, past_symbol, sequence_symbol = layout.total_symbol, layout.past_symbol, layout.sequence_symbol
+    if total is None:
         return
-    if layout.sequence not in symbols:
-        symbols[layout.sequence] = DEFAULT_DIM
-        assumed[layout.sequence] = DEFAULT_DIM
-    if layout.total in symbols and layout.past not in symbols:
-        symbols[layout.past] = max(symbols[layout.total] - symbols[layout.sequence], 0)
-        assumed[layout.past] = symbols[layout.past]
-    for symbol in (layout.past,):
+    if sequence_symbol not in symbols:
+        symbols[sequence_symbol] = DEFAULT_DIM
+        assumed[sequence_symbol] = DEFAULT_DIM
+    if total in symbols and past_symbol not in symbols:
+        symbols[past_symbol] = max(symbols[total] - symbols[sequence_symbol], 0)
+        assumed[past_symbol] = symbols[past_symbol]
+    for symbol in (past_symbol,):
         if symbol not in symbols:
             symbols[symbol] = DEFAULT_DIM
             assumed[symbol] = DEFAULT_DIM
-    past, sequence = symbols[layout.past], symbols[layout.sequence]
-    if layout.total in symbols:
-        if symbols[layout.total] != past + sequence:
+    past, sequence = symbols[past_symbol], symbols[sequence_symbol]
+    if total in symbols:
+        if symbols[total] != past + sequence:
             raise LlmcError(
-                f"--shape: attention_mask length {layout.total}={symbols[layout.total]} must be "
+                f"--shape: attention_mask length {total}={symbols[total]} must be "
                 f"past + sequence = {past} + {sequence} = {past + sequence} for this decoder"
             )
         return
-    symbols[layout.total] = past + sequence
+    symbols[total] = past + sequence
 
 
 def _runtime_inputs(model: ir.Model) -> dict[str, ir.Value]:

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.model.decoder import is_decoder
 from llmc.serving.metrics import Metrics
 from llmc.serving.protocol import (
     BadRequest,
@@ -74,7 +75,7 @@ class Engine:
         # padding leaves every real position unchanged (the loaded runner then skips it again).
         self.padded_merge = self.mergeable and bool(padding.get("trim", {}).get("safe"))
         self.layout = padding if self.padded_merge else None
-        self.decoder = any(i.name.startswith("past_key_values") for i in self.inputs)
+        self.decoder = is_decoder(i.name for i in self.inputs)
         self.metrics = Metrics()
         self.in_flight = 0
         self.prefix = None

@@ -24,6 +24,7 @@ from typing import Any
 import onnx
 
 from llmc.errors import LlmcError
+from llmc.model import decoder
 
 # ONNX element types -> Triton's DataType names.
 TRITON_TYPES = {
@@ -32,7 +33,6 @@ TRITON_TYPES = {
     onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8",
     onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
 }
-PAST, PRESENT = "past_key_values.", "present."
 TRT_PRECISION = {"fp16": "FP16", "int8": "INT8"}
 
 
@@ -99,8 +99,8 @@ def build_config(model: onnx.ModelProto, manifest: dict[str, Any], name: str, op
     pb = model_config_pb2()
     batched = options.max_batch_size > 0
     inputs = [v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
-    state_in = [v for v in inputs if v.name.startswith(PAST)]
-    state_out = {v.name: v for v in model.graph.output if v.name.startswith(PRESENT)}
+    state_in = [v for v in inputs if decoder.is_past(v.name)]
+    state_out = {v.name: v for v in model.graph.output if decoder.is_present(v.name)}
     config = pb.ModelConfig(name=name, max_batch_size=options.max_batch_size)
     config.platform = "tensorrt_plan" if plan else "onnxruntime_onnx"
     for value in inputs:
@@ -136,9 +136,10 @@ def _sequence_batching(config: Any, state_in: list[onnx.ValueInfoProto], state_o
     batching.max_sequence_idle_microseconds = options.sequence_idle_us
     batching.direct.SetInParent()
     for value in state_in:
-        output = state_out.get(PRESENT + value.name[len(PAST) :])
+        present = decoder.present_for(value.name)
+        output = state_out.get(present)
         if output is None:
-            raise LlmcError(f"'{value.name}' has no '{PRESENT}{value.name[len(PAST):]}' output to carry it: not an llmc decoder")
+            raise LlmcError(f"'{value.name}' has no '{present}' output to carry it: not an llmc decoder")
         tensor = _tensor(value, config.max_batch_size > 0)
         state = batching.state.add(input_name=value.name, output_name=output.name, data_type=tensor["data_type"])
         state.dims.extend(tensor["dims"])

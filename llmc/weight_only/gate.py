@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.model.compare import cosine, token_nll
+from llmc.model.decoder import is_logits
 from llmc.model.feeds import cache_prefill, make_feeds, prefill_feeds, with_computed_cache
 from llmc.model.io import ort_model_source
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
@@ -43,7 +44,7 @@ class Runner:
 
 
 def logits_name(model: ir.Model) -> str | None:
-    return next((v.name for v in model.graph.outputs if "logits" in (v.name or "")), None)
+    return next((v.name for v in model.graph.outputs if is_logits(v.name)), None)
 
 
 def text_windows(ids: list[int]) -> list[np.ndarray]:

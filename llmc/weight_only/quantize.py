@@ -34,6 +34,7 @@ import onnx_ir as ir
 from llmc.weight_only.blocks import hqq_offsets, q4_minmax, q8_digits, q8_symmetric
 from llmc.weight_only.options import Int4Options
 from llmc.weight_only.rewrite import MS_DOMAIN, Rewriter, register
+from llmc.model.decoder import is_logits
 
 # Ops a head's output may pass through on its way to ``logits`` (bias, reshapes, casts, scaling).
 _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Transpose", "Mul", "Div", "Tanh"}
@@ -53,7 +54,7 @@ def head_nodes(model: ir.Model) -> set[int]:
     """The MatMul/Gemm nodes (by id) whose output reaches a graph output named ``*logits*``
     through bias, reshape, cast or scaling ops only."""
     found: set[int] = set()
-    stack = [(v.producer(), 0) for v in model.graph.outputs if "logits" in (v.name or "")]
+    stack = [(v.producer(), 0) for v in model.graph.outputs if is_logits(v.name)]
     while stack:
         node, depth = stack.pop()
         if node is None or depth > 6:

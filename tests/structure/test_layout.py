@@ -128,3 +128,55 @@ def test_no_model_files_tracked_outside_test_fixtures():
     suffixes = (".onnx", ".onnx.data", ".plan", ".engine", ".npz", ".gguf")
     tracked = [f for f in files if f.endswith(suffixes) and not f.startswith("tests/fixtures/")]
     assert tracked == []
+
+
+CONTRACT = "llmc/model/decoder.py"
+CONTRACT_LITERALS = ("past_key_values", "present.")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                found.add(id(first.value))
+    return found
+
+
+def contract_literals(text: str) -> list[str]:
+    """The string constants of a module's code (f-string parts included, docstrings and comments
+    not) that spell a name of the decoder I/O convention."""
+    tree = ast.parse(text)
+    docstrings = _docstrings(tree)
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        and any(literal in node.value for literal in CONTRACT_LITERALS)
+    ]
+
+
+def test_one_decoder_contract():
+    # The decoder I/O convention (past_key_values.{i}.key -> present.{i}.key) is spelled in one
+    # module; everything else asks llmc.model.decoder.
+    spelled = [
+        f"{path.relative_to(ROOT)}: {literal!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if str(path.relative_to(ROOT)) != CONTRACT
+        for literal in contract_literals(path.read_text())
+    ]
+    assert spelled == []
+
+
+def test_the_contract_check_sees_code_not_docstrings():
+    # A guard on the check itself: f-string parts and plain strings count; docstrings, comments do not.
+    text = (
+        '"""Reads past_key_values.0.key."""\n'
+        "def f(i):\n"
+        '    """-> present.0.key"""\n'
+        "    # past_key_values\n"
+        '    return f"present.{i}.key", "past_key_values"\n'
+    )
+    assert sorted(contract_literals(text)) == ["past_key_values", "present."]

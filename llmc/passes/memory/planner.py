@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.model.decoder import CACHE_RANK, is_cache_input, is_cache_output
 from llmc.passes.memory.arena import ArenaPlan, plan_arena
 from llmc.passes.memory.concrete_shapes import nbytes, tensor_shapes
 from llmc.passes.memory.liveness import (
@@ -268,17 +269,17 @@ def _outer_scope_inputs(node: ir.Node) -> list[str]:
 def kv_cache_bytes(model: ir.Model, sized: dict[str, tuple[tuple[int, ...], ir.DataType]]) -> dict[str, int] | None:
     """A decoder's KV-cache bytes: the past inputs, the present outputs, and per cached token.
 
-    KV-cache tensors are the rank-4 ``past_*`` / ``past_key_values.*`` inputs (Hugging Face and
-    ONNX Runtime GenAI naming, [batch, kv heads, past length, head size]) and the outputs named
-    ``present*``. None for a model without them.
+    KV-cache tensors are the rank-4 cache inputs and outputs of either naming convention of
+    :mod:`llmc.model.decoder` (``past_key_values.*`` -> ``present.*``, ``past_*`` -> ``present_*``;
+    [batch, kv heads, past length, head size]). None for a model without them.
     """
     past = [
         v.name for v in model.graph.inputs
-        if v.name.startswith("past") and v.name in sized and len(sized[v.name][0]) == 4
+        if is_cache_input(v.name) and v.name in sized and len(sized[v.name][0]) == CACHE_RANK
     ]
     present = [
         v.name for v in model.graph.outputs
-        if v.name.startswith("present") and v.name in sized and len(sized[v.name][0]) == 4
+        if is_cache_output(v.name) and v.name in sized and len(sized[v.name][0]) == CACHE_RANK
     ]
     if not past and not present:
         return None

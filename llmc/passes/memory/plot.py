@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc.model.decoder import is_cache_input
 from llmc.passes.memory.planner import MemoryAnalysis
 
 MIB = 2**20
@@ -52,7 +53,7 @@ def plot_memory(analysis: MemoryAnalysis, path: str | Path, title: str, index: i
     top.set_ylabel("live activation MiB")
     top.set_ylim(0, max(before.max(), s.plan.arena_bytes / MIB) * 1.15 or 1)
     top.legend(loc="best", fontsize=8, framealpha=0.9)
-    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not k.startswith("past"))
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.shapes.items() if not is_cache_input(k))
     top.set_title(f"{title}  ({shapes})", fontsize=10)
 
     plan = s.plan

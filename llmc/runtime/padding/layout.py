@@ -14,7 +14,9 @@ from typing import Any
 
 import onnx_ir as ir
 
-MASK = "attention_mask"
+from llmc.model.decoder import ATTENTION_MASK, is_decoder
+
+MASK = ATTENTION_MASK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ def sequence_inputs(model: ir.Model) -> tuple[str, tuple[str, ...]] | str:
     """``(mask, inputs)`` of an encoder whose every input is ``[batch, sequence, ...]``, or why
     padding-aware execution does not apply to ``model``."""
     inputs = {v.name: v for v in model.graph.inputs if v.name not in model.graph.initializers}
-    if any(name.startswith("past_key_values") for name in inputs):
+    if is_decoder(inputs):
         return "a decoder (KV cache inputs): generation handles its padding"
     mask = inputs.get(MASK)
     if mask is None or mask.shape is None or len(mask.shape) != 2:
