@@ -1,12 +1,15 @@
-"""Do two llmc checkouts build the same artifacts? sha256 of model.onnx, case by case, and
-each build's wall time (one fresh process per build, the two checkouts alternating).
+"""Do two llmc checkouts build the same artifacts? sha256 of model.onnx, of every other file the
+manifest hashes, and of the manifest itself with what varies from run to run taken out (timings,
+peak RSS, paths, the build cache record, the schema version), case by case, and each build's
+wall time (one fresh process per build, the two checkouts alternating).
 
     git worktree add /tmp/llmc-old REV
     python -m benchmarks.same_artifacts --against /tmp/llmc-old
 
 Each checkout builds every case in its own fresh process (build cache off) from the benchmark
 models (``benchmarks.models``, exported once); a refactoring that claims "behaviour unchanged"
-should print ``same`` on every row. A case that fails in a checkout prints its error line.
+should print ``same`` on every row (``model.onnx``, the other files, the manifest). A case that
+fails in a checkout prints its error line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ CASES = {
     "MiniLM int8 ort": ("minilm", {"precision": "int8", "int8": True}),
     "MiniLM fp16 trt (no engine)": ("minilm", {"target": "trt", "precision": "fp16", "no_engine": True}),
     "BERT-base int8 trt (no engine)": ("bert_base", {"target": "trt", "precision": "int8", "no_engine": True, "int8": True}),
+    "LLaMA-style int4": ("llama", {"precision": "int4"}),
+    "LLaMA-style int8 weight-only": ("llama", {"precision": "int8", "weight_only": True}),
+    "GPT-2 fp32, gqa off": ("gpt2", {"fusions": {"gqa": False}}),
 }
 
 # Runs in the checkout under test: argv = root, case name, model path, kwargs json, out dir.
@@ -50,11 +56,28 @@ if kwargs.pop("int8", False):
                   quantization=QuantizeOptions(samples=64, holdout=32, threads=2), shapes={"input_ids": (1, 128)})
 else:
     kwargs.pop("calibration_data"); kwargs.pop("tokenizer")
+VOLATILE = ("seconds", "_ms", "rss", "timing", "schema_version", "cache", "file", "path", "create")
+
+
+def stable(value):  # the manifest without what differs between two runs of the same build
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items() if not any(w in k for w in VOLATILE)}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
+def digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 try:
     start = time.perf_counter()
     llmc.build(model, output=out, threads=2, **kwargs)
     seconds = time.perf_counter() - start
-    print(hashlib.sha256(open(os.path.join(out, "model.onnx"), "rb").read()).hexdigest(), f"{seconds:.2f}")
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    files = {k: v for k, v in manifest["artifact"]["sha256"].items() if k != "model.onnx"}
+    print(manifest["artifact"]["sha256"]["model.onnx"], digest(files), digest(stable(manifest)), f"{seconds:.2f}")
 except Exception as exc:
     print("failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120])
 """
@@ -76,19 +99,27 @@ def _build(root: Path, name: str, model: Path, kwargs: dict, out: Path) -> str:
     return lines[-1] if lines else "failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
 
 
-def _split(line: str) -> tuple[str, str]:
-    """(sha256 or the failure, build seconds or '-')."""
+def _split(line: str) -> tuple[list[str], str]:
+    """([model sha256, other files' digest, stable manifest digest] or [the failure], build seconds or '-')."""
     if line.startswith("failed"):
-        return line, "-"
-    sha, _, seconds = line.partition(" ")
-    return sha, seconds or "-"
+        return [line], "-"
+    *digests, seconds = line.split(" ")
+    return digests, seconds
+
+
+def _verdict(ours: list[str], theirs: list[str]) -> str:
+    if ours[0].startswith("failed") or theirs[0].startswith("failed"):
+        return "same failure" if ours == theirs else "DIFFERENT"
+    parts = [what for what, a, b in zip(("model.onnx", "files", "manifest"), ours, theirs, strict=True) if a != b]
+    return "same" if not parts else "DIFFERENT: " + ", ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", type=Path, required=True, help="a checkout of the other revision")
     args = parser.parse_args()
-    rows = ["| case | this checkout | other checkout | | build s (this / other) |", "|---|---|---|---|---|"]
+    rows = ["| case | model.onnx here | model.onnx there | model, files, manifest | build s (here / there) |",
+            "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="llmc-same-") as tmp:
         for name, (key, kwargs) in CASES.items():
             model = _model(key)
@@ -96,9 +127,7 @@ def main() -> None:
             ours = _build(ROOT, name, model, kwargs, Path(tmp) / "ours" / slug)
             theirs = _build(args.against.resolve(), name, model, kwargs, Path(tmp) / "theirs" / slug)
             (ours, our_s), (theirs, their_s) = _split(ours), _split(theirs)
-            verdict = "same" if ours == theirs and not ours.startswith("failed") else (
-                "same failure" if ours == theirs else "DIFFERENT")
-            rows.append(f"| {name} | {ours[:16]} | {theirs[:16]} | {verdict} | {our_s} / {their_s} |")
+            rows.append(f"| {name} | {ours[0][:16]} | {theirs[0][:16]} | {_verdict(ours, theirs)} | {our_s} / {their_s} |")
             print(rows[-1], flush=True)
     print("\n".join(rows))
 

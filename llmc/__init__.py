@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from llmc.errors import LlmcError
 from llmc.version import __version__
 
-__all__ = ["Artifact", "LlmcError", "Runner", "__version__", "build", "load"]
+__all__ = ["Artifact", "LlmcError", "Runner", "__version__", "build", "load", "register_precision"]
 
 if TYPE_CHECKING:
     from llmc.compiler.build import build
+    from llmc.compiler.registry import register_precision
     from llmc.generation.runner import Runner, load
     from llmc.runtime.artifact import Artifact
 
@@ -27,6 +28,7 @@ _LAZY = {
     "Runner": "llmc.generation.runner",
     "load": "llmc.generation.runner",
     "build": "llmc.compiler.build",
+    "register_precision": "llmc.compiler.registry",
 }
 
 

@@ -18,7 +18,6 @@ from llmc.cli.app import console
 from llmc.compiler.registry import chain_of, precision_of
 from llmc.model.files import mib
 from llmc.spec.precision import FP32
-from llmc.model.decoder import is_cache_input
 
 
 class Progress:
@@ -163,6 +162,8 @@ def _short(text: str, limit: int = 140) -> str:
 
 def print_memory(analysis: Any, assumed: list[dict[str, int]], path: Path) -> None:
     """One column per shape set of ``llmc inspect --memory`` (llmc.passes.memory.planner)."""
+    from llmc.model.decoder import is_cache_input  # numpy: not on `llmc --help`'s path
+
     table = Table(title=f"memory plan of {escape(str(path))} ({analysis.alignment}-byte alignment)", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
     sets = [s.to_dict() for s in analysis.sets]

@@ -18,8 +18,8 @@ from llmc.generation.loop import Request, Stepper, run_generation
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
-from llmc.model import text as texts
 from llmc.model import decoder
+from llmc.model import text as texts
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 

@@ -23,8 +23,8 @@ import numpy as np
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
-from llmc.model.text import decode
 from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, DecoderLayout
+from llmc.model.text import decode
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.runner import OrtRunner
 

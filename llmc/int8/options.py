@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from llmc.errors import LlmcError
-from llmc.int8.stats import METHODS
 
+METHODS = ("max", "percentile", "entropy", "mse")  # calibration range methods (llmc.int8.stats)
 DEFAULT_MEMORY_BUDGET = 256 << 20  # captured activations per calibration batch; cached reference outputs
 
 

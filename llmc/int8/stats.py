@@ -7,7 +7,7 @@ transformer activations. A :class:`TensorStats` holds ``BINS`` counts over ``[-R
 batch exceeds ``R`` the range doubles as often as needed and neighbouring bins merge, so the
 histogram is exact up to bin width, its memory is constant, and batches can arrive one by one.
 
-Ranges (``range_for``) are derived from the statistics by one of ``METHODS``:
+Ranges (``range_for``) are derived from the statistics by one of the methods (``llmc.int8.options.METHODS``):
 
 - ``max``: the observed [min, max].
 - ``percentile``: the ``percentile`` quantiles of the signed histogram (two-sided).
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("max", "percentile", "entropy", "mse")
 BINS = 4096  # signed histogram: BINS // 2 bins on each side of zero
 DEFAULT_PERCENTILE = 99.99
 

@@ -32,12 +32,14 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import onnx_ir as ir
 
 from llmc.errors import LlmcError
+
+if TYPE_CHECKING:  # onnx-ir loads in ~1 s: `llmc --help` (render's cache names) must not import it
+    import onnx_ir as ir
 
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS = "input_ids", "attention_mask", "position_ids"
 TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
@@ -224,7 +226,7 @@ def tensor_of(value: Any) -> Tensor:
     dtype) triple."""
     if isinstance(value, tuple):
         name, shape, dtype = value
-    elif isinstance(value, ir.Value):
+    elif hasattr(value, "dtype"):  # an onnx-ir Value
         name, shape, dtype = value.name, value.shape, value.dtype
     else:  # onnxruntime.NodeArg
         name, shape, dtype = value.name, value.shape, value.type

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from llmc.spec.options import Section
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # light: `llmc --help` reads the precisions' options
+    import numpy as np
     import onnx_ir as ir
 
     from llmc.model.compare import Comparison
@@ -142,6 +141,8 @@ class QuantizedPrecision(Precision):
     check_name: str = ""  # what judged the quantized graph ("accuracy budget")
 
     def judge(self, judgement: Judgement) -> Comparison:
+        import numpy as np
+
         from llmc.errors import LlmcError
 
         bad = [k for k, v in judgement.outputs.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]

@@ -31,10 +31,10 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnx_ir as ir
 
+from llmc.model.decoder import is_logits
 from llmc.weight_only.blocks import hqq_offsets, q4_minmax, q8_digits, q8_symmetric
 from llmc.weight_only.options import Int4Options
 from llmc.weight_only.rewrite import MS_DOMAIN, Rewriter, register
-from llmc.model.decoder import is_logits
 
 # Ops a head's output may pass through on its way to ``logits`` (bias, reshapes, casts, scaling).
 _HEAD_PATH_OPS = {"Add", "Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Transpose", "Mul", "Div", "Tanh"}

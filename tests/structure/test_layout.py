@@ -180,3 +180,121 @@ def test_the_contract_check_sees_code_not_docstrings():
         '    return f"present.{i}.key", "past_key_values"\n'
     )
     assert sorted(contract_literals(text)) == ["past_key_values", "present."]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """llmc module -> the llmc modules it imports (module-level and function-level imports; a
+    name imported from a package counts as its submodule when it is one)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(owner(alias.name) for alias in node.names if alias.name.startswith("llmc"))
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("llmc"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else owner(node.module))
+        graph[module] = {m for m in found if m and m != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_level_cycle():
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_check_finds_a_lazy_import_cycle():
+    # A guard on the check itself: a function-level import closing a loop is a cycle.
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+# Where a target's or a precision's name may be compared: its own package (the declaration and
+# the mechanics). Everywhere else code asks the object (request.target.qdq, precision.quantized).
+NAME_HOMES = {
+    "ort": ("llmc/targets/",), "trt": ("llmc/targets/",),
+    "fp32": ("llmc/spec/precision.py",), "fp16": ("llmc/fp16/",),
+    "int8": ("llmc/int8/", "llmc/weight_only/"), "int4": ("llmc/weight_only/",),
+}
+
+
+def compared_names(text: str) -> list[tuple[int, str]]:
+    """(line, name) of every comparison (==, !=, in, not in) against a target or precision name."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in (node.left, *node.comparators):
+            elements = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+            found += [(node.lineno, e.value) for e in elements
+                      if isinstance(e, ast.Constant) and isinstance(e.value, str) and e.value in NAME_HOMES]
+    return found
+
+
+def test_target_and_precision_names_are_compared_only_in_their_packages():
+    stray = [
+        f"{path.relative_to(ROOT)}:{line} compares {name!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, name in compared_names(path.read_text())
+        if not str(path.relative_to(ROOT)).startswith(NAME_HOMES[name])
+    ]
+    assert stray == []
+
+
+def test_the_name_check_sees_comparisons():
+    text = 'if p == "int8" or t in ("ort", "x") or "fp16" != q:\n    pass\nd = {"trt": 1}\n'
+    assert sorted(compared_names(text)) == [(1, "fp16"), (1, "int8"), (1, "ort")]
+
+
+RUNTIME_ONLY_CALLS = ("InferenceSession", "create_execution_context", "deserialize_cuda_engine")
+
+
+def test_sessions_and_execution_contexts_are_created_only_in_the_runtime():
+    stray = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if str(path.relative_to(ROOT)).startswith("llmc/runtime/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in RUNTIME_ONLY_CALLS:
+                    stray.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}()")
+    assert stray == []
