@@ -29,7 +29,7 @@ import onnx.helper as oh
 import onnx.inliner
 import onnx.numpy_helper as onh
 
-from llmc.runtime.bench import BenchTarget
+from llmc.runtime.bench import BenchModel
 from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 
 CONTRIB_DOMAIN = "com.microsoft"
@@ -122,7 +122,7 @@ def _graphs(graph: onnx.GraphProto):
 
 def torch_eager_target(
     label: str, model: Any, input_names: list[str] | tuple[str, ...], threads: int, positional: bool = False
-) -> BenchTarget:
+) -> BenchModel:
     """A bench target calling the torch (Hugging Face) ``model`` in eager mode.
 
     The feeds named ``input_names`` are converted to tensors without a copy and passed by keyword
@@ -147,7 +147,7 @@ def torch_eager_target(
 
         return run
 
-    return BenchTarget(label, make_runner=make_runner)
+    return BenchModel(label, make_runner=make_runner)
 
 
 # --- MatMul peak and model FLOPs ----------------------------------------------------------------

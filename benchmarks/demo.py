@@ -14,7 +14,7 @@ from benchmarks.models import minilm
 from llmc.cli.render import print_build
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
-from llmc.runtime.bench import resolve_target, run_benchmark
+from llmc.runtime.bench import resolve_bench_model, run_benchmark
 
 SHAPE = {"input_ids": (1, 128)}
 
@@ -33,8 +33,8 @@ def main() -> None:
     model = load_model(source)
     feeds = make_feeds(model, resolve_shapes(model, SHAPE)[0])
     targets = [
-        resolve_target(source, label="before: ONNX Runtime ORT_ENABLE_ALL"),
-        resolve_target(artifact.path, label="after: llmc artifact"),
+        resolve_bench_model(source, label="before: ONNX Runtime ORT_ENABLE_ALL"),
+        resolve_bench_model(artifact.path, label="after: llmc artifact"),
     ]
     with console.status("timing both, interleaved (batch 1, sequence 128)"):
         before, after = run_benchmark(targets, feeds, runs=100, warmup=10, measure_rss=False)

@@ -106,10 +106,10 @@ def _ort_static(model: str, out: str, method: str, samples: int) -> dict[str, An
 
 
 def _embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, batch: int = 16) -> np.ndarray:
-    from llmc.runtime.bench import resolve_target
+    from llmc.runtime.bench import resolve_bench_model
     from llmc.runtime.ort import OrtRunner, create_session
 
-    target = resolve_target(path, threads=2)
+    target = resolve_bench_model(path, threads=2)
     runner = OrtRunner(create_session(target.model_path, target.config))
     names = runner.input_names
     out = []
@@ -170,7 +170,7 @@ def _variants(name: str, source: Path, legacy: Path, work: Path, heads: int, hid
 
 
 def bench_model(name: str, source: Path, legacy: Path, runs: int, evaluate: int, heads: int, hidden: int) -> dict[str, Any]:
-    from llmc.runtime.bench import resolve_target, run_benchmark
+    from llmc.runtime.bench import resolve_bench_model, run_benchmark
 
     paths, failed, jobs = _variants(name, source, legacy, CACHE / name, heads, hidden)
     ids, mask = tokenize(sentences(256, 256 + evaluate))
@@ -182,7 +182,7 @@ def bench_model(name: str, source: Path, legacy: Path, runs: int, evaluate: int,
     latency, ratio, paired, per_round = {}, {}, {}, {}
     for batch in (1, 8):
         feeds = {"input_ids": ids[:batch], "attention_mask": mask[:batch]}
-        targets = [resolve_target(p, threads=2, label=label) for label, p in paths.items()]
+        targets = [resolve_bench_model(p, threads=2, label=label) for label, p in paths.items()]
         total = runs if batch == 1 else max(10, runs // 4)
         # Independent rounds, each with fresh sessions: on this VM one ORT session of a model can
         # run ~1.3x slower than the next one of the same model in the same process (MiniLM fp32:

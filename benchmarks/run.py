@@ -34,7 +34,7 @@ from benchmarks.harness import RESULTS, isolated, machine, versions_text
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.model.io import load_model
 from llmc.passes.fusion import enabled_families
-from llmc.runtime.bench import BenchTarget, resolve_target, run_benchmark
+from llmc.runtime.bench import BenchModel, resolve_bench_model, run_benchmark
 from llmc.targets.ort import ORT
 
 BENCH = models.CACHE.parent / "bench"
@@ -132,7 +132,7 @@ def optimizer_anchors(spec: Spec) -> tuple[list[tuple[str, Path]], dict[str, Any
     return paths, notes
 
 
-def eager(spec: Spec, threads: int) -> BenchTarget:
+def eager(spec: Spec, threads: int) -> BenchModel:
     from llmc.export import _DecoderWithCache, _HiddenStates, decoder_input_names
 
     model = spec.hf_model()
@@ -150,7 +150,7 @@ def runs_for(seconds_per_run: float, runs: int, budget_s: float) -> int:
     return max(30, min(runs, int(budget_s / max(seconds_per_run, 1e-4))))
 
 
-def _probe(target: BenchTarget, feeds) -> float:
+def _probe(target: BenchModel, feeds) -> float:
     run = target.create_runner()
     run(feeds)
     start = time.perf_counter()
@@ -168,9 +168,9 @@ def bench_model(spec: Spec, runs: int, threads: int, peak: float) -> tuple[list[
     for label, shapes in cases(spec):
         feeds = make_feeds(model, resolve_shapes(model, shapes)[0])
         targets = [
-            resolve_target(source, threads=threads, level="all", label="ORT_ENABLE_ALL"),
-            resolve_target(artifact.path, threads=threads, label="llmc"),
-            *(resolve_target(p, threads=threads, level="all", label=name) for name, p in optimized),
+            resolve_bench_model(source, threads=threads, level="all", label="ORT_ENABLE_ALL"),
+            resolve_bench_model(artifact.path, threads=threads, label="llmc"),
+            *(resolve_bench_model(p, threads=threads, level="all", label=name) for name, p in optimized),
             torch_target,
         ]
         n = runs_for(_probe(targets[0], feeds), runs, budget_s=8.0)
@@ -231,9 +231,9 @@ def fusion_ab(spec: Spec, runs: int, threads: int) -> list[dict]:
     rows = []
     for label, shapes in cases(spec)[:2]:  # encoders b1, b8; decoders prefill, decode b1
         feeds = make_feeds(model, resolve_shapes(model, shapes)[0])
-        targets = [resolve_target(default.path, threads=threads, label="default")]
+        targets = [resolve_bench_model(default.path, threads=threads, label="default")]
         targets += [
-            resolve_target(a.path, threads=threads, label=f"{n}={'on' if on else 'off'}")
+            resolve_bench_model(a.path, threads=threads, label=f"{n}={'on' if on else 'off'}")
             for n, on, a in variants
         ]
         n = runs_for(_probe(targets[0], feeds), runs, budget_s=6.0)

@@ -38,9 +38,9 @@ def bench(
     """Time models interleaved in one process; print p50/p90/p99 and ratios against the first."""
     from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
     from llmc.model.io import load_model
-    from llmc.runtime.bench import resolve_target, run_benchmark
+    from llmc.runtime.bench import resolve_bench_model, run_benchmark
 
-    targets = [resolve_target(m, threads=threads, level=level, padding=padding) for m in models]
+    targets = [resolve_bench_model(m, threads=threads, level=level, padding=padding) for m in models]
     first = load_model(targets[0].model_path)
     feeds = feeds_for(first, resolve_shapes(first, parse_shape_specs(shape))[0], inputs, seed)
     results = run_benchmark(targets, feeds, runs=runs, warmup=warmup, measure_rss=rss)

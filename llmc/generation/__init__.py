@@ -3,10 +3,10 @@
 - ``loop``: the prefill/decode loop, the KV cache passed between steps through IOBinding, on the
   decoder I/O contract (:mod:`llmc.model.decoder`: names, cache geometry, one error line otherwise);
 - ``sampling``: greedy, temperature, top-k and top-p with a seeded generator;
-- ``text``: the artifact's tokenizer, chat template and generation config;
 - ``evaluate``: full-sequence logits and sliding-window perplexity;
 - ``prefix``: :class:`PrefixCache`, prompts' KV blocks shared across requests;
-- ``api``: :func:`generate` and :func:`logits`, what ``Runner.generate`` / ``Runner.logits`` call.
+- ``api``: :func:`generate` and :func:`logits`; ``runner``: the :class:`Runner` ``llmc.load`` returns
+  (the runtime's runner plus ``generate`` / ``logits``). The tokenizer is :mod:`llmc.model.text`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ percentiles and ratios. Peak RSS is measured per model in a fresh
 child process (session creation plus the same number of runs), because one process's peak
 cannot be split between models.
 
-A target is either an ONNX model run in ONNX Runtime (``model_path`` + ``config``) or any
+A bench model is either an ONNX model run in ONNX Runtime (``model_path`` + ``config``) or any
 in-process callable (``make_runner``, e.g. a torch module in eager mode); both kinds are
-interleaved the same way. Peak RSS is only measured for ONNX Runtime targets (a callable cannot
+interleaved the same way. Peak RSS is only measured for ONNX Runtime models (a callable cannot
 be re-created in a child process), ``None`` for the others.
 """
 
@@ -32,7 +32,7 @@ Runner = Callable[[dict[str, np.ndarray]], Any]
 
 
 @dataclasses.dataclass
-class BenchTarget:
+class BenchModel:
     """What to time: an ONNX model in ONNX Runtime, or ``make_runner``, a factory returning a
     callable that runs one inference on numpy feeds (called once, before warm-up)."""
 
@@ -44,7 +44,7 @@ class BenchTarget:
 
     def __post_init__(self) -> None:
         if (self.model_path is None) == (self.make_runner is None):
-            raise LlmcError(f"bench target '{self.label}': give either a model path or make_runner")
+            raise LlmcError(f"bench model '{self.label}': give either a model path or make_runner")
 
     @property
     def is_ort(self) -> bool:
@@ -74,9 +74,9 @@ class BenchResult:
         return dataclasses.asdict(self)
 
 
-def resolve_target(
+def resolve_bench_model(
     path: str | Path, threads: int = 0, level: str = "all", label: str | None = None, padding: str = "auto"
-) -> BenchTarget:
+) -> BenchModel:
     """A model file (ORT at ``level``) or an artifact directory (its recorded session options and
     ``padding`` as ``llmc.load`` takes it)."""
     path = Path(path)
@@ -86,15 +86,15 @@ def resolve_target(
         config = artifact.session_config(intra_op_num_threads=threads or recorded)
         padded_runner(artifact, None, padding)  # a mode that cannot apply is an error before any run
         name = label or f"{path.name}/"
-        return BenchTarget(name, path / MODEL_FILE, config, wrap=lambda run: padded_runner(artifact, run, padding) or run)
+        return BenchModel(name, path / MODEL_FILE, config, wrap=lambda run: padded_runner(artifact, run, padding) or run)
     if not path.is_file():
         raise LlmcError(f"{path}: no such model file or artifact directory")
     config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)
-    return BenchTarget(label or path.name, path, config)
+    return BenchModel(label or path.name, path, config)
 
 
 def run_benchmark(
-    targets: list[BenchTarget],
+    models: list[BenchModel],
     feeds: dict[str, np.ndarray],
     runs: int = 100,
     warmup: int = 10,
@@ -102,27 +102,27 @@ def run_benchmark(
     block: int = 10,
     pause_s: float = 0.05,
 ) -> list[BenchResult]:
-    """Time ``targets`` interleaved on ``feeds``; ratios are p50 over the first target's p50."""
+    """Time ``models`` interleaved on ``feeds``; ratios are p50 over the first model's p50."""
     if runs < 1:
         raise LlmcError("--runs must be at least 1")
     runners, create_times = {}, []
-    for index, target in enumerate(targets):
+    for index, model in enumerate(models):
         start = time.perf_counter()
-        runner = target.create_runner()
+        runner = model.create_runner()
         create_times.append(time.perf_counter() - start)
         runners[str(index)] = functools.partial(runner, feeds)
     block = max(1, min(block, runs))
     timed = interleaved(runners, -(-runs // block), block, warmup=warmup, pause_s=pause_s, per_call=True, limit=runs)
-    times = [timed[str(index)] for index in range(len(targets))]
+    times = [timed[str(index)] for index in range(len(models))]
     del runners
     batch = _batch_size(feeds)
-    rss = _peak_rss_all(targets, feeds, warmup + 5) if measure_rss else [None] * len(targets)
+    rss = _peak_rss_all(models, feeds, warmup + 5) if measure_rss else [None] * len(models)
     results = []
-    for target, samples, created, peak in zip(targets, times, create_times, rss, strict=True):
+    for model, samples, created, peak in zip(models, times, create_times, rss, strict=True):
         ms = np.array(samples) * 1e3
         results.append(
             BenchResult(
-                label=target.label,
+                label=model.label,
                 p50_ms=float(np.percentile(ms, 50)),
                 p90_ms=float(np.percentile(ms, 90)),
                 p99_ms=float(np.percentile(ms, 99)),
@@ -145,17 +145,17 @@ def _batch_size(feeds: dict[str, np.ndarray]) -> int:
     return 1
 
 
-def _peak_rss_all(targets: list[BenchTarget], feeds: dict[str, np.ndarray], runs: int) -> list[float | None]:
+def _peak_rss_all(models: list[BenchModel], feeds: dict[str, np.ndarray], runs: int) -> list[float | None]:
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
         out: list[float | None] = []
-        for target in targets:
-            if not target.is_ort:
+        for model in models:
+            if not model.is_ort:
                 out.append(None)  # an in-process callable cannot be re-created in a child
                 continue
             _, peak = run_in_fresh_process(
-                _session_runs, str(target.model_path), target.config.to_dict(), str(feeds_path), runs
+                _session_runs, str(model.model_path), model.config.to_dict(), str(feeds_path), runs
             )
             out.append(peak)
         return out

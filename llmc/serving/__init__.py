@@ -1,4 +1,5 @@
-"""Serving artifacts on existing engines: Triton model repositories (``llmc.serving.triton``)."""
+"""Serving artifacts on existing engines: ``llmc serve`` on Ray Serve (``server``, ``protocol``,
+``completions``, ``metrics``, ``run``, ``config``) and Triton model repositories (``triton``)."""
 
 from llmc.serving.triton import TritonOptions, build_config, write_repository
 

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import anchors
 from llmc.errors import LlmcError
-from llmc.runtime.bench import BenchTarget, resolve_target, run_benchmark
+from llmc.runtime.bench import BenchModel, resolve_bench_model, run_benchmark
 from tests.helpers import make_model
 
 F = onnx.TensorProto.FLOAT
@@ -76,7 +76,7 @@ def test_callable_target_interleaves_with_ort(relu_model):
 
         return run
 
-    targets = [resolve_target(relu_model, threads=1), BenchTarget("numpy", make_runner=make_runner)]
+    targets = [resolve_bench_model(relu_model, threads=1), BenchModel("numpy", make_runner=make_runner)]
     feeds = {"x": np.ones((2, 3), np.float32)}
     ort, fn = run_benchmark(targets, feeds, runs=7, warmup=2, block=3, pause_s=0.0, measure_rss=True)
     assert calls["made"] == 1
@@ -89,9 +89,9 @@ def test_callable_target_interleaves_with_ort(relu_model):
 
 def test_bench_target_needs_exactly_one_kind(relu_model):
     with pytest.raises(LlmcError):
-        BenchTarget("neither")
+        BenchModel("neither")
     with pytest.raises(LlmcError):
-        BenchTarget("both", relu_model, make_runner=lambda: print)
+        BenchModel("both", relu_model, make_runner=lambda: print)
 
 
 def test_torch_eager_target_runs_keyword_inputs():

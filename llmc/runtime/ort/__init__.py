@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: a loader (:mod:`.loader`) and a runner (:mod:`.runner`).
+"""ONNX Runtime: a loader that creates sessions (:mod:`.loader`), a runner (:mod:`.runner`) and
+one-line errors (:mod:`.errors`).
 
 ONNX Runtime comes from an extra (``llmc[cpu]`` or ``llmc[gpu]``: both wheels install the same
 ``onnxruntime`` package, so llmc depends on neither by default). Importing this package checks
