@@ -47,7 +47,8 @@ def apply_precision(
             _Calibration(cache, prep) if cache is not None else None,
         )
         done = precision.apply(step)
-        model_io.release_freed_memory()
+        if precision.quantized:
+            model_io.release_freed_memory()  # the quantizer's sessions and copies
         if done.float32_outputs is not None and result.fp32_comparison is None:
             # The step's own float32 run tells whether the passes were exact.
             result.fp32_comparison = compare_outputs(compiled.reference, done.float32_outputs, prep.tolerance)
