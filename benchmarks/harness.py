@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.corpus import SENTENCES
 from llmc.model.process import FreshProcessError, run_in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-# 2,000 docstring sentences (benchmarks/data/README.md): every benchmark, the demo and the tests read them here.
-SENTENCES = ROOT / "benchmarks" / "data" / "sentences.txt"
 
 # Benchmarks time builds (calibration wall time, peak RSS, compile seconds): an artifact copied
 # from the build cache would time nothing. benchmarks.cache turns it on in its own children.

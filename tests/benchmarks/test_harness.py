@@ -26,7 +26,7 @@ def test_write_section_appends_then_replaces(tmp_path):
 
 def test_sentences_are_the_vendored_file_inside_the_checkout():
     # Byte-identical to the text the benchmarks' figures and int8 calibration were measured on.
-    assert harness.SENTENCES == harness.ROOT / "benchmarks" / "data" / "sentences.txt"
+    assert harness.SENTENCES == harness.ROOT / "benchmarks" / "data" / "sentences.txt"  # via benchmarks.corpus
     data = harness.SENTENCES.read_bytes()
     assert hashlib.sha256(data).hexdigest() == "4dc2bd565fa2d402b24b56643e7c046821e0223a26ee2bc8f023dc5ed123ec0f"
     lines = harness.sentences(0, 5000)

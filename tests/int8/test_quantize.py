@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import llmc
 import llmc.int8.quantize
-from benchmarks.harness import SENTENCES
+from benchmarks.corpus import SENTENCES
 from llmc.cli.main import app
 from llmc.compiler.registry import get_target
 from llmc.errors import LlmcError
