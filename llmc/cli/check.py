@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from llmc.cli.app import InputsOpt, SeedOpt, ShapeOpt, app, user_errors
 from llmc.cli.render import print_agreement, print_precision_hint, print_precision_tolerance
+
+if TYPE_CHECKING:
+    from llmc.runtime.manifest import Manifest
 
 
 @app.command()
@@ -62,7 +65,7 @@ def _artifact_model(path: Path) -> Path:
     return read_artifact(path).model_path
 
 
-def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[dict[str, Any] | None, float]:
+def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[Manifest | None, float]:
     """ARTIFACT's manifest (None for a plain model) and the tolerance: given, or its precision's."""
     from llmc.compiler.registry import precision_of
     from llmc.spec.precision import FP32

@@ -89,7 +89,7 @@ def perplexity(
     from llmc.generation.api import open_decoder
 
     runner = _load(artifact, threads)
-    open_decoder(runner.session, artifact)  # not a decoder: one line before tokenizing the file
+    open_decoder(runner.session, artifact, runner.artifact.manifest)  # not a decoder: one line before tokenizing the file
     ids = encode(load_tokenizer(artifact), content)
     result = score(runner.logits, ids, max_length, stride)
     if as_json:

@@ -1,14 +1,15 @@
 """What the commands print: rich tables and one-line summaries, and a progress bar.
 
-Every function takes plain data (a manifest, a summary dict, result objects) and prints to the
-shared console; none computes anything the artifact or the JSON output would lack.
+Every function takes plain data (a :class:`llmc.runtime.manifest.Manifest`, a summary dict,
+result objects) and prints to the shared console; none computes anything the artifact or the
+JSON output would lack.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.markup import escape
@@ -18,6 +19,9 @@ from llmc.cli.app import console
 from llmc.compiler.registry import chain_of, precision_of
 from llmc.model.files import mib
 from llmc.spec.precision import FP32
+
+if TYPE_CHECKING:
+    from llmc.runtime.manifest import Manifest
 
 
 class Progress:
@@ -47,44 +51,43 @@ class Progress:
 # -- llmc build ------------------------------------------------------------------------------
 
 
-def print_build(manifest: dict[str, Any], path: Path, explain_fusion: bool = False) -> None:
+def print_build(manifest: Manifest, path: Path, explain_fusion: bool = False) -> None:
     """The pass table and one line per feature of ``llmc build``, all from the manifest."""
-    table = Table(title=f"passes ({manifest['pipeline']})")
+    table = Table(title=f"passes ({manifest.pipeline})")
     for col in ("pass", "iter", "ms", "nodes", "rewrites"):
         table.add_column(col, justify="right" if col in ("iter", "ms") else "left")
-    for rec in manifest["passes"]:
+    for rec in manifest.passes:
         nodes = (
             f"{rec['nodes_before']} -> {rec['nodes_after']}" if rec["modified"] else str(rec["nodes_after"])
         )
         stats = ", ".join(f"{k}={v}" for k, v in rec["stats"].items())
         table.add_row(rec["name"], str(rec["iteration"]), f"{rec['seconds'] * 1e3:.1f}", nodes, stats)
     console.print(table)
-    shapes = manifest["shapes"]
-    if shapes["assumed"]:
-        assumed = ", ".join(f"{k}={v}" for k, v in shapes["assumed"].items())
+    if manifest.shapes.assumed:
+        assumed = ", ".join(f"{k}={v}" for k, v in manifest.shapes.assumed.items())
         console.print(f"assumed symbolic dims: {assumed} (set them with --shape NAME=DxD)")
-    console.print(f"nodes {manifest['nodes']['before']} -> {manifest['nodes']['after']}; {_verified(manifest)}")
+    console.print(f"nodes {manifest.nodes.before} -> {manifest.nodes.after}; {_verified(manifest)}")
     _print_fusion(manifest, explain_fusion)
-    _print_build_memory(manifest.get("memory"))
+    _print_build_memory(manifest.memory)
     for precision in chain_of(manifest):  # each precision step's own section, in its words
-        for line in precision.describe(manifest.get(precision.manifest_section) or {}):
+        for line in precision.describe(manifest.report(precision.manifest_section) or {}):
             console.print(line)
-    if "engine" in manifest:
-        _print_engine(manifest["engine"])
-    cache = manifest.get("cache")
-    if cache and cache.get("hit"):
-        console.print(f"from the build cache (key {cache['key'][:12]}, {cache.get('seconds', 0):.2f} s): an identical build")
-    tokenizer = manifest.get("tokenizer")
-    if tokenizer:
-        carried = [*tokenizer.get("files", []), *filter(None, [tokenizer.get("generation_config")])]
+    if manifest.engine is not None:
+        _print_engine(manifest.engine)
+    cache = manifest.cache
+    if cache is not None and cache.hit:
+        console.print(f"from the build cache (key {cache.key[:12]}, {cache.seconds or 0:.2f} s): an identical build")
+    tokenizer = manifest.tokenizer
+    if tokenizer is not None:
+        carried = [*tokenizer.files, *filter(None, [tokenizer.generation_config])]
         console.print(f"carried from beside the model (hashed): {escape(', '.join(carried))}")
     console.print(f"artifact: {escape(str(path))}")
 
 
-def _verified(manifest: dict[str, Any]) -> str:
+def _verified(manifest: Manifest) -> str:
     """What the build checked against the source model (the manifest's ``verification``), in its
     precision's words."""
-    v = manifest["verification"]
+    v = manifest.verification
     errors = (
         f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}, "
         f"cosine min {v['cosine_min']:.6f}"
@@ -122,17 +125,16 @@ def _print_build_memory(memory: dict[str, Any] | None) -> None:
     )
 
 
-def _print_fusion(manifest: dict[str, Any], explain: bool) -> None:
-    if manifest.get("fusions"):
-        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest["fusions"].items()))
-    if manifest.get("fused_ops"):
+def _print_fusion(manifest: Manifest, explain: bool) -> None:
+    if manifest.fusions:
+        console.print("fused: " + ", ".join(f"{k} x{n}" for k, n in manifest.fusions.items()))
+    if manifest.fused_ops:
         console.print(
-            "fused ops in the artifact: " + ", ".join(f"{k} x{n}" for k, n in manifest["fused_ops"].items())
+            "fused ops in the artifact: " + ", ".join(f"{k} x{n}" for k, n in manifest.fused_ops.items())
         )
-    records = manifest.get("not_fused", [])
+    records = manifest.not_fused
     if not records:
-        if "fusion_families" in manifest:
-            console.print("not fused: nothing (no candidate of any fusion family is left)")
+        console.print("not fused: nothing (no candidate of any fusion family is left)")
         return
     groups: dict[tuple[str, str], list[str]] = {}
     for r in records:
@@ -291,17 +293,16 @@ def print_precision_tolerance(precision: str, tolerance: float) -> None:
     console.print(f"tolerance {tolerance:g}: the default for {precision} artifacts (set it with --tolerance)")
 
 
-def print_precision_hint(manifest: dict[str, Any] | None, result: Any) -> None:
+def print_precision_hint(manifest: Manifest | None, result: Any) -> None:
     """Why an fp16/int8 artifact can miss the tolerance, what its build measured, what to pass."""
     if manifest is None or precision_of(manifest) is FP32:
         return
     precision = precision_of(manifest)
     worst = max((o.max_rel_error for o in result.outputs), default=0.0)
     loose = 10 ** math.ceil(math.log10(worst)) if worst > 0 else 1e-4
-    section = manifest.get(precision.manifest_section) if precision.manifest_section else None
-    note = precision.mismatch_note(section, worst, loose)
+    note = precision.mismatch_note(manifest.report(precision.manifest_section), worst, loose)
     if note is None:
-        built = manifest["verification"].get("tolerance")
+        built = manifest.verification.get("tolerance")
         note = (
             f"ARTIFACT is an {precision.name} build (verified at tolerance {built}); compare it with --tolerance "
             f"{loose:g} (this run's worst max rel error {worst:.3g})"

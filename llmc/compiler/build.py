@@ -22,8 +22,8 @@ from llmc.compiler.request import BuildRequest, make_request, output_dir
 from llmc.errors import LlmcError
 from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, companion_files, sha256_file
 from llmc.model.output_dir import OutputWriter, check_output
-from llmc.runtime.artifact import Artifact, write_manifest
-from llmc.runtime.integrity import check_manifest
+from llmc.runtime.artifact import Artifact
+from llmc.runtime.manifest import Cache, Manifest, Source, write_manifest
 from llmc.version import __version__
 
 if TYPE_CHECKING:  # the stages import onnx and ONNX Runtime: only on a cache miss
@@ -228,19 +228,19 @@ def _from_cache(
     if entry is None:
         return None
     log("copying the artifact from the build cache")
-    manifest = store.restore(entry, writer.path)  # each copy checked against the stored sha256
-    if manifest is None:
+    stored = store.restore(entry, writer.path)  # each copy checked against the stored sha256
+    if stored is None:
         return None
     try:
-        check_manifest(writer.path, manifest)
-    except LlmcError:  # an entry of an older layout
+        manifest = Manifest.from_dict(stored, writer.path / MANIFEST_FILE)
+    except LlmcError:  # an entry of an older layout or manifest schema: built again
         store.drop(entry)
         return None
-    manifest["source"] = source  # the same bytes, perhaps at another path
-    statistics = manifest.get("quantization", {}).get("statistics")
+    manifest.source = Source(source["path"], source["sha256"])  # the same bytes, perhaps at another path
+    statistics = (manifest.report("quantization") or {}).get("statistics")
     if statistics and statistics.get("file"):
         statistics["file"] = str(writer.destination / CALIBRATION_FILE)
-    manifest["cache"] = {"hit": True, "key": key, "seconds": round(time.perf_counter() - start, 4)}
+    manifest.cache = Cache(hit=True, key=key, seconds=round(time.perf_counter() - start, 4))
     write_manifest(writer.path, manifest)
     return Artifact(writer.destination, manifest)
 
@@ -250,12 +250,12 @@ def _into_cache(
     log: Callable[[str], None],
 ) -> None:
     manifest = artifact.manifest
-    manifest["cache"] = {"hit": False, "key": key}
+    manifest.cache = Cache(hit=False, key=key)
     write_manifest(work_dir, manifest)
-    files = [*manifest["artifact"]["sha256"], MANIFEST_FILE]
+    files = [*manifest.artifact.sha256, MANIFEST_FILE]
     summary = {
-        "source": manifest["source"].get("path"), "target": manifest["target"], "precision": manifest["precision"],
-        "pipeline": manifest["pipeline"], "external": external,
+        "source": manifest.source.path, "target": manifest.target, "precision": manifest.precision,
+        "pipeline": manifest.pipeline, "external": external,
     }
     if store.store(key, work_dir, files, summary):
         log("stored in the build cache")

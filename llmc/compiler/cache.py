@@ -148,8 +148,9 @@ class BuildCache:
         return CacheEntry(key, path, info)
 
     def restore(self, entry: CacheEntry, out_dir: Path) -> dict[str, Any] | None:
-        """Copy the entry's files into ``out_dir`` and return its manifest, if every copy has the
-        sha256 it was stored with; else drop the entry, remove the copies and return None."""
+        """Copy the entry's files into ``out_dir`` and return its manifest's JSON (the build reads
+        it with ``Manifest.from_dict``), if every copy has the sha256 it was stored with; else drop
+        the entry, remove the copies and return None."""
         out_dir.mkdir(parents=True, exist_ok=True)
         copied, manifest = [], None
         try:

@@ -1,4 +1,5 @@
-"""The artifact's ``manifest.json``, assembled in one place from what the build stages return."""
+"""The artifact's ``manifest.json`` (:class:`llmc.runtime.manifest.Manifest`), assembled in one place
+from what the build stages return."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmc.model import sparsity
 from llmc.model.values import count_nodes
+from llmc.runtime.manifest import ArtifactFiles, Gqa, Manifest, Nodes, Session, Shapes, Source
 from llmc.version import __version__
 
 if TYPE_CHECKING:
@@ -35,63 +37,58 @@ def versions() -> dict[str, str]:
     }
 
 
-def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified) -> dict[str, Any]:
-    """``manifest.json`` of a build, from what its stages returned (the engine section aside)."""
+def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[str, Any], verified: Verified) -> Manifest:
+    """``manifest.json`` of a build, from what its stages returned (the engine, the tokenizer and
+    the hashes of every file are ``verify.write``'s; the cache section is the build cache's)."""
     request, comparison, feeds = prep.request, verified.comparison, prep.feeds
     fused_before, fused_after = compiled.fused_before, compiled.fused_after
-    manifest: dict[str, Any] = {
-        "llmc_version": __version__,
-        "source": prep.source,
-        "target": request.target.name,
-        "precision": request.precision.name,
-        "pipeline": str(prep.pipeline),
-        "passes": [r.to_dict() for r in compiled.manager.records],
-        "rewrites": compiled.manager.timing.rewrites(),
-        # Fused ops the build created: nodes of fused op types gained, by op type.
-        "fusions": {op: n - fused_before.get(op, 0) for op, n in sorted(fused_after.items()) if n > fused_before.get(op, 0)},
-        "fused_ops": fused_after,
-        "not_fused": [r.to_dict() for r in compiled.not_fused],
-        "fusion_families": {"enabled": [use.name for use in prep.enabled_fusions], "disabled": prep.disabled_fusions},
-        "nodes": {"before": compiled.nodes_before, "after": count_nodes(precise.model)},
-        "compile_seconds": round(compiled.seconds, 4),
-        # The ONNX checker after every pass and precision step (llmc.passes.validity).
-        "validity": compiled.manager.validity.to_dict() if compiled.manager.validity else None,
-        "memory": memory,
-        "shapes": {"inputs": {k: list(v.shape) for k, v in feeds.items()}, "assumed": prep.assumed},
-        "verification": _verification(prep, comparison, precise),
-        "artifact": {
-            "files": [f.name for f in verified.files],
-            "model_sha256": verified.model_sha256,
-            "external_data": len(verified.files) > 1,
-        },
-        "versions": versions(),
-        "session": {
-            "providers": verified.session_config.providers(),
-            "options": verified.session_config.to_dict(),
-            "create_seconds": round(verified.session_seconds, 4),
-        },
-    }
-    if verified.padding is not None:
-        manifest["padding"] = verified.padding
-    gqa = _gqa(precise.model)
-    if gqa is not None:
-        manifest["gqa"] = gqa
-    manifest.update(precise.reports)  # each precision step's section ("quantization", "fp16")
+    sparse = None
     if compiled.sparsity_before is not None and compiled.sparsity_before.sparse:
         # 2:4 weights in the source (llmc compress --sparsity 2:4): does the artifact keep them?
-        manifest["sparsity"] = {"source": compiled.sparsity_before.to_dict(),
-                                "artifact": sparsity.report(precise.model).to_dict()}
-    return manifest
+        sparse = {"source": compiled.sparsity_before.to_dict(), "artifact": sparsity.report(precise.model).to_dict()}
+    return Manifest(
+        llmc_version=__version__,
+        source=Source(prep.source["path"], prep.source["sha256"]),
+        target=request.target.name,
+        precision=request.precision.name,
+        pipeline=str(prep.pipeline),
+        passes=[r.to_dict() for r in compiled.manager.records],
+        rewrites=compiled.manager.timing.rewrites(),
+        # Fused ops the build created: nodes of fused op types gained, by op type.
+        fusions={op: n - fused_before.get(op, 0) for op, n in sorted(fused_after.items()) if n > fused_before.get(op, 0)},
+        fused_ops=fused_after,
+        not_fused=[r.to_dict() for r in compiled.not_fused],
+        fusion_families={"enabled": [use.name for use in prep.enabled_fusions], "disabled": prep.disabled_fusions},
+        nodes=Nodes(compiled.nodes_before, count_nodes(precise.model)),
+        compile_seconds=round(compiled.seconds, 4),
+        # The ONNX checker after every pass and precision step (llmc.passes.validity).
+        validity=compiled.manager.validity.to_dict() if compiled.manager.validity else None,
+        memory=memory,
+        shapes=Shapes({k: list(v.shape) for k, v in feeds.items()}, prep.assumed),
+        verification=_verification(prep, comparison, precise),
+        artifact=ArtifactFiles(
+            files=[f.name for f in verified.files], model_sha256=verified.model_sha256,
+            external_data=len(verified.files) > 1,
+        ),
+        versions=versions(),
+        session=Session(
+            verified.session_config.providers(), verified.session_config.to_dict(), round(verified.session_seconds, 4)
+        ),
+        padding=verified.padding,
+        gqa=_gqa(precise.model),
+        reports=dict(precise.reports),  # each precision step's section ("quantization", "fp16")
+        sparsity=sparse,
+    )
 
 
-def _gqa(model: Any) -> dict[str, int] | None:
+def _gqa(model: Any) -> Gqa | None:
     """GroupQueryAttention nodes, and how many take the padding from ``attention_mask`` (an
     ``attention_bias`` input: ``llmc.passes.fusion.gqa``); the generation runtime reads it."""
     nodes = [n for n in model.graph if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
     if not nodes:
         return None
     masked = sum(1 for n in nodes if len(n.inputs) > 10 and n.inputs[10] is not None)
-    return {"nodes": len(nodes), "padding_from_attention_mask": masked}
+    return Gqa(len(nodes), masked)
 
 
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:

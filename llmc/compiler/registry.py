@@ -3,7 +3,7 @@ outside llmc (:func:`register_precision`, exported as ``llmc.register_precision`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmc.errors import LlmcError
 from llmc.fp16.precision import FP16
@@ -14,6 +14,9 @@ from llmc.spec.target import Target
 from llmc.targets.ort import ORT
 from llmc.targets.trt.target import TRT
 from llmc.weight_only.precision import INT4, INT8_WEIGHT_ONLY
+
+if TYPE_CHECKING:
+    from llmc.runtime.manifest import Manifest
 
 TARGETS: dict[str, Target] = {target.name: target for target in (ORT, TRT)}
 PRECISIONS: list[Precision] = [FP32, FP16, INT8, INT4, INT8_WEIGHT_ONLY]
@@ -61,21 +64,21 @@ def get_precision(name: Any, weight_only: bool = False) -> Precision:
     raise LlmcError(f"--precision {name} needs --weight-only")
 
 
-def precision_of(manifest: dict[str, Any]) -> Precision:
+def precision_of(manifest: Manifest) -> Precision:
     """The precision an artifact was built at (its manifest's ``precision`` and whether its
-    quantization is weight-only); fp32 for a name this llmc does not know."""
-    named = [p for p in PRECISIONS if p.name == manifest.get("precision")]
-    if len(named) > 1:  # int8: calibrated, or weight-only
-        weight_only = bool((manifest.get("quantization") or {}).get("weight_only"))
+    precision section says weight-only); fp32 for a name this llmc does not know."""
+    named = [p for p in PRECISIONS if p.name == manifest.precision]
+    if len(named) > 1:  # int8: calibrated, or weight-only (both report in their manifest_section)
+        weight_only = any(bool((manifest.report(p.manifest_section) or {}).get("weight_only")) for p in named)
         named = [p for p in named if p.weight_only == weight_only]
     return named[0] if named else FP32
 
 
-def chain_of(manifest: dict[str, Any]) -> list[Precision]:
+def chain_of(manifest: Manifest) -> list[Precision]:
     """The precisions whose stages built an artifact, in order (its precision, then the one it
     left the rest of the graph to on its target)."""
     precision = precision_of(manifest)
-    follow = precision.then(TARGETS[manifest["target"]]) if manifest.get("target") in TARGETS else None
+    follow = precision.then(TARGETS[manifest.target]) if manifest.target in TARGETS else None
     return [precision, *([get_precision(follow)] if follow else [])]
 
 

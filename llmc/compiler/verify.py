@@ -13,8 +13,9 @@ from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
 from llmc.model import io as model_io
 from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
-from llmc.runtime.artifact import Artifact, write_manifest
+from llmc.runtime.artifact import Artifact
 from llmc.runtime.integrity import check_files, hash_files
+from llmc.runtime.manifest import Manifest, Tokenizer, write_manifest
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
 from llmc.runtime.ort.errors import compiled_runs
 from llmc.runtime.padding.probe import probe as probe_padding
@@ -68,37 +69,36 @@ def write(
     verified and hashed."""
     manifest = manifest_mod.assemble(prep, compiled, precise, memory, verified)
     work_dir = prep.work_dir
-    sparse = bool((manifest.get("sparsity") or {}).get("artifact", {}).get("sparse_2_4"))
+    sparse = bool((manifest.sparsity or {}).get("artifact", {}).get("sparse_2_4"))
     engine = prep.request.target.finish(
         prep.request, Finish(work_dir, precise.model, verified.model_sha256, sparse, log)
     )
-    if engine is not None:
-        manifest["engine"] = engine
+    manifest.engine = engine
     hashes = dict(verified.hashes)
     extra = [name for name in (PLAN_FILE, CALIBRATION_FILE) if (work_dir / name).exists()]
     companions = _carry_companions(prep, manifest)
     extra += companions
     hashes.update(hash_files(work_dir, extra))
-    manifest["artifact"]["sha256"] = hashes
-    statistics = (manifest.get("quantization") or {}).get("statistics")
+    manifest.artifact.sha256 = hashes
+    statistics = (manifest.report("quantization") or {}).get("statistics")
     if statistics and statistics.get("file"):
         statistics["file"] = str(prep.out_dir / CALIBRATION_FILE)  # where it will be once moved into place
     write_manifest(work_dir, manifest)
     try:
-        check_files(work_dir, manifest)
+        check_files(work_dir, manifest.artifact.sha256)
     except LlmcError as exc:
         raise LlmcError(f"{exc} (changed while the build was writing it; is another process writing there?)") from None
     return Artifact(prep.out_dir, manifest)
 
 
-def _carry_companions(prep: Prepared, manifest: dict[str, Any]) -> list[str]:
+def _carry_companions(prep: Prepared, manifest: Manifest) -> list[str]:
     """Copy the tokenizer and generation config beside the source model file (the layout
     ``llmc export`` writes) into the artifact and record them; return their names."""
     path = (prep.source or {}).get("path")
     names = copy_companions(Path(path).parent, prep.work_dir) if path else []
     if names:
-        manifest["tokenizer"] = {
-            "files": [name for name in names if name != GENERATION_FILE],
-            "generation_config": GENERATION_FILE if GENERATION_FILE in names else None,
-        }
+        manifest.tokenizer = Tokenizer(
+            files=[name for name in names if name != GENERATION_FILE],
+            generation_config=GENERATION_FILE if GENERATION_FILE in names else None,
+        )
     return names

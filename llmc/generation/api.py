@@ -7,7 +7,6 @@ one prompt gives one :class:`GenerationResult`, a list of prompts a list, genera
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -20,28 +19,33 @@ from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
 from llmc.model import decoder
 from llmc.model import text as texts
+from llmc.model.files import MANIFEST_FILE
+from llmc.runtime.manifest import Manifest, read_manifest
 
 Prompt = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
 
-def open_decoder(session: Any, artifact: Path) -> tuple[Stepper, decoder.DecoderLayout]:
-    """A :class:`Stepper` on ``session``; an engine or non-decoder is one error line."""
+def open_decoder(
+    session: Any, artifact: Path, manifest: Optional[Manifest] = None
+) -> tuple[Stepper, decoder.DecoderLayout]:
+    """A :class:`Stepper` on ``session``; an engine or non-decoder is one error line.
+    ``manifest``: the artifact's (read from ``artifact`` when not given; a model outside an
+    artifact has none)."""
     if session is None or not hasattr(session, "io_binding"):
         raise LlmcError(
             f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
         )
     layout = decoder.require(*decoder.session_io(session), artifact)
-    layout = decoder.with_manifest(layout, _manifest(artifact))
+    manifest = manifest if manifest is not None else _manifest(Path(artifact))
+    if manifest is not None:  # the GroupQueryAttention shared-buffer mode the build recorded
+        masking = manifest.gqa.padding_from_attention_mask if manifest.gqa is not None else 0
+        layout = decoder.with_gqa(layout, manifest.fusions.get(decoder.GQA_OP, 0), masking)
     return Stepper(session, layout, artifact), layout
 
 
-def _manifest(artifact: Path) -> dict[str, Any]:
-    """The artifact's manifest (empty for a model outside an artifact)."""
-    try:
-        manifest = json.loads((Path(artifact) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
+def _manifest(artifact: Path) -> Optional[Manifest]:
+    """The artifact's manifest (checked), None for a model outside an artifact."""
+    return read_manifest(artifact) if (artifact / MANIFEST_FILE).is_file() else None
 
 
 def _is_ids(prompt: Any) -> bool:
@@ -107,12 +111,14 @@ def generate(
     max_length: Optional[int] = None,
     min_new_tokens: int = 0,
     prefix_cache: Optional[PrefixCache] = None,
+    manifest: Optional[Manifest] = None,
 ) -> Union[GenerationResult, list[GenerationResult]]:
     """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``;
     EOS is never picked before ``min_new_tokens`` (benchmarks: exactly that many tokens).
-    ``prefix_cache``: a :class:`llmc.generation.PrefixCache` one-prompt requests reuse and feed."""
+    ``prefix_cache``: a :class:`llmc.generation.PrefixCache` one-prompt requests reuse and feed.
+    ``manifest``: the artifact's, when the caller has it already (else read from ``artifact``)."""
     artifact = Path(artifact)
-    stepper, _ = open_decoder(session, artifact)
+    stepper, _ = open_decoder(session, artifact, manifest)
     sampling = Sampling(temperature, top_k, top_p, seed)
     prompts, tokenizer, single = resolve_prompts(artifact, prompt, chat)
     if (stop or stream) and tokenizer is None:
@@ -134,11 +140,11 @@ def generate(
     return results[0] if single else results
 
 
-def logits(session: Any, artifact: str | Path, input_ids: Any) -> np.ndarray:
+def logits(session: Any, artifact: str | Path, input_ids: Any, manifest: Optional[Manifest] = None) -> np.ndarray:
     """Full-sequence logits of ``input_ids`` ([sequence] or [batch, sequence]) in one prefill:
-    [sequence, vocab] or [batch, sequence, vocab]."""
+    [sequence, vocab] or [batch, sequence, vocab]; ``manifest`` as :func:`generate` takes it."""
     artifact = Path(artifact)
-    stepper, _ = open_decoder(session, artifact)
+    stepper, _ = open_decoder(session, artifact, manifest)
     ids = np.asarray(input_ids, dtype=np.int64)
     if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
         raise LlmcError(f"logits takes token ids [sequence] or [batch, sequence], got shape {list(ids.shape)}")

@@ -20,11 +20,14 @@ class Runner(runtime.Runner):
         """Continue a text or token-id prompt (or a batch of them) with a decoder artifact's KV
         cache: a :class:`llmc.generation.GenerationResult` each. Options: ``temperature``,
         ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``, ``min_new_tokens``."""
-        return generate(self.session, self.artifact.path, prompt_or_ids, max_new_tokens=max_new_tokens, **options)
+        return generate(
+            self.session, self.artifact.path, prompt_or_ids, max_new_tokens=max_new_tokens,
+            manifest=self.artifact.manifest, **options,
+        )
 
     def logits(self, input_ids: Any) -> np.ndarray:
         """Full-sequence logits of token ids ([sequence] or [batch, sequence]) in one prefill."""
-        return logits(self.session, self.artifact.path, input_ids)
+        return logits(self.session, self.artifact.path, input_ids, self.artifact.manifest)
 
 
 def load(path: str | Path, **options: Any) -> Runner:

@@ -12,7 +12,7 @@ Other exporters' legacy convention, which the seeded feeds and the memory plan a
 input ``past_<rest>`` (``past_0``, ...) is a KV cache whose next value is the output
 ``present_<rest>``.
 
-GroupQueryAttention shared-buffer mode (:func:`with_manifest`): when the build fused every layer's
+GroupQueryAttention shared-buffer mode (:func:`with_gqa`): when the build fused every layer's
 attention into ONNX Runtime's GroupQueryAttention (the manifest's ``fusions``), each cache tensor
 is one buffer of the final length, bound as both past and present and updated in place
 (``shared_cache``); when every one of them also takes the padding from ``attention_mask`` (the
@@ -50,8 +50,8 @@ LEGACY_PAST, LEGACY_PRESENT = "past_", "present_"  # other exporters: past_<rest
 # The [batch, kv_heads, past, head_size] axes of a cache tensor.
 BATCH_AXIS, HEADS_AXIS, LENGTH_AXIS, HEAD_SIZE_AXIS = 0, 1, 2, 3
 CACHE_RANK = 4
-# manifest.json: the fusion counts, and the gqa section with the layers that mask the padding.
-GQA_OP, GQA_SECTION, GQA_MASKS = "GroupQueryAttention", "gqa", "padding_from_attention_mask"
+# The op whose count in the manifest's ``fusions`` says every layer shares its cache buffer.
+GQA_OP = "GroupQueryAttention"
 
 _LAYER = re.compile(r"(?:past_key_values|present)\.(\d+)\.(?:key|value)|(?:past|present)_(\d+)")
 _FLOAT32 = {"tensor(float)", "FLOAT", "float32"}
@@ -328,12 +328,12 @@ def require(inputs: Iterable[Any], outputs: Iterable[Any], artifact: str | Path)
     return layout
 
 
-def with_manifest(layout: DecoderLayout, manifest: dict[str, Any]) -> DecoderLayout:
+def with_gqa(layout: DecoderLayout, fused: int, masking: int) -> DecoderLayout:
     """``layout`` in the GroupQueryAttention shared-buffer mode its artifact's manifest declares:
-    ``shared_cache`` when every layer was fused into GroupQueryAttention, ``masks_padding`` when
-    every one of them takes the padding from ``attention_mask``."""
-    fusions, gqa = manifest.get("fusions"), manifest.get(GQA_SECTION)
-    if not isinstance(fusions, dict) or fusions.get(GQA_OP) != layout.num_layers:
+    ``shared_cache`` when every layer was fused into GroupQueryAttention (``fused``: the
+    manifest's ``fusions`` count of :data:`GQA_OP`), ``masks_padding`` when every one of them
+    takes the padding from ``attention_mask`` (``masking``: the manifest's
+    ``gqa.padding_from_attention_mask``)."""
+    if fused != layout.num_layers:
         return layout
-    masks = isinstance(gqa, dict) and gqa.get(GQA_MASKS) == layout.num_layers
-    return dataclasses.replace(layout, shared_cache=True, masks_padding=masks)
+    return dataclasses.replace(layout, shared_cache=True, masks_padding=masking == layout.num_layers)

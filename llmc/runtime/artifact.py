@@ -1,7 +1,9 @@
 """The artifact directory: ``model.onnx`` (+ external data) and ``manifest.json``.
 
 ``llmc.load(dir)`` refuses a directory whose manifest or files break the integrity contract
-(``llmc.runtime.integrity``: every file matches the sha256 recorded at build time), and re-applies the recorded ONNX Runtime session options. A ``trt`` artifact with
+(``llmc.runtime.manifest``: the manifest llmc writes, of this llmc's schema;
+``llmc.runtime.integrity``: every file matches the sha256 recorded at build time), and re-applies
+the recorded ONNX Runtime session options. A ``trt`` artifact with
 an engine runs ``model.plan`` in TensorRT, after ``llmc.runtime.trt.trust.verify_plan`` has
 checked its HMAC (key outside the artifact), TensorRT version and GPU: a serialized engine is
 executable code, so a plan that fails any check is refused, never loaded. ``engine=False``
@@ -11,8 +13,6 @@ runs such an artifact's ONNX in ONNX Runtime instead.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import numpy as np
 from llmc.errors import LlmcError, first_line
 from llmc.model.files import MANIFEST_FILE, MODEL_FILE, PLAN_FILE
 from llmc.runtime.base import Runner as BackendRunner
-from llmc.runtime.integrity import check_files, check_manifest
+from llmc.runtime.integrity import check_files
+from llmc.runtime.manifest import Manifest, read_manifest
 
 
 @dataclasses.dataclass
@@ -29,7 +30,7 @@ class Artifact:
     """What ``llmc.build`` returns: the directory and its manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def model_path(self) -> Path:
@@ -44,7 +45,7 @@ class Artifact:
         recorded options that make no SessionConfig are a manifest error, in one line."""
         from llmc.runtime.ort import SessionConfig
 
-        options = {**self.manifest.get("session", {}).get("options", {}), **overrides}
+        options = {**self.manifest.session.options, **overrides}
         try:
             return SessionConfig.from_dict(options)
         except (LlmcError, TypeError, ValueError, AttributeError) as exc:
@@ -90,37 +91,17 @@ class Runner:
         return self._runner.run(feeds)
 
 
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """``path/manifest.json``, strict JSON (no NaN/Infinity), written to a new file then renamed."""
-    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    partial = path / f".{MANIFEST_FILE}.partial"
-    partial.write_text(text)
-    os.replace(partial, path / MANIFEST_FILE)
-
-
 def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
-    """The artifact at ``path``; ``check`` (always, outside the build) enforces the integrity
-    contract: a manifest llmc wrote, and every file matching its recorded sha256."""
+    """The artifact at ``path``: its manifest, checked (``read_manifest``); ``check`` (always,
+    outside the build) enforces the rest of the integrity contract: every file matching its
+    recorded sha256."""
     path = Path(path)
-    manifest_path = path / MANIFEST_FILE
-    if not path.is_dir() or not manifest_path.is_file():
-        raise LlmcError(f"{path}: not an llmc artifact (no {MANIFEST_FILE}); build one with `llmc build`")
-    if manifest_path.is_symlink():
-        raise LlmcError(f"{manifest_path}: is a symlink; an artifact's files are never links, rebuild it")
-    try:
-        manifest = json.loads(manifest_path.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise LlmcError(f"{manifest_path}: not valid JSON ({first_line(str(exc))}); rebuild the artifact") from None
+    manifest = read_manifest(path)
     if check:
-        check_manifest(path, manifest)
-        check_files(path, manifest)
+        check_files(path, manifest.artifact.sha256)
     elif not (path / MODEL_FILE).is_file():
         raise LlmcError(f"{path}: {MODEL_FILE} is missing; rebuild the artifact")
     return Artifact(path, manifest)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def load(
@@ -139,7 +120,7 @@ def load(
 
     runner = runner or Runner
     artifact = read_artifact(path)
-    section = artifact.manifest.get("engine")
+    section = artifact.manifest.engine
     if engine or (engine is None and section and section.get("built")):
         if padding not in ("auto", "off"):
             raise LlmcError(f"padding='{padding}' runs in ONNX Runtime; load {path} with engine=False for it")
@@ -170,7 +151,7 @@ def padded_runner(artifact: Artifact, run: Any, padding: str) -> Any:
     from llmc.runtime.padding.execute import PaddedRunner
     from llmc.runtime.padding.select import choose
 
-    mode, layout = choose(artifact.manifest, padding, str(artifact.path))
+    mode, layout = choose(artifact.manifest.padding, padding, str(artifact.path))
     return PaddedRunner(run, layout, mode) if layout is not None else None
 
 
@@ -179,7 +160,7 @@ def _trt_runner(artifact: Artifact) -> BackendRunner:
     from llmc.runtime.trt.runner import TrtRunner
     from llmc.runtime.trt.trust import verify_plan
 
-    section = artifact.manifest.get("engine")
+    section = artifact.manifest.engine
     if not section or not section.get("built"):
         raise LlmcError(
             f"{artifact.path} has no TensorRT engine (built with --no-engine or for --target ort); "

@@ -82,7 +82,7 @@ def resolve_bench_model(
     path = Path(path)
     if path.is_dir():
         artifact = read_artifact(path)
-        recorded = artifact.manifest.get("session", {}).get("options", {}).get("intra_op_num_threads", 0)
+        recorded = artifact.manifest.session.options.get("intra_op_num_threads", 0)
         config = artifact.session_config(intra_op_num_threads=threads or recorded)
         padded_runner(artifact, None, padding)  # a mode that cannot apply is an error before any run
         name = label or f"{path.name}/"

@@ -68,7 +68,7 @@ class Engine:
         self.settings = settings
         self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False)
         self.inputs = specs(self.runner.session)
-        padding = self.runner.artifact.manifest.get("padding") or {}
+        padding = self.runner.artifact.manifest.padding or {}
         outputs = padding.get("outputs") or {}
         self.mergeable = bool(outputs) and all(v.get("batch_axis") == 0 for v in outputs.values())
         # Requests of different lengths share a run, padded, where the build measured that

@@ -25,6 +25,7 @@ import onnx
 
 from llmc.errors import LlmcError
 from llmc.model import decoder
+from llmc.runtime.manifest import Manifest
 
 # ONNX element types -> Triton's DataType names.
 TRITON_TYPES = {
@@ -94,7 +95,7 @@ def _tensor(value: onnx.ValueInfoProto, batched: bool) -> dict[str, Any]:
     return {"name": value.name, "data_type": _triton_type(value), "dims": [d if isinstance(d, int) else -1 for d in dims]}
 
 
-def build_config(model: onnx.ModelProto, manifest: dict[str, Any], name: str, options: TritonOptions, plan: bool) -> Any:
+def build_config(model: onnx.ModelProto, manifest: Manifest, name: str, options: TritonOptions, plan: bool) -> Any:
     """Triton's ``ModelConfig`` for the artifact's model (``plan``: its TensorRT engine)."""
     pb = model_config_pb2()
     batched = options.max_batch_size > 0
@@ -109,19 +110,19 @@ def build_config(model: onnx.ModelProto, manifest: dict[str, Any], name: str, op
     for value in model.graph.output:
         if value.name not in state_out:
             config.output.add(**_tensor(value, batched))
-    device = manifest.get("session", {}).get("options", {}).get("device", "cpu")
+    device = manifest.session.options.get("device", "cpu")
     gpu = plan or device in ("cuda", "tensorrt")
     config.instance_group.add(count=options.instances, kind=pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU)
     if not plan:
         threads = options.threads
         if threads is None:
-            threads = manifest.get("session", {}).get("options", {}).get("intra_op_num_threads", 0)
+            threads = manifest.session.options.get("intra_op_num_threads", 0)
         if threads:
             config.parameters["intra_op_thread_count"].string_value = str(threads)
             config.parameters["inter_op_thread_count"].string_value = "1"
     if device == "tensorrt" and not plan:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        accelerator.parameters["precision_mode"] = TRT_PRECISION.get(manifest.get("precision", "fp32"), "FP32")
+        accelerator.parameters["precision_mode"] = TRT_PRECISION.get(manifest.precision, "FP32")
     if state_in:
         _sequence_batching(config, state_in, state_out, options)
     elif batched:
@@ -160,10 +161,10 @@ def write_repository(artifact_path: str | Path, repo: str | Path, options: Trito
     target = Path(repo) / name
     if target.exists():
         raise LlmcError(f"{target} exists; pick another --name or remove it")
-    plan = bool((artifact.manifest.get("engine") or {}).get("built")) and (artifact.path / PLAN_FILE).is_file()
+    plan = bool((artifact.manifest.engine or {}).get("built")) and (artifact.path / PLAN_FILE).is_file()
     model = onnx.load(str(artifact.path / MODEL_FILE), load_external_data=False)
     config = build_config(model, artifact.manifest, name, options, plan)
-    files = [PLAN_FILE] if plan else artifact.manifest["artifact"]["files"]
+    files = [PLAN_FILE] if plan else artifact.manifest.artifact.files
     partial = Path(repo) / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "1").mkdir(parents=True)
@@ -171,7 +172,7 @@ def write_repository(artifact_path: str | Path, repo: str | Path, options: Trito
         for file in files:
             shutil.copyfile(artifact.path / file, partial / "1" / file)
         (partial / "config.pbtxt").write_text(text_format.MessageToString(config))
-        _check(partial, config, files, artifact.manifest["artifact"]["sha256"])
+        _check(partial, config, files, artifact.manifest.artifact.sha256)
         os.replace(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

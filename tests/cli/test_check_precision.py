@@ -9,14 +9,16 @@ from typer.testing import CliRunner
 
 from llmc.cli import render
 from llmc.cli.main import app
+from llmc.runtime.manifest import Manifest
+from tests.helpers import manifest_json
 
 runner = CliRunner()
 SHAPES = ["--shape", "input_ids=1x16", "--shape", "attention_mask=1x16"]
 
 
-def _manifest(precision: str, **extra) -> dict:
+def _manifest(precision: str, **extra) -> Manifest:
     verification = {"max_abs_error": 0.001, "max_rel_error": 0.0002, "cosine_min": 1.0, "tolerance": 1e-4}
-    return {"precision": precision, "verification": verification, **extra}
+    return Manifest.from_dict(manifest_json(precision=precision, verification=verification, **extra))
 
 
 def test_build_line_says_what_was_verified():

@@ -92,6 +92,26 @@ def test_a_tampered_entry_is_dropped_and_rebuilt(cache_dir, tmp_path, relu_model
     assert llmc.build(relu_model, output=tmp_path / "c").manifest["cache"]["hit"] is True
 
 
+def test_an_entry_from_before_the_manifest_schema_is_dropped_and_rebuilt(cache_dir, tmp_path, relu_model):
+    import hashlib
+
+    llmc.build(relu_model, output=tmp_path / "a")
+    (entry,) = _entries(cache_dir)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    del manifest["schema_version"]  # what an llmc before the typed manifest stored
+    (entry / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    info = json.loads((entry / "entry.json").read_text())
+    info["files"]["manifest.json"] = hashlib.sha256((entry / "manifest.json").read_bytes()).hexdigest()
+    (entry / "entry.json").write_text(json.dumps(info))  # a consistent entry: its bytes are as stored
+    again = llmc.build(relu_model, output=tmp_path / "b")
+    assert again.manifest.cache.hit is False
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["schema_version"] == 1
+    assert (tmp_path / "b" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
+    (entry,) = _entries(cache_dir)  # replaced by the rebuild's
+    assert json.loads((entry / "manifest.json").read_text())["schema_version"] == 1
+    assert llmc.build(relu_model, output=tmp_path / "c").manifest.cache.hit is True
+
+
 def test_no_cache_and_diagnostics_bypass_it(cache_dir, tmp_path, relu_model, monkeypatch):
     llmc.build(relu_model, output=tmp_path / "a", cache=False)
     llmc.build(relu_model, output=tmp_path / "b", diff_each=True)

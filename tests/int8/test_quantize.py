@@ -21,7 +21,8 @@ from llmc.errors import LlmcError
 from llmc.int8.calibration_data import load_calibration_data
 from llmc.int8.lint import lint
 from llmc.int8.numerics import fake_weight, uint8_params, weight_per_channel
-from llmc.int8.stats import METHODS, TensorStats
+from llmc.int8.options import METHODS
+from llmc.int8.stats import TensorStats
 from llmc.model import io as model_io
 from tests.helpers import make_model
 

@@ -220,18 +220,20 @@ def test_require_needs_fixed_heads_and_a_float_cache():
 
 
 @pytest.mark.parametrize(
-    "manifest, shared, masks",
+    "fused, masking, shared, masks",
     [
-        ({}, False, False),
-        ({"fusions": {"GroupQueryAttention": 1}}, False, False),  # not every layer
-        ({"fusions": {"GroupQueryAttention": 2}}, True, False),  # an older build: lengths from positions
-        ({"fusions": {"GroupQueryAttention": 2}, "gqa": {"padding_from_attention_mask": 1}}, True, False),
-        ({"fusions": {"GroupQueryAttention": 2}, "gqa": {"padding_from_attention_mask": 2}}, True, True),
-        ({"fusions": [], "gqa": {"padding_from_attention_mask": 2}}, False, False),
+        (0, 0, False, False),  # no GroupQueryAttention (or no manifest)
+        (1, 0, False, False),  # not every layer
+        (2, 0, True, False),  # an older build (no gqa section): lengths from positions
+        (2, 1, True, False),
+        (2, 2, True, True),
+        (0, 2, False, False),
     ],
 )
-def test_gqa_shared_buffer_flags_from_the_manifest(manifest, shared, masks):
-    layout = decoder.with_manifest(decoder.require(*_hf(layers=2), "art"), manifest)
+def test_gqa_shared_buffer_flags_from_the_manifest(fused, masking, shared, masks):
+    # The manifest's fusions[GroupQueryAttention] and gqa.padding_from_attention_mask (their types
+    # are the manifest reader's: tests/runtime/test_manifest.py).
+    layout = decoder.with_gqa(decoder.require(*_hf(layers=2), "art"), fused, masking)
     assert (layout.shared_cache, layout.masks_padding) == (shared, masks)
     assert layout.batches_left_padding == (not shared or masks)
 

@@ -9,15 +9,15 @@ from llmc.runtime.padding.execute import MODES
 from llmc.runtime.padding.layout import PaddingLayout
 
 
-def choose(manifest: dict[str, Any], mode: str, origin: str) -> tuple[str, PaddingLayout | None]:
-    """``(mode, layout)`` to run with. ``auto``: bucket if the build measured it safe, else trim if
+def choose(section: dict[str, Any] | None, mode: str, origin: str) -> tuple[str, PaddingLayout | None]:
+    """``(mode, layout)`` to run with, from the manifest's ``padding`` ``section`` (what the build
+    measured; None when it did not). ``auto``: bucket if the build measured it safe, else trim if
     safe, else off; ``trim``/``bucket`` as asked where the layout allows it (one error line where
     it cannot apply); ``off``: every position computed."""
     if mode not in MODES:
         raise LlmcError(f"padding must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "off":
         return "off", None
-    section = manifest.get("padding")
     if not isinstance(section, dict) or not section.get("applies"):
         if mode == "auto":
             return "off", None
