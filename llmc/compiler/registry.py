@@ -74,12 +74,16 @@ def precision_of(manifest: Manifest) -> Precision:
     return named[0] if named else FP32
 
 
-def chain_of(manifest: Manifest) -> list[Precision]:
-    """The precisions whose stages built an artifact, in order (its precision, then the one it
-    left the rest of the graph to on its target)."""
-    precision = precision_of(manifest)
-    follow = precision.then(TARGETS[manifest.target]) if manifest.target in TARGETS else None
+def chain(precision: Precision, target: Target | None) -> list[Precision]:
+    """The precisions whose stages run, in order: ``precision``, then the one it leaves the rest
+    of the graph to on ``target`` (TensorRT's int8: fp16)."""
+    follow = precision.then(target) if target is not None else None
     return [precision, *([get_precision(follow)] if follow else [])]
+
+
+def chain_of(manifest: Manifest) -> list[Precision]:
+    """The precisions whose stages built an artifact, in order (:func:`chain`)."""
+    return chain(precision_of(manifest), TARGETS.get(manifest.target))
 
 
 def sections() -> list[Section]:

@@ -126,13 +126,8 @@ class BuildRequest:
 
     @property
     def chain(self) -> list[Precision]:
-        """The precisions whose stages run, in order: the requested one, then the one it names
-        for the rest of the graph on this target (TensorRT's int8: fp16)."""
-        steps = [self.precision]
-        follow = self.precision.then(self.target)
-        if follow is not None:
-            steps.append(registry.get_precision(follow))
-        return steps
+        """The precisions whose stages run, in order (:func:`llmc.compiler.registry.chain`)."""
+        return registry.chain(self.precision, self.target)
 
     @property
     def tolerance(self) -> float:
