@@ -88,7 +88,8 @@ def _gqa(model: Any) -> Gqa | None:
     if not nodes:
         return None
     masked = sum(1 for n in nodes if len(n.inputs) > 10 and n.inputs[10] is not None)
-    return Gqa(len(nodes), masked)
+    rotating = sum(1 for n in nodes if n.attributes.get_int("do_rotary", 0))
+    return Gqa(len(nodes), masked, rotating)
 
 
 def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:

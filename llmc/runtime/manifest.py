@@ -199,21 +199,29 @@ class Tokenizer:
 
 @dataclasses.dataclass
 class Gqa:
-    """GroupQueryAttention nodes, and how many take the padding from ``attention_mask``
-    (``llmc.passes.fusion.gqa``); the generation runtime reads it."""
+    """GroupQueryAttention nodes, how many take the padding from ``attention_mask``
+    (``llmc.passes.fusion.gqa``) and how many rotate by mask column themselves
+    (``llmc.passes.fusion.gqa_rotary``: ``position_ids`` is not read, a left-padded row's keys are
+    cached rotated by column); the generation runtime reads it."""
 
     nodes: int
     padding_from_attention_mask: int
+    rotary_inside: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": self.nodes, "padding_from_attention_mask": self.padding_from_attention_mask}
+        return {
+            "nodes": self.nodes, "padding_from_attention_mask": self.padding_from_attention_mask,
+            "rotary_inside": self.rotary_inside,
+        }
 
     @classmethod
     def from_dict(cls, section: Any, refuse: Refuse) -> Gqa:
         _need(isinstance(section, dict) and _is_int(section.get("nodes"))
               and _is_int(section.get("padding_from_attention_mask")), refuse,
               "'gqa' must be an object with 'nodes' and 'padding_from_attention_mask' counts")
-        return cls(section["nodes"], section["padding_from_attention_mask"])
+        rotating = section.get("rotary_inside", 0)  # absent in artifacts built before it existed
+        _need(_is_int(rotating), refuse, "'gqa.rotary_inside' must be a count")
+        return cls(section["nodes"], section["padding_from_attention_mask"], rotating)
 
 
 @dataclasses.dataclass

@@ -254,7 +254,7 @@ def test_gqa_artifact_updates_one_cache_buffer_in_place(gqa_loaded, monkeypatch)
 
 def test_gqa_artifact_batches_unequal_prompts_with_each_prompts_own_answer(gqa_loaded, monkeypatch):
     loaded, _ = gqa_loaded
-    assert loaded.artifact.manifest["gqa"] == {"nodes": 2, "padding_from_attention_mask": 2}
+    assert loaded.artifact.manifest["gqa"] == {"nodes": 2, "padding_from_attention_mask": 2, "rotary_inside": 2}
     prompts = [[5, 17, 9, 40, 22, 8], [11], [30, 31, 12]]
     alone = [loaded.generate(p, max_new_tokens=8).token_ids for p in prompts]
     allocated = []
@@ -279,29 +279,41 @@ def _padded_feeds(session, prompts: list[list[int]]) -> dict[str, np.ndarray]:
 
 
 def test_gqa_keeps_the_exports_answers_on_left_padded_batches(gqa_loaded):
-    """Prefill of a left-padded batch, then a decode step on its cache: every real position's
-    logits and cache entries equal the export's (padding positions are meaningless in both)."""
+    """Prefill of a left-padded batch, then decode steps, each graph on its own cache: every real
+    position's logits equal the export's. RoPE is inside the attention (``do_rotary``), which
+    rotates by mask column: values are the export's, keys of a padded row are rotated further
+    by its padding (attention scores depend only on position differences), unpadded rows' keys
+    are the export's."""
     import onnxruntime as ort
 
     loaded, export = gqa_loaded
+    assert loaded.artifact.manifest["gqa"]["rotary_inside"] == 2
     reference = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in reference.get_outputs()]
-    feeds = _padded_feeds(reference, [[5, 17, 9, 40, 22, 8], [11, 30], [30, 31, 12, 7]])
+    prompts = [[5, 17, 9, 40, 22, 8], [11, 30], [30, 31, 12, 7]]
+    feeds = _padded_feeds(reference, prompts)
     want = dict(zip(names, reference.run(None, feeds), strict=True))
     got = loaded.run(feeds)
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got["logits"][real], want["logits"][real], atol=2e-4, rtol=1e-4)
-    for name in names[1:]:  # present.N.key/value [B, Hkv, T, D]: real positions
-        np.testing.assert_allclose(got[name].transpose(0, 2, 1, 3)[real], want[name].transpose(0, 2, 1, 3)[real],
-                                   atol=2e-4, rtol=1e-4)
-    step = {
-        "input_ids": np.array([[4], [6], [9]], np.int64),
-        "attention_mask": np.concatenate([feeds["attention_mask"], np.ones((3, 1), np.int64)], axis=1),
-        "position_ids": feeds["position_ids"][:, -1:] + 1,
-        **{name.replace("present", "past_key_values"): want[name] for name in names[1:]},
-    }
-    want_step = dict(zip(names, reference.run(None, step), strict=True))
-    np.testing.assert_allclose(loaded.run(step)["logits"], want_step["logits"], atol=2e-4, rtol=1e-4)
+    for name in names[1:]:  # present.N.key/value [B, Hkv, T, D]
+        same = slice(None) if name.endswith("value") else slice(0, 1)  # row 0 has no padding
+        np.testing.assert_allclose(
+            got[name][same].transpose(0, 2, 1, 3)[real[same]], want[name][same].transpose(0, 2, 1, 3)[real[same]],
+            atol=2e-4, rtol=1e-4,
+        )
+    mask, positions = feeds["attention_mask"], feeds["position_ids"]
+    for token in ([4], [6], [9]), ([7], [7], [1]):
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        step = {"input_ids": np.array(token, np.int64), "attention_mask": mask, "position_ids": positions}
+        want = dict(zip(names, reference.run(None, {**step, **_as_past(want)}), strict=True))
+        got = loaded.run({**step, **_as_past(got)})
+        np.testing.assert_allclose(got["logits"], want["logits"], atol=2e-4, rtol=1e-4)
+
+
+def _as_past(outputs: dict) -> dict:
+    return {name.replace("present", "past_key_values"): v for name, v in outputs.items() if name.startswith("present")}
 
 
 def test_gqa_is_on_by_default_for_cpu_decoders(gqa_loaded, tmp_path):

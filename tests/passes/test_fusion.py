@@ -75,8 +75,8 @@ ENCODERS = {
 DECODERS = {
     "tiny_gpt2_dynamo": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
     "tiny_gpt2_legacy": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
-    # RoPE as RotaryEmbedding (q and k) feeding GroupQueryAttention, its padding from the mask.
-    "tiny_llama_dynamo": {"GroupQueryAttention": 2, "RotaryEmbedding": 4, "SkipSimplifiedLayerNormalization": 4},
+    # GroupQueryAttention rotating q and k itself (no RotaryEmbedding left), its padding from the mask.
+    "tiny_llama_dynamo": {"GroupQueryAttention": 2, "RotaryEmbedding": None, "SkipSimplifiedLayerNormalization": 4},
     # The legacy export repeats K/V heads before attention: MultiHeadAttention over repeated KV.
     "tiny_llama_legacy": {"MultiHeadAttention": 2, "SkipSimplifiedLayerNormalization": 4},
 }
@@ -133,22 +133,38 @@ def left_padded_prompt(model: ir.Model) -> dict[str, np.ndarray]:
     return feeds
 
 
-def test_gqa_takes_padding_from_the_mask_and_keeps_the_cache(tiny_llama_dynamo):
-    """A left-padded prompt: logits and KV cache at every real position equal the export's (the
-    rotation stays outside GroupQueryAttention, with the model's position_ids, so a cache is the
-    export's cache); onnxscript's own rule took each row's length from max(position_ids) and
-    attended to the padding. Padding positions past the first layer are meaningless in both."""
+def test_gqa_takes_padding_from_the_mask_and_rotates_by_column(tiny_llama_dynamo):
+    """A left-padded prompt, then a decode step, each graph on its own cache: logits at every
+    real position equal the export's (onnxscript's own rule took each row's length from
+    max(position_ids) and attended to the padding). RoPE is inside GroupQueryAttention, which
+    rotates by mask column: an unpadded row's cache is the export's; a padded row's values are
+    the export's and its keys are rotated further by its padding, which leaves attention scores
+    (relative positions) unchanged. Padding positions are meaningless in both."""
     source = load(tiny_llama_dynamo)
     fused = fuse(source)
     node = next(n for n in fused.graph if n.op_type == "GroupQueryAttention")
-    assert node.inputs[10] is not None and node.attributes.get("do_rotary") is None
+    assert node.inputs[10] is not None and node.attributes["do_rotary"].value == 1
+    assert not any(n.op_type == "RotaryEmbedding" for n in fused.graph)
     feeds = left_padded_prompt(source)
     expected, actual = run_model(source, feeds), run_model(fused, feeds)
     np.testing.assert_allclose(actual["logits"][1, 2:], expected["logits"][1, 2:], atol=1e-4, rtol=0)
     for name in expected:
         if name.startswith("present"):  # [B, Hkv, T, D]; row 1's first two positions are padding
             np.testing.assert_allclose(actual[name][0], expected[name][0], atol=1e-5, rtol=0)
-            np.testing.assert_allclose(actual[name][1, :, 2:], expected[name][1, :, 2:], atol=1e-5, rtol=0)
+            if name.endswith("value"):
+                np.testing.assert_allclose(actual[name][1, :, 2:], expected[name][1, :, 2:], atol=1e-5, rtol=0)
+            else:
+                assert np.abs(actual[name][1, :, 2:] - expected[name][1, :, 2:]).max() > 1e-3
+    step = {
+        "input_ids": np.array([[3], [4]], np.int64),
+        "attention_mask": np.concatenate([feeds["attention_mask"], np.ones((2, 1), np.int64)], axis=1),
+        "position_ids": feeds["position_ids"][:, -1:] + 1,
+    }
+    def past(outputs):
+        return {k.replace("present", "past_key_values"): v for k, v in outputs.items() if k.startswith("present")}
+    want = run_model(source, {**feeds, **step, **past(expected)})["logits"]
+    got = run_model(fused, {**feeds, **step, **past(actual)})["logits"]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     enabled, disabled = families("ort", "cpu")
     assert "gqa" in {f.name for f in enabled}
     _, disabled = families("ort", "cuda")

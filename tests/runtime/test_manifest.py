@@ -102,7 +102,7 @@ def test_int4_decoder_manifest_round_trips(tmp_path, tiny_llama_dynamo):
         tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(method="minmax"), cache=False
     )
     _check_written(artifact, {"gqa", "quantization"})
-    assert artifact.manifest.gqa == Gqa(nodes=2, padding_from_attention_mask=2)
+    assert artifact.manifest.gqa == Gqa(nodes=2, padding_from_attention_mask=2, rotary_inside=2)
     assert artifact.manifest.fusions["GroupQueryAttention"] == 2
 
 

@@ -202,6 +202,12 @@ def _gqa() -> list:
     return gqa_rules()
 
 
+def _gqa_rotary() -> list:
+    from llmc.passes.fusion.gqa_rotary import rules
+
+    return [rules()]
+
+
 def _mha() -> list:
     from onnxscript.rewriter.ort_fusions import mha_scale
 
@@ -312,7 +318,7 @@ FAMILIES: tuple[FusionFamily, ...] = (
         "gqa",
         "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (padding from attention_mask)",
         ("com.microsoft::GroupQueryAttention",),
-        (Step(_sdpa, shape_inference=True), Step(_gqa)),
+        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_gqa_rotary, explain=False)),
         lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
     ),
     FusionFamily(

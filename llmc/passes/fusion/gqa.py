@@ -51,6 +51,7 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         if dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
             return pattern.MatchResult().fail(f"query is {dtype}, not float32/float16", query)
         self._attention_mask, self._dtype = mask, dtype
+        self._input_ids = next((v for v in context.model.graph.inputs if v.name == "input_ids"), None)
         return result
 
     def rewrite(  # noqa: PLR0913
@@ -63,7 +64,9 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         attention_mask = self._attention_mask
         batch = op.Shape(attention_mask, start=0, end=1)
         total = op.Shape(attention_mask, start=1, end=2)
-        new = op.Shape(query_BSD, start=1, end=2)
+        # The new tokens' count from input_ids where there is one: every layer's bias is then the
+        # same subgraph of model inputs, which CSE shares (from the query it is one per layer).
+        new = op.Shape(self._input_ids if self._input_ids is not None else query_BSD, start=1, end=2)
         one = op.Constant(value=ir.tensor([1], dtype=ir.DataType.INT64))
         seqlens_k = op.Cast(op.Expand(op.Sub(total, one), batch), to=ir.DataType.INT32)
         total_length = op.Cast(op.Squeeze(total), to=ir.DataType.INT32)
