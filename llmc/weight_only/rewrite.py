@@ -27,27 +27,6 @@ def register(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _feed_packed_attention(nodes: list[ir.Node], packed: ir.Value) -> bool:
-    """When ``nodes`` are the query, key and value projections of one GroupQueryAttention (their
-    only use, inputs 0, 1, 2), feed it ``packed`` as its packed QKV input (key and value absent,
-    as onnxruntime-genai writes it) instead of splitting it: one node fewer per layer."""
-    if len(nodes) != 3 or any(len(node.outputs[0].uses()) != 1 for node in nodes):
-        return False
-    uses = [node.outputs[0].uses()[0] for node in nodes]
-    attention = uses[0].node
-    if attention.op_type != "GroupQueryAttention" or attention.domain != MS_DOMAIN:
-        return False
-    if [use.node for use in uses] != [attention] * 3 or [use.idx for use in uses] != [0, 1, 2]:
-        return False
-    packed.shape = None  # [batch, sequence, q + k + v widths]: ONNX Runtime infers it
-    packed.type = nodes[0].outputs[0].type
-    packed.name = f"{nodes[0].outputs[0].name}_qkv"
-    attention.replace_input_with(0, packed)
-    attention.replace_input_with(1, None)
-    attention.replace_input_with(2, None)
-    return True
-
-
 class Rewriter:
     """Replaces nodes of one graph; remembers shared pieces (block sums per activation)."""
 
@@ -80,10 +59,6 @@ class Rewriter:
             result = self._node(first, "Add", [result, correction], "plus_offset")
         if len(nodes) == 1:
             self._take_over(first, result)
-            return
-        if _feed_packed_attention(nodes, result):
-            for node in nodes:
-                self.graph.remove(node, safe=True)
             return
         sizes = register(self.graph, f"{name}_split", np.array(widths, np.int64))
         split = ir.Node("", "Split", [result, sizes], [ir.AttrInt64("axis", -1)], name=f"{name}/split", num_outputs=len(nodes))

@@ -113,10 +113,18 @@ def test_tiny_llama_methods_tied_head_and_embedding(tmp_path, tiny_llama_dynamo,
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / method, int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
-    # q/k/v and gate/up are packed: one MatMulNBits each, named after the MatMuls it replaced.
+    # gate/up are packed: one MatMulNBits each, named after the MatMuls it replaced; q/k/v are one
+    # MatMul already (the gqa fusion packs them), its MatMulNBits feeds GroupQueryAttention directly.
     assert q["method"] == method and q["nodes_quantized"] == sum(len(name.split("+")) for name in nodes) > len(nodes)
-    assert sum(1 for n in q["nodes"] if n.get("packed_with") == 2) == 3 * 2  # q/k/v in each of 2 layers
+    assert sum(1 for n in q["nodes"] if n.get("packed_with") == 1) == 2 * 2  # gate/up in each of 2 layers
     model = onnx.load(art.path / "model.onnx")
+    attention = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert len(attention) == 2 and all(list(n.input[1:3]) == ["", ""] for n in attention)
+    for node in attention:  # minmax and hqq add their float minima's offset term to it
+        packed = producers[node.input[0]]
+        packed = producers[packed.input[0]] if method != "rtn" and packed.op_type == "Add" else packed
+        assert packed.op_type == "MatMulNBits"
     (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
     (head,) = [n for n in nodes.values() if {a.name: a.i for a in n.attribute}["bits"] == 8]
     assert gather.input[0] == head.input[1]  # the tied embedding and head read one 8-bit table

@@ -208,6 +208,12 @@ def _gqa_rotary() -> list:
     return [rules()]
 
 
+def _gqa_packed() -> list:
+    from llmc.passes.fusion.gqa_packed import rules
+
+    return [rules()]
+
+
 def _mha() -> list:
     from onnxscript.rewriter.ort_fusions import mha_scale
 
@@ -318,7 +324,8 @@ FAMILIES: tuple[FusionFamily, ...] = (
         "gqa",
         "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (padding from attention_mask)",
         ("com.microsoft::GroupQueryAttention",),
-        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_gqa_rotary, explain=False)),
+        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_gqa_rotary, explain=False),
+         Step(_gqa_packed, explain=False)),
         lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
     ),
     FusionFamily(
