@@ -25,6 +25,10 @@ llmc artifact, or any ``.onnx`` file of that contract, e.g. onnxruntime-genai's 
   and the bytes its nodes read (weights, and the cache for the op that reads it), so each op
   type has its own achieved GB/s and floor. The profiled step is slower than the timed one
   (the profiler's own cost); what its kernels leave of it is time between kernels.
+
+On a GPU (an artifact built for ``cuda``) the bandwidth is the device's and ms/token is right, but
+ONNX Runtime's profiler times each kernel's launch on the host, not its run on the device: the op
+types' times there say where launches go, not where the device's time goes.
 """
 
 from __future__ import annotations
