@@ -44,7 +44,7 @@ from llmc.errors import LlmcError
 from llmc.generation.loop import Stepper
 from llmc.generation.target import decode_target, open_target
 from llmc.generation.traffic import file_nodes, step_traffic
-from llmc.model.decoder import DecoderLayout
+from llmc.model.decoder import LOGITS, DecoderLayout
 from llmc.runtime.bandwidth import measure_bandwidth
 from llmc.runtime.timing import interleaved
 
@@ -171,7 +171,7 @@ def decode_roofline(
 
 def _vocab(session: Any) -> int:
     """The logits' last axis if fixed, else 1 (token 0 only: the step's time does not depend on it)."""
-    shape = next((o.shape for o in session.get_outputs() if o.name == "logits"), None) or []
+    shape = next((o.shape for o in session.get_outputs() if o.name == LOGITS), None) or []
     return shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else 1
 
 
