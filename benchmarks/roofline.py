@@ -8,7 +8,8 @@ decoder contract, so the same profiler runs it in a plain ONNX Runtime session, 
 all; GenAI's own loop is not involved). Each runs
 :func:`llmc.generation.roofline.decode_roofline` in a fresh process (batch 1, 128 cached
 tokens, 100 timed steps after 10 warm-up, 20 profiled), against one bandwidth measured first
-(:func:`llmc.runtime.bandwidth.measure_bandwidth`, 2 threads). GenAI's row is "n/a" without
+(:func:`llmc.runtime.bandwidth.measure_bandwidth`, 2 threads); 3 rounds (``LLMC_BENCH_ROUNDS``),
+the systems in turn, and per system the round with the median ms/token. GenAI's row is "n/a" without
 onnxruntime-genai (``make bench-anchors``).
 """
 
@@ -53,18 +54,28 @@ def _roofline(path: str, bandwidth: float) -> dict[str, Any]:
     return report.to_dict()
 
 
-def measure(bandwidth: float) -> dict[str, dict[str, Any]]:
-    """Each system's report (as a dict), or ``{"error": why}``."""
-    out = {}
-    for system in SYSTEMS:
-        try:
-            out[system] = job(_roofline, model_path(system), bandwidth)
-        except anchors.Unavailable as exc:
-            out[system] = {"error": str(exc)}
-        except Exception as exc:  # a build that fails: a row that says so
-            out[system] = {"error": f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        print(system, out[system].get("ms_per_token", out[system].get("error")), flush=True)
-    return out
+def measure(bandwidth: float, rounds: int = 3) -> dict[str, dict[str, Any]]:
+    """Each system's report (as a dict), or ``{"error": why}``: ``rounds`` rounds, the systems in
+    turn in each, and per system the round whose ms/token is the median."""
+    runs: dict[str, list[dict[str, Any]]] = {system: [] for system in SYSTEMS}
+    for _ in range(rounds):
+        for system in SYSTEMS:
+            if runs[system] and "error" in runs[system][-1]:
+                continue
+            try:
+                result = job(_roofline, model_path(system), bandwidth)
+            except anchors.Unavailable as exc:
+                result = {"error": str(exc)}
+            except Exception as exc:  # a build that fails: a row that says so
+                result = {"error": f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            runs[system].append(result)
+            print(system, result.get("ms_per_token", result.get("error")), flush=True)
+    return {system: _median_run(results) for system, results in runs.items()}
+
+
+def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    good = sorted((r for r in results if "error" not in r), key=lambda r: r["ms_per_token"])
+    return good[(len(good) - 1) // 2] if good else results[-1]
 
 
 def summary(reports: dict[str, dict[str, Any]]) -> str:
@@ -119,15 +130,18 @@ def by_op(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()
     bandwidth = float(os.environ.get("LLMC_BANDWIDTH_GBS", 0)) or decode.bandwidth_gbs()
-    reports = measure(bandwidth)
+    rounds = int(os.environ.get("LLMC_BENCH_ROUNDS", 3))
+    reports = measure(bandwidth, rounds)
     text = "\n".join([
         BEGIN,
         f"{machine_line()} Measured read bandwidth {bandwidth:.1f} GB/s (`llmc.runtime.bandwidth`, ReduceSum over "
-        f"512 MiB, {decode.THREADS} threads). Batch 1, {CONTEXT} cached tokens, {decode.THREADS} threads, median of "
-        f"{STEPS} timed steps; op times are kernel time per step over 20 profiled steps. `python -m benchmarks.roofline`"
-        f" ({time.perf_counter() - started:.0f} s).\n",
+        f"512 MiB, {decode.THREADS} threads). Batch 1, {CONTEXT} cached tokens, {decode.THREADS} threads; ms/token "
+        f"is the median of {STEPS} timed steps, op times are kernel time per step over 20 profiled steps; each system "
+        f"in a fresh process, {rounds} rounds in turn, the round with the median ms/token shown. Load average "
+        f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after. `python -m benchmarks.roofline` "
+        f"({time.perf_counter() - started:.0f} s).\n",
         summary(reports),
         "Op by op (ms per profiled step, x nodes; for op types reading over 0.1 MB: what they read per step, the "
         "GB/s it was read at and the share of the op's own floor):\n",
