@@ -10,6 +10,7 @@ from llmc.generation.roofline import DecodeRoofline, OpTypeTime
 MB = 1e6
 OP_COLUMNS = ("op type", "nodes", "kernels/step", "ms/step", "% of step", "MB read", "GB/s", "floor ms", "% of floor")
 BETWEEN = "(between kernels)"
+PLOT_MIN_SHARE = 1.0  # % of the profiled step: smaller op types share one bar
 
 
 def summary_lines(report: DecodeRoofline) -> list[str]:
@@ -77,22 +78,31 @@ def table_markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def plot_roofline(report: DecodeRoofline, path: str | Path, title: str | None = None) -> Path:
     """Bars of each op type's time per step against the time its bytes take at the measured
-    bandwidth (its floor), and the whole step's against the step's floor; PNG at ``path``."""
+    bandwidth (its floor), and the whole step's against the step's floor; op types under 1% of the
+    step (and of its floor) share one bar. PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ops = [op for op in report.ops if op.ms > 0 or op.bytes > 0]
-    labels = ["step (timed)", "step (profiled)", *(op.op_type for op in ops), BETWEEN]
-    measured = [report.ms_per_token, report.profiled_ms, *(op.ms for op in ops), report.between_kernels_ms]
-    floors = [report.floor_ms, report.floor_ms, *(op.floor_ms for op in ops), 0.0]
+    ops = [op for op in report.ops if op.share >= PLOT_MIN_SHARE or op.floor_ms >= PLOT_MIN_SHARE / 100 * report.profiled_ms]
+    rest = [op for op in report.ops if op not in ops]
+    labels = ["step (timed)", "step (profiled)", *(op.op_type for op in ops)]
+    measured = [report.ms_per_token, report.profiled_ms, *(op.ms for op in ops)]
+    floors = [report.floor_ms, report.floor_ms, *(op.floor_ms for op in ops)]
+    if rest:
+        labels.append(f"{len(rest)} other op types")
+        measured.append(sum(op.ms for op in rest))
+        floors.append(sum(op.floor_ms for op in rest))
+    labels.append(BETWEEN)
+    measured.append(report.between_kernels_ms)
+    floors.append(0.0)
     fig, axis = plt.subplots(figsize=(10, 1.2 + 0.42 * len(labels)))
     ys = list(range(len(labels)))[::-1]
     axis.barh([y + 0.2 for y in ys], measured, height=0.4, color="tab:blue", label="measured (ops: profiled step)")
     axis.barh([y - 0.2 for y in ys], floors, height=0.4, color="tab:gray", label=f"bytes at {report.bandwidth_gbs:.1f} GB/s (floor)")
     for y, ms, floor in zip(ys, measured, floors, strict=True):
-        note = f"{ms:.2f} ms" + (f"  ({100 * floor / ms:.0f}% of floor)" if floor and ms else "")
+        note = f"{ms:.2f} ms" + (f"  ({100 * floor / ms:.0f}% of floor)" if floor >= 0.01 * ms > 0 else "")
         axis.text(ms, y + 0.2, " " + note, va="center", fontsize=8)
     axis.set_yticks(ys, labels)
     axis.set_xlabel("ms per decode step")
