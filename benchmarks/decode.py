@@ -12,8 +12,9 @@ are the median over rounds: time to first token of a 128-token prompt, decode ms
 128-token prompt (batch 1 and 4) and after a 1024-token prompt (batch 1). Perplexity and top-1
 agreement with fp32 (the plain ORT loop's logits, teacher-forced) over 16 windows of 128 tokens
 of held-out text (SmolLM2) or of seeded random tokens (llama_model(), no tokenizer). The read
-bandwidth is measured with ONNX Runtime (ReduceSum over 512 MiB, 2 threads); each row's floor is
-its weight bytes over that bandwidth (decode reads every weight once per token).
+bandwidth is measured with ONNX Runtime (``llmc.runtime.bandwidth``: ReduceSum over 512 MiB, 2
+threads); each row's floor is its weight bytes over that bandwidth (decode reads every weight once
+per token; ``benchmarks.roofline`` counts what a step reads, op type by op type).
 
 Anchors that are not installed are "n/a" rows (``make bench-anchors`` installs them).
 """
@@ -205,28 +206,16 @@ def token_stream(model: str, count: int) -> list[int]:
 
 
 def bandwidth_gbs() -> float:
-    """Read bandwidth with ONNX Runtime's ReduceSum over 512 MiB (2 threads; median of 5)."""
+    """Read bandwidth (:func:`llmc.runtime.bandwidth.measure_bandwidth`: ONNX Runtime's ReduceSum
+    over 512 MiB, 2 threads, median of 5) in a fresh process."""
     return job(_bandwidth)["gbs"]
 
 
 def _bandwidth() -> dict[str, Any]:
-    import onnx.helper as oh
-    import onnxruntime as ort
+    from llmc.runtime.bandwidth import measure_bandwidth
+    from llmc.runtime.ort import SessionConfig
 
-    graph = oh.make_graph(
-        [oh.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "bw",
-        [oh.make_tensor_value_info("x", 1, [1 << 27])], [oh.make_tensor_value_info("y", 1, [])],
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(oh.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = np.ones(1 << 27, np.float32)
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - start)
-    return {"gbs": x.nbytes / statistics.median(times[1:]) / 1e9}
+    return {"gbs": measure_bandwidth(SessionConfig(intra_op_num_threads=THREADS))}
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -365,11 +354,21 @@ SWEEP = {  # label -> Int4Options fields; the gate is opened so each row is the 
 }
 
 
-def sweep(model: str) -> str:
-    """Every SWEEP setting built (gate open), its perplexity / top-1 vs fp32 and b1@128 ms/token."""
+def sweep_artifact(model: str, label: str) -> Path:
+    """The llmc int4 build of SWEEP[label] with the gate opened (cached)."""
     import llmc
     from llmc.weight_only.options import Int4Options
 
+    out = CACHE / f"{model}-sweep-{''.join(c if c.isalnum() else '_' for c in label)}"
+    if not (out / "manifest.json").exists():
+        options = Int4Options(**SWEEP[label], max_perplexity_increase=100.0, min_top1_agreement=0.0)
+        llmc.build((export_dir(model) / "model.onnx").resolve(), precision="int4", int4=options, output=out,
+                   threads=THREADS)
+    return out
+
+
+def sweep(model: str) -> str:
+    """Every SWEEP setting built (gate open), its perplexity / top-1 vs fp32 and b1@128 ms/token."""
     stream = token_stream(model, 4096 + WINDOWS * WINDOW)
     windows = [stream[4096 + i * WINDOW : 4096 + (i + 1) * WINDOW] for i in range(WINDOWS)]
     reference = logits("ort-loop", model, windows)
@@ -378,12 +377,8 @@ def sweep(model: str) -> str:
         f"#### int4 settings on {model} (gate opened: each method's own accuracy)\n",
         "| setting | MB | ms/token b1 @128 | perplexity | top-1 vs fp32 |", "|---|---|---|---|---|",
     ]
-    for label, fields in SWEEP.items():
-        out = CACHE / f"{model}-sweep-{''.join(c if c.isalnum() else '_' for c in label)}"
-        if not (out / "manifest.json").exists():
-            options = Int4Options(**fields, max_perplexity_increase=100.0, min_top1_agreement=0.0)
-            llmc.build((export_dir(model) / "model.onnx").resolve(), precision="int4", int4=options, output=out,
-                       threads=THREADS)
+    for label in SWEEP:
+        out = sweep_artifact(model, label)
         timed = job(_llmc_decode, str(out), prompt, SHAPES["b1@128"][2])
         found = job(_llmc_logits, str(out), windows)["logits"]
         row = _row({"b1@128": [timed]}, [np.asarray(x) for x in found], reference, windows)

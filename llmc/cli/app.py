@@ -137,6 +137,13 @@ def user_errors(fn):
     return wrapper
 
 
+def check_png(plot: Path) -> None:
+    """A ``--plot`` path: a .png in a directory that exists, checked before any work."""
+    if plot.suffix.lower() != ".png":
+        raise LlmcError(f"--plot {plot}: write a .png file")
+    if not plot.parent.is_dir():
+        raise LlmcError(f"--plot {plot}: directory {plot.parent} does not exist; create it first or plot elsewhere")
+
 
 ShapeOpt = Annotated[
     Optional[list[str]],

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from llmc.cli.app import JsonOpt, app, console, user_errors
+from llmc.cli.app import JsonOpt, app, check_png, console, user_errors
 from llmc.cli.render import print_memory, print_summary
 from llmc.errors import LlmcError
 from llmc.model.shape_specs import ASSUMED_DIMS
@@ -79,10 +79,8 @@ def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: P
 
     if alignment < 1:
         raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise LlmcError(f"--plot {plot}: write a .png file")
-    if plot is not None and not plot.parent.is_dir():
-        raise LlmcError(f"--plot {plot}: directory {plot.parent} does not exist; create it first or plot elsewhere")
+    if plot is not None:
+        check_png(plot)
     model_path = path / MODEL_FILE if path.is_dir() and (path / MODEL_FILE).is_file() else path
     model = load_model(model_path)
     resolved = [resolve_shapes(model, given) for given in parse_shape_sets(specs)]

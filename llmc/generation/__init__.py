@@ -6,7 +6,10 @@
 - ``evaluate``: full-sequence logits and sliding-window perplexity;
 - ``prefix``: :class:`PrefixCache`, prompts' KV blocks shared across requests;
 - ``api``: :func:`generate` and :func:`logits`; ``runner``: the :class:`Runner` ``llmc.load`` returns
-  (the runtime's runner plus ``generate`` / ``logits``). The tokenizer is :mod:`llmc.model.text`.
+  (the runtime's runner plus ``generate`` / ``logits``). The tokenizer is :mod:`llmc.model.text`;
+- ``roofline``: :func:`decode_roofline`, one decode step against the memory-bandwidth floor, per
+  op type (``llmc bench --decode``; ``traffic`` the bytes a step reads, ``target`` what it runs,
+  ``roofline_report`` :func:`render_roofline` and the plot).
 """
 
 from __future__ import annotations
@@ -15,5 +18,10 @@ from llmc.generation.api import generate, logits
 from llmc.generation.evaluate import perplexity
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
+from llmc.generation.roofline import DecodeRoofline, decode_roofline
+from llmc.generation.roofline_report import render_roofline
 
-__all__ = ["GenerationResult", "PrefixCache", "generate", "logits", "perplexity"]
+__all__ = [
+    "DecodeRoofline", "GenerationResult", "PrefixCache", "decode_roofline", "generate", "logits", "perplexity",
+    "render_roofline",
+]

@@ -1,5 +1,5 @@
-"""ONNX Runtime: a loader that creates sessions (:mod:`.loader`), a runner (:mod:`.runner`) and
-one-line errors (:mod:`.errors`).
+"""ONNX Runtime: a loader that creates sessions (:mod:`.loader`), a runner (:mod:`.runner`),
+one-line errors (:mod:`.errors`) and its profiler's trace (:mod:`.profile`).
 
 ONNX Runtime comes from an extra (``llmc[cpu]`` or ``llmc[gpu]``: both wheels install the same
 ``onnxruntime`` package, so llmc depends on neither by default). Importing this package checks
@@ -38,6 +38,7 @@ from llmc.runtime.ort.loader import (  # noqa: E402
     create_session,
     resolve_device,
 )
+from llmc.runtime.ort.profile import Profiling, read_trace  # noqa: E402
 from llmc.runtime.ort.runner import OrtRunner, run_model, session_device  # noqa: E402
 
 __all__ = [
@@ -45,10 +46,12 @@ __all__ = [
     "REFERENCE_CONFIG",
     "DeviceFallbackWarning",
     "OrtRunner",
+    "Profiling",
     "SessionConfig",
     "SessionFromOnnx",
     "check_active_provider",
     "create_session",
+    "read_trace",
     "require_onnxruntime",
     "resolve_device",
     "run_model",

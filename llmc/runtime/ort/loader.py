@@ -50,6 +50,7 @@ from llmc.errors import LlmcError, first_line
 from llmc.model.files import cache_root
 from llmc.model.io import is_session_copy
 from llmc.runtime.ort.errors import checked_session_type, current_context, located
+from llmc.runtime.ort.profile import Profiling
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 DEVICE_PROVIDERS = {
@@ -197,7 +198,7 @@ class SessionConfig:
             return options
         return {}
 
-    def session_options(self) -> Any:
+    def session_options(self, profiling: Profiling | None = None) -> Any:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -227,13 +228,17 @@ class SessionConfig:
             else ort.ExecutionOrder.DEFAULT
         )
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
+        if profiling is not None:
+            profiling.apply(opts)
         return opts
 
 
 def create_session(
-    source: bytes | str | os.PathLike, config: SessionConfig, model: ir.Model | None = None
+    source: bytes | str | os.PathLike, config: SessionConfig, model: ir.Model | None = None,
+    profiling: Profiling | None = None,
 ) -> Any:
-    """Create an ``InferenceSession``; ``model`` (if given) names nodes in error messages.
+    """Create an ``InferenceSession``; ``model`` (if given) names nodes in error messages;
+    ``profiling`` (:mod:`.profile`) turns on ONNX Runtime's profiler for this session only.
 
     Raises (or, with ``config.fallback``, warns) when ONNX Runtime did not enable the first
     provider of the device: it drops a provider whose libraries fail to load without an error.
@@ -251,7 +256,7 @@ def create_session(
     try:
         session = checked_session_type()(
             source,
-            sess_options=config.session_options(),
+            sess_options=config.session_options(profiling),
             providers=providers,
             provider_options=provider_options,
             **kwargs,
