@@ -28,7 +28,9 @@ class Int4Options:
     ``accuracy_level`` is MatMulNBits' compute type for the activations (0: unset, float32;
     4: int8 activations, fast but the least accurate). ``head``: the LM head (float by default;
     int8: Q8_0's rounding, at accuracy level 0 run as two exact 4-bit digits with float32
-    activations, otherwise one 8-bit MatMulNBits at level 4); ``embedding``: a token-embedding
+    activations, otherwise one 8-bit MatMulNBits at level 4; ``head_accuracy_level`` sets the head's
+    level apart from the body's, e.g. an exact float32-activation body with a level-4 int8 head:
+    the head is the largest single weight of a small model); ``embedding``: a token-embedding
     Gather onto 8-bit blocks (the same table as a tied one-node int8 head; a table tied to a float
     head stays float). The defaults keep float32 activations and a float head: measured on
     SmolLM2, int8 activations anywhere moved its greedy chat answer, and the digits head costs
@@ -49,6 +51,8 @@ class Int4Options:
     max_perplexity_increase: float = 0.05
     eval_text: str | None = None  # held-out text for the gate (else the fp32 graph's own samples)
     head: str = "float"
+    head_accuracy_level: int | None = None  # the head's MatMulNBits compute (None: the body's level)
+    head_rescore: int = 0  # a quantized head's top-k logits recomputed from the float rows (0: off)
     embedding: str = "int8"
     pack: bool = True  # MatMuls of one activation (q/k/v, gate/up) run as one MatMulNBits
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds
@@ -85,6 +89,13 @@ class Int4Options:
             raise LlmcError(f"body must be one of {', '.join(BODIES)}, not {self.body!r}")
         if self.head not in HEADS:
             raise LlmcError(f"--lm-head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.head_accuracy_level not in (None, 0, 4) or isinstance(self.head_accuracy_level, bool):
+            raise LlmcError(
+                "--lm-head-accuracy-level must be 0 (float32 activations) or 4 (int8), "
+                f"not {self.head_accuracy_level!r}"
+            )
+        if isinstance(self.head_rescore, bool) or not isinstance(self.head_rescore, int) or not 0 <= self.head_rescore <= 64:
+            raise LlmcError(f"--lm-head-rescore is a count of top tokens, 0 (off) to 64, not {self.head_rescore!r}")
         if self.embedding not in EMBEDDINGS:
             raise LlmcError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, not {self.embedding!r}")
         if not isinstance(self.gate_samples, int) or self.gate_samples < 0:
@@ -100,6 +111,11 @@ class Int4Options:
     def level(self) -> int:
         """The build's accuracy level; with ``auto``, 0 until a node's choice says otherwise."""
         return 0 if self.accuracy_level == AUTO else int(self.accuracy_level)
+
+    @property
+    def head_level(self) -> int:
+        """The LM head's accuracy level: ``head_accuracy_level``, else the build's."""
+        return self.level if self.head_accuracy_level is None else self.head_accuracy_level
 
     @property
     def auto(self) -> bool:

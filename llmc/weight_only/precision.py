@@ -67,6 +67,12 @@ SECTION = Section(
                "--tokenizer).", Optional[str], PANEL, "int4", file=True,
                flag_extra={"metavar": "FILE", "show_default": "sequences the fp32 model samples itself"}),
         Option("lm_head", "float", HEAD_HELP, str, PANEL, "int4", "head"),
+        Option("lm_head_accuracy_level", None, "LM head MatMulNBits compute, apart from --accuracy-level: 0 "
+               "float32 activations, 4 int8 (an int8 head at 4 is one 8-bit node).", Optional[int], PANEL, "int4",
+               "head_accuracy_level", flag_extra={"show_default": "--accuracy-level"}),
+        Option("lm_head_rescore", 0, "A quantized LM head's top K logits recomputed from its float rows (TopK, "
+               "a Gather of K rows, ScatterElements): the greedy token is exact whenever it is among the K; 0 off.",
+               int, PANEL, "int4", "head_rescore"),
         Option("embedding", "int8", "Token embedding: int8 (GatherBlockQuantized, shares a tied head's blocks) "
                "or float.", str, PANEL, "int4"),
     ),

@@ -196,7 +196,9 @@ def quantize_model(
         nodes = [item.node for item in group]
         bits = 4 if group[0].precision.startswith("int4") else 8
         block, level = group[0].block, group[0].level
-        if bits == 8 and options.level == 0 and id(nodes[0]) in heads:
+        if bits == 4 and id(nodes[0]) in heads:
+            level = options.head_level
+        if bits == 8 and options.head_level == 0 and id(nodes[0]) in heads:
             quantized[node_name(nodes[0])] = _head_digits(graph, rewriter, group[0], options, done, sizes)
             continue
         key = (*[id(item.weight) for item in group], bits, block)
@@ -209,7 +211,12 @@ def quantize_model(
             sizes.after_add(done[key])
         values, offsets = done[key]
         widths = [int(item.kn.shape[1]) for item in group]
-        rewriter.matmul(nodes, values, offsets, bits, block, int(kn.shape[0]), widths, level)
+        x, head = nodes[0].inputs[0], id(nodes[0]) in heads
+        result = rewriter.matmul(nodes, values, offsets, bits, block, int(kn.shape[0]), widths, level)
+        if head and options.head_rescore:  # the float rows of the head's top candidates, exactly
+            rows = register(graph, group[0].weight.name + "_rows", np.ascontiguousarray(kn.T))
+            sizes.after += int(rows.const_value.nbytes)
+            rewriter.rescore(result, x, rows, options.head_rescore)
         for item in group:
             quantized[node_name(item.node)] = {
                 "K": int(item.kn.shape[0]), "N": int(item.kn.shape[1]), "weight": item.weight.name,

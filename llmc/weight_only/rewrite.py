@@ -33,14 +33,16 @@ class Rewriter:
     def __init__(self, graph: ir.Graph) -> None:
         self.graph = graph
         self._block_sums: dict[tuple[int, int, int], ir.Value] = {}
+        self._sum_matrices: dict[tuple[int, int], ir.Value] = {}  # one 0/1 matrix per (K, block)
 
     def matmul(
         self, nodes: list[ir.Node], weights: list[ir.Value], offsets: ir.Value | None, bits: int, block: int,
         k: int, widths: list[int], accuracy_level: int,
-    ) -> None:
+    ) -> ir.Value | None:
         """Replace ``nodes`` (MatMuls of one activation; several: packed, their weights' columns
         side by side, ``widths`` each) by one MatMulNBits on ``weights`` (B, scales[, zero_points])
-        plus, with ``offsets`` (C, [K / block, N]), the offset term, then a Split back."""
+        plus, with ``offsets`` (C, [K / block, N]), the offset term, then a Split back. Returns
+        the value now standing for a single node's output (None when packed)."""
         first = nodes[0]
         attributes = [
             ir.AttrInt64("K", k), ir.AttrInt64("N", sum(widths)), ir.AttrInt64("bits", bits),
@@ -59,12 +61,44 @@ class Rewriter:
             result = self._node(first, "Add", [result, correction], "plus_offset")
         if len(nodes) == 1:
             self._take_over(first, result)
-            return
+            return result
         sizes = register(self.graph, f"{name}_split", np.array(widths, np.int64))
         split = ir.Node("", "Split", [result, sizes], [ir.AttrInt64("axis", -1)], name=f"{name}/split", num_outputs=len(nodes))
         self.graph.insert_before(first, split)
         for node, part in zip(nodes, split.outputs, strict=True):
             self._take_over(node, part)
+        return None
+
+    def rescore(self, logits: ir.Value, x: ir.Value, rows: ir.Value, k: int) -> None:
+        """``logits`` (a quantized head's output, [..., V]) with its ``k`` largest entries replaced
+        by the exact float products of ``x`` and those tokens' ``rows`` ([V, K] float): TopK, a
+        Gather of k rows, a Mul and ReduceSum, ScatterElements. The greedy token is exact whenever
+        it is among the quantized head's top ``k``; the rest keep the quantized values."""
+        users = [(use.node, use.idx) for use in logits.uses()]
+        outputs = [i for i, out in enumerate(self.graph.outputs) if out is logits]
+        name = logits.name
+        anchor = logits.producer()
+        count = register(self.graph, f"{rows.name}_k", np.array([k], np.int64))
+        top = ir.Node("", "TopK", [logits, count], [ir.AttrInt64("axis", -1)], name=f"{name}/topk", num_outputs=2)
+        self.graph.insert_after(anchor, top)
+        indices = top.outputs[1]
+        gathered = ir.Node("", "Gather", [rows, indices], [ir.AttrInt64("axis", 0)], name=f"{name}/rows", num_outputs=1)
+        axis = register(self.graph, f"{rows.name}_axis", np.array([-2], np.int64))
+        last = register(self.graph, f"{rows.name}_last", np.array([-1], np.int64))
+        expanded = ir.Node("", "Unsqueeze", [x, axis], name=f"{name}/x", num_outputs=1)
+        product = ir.Node("", "Mul", [gathered.outputs[0], expanded.outputs[0]], name=f"{name}/mul", num_outputs=1)
+        exact = ir.Node("", "ReduceSum", [product.outputs[0], last], [ir.AttrInt64("keepdims", 0)],
+                        name=f"{name}/exact", num_outputs=1)
+        scatter = ir.Node("", "ScatterElements", [logits, indices, exact.outputs[0]], [ir.AttrInt64("axis", -1)],
+                          name=f"{name}/rescored", num_outputs=1)
+        self.graph.insert_after(top, [gathered, expanded, product, exact, scatter])
+        result = scatter.outputs[0]
+        result.shape, result.type = logits.shape, logits.type
+        for node, index in users:
+            node.replace_input_with(index, result)
+        for index in outputs:
+            self.graph.outputs[index] = result
+        logits.name, result.name = f"{name}_quantized", name
 
     def matmul_digits(
         self, node: ir.Node, high: list[ir.Value], low: list[ir.Value], block: int, k: int, n: int
@@ -106,9 +140,10 @@ class Rewriter:
     def _block_sum(self, before: ir.Node, x: ir.Value, k: int, block: int) -> ir.Value:
         key = (id(x), k, block)
         if key not in self._block_sums:
-            ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
-            matrix = register(self.graph, f"block_sum_{k}_{block}", ones)
-            self._block_sums[key] = self._node(before, "MatMul", [x, matrix], "block_sum")
+            if (k, block) not in self._sum_matrices:  # shared: each copy would be read every step
+                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+                self._sum_matrices[(k, block)] = register(self.graph, f"block_sum_{k}_{block}", ones)
+            self._block_sums[key] = self._node(before, "MatMul", [x, self._sum_matrices[(k, block)]], "block_sum")
         return self._block_sums[key]
 
     def _node(self, before: ir.Node, op: str, inputs: list[ir.Value], tag: str) -> ir.Value:

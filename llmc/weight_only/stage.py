@@ -132,6 +132,7 @@ def _report(
         **settings,
         "int8_accuracy_level": 4,
         "lm_head": options.head,
+        "lm_head_accuracy_level": options.head_level,
         "embeddings": record["embeddings"],
         "nodes_by_precision": {**counts, "float": len(record["kept_float"])},
         "int4_nodes_by_setting": int4_settings,

@@ -291,3 +291,41 @@ def test_fallback_tries_float_activations_then_the_head_first(tmp_path, tiny_lla
     second = plan.next(first)
     assert first == {"a": "int4@0", "b": "int4@0"} and second == {**first, "head": "float"}
     assert plan.next(second) == {**second, "a": "int8"}
+
+
+def test_int8_head_at_level_4_rescores_its_top_k_exactly(tmp_path, tiny_llama_dynamo):
+    """``--lm-head int8 --lm-head-accuracy-level 4 --lm-head-rescore K``: the body stays at level 0
+    (float32 activations), the head is one 8-bit node at level 4, and its K largest logits are
+    recomputed from the float rows: they equal a float head's on the same body, so the greedy
+    token is the float head's, while the others keep the 8-bit head's values (the embedding stays
+    float here, as the float-head build's, so both bodies see the same inputs)."""
+    body = {"method": "minmax", "max_perplexity_increase": 100.0, "min_top1_agreement": 0.0}
+    float_head = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "f", cache=False,
+                            int4=Int4Options(**body, head="float"))
+    rescored = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "r", cache=False,
+                          int4=Int4Options(**body, head="int8", head_accuracy_level=4, head_rescore=4, embedding="float"))
+    q = rescored.manifest["quantization"]
+    assert q["lm_head"] == "int8" and q["lm_head_accuracy_level"] == 4 and q["accuracy_level"] == 0
+    (head,) = [n for n in _nbits(rescored.path).values() if {a.name: a.i for a in n.attribute}["bits"] == 8]
+    assert {a.name: a.i for a in head.attribute}["accuracy_level"] == 4
+    ops = [n.op_type for n in onnx.load(rescored.path / "model.onnx").graph.node]
+    assert {"TopK", "ScatterElements"} <= set(ops)
+    ids = np.random.default_rng(3).integers(3, 60, size=(2, 9))
+    want = llmc.load(float_head.path).logits(ids)
+    got = llmc.load(rescored.path).logits(ids)
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+    exact = np.abs(got - want) < 1e-5  # the 4 rescored tokens of each position (and a few close by)
+    assert (exact.sum(-1) >= 4).all() and exact.mean() < 0.1, exact.sum(-1)
+    assert np.take_along_axis(exact, got.argmax(-1)[..., None], -1).all()
+    assert np.abs(got - want).max() > 1e-3  # the rest is the 8-bit head's
+    plain = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", cache=False,
+                       int4=Int4Options(**body, head="int8", head_accuracy_level=4, embedding="float"))
+    unscored = llmc.load(plain.path).logits(ids)  # without the rescoring, the top logit is the 8-bit head's
+    assert not (np.abs(np.take_along_axis(unscored - want, unscored.argmax(-1)[..., None], -1)) < 1e-5).all()
+
+
+def test_head_options_are_checked_before_any_work():
+    with pytest.raises(LlmcError, match="--lm-head-accuracy-level must be 0"):
+        Int4Options(head_accuracy_level=2)
+    with pytest.raises(LlmcError, match="--lm-head-rescore is a count"):
+        Int4Options(head_rescore=-1)
