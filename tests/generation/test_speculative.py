@@ -325,3 +325,24 @@ def test_picks_mask_eos_only_before_min_new_tokens():
     assert speculative._picks(_Logits(scores), request, made=1) == [0, 0, EOS, EOS]  # tokens 2 and 3 masked
     assert speculative._picks(_Logits(scores), request, made=3) == [EOS] * 4
     assert speculative._agreed([4, 5, 6], [4, 5, 7, 1]) == 2 and speculative._agreed([], [3]) == 0
+
+
+def test_serving_decodes_greedy_requests_speculatively(copier, monkeypatch):
+    from llmc.serving import completions
+    from llmc.serving.metrics import Metrics
+
+    class Engine:
+        runner, prefix, results = copier, None, {}
+        metrics = Metrics()
+        generation_lock = __import__("threading").Lock()
+
+        class settings:  # noqa: N801  (ServeSettings' fields that _generate reads)
+            speculative, result_cache = "auto", 0
+
+    request = {"max_tokens": 40, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": []}
+    text = "w30 w31 w12 w7 w30 w31 w12 w7"
+    answer = completions._generate(Engine, text, request, None)
+    assert answer.token_ids == copier.generate(text, max_new_tokens=40).token_ids and answer.accepted > 0
+    assert f"llmc_draft_accepted_total {answer.accepted}" in Engine.metrics.prometheus()
+    sampled = completions._generate(Engine, text, {**request, "temperature": 1.0}, None)
+    assert sampled.drafted == 0  # sampling: plain decoding, silently
