@@ -25,9 +25,10 @@ def _load(artifact: Path, threads: int) -> Any:
 
 
 def _stats(result: Any) -> str:
+    drafts = f", {result.accepted}/{result.drafted} drafted tokens accepted" if result.drafted else ""
     return (
         f"{result.tokens} tokens ({result.stop_reason}): time to first token {result.ttft_ms:.1f} ms, "
-        f"{result.ms_per_token:.2f} ms/token after it"
+        f"{result.ms_per_token:.2f} ms/token after it{drafts}"
     )
 
 
@@ -47,6 +48,15 @@ def generate(
         Optional[int], typer.Option("--max-length", help="The model's context in tokens, if the tokenizer does not say.")
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the text as it is generated.")] = False,
+    speculative: Annotated[
+        str,
+        typer.Option(
+            "--speculative",
+            help="ngram: draft tokens by matching the last 1-3 tokens against the prompt and the text so far, "
+            "verify them in one step (same greedy tokens, faster on answers that copy from the prompt; "
+            "one prompt, --temperature 0, a GroupQueryAttention artifact); auto: ngram where it can run; off.",
+        ),
+    ] = "off",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = 0,
 ) -> None:
@@ -55,7 +65,7 @@ def generate(
     printer = (lambda piece: typer.echo(piece, nl=False)) if stream and not as_json else None
     result = runner.generate(
         prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        stop=tuple(stop or ()), stream=printer, chat=chat, max_length=max_length,
+        stop=tuple(stop or ()), stream=printer, chat=chat, max_length=max_length, speculative=speculative,
     )
     if as_json:
         typer.echo(json.dumps({"artifact": str(artifact), **result.to_dict()}, indent=2))

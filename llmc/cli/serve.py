@@ -27,6 +27,10 @@ def serve(
         int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")
     ] = 256,
     result_cache: Annotated[int, typer.Option(help="Answers kept for repeated temperature-0 requests (0: off).")] = 0,
+    speculative: Annotated[
+        str, typer.Option(help="Decoders: auto drafts greedy requests' tokens from the prompt (llmc generate "
+                          "--speculative; same tokens, off where it cannot run or does not pay); off.")
+    ] = "auto",
     address: Annotated[Optional[str], typer.Option(help="A running Ray cluster (ray start --head); default: a local one.")] = None,
     emit_config: Annotated[
         Optional[Path], typer.Option(help="Write the Ray Serve config YAML for `serve deploy` and exit.")
@@ -43,9 +47,11 @@ def serve(
             raise LlmcError(f"{flag} must be >= 1, not {value}")
     if prefix_cache_mb < 0 or result_cache < 0:
         raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
+    if speculative not in ("auto", "off"):
+        raise LlmcError(f"--speculative {speculative}: must be auto or off")
     settings = ServeSettings(
         str(artifact.resolve()), replicas, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
-        prefix_cache_mb=prefix_cache_mb, result_cache=result_cache,
+        prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
     )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config

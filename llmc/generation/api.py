@@ -17,6 +17,7 @@ from llmc.generation.loop import Request, Stepper, run_generation
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling
+from llmc.generation.speculative import run_speculative, wanted
 from llmc.model import decoder
 from llmc.model import text as texts
 from llmc.model.files import MANIFEST_FILE
@@ -112,11 +113,16 @@ def generate(
     min_new_tokens: int = 0,
     prefix_cache: Optional[PrefixCache] = None,
     manifest: Optional[Manifest] = None,
+    speculative: Optional[str] = None,
 ) -> Union[GenerationResult, list[GenerationResult]]:
     """Continue ``prompt`` (text or token ids, one or a batch) with the decoder at ``artifact``;
     EOS is never picked before ``min_new_tokens`` (benchmarks: exactly that many tokens).
     ``prefix_cache``: a :class:`llmc.generation.PrefixCache` one-prompt requests reuse and feed.
-    ``manifest``: the artifact's, when the caller has it already (else read from ``artifact``)."""
+    ``manifest``: the artifact's, when the caller has it already (else read from ``artifact``).
+    ``speculative``: ``"ngram"`` drafts tokens from the prompt and the text so far and verifies
+    them in one step (:mod:`llmc.generation.speculative`; one greedy prompt on a GroupQueryAttention
+    artifact, else one error line), ``"auto"`` does so where it can and decodes plainly elsewhere,
+    ``"off"`` (None) never; greedy output is the same tokens either way."""
     artifact = Path(artifact)
     stepper, _ = open_decoder(session, artifact, manifest)
     sampling = Sampling(temperature, top_k, top_p, seed)
@@ -131,7 +137,9 @@ def generate(
         sampling=sampling, eos=texts.eos_ids(config), pad=texts.pad_id(config), stop=tuple(stop),
         tokenizer=tokenizer, stream=stream, min_new_tokens=min_new_tokens, prefix=prefix_cache,
     )
-    if not stepper.layout.batches_left_padding and len({len(p) for p in prompts}) > 1:
+    if wanted(speculative, stepper.layout, request):
+        results = run_speculative(stepper, request)
+    elif not stepper.layout.batches_left_padding and len({len(p) for p in prompts}) > 1:
         # GroupQueryAttention of builds before llmc.passes.fusion.gqa took each row's length from
         # its positions and cannot skip left padding: such prompts run one at a time.
         results = [run_generation(stepper, dataclasses.replace(request, prompts=[p]))[0] for p in prompts]

@@ -106,7 +106,7 @@ class Request:
     prefix: Optional[PrefixCache] = None  # one-prompt requests reuse and feed it
 
 
-class _Rows:
+class Rows:
     """Per-row new tokens, stop reasons and (for ``stream``) the text already emitted."""
 
     def __init__(self, request: Request) -> None:
@@ -130,6 +130,17 @@ class _Rows:
                 self.reasons[row] = "stop"
         if self.request.stream is not None:
             self._stream()
+
+    def results(self, ttft: float, per_token: float, drafted: int = 0, accepted: int = 0) -> list[GenerationResult]:
+        """Every row's :class:`GenerationResult`: ``ttft`` in seconds, ``per_token`` in ms."""
+        return [
+            GenerationResult(
+                token_ids=self.tokens[row], text=self.text(row), ttft_ms=1000 * ttft, ms_per_token=per_token,
+                prompt_tokens=len(prompt), stop_reason=self.reasons[row] or "length", drafted=drafted,
+                accepted=accepted,
+            )
+            for row, prompt in enumerate(self.request.prompts)
+        ]
 
     def text(self, row: int) -> Optional[str]:
         return self._cut(row)[0] if self.request.tokenizer is not None else None
@@ -165,7 +176,7 @@ def positions_of(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
 
 
-def _last(logits: Any, request: Request, made: int) -> np.ndarray:
+def last_logits(logits: Any, request: Request, made: int) -> np.ndarray:
     """The last position's logits, EOS masked while fewer than ``min_new_tokens`` were made."""
     last = logits.numpy()[:, -1, :]
     if made < request.min_new_tokens and request.eos:
@@ -174,7 +185,7 @@ def _last(logits: Any, request: Request, made: int) -> np.ndarray:
     return last
 
 
-def _prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.ndarray, np.ndarray]:
+def prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.ndarray, np.ndarray]:
     """``(logits, cache, mask, positions)`` after the prompts; a one-prompt request computes only
     what ``request.prefix`` does not hold, then adds its prompt's blocks to it."""
     ids, mask = left_pad(request.prompts, request.pad)
@@ -199,10 +210,10 @@ def _prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.nda
 def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]:
     """Prefill every prompt at once, then decode one token per step until every row stops."""
     rng = request.sampling.generator()
-    rows = _Rows(request)
+    rows = Rows(request)
     start = time.perf_counter()
-    logits, past, mask, positions = _prefill(stepper, request)
-    chosen = choose(_last(logits, request, 0), request.sampling, rng)
+    logits, past, mask, positions = prefill(stepper, request)
+    chosen = choose(last_logits(logits, request, 0), request.sampling, rng)
     ttft = time.perf_counter() - start
     decoding, steps = 0.0, 0
     while True:
@@ -214,14 +225,7 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
         positions = positions[:, -1:] + 1
         began = time.perf_counter()
         logits, past = stepper.run(chosen[:, None], mask, positions, past)
-        chosen = choose(_last(logits, request, steps + 1), request.sampling, rng)
+        chosen = choose(last_logits(logits, request, steps + 1), request.sampling, rng)
         decoding += time.perf_counter() - began
         steps += 1
-    per_token = 1000 * decoding / steps if steps else 0.0
-    return [
-        GenerationResult(
-            token_ids=rows.tokens[row], text=rows.text(row), ttft_ms=1000 * ttft, ms_per_token=per_token,
-            prompt_tokens=len(request.prompts[row]), stop_reason=rows.reasons[row] or "length",
-        )
-        for row in range(len(request.prompts))
-    ]
+    return rows.results(ttft, 1000 * decoding / steps if steps else 0.0)

@@ -11,7 +11,9 @@ class GenerationResult:
     """One prompt's continuation. ``token_ids`` are the new tokens (an EOS that stopped it
     included); ``text`` their decoded text (None without a tokenizer), cut before a stop string;
     ``ttft_ms`` the prefill and first token; ``ms_per_token`` the mean decode step after it (0.0
-    when there was none); ``stop_reason`` is ``eos``, ``stop`` or ``length``."""
+    when there was none); ``stop_reason`` is ``eos``, ``stop`` or ``length``. ``drafted`` /
+    ``accepted``: draft tokens that speculative decoding (``speculative="ngram"``) verified and
+    those the model agreed with (0 without it)."""
 
     token_ids: list[int]
     text: Optional[str]
@@ -19,6 +21,8 @@ class GenerationResult:
     ms_per_token: float
     prompt_tokens: int
     stop_reason: str
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def tokens(self) -> int:

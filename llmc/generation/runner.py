@@ -19,7 +19,9 @@ class Runner(runtime.Runner):
     def generate(self, prompt_or_ids: Any, max_new_tokens: int = 64, **options: Any) -> Any:
         """Continue a text or token-id prompt (or a batch of them) with a decoder artifact's KV
         cache: a :class:`llmc.generation.GenerationResult` each. Options: ``temperature``,
-        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``, ``min_new_tokens``."""
+        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stream``, ``chat``, ``max_length``, ``min_new_tokens``,
+        ``prefix_cache``, ``speculative`` (``"ngram"``: prompt-lookup drafts verified in one step;
+        ``"auto"``: where it can run)."""
         return generate(
             self.session, self.artifact.path, prompt_or_ids, max_new_tokens=max_new_tokens,
             manifest=self.artifact.manifest, **options,

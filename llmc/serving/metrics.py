@@ -28,7 +28,7 @@ class Histogram:
 
 class Metrics:
     """Requests by outcome, request latency, rows per model run, time to first token, ms/token,
-    prefix-cache hits."""
+    prefix-cache hits, speculative draft tokens verified and accepted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -39,6 +39,7 @@ class Metrics:
         self.token_seconds = Histogram(BUCKETS)
         self.queue_seconds = Histogram(BUCKETS)
         self.cache_hits = 0
+        self.drafted = self.accepted = 0
 
     def count(self, outcome: str) -> None:
         with self._lock:
@@ -56,8 +57,10 @@ class Metrics:
         with self._lock:
             self.batch_rows.observe(rows)
 
-    def generation(self, ttft_ms: float, ms_per_token: float) -> None:
+    def generation(self, ttft_ms: float, ms_per_token: float, drafted: int = 0, accepted: int = 0) -> None:
         with self._lock:
+            self.drafted += drafted
+            self.accepted += accepted
             self.ttft_seconds.observe(ttft_ms / 1e3)
             if ms_per_token:
                 self.token_seconds.observe(ms_per_token / 1e3)
@@ -73,4 +76,7 @@ class Metrics:
             lines += self.token_seconds.lines("llmc_token_seconds", "Decode time per token.")
             lines += ["# HELP llmc_prefix_cache_hits_total Prefix KV cache hits.",
                       "# TYPE llmc_prefix_cache_hits_total counter", f"llmc_prefix_cache_hits_total {self.cache_hits}"]
+            for name, value, what in (("drafted", self.drafted, "verified"), ("accepted", self.accepted, "accepted")):
+                lines += [f"# HELP llmc_draft_{name}_total Speculative draft tokens {what}.",
+                          f"# TYPE llmc_draft_{name}_total counter", f"llmc_draft_{name}_total {value}"]
             return "\n".join(lines) + "\n"

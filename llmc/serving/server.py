@@ -54,6 +54,8 @@ class ServeSettings:
     max_new_tokens: int = 512
     prefix_cache_mb: int = 256  # decoders: prompts' KV blocks reused across requests (0: off)
     result_cache: int = 0  # answers kept for repeated temperature-0 requests (0: off)
+    # Decoders: prompt-lookup drafts for greedy requests where they can run (llmc.generation.speculative)
+    speculative: str = "auto"
 
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
