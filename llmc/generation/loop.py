@@ -35,6 +35,10 @@ class Stepper:
 
     def __init__(self, session: Any, layout: DecoderLayout, artifact: Path) -> None:
         self.runner, self.layout, self.artifact = OrtRunner(session, io_binding=True), layout, artifact
+        # A shared cache's binding, kept from one step to the next while the same buffers are
+        # passed back: only input_ids, attention_mask and position_ids are bound again.
+        self._binding: Any = None
+        self._bound_past: Optional[list[Any]] = None
 
     def run(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]],
@@ -45,6 +49,14 @@ class Stepper:
         feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask}
         if self.layout.has_position_ids:
             feeds[POSITION_IDS] = positions
+        hint = (
+            f"at sequence length {mask.shape[1]}, beyond the model's context? pass a shorter prompt or "
+            "fewer new tokens"
+        )
+        if past is not None and past is self._bound_past:  # the buffers bound last step: in place
+            with run_context(hint, str(self.artifact)):
+                binding = self.runner.run_again(self._binding, feeds, fresh=(LOGITS,))
+            return binding.get_outputs()[self.runner.output_names.index(LOGITS)], past
         if past is None and self.layout.shared_cache:
             past = self._allocate(ids.shape[0], max(capacity, ids.shape[1]))
         if past is None:
@@ -52,12 +64,13 @@ class Stepper:
         else:  # the previous step's present: bound as it is, no copy
             feeds.update(zip(self.layout.past_names, past, strict=True))
         into = dict(zip(self.layout.present_names, past, strict=True)) if self.layout.shared_cache else None
-        hint = (
-            f"at sequence length {mask.shape[1]}, beyond the model's context? pass a shorter prompt or "
-            "fewer new tokens"
-        )
         with run_context(hint, str(self.artifact)):
-            outputs = self.runner.run_bound(feeds, into)
+            self.runner.check_feeds(feeds)
+            binding = self.runner.bind_and_run(feeds, into or {})
+        outputs = self.runner.outputs_of(binding)
+        if self.layout.shared_cache:  # present is past, updated in place: the next step re-uses the binding
+            self._binding, self._bound_past = binding, past
+            return outputs[LOGITS], past
         return outputs[LOGITS], [outputs[name] for name in self.layout.present_names]
 
     def cached_past(self, tensors: list[np.ndarray], capacity: int) -> list[Any]:

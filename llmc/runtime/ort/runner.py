@@ -73,7 +73,7 @@ class OrtRunner:
             # IOBinding binds graph inputs only, not initializer defaults: session.run can.
             outputs = self.session.run(self.output_names, _on_host(feeds))
         else:
-            binding = self._bound_run(feeds, {})
+            binding = self.bind_and_run(feeds, {})
             outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -93,8 +93,24 @@ class OrtRunner:
                 f"run_bound cannot override initializer default(s) {', '.join(overridden)} "
                 "(ONNX Runtime's IOBinding binds graph inputs only); use run()"
             )
-        binding = self._bound_run(feeds, into or {})
+        return self.outputs_of(self.bind_and_run(feeds, into or {}))
+
+    def outputs_of(self, binding: Any) -> dict[str, Any]:
+        """A binding's outputs by name (``OrtValue``s on the runner's device)."""
         return dict(zip(self.output_names, binding.get_outputs(), strict=True))
+
+    def run_again(self, binding: Any, feeds: dict[str, np.ndarray], fresh: tuple[str, ...] = ()) -> Any:
+        """Run ``binding`` (from :meth:`bind_and_run`) again with ``feeds`` (numpy) bound anew and
+        the outputs ``fresh`` allocated anew (their shapes may change); every other input and output
+        stays bound as it was: a decode step re-binds three small inputs and the logits instead of
+        every cache tensor twice."""
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.asarray(value, order="C"))
+        for name in fresh:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return binding
 
     def to_device(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         """Copy numpy feeds to the runner's device once, as ``OrtValue``s that runs can reuse."""
@@ -122,7 +138,7 @@ class OrtRunner:
                 f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(self.inputs)}"
             )
 
-    def _bound_run(self, feeds: dict[str, Any], into: dict[str, Any]) -> Any:
+    def bind_and_run(self, feeds: dict[str, Any], into: dict[str, Any]) -> Any:
         """Bind ``feeds`` and every output on the device, run, and return the binding.
 
         A new binding per call: an IOBinding is not safe to share between threads, and creating
