@@ -32,8 +32,8 @@ METHOD_HELP = (
     "rtn (ONNX Runtime's round to nearest, integer zero points) or hqq (half-quadratic, error-minimising)."
 )
 HEAD_HELP = (
-    "LM head weights: float, int8 (Q8_0 rounding; two exact 4-bit digits at accuracy level 0, else one "
-    "8-bit node at level 4) or int4."
+    "LM head weights: int8 (Q8_0 rounding; one 8-bit node at level 4, its top logits rescored by "
+    "--lm-head-rescore; two exact 4-bit digits with --lm-head-accuracy-level 0), int4 or float."
 )
 
 
@@ -66,11 +66,11 @@ SECTION = Section(
         Option("eval_text", None, "Held-out text the gate measures perplexity on (tokenizer beside MODEL or "
                "--tokenizer).", Optional[str], PANEL, "int4", file=True,
                flag_extra={"metavar": "FILE", "show_default": "sequences the fp32 model samples itself"}),
-        Option("lm_head", "float", HEAD_HELP, str, PANEL, "int4", "head"),
+        Option("lm_head", "int8", HEAD_HELP, str, PANEL, "int4", "head"),
         Option("lm_head_accuracy_level", None, "LM head MatMulNBits compute, apart from --accuracy-level: 0 "
                "float32 activations, 4 int8 (an int8 head at 4 is one 8-bit node).", Optional[int], PANEL, "int4",
-               "head_accuracy_level", flag_extra={"show_default": "--accuracy-level"}),
-        Option("lm_head_rescore", 0, "A quantized LM head's top K logits recomputed from its float rows (TopK, "
+               "head_accuracy_level", flag_extra={"show_default": "4 for an int8 head, else --accuracy-level"}),
+        Option("lm_head_rescore", 8, "A quantized LM head's top K logits recomputed from its float rows (TopK, "
                "a Gather of K rows, ScatterElements): the greedy token is exact whenever it is among the K; 0 off.",
                int, PANEL, "int4", "head_rescore"),
         Option("embedding", "int8", "Token embedding: int8 (GatherBlockQuantized, shares a tied head's blocks) "

@@ -260,9 +260,10 @@ def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
 
 
 def test_int8_head_at_level_0_is_two_exact_digits_with_float_activations(tmp_path, tiny_llama_dynamo):
-    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(head="int8"))
+    options = Int4Options(head="int8", head_accuracy_level=0)
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
-    assert (q["lm_head"], q["accuracy_level"]) == ("int8", 0)
+    assert (q["lm_head"], q["accuracy_level"], q["lm_head_accuracy_level"]) == ("int8", 0, 0)
     (head,) = [n for n in q["nodes"] if n.get("form", "").startswith("two exact 4-bit digits")]
     nodes = _nbits(art.path)
     digits = [n for name, n in nodes.items() if name.startswith(head["node"] + "/")]
@@ -272,8 +273,8 @@ def test_int8_head_at_level_0_is_two_exact_digits_with_float_activations(tmp_pat
     assert not embedding["shared_with_head"]
 
 
-def test_default_float_head_keeps_its_tied_table_float(tmp_path, tiny_llama_dynamo):
-    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o")
+def test_float_head_keeps_its_tied_table_float(tmp_path, tiny_llama_dynamo):
+    art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(head="float"))
     q = art.manifest["quantization"]
     assert (q["lm_head"], q["embeddings"]) == ("float", {})
     model = onnx.load(art.path / "model.onnx")
@@ -294,7 +295,7 @@ def test_fallback_tries_float_activations_then_the_head_first(tmp_path, tiny_lla
 
 
 def test_int8_head_at_level_4_rescores_its_top_k_exactly(tmp_path, tiny_llama_dynamo):
-    """``--lm-head int8 --lm-head-accuracy-level 4 --lm-head-rescore K``: the body stays at level 0
+    """The default head, ``--lm-head int8`` at level 4 with ``--lm-head-rescore K``: the body stays at level 0
     (float32 activations), the head is one 8-bit node at level 4, and its K largest logits are
     recomputed from the float rows: they equal a float head's on the same body, so the greedy
     token is the float head's, while the others keep the 8-bit head's values (the embedding stays
@@ -303,7 +304,7 @@ def test_int8_head_at_level_4_rescores_its_top_k_exactly(tmp_path, tiny_llama_dy
     float_head = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "f", cache=False,
                             int4=Int4Options(**body, head="float"))
     rescored = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "r", cache=False,
-                          int4=Int4Options(**body, head="int8", head_accuracy_level=4, head_rescore=4, embedding="float"))
+                          int4=Int4Options(**body, head_rescore=4, embedding="float"))  # int8 at 4: the default
     q = rescored.manifest["quantization"]
     assert q["lm_head"] == "int8" and q["lm_head_accuracy_level"] == 4 and q["accuracy_level"] == 0
     (head,) = [n for n in _nbits(rescored.path).values() if {a.name: a.i for a in n.attribute}["bits"] == 8]
@@ -319,7 +320,7 @@ def test_int8_head_at_level_4_rescores_its_top_k_exactly(tmp_path, tiny_llama_dy
     assert np.take_along_axis(exact, got.argmax(-1)[..., None], -1).all()
     assert np.abs(got - want).max() > 1e-3  # the rest is the 8-bit head's
     plain = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "p", cache=False,
-                       int4=Int4Options(**body, head="int8", head_accuracy_level=4, embedding="float"))
+                       int4=Int4Options(**body, head="int8", head_accuracy_level=4, head_rescore=0, embedding="float"))
     unscored = llmc.load(plain.path).logits(ids)  # without the rescoring, the top logit is the 8-bit head's
     assert not (np.abs(np.take_along_axis(unscored - want, unscored.argmax(-1)[..., None], -1)) < 1e-5).all()
 
