@@ -35,14 +35,18 @@ from benchmarks.harness import ROOT, job, machine_line, write_section
 
 CACHE = ROOT / ".cache" / "decode"
 THREADS = 2
-LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-fast", "llmc-int4-mha")
+LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-fast", "llmc-int4-genai")
+OPEN_GATE = {"max_perplexity_increase": 100.0, "min_top1_agreement": 0.0}  # the method's own accuracy
+# GenAI's int4 quantization (round to nearest, blocks of 32, symmetric, int8 activations, an int4
+# head), built by llmc: the same kernels, llmc's graph and loop (issue 29's first target).
+GENAI_INT4 = {"method": "rtn", "symmetric": True, "accuracy_level": 4, "head": "int4", "head_rescore": 0}
 # The llmc builds: precision, weight-only, Int4Options fields, fusion overrides.
 BUILDS = {
     "llmc-fp32": ("fp32", False, {}, {}),
     "llmc-int8w": ("int8", True, {}, {}),
     "llmc-int4": ("int4", False, {}, {}),
-    "llmc-int4-fast": ("int4", False, {"accuracy_level": 4, "head": "int8"}, {}),
-    "llmc-int4-mha": ("int4", False, {}, {"gqa": False}),
+    "llmc-int4-fast": ("int4", False, {"accuracy_level": 4}, {}),
+    "llmc-int4-genai": ("int4", False, {**GENAI_INT4, **OPEN_GATE}, {}),
 }
 SYSTEMS = ("torch", "ort-loop", "genai-fp32", "genai-int8", "genai-int4", "llamacpp", *LLMC)
 SHAPES = {"b1@128": (1, 128, 32), "b1@1024": (1, 1024, 16), "b4@128": (4, 128, 16)}  # batch, prompt, new
@@ -81,6 +85,14 @@ def artifact(model: str, system: str) -> Path:
             int4=Int4Options(**fields) if precision == "int4" else None, fusions=fusions, output=out, threads=THREADS,
         )
     return out
+
+
+def _step_bytes(path: Path) -> int:
+    """Weight bytes one decode step reads (``llmc.generation.traffic``: a table read by Gather
+    counts only its rows, e.g. the float rows a rescored head gathers)."""
+    from llmc.generation.traffic import step_traffic
+
+    return sum(step_traffic(path / "model.onnx", None, 0).weights.values())
 
 
 def _weight_bytes(path: Path) -> int:
@@ -159,7 +171,7 @@ def _ort_logits(path: str, windows: list[list[int]]) -> dict[str, Any]:
 def decode(system: str, model: str, prompts: list[list[int]], new: int) -> dict[str, Any]:
     if system in LLMC:
         path = artifact(model, system)
-        return {**job(_llmc_decode, str(path), prompts, new), "bytes": _weight_bytes(path)}
+        return {**job(_llmc_decode, str(path), prompts, new), "bytes": _weight_bytes(path), "read": _step_bytes(path)}
     if system == "ort-loop":
         path = export_dir(model) / "model.onnx"
         return {**job(_ort_decode, str(path.resolve()), prompts, new), "bytes": path.resolve().stat().st_size}
@@ -262,6 +274,8 @@ def _row(runs: dict[str, list[dict[str, Any]]], found: Any, reference: Any, wind
             "ms_per_token": statistics.median(r["ms_per_token"] for r in good),
         }
         row.setdefault("bytes", good[0].get("bytes"))
+        if "read" in good[0]:
+            row.setdefault("read", good[0]["read"])
         if shape == "b1@128":
             row["tokens"] = good[0]["tokens"][0]
     if isinstance(found, str) or isinstance(reference, str):
@@ -287,9 +301,9 @@ LABELS = {
     "genai-fp32": "onnxruntime-genai fp32", "genai-int8": "onnxruntime-genai int8 (acc. level 4)",
     "genai-int4": "onnxruntime-genai int4 (block 32, symmetric, acc. level 4)", "llamacpp": "llama.cpp, the GGUF (Q4_1)",
     "llmc-fp32": "**llmc fp32**", "llmc-int8w": "**llmc int8 weight-only**",
-    "llmc-int4": "**llmc int4** (defaults: accuracy level 0, float head)",
-    "llmc-int4-fast": "**llmc int4 fast** (`--accuracy-level 4 --lm-head int8`)",
-    "llmc-int4-mha": "**llmc int4, `--disable-fusion gqa`** (MultiHeadAttention: the cache concatenated per step)",
+    "llmc-int4": "**llmc int4** (defaults: accuracy level 0, int8 head at level 4 with its top 8 rescored)",
+    "llmc-int4-fast": "**llmc int4 fast** (`--accuracy-level 4`)",
+    "llmc-int4-genai": "**llmc, GenAI's int4 quantization** (rtn b32 symmetric, level 4, int4 head; gate open)",
 }
 
 
@@ -312,7 +326,7 @@ def table(model: str, rows: dict[str, Any], gbs: float) -> str:
         cells.append(f"{100 * row['top1']:.1f}%" if "top1" in row else "-")
         cells.append(f"{row['greedy_same']}/{SHAPES['b1@128'][2]}" if row.get("greedy_same") is not None else "-")
         if row.get("bytes") and "ms_per_token" in first:
-            floor = row["bytes"] / (gbs * 1e9) * 1e3
+            floor = row.get("read", row["bytes"]) / (gbs * 1e9) * 1e3
             cells.append(f"{floor:.2f} / {100 * floor / first['ms_per_token']:.0f}%")
         else:
             cells.append("-")
@@ -328,7 +342,8 @@ def main(rounds: int = 2) -> None:
         f"{THREADS} threads). {THREADS} threads everywhere, greedy, EOS masked; medians of {rounds} rounds, each "
         "system in a fresh process, interleaved. `python -m benchmarks.decode`.\n",
     ]
-    for model in ("smollm2", "llama"):
+    models = os.environ.get("LLMC_DECODE_MODELS", "smollm2,llama").split(",")  # e.g. smollm2 alone
+    for model in models:
         started = time.perf_counter()
         saved = CACHE / f"results-{model}.json"
         if os.environ.get("LLMC_DECODE_REUSE") and saved.exists():  # re-render a finished model's rows
@@ -339,6 +354,8 @@ def main(rounds: int = 2) -> None:
         parts.append(table(model, rows, gbs))
         parts.append(sweep(model))
         print(f"{model}: {time.perf_counter() - started:.0f} s", flush=True)
+    if set(models) != {"smollm2", "llama"}:
+        parts.append(f"Models in this run: {', '.join(models)} (`LLMC_DECODE_MODELS`).\n")
     text = "<!-- decode:begin -->\n" + "\n".join(parts) + "<!-- decode:end -->"
     write_section("<!-- decode:begin -->", "<!-- decode:end -->", text)
 
@@ -346,11 +363,15 @@ def main(rounds: int = 2) -> None:
 
 # -- int4 settings sweep ----------------------------------------------------------------------------
 
-FAST = {"accuracy_level": 4, "head": "int8"}
+FAST = {"accuracy_level": 4}
 SWEEP = {  # label -> Int4Options fields; the gate is opened so each row is the method's own accuracy
-    "minmax b32 (default)": {}, "minmax b64": {"block_size": 64}, "hqq b32": {"method": "hqq"},
-    "rtn b32 asymmetric": {"method": "rtn"}, "minmax b32 fast": FAST, "minmax b64 fast": {**FAST, "block_size": 64},
-    "rtn b32 symmetric fast (GenAI's int4)": {**FAST, "method": "rtn", "symmetric": True},
+    "minmax b32 (default: int8 head at level 4, top 8 rescored)": {},
+    "minmax b32, float head (the previous default)": {"head": "float"},
+    "minmax b32, int8 head not rescored": {"head_rescore": 0},
+    "minmax b64": {"block_size": 64}, "hqq b32": {"method": "hqq"}, "rtn b32 asymmetric": {"method": "rtn"},
+    "minmax b32 fast": FAST, "minmax b32 fast, int4 head rescored 16": {**FAST, "head": "int4", "head_rescore": 16},
+    "rtn b32 symmetric fast, int4 head (GenAI's int4)": GENAI_INT4,
+    "GenAI's int4, gate/up as two MatMulNBits (GenAI's layout)": {**GENAI_INT4, "pack": False},
 }
 
 

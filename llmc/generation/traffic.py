@@ -43,9 +43,9 @@ class StepTraffic:
         return {op: self.weights.get(op, 0) + self.kv.get(op, 0) for op in {*self.weights, *self.kv}}
 
 
-def step_traffic(path: str | Path, layout: DecoderLayout, context: int) -> StepTraffic:
+def step_traffic(path: str | Path, layout: DecoderLayout | None, context: int) -> StepTraffic:
     """What one decode step at ``context`` cached tokens reads in the model at ``path`` (its
-    weights are not loaded: sizes come from shapes and types)."""
+    weights are not loaded: sizes come from shapes and types); no ``layout``: weights only."""
     import onnx_ir as ir
 
     graph = ir.load(str(path)).graph
@@ -71,7 +71,7 @@ def step_traffic(path: str | Path, layout: DecoderLayout, context: int) -> StepT
         if name not in whole:
             weights[op_type] = weights.get(op_type, 0) + size
             gathered_out += full - size
-    return StepTraffic(nodes, weights, _kv_reads(graph, layout, context), gathered_out)
+    return StepTraffic(nodes, weights, _kv_reads(graph, layout, context) if layout else {}, gathered_out)
 
 
 def _gathered_bytes(node: Any, index: int, tensor: Any) -> int | None:
