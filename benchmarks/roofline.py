@@ -1,9 +1,9 @@
 """The decode roofline of SmolLM2-135M int4, op type by op type: llmc's builds beside
 onnxruntime-genai's (``python -m benchmarks.roofline``, part of ``make bench``).
 
-Systems: llmc int4 at the defaults, llmc int4 fast (``--accuracy-level 4 --lm-head int8``),
-llmc's build of GenAI's quantization (the ``benchmarks.decode`` sweep row "rtn b32 symmetric fast",
-gate opened) and GenAI int4 (its model builder's ``model.onnx``: a plain ONNX file in the same
+Systems: llmc int4 at the defaults, llmc int4 fast (``--accuracy-level 4``), llmc's build of
+GenAI's quantization (``benchmarks.decode``'s ``llmc-int4-genai``: rtn b32 symmetric, level 4,
+an int4 head; gate opened) and GenAI int4 (its model builder's ``model.onnx``: a plain ONNX file in the same
 decoder contract, so the same profiler runs it in a plain ONNX Runtime session, 2 threads, level
 all; GenAI's own loop is not involved). Each runs
 :func:`llmc.generation.roofline.decode_roofline` in a fresh process (batch 1, 128 cached
@@ -29,10 +29,9 @@ BEGIN, END = "<!-- roofline:begin -->", "<!-- roofline:end -->"
 SYSTEMS = {
     "llmc-int4": "llmc int4 (defaults)",
     "llmc-int4-fast": "llmc int4 fast",
-    "llmc-genai-quant": "llmc, GenAI's quantization",
+    "llmc-int4-genai": "llmc, GenAI's quantization",
     "genai-int4": "GenAI int4",
 }
-GENAI_SWEEP = "rtn b32 symmetric fast (GenAI's int4)"
 SMALL_MS = 0.05  # op types under this everywhere share one row
 
 
@@ -42,8 +41,6 @@ def model_path(system: str) -> str:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             raise anchors.Unavailable("n/a: onnxruntime-genai is not installed (make bench-anchors)")
         return str(anchors.genai_dir(MODEL, "int4") / "model.onnx")
-    if system == "llmc-genai-quant":
-        return str(decode.sweep_artifact(MODEL, GENAI_SWEEP))
     return str(decode.artifact(MODEL, system))
 
 

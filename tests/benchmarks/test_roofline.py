@@ -19,7 +19,7 @@ def test_tables():
     reports = {
         "llmc-int4": _report(2.0, {"MatMulNBits": 1.5, "Add": 0.2, "Sub": 0.01}),
         "llmc-int4-fast": _report(1.0, {"MatMulNBits": 0.7, "Shape": 0.02}),
-        "llmc-genai-quant": {"error": "n/a: failed"},
+        "llmc-int4-genai": {"error": "n/a: failed"},
         "genai-int4": _report(0.9, {"MatMulNBits": 0.6, "GroupQueryAttention": 0.1}),
     }
     summary = roofline.summary(reports)
