@@ -42,6 +42,7 @@ bench: install
 	$(PY) -m benchmarks.integrity
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.roofline
+	$(PY) -m benchmarks.speculative
 	$(PY) -m benchmarks.padding
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.compress

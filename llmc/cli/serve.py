@@ -28,8 +28,8 @@ def serve(
     ] = 256,
     result_cache: Annotated[int, typer.Option(help="Answers kept for repeated temperature-0 requests (0: off).")] = 0,
     speculative: Annotated[
-        str, typer.Option(help="Decoders: auto drafts greedy requests' tokens from the prompt (llmc generate "
-                          "--speculative; same tokens, off where it cannot run or does not pay); off.")
+        str, typer.Option(help="Decoders: auto decodes greedy requests with prompt-lookup drafts where they can "
+                          "run (llmc generate --speculative; the same tokens); off: never.")
     ] = "auto",
     address: Annotated[Optional[str], typer.Option(help="A running Ray cluster (ray start --head); default: a local one.")] = None,
     emit_config: Annotated[

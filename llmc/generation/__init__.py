@@ -5,6 +5,8 @@
 - ``sampling``: greedy, temperature, top-k and top-p with a seeded generator;
 - ``evaluate``: full-sequence logits and sliding-window perplexity;
 - ``prefix``: :class:`PrefixCache`, prompts' KV blocks shared across requests;
+- ``speculative``: prompt-lookup speculative decoding (n-gram drafts from the prompt and the text
+  so far, verified in one multi-token step; ``generate(..., speculative="ngram")``);
 - ``api``: :func:`generate` and :func:`logits`; ``runner``: the :class:`Runner` ``llmc.load`` returns
   (the runtime's runner plus ``generate`` / ``logits``). The tokenizer is :mod:`llmc.model.text`;
 - ``roofline``: :func:`decode_roofline`, one decode step against the memory-bandwidth floor, per

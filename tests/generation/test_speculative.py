@@ -346,3 +346,17 @@ def test_serving_decodes_greedy_requests_speculatively(copier, monkeypatch):
     assert f"llmc_draft_accepted_total {answer.accepted}" in Engine.metrics.prometheus()
     sampled = completions._generate(Engine, text, {**request, "temperature": 1.0}, None)
     assert sampled.drafted == 0  # sampling: plain decoding, silently
+
+
+def test_serve_flag(copier, tmp_path):
+    import yaml
+
+    path = tmp_path / "serve.yaml"
+    _assert_one_line_error(
+        runner.invoke(app, ["serve", str(copier.artifact.path), "--speculative", "ngram", "--emit-config", str(path)]),
+        "--speculative ngram", "auto or off",
+    )
+    for flag in ("auto", "off"):
+        result = runner.invoke(app, ["serve", str(copier.artifact.path), "--speculative", flag, "--emit-config", str(path)])
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load(path.read_text())["applications"][0]["args"]["speculative"] == flag
