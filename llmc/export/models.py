@@ -328,7 +328,11 @@ def _decoder_with_cache_module():
 
         def forward(self, input_ids, attention_mask, position_ids, *past_key_values):
             pairs = [(past_key_values[2 * i], past_key_values[2 * i + 1]) for i in range(self.num_layers)]
-            cache = DynamicCache(pairs, config=self.decoder.config)
+            # No config: every layer a full DynamicLayer. With the config, sliding-window layers
+            # (Mistral, Gemma 2/3, Starcoder2) would crop the cache to the window and index the
+            # mask from an offset; the graph's contract is present = past + current for every
+            # layer, the window applied by the mask (the same attention, as the mask's tests show).
+            cache = DynamicCache(pairs)
             out = self.decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
