@@ -27,11 +27,20 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions import gqa
 
+from llmc.passes.fusion.mask_probe import mask_window
+
 PAD_BIAS = float(np.finfo(np.float16).min)
 
 
 class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
     """onnxscript's match; the node written with the mask's padding (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._windows: dict[ir.Value, int | str] = {}  # a mask's window, probed once for all layers
+
+    def cleanup(self) -> None:
+        self._windows.clear()
 
     def check(self, context, **bindings):  # noqa: ANN001
         result = super().check(context, **bindings)
@@ -52,6 +61,11 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
             return pattern.MatchResult().fail(f"query is {dtype}, not float32/float16", query)
         self._attention_mask, self._dtype = mask, dtype
         self._input_ids = next((v for v in context.model.graph.inputs if v.name == "input_ids"), None)
+        found = _attention_attributes(context, bindings, self._windows)
+        if isinstance(found, str):
+            return pattern.MatchResult().fail(found, bindings.get("mask"))
+        self._attributes = found
+        self._rotary = [_rotary_attributes(bindings[name]) for name in ("query_BHSDh_rope", "key_BHkvSDh_rope")]
         return result
 
     def rewrite(  # noqa: PLR0913
@@ -78,17 +92,48 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         axes = op.Constant(value=ir.tensor([1, 2], dtype=ir.DataType.INT64))
         bias = op.Expand(op.Unsqueeze(pad, axes), op.Concat(batch, one, new, total, axis=0))
         query_BSD = op.RotaryEmbedding(
-            query_BSD, position_ids, cos, sin, interleaved=self._interleaved, num_heads=self.num_heads,
-            _domain="com.microsoft",
+            query_BSD, position_ids, cos, sin, num_heads=self.num_heads, _domain="com.microsoft", **self._rotary[0]
         )
         key_BSDkv = op.RotaryEmbedding(
-            key_BSDkv, position_ids, cos, sin, interleaved=self._interleaved, num_heads=self.kv_num_heads,
-            _domain="com.microsoft",
+            key_BSDkv, position_ids, cos, sin, num_heads=self.kv_num_heads, _domain="com.microsoft", **self._rotary[1]
         )
         return op.GroupQueryAttention(
             query_BSD, key_BSDkv, value_BSDkv, past_key, past_value, seqlens_k, total_length, None, None, None, bias,
             num_heads=self.num_heads, kv_num_heads=self.kv_num_heads, _domain="com.microsoft", _outputs=3,
+            **self._attributes,
         )
+
+
+def _attention_attributes(context, bindings, windows: dict | None = None) -> dict | str:  # noqa: ANN001
+    """GroupQueryAttention's ``scale`` and ``local_window_size`` for the matched attention, or why
+    it cannot express it: the SDPA's scale when not the default ``1/sqrt(head)``; a sliding-window
+    causal mask of ``W`` keys (``k > q - W``, the query's own key among them) is
+    ``local_window_size = W``, as onnxruntime-genai's builder writes it (measured exact against
+    the unfused graph on caches longer than the window: tests/passes/test_gqa_window.py)."""
+    mask, query = bindings["mask"], bindings["query_BHSDh_rope"]
+    sdpa = next((u.node for u in mask.uses() if u.node.op_type == "SDPA" and u.node.inputs[0] is query), None)
+    if sdpa is None:
+        return "the attention's SDPA node is not found beside its mask"
+    attributes: dict = {}
+    scale = sdpa.attributes.get_float("scale", None)
+    if scale is not None:
+        attributes["scale"] = float(scale)
+    windows = {} if windows is None else windows
+    if mask not in windows:
+        windows[mask] = mask_window(context.model, mask)
+    window = windows[mask]
+    if isinstance(window, str):
+        return window
+    if window:
+        attributes["local_window_size"] = window
+    return attributes
+
+
+def _rotary_attributes(rotated: ir.Value) -> dict:
+    """The matched RotaryEmbedding's own attributes (``interleaved``, ``rotary_embedding_dim`` of a
+    partial rotation, ``scale``), re-used on the 3-D node the rewrite writes."""
+    node = rotated.producer()
+    return {name: attr.value for name, attr in node.attributes.items() if name != "num_heads"}
 
 
 def _normalized(op, unnormalized, normalized, fallback):  # noqa: ANN001, ANN202
