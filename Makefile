@@ -43,6 +43,7 @@ bench: install
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.roofline
 	$(PY) -m benchmarks.speculative
+	$(PY) -m benchmarks.families
 	$(PY) -m benchmarks.padding
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.compress

@@ -1,0 +1,169 @@
+"""Decode speed of every decoder family at equal size, relative to llama's (issue 30's table).
+
+Each family of :mod:`llmc.export.families` (its features on: sliding windows, soft-capping,
+partial rotary, parallel blocks, multipliers, experts) at one size: hidden 512, 4 layers, 8 query
+heads of 64 (4 key/value heads where the family has GQA), MLP 1536 (experts: 4 of 768, 2 per
+token), vocab 16384. Each is saved as a Hugging Face directory, exported with ``llmc export``'s
+code and built with ``llmc build`` at the defaults (fp32, ONNX Runtime CPU), then timed: greedy
+decode of 64 tokens after a 128-token random prompt, batch 1, 2 threads, one fresh process per
+family and round, families in a rotated order each round; the figure is the median of rounds.
+Exactness is the tests' (tests/compiler/test_family_builds.py); this table also gives the build's
+max logit error against transformers on one 24-token prompt, the fused attention op and the
+nodes per layer.
+
+    python -m benchmarks.families [--rounds 3] [--only llama,mistral]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import ROOT, job, machine_line, write_section
+
+CACHE = ROOT / ".cache" / "families"
+THREADS = 2
+PROMPT, NEW = 128, 64
+SIZE: dict[str, Any] = dict(
+    hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1536, vocab_size=16384,
+    max_position_embeddings=2048,
+)
+# per-family names of the same sizes, and the experts' width
+SIZE_BY_FAMILY: dict[str, dict[str, Any]] = {
+    "gpt2": dict(n_embd=512, n_layer=4, n_head=8, n_inner=1536, vocab_size=16384, n_positions=2048),
+    "gptj": dict(n_embd=512, n_layer=4, n_head=8, n_inner=1536, vocab_size=16384, n_positions=2048, rotary_dim=32),
+    "opt": dict(ffn_dim=1536, word_embed_proj_dim=512),
+    "falcon": dict(ffn_hidden_size=1536),
+    "qwen2_moe": dict(moe_intermediate_size=768, shared_expert_intermediate_size=768),
+    "qwen3_moe": dict(moe_intermediate_size=768, head_dim=64),
+    "olmoe": dict(intermediate_size=768),
+    "mixtral": dict(intermediate_size=768),
+    "phimoe": dict(intermediate_size=768),
+    "granitemoe": dict(intermediate_size=768),
+}
+HEAD_DIM_FAMILIES = {"qwen3", "gemma", "gemma2", "gemma3_text"}  # families whose config names head_dim
+BEGIN, END = "<!-- families:begin -->", "<!-- families:end -->"
+
+
+def _overrides(name: str) -> dict[str, Any]:
+    from llmc.export.families import FAMILIES, VARIANTS
+
+    family = VARIANTS.get(name, (name, {}))[0]
+    own = SIZE_BY_FAMILY.get(family, {})
+    sizes = {} if family in ("gpt2", "gptj") else dict(SIZE)
+    if "num_key_value_heads" in FAMILIES[family] or family == "falcon":
+        sizes["num_kv_heads" if family == "falcon" else "num_key_value_heads"] = 4
+    if family in HEAD_DIM_FAMILIES:
+        sizes["head_dim"] = 64
+    if family in ("gemma2", "gemma3_text"):
+        sizes["query_pre_attn_scalar"] = 64
+    return {**sizes, **own}
+
+
+def _build(name: str) -> dict[str, Any]:
+    """Export and build ``name`` once (cached in .cache/families), its logit error and graph facts."""
+    import torch
+
+    import llmc
+    from llmc.export import export_pretrained
+    from llmc.export.families import family_model
+
+    out = CACHE / name
+    model = family_model(name, **_overrides(name))
+    if not (out / "fp32" / "manifest.json").exists():
+        model.save_pretrained(out / "hf")
+        export_pretrained(out / "hf", out / "export")
+        llmc.build(out / "export" / "model.onnx", precision="fp32", output=out / "fp32", cache=False)
+    ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, 24))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(ids)).logits.numpy()
+    got = llmc.load(out / "fp32", threads=THREADS).logits(ids)
+    manifest = json.loads((out / "fp32" / "manifest.json").read_text())
+    fused = manifest.get("fusions", {})
+    attention = next((op for op in ("GroupQueryAttention", "MultiHeadAttention", "Attention") if op in fused), "none")
+    return {
+        "max_error": float(np.abs(got - expected).max()),
+        "spread": float(expected.std()),
+        "attention": attention,
+        "nodes_per_layer": manifest["nodes"]["after"] / model.config.num_hidden_layers
+        if isinstance(manifest.get("nodes"), dict) and "after" in manifest["nodes"] else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _decode(name: str) -> dict[str, Any]:
+    import llmc
+
+    runner = llmc.load(CACHE / name / "fp32", threads=THREADS)
+    vocab = int(json.loads((CACHE / name / "hf" / "config.json").read_text())["vocab_size"])
+    prompt = np.random.default_rng(1).integers(3, vocab, PROMPT).tolist()
+    runner.generate(prompt, max_new_tokens=2, min_new_tokens=2)  # warm-up
+    result = runner.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW)
+    return {"ms_per_token": result.ms_per_token}
+
+
+def measure(names: list[str], rounds: int) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for name in names:
+        built = job(_build, name)
+        rows[name] = {**built, "runs": []}
+        print(f"{name}: built {built}", flush=True)
+    for index in range(rounds):
+        order = names[index % len(names):] + names[: index % len(names)]
+        for name in order:
+            if "error" in rows[name]:
+                continue
+            result = job(_decode, name)
+            rows[name]["runs"].append(result)
+            print(f"round {index + 1} {name}: {result}", flush=True)
+    for row in rows.values():
+        good = [r["ms_per_token"] for r in row.pop("runs", []) if "ms_per_token" in r]
+        row["ms_per_token"] = statistics.median(good) if good else None
+    return rows
+
+
+def table(rows: dict[str, Any]) -> str:
+    base = rows.get("llama", {}).get("ms_per_token")
+    lines = [
+        "| family | parameters | max logit error vs transformers (logit std) | attention | graph nodes / layers | decode ms/token | vs llama |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        if "error" in row:
+            lines.append(f"| {name} | | failed: {row['error']} | | | | |")
+            continue
+        ms = row["ms_per_token"]
+        ratio = f"{ms / base:.2f}x" if ms and base else "n/a"
+        per_layer = f"{row['nodes_per_layer']:.1f}" if row.get("nodes_per_layer") else "n/a"
+        lines.append(
+            f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['max_error']:.1e} ({row['spread']:.2f}) | "
+            f"{row['attention']} | {per_layer} | {ms:.2f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from llmc.export.families import FAMILIES, VARIANTS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated families (default: all)")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or ["llama", *(n for n in [*FAMILIES, *VARIANTS] if n != "llama")]
+    rows = measure(names, args.rounds)
+    (CACHE / "results.json").write_text(json.dumps(rows, indent=1))
+    text = (
+        f"{BEGIN}\n## Decoder families at equal size (issue 30)\n\n"
+        f"`python -m benchmarks.families --rounds {args.rounds}`: {__doc__.split(chr(10) + chr(10))[1]}\n\n"
+        f"{machine_line()}\n\n{table(rows)}\n{END}"
+    )
+    write_section(BEGIN, END, text)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
