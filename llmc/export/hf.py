@@ -45,6 +45,10 @@ ENCODER_TYPES = frozenset({
     "bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert",
     "deberta", "deberta-v2", "modernbert", "llmc_pruned_bert",
 })
+# What the legacy exporter fails on (torch 2.13): cohere's rotary embedding (interleaved by
+# stack + flatten: "All tensors must have the same rank"); LongRoPE's in-place frequency switch
+# (aten::copy) is found from the config.
+_LEGACY_FAILS = {"cohere": "interleaved rotary embedding", "cohere2": "interleaved rotary embedding"}
 _DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _NOT_A_MODEL_DIR = "give a Hugging Face model directory (config.json + weights) or a .gguf file"
 
@@ -77,9 +81,10 @@ def detect_task(config: dict[str, Any], where: str = "config.json") -> str:
     raise _unsupported(where, model_type, "an architecture llmc export does not know")
 
 
-def check_decoder(config: dict[str, Any], where: str = "config.json") -> None:
+def check_decoder(config: dict[str, Any], where: str = "config.json", dynamo: bool = True) -> None:
     """One line, before anything is loaded, for a causal LM llmc export cannot export exactly: a
-    model_type not in DECODER_TYPES, or a listed one with a feature one graph cannot reproduce."""
+    model_type not in DECODER_TYPES, a listed one with a feature one graph cannot reproduce, or
+    (``dynamo=False``) one the legacy TorchScript exporter fails on."""
     model_type = str(config.get("model_type") or "unknown")
     if model_type not in DECODER_TYPES:
         raise LlmcError(
@@ -95,6 +100,12 @@ def check_decoder(config: dict[str, Any], where: str = "config.json") -> None:
         raise LlmcError(
             f"{where}: {model_type} with dynamic NTK RoPE (rope_type 'dynamic') recomputes its frequencies "
             "from the longest length seen, state one graph cannot keep; llmc export cannot export it exactly"
+        )
+    legacy_fails = _LEGACY_FAILS.get(model_type) or ("LongRoPE" if "longrope" in _rope_types(config) else None)
+    if not dynamo and legacy_fails:
+        raise LlmcError(
+            f"{where}: the legacy TorchScript exporter cannot export {model_type}'s {legacy_fails}; "
+            "export it without --legacy (the dynamo exporter does)"
         )
 
 
@@ -142,7 +153,7 @@ def export_pretrained(
     where = str(source if gguf_file else source / "config.json")
     chosen = detect_task(config, where) if task == "auto" else task
     if chosen == "decoder":
-        check_decoder(config, where)  # --task decoder too: never a graph that may be wrong
+        check_decoder(config, where, dynamo)  # --task decoder too: never a graph that may be wrong
     check_output(output, EXPORT_LAYOUT)
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None

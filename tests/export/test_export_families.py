@@ -166,3 +166,22 @@ def test_what_cannot_be_exported_exactly_is_refused_in_one_line(tmp_path, config
         result = runner.invoke(app, ["export", str(source), "-o", str(tmp_path / "out"), *task])
         _assert_one_line_error(result, str(source / "config.json"), *fragments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"model_type": "cohere"}, "cohere's interleaved rotary embedding"),
+        ({"model_type": "phi3", "rope_scaling": {"type": "longrope"}}, "phi3's LongRoPE"),
+    ],
+)
+def test_what_the_legacy_exporter_fails_on_is_refused_in_one_line(tmp_path, config, fragment):
+    from llmc.cli.main import app
+    from llmc.export.hf import detect_task
+
+    assert detect_task(config) == "decoder"  # the dynamo exporter takes it
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["export", str(source), "-o", str(tmp_path / "out"), "--legacy"])
+    _assert_one_line_error(result, fragment, "without --legacy")
