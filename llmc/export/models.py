@@ -272,7 +272,9 @@ def export_decoder(
 
     All four axes are dynamic. The legacy exporter names them as above everywhere; the dynamo
     exporter names the inputs so, but names the ``present`` length ``past_sequence + sequence``.
-    The model's own attention implementation (sdpa by default) is kept. ``phases``: see
+    The model's own attention implementation (sdpa by default) is kept; mixture-of-experts layers
+    are exported densely (:mod:`llmc.export.moe`); the model is left as it was (:func:`_kept_as_is`).
+    Which families export exactly is ``llmc.export.hf.DECODER_TYPES``. ``phases``: see
     :func:`_torch_export`.
     """
     torch = _torch()
