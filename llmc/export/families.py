@@ -65,6 +65,14 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "cohere2": {**GQA, "sliding_window": 8, "logit_scale": 0.5},
     "falcon": {"num_kv_heads": 2, "new_decoder_architecture": True},
     "gpt2": _GPT,
+    # attention sinks, alternating sliding windows, yarn, biased transposed experts, top-3 routing
+    "gpt_oss": {
+        **GQA, "num_local_experts": 4, "num_experts_per_tok": 3, "head_dim": 16, "sliding_window": 8,
+        "rope_scaling": {
+            "rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+            "original_max_position_embeddings": 256,
+        },
+    },
 }
 # Whole replacements of BASE (the GPT-style configs name their sizes differently).
 _OWN_BASE = {"gptj", "gpt2"}

@@ -32,16 +32,23 @@ from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
 
 TASKS = ("auto", "encoder", "decoder")
-# Causal LMs whose KV cache export_decoder handles (transformers' DynamicCache + position_ids).
+# Causal LMs export_decoder exports exactly (transformers' DynamicCache + position_ids; mixtures of
+# experts densely, llmc.export.moe): tests/export/test_export_families.py checks a small model of
+# each against transformers. Any other causal LM is refused before anything is loaded.
 DECODER_TYPES = frozenset({
-    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3",
-    "gpt_neox", "gptj", "opt", "olmo", "olmo2", "stablelm", "starcoder2", "granite", "smollm3",
+    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+    "gemma3_text", "phi", "phi3", "phimoe", "gpt_neox", "gptj", "opt", "olmo", "olmo2", "olmoe", "stablelm",
+    "starcoder2", "granite", "granitemoe", "smollm3", "nemotron", "cohere", "cohere2", "falcon", "gpt_oss",
 })
 # Encoders taking (input_ids, attention_mask) and returning last_hidden_state.
 ENCODER_TYPES = frozenset({
     "bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert",
     "deberta", "deberta-v2", "modernbert", "llmc_pruned_bert",
 })
+# What the legacy exporter fails on (torch 2.13): cohere's rotary embedding (interleaved by
+# stack + flatten: "All tensors must have the same rank"); LongRoPE's in-place frequency switch
+# (aten::copy) is found from the config.
+_LEGACY_FAILS = {"cohere": "interleaved rotary embedding", "cohere2": "interleaved rotary embedding"}
 _DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _NOT_A_MODEL_DIR = "give a Hugging Face model directory (config.json + weights) or a .gguf file"
 
@@ -67,17 +74,57 @@ def detect_task(config: dict[str, Any], where: str = "config.json") -> str:
     if model_type in DECODER_TYPES or config.get("is_decoder") or any(
         a.endswith(_DECODER_SUFFIXES) for a in architectures
     ):
+        check_decoder(config, where)
         return "decoder"
     if model_type in ENCODER_TYPES:
         return "encoder"
     raise _unsupported(where, model_type, "an architecture llmc export does not know")
 
 
+def check_decoder(config: dict[str, Any], where: str = "config.json", dynamo: bool = True) -> None:
+    """One line, before anything is loaded, for a causal LM llmc export cannot export exactly: a
+    model_type not in DECODER_TYPES, a listed one with a feature one graph cannot reproduce, or
+    (``dynamo=False``) one the legacy TorchScript exporter fails on."""
+    model_type = str(config.get("model_type") or "unknown")
+    if model_type not in DECODER_TYPES:
+        raise LlmcError(
+            f"{where}: model_type '{model_type}' is a causal LM llmc export does not export (its graph "
+            f"is not checked against transformers); it exports {', '.join(sorted(DECODER_TYPES))}"
+        )
+    if model_type == "falcon" and config.get("alibi"):
+        raise LlmcError(
+            f"{where}: falcon with alibi (Falcon-RW) computes its ALiBi bias in bfloat16, which ONNX "
+            "Runtime's CPU kernels cannot run; llmc export takes falcon models with rotary embeddings"
+        )
+    if any("dynamic" in str(kind) for kind in _rope_types(config)):
+        raise LlmcError(
+            f"{where}: {model_type} with dynamic NTK RoPE (rope_type 'dynamic') recomputes its frequencies "
+            "from the longest length seen, state one graph cannot keep; llmc export cannot export it exactly"
+        )
+    legacy_fails = _LEGACY_FAILS.get(model_type) or ("LongRoPE" if "longrope" in _rope_types(config) else None)
+    if not dynamo and legacy_fails:
+        raise LlmcError(
+            f"{where}: the legacy TorchScript exporter cannot export {model_type}'s {legacy_fails}; "
+            "export it without --legacy (the dynamo exporter does)"
+        )
+
+
+def _rope_types(config: dict[str, Any]) -> list[Any]:
+    """The RoPE types ``config`` names: ``rope_parameters`` (transformers 5, one or one per layer
+    type) or ``rope_scaling`` (earlier), under ``rope_type`` or ``type``."""
+    found = []
+    for entry in (config.get("rope_parameters"), config.get("rope_scaling")):
+        if isinstance(entry, dict):
+            tables = [entry, *(v for v in entry.values() if isinstance(v, dict))]
+            found += [table[name] for table in tables for name in ("rope_type", "type") if table.get(name)]
+    return found
+
+
 def _unsupported(where: str, model_type: str, what: str) -> LlmcError:
     return LlmcError(
         f"{where}: model_type '{model_type}' is {what}; llmc export supports encoders "
         f"({', '.join(sorted(ENCODER_TYPES))}) and causal LMs ({', '.join(sorted(DECODER_TYPES))}); "
-        "--task encoder|decoder exports it as one anyway"
+        "--task encoder exports it as an encoder anyway"
     )
 
 
@@ -105,6 +152,8 @@ def export_pretrained(
     config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
     where = str(source if gguf_file else source / "config.json")
     chosen = detect_task(config, where) if task == "auto" else task
+    if chosen == "decoder":
+        check_decoder(config, where, dynamo)  # --task decoder too: never a graph that may be wrong
     check_output(output, EXPORT_LAYOUT)
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.export.moe import dense_experts
 from llmc.export.phases import Phases
 from llmc.model import decoder
 
@@ -271,7 +272,9 @@ def export_decoder(
 
     All four axes are dynamic. The legacy exporter names them as above everywhere; the dynamo
     exporter names the inputs so, but names the ``present`` length ``past_sequence + sequence``.
-    The model's own attention implementation (sdpa by default) is kept. ``phases``: see
+    The model's own attention implementation (sdpa by default) is kept; mixture-of-experts layers
+    are exported densely (:mod:`llmc.export.moe`); the model is left as it was (:func:`_kept_as_is`).
+    Which families export exactly is ``llmc.export.hf.DECODER_TYPES``. ``phases``: see
     :func:`_torch_export`.
     """
     torch = _torch()
@@ -311,7 +314,30 @@ def export_decoder(
         axes.update({name: {0: "batch", 2: "total_sequence"} for name in decoder.present_names(layers)})
         kwargs["dynamic_axes"] = axes
     args = (ids, mask, positions, *cache)
-    return _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
+    # Mixture-of-experts layers run every expert, weighted (llmc.export.moe); the model is left as it was.
+    with _kept_as_is(model), dense_experts(model):
+        return _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
+
+
+@contextlib.contextmanager
+def _kept_as_is(model: Any) -> Iterator[None]:
+    """Restore every module's attributes and buffers after the block. Tracing runs the model's
+    Python code, and some of it caches state on its modules: LongRoPE's rotary embedding keeps the
+    long-factor frequencies it computed, a FakeTensor under torch.export, which broke every later
+    eager call of the model (Phi-3's logits off by 10 past ``original_max_position_embeddings``)."""
+    saved = [(module, _state(module)) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, state in saved:
+            module.__dict__.clear()
+            module.__dict__.update(state)
+
+
+def _state(module: Any) -> dict[str, Any]:
+    """A shallow copy of ``module.__dict__`` with its parameter, buffer and submodule tables copied."""
+    tables = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+    return {k: (v.copy() if k in tables else v) for k, v in module.__dict__.items()}
 
 
 def _decoder_with_cache_module():

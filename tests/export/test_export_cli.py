@@ -207,8 +207,12 @@ def test_the_phases_show_in_order_with_their_seconds(gpt2_export_run, bert_dir, 
 
 def test_detect_task():
     assert detect_task({"model_type": "gpt2"}) == "decoder"
-    assert detect_task({"model_type": "custom", "architectures": ["CustomForCausalLM"]}) == "decoder"
-    assert detect_task({"model_type": "custom", "is_decoder": True}) == "decoder"
+    assert detect_task({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}) == "decoder"
+    # A causal LM of a family whose export is not checked is refused (tests/export/test_export_families.py).
+    custom = {"model_type": "custom"}
+    for config in ({**custom, "architectures": ["CustomForCausalLM"]}, {**custom, "is_decoder": True}):
+        with pytest.raises(LlmcError, match="model_type 'custom' is a causal LM llmc export does not export"):
+            detect_task(config)
     assert detect_task({"model_type": "bert", "architectures": ["BertModel"]}) == "encoder"
     with pytest.raises(LlmcError, match="model_type 't5' is an encoder-decoder"):
         detect_task({"model_type": "t5", "is_encoder_decoder": True})
