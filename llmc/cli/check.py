@@ -80,4 +80,8 @@ def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[Manifest 
     precision = precision_of(manifest) if manifest is not None else FP32
     if precision.tolerance != FP32.tolerance:
         print_precision_tolerance(precision.name, precision.tolerance)
+    rounding = (manifest.verification or {}).get("rounding") if manifest is not None else None
+    if rounding and rounding["tolerance"] > precision.tolerance:  # the build judged it at its rounding floor
+        print_precision_tolerance(f"{precision.name} (this model's fp32 rounding floor)", rounding["tolerance"])
+        return manifest, float(rounding["tolerance"])
     return manifest, precision.tolerance

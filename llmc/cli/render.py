@@ -92,6 +92,12 @@ def _verified(manifest: Manifest) -> str:
         f"max abs error {v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}, "
         f"cosine min {v['cosine_min']:.6f}"
     )
+    rounding = v.get("rounding")
+    if rounding and v["max_rel_error"] > v.get("tolerance", 0):
+        errors += (
+            f" (over --tolerance {v['tolerance']:g}; within {rounding['factor']:g}x this model's fp32 rounding: "
+            f"ONNX Runtime's own optimizations move it {rounding['ort_optimizations_moved']:.2g})"
+        )
     return precision_of(manifest).verified_line(errors)
 
 

@@ -99,6 +99,8 @@ def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> d
         **comparison.summary(),
         "passed": True,
         "tolerance": prep.tolerance,
+        # measured only when a comparison missed the tolerance: llmc.compiler.rounding
+        "rounding": prep.rounding,
         "reference": reference,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
         "seed": prep.request.seed if prep.request.inputs is None else None,

@@ -14,11 +14,11 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from llmc.compiler import rounding
 from llmc.compiler.cache import BuildCache
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
-from llmc.model.compare import compare_outputs
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
 from llmc.runtime.ort import REFERENCE_CONFIG, SessionConfig, run_model
@@ -38,7 +38,7 @@ def apply_precision(
             # The passes must be exact before quantization changes the numbers on purpose.
             with compiled_runs():
                 fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
-            result.fp32_comparison = compare_outputs(compiled.reference, fp32_outputs, prep.tolerance)
+            result.fp32_comparison = rounding.compared(prep, compiled.reference, fp32_outputs)
             fail_on_mismatch(result.fp32_comparison)
             model_io.release_freed_memory()
         step = Step(
@@ -51,7 +51,7 @@ def apply_precision(
             model_io.release_freed_memory()  # the quantizer's sessions and copies
         if done.float32_outputs is not None and result.fp32_comparison is None:
             # The step's own float32 run tells whether the passes were exact.
-            result.fp32_comparison = compare_outputs(compiled.reference, done.float32_outputs, prep.tolerance)
+            result.fp32_comparison = rounding.compared(prep, compiled.reference, done.float32_outputs)
             fail_on_mismatch(result.fp32_comparison)
         result.model = done.model
         if precision.manifest_section is not None and done.report is not None:

@@ -63,6 +63,8 @@ class Prepared:
     work_dir: Path | None = None
     # What each precision's preflight read before compiling (weight-only: --eval-text's token ids).
     prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # fp32's rounding floor, measured when a comparison misses the tolerance (llmc.compiler.rounding).
+    rounding: dict[str, float] | None = None
 
     @property
     def tolerance(self) -> float:
@@ -240,14 +242,22 @@ def _reference_outputs(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np
     return _run_source(model, ir_model, feeds, hint)
 
 
-def _run_source(model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray], hint: str) -> dict[str, np.ndarray]:
+def source_outputs(prep: Prepared, config: SessionConfig) -> dict[str, np.ndarray]:
+    """The source model's outputs on the verification inputs in a session of ``config``."""
+    return _run_source(prep.source_model, prep.model, prep.feeds, "the source model failed", config)
+
+
+def _run_source(
+    model: ModelLike, ir_model: ir.Model, feeds: dict[str, np.ndarray], hint: str,
+    config: SessionConfig = REFERENCE_CONFIG,
+) -> dict[str, np.ndarray]:
     """The source model's outputs on ``feeds`` (ORT_DISABLE_ALL); failures end with ``hint``."""
     if isinstance(model, (str, Path)):
         # Run the source file itself: ONNX Runtime reads its external data directly.
         with run_context(hint):
-            return OrtRunner(create_session(Path(model), REFERENCE_CONFIG, ir_model)).run(feeds)
+            return OrtRunner(create_session(Path(model), config, ir_model)).run(feeds)
     with run_context(hint, "the source model"):
-        return run_model(ir_model, feeds, REFERENCE_CONFIG)
+        return run_model(ir_model, feeds, config)
 
 
 def describe_shapes(feeds: dict[str, np.ndarray]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.compiler import manifest as manifest_mod
+from llmc.compiler import rounding
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, fail_on_mismatch
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
@@ -45,10 +46,10 @@ def verify(
         session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
         candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
     precision = request.precision
-    comparison = precision.judge(Judgement(
-        saved, candidate, compiled.reference, prep.feeds, prep.tolerance, precise.fp32_comparison,
-        precise.reports.get(precision.manifest_section) if precision.manifest_section else None,
-    ))
+    report = precise.reports.get(precision.manifest_section) if precision.manifest_section else None
+    comparison = rounding.judged(prep, compiled.reference, lambda tolerance: precision.judge(Judgement(
+        saved, candidate, compiled.reference, prep.feeds, tolerance, precise.fp32_comparison, report,
+    )))
     fail_on_mismatch(comparison)
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
