@@ -197,9 +197,16 @@ def _sdpa() -> list:
 
 
 def _gqa() -> list:
+    from llmc.passes.fusion import softcap
     from llmc.passes.fusion.gqa import gqa_rules
 
-    return gqa_rules()
+    return gqa_rules() + softcap.gqa_rules()
+
+
+def _softcap_sdpa() -> list:
+    from llmc.passes.fusion import softcap
+
+    return softcap.rules()
 
 
 def _gqa_rotary() -> list:
@@ -324,8 +331,8 @@ FAMILIES: tuple[FusionFamily, ...] = (
         "gqa",
         "grouped-KV attention with RoPE and KV cache -> GroupQueryAttention (padding from attention_mask)",
         ("com.microsoft::GroupQueryAttention",),
-        (Step(_sdpa, shape_inference=True), Step(_gqa), Step(_gqa_rotary, explain=False),
-         Step(_gqa_packed, explain=False)),
+        (Step(_softcap_sdpa, explain=False), Step(_sdpa, shape_inference=True), Step(_gqa),
+         Step(_gqa_rotary, explain=False), Step(_gqa_packed, explain=False)),
         lambda n: False,  # what it leaves, attention fuses into MultiHeadAttention
     ),
     FusionFamily(

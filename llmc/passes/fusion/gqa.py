@@ -111,13 +111,16 @@ def _attention_attributes(context, bindings, windows: dict | None = None) -> dic
     ``local_window_size = W``, as onnxruntime-genai's builder writes it (measured exact against
     the unfused graph on caches longer than the window: tests/passes/test_gqa_window.py)."""
     mask, query = bindings["mask"], bindings["query_BHSDh_rope"]
-    sdpa = next((u.node for u in mask.uses() if u.node.op_type == "SDPA" and u.node.inputs[0] is query), None)
+    sdpa = next(
+        (u.node for u in mask.uses() if u.node.op_type in ("SDPA", "SoftcapSDPA") and u.node.inputs[0] is query), None
+    )
     if sdpa is None:
         return "the attention's SDPA node is not found beside its mask"
     attributes: dict = {}
-    scale = sdpa.attributes.get_float("scale", None)
-    if scale is not None:
-        attributes["scale"] = float(scale)
+    for name in ("scale", "softcap"):  # softcap: llmc.passes.fusion.softcap
+        value = sdpa.attributes.get_float(name, None)
+        if value is not None:
+            attributes[name] = float(value)
     windows = {} if windows is None else windows
     if mask not in windows:
         windows[mask] = mask_window(context.model, mask)
