@@ -2,14 +2,16 @@
 
 Each family of :mod:`llmc.export.families` (its features on: sliding windows, soft-capping,
 partial rotary, parallel blocks, multipliers, experts) at one size: hidden 512, 4 layers, 8 query
-heads of 64 (4 key/value heads where the family has GQA), MLP 1536 (experts: 4 of 768, 2 per
-token), vocab 16384. Each is saved as a Hugging Face directory, exported with ``llmc export``'s
-code and built with ``llmc build`` at the defaults (fp32, ONNX Runtime CPU), then timed: greedy
-decode of 64 tokens after a 128-token random prompt, batch 1, 2 threads, one fresh process per
-family and round, families in a rotated order each round; the figure is the median of rounds.
-Exactness is the tests' (tests/compiler/test_family_builds.py); this table also gives the build's
-max logit error against transformers on one 24-token prompt, the fused attention op and the
-nodes per layer.
+heads of 64 (4 key/value heads where the family has GQA), MLP 1536 (experts: 4 of 384, 2 per
+token, all four computed: llmc exports experts densely), vocab 16384. Each is saved as a Hugging
+Face directory, exported with ``llmc export``'s code and built with ``llmc build`` at the
+defaults, fp32 and ``--precision int4`` (its gate and fallbacks as a user gets them; random
+weights have no 4-bit grid to land on, so the gate moves nodes to int8 where they need it), then
+timed: greedy decode of 64 tokens after a 128-token random prompt, batch 1, 2 threads, one fresh
+process per family, precision and round, families in a rotated order each round; the figure is
+the median of rounds. Exactness is the tests' (tests/compiler/test_family_builds.py); this table
+also gives the fp32 build's max logit error against transformers on one 24-token prompt, the
+fused attention op and the graph's nodes over its layers.
 
     python -m benchmarks.families [--rounds 3] [--only llama,mistral]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ from benchmarks.harness import ROOT, job, machine_line, write_section
 CACHE = ROOT / ".cache" / "families"
 THREADS = 2
 PROMPT, NEW = 128, 64
+PRECISIONS = ("fp32", "int4")
 SIZE: dict[str, Any] = dict(
     hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1536, vocab_size=16384,
     max_position_embeddings=2048,
@@ -38,12 +42,16 @@ SIZE_BY_FAMILY: dict[str, dict[str, Any]] = {
     "gptj": dict(n_embd=512, n_layer=4, n_head=8, n_inner=1536, vocab_size=16384, n_positions=2048, rotary_dim=32),
     "opt": dict(ffn_dim=1536, word_embed_proj_dim=512),
     "falcon": dict(ffn_hidden_size=1536),
-    "qwen2_moe": dict(moe_intermediate_size=768, shared_expert_intermediate_size=768),
-    "qwen3_moe": dict(moe_intermediate_size=768, head_dim=64),
-    "olmoe": dict(intermediate_size=768),
-    "mixtral": dict(intermediate_size=768),
-    "phimoe": dict(intermediate_size=768),
-    "granitemoe": dict(intermediate_size=768),
+    # experts: 4 of 384 (qwen2_moe: 4 of 256 and a shared 512), 1536 in all, llama's MLP: llmc
+    # exports experts densely (every expert on every token, llmc.export.moe), so equal size is
+    # equal total parameters and bytes read per step
+    "qwen2_moe": dict(moe_intermediate_size=256, shared_expert_intermediate_size=512),
+    "qwen3_moe": dict(moe_intermediate_size=384, head_dim=64),
+    "olmoe": dict(intermediate_size=384),
+    "mixtral": dict(intermediate_size=384),
+    "phimoe": dict(intermediate_size=384),
+    "granitemoe": dict(intermediate_size=384),
+    "gpt_oss": dict(intermediate_size=384, head_dim=64),
 }
 HEAD_DIM_FAMILIES = {"qwen3", "gemma", "gemma2", "gemma3_text"}  # families whose config names head_dim
 BEGIN, END = "<!-- families:begin -->", "<!-- families:end -->"
@@ -78,6 +86,7 @@ def _build(name: str) -> dict[str, Any]:
         model.save_pretrained(out / "hf")
         export_pretrained(out / "hf", out / "export")
         llmc.build(out / "export" / "model.onnx", precision="fp32", output=out / "fp32", cache=False)
+    int4 = _build_int4(out)
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, 24))
     with torch.no_grad():
         expected = model(torch.from_numpy(ids)).logits.numpy()
@@ -92,13 +101,33 @@ def _build(name: str) -> dict[str, Any]:
         "nodes_per_layer": manifest["nodes"]["after"] / model.config.num_hidden_layers
         if isinstance(manifest.get("nodes"), dict) and "after" in manifest["nodes"] else None,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "int4": int4,
     }
 
 
-def _decode(name: str) -> dict[str, Any]:
+def _build_int4(out: Path) -> dict[str, Any]:
+    """``llmc build --precision int4`` at the defaults (gate and fallbacks as a user gets them):
+    what it kept 4-bit and the gate's figures, or its one error line."""
+    import llmc
+    from llmc.errors import LlmcError
+
+    if not (out / "int4" / "manifest.json").exists():
+        try:
+            llmc.build(out / "export" / "model.onnx", precision="int4", output=out / "int4", cache=False)
+        except LlmcError as exc:
+            return {"error": str(exc).splitlines()[0][:160]}
+    quantization = json.loads((out / "int4" / "manifest.json").read_text())["quantization"]
+    gate = quantization["gate"]
+    return {
+        "nodes": quantization["nodes_by_precision"], "top1": gate.get("top1_agreement"),
+        "perplexity_increase": gate.get("increase"), "fallbacks": len(quantization["attempts"]) - 1,
+    }
+
+
+def _decode(name: str, precision: str = "fp32") -> dict[str, Any]:
     import llmc
 
-    runner = llmc.load(CACHE / name / "fp32", threads=THREADS)
+    runner = llmc.load(CACHE / name / precision, threads=THREADS)
     vocab = int(json.loads((CACHE / name / "hf" / "config.json").read_text())["vocab_size"])
     prompt = np.random.default_rng(1).integers(3, vocab, PROMPT).tolist()
     runner.generate(prompt, max_new_tokens=2, min_new_tokens=2)  # warm-up
@@ -117,32 +146,43 @@ def measure(names: list[str], rounds: int) -> dict[str, Any]:
         for name in order:
             if "error" in rows[name]:
                 continue
-            result = job(_decode, name)
-            rows[name]["runs"].append(result)
-            print(f"round {index + 1} {name}: {result}", flush=True)
+            for precision in PRECISIONS:
+                if (CACHE / name / precision / "manifest.json").exists():
+                    result = job(_decode, name, precision)
+                    rows[name]["runs"].append({**result, "precision": precision})
+                    print(f"round {index + 1} {name} {precision}: {result}", flush=True)
     for row in rows.values():
-        good = [r["ms_per_token"] for r in row.pop("runs", []) if "ms_per_token" in r]
-        row["ms_per_token"] = statistics.median(good) if good else None
+        runs = row.pop("runs", [])
+        for precision in PRECISIONS:
+            good = [r["ms_per_token"] for r in runs if r["precision"] == precision and "ms_per_token" in r]
+            row[f"{precision}_ms"] = statistics.median(good) if good else None
     return rows
 
 
 def table(rows: dict[str, Any]) -> str:
-    base = rows.get("llama", {}).get("ms_per_token")
+    base = {p: rows.get("llama", {}).get(f"{p}_ms") for p in PRECISIONS}
     lines = [
-        "| family | parameters | max logit error vs transformers (logit std) | attention | graph nodes / layers | decode ms/token | vs llama |",
-        "|---|---|---|---|---|---|---|",
+        "| family | parameters | fp32: max logit error vs transformers (logit std) | attention | graph nodes / layers "
+        "| fp32 ms/token | vs llama | int4 (default gate): top-1 vs fp32, fallbacks | int4 ms/token | vs llama |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         if "error" in row:
-            lines.append(f"| {name} | | failed: {row['error']} | | | | |")
+            lines.append(f"| {name} | | failed: {row['error']} | | | | | | | |")
             continue
-        ms = row["ms_per_token"]
-        ratio = f"{ms / base:.2f}x" if ms and base else "n/a"
-        per_layer = f"{row['nodes_per_layer']:.1f}" if row.get("nodes_per_layer") else "n/a"
-        lines.append(
-            f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['max_error']:.1e} ({row['spread']:.2f}) | "
-            f"{row['attention']} | {per_layer} | {ms:.2f} | {ratio} |"
-        )
+        cells = [name, f"{row['parameters'] / 1e6:.1f}M", f"{row['max_error']:.1e} ({row['spread']:.2f})",
+                 row["attention"], f"{row['nodes_per_layer']:.1f}" if row.get("nodes_per_layer") else "n/a"]
+        for precision in PRECISIONS:
+            ms = row.get(f"{precision}_ms")
+            if precision == "int4":
+                int4 = row.get("int4") or {}
+                cells.append(
+                    f"gate refused: {int4['error']}" if "error" in int4
+                    else f"{100 * int4['top1']:.1f}%, {int4['fallbacks']}" if int4.get("top1") is not None else "n/a"
+                )
+            cells.append(f"{ms:.2f}" if ms else "n/a")
+            cells.append(f"{ms / base[precision]:.2f}x" if ms and base[precision] else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -64,11 +64,9 @@ class RotaryInsideGroupQueryAttention(pattern.RewriteRuleClassBase):
         if _range_chain(cos) is None:
             return result.fail("the cos/sin cache is not computed in the graph from Range over the positions", cos)
         width = cos.shape[1] if cos.shape is not None and cos.shape.rank() == 2 else None
-        head = attention.attributes.get_int("num_heads", 0)
-        q = q_rotated.producer().inputs[0]
-        hidden = q.shape[-1] if q.shape is not None and q.shape.rank() == 3 else None
-        if not isinstance(width, int) or not isinstance(hidden, int) or not head or 2 * width * head != hidden:
-            return result.fail(f"rotation width {width} is not the full head ({hidden} / {head} heads)", cos)
+        head = _head_size(attention, q_rotated.producer().inputs[0])
+        if not isinstance(width, int) or not isinstance(head, int) or 2 * width != head:
+            return result.fail(f"rotation width {width} is not the full head ({head})", cos)
         self._mask, self._interleaved = mask, q_rotated.producer().attributes.get_int("interleaved", 0)
         return result
 
@@ -84,6 +82,17 @@ class RotaryInsideGroupQueryAttention(pattern.RewriteRuleClassBase):
             q, k, v, past_key, past_value, seqlens_k, total, cos_columns, sin_columns, None, bias,
             _domain=MS, _outputs=3, **attributes,
         )
+
+
+def _head_size(attention: ir.Node, q: ir.Value) -> int | None:
+    """The attention's head size: the past key's last axis (``[B, Hkv, P, head]``), else the
+    query's hidden size over its heads (a normalized query's reshape may leave it unknown)."""
+    past = attention.inputs[3] if len(attention.inputs) > 3 else None
+    if past is not None and past.shape is not None and past.shape.rank() == 4 and isinstance(past.shape[3], int):
+        return past.shape[3]
+    heads = attention.attributes.get_int("num_heads", 0)
+    hidden = q.shape[-1] if q.shape is not None and q.shape.rank() == 3 else None
+    return hidden // heads if isinstance(hidden, int) and heads else None
 
 
 def _range_chain(value: ir.Value) -> list[ir.Node] | None:
