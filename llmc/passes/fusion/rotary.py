@@ -9,7 +9,9 @@ rotary nor GroupQueryAttention fused on LLaMA. This rule matches the Mul form.
 
 The caches are computed in the graph from the largest position id seen (``ReduceMax + Range``,
 then the same float32 product, Cos and Sin), so they hold exactly the values the original graph
-computed for each position, for any sequence length. Requires ``inv_freq`` to be a constant.
+computed for each position, for any sequence length (times YaRN's attention factor where the
+graph scales cos and sin by one constant). Requires ``inv_freq`` to be a constant or one computed
+vector of known length (LongRoPE's choice of long or short factors by the sequence's length).
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
     def cleanup(self) -> None:
         self._cache.clear()
 
-    def pattern(self, op, x, position_ids, axes, inv_freq, interleaved, num_heads):
+    def pattern(self, op, x, position_ids, axes, inv_freq, interleaved, num_heads, scale):
         positions = op.Cast(op.Unsqueeze(position_ids, axes), to=ir.DataType.FLOAT)
         freqs = op.Mul(positions, inv_freq)
         emb = op.Concat(freqs, freqs, axis=-1)
-        cos = op.Unsqueeze(op.Cos(emb), [1])
-        sin = op.Unsqueeze(op.Sin(emb), [1])
+        # YaRN (and LongRoPE) scale both by an attention factor: cos(emb) * scale
+        cos = pattern.OrValue([op.Cos(emb), op.Mul(op.Cos(emb), scale)], tag_var="scaled", tag_values=[False, True])
+        sin = pattern.OrValue([op.Sin(emb), op.Mul(op.Sin(emb), scale)], tag_var="sin_scaled", tag_values=[False, True])
+        cos = op.Unsqueeze(cos, [1])
+        sin = op.Unsqueeze(sin, [1])
         return op.RotaryEmbedding(
             x,
             cos,
@@ -46,24 +51,34 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
             _domain="ai.onnxruntime._fusion",
         )
 
-    def check(self, context, x, position_ids, axes, inv_freq, **_) -> pattern.MatchResult:
+    def check(self, context, x, position_ids, axes, inv_freq, scale=None, scaled=False, sin_scaled=False, **_) -> pattern.MatchResult:  # noqa: E501
         result = pattern.MatchResult()
+        if scaled != sin_scaled:
+            return result.fail("cos and sin are not scaled alike", x)
+        if scaled and (scale.const_value is None or scale.const_value.size != 1):
+            return result.fail("the cos/sin scale is not a constant scalar", scale)
         if position_ids.shape is None or position_ids.shape.rank() != 2:
             return result.fail("position_ids is not [batch, sequence]", position_ids)
         if const_ints(axes) not in ([-1], [2]):
             return result.fail("position ids are not unsqueezed on the last axis", axes)
-        if inv_freq.const_value is None:
-            return result.fail("inv_freq is not a constant", inv_freq)
-        if inv_freq.const_value.numpy().squeeze().ndim != 1:
-            return result.fail("inv_freq is not a vector", inv_freq)
+        if inv_freq.const_value is not None:
+            if inv_freq.const_value.numpy().squeeze().ndim != 1:
+                return result.fail("inv_freq is not a vector", inv_freq)
+        elif inv_freq.shape is None or inv_freq.shape.rank() != 1 or not isinstance(inv_freq.shape[0], int):
+            # computed (LongRoPE picks its long or short factors by the sequence's length): one
+            # vector for the whole batch, or the cache would not be one table
+            return result.fail("inv_freq is computed and not one vector of known length", inv_freq)
         if x.shape is None or x.shape.rank() != 4:
             return result.fail("the rotated tensor is not [batch, heads, sequence, head]", x)
         return result
 
-    def rewrite(self, op, x, position_ids, inv_freq, interleaved, num_heads, **_):
-        key = id(inv_freq)
+    def rewrite(self, op, x, position_ids, inv_freq, interleaved, num_heads, scale=None, scaled=False, **_):
+        key = (id(inv_freq), id(scale) if scaled else None)
         if key not in self._cache:
-            row = inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1)
+            if inv_freq.const_value is not None:
+                row = op.Constant(value=ir.tensor(inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1)))
+            else:
+                row = op.Unsqueeze(inv_freq, op.Constant(value=ir.tensor(np.array([0], dtype=np.int64))))
             largest = op.ReduceMax(position_ids, keepdims=0)
             count = op.Add(largest, op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))))
             span = op.Range(
@@ -75,8 +90,11 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
                 op.Unsqueeze(span, op.Constant(value=ir.tensor(np.array([1], dtype=np.int64)))),
                 to=ir.DataType.FLOAT,
             )
-            angles = op.Mul(column, op.Constant(value=ir.tensor(row)))  # [positions, E]
-            self._cache[key] = (op.Cos(angles), op.Sin(angles))
+            angles = op.Mul(column, row)  # [positions, E]
+            cos, sin = op.Cos(angles), op.Sin(angles)
+            if scaled:  # the same float32 product as the graph's cos(emb) * scale
+                cos, sin = op.Mul(cos, scale), op.Mul(sin, scale)
+            self._cache[key] = (cos, sin)
         cos_cache, sin_cache = self._cache[key]
         return op.RotaryEmbedding(
             x,
