@@ -19,6 +19,12 @@ pytest.importorskip("transformers")
 # One family per feature the rules must tell apart runs int4 in the default suite; all run fp32.
 INT4_FAST = {"llama", "mistral", "gemma2", "granite", "stablelm", "phi", "gpt2", "qwen3"}
 NAMES = sorted(FAMILIES) + sorted(VARIANTS)
+# The attention op each family's decode graph fuses into (README's coverage table). Without
+# GroupQueryAttention: multi-head families (no grouped KV: MultiHeadAttention), Falcon (its fused
+# QKV split per KV group), Cohere (interleaved RoPE, which no rotary rule matches yet) and GPT-OSS
+# (attention sinks: the softmax takes an extra column, so no attention rule matches).
+MHA = {"gpt2", "gptj", "gpt_neox", "opt", "falcon", "cohere", "cohere2"}
+UNFUSED = {"gpt_oss"}
 PROMPT_LENGTH, NEW_TOKENS = 8, 16
 
 
@@ -60,6 +66,10 @@ def test_family_builds_exactly_and_generates_transformers_tokens(name, tmp_path)
     model, source = _export(name, tmp_path)
     artifact = tmp_path / "fp32"
     llmc.build(source, precision="fp32", output=artifact, cache=False)
+    fused = json.loads((artifact / "manifest.json").read_text())["fusions"]
+    attention = {"GroupQueryAttention", "MultiHeadAttention", "Attention"} & set(fused)
+    expected = set() if name in UNFUSED else {"MultiHeadAttention"} if name in MHA else {"GroupQueryAttention"}
+    assert attention == expected, (name, fused)
     runner = llmc.load(artifact)
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, 24))
     with torch.no_grad():
