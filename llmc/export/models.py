@@ -316,7 +316,36 @@ def export_decoder(
     args = (ids, mask, positions, *cache)
     # Mixture-of-experts layers run every expert, weighted (llmc.export.moe); the model is left as it was.
     with _kept_as_is(model), dense_experts(model):
-        return _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
+        _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
+    recompute = _recompute_cache_after(model)
+    if recompute is not None:
+        _add_metadata(path, {decoder.RECOMPUTE_CACHE_AFTER: str(recompute)})
+    return path
+
+
+def _recompute_cache_after(model: Any) -> int | None:
+    """Where transformers' generation drops the cache and prefills the whole sequence again:
+    Phi-3 and PhiMoE with LongRoPE, whose rotary factors switch from short to long once the
+    sequence passes ``original_max_position_embeddings`` (:data:`llmc.model.decoder.RECOMPUTE_CACHE_AFTER`)."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    original = getattr(config, "original_max_position_embeddings", None)
+    if config.model_type in ("phi3", "phimoe") and rope.get("rope_type") == "longrope" and isinstance(original, int):
+        return original
+    return None
+
+
+def _add_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add ``entries`` to the ONNX file's ``metadata_props`` (its external data left in place)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
 
 
 @contextlib.contextmanager

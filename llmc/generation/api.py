@@ -37,6 +37,7 @@ def open_decoder(
             f"{artifact}: generation runs on ONNX Runtime, not a TensorRT engine; load it with engine=False"
         )
     layout = decoder.require(*decoder.session_io(session), artifact)
+    layout = decoder.with_metadata(layout, session.get_modelmeta().custom_metadata_map)
     manifest = manifest if manifest is not None else _manifest(Path(artifact))
     if manifest is not None:  # the GroupQueryAttention shared-buffer mode the build recorded
         masking = manifest.gqa.padding_from_attention_mask if manifest.gqa is not None else 0
@@ -139,9 +140,13 @@ def generate(
     )
     if wanted(speculative, stepper.layout, request):
         results = run_speculative(stepper, request)
-    elif not stepper.layout.batches_left_padding and len({len(p) for p in prompts}) > 1:
+    elif (
+        not stepper.layout.batches_left_padding or stepper.layout.recompute_cache_after is not None
+    ) and len({len(p) for p in prompts}) > 1:
         # GroupQueryAttention of builds before llmc.passes.fusion.gqa took each row's length from
-        # its positions and cannot skip left padding: such prompts run one at a time.
+        # its positions and cannot skip left padding; LongRoPE switches its factors by the whole
+        # batch's longest position (llmc.model.decoder.RECOMPUTE_CACHE_AFTER), so a padded row
+        # would switch with its neighbour's length: such prompts run one at a time.
         results = [run_generation(stepper, dataclasses.replace(request, prompts=[p]))[0] for p in prompts]
     else:
         results = run_generation(stepper, request)

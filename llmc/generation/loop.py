@@ -229,6 +229,8 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
     chosen = choose(last_logits(logits, request, 0), request.sampling, rng)
     ttft = time.perf_counter() - start
     decoding, steps = 0.0, 0
+    recompute = stepper.layout.recompute_cache_after
+    sequence = left_pad(request.prompts, request.pad)[0] if recompute is not None else None
     while True:
         rows.add(chosen)
         if rows.finished.all() or steps + 1 >= request.max_new_tokens:
@@ -237,7 +239,15 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
         mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
         positions = positions[:, -1:] + 1
         began = time.perf_counter()
-        logits, past = stepper.run(chosen[:, None], mask, positions, past)
+        if sequence is not None:
+            sequence = np.concatenate([sequence, chosen[:, None]], axis=1)
+        if recompute is not None and mask.shape[1] == recompute + 1:
+            # the cache was rotated for a shorter sequence: prefill everything again, as
+            # transformers does (llmc.model.decoder.RECOMPUTE_CACHE_AFTER)
+            capacity = mask.shape[1] + request.max_new_tokens - steps
+            logits, past = stepper.run(sequence, mask, positions_of(mask), None, capacity=capacity)
+        else:
+            logits, past = stepper.run(chosen[:, None], mask, positions, past)
         chosen = choose(last_logits(logits, request, steps + 1), request.sampling, rng)
         decoding += time.perf_counter() - began
         steps += 1

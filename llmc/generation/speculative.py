@@ -160,6 +160,11 @@ def unsupported(layout: DecoderLayout, request: Request) -> Optional[str]:
         return "runs one prompt at a time; pass one prompt or drop --speculative"
     if not request.sampling.greedy:
         return "is greedy only; pass --temperature 0 or drop --speculative"
+    if layout.recompute_cache_after is not None:
+        return (
+            f"does not recompute the cache at {layout.recompute_cache_after} tokens as this artifact's "
+            "rotary embedding needs (LongRoPE); drop --speculative"
+        )
     if not layout.shared_cache:
         return (
             "needs every attention fused into GroupQueryAttention (its cache rolls back by the mask), "

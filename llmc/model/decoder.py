@@ -52,6 +52,11 @@ BATCH_AXIS, HEADS_AXIS, LENGTH_AXIS, HEAD_SIZE_AXIS = 0, 1, 2, 3
 CACHE_RANK = 4
 # The op whose count in the manifest's ``fusions`` says every layer shares its cache buffer.
 GQA_OP = "GroupQueryAttention"
+# Model metadata (``metadata_props``) of a decoder whose cache must be recomputed from the whole
+# sequence once the sequence grows past this many tokens: LongRoPE (Phi-3) switches from its short
+# to its long rotary factors there, and transformers then drops the cache rotated with the short
+# ones and prefills everything again (``Phi3ForCausalLM.prepare_inputs_for_generation``).
+RECOMPUTE_CACHE_AFTER = "llmc.decoder.recompute_cache_after"
 
 _LAYER = re.compile(r"(?:past_key_values|present)\.(\d+)\.(?:key|value)|(?:past|present)_(\d+)")
 _FLOAT32 = {"tensor(float)", "FLOAT", "float32"}
@@ -184,6 +189,7 @@ class DecoderLayout:
     past_symbol: str | None = None  # that axis's symbol: the cached length
     sequence_symbol: str | None = None  # input_ids' [batch, sequence] axis 1: the new tokens
     total_symbol: str | None = None  # attention_mask's axis 1 when another symbol: past + sequence
+    recompute_cache_after: int | None = None  # :data:`RECOMPUTE_CACHE_AFTER` (None: never)
 
     @property
     def past_names(self) -> list[str]:
@@ -337,3 +343,9 @@ def with_gqa(layout: DecoderLayout, fused: int, masking: int) -> DecoderLayout:
     if fused != layout.num_layers:
         return layout
     return dataclasses.replace(layout, shared_cache=True, masks_padding=masking == layout.num_layers)
+
+
+def with_metadata(layout: DecoderLayout, metadata: dict[str, str]) -> DecoderLayout:
+    """``layout`` with what the model's metadata declares (:data:`RECOMPUTE_CACHE_AFTER`)."""
+    value = metadata.get(RECOMPUTE_CACHE_AFTER)
+    return dataclasses.replace(layout, recompute_cache_after=int(value)) if value and value.isdigit() else layout

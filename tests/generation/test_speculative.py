@@ -6,6 +6,7 @@ decoding on built decoders with drafts accepted and rejected; where it does not 
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -100,6 +101,8 @@ class Scripted:
     positions up to the step's last, a step never re-feeds a position an earlier step attended
     to as history (so the attended history only grows), nothing goes past the capacity allocated
     at prefill; :meth:`history` is every position's last fed token."""
+
+    layout = types.SimpleNamespace(recompute_cache_after=None)  # what the loops read of a Stepper's layout
 
     def __init__(self, tokens: list[int]) -> None:
         self.tokens, self.fed, self.widths, self.capacity, self.frozen = tokens, {}, [], 0, 0
