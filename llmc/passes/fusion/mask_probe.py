@@ -66,7 +66,7 @@ def mask_window(model: ir.Model, mask: ir.Value) -> int | str:
 
 def _subgraph(model: ir.Model, mask: ir.Value) -> tuple[list[ir.Node], list[ir.Value], int] | str:
     graph_inputs = {id(v): v for v in model.graph.inputs}
-    known = set(decoder.input_names(_layers(model)))
+    known = {v.name for v in model.graph.inputs if v.name in decoder.TOKEN_INPUTS or decoder.is_past(v.name)}
     nodes: dict[int, ir.Node] = {}
     inputs: dict[int, ir.Value] = {}
     longest = 0
@@ -100,10 +100,6 @@ def _subgraph(model: ir.Model, mask: ir.Value) -> tuple[list[ir.Node], list[ir.V
             return "the mask's subgraph is too large to probe"
     order = [node for node in model.graph if id(node) in nodes]
     return order, list(inputs.values()), longest
-
-
-def _layers(model: ir.Model) -> int:
-    return sum(1 for v in model.graph.inputs if v.name.startswith("past_key_values.") and v.name.endswith(".key"))
 
 
 def _largest_integer(array: np.ndarray) -> int:
@@ -165,7 +161,7 @@ def _feeds(model: ir.Model, inputs: list[ir.Value], batch: int, new: int, past: 
         decoder.POSITION_IDS: positions.astype(np.int64),
     }
     for value in inputs:
-        if value.name.startswith("past_key_values."):
+        if decoder.is_past(value.name):
             shape = [d if isinstance(d, int) else 1 for d in value.shape] if value.shape is not None else [1, 1, 1, 1]
             shape[0], shape[2] = batch, past
             feeds[value.name] = np.zeros(shape, dtype=value.dtype.numpy())
