@@ -21,9 +21,9 @@ INT4_FAST = {"llama", "mistral", "gemma2", "granite", "stablelm", "phi", "gpt2",
 NAMES = sorted(FAMILIES) + sorted(VARIANTS)
 # The attention op each family's decode graph fuses into (README's coverage table). Without
 # GroupQueryAttention: multi-head families (no grouped KV: MultiHeadAttention), Falcon (its fused
-# QKV split per KV group), Cohere (interleaved RoPE, which no rotary rule matches yet) and GPT-OSS
-# (attention sinks: the softmax takes an extra column, so no attention rule matches).
-MHA = {"gpt2", "gptj", "gpt_neox", "opt", "falcon", "cohere", "cohere2"}
+# QKV split per KV group) and GPT-OSS (attention sinks: the softmax takes an extra column, so no
+# attention rule matches).
+MHA = {"gpt2", "gptj", "gpt_neox", "opt", "falcon"}
 UNFUSED = {"gpt_oss"}
 PROMPT_LENGTH, NEW_TOKENS = 8, 16
 

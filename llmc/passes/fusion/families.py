@@ -180,11 +180,12 @@ def _skip_rms() -> list:
 def _rotary_ort() -> list:
     from onnxscript.rewriter.ort_fusions import cos_sin_cache, rotary_embedding
 
-    from llmc.passes.fusion import rotary
+    from llmc.passes.fusion import rotary, rotary_interleaved
 
     return [
         rotary_embedding.rotary_embedding_rules,
         rotary.rules(),
+        rotary_interleaved.rules(),
         cos_sin_cache.cos_sin_cache_rules,
         rotary_embedding.partial_embedding_rules,
     ]

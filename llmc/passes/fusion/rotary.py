@@ -75,26 +75,7 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, position_ids, inv_freq, interleaved, num_heads, scale=None, scaled=False, **_):
         key = (id(inv_freq), id(scale) if scaled else None)
         if key not in self._cache:
-            if inv_freq.const_value is not None:
-                row = op.Constant(value=ir.tensor(inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1)))
-            else:
-                row = op.Unsqueeze(inv_freq, op.Constant(value=ir.tensor(np.array([0], dtype=np.int64))))
-            largest = op.ReduceMax(position_ids, keepdims=0)
-            count = op.Add(largest, op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))))
-            span = op.Range(
-                op.Constant(value=ir.tensor(np.array(0, dtype=np.int64))),
-                count,
-                op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))),
-            )
-            column = op.Cast(
-                op.Unsqueeze(span, op.Constant(value=ir.tensor(np.array([1], dtype=np.int64)))),
-                to=ir.DataType.FLOAT,
-            )
-            angles = op.Mul(column, row)  # [positions, E]
-            cos, sin = op.Cos(angles), op.Sin(angles)
-            if scaled:  # the same float32 product as the graph's cos(emb) * scale
-                cos, sin = op.Mul(cos, scale), op.Mul(sin, scale)
-            self._cache[key] = (cos, sin)
+            self._cache[key] = caches(op, position_ids, inv_freq, scale if scaled else None)
         cos_cache, sin_cache = self._cache[key]
         return op.RotaryEmbedding(
             x,
@@ -105,6 +86,31 @@ class CosSinCacheMul(pattern.RewriteRuleClassBase):
             num_heads=num_heads,
             _domain="com.microsoft",
         )
+
+
+def caches(op, position_ids: ir.Value, inv_freq: ir.Value, scale: ir.Value | None) -> tuple[ir.Value, ir.Value]:  # noqa: ANN001
+    """``cos`` and ``sin`` of ``p * inv_freq`` for every position ``p`` up to the largest of
+    ``position_ids`` ([positions, E], computed in the graph), times ``scale`` when given."""
+    if inv_freq.const_value is not None:
+        row = op.Constant(value=ir.tensor(inv_freq.const_value.numpy().astype(np.float32).reshape(1, -1)))
+    else:
+        row = op.Unsqueeze(inv_freq, op.Constant(value=ir.tensor(np.array([0], dtype=np.int64))))
+    largest = op.ReduceMax(position_ids, keepdims=0)
+    count = op.Add(largest, op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))))
+    span = op.Range(
+        op.Constant(value=ir.tensor(np.array(0, dtype=np.int64))),
+        count,
+        op.Constant(value=ir.tensor(np.array(1, dtype=np.int64))),
+    )
+    column = op.Cast(
+        op.Unsqueeze(span, op.Constant(value=ir.tensor(np.array([1], dtype=np.int64)))),
+        to=ir.DataType.FLOAT,
+    )
+    angles = op.Mul(column, row)  # [positions, E]
+    cos, sin = op.Cos(angles), op.Sin(angles)
+    if scale is not None:  # the same float32 product as the graph's cos(emb) * scale
+        cos, sin = op.Mul(cos, scale), op.Mul(sin, scale)
+    return cos, sin
 
 
 def rules() -> pattern.RewriteRuleSet:
