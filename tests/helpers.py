@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx.helper as oh
 
@@ -49,3 +50,43 @@ def manifest_json(**sections) -> dict:
         "versions": {}, "session": {"providers": ["CPUExecutionProvider"], "options": {}, "create_seconds": 0.0},
         **sections,
     }
+
+
+def decoder_feeds(config, batch: int, sequence: int, past: int, pad: int = 0) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Random tokens and cache for a decoder export of ``config``; the last batch row is
+    left-padded by ``pad`` tokens (in the past)."""
+    from llmc.export import decoder_cache_shape, decoder_input_names
+
+    layers, kv_heads, head_dim = decoder_cache_shape(config)
+    rng = np.random.default_rng(batch * 1000 + sequence * 10 + past)
+    mask = np.ones((batch, past + sequence), dtype=np.int64)
+    mask[-1, :pad] = 0
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past:]
+    ids = rng.integers(0, config.vocab_size, (batch, sequence), dtype=np.int64)
+    cache = [
+        rng.standard_normal((batch, kv_heads, past, head_dim), dtype=np.float32) for _ in range(2 * layers)
+    ]
+    return dict(zip(decoder_input_names(layers), [ids, mask, positions, *cache], strict=True))
+
+
+def eager_decoder(model, feeds: dict[str, np.ndarray], *, windowed: bool = True) -> list[np.ndarray]:  # noqa: ANN001
+    """transformers on a decoder export's inputs: logits and every layer's key/value cache.
+    ``windowed``: the cache built with the model's config, as transformers builds it
+    (sliding-window layers keep their window); otherwise every layer's cache is full, the
+    export's contract (present = past + current, the window in the mask)."""
+    import torch
+    from transformers import DynamicCache
+
+    past = [torch.from_numpy(v) for k, v in feeds.items() if k.startswith("past_key_values.")]
+    pairs = list(zip(past[0::2], past[1::2], strict=True)) if past[0].shape[2] else None
+    cache = DynamicCache(pairs, config=model.config) if windowed else DynamicCache(pairs)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(feeds["input_ids"]),
+            attention_mask=torch.from_numpy(feeds["attention_mask"]),
+            position_ids=torch.from_numpy(feeds["position_ids"]),
+            past_key_values=cache,
+            use_cache=True,
+        )
+    layers = out.past_key_values.layers
+    return [out.logits.numpy(), *(t.numpy() for layer in layers for t in (layer.keys, layer.values))]

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import TINY_GPT2, TINY_LLAMA
+from tests.helpers import TINY_GPT2, TINY_LLAMA, decoder_feeds, eager_decoder
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -22,42 +22,6 @@ def eager_models() -> dict:
     from llmc.export import gpt2_model, llama_model
 
     return {"gpt2": gpt2_model(**TINY_GPT2), "llama": llama_model(**TINY_LLAMA)}
-
-
-def _inputs(config, batch: int, sequence: int, past: int, pad: int = 0) -> dict[str, np.ndarray]:
-    """Random tokens and cache; the last batch row is left-padded by ``pad`` tokens (in the past)."""
-    from llmc.export import decoder_cache_shape, decoder_input_names
-
-    layers, kv_heads, head_dim = decoder_cache_shape(config)
-    rng = np.random.default_rng(batch * 1000 + sequence * 10 + past)
-    mask = np.ones((batch, past + sequence), dtype=np.int64)
-    mask[-1, :pad] = 0
-    positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past:]
-    ids = rng.integers(0, config.vocab_size, (batch, sequence), dtype=np.int64)
-    cache = [
-        rng.standard_normal((batch, kv_heads, past, head_dim), dtype=np.float32) for _ in range(2 * layers)
-    ]
-    return dict(zip(decoder_input_names(layers), [ids, mask, positions, *cache], strict=True))
-
-
-def _eager(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    from transformers import DynamicCache
-
-    past = [torch.from_numpy(v) for k, v in feeds.items() if k.startswith("past_key_values.")]
-    pairs = list(zip(past[0::2], past[1::2], strict=True))
-    cache = DynamicCache(pairs if pairs[0][0].shape[2] else None, config=model.config)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.from_numpy(feeds["input_ids"]),
-            attention_mask=torch.from_numpy(feeds["attention_mask"]),
-            position_ids=torch.from_numpy(feeds["position_ids"]),
-            past_key_values=cache,
-            use_cache=True,
-        )
-    return [
-        out.logits.numpy(),
-        *(t.numpy() for layer in out.past_key_values.layers for t in (layer.keys, layer.values)),
-    ]
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)
@@ -76,10 +40,10 @@ def test_decoder_matches_eager(request, eager_models, fixture, case):
     path = request.getfixturevalue(fixture)
     model = eager_models["gpt2" if "gpt2" in fixture else "llama"]
     batch, sequence, past, pad = case
-    feeds = _inputs(model.config, batch, sequence, past, pad)
+    feeds = decoder_feeds(model.config, batch, sequence, past, pad)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, feeds)
-    want = _eager(model, feeds)
+    want = eager_decoder(model, feeds)
     assert [o.name for o in sess.get_outputs()] == decoder_output_names(model.config.num_hidden_layers)
     assert got[0].shape == (batch, sequence, model.config.vocab_size)
     # Padding tokens' own outputs are meaningless (their attention row is empty), so only real tokens count.

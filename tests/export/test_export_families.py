@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from llmc.errors import LlmcError
 from tests.cli.test_bad_inputs import _assert_one_line_error
+from tests.helpers import decoder_feeds, eager_decoder
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -39,42 +40,6 @@ CASES = {
     "decode-padded": (2, 1, 20, 5),
     "decode-long": (1, 1, 300, 0),
 }
-
-
-def _feeds(config, batch: int, sequence: int, past: int, pad: int) -> dict[str, np.ndarray]:
-    from llmc.export import decoder_cache_shape, decoder_input_names
-
-    layers, kv_heads, head_dim = decoder_cache_shape(config)
-    rng = np.random.default_rng(batch * 1000 + sequence * 10 + past)
-    mask = np.ones((batch, past + sequence), dtype=np.int64)
-    mask[-1, :pad] = 0
-    positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past:]
-    ids = rng.integers(0, config.vocab_size, (batch, sequence), dtype=np.int64)
-    cache = [
-        rng.standard_normal((batch, kv_heads, past, head_dim), dtype=np.float32) for _ in range(2 * layers)
-    ]
-    return dict(zip(decoder_input_names(layers), [ids, mask, positions, *cache], strict=True))
-
-
-def _eager(model, feeds: dict[str, np.ndarray], *, windowed: bool) -> list[np.ndarray]:
-    """transformers on the same inputs. ``windowed``: the cache built with the model's config, as
-    transformers builds it (sliding-window layers keep their window); otherwise every layer's
-    cache is full, the export's contract (present = past + current, the window in the mask)."""
-    from transformers import DynamicCache
-
-    past = [torch.from_numpy(v) for k, v in feeds.items() if k.startswith("past_key_values.")]
-    pairs = list(zip(past[0::2], past[1::2], strict=True)) if past[0].shape[2] else None
-    cache = DynamicCache(pairs, config=model.config) if windowed else DynamicCache(pairs)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.from_numpy(feeds["input_ids"]),
-            attention_mask=torch.from_numpy(feeds["attention_mask"]),
-            position_ids=torch.from_numpy(feeds["position_ids"]),
-            past_key_values=cache,
-            use_cache=True,
-        )
-    layers = out.past_key_values.layers
-    return [out.logits.numpy(), *(t.numpy() for layer in layers for t in (layer.keys, layer.values))]
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> float:
@@ -98,10 +63,10 @@ def test_family_export_matches_transformers(tmp_path, name):
     names = decoder_output_names(model.config.num_hidden_layers)
     assert [o.name for o in session.get_outputs()] == names
     for case, (batch, sequence, past, pad) in CASES.items():
-        feeds = _feeds(model.config, batch, sequence, past, pad)
+        feeds = decoder_feeds(model.config, batch, sequence, past, pad)
         got = session.run(None, feeds)
-        logits = _eager(model, feeds, windowed=True)[0]
-        presents = _eager(model, feeds, windowed=False)[1:]
+        logits = eager_decoder(model, feeds, windowed=True)[0]
+        presents = eager_decoder(model, feeds, windowed=False)[1:]
         # Padding tokens' own outputs are meaningless (their attention row is empty): real tokens only.
         real = feeds["attention_mask"].astype(bool)
         tokens, cached = real[:, past:, None], real[:, None, :, None]
