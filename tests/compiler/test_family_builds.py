@@ -101,9 +101,10 @@ def test_family_int4_builds(name, tmp_path):
         expected = model(torch.from_numpy(ids)).logits.numpy()[0]
     got = llmc.load(tmp_path / "int4").logits(ids)[0]
     cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
-    # 4-bit blocks of wide random weights (no grid to land on) lose ~5-15% per position; a graph
-    # the rewrite broke (a rotation, a mask, a scale lost) falls far below
-    assert cosine.mean() > 0.8, (name, float(cosine.mean()))
+    # 4-bit blocks of wide random weights (no grid to land on) lose ~5-15% per position, and a
+    # mixture of experts' router picks other experts at a few positions (cosine ~0.2 there); a
+    # graph the rewrite broke (a rotation, a mask, a scale lost) falls far below at most positions
+    assert np.median(cosine) > 0.8, (name, float(np.median(cosine)))
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph.node}
