@@ -59,7 +59,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         **GQA, **_MOE, "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
         "attention_multiplier": 0.1, "logits_scaling": 8.0,
     },
-    "smollm3": GQA,
+    "smollm3": {**GQA, "no_rope_layer_interval": 2},  # every second layer without RoPE (NoPE)
     "nemotron": {**GQA, "partial_rotary_factor": 0.5},
     "cohere": {**GQA, "logit_scale": 0.5},
     "cohere2": {**GQA, "sliding_window": 8, "logit_scale": 0.5},

@@ -198,10 +198,10 @@ def _sdpa() -> list:
 
 
 def _gqa() -> list:
-    from llmc.passes.fusion import softcap
+    from llmc.passes.fusion import gqa_nope, softcap
     from llmc.passes.fusion.gqa import gqa_rules
 
-    return gqa_rules() + softcap.gqa_rules()
+    return gqa_rules() + softcap.gqa_rules() + gqa_nope.rules()
 
 
 def _softcap_sdpa() -> list:

@@ -46,6 +46,11 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         result = super().check(context, **bindings)
         if not result:
             return result
+        self._rotary = [_rotary_attributes(bindings[name]) for name in ("query_BHSDh_rope", "key_BHkvSDh_rope")]
+        return self.check_inputs(context, bindings, result)
+
+    def check_inputs(self, context, bindings: dict, result: pattern.MatchResult) -> pattern.MatchResult:  # noqa: ANN001
+        """llmc's checks of a matched attention: head size, the mask, the type, the attributes."""
         query = bindings.get("query_BSHDh")
         shape = query.shape if query is not None else None
         head = shape[3] if shape is not None and len(shape) == 4 else None
@@ -65,7 +70,6 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         if isinstance(found, str):
             return pattern.MatchResult().fail(found, bindings.get("mask"))
         self._attributes = found
-        self._rotary = [_rotary_attributes(bindings[name]) for name in ("query_BHSDh_rope", "key_BHkvSDh_rope")]
         return result
 
     def rewrite(  # noqa: PLR0913
@@ -91,12 +95,13 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         )
         axes = op.Constant(value=ir.tensor([1, 2], dtype=ir.DataType.INT64))
         bias = op.Expand(op.Unsqueeze(pad, axes), op.Concat(batch, one, new, total, axis=0))
-        query_BSD = op.RotaryEmbedding(
-            query_BSD, position_ids, cos, sin, num_heads=self.num_heads, _domain="com.microsoft", **self._rotary[0]
-        )
-        key_BSDkv = op.RotaryEmbedding(
-            key_BSDkv, position_ids, cos, sin, num_heads=self.kv_num_heads, _domain="com.microsoft", **self._rotary[1]
-        )
+        if self._rotary is not None:  # None: a layer without RoPE (llmc.passes.fusion.gqa_nope)
+            query_BSD = op.RotaryEmbedding(
+                query_BSD, position_ids, cos, sin, num_heads=self.num_heads, _domain="com.microsoft", **self._rotary[0]
+            )
+            key_BSDkv = op.RotaryEmbedding(
+                key_BSDkv, position_ids, cos, sin, num_heads=self.kv_num_heads, _domain="com.microsoft", **self._rotary[1]
+            )
         return op.GroupQueryAttention(
             query_BSD, key_BSDkv, value_BSDkv, past_key, past_value, seqlens_k, total_length, None, None, None, bias,
             num_heads=self.num_heads, kv_num_heads=self.kv_num_heads, _domain="com.microsoft", _outputs=3,
