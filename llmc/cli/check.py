@@ -82,6 +82,9 @@ def _precision_tolerance(path: Path, tolerance: float | None) -> tuple[Manifest 
         print_precision_tolerance(precision.name, precision.tolerance)
     rounding = (manifest.verification or {}).get("rounding") if manifest is not None else None
     if rounding and rounding["tolerance"] > precision.tolerance:  # the build judged it at its rounding floor
-        print_precision_tolerance(f"{precision.name} (this model's fp32 rounding floor)", rounding["tolerance"])
-        return manifest, float(rounding["tolerance"])
+        from llmc.compiler.rounding import CAP
+
+        floor = min(float(rounding["tolerance"]), CAP * precision.tolerance)
+        print_precision_tolerance(f"{precision.name} (this model's fp32 rounding floor)", floor)
+        return manifest, floor
     return manifest, precision.tolerance

@@ -47,9 +47,14 @@ def verify(
         candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
     precision = request.precision
     report = precise.reports.get(precision.manifest_section) if precision.manifest_section else None
-    comparison = rounding.judged(prep, compiled.reference, lambda tolerance: precision.judge(Judgement(
-        saved, candidate, compiled.reference, prep.feeds, tolerance, precise.fp32_comparison, report,
-    )))
+
+    def judge(tolerance: float):  # noqa: ANN202
+        return precision.judge(Judgement(
+            saved, candidate, compiled.reference, prep.feeds, tolerance, precise.fp32_comparison, report,
+        ))
+
+    # fp32's rounding floor (llmc.compiler.rounding); other precisions judge their own way
+    comparison = rounding.judged(prep, compiled.reference, judge) if precision.name == "fp32" else judge(prep.tolerance)
     fail_on_mismatch(comparison)
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()

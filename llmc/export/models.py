@@ -315,9 +315,9 @@ def export_decoder(
         kwargs["dynamic_axes"] = axes
     args = (ids, mask, positions, *cache)
     # Mixture-of-experts layers run every expert, weighted (llmc.export.moe); the model is left as it was.
+    recompute = _recompute_cache_after(model)  # checked before the export's work
     with _kept_as_is(model), dense_experts(model):
         _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
-    recompute = _recompute_cache_after(model)
     if recompute is not None:
         _add_metadata(path, {decoder.RECOMPUTE_CACHE_AFTER: str(recompute)})
     return path
@@ -330,9 +330,15 @@ def _recompute_cache_after(model: Any) -> int | None:
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     original = getattr(config, "original_max_position_embeddings", None)
-    if config.model_type in ("phi3", "phimoe") and rope.get("rope_type") == "longrope" and isinstance(original, int):
-        return original
-    return None
+    if config.model_type not in ("phi3", "phimoe") or rope.get("rope_type") != "longrope" or not isinstance(original, int):
+        return None
+    switch = rope.get("original_max_position_embeddings", original)
+    if switch != original:  # transformers switches the factors at one and recomputes the cache at the other
+        raise LlmcError(
+            f"config.json: original_max_position_embeddings {original} differs from the rope parameters' {switch}; "
+            "LongRoPE switches its factors at one and transformers recomputes the cache at the other: make them equal"
+        )
+    return original
 
 
 def _add_metadata(path: Path, entries: dict[str, str]) -> None:

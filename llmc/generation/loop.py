@@ -204,7 +204,10 @@ def prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.ndar
     ids, mask = left_pad(request.prompts, request.pad)
     positions = positions_of(mask)
     capacity = ids.shape[1] + request.max_new_tokens
-    cache = request.prefix if len(request.prompts) == 1 else None
+    # a LongRoPE artifact's cached keys are rotated by the factors of their request's length, which
+    # another prompt's length may not share (llmc.model.decoder.RECOMPUTE_CACHE_AFTER): no reuse
+    reusable = len(request.prompts) == 1 and stepper.layout.recompute_cache_after is None
+    cache = request.prefix if reusable else None
     hit = cache.acquire(request.prompts[0]) if cache is not None else None
     try:
         if hit is not None and hit.length:

@@ -23,7 +23,8 @@ def prep(monkeypatch):
         return moved
 
     monkeypatch.setattr(stages, "source_outputs", source_outputs)
-    return types.SimpleNamespace(tolerance=1e-4, rounding=None, calls=calls)
+    request = types.SimpleNamespace(values={"tolerance": None})  # the default tolerance
+    return types.SimpleNamespace(tolerance=1e-4, rounding=None, calls=calls, request=request)
 
 
 REFERENCE = {"y": np.array([10.0, -3.0, 1.0])}
@@ -53,3 +54,18 @@ def test_a_model_ort_does_not_move_keeps_the_tolerance(prep, monkeypatch):
     monkeypatch.setattr(stages, "source_outputs", lambda prep, config: REFERENCE)
     result = rounding.compared(prep, REFERENCE, {"y": REFERENCE["y"] + np.array([3e-3, 0, 0])})
     assert result.worst() is not None and prep.rounding["tolerance"] == 0.0
+
+
+def test_a_tolerance_the_user_gave_is_kept(prep):
+    prep.request.values["tolerance"] = 1e-4
+    result = rounding.compared(prep, REFERENCE, {"y": REFERENCE["y"] + np.array([3e-3, 0, 0])})
+    assert result.worst() is not None and prep.calls == []
+
+
+def test_the_floor_is_capped(prep, monkeypatch):
+    import llmc.compiler.stages as stages
+
+    far = {"y": REFERENCE["y"] + np.array([1.0, 0, 0])}  # ORT's own optimizations move it 0.1 of scale
+    monkeypatch.setattr(stages, "source_outputs", lambda prep, config: far)
+    result = rounding.compared(prep, REFERENCE, {"y": REFERENCE["y"] + np.array([0.05, 0, 0])})
+    assert result.worst() is not None  # 5e-3 of scale: over the 10x cap (1e-3)

@@ -70,3 +70,26 @@ def test_speculative_decoding_is_refused_or_off(built):
 def test_other_decoders_declare_nothing(tiny_llama_dynamo):
     metadata = {p.key for p in onnx.load(str(tiny_llama_dynamo), load_external_data=False).metadata_props}
     assert decoder.RECOMPUTE_CACHE_AFTER not in metadata
+
+
+def test_a_prefix_cache_is_not_reused_across_the_switch(built):
+    from llmc.generation import PrefixCache
+
+    model, runner, _ = built
+    cache = PrefixCache(max_bytes=64 << 20)
+    short = np.random.default_rng(5).integers(3, 500, 200).tolist()
+    runner.generate(short, max_new_tokens=2, prefix_cache=cache)
+    long = short + np.random.default_rng(6).integers(3, 500, 100).tolist()  # past the switch: long factors
+    got = runner.generate(long, max_new_tokens=NEW, min_new_tokens=NEW, prefix_cache=cache)
+    assert list(got.token_ids) == _hf(model, long)
+
+
+def test_mismatched_switch_lengths_are_refused_before_exporting(tmp_path):
+    from llmc.export import export_decoder
+    from llmc.export.families import family_model
+
+    model = family_model("phi3-rope-longrope")
+    model.config.rope_parameters["original_max_position_embeddings"] = 128  # config's own: 256
+    with pytest.raises(LlmcError, match="original_max_position_embeddings 256 differs"):
+        export_decoder(model, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()

@@ -14,12 +14,15 @@ from llmc.passes.fusion.mask_probe import mask_window
 TP = onnx.TensorProto
 
 
-def _mask_model(window: int | None, causal: bool = True, padding: bool = True) -> tuple[ir.Model, ir.Value]:
+def _mask_model(
+    window: int | None, causal: bool = True, padding: bool = True, as_int_attribute: bool = False
+) -> tuple[ir.Model, ir.Value]:
     """A boolean [B, 1, S, T] mask from the decoder inputs: causal (k <= P + q), the
     attention_mask's padding, and k > P + q - window when a window is given."""
     c = lambda name, value: oh.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.array(value, dtype=np.int64)))  # noqa: E731
     nodes = [
-        c("zero", 0), c("one", 1), c("ax1", [1]), c("ax02", [0, 1]), c("ax0", [0]), c("win", window or 0),
+        c("zero", 0), c("one", 1), c("ax1", [1]), c("ax02", [0, 1]), c("ax0", [0]),
+        oh.make_node("Constant", [], ["win"], value_int=window or 0) if as_int_attribute else c("win", window or 0),
         oh.make_node("Shape", ["attention_mask"], ["t1"], start=1, end=2),
         oh.make_node("Shape", ["input_ids"], ["s1"], start=1, end=2),
         oh.make_node("Squeeze", ["t1"], ["t"]), oh.make_node("Squeeze", ["s1"], ["s"]),
@@ -73,3 +76,9 @@ def test_a_mask_without_the_padding_is_refused():
 def test_a_window_beyond_the_probes_is_refused():
     model, mask = _mask_model(1 << 16)
     assert "larger than the probes reach" in mask_window(model, mask)
+
+
+def test_a_window_no_tensor_constant_shows_is_still_found():
+    # the window as a Constant's value_int: the long probe (MAX_WINDOW + 8 cached tokens) shows it
+    model, mask = _mask_model(300, as_int_attribute=True)
+    assert mask_window(model, mask) == 300

@@ -7,8 +7,9 @@ exactly that. Exporters write the mask in many shapes (transformers 5's vmap-bui
 GatherND/And, older Trilu/Range forms, sliding-window and chunked variants), and onnxscript's own
 mask check never fails (its ``match`` result is compared with ``None``); so the mask is judged
 by its semantics, not its nodes: its subgraph, from the graph inputs, runs in ONNX Runtime on
-probe inputs (batches with left padding; prefill, a decode step and a chunk after a cache longer
-than any integer constant in the subgraph, so that a window of that size shows) and must equal
+probe inputs (batches with left padding in either row; prefill, a decode step and a chunk after a
+cache longer than any integer constant in the subgraph, and a decode step after ``MAX_WINDOW``
+tokens, so that a window shows however it is written) and must equal
 
     attend[b, q, k] = attention_mask[b, k] and k <= P + q and (W == 0 or k > P + q - W)
 
@@ -91,9 +92,9 @@ def _subgraph(model: ir.Model, mask: ir.Value) -> tuple[list[ir.Node], list[ir.V
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
             return f"the mask has a control-flow node '{node.name}'"
         if node.op_type == "Constant":
-            tensor = node.attributes.get("value")
-            if tensor is not None and tensor.type == ir.AttributeType.TENSOR:
-                longest = max(longest, _largest_integer(tensor.value.numpy()))
+            for attr in node.attributes.values():  # value, value_int(s), value_float(s)
+                value = attr.value.numpy() if attr.type == ir.AttributeType.TENSOR else np.asarray(attr.value)
+                longest = max(longest, _largest_integer(value))
         nodes[id(node)] = node
         stack.extend(i for i in node.inputs if i is not None)
         if len(nodes) > 400:
@@ -103,9 +104,15 @@ def _subgraph(model: ir.Model, mask: ir.Value) -> tuple[list[ir.Node], list[ir.V
 
 
 def _largest_integer(array: np.ndarray) -> int:
-    if not np.issubdtype(array.dtype, np.integer) or array.size == 0 or array.size > 16:
+    """The largest magnitude of a small integer or whole-valued float constant (a window size)."""
+    if array.size == 0 or array.size > 16 or not np.issubdtype(array.dtype, np.number):
         return 0
-    values = np.abs(array.astype(np.int64).reshape(-1))
+    if not np.issubdtype(array.dtype, np.integer):
+        finite = array[np.isfinite(array)]
+        array = finite[finite == np.round(finite)] if finite.size else finite
+        if array.size == 0:
+            return 0
+    values = np.abs(array.astype(np.float64).reshape(-1))
     values = values[values < (1 << 31)]  # INT64_MAX-style sentinels (Slice ends) are not sizes
     return int(values.max()) if values.size else 0
 
@@ -146,7 +153,12 @@ def _opsets(nodes: list[ir.Node]) -> dict[str, int]:
 def _cases(longest: int) -> list[tuple[int, int, int, tuple[int, ...]]]:
     """(batch, new tokens, past, left padding per row) probes."""
     far = longest + 7
-    return [(2, 6, 0, (0, 2)), (2, 1, far, (0, 3)), (1, 5, far - 2, (0,)), (2, 3, 4, (0, 5))]
+    # a window written so that no constant shows it (computed, say) still shows within MAX_WINDOW;
+    # row 0 padded once, so a mask reading one row for the whole batch does not pass
+    return [
+        (2, 6, 0, (0, 2)), (2, 1, far, (0, 3)), (1, 5, far - 2, (0,)), (2, 3, 4, (0, 5)),
+        (2, 1, MAX_WINDOW + 8, (3, 0)), (2, 4, 6, (2, 0)),
+    ]
 
 
 def _feeds(model: ir.Model, inputs: list[ir.Value], batch: int, new: int, past: int, pads: tuple[int, ...]) -> dict:
@@ -201,10 +213,11 @@ def _expected(feeds: dict, window: int) -> np.ndarray:
 
 
 def _window_of(attend: np.ndarray, feeds: dict) -> int:
-    """The keys the last query of the first (unpadded) row attends to, when fewer than all."""
-    count = int(attend[0, -1].sum())
-    total = feeds[decoder.ATTENTION_MASK].shape[1]
-    return count if count < total else 0
+    """The keys the last query of an unpadded row attends to, when fewer than all."""
+    attention = feeds[decoder.ATTENTION_MASK]
+    row = int(np.flatnonzero(attention.all(axis=1))[0])  # every probe has an unpadded row
+    count = int(attend[min(row, attend.shape[0] - 1), -1].sum())
+    return count if count < attention.shape[1] else 0
 
 
 def _compare(attend: np.ndarray, feeds: dict, window: int) -> str | None:
