@@ -20,7 +20,7 @@ from llmc.runtime.manifest import Manifest, Tokenizer, write_manifest
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
 from llmc.runtime.ort.errors import compiled_runs
 from llmc.runtime.padding.probe import probe as probe_padding
-from llmc.spec.precision import Judgement
+from llmc.spec.precision import FP32, Judgement
 from llmc.spec.target import Finish
 
 PADDING_TOLERANCE = 1e-4  # skipping padding must keep real positions within fp32's build tolerance
@@ -54,7 +54,7 @@ def verify(
         ))
 
     # fp32's rounding floor (llmc.compiler.rounding); other precisions judge their own way
-    comparison = rounding.judged(prep, compiled.reference, judge) if precision.name == "fp32" else judge(prep.tolerance)
+    comparison = rounding.judged(prep, compiled.reference, judge) if precision is FP32 else judge(prep.tolerance)
     fail_on_mismatch(comparison)
     # The artifact must also load the way it will be deployed (device, threads, ORT level).
     start = time.perf_counter()
