@@ -8,7 +8,7 @@ Face directory, exported with ``llmc export``'s code and built with ``llmc build
 defaults (fp32; int4 builds of every family are the tests': random weights at this depth are
 chaotic, int8 weights alone move 28% of llama's greedy choices, so a gate on them says nothing of
 a real checkpoint), then timed: greedy decode of 64 tokens after a 128-token random prompt, batch 1, 2 threads, one fresh
-process per family, precision and round, families in a rotated order each round; the figure is
+process per family and round, families in a rotated order each round; the figure is
 the median of rounds. Exactness is the tests' (tests/compiler/test_family_builds.py); this table
 also gives the fp32 build's max logit error against transformers on one 24-token prompt, the
 fused attention op and the graph's nodes over its layers.
@@ -30,7 +30,6 @@ from benchmarks.harness import ROOT, job, machine_line, write_section
 CACHE = ROOT / ".cache" / "families"
 THREADS = 2
 PROMPT, NEW = 128, 64
-PRECISIONS = ("fp32",)
 SIZE: dict[str, Any] = dict(
     hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1536, vocab_size=16384,
     max_position_embeddings=2048,
@@ -109,10 +108,10 @@ def _build(name: str) -> dict[str, Any]:
     }
 
 
-def _decode(name: str, precision: str = "fp32") -> dict[str, Any]:
+def _decode(name: str) -> dict[str, Any]:
     import llmc
 
-    runner = llmc.load(CACHE / name / precision, threads=THREADS)
+    runner = llmc.load(CACHE / name / "fp32", threads=THREADS)
     vocab = int(json.loads((CACHE / name / "hf" / "config.json").read_text())["vocab_size"])
     prompt = np.random.default_rng(1).integers(3, vocab, PROMPT).tolist()
     runner.generate(prompt, max_new_tokens=2, min_new_tokens=2)  # warm-up
@@ -131,16 +130,13 @@ def measure(names: list[str], rounds: int) -> dict[str, Any]:
         for name in order:
             if "error" in rows[name]:
                 continue
-            for precision in PRECISIONS:
-                if (CACHE / name / precision / "manifest.json").exists():
-                    result = job(_decode, name, precision)
-                    rows[name]["runs"].append({**result, "precision": precision})
-                    print(f"round {index + 1} {name} {precision}: {result}", flush=True)
+            result = job(_decode, name)
+            rows[name]["runs"].append(result)
+            print(f"round {index + 1} {name}: {result}", flush=True)
     for row in rows.values():
         runs = row.pop("runs", [])
-        for precision in PRECISIONS:
-            good = [r["ms_per_token"] for r in runs if r["precision"] == precision and "ms_per_token" in r]
-            row[f"{precision}_ms"] = statistics.median(good) if good else None
+        good = [r["ms_per_token"] for r in runs if "ms_per_token" in r]
+        row["fp32_ms"] = statistics.median(good) if good else None
     return rows
 
 

@@ -109,7 +109,7 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         )
 
 
-def _attention_attributes(context, bindings, windows: dict | None = None) -> dict | str:  # noqa: ANN001
+def _attention_attributes(context, bindings, windows: dict) -> dict | str:  # noqa: ANN001
     """GroupQueryAttention's ``scale`` and ``local_window_size`` for the matched attention, or why
     it cannot express it: the SDPA's scale when not the default ``1/sqrt(head)``; a sliding-window
     causal mask of ``W`` keys (``k > q - W``, the query's own key among them) is
@@ -126,8 +126,7 @@ def _attention_attributes(context, bindings, windows: dict | None = None) -> dic
         value = sdpa.attributes.get_float(name, None)
         if value is not None:
             attributes[name] = float(value)
-    windows = {} if windows is None else windows
-    if mask not in windows:
+    if mask not in windows:  # probed once per mask value, shared by every layer
         windows[mask] = mask_window(context.model, mask)
     window = windows[mask]
     if isinstance(window, str):
