@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,18 @@ def _overrides(name: str) -> dict[str, Any]:
     return {**sizes, **own}
 
 
+def _source_key() -> str:
+    """A digest of llmc's Python sources: a cached build is only re-used by the code that built it."""
+    import hashlib
+
+    import llmc
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(llmc.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _build(name: str) -> dict[str, Any]:
     """Export and build ``name`` once (cached in .cache/families), its logit error and graph facts."""
     import torch
@@ -87,10 +101,13 @@ def _build(name: str) -> dict[str, Any]:
 
     out = CACHE / name
     model = family_model(name, **_overrides(name))
-    if not (out / "fp32" / "manifest.json").exists():
+    stamp = out / "fp32" / "llmc-source.txt"  # rebuilt when llmc's code changed (a rule added...)
+    if not stamp.exists() or stamp.read_text() != _source_key():
+        shutil.rmtree(out, ignore_errors=True)
         model.save_pretrained(out / "hf")
         export_pretrained(out / "hf", out / "export")
         llmc.build(out / "export" / "model.onnx", precision="fp32", output=out / "fp32", cache=False)
+        stamp.write_text(_source_key())
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, 24))
     with torch.no_grad():
         expected = model(torch.from_numpy(ids)).logits.numpy()

@@ -20,11 +20,10 @@ pytest.importorskip("transformers")
 INT4_FAST = {"llama", "mistral", "gemma2", "granite", "stablelm", "phi", "gpt2", "qwen3"}
 NAMES = sorted(FAMILIES) + sorted(VARIANTS)
 # The attention op each family's decode graph fuses into (README's coverage table). Without
-# GroupQueryAttention: multi-head families (no grouped KV: MultiHeadAttention), Falcon (its fused
-# QKV split per KV group) and GPT-OSS (attention sinks: the softmax takes an extra column, so no
-# attention rule matches).
-MHA = {"gpt2", "gptj", "gpt_neox", "opt", "falcon"}
-UNFUSED = {"gpt_oss"}
+# GroupQueryAttention (multi-head families too, kv_num_heads = num_heads): Falcon (its fused QKV
+# split per KV group keeps it MultiHeadAttention).
+MHA = {"falcon"}
+UNFUSED: set[str] = set()
 PROMPT_LENGTH, NEW_TOKENS = 8, 16
 
 

@@ -73,7 +73,9 @@ ENCODERS = {
     "tiny_bert_legacy": {"Attention": 2, "BiasGelu": 2, "LayerNormalization": 5},
 }
 DECODERS = {
-    "tiny_gpt2_dynamo": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
+    # Multi-head: GroupQueryAttention with kv_num_heads = num_heads (the dynamo export's KV cache
+    # concatenated in [B, H, T, Dh]); the legacy export's layout stays MultiHeadAttention.
+    "tiny_gpt2_dynamo": {"GroupQueryAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
     "tiny_gpt2_legacy": {"MultiHeadAttention": 2, "FastGelu": 2, "LayerNormalization": 5},
     # GroupQueryAttention rotating q and k itself (no RotaryEmbedding left), its padding from the mask.
     "tiny_llama_dynamo": {"GroupQueryAttention": 2, "RotaryEmbedding": None, "SkipSimplifiedLayerNormalization": 4},
@@ -109,14 +111,8 @@ def test_decoder_fuses_attention_with_kv_cache(fixture, request):
     assert "Softmax" not in {n.op_type for n in fused.graph}
     # Prefill (empty cache), decode after 9 cached tokens, batch-2 decode, chunked prefill.
     for batch, sequence, past in ((1, 8, 0), (1, 1, 9), (2, 1, 5), (2, 3, 5), (3, 4, 0)):
-        feeds = decoder_feeds(source, batch, sequence, past)
-        if "GroupQueryAttention" in DECODERS[fixture] and batch > 1 and sequence > 1 and past:
-            # ONNX Runtime's kernel refuses a chunked prefill of several rows: one line saying so.
-            with pytest.raises(LlmcError, match="one token at a time") as info:
-                run_model(fused, feeds)
-            assert "\n" not in str(info.value)
-            continue
-        assert_same_outputs(source, fused, feeds)
+        # (a chunked prefill of several rows too: GroupQueryAttention is given query_seqlens)
+        assert_same_outputs(source, fused, decoder_feeds(source, batch, sequence, past))
     # A left-padded batched prompt (Hugging Face generate's layout) keeps its answers on the
     # real tokens (the padding's own rows are NaN in the legacy exports: softmax over nothing).
     feeds = left_padded_prompt(source)
@@ -561,8 +557,8 @@ def test_fusion_stats_and_families_registry():
 def test_build_manifest_records_fusions(tiny_gpt2_dynamo, tmp_path):
     artifact = llmc.build(tiny_gpt2_dynamo, output=tmp_path / "a")
     m = artifact.manifest
-    assert m["fused_ops"]["MultiHeadAttention"] == 2
-    assert m["fusions"]["MultiHeadAttention"] == 2 and m["fusions"]["FastGelu"] == 2
+    assert m["fused_ops"]["GroupQueryAttention"] == 2
+    assert m["fusions"]["GroupQueryAttention"] == 2 and m["fusions"]["FastGelu"] == 2
     assert "skip_layer_norm" in m["fusion_families"]["disabled"]
     assert all({"family", "node", "op_type", "rule", "reason"} <= set(r) for r in m["not_fused"])
     saved = json.loads((tmp_path / "a" / "manifest.json").read_text())

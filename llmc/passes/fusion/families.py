@@ -180,12 +180,13 @@ def _skip_rms() -> list:
 def _rotary_ort() -> list:
     from onnxscript.rewriter.ort_fusions import cos_sin_cache, rotary_embedding
 
-    from llmc.passes.fusion import rotary, rotary_interleaved
+    from llmc.passes.fusion import rotary, rotary_interleaved, rotary_split
 
     return [
         rotary_embedding.rotary_embedding_rules,
         rotary.rules(),
         rotary_interleaved.rules(),
+        rotary_split.rules(),
         cos_sin_cache.cos_sin_cache_rules,
         rotary_embedding.partial_embedding_rules,
     ]
@@ -198,16 +199,16 @@ def _sdpa() -> list:
 
 
 def _gqa() -> list:
-    from llmc.passes.fusion import gqa_nope, softcap
+    from llmc.passes.fusion import gqa_multihead, gqa_nope, sinks, softcap
     from llmc.passes.fusion.gqa import gqa_rules
 
-    return gqa_rules() + softcap.gqa_rules() + gqa_nope.rules()
+    return gqa_rules() + softcap.gqa_rules() + sinks.gqa_rules() + gqa_nope.rules() + gqa_multihead.rules()
 
 
 def _softcap_sdpa() -> list:
-    from llmc.passes.fusion import softcap
+    from llmc.passes.fusion import sinks, softcap
 
-    return softcap.rules()
+    return softcap.rules() + sinks.rules()
 
 
 def _gqa_rotary() -> list:

@@ -11,13 +11,14 @@ own ``attention_mask``, as in the graph it replaces:
   unfused graph, also when the runtime binds a KV buffer larger than ``T`` as past and present;
 * ``attention_bias`` is ``-65504`` where the mask is 0 (the float16 minimum: finite in float16
   graphs, and ``exp`` of it is 0 in float32 as ``finfo.min`` is), broadcast to ``[B, 1, S, T]``;
-* ``position_ids`` (the RotaryEmbedding's, the model input) drive the rotation.
+* ``position_ids`` (the RotaryEmbedding's, the model input) drive the rotation;
+* ``query_seqlens`` is the new tokens' count for every row (see below).
 
 Measured against the unfused graph on left-padded batches: equal at every real position (the
 tests); positions that are padding themselves (their rows attend to nothing) differ, as they are
-meaningless in both. ONNX Runtime's CPU kernel refuses a batch of several rows whose new tokens
-are more than one *and* follow a past (a chunked prefill of a batch): that input is one error
-line naming the node; prefill from an empty cache and one-token decode steps run at any batch.
+meaningless in both. ``query_seqlens`` is every row's count of new tokens (all valid): without
+it ONNX Runtime's CPU kernel refuses a batch of several rows whose new tokens are more than one
+*and* follow a past (a chunked prefill of a batch); with it the kernel takes them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         result = super().check(context, **bindings)
         if not result:
             return result
-        self._rotary = [_rotary_attributes(bindings[name]) for name in ("query_BHSDh_rope", "key_BHkvSDh_rope")]
+        self._rotary = [rotary_attributes(bindings[name]) for name in ("query_BHSDh_rope", "key_BHkvSDh_rope")]
         return self.check_inputs(context, bindings, result)
 
     def check_inputs(self, context, bindings: dict, result: pattern.MatchResult) -> pattern.MatchResult:  # noqa: ANN001
@@ -65,6 +66,7 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
         if dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
             return pattern.MatchResult().fail(f"query is {dtype}, not float32/float16", query)
         self._attention_mask, self._dtype = mask, dtype
+        self._head_sink = None  # set by llmc.passes.fusion.sinks
         self._input_ids = next((v for v in context.model.graph.inputs if v.name == "input_ids"), None)
         found = _attention_attributes(context, bindings, self._windows)
         if isinstance(found, str):
@@ -102,9 +104,14 @@ class PaddingAwareGroupQueryAttention(gqa.GroupQueryAttention):
             key_BSDkv = op.RotaryEmbedding(
                 key_BSDkv, position_ids, cos, sin, num_heads=self.kv_num_heads, _domain="com.microsoft", **self._rotary[1]
             )
+        trailing: list = [None] * (QUERY_SEQLENS - TRAILING + 1)
+        if self._head_sink is not None:
+            trailing[0] = op.Constant(value=ir.tensor(self._head_sink.astype(numpy_type)))
+        # every row's new tokens are all valid: lets the kernel take a chunk after a past in a batch
+        trailing[-1] = op.Cast(op.Expand(new, batch), to=ir.DataType.INT32)
         return op.GroupQueryAttention(
             query_BSD, key_BSDkv, value_BSDkv, past_key, past_value, seqlens_k, total_length, None, None, None, bias,
-            num_heads=self.num_heads, kv_num_heads=self.kv_num_heads, _domain="com.microsoft", _outputs=3,
+            *trailing, num_heads=self.num_heads, kv_num_heads=self.kv_num_heads, _domain="com.microsoft", _outputs=3,
             **self._attributes,
         )
 
@@ -117,12 +124,12 @@ def _attention_attributes(context, bindings, windows: dict) -> dict | str:  # no
     the unfused graph on caches longer than the window: tests/passes/test_gqa_window.py)."""
     mask, query = bindings["mask"], bindings["query_BHSDh_rope"]
     sdpa = next(
-        (u.node for u in mask.uses() if u.node.op_type in ("SDPA", "SoftcapSDPA") and u.node.inputs[0] is query), None
+        (u.node for u in mask.uses() if u.node.op_type in ("SDPA", "SoftcapSDPA", "SinkSDPA") and u.node.inputs[0] is query), None
     )
     if sdpa is None:
         return "the attention's SDPA node is not found beside its mask"
     attributes: dict = {}
-    for name in ("scale", "softcap"):  # softcap: llmc.passes.fusion.softcap
+    for name in ("scale", "softcap"):  # softcap: llmc.passes.fusion.softcap (sinks: .sinks)
         value = sdpa.attributes.get_float(name, None)
         if value is not None:
             attributes[name] = float(value)
@@ -136,7 +143,7 @@ def _attention_attributes(context, bindings, windows: dict) -> dict | str:  # no
     return attributes
 
 
-def _rotary_attributes(rotated: ir.Value) -> dict:
+def rotary_attributes(rotated: ir.Value) -> dict:
     """The matched RotaryEmbedding's own attributes (``interleaved``, ``rotary_embedding_dim`` of a
     partial rotation, ``scale``), re-used on the 3-D node the rewrite writes."""
     node = rotated.producer()
@@ -150,6 +157,16 @@ def _normalized(op, unnormalized, normalized, fallback):  # noqa: ANN001, ANN202
     node = normalized.producer()
     applied = op.SimplifiedLayerNormalization(unnormalized, node.inputs[1], **node.attributes)
     return op.Reshape(applied, op.Constant(value=ir.tensor([0, 0, -1], dtype=ir.DataType.INT64)))
+
+
+TRAILING = 11  # GroupQueryAttention's inputs from head_sink on (head_sink, ..., query_seqlens)
+QUERY_SEQLENS = 16
+
+
+def trailing_inputs(attention: ir.Node) -> list[ir.Value | None]:
+    """The attention's inputs from ``head_sink`` on, for a rule that re-writes a GroupQueryAttention
+    matched on its first 11 inputs to keep them."""
+    return list(attention.inputs[TRAILING:])
 
 
 def gqa_rules() -> list:

@@ -15,6 +15,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from llmc.passes.fusion.gqa import trailing_inputs
+
 MS = "com.microsoft"
 
 
@@ -23,7 +25,7 @@ class PackedQkvGroupQueryAttention(pattern.RewriteRuleClassBase):
         return op.GroupQueryAttention(
             op.MatMul(x, wq, _outputs=["q"]), op.MatMul(x, wk, _outputs=["k"]), op.MatMul(x, wv, _outputs=["v"]),
             past_key, past_value, seqlens_k, total, cos, sin, None, bias,
-            _domain=MS, _outputs=3, _allow_other_attributes=True,
+            _domain=MS, _outputs=3, _allow_other_attributes=True, _allow_other_inputs=True,  # head_sink, query_seqlens
         )
 
     def check(self, context, wq, wk, wv, q, k, v, **_) -> pattern.MatchResult:  # noqa: ANN001
@@ -47,7 +49,7 @@ class PackedQkvGroupQueryAttention(pattern.RewriteRuleClassBase):
         attributes = {name: attr.value for name, attr in attention.attributes.items()}
         return op.GroupQueryAttention(
             op.MatMul(x, weight), None, None, past_key, past_value, seqlens_k, total, cos, sin, None, bias,
-            _domain=MS, _outputs=3, **attributes,
+            *trailing_inputs(attention), _domain=MS, _outputs=3, **attributes,
         )
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from llmc.passes.fusion.gqa import trailing_inputs
+
 MS = "com.microsoft"
 
 
@@ -42,7 +44,7 @@ class RotaryInsideGroupQueryAttention(pattern.RewriteRuleClassBase):
         k_rotated = op.RotaryEmbedding(k, position_ids, cos, sin, _domain=MS, _outputs=["k_rotated"])
         return op.GroupQueryAttention(
             q_rotated, k_rotated, v, past_key, past_value, seqlens_k, total, None, None, None, bias,
-            _domain=MS, _outputs=3, _allow_other_attributes=True,
+            _domain=MS, _outputs=3, _allow_other_attributes=True, _allow_other_inputs=True,  # head_sink, query_seqlens
         )
 
     def check(self, context, q_rotated, k_rotated, position_ids, cos, **_) -> pattern.MatchResult:  # noqa: ANN001
@@ -80,7 +82,7 @@ class RotaryInsideGroupQueryAttention(pattern.RewriteRuleClassBase):
         attributes.update(do_rotary=1, rotary_interleaved=self._interleaved)
         return op.GroupQueryAttention(
             q, k, v, past_key, past_value, seqlens_k, total, cos_columns, sin_columns, None, bias,
-            _domain=MS, _outputs=3, **attributes,
+            *trailing_inputs(attention), _domain=MS, _outputs=3, **attributes,
         )
 
 

@@ -46,7 +46,27 @@ def tensor_shapes(
             result[name] = (dims, ir.DataType(vi.type.tensor_type.elem_type))
     if unresolved:
         result.update(_evaluate(model, inferred.proto, inferred.stripped, unresolved, shapes, feeds))
+    _grouped_attention_present(model, result, shapes)
     return result
+
+
+def _grouped_attention_present(
+    model: ir.Model, result: dict[str, tuple[tuple[int, ...], ir.DataType]], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """GroupQueryAttention's present key/value hold ``max(past, total)`` positions, the total being
+    the ``attention_mask``'s length: the inference gives them the past's length (it assumes one
+    buffer bound as past and present, which a run feeding a shorter past does not have)."""
+    total = shapes.get("attention_mask")
+    if total is None or len(total) != 2:
+        return
+    for node in model.graph:
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        for value in node.outputs[1:3]:
+            known = result.get(value.name)
+            if known is not None and len(known[0]) == 4 and known[0][2] < total[1]:
+                dims = known[0]
+                result[value.name] = ((dims[0], dims[1], int(total[1]), dims[3]), known[1])
 
 
 def nbytes(shape: tuple[int, ...], dtype: ir.DataType) -> int:

@@ -27,8 +27,9 @@ DEFAULT_HINT = "check that the inputs' shapes and values suit the model (--shape
 # ONNX Runtime's GroupQueryAttention (the gqa fusion) on several rows of several new tokens after a past.
 GQA_CHUNK = "past context is given"
 GQA_HINT = (
-    "GroupQueryAttention (the gqa fusion) takes several rows only from an empty cache or one token "
-    "at a time: run such rows one at a time, or build with --disable-fusion gqa"
+    "GroupQueryAttention (the gqa fusion) of an artifact built before llmc passed it query_seqlens takes "
+    "several rows only from an empty cache or one token at a time: rebuild it with this llmc, or run "
+    "such rows one at a time"
 )
 
 
