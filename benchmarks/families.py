@@ -181,16 +181,15 @@ def table(rows: dict[str, Any]) -> str:
 
 TARGET = 1.2  # the issue's: every family within 1.2x of llama's ms/token
 WHY = {  # what the profile of each family over the target shows (graph nodes / layers and fusions)
-    "smollm3": "every 4th layer has no RoPE (NoPE): GroupQueryAttention's rule needs the rotation, so that "
-    "layer stays MultiHeadAttention and the loop loses the shared KV buffer of an all-GQA graph",
-    "gptj": "multi-head attention (MultiHeadAttention, no shared KV buffer) and its interleaved partial "
-    "rotary, which no rule fuses, left in float nodes (74.5 nodes a layer)",
-    "gpt_neox": "multi-head attention (MultiHeadAttention, no shared KV buffer) with a partial rotary "
-    "outside it (46 nodes a layer)",
+    "gptj": "GroupQueryAttention (kv_num_heads = num_heads), but its interleaved partial rotary (sin/cos "
+    "gathered from a table by position, applied before the head transpose) has no rule and stays in float "
+    "nodes outside the kernel",
+    "gpt_neox": "GroupQueryAttention (kv_num_heads = num_heads) with its partial rotary as RotaryEmbedding "
+    "outside the kernel (do_rotary rotates whole heads)",
     "qwen3": "no graph cause: llama's fusions plus its QK norms (26.8 nodes a layer); re-timed beside llama "
     "in 5 interleaved rounds of fresh processes, 1.07x",
-    "gpt_oss": "attention sinks (an extra softmax column per head): no attention rule matches, "
-    "148 nodes a layer",
+    "gpt_oss": "attention sinks fused (head_sink), experts computed densely with GPT-OSS's clamped SwiGLU "
+    "in float nodes",
 }
 
 
