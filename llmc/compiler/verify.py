@@ -63,7 +63,9 @@ def verify(
     padding = None
     if request.target.measures_padding:
         log("measuring whether padding can be skipped")
-        padding = probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), request.seed)
+        padding = precision.padding_verdict(
+            probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), request.seed), report
+        )
     return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding)
 
 

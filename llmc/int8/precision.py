@@ -107,6 +107,13 @@ class Int8(QuantizedPrecision):
             )
         else:
             lines.append(f"  accuracy: {acc['note']}")
+        pad = q.get("padding_skipped")
+        if pad:
+            lines.append(
+                f"  padding skipped: cosine mean {pad['alone']['cosine_mean']:.5f} alone, "
+                f"{pad['batched']['cosine_mean']:.5f} in batches of {pad['batched']['batch']} "
+                f"({'within the budget: skipped by default' if pad['met'] else 'below the budget: computed'})"
+            )
         modes: dict[str, int] = {}
         for node in q["nodes"]:
             if node["precision"] == "float":
@@ -134,6 +141,21 @@ class Int8(QuantizedPrecision):
             f"{measured}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g}) "
             "or read the cosine column"
         )
+
+    def padding_verdict(self, padding: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Skipping padding judged against fp32 within the accuracy budget
+        (``llmc.int8.padding_budget``), not against the untrimmed int8 run, whose dynamic
+        activation scales include the padding: the probe's own differences stay recorded."""
+        measured = (report or {}).get("padding_skipped")
+        if not isinstance(padding, dict) or not padding.get("applies") or measured is None:
+            return padding
+        verdicts = dict(padding, judged_by="int8 accuracy budget against fp32 (quantization.padding_skipped)")
+        for mode in ("trim", "bucket"):
+            probe = padding[mode]
+            if mode == "bucket" and probe.get("max_difference") is None:
+                continue  # rows not separable: the probe's reason stands
+            verdicts[mode] = {**probe, "safe": bool(measured["met"]), "same_as_untrimmed": bool(probe["safe"])}
+        return verdicts
 
 
 INT8 = Int8(

@@ -100,6 +100,7 @@ def quantize_model(
         start = time.perf_counter()
         reference = _Reference(capture, holdout, options.memory_budget)
         fallbacks, quantized, cosines = _budget(model, target.qdq, linear, configs, sensitivity, reference, holdout, options, progress)
+        padding = _padding_skipped(quantized, reference, holdout, options) if cosines is not None else None
         del capture, reference
     budget_seconds = time.perf_counter() - start
 
@@ -115,6 +116,7 @@ def quantize_model(
         "nodes": [_node_report(i, t, configs.get(i), sensitivity.get(i), candidates.get(i)) for i, t in enumerate(linear)],
         "fallbacks": fallbacks,
         "accuracy": _accuracy(cosines, options.max_accuracy_loss),
+        **({"padding_skipped": padding} if padding is not None else {}),
         "calibration_seconds": round(calibration_seconds, 3),
         "budget_seconds": round(budget_seconds, 3),
         "peak_rss_mb": round(rss.peak_mb, 1),
@@ -335,6 +337,20 @@ def _budget(model, rules, linear, configs, sensitivity, reference, holdout, opti
             f"fell back to float: mean cosine {np.mean(cosines):.5f} was below the budget "
             f"{1 - options.max_accuracy_loss:.4f}, and its sensitivity was the highest left"
         )
+
+
+def _padding_skipped(quantized: ir.Model, reference: _Reference, holdout, options: QuantizeOptions) -> dict | None:  # noqa: ANN001
+    """The held-out samples run with their padding skipped, judged against fp32 (llmc.int8.padding_budget)."""
+    from llmc.int8 import padding_budget
+
+    if not padding_budget.applies(holdout):
+        return None
+    session = _Capture(quantized, [], options.threads)
+    try:
+        return padding_budget.measure(session.run, holdout, reference.get, options.max_accuracy_loss)
+    finally:
+        del session
+        model_io.release_freed_memory()
 
 
 class _Reference:

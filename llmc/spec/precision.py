@@ -127,6 +127,12 @@ class Precision:
         measured. None: the generic line."""
         return None
 
+    def padding_verdict(self, padding: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The manifest's ``padding`` section for this precision's artifact, from the probe's
+        (``llmc.runtime.padding.probe``: skipping padding against the artifact's own untrimmed run)
+        and this precision's ``report``. By default the probe's verdicts stand."""
+        return padding
+
 
 FP32 = Precision("fp32", "float32, as exported: every output within --tolerance of the source model")
 

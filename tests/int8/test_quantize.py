@@ -335,6 +335,32 @@ def test_int8_minilm_real_weights_meets_the_budget_with_text(tmp_path, minilm_dy
     )
     q = artifact.manifest["quantization"]
     assert q["accuracy"]["cosine_mean"] >= 0.995 and q["nodes_quantized"] >= 18
+    # Skipping padding is judged against fp32 within the budget (the untrimmed int8 run is not the
+    # reference): met on real sentences, so the artifact skips padding by default.
+    skipped = q["padding_skipped"]
+    assert skipped["met"] and skipped["samples"] == 48 and skipped["alone"]["cosine_mean"] >= 0.995
+    padding = artifact.manifest["padding"]
+    assert padding["bucket"]["safe"] and padding["trim"]["safe"] and "int8" in padding["judged_by"]
+    assert padding["trim"]["same_as_untrimmed"] is False  # the strict probe's verdict, kept
+    runner = artifact.load()
+    assert runner.padding == "bucket"
+    # The same sentence alone and beside a long one: both within the budget of fp32's answer.
+    fp32 = llmc.build(minilm_dynamo, output=tmp_path / "fp32").load(padding="off")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(gt.get_model_path() / "tokenizer.json"))
+    tok.enable_padding(length=128)
+    texts = ["A short one.", " ".join(["This sentence is much longer than the first one"] * 6)]
+    enc = tok.encode_batch(texts)
+    feeds = {"input_ids": np.array([e.ids for e in enc], np.int64), "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    feeds = {k: v for k, v in feeds.items() if k in runner.input_names}
+    reference = fp32.run(feeds)["last_hidden_state"]
+    together = runner.run(feeds)["last_hidden_state"]
+    alone = runner.run({k: v[:1] for k, v in feeds.items()})["last_hidden_state"]
+    real = int(feeds["attention_mask"][0].sum())
+    for got in (together[0, :real], alone[0, :real]):
+        x, y = got.ravel(), reference[0, :real].ravel()
+        assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) >= 0.995
 
 
 # -- CLI --------------------------------------------------------------------------------------------
