@@ -53,6 +53,12 @@ SIZE_BY_FAMILY: dict[str, dict[str, Any]] = {
     "granitemoe": dict(intermediate_size=384),
     "gpt_oss": dict(intermediate_size=384, head_dim=64),
 }
+# GPT-OSS at this size fails the default fp32 verification on its own inputs (3.1e-3 against a
+# tolerance of 2.2e-3): random 4-layer top-2 routing amplifies float reassociation anywhere in the
+# graph, the same with the attention and rotary rules off (4e-4 to 7e-4 per prompt either way),
+# and ONNX Runtime's own optimizations move nothing to raise the rounding floor. Timed as built
+# with this tolerance (the row says so); the rules' exactness is the tests' (small sizes: 8e-6).
+BUILD_OPTIONS: dict[str, dict[str, Any]] = {"gpt_oss": {"tolerance": 1e-2}}
 HEAD_DIM_FAMILIES = {"qwen3", "gemma", "gemma2", "gemma3_text"}  # families whose config names head_dim
 BEGIN, END = "<!-- families:begin -->", "<!-- families:end -->"
 
@@ -106,7 +112,8 @@ def _build(name: str) -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)
         model.save_pretrained(out / "hf")
         export_pretrained(out / "hf", out / "export")
-        llmc.build(out / "export" / "model.onnx", precision="fp32", output=out / "fp32", cache=False)
+        llmc.build(out / "export" / "model.onnx", precision="fp32", output=out / "fp32", cache=False,
+                   **BUILD_OPTIONS.get(name, {}))
         stamp.write_text(_source_key())
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, (1, 24))
     with torch.no_grad():
@@ -154,11 +161,13 @@ def measure(names: list[str], rounds: int) -> dict[str, Any]:
         runs = row.pop("runs", [])
         good = [r["ms_per_token"] for r in runs if "ms_per_token" in r]
         row["fp32_ms"] = statistics.median(good) if good else None
+    base = rows.get("llama", {}).get("fp32_ms")
+    for row in rows.values():  # against llama in the same run (a --merge run brings its own llama)
+        row["vs_llama"] = row["fp32_ms"] / base if base and row.get("fp32_ms") else None
     return rows
 
 
 def table(rows: dict[str, Any]) -> str:
-    base = rows.get("llama", {}).get("fp32_ms")
     lines = [
         "| family | parameters | max logit error vs transformers (logit std) | attention | graph nodes / layers "
         "| decode ms/token | vs llama |",
@@ -168,11 +177,13 @@ def table(rows: dict[str, Any]) -> str:
         if "error" in row:
             lines.append(f"| {name} | | failed: {row['error']} | | | | |")
             continue
-        ms = row.get("fp32_ms")
+        ms, ratio = row.get("fp32_ms"), row.get("vs_llama")
         per_layer = f"{row['nodes_per_layer']:.1f}" if row.get("nodes_per_layer") else "n/a"
+        note = f" (built with --tolerance {BUILD_OPTIONS[name]['tolerance']:g})" if name in BUILD_OPTIONS else ""
+        note += " (a second run, against its own llama)" if row.get("merged_run") else ""
         lines.append(
             f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['max_error']:.1e} ({row['spread']:.2f}) | "
-            f"{row['attention']} | {per_layer} | {ms:.2f} | {ms / base:.2f}x |" if ms and base else
+            f"{row['attention']}{note} | {per_layer} | {ms:.2f} | {ratio:.2f}x |" if ms and ratio else
             f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['max_error']:.1e} ({row['spread']:.2f}) | "
             f"{row['attention']} | {per_layer} | n/a | n/a |"
         )
@@ -194,8 +205,7 @@ WHY = {  # what the profile of each family over the target shows (graph nodes / 
 
 
 def misses(rows: dict[str, Any]) -> str:
-    base = rows.get("llama", {}).get("fp32_ms")
-    over = [(n, r["fp32_ms"] / base) for n, r in rows.items() if base and r.get("fp32_ms") and r["fp32_ms"] / base > TARGET]
+    over = [(n, r["vs_llama"]) for n, r in rows.items() if r.get("vs_llama") and r["vs_llama"] > TARGET]
     if not over:
         return f"Every family within {TARGET}x of llama's ms/token."
     lines = [f"Over {TARGET}x of llama's ms/token in this run (same-graph rows such as llama-rope-linear move by "
@@ -211,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated families (default: all)")
     parser.add_argument("--render", action="store_true", help="write RESULTS.md from the last run's results")
+    parser.add_argument("--merge", action="store_true",
+                        help="put this run's rows (each against its own run's llama) into the last run's results")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or ["llama", *(n for n in [*FAMILIES, *VARIANTS] if n != "llama")]
     if args.render:
@@ -218,6 +230,10 @@ def main() -> None:
         rows, rounds = saved["rows"], saved["rounds"]
     else:
         rows, rounds = measure(names, args.rounds), args.rounds
+        if args.merge:  # the earlier run's rows, these replacing theirs (llama's stays the earlier run's)
+            saved = json.loads((CACHE / "results.json").read_text())
+            rows = {**saved["rows"], **{n: {**r, "merged_run": True} for n, r in rows.items() if n != "llama"}}
+            rounds = saved["rounds"]
         (CACHE / "results.json").write_text(json.dumps({"rows": rows, "rounds": rounds}, indent=1))
     text = (
         f"{BEGIN}\n## Decoder families at equal size (issue 30)\n\n"
