@@ -1,5 +1,5 @@
 """``llmc predict``: read texts with an encoder artifact as its task says (``llmc.tasks``): labels,
-entities, answers, embeddings or a reranking."""
+entities, answers, embeddings, a reranking or the tokens for a mask."""
 
 from __future__ import annotations
 
@@ -34,12 +34,16 @@ def predict(
         ),
     ] = None,
     top_k: Annotated[
-        Optional[int], typer.Option("--top-k", help="Text-classification: the best labels to show.", show_default="all")
+        Optional[int],
+        typer.Option(
+            "--top-k", help="Text-classification: the best labels to show; fill-mask: the tokens per mask.",
+            show_default="all labels; 5 tokens",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = 0,
 ) -> None:
-    """Read texts with an encoder artifact's task: labels, entities, answers, embeddings or a reranking."""
+    """Read texts with an encoder artifact's task: labels, entities, answers, embeddings, reranking, masks filled."""
     from llmc.generation.runner import load
     from llmc.tasks.predict import predict as read
 
@@ -106,4 +110,14 @@ def _answer(results: list[dict[str, Any]]) -> None:
         typer.echo(f"  answer {_quote(item['answer'])}  chars {item['start']}:{item['end']}  score {item['score']:.4f}")
 
 
-_PRINTERS = {"classify": _classify, "rerank": _rerank, "embed": _embed, "extract": _extract, "answer": _answer}
+def _fill(results: list[dict[str, Any]]) -> None:
+    for item in results:
+        typer.echo(_quote(item["text"]))
+        for number, candidates in enumerate(item["masks"], 1):
+            tokens = ", ".join(f"{_quote(c['token_str'])} {c['score']:.4f}" for c in candidates)
+            typer.echo(f"  mask {number}: {tokens}")
+
+
+_PRINTERS = {
+    "classify": _classify, "rerank": _rerank, "embed": _embed, "extract": _extract, "answer": _answer, "fill": _fill,
+}

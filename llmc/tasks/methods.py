@@ -1,5 +1,5 @@
 """The task methods of the runner ``llmc.load`` returns: ``embed``, ``classify``, ``rerank``,
-``extract`` and ``answer``. Each reads the artifact's task spec (once) and refuses, in one line,
+``extract``, ``answer`` and ``fill_mask``. Each reads the artifact's task spec (once) and refuses, in one line,
 a task the artifact's model was not exported for."""
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ class TaskMethods:
         from llmc.tasks.extract import extract
 
         return extract(self._task_model(), as_texts(texts, "texts"), batch_size=batch_size)
+
+    def fill_mask(self, texts: Texts, *, top_k: int = 5, batch_size: int = 32) -> list[list[list[dict[str, Any]]]]:
+        """Per text, per mask token, the ``top_k`` likeliest tokens: ``score``, ``token``,
+        ``token_str``, ``sequence`` (transformers' fill-mask pipeline's candidates)."""
+        from llmc.tasks.fill import fill_mask
+
+        return fill_mask(self._task_model(), as_texts(texts, "texts"), top_k=top_k, batch_size=batch_size)
 
     def answer(self, question: str, context: str, *, max_answer_len: int = 15) -> dict[str, Any]:
         """``{"answer", "score", "start", "end"}``: the span of ``context`` that best answers

@@ -38,7 +38,7 @@ _READ_WITH: dict[Task, str] = {
     TEXT_CLASSIFICATION: "runner.classify or runner.rerank",
     TOKEN_CLASSIFICATION: "runner.extract",
     QUESTION_ANSWERING: "runner.answer",
-    FILL_MASK: "runner.run (its logits over the vocabulary)",
+    FILL_MASK: "runner.fill_mask",
     TEXT_GENERATION: "runner.generate (`llmc generate`)",
 }
 

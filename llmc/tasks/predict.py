@@ -5,7 +5,8 @@
 - sentence-embedding / feature-extraction: each text's vector; with a ``question``, the texts
   reranked by cosine;
 - token-classification: each text's entities;
-- question-answering: the answer to ``question`` in each text (a context).
+- question-answering: the answer to ``question`` in each text (a context);
+- fill-mask: the likeliest tokens at each mask token of each text.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from llmc.errors import LlmcError
 from llmc.spec.task import (
     FEATURE_EXTRACTION,
+    FILL_MASK,
     QUESTION_ANSWERING,
     SENTENCE_EMBEDDING,
     TEXT_CLASSIFICATION,
@@ -30,7 +32,8 @@ def predict(
     """``{"task", "reading", "results"}`` for ``texts`` on a loaded runner (``llmc.load``)."""
     model = runner._task_model()
     spec = model.require(
-        "predict", TEXT_CLASSIFICATION, SENTENCE_EMBEDDING, FEATURE_EXTRACTION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING
+        "predict", TEXT_CLASSIFICATION, SENTENCE_EMBEDDING, FEATURE_EXTRACTION, TOKEN_CLASSIFICATION,
+        QUESTION_ANSWERING, FILL_MASK,
     )
     if not texts:
         raise LlmcError("give the text(s) to read with --text (repeatable) or --file (one text per line)")
@@ -54,6 +57,9 @@ def predict(
         return _result(spec, "embed", [
             {"text": text, "dimension": int(v.shape[0]), "embedding": [float(x) for x in v]}
             for text, v in zip(texts, vectors, strict=True)])
+    if task is FILL_MASK:
+        filled = runner.fill_mask(texts, top_k=top_k or 5)
+        return _result(spec, "fill", [{"text": t, "masks": m} for t, m in zip(texts, filled, strict=True)])
     if task is TOKEN_CLASSIFICATION:
         return _result(spec, "extract", [
             {"text": text, "entities": entities} for text, entities in zip(texts, runner.extract(texts), strict=True)])

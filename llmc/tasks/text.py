@@ -9,6 +9,7 @@ transformers' question-answering pipeline cuts them (:meth:`TextEncoder.windows`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,17 @@ QA_STRIDE = 128
 class TextEncoder:
     """Encodes texts, text pairs and (question, context) windows into ``tokenizers`` encodings."""
 
-    def __init__(self, tokenizer: Any, max_length: int | None) -> None:
+    def __init__(self, tokenizer: Any, max_length: int | None, special: dict[str, str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.special = special or {}  # e.g. {"mask_token": "[MASK]"}
         tokenizer.no_padding()
 
     @classmethod
     def load(cls, artifact: Path, max_length: int | None) -> TextEncoder:
         from llmc.model.text import load_tokenizer
 
-        return cls(load_tokenizer(artifact), max_length)
+        return cls(load_tokenizer(artifact), max_length, special_tokens(artifact))
 
     def _truncate(self, max_length: int | None, *, strategy: str = "longest_first", stride: int = 0) -> None:
         if max_length is None:
@@ -73,7 +75,30 @@ class TextEncoder:
     def unk_id(self) -> int | None:
         return self.token_id(getattr(self.tokenizer.model, "unk_token", None))
 
+    @property
+    def mask_token(self) -> str | None:
+        return self.special.get("mask_token")
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special)
+
     def tokens_to_string(self, tokens: list[str]) -> str:
         """Tokens joined as the tokenizer's decoder joins them (WordPiece: ``##`` pieces glued on)."""
         decoder = self.tokenizer.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+
+def special_tokens(artifact: Path) -> dict[str, str]:
+    """The named special tokens (``mask_token``, ``cls_token``...) of the tokenizer's
+    ``special_tokens_map.json``, else its ``tokenizer_config.json`` ({} without either)."""
+    found: dict[str, str] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins
+        try:
+            data = json.loads((artifact / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key, value in data.items() if isinstance(data, dict) else ():
+            value = value.get("content") if isinstance(value, dict) else value
+            if key.endswith("_token") and isinstance(value, str):
+                found[key] = value
+    return found

@@ -11,6 +11,7 @@ import pytest
 
 from llmc.spec.task import (
     FEATURE_EXTRACTION,
+    FILL_MASK,
     QUESTION_ANSWERING,
     SENTENCE_EMBEDDING,
     TEXT_CLASSIFICATION,
@@ -55,3 +56,8 @@ def embedder(tmp_path_factory) -> TaskModel:
 def features(tmp_path_factory) -> TaskModel:
     """A feature-extraction model whose graph takes no token_type_ids."""
     return _build(tmp_path_factory, "features", TaskSpec(FEATURE_EXTRACTION), token_type_ids=False)
+
+
+@pytest.fixture(scope="session")
+def masked_lm(tmp_path_factory) -> TaskModel:
+    return _build(tmp_path_factory, "masked_lm", TaskSpec(FILL_MASK))

@@ -14,6 +14,7 @@ from typing import Any
 
 from llmc.spec.task import (
     FEATURE_EXTRACTION,
+    FILL_MASK,
     QUESTION_ANSWERING,
     SENTENCE_EMBEDDING,
     TEXT_CLASSIFICATION,
@@ -66,7 +67,7 @@ def _random(model: Any, head: str | None = None, scale: float = 8.0) -> Any:
             if name.endswith("bias"):
                 parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
         if head is not None:
-            getattr(model, head).weight.mul_(scale)
+            model.get_submodule(head).weight.mul_(scale)
     return model.eval()
 
 
@@ -74,6 +75,7 @@ def build_torch(spec: TaskSpec) -> Any:
     """The transformers model for ``spec`` (seeded random weights)."""
     import torch
     from transformers import (
+        BertForMaskedLM,
         BertForQuestionAnswering,
         BertForSequenceClassification,
         BertForTokenClassification,
@@ -91,6 +93,8 @@ def build_torch(spec: TaskSpec) -> Any:
         return _random(BertForTokenClassification(config), "classifier")
     if spec.task is QUESTION_ANSWERING:
         return _random(BertForQuestionAnswering(_config()), "qa_outputs")
+    if spec.task is FILL_MASK:  # the LM head's LayerNorm scaled: clear gaps between the top tokens
+        return _random(BertForMaskedLM(_config()), "cls.predictions.transform.LayerNorm")
     return _random(BertModel(_config(), add_pooling_layer=False))
 
 
