@@ -19,8 +19,9 @@ from llmc.tasks.scores import softmax
 Candidate = dict[str, Any]  # score, token, token_str, sequence
 
 
-def fill_mask(model: TaskModel, texts: Sequence[str], *, top_k: int = 5, batch_size: int = 32) -> list[list[list[Candidate]]]:
-    """Per text, per mask token (in text order), the ``top_k`` best candidates, best first."""
+def fill_mask(model: TaskModel, texts: Sequence[str], *, top_k: int = 5, batch_size: int = 8) -> list[list[list[Candidate]]]:
+    """Per text, per mask token (in text order), the ``top_k`` best candidates, best first.
+    Batches are small by default: the logits are [batch, sequence, vocabulary]."""
     model.require("fill masks", FILL_MASK)
     if top_k < 1:
         raise LlmcError(f"top_k must be at least 1, not {top_k}")

@@ -100,7 +100,7 @@ class TaskMethods:
 
         return extract(self._task_model(), as_texts(texts, "texts"), batch_size=batch_size)
 
-    def fill_mask(self, texts: Texts, *, top_k: int = 5, batch_size: int = 32) -> list[list[list[dict[str, Any]]]]:
+    def fill_mask(self, texts: Texts, *, top_k: int = 5, batch_size: int = 8) -> list[list[list[dict[str, Any]]]]:
         """Per text, per mask token, the ``top_k`` likeliest tokens: ``score``, ``token``,
         ``token_str``, ``sequence`` (transformers' fill-mask pipeline's candidates)."""
         from llmc.tasks.fill import fill_mask

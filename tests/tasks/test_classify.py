@@ -92,3 +92,18 @@ def test_rerank_an_embedding_model_orders_by_cosine(embedder):
 def test_rerank_refuses_a_many_label_classifier(sentiment):
     with pytest.raises(llmc.LlmcError, match="3 labels is not a reranker"):
         llmc.load(sentiment.artifact).rerank(QUERY, DOCUMENTS)
+
+
+def test_rerank_a_two_label_cross_encoder_by_its_positive_probability(sentiment):
+    """A stand-in run whose "relevant" logit is the document's token count: longest first."""
+    def run(feeds):
+        width = feeds["input_ids"].shape[1]
+        return {"logits": np.tile([[0.0, width / 4]], (feeds["input_ids"].shape[0], 1)).astype(np.float32)}
+
+    spec = TaskSpec(TEXT_CLASSIFICATION, ("irrelevant", "relevant"), pair=True)
+    model = TaskModel("x", spec, run, ["input_ids", "attention_mask"], ["logits"], sentiment.artifact)
+    from llmc.tasks.classify import rerank
+
+    ranking = rerank(model, "q", ["a", "a b c", "a b"], batch_size=1)
+    assert [i for i, _ in ranking] == [1, 2, 0]
+    assert ranking[0][1] == pytest.approx(1 / (1 + np.exp(-7 / 4)))  # [CLS] q [SEP] a b c [SEP]: 7 tokens

@@ -55,3 +55,13 @@ def test_bad_arguments_are_one_line(sentiment, qa):
     ]:
         with pytest.raises(llmc.LlmcError, match=message):
             call()
+
+
+def test_the_spec_is_read_from_the_onnx_file_without_a_session(sentiment):
+    """A TensorRT runner has no ONNX Runtime session: the record comes from model.onnx."""
+    from llmc.spec.task import read_spec
+    from llmc.tasks.model import metadata_of
+
+    runner = llmc.load(sentiment.artifact)
+    from_file = read_spec(metadata_of(object(), sentiment.artifact / "model.onnx"), "x")
+    assert from_file == runner.task == sentiment.spec
