@@ -17,7 +17,6 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.spec.task import QUESTION_ANSWERING
-from llmc.tasks.batching import run_batched
 from llmc.tasks.model import TaskModel
 from llmc.tasks.scores import softmax
 
@@ -35,7 +34,7 @@ def answer(
     if max_answer_len < 1:
         raise LlmcError(f"max_answer_len must be at least 1, not {max_answer_len}")
     windows = model.tokenizer.windows(question, context)
-    rows = run_batched(model.run, windows, model.input_names, batch_size, per_token=True)
+    rows = model.rows(windows, batch_size)
     best: dict[str, Any] | None = None
     for encoding, row in zip(windows, rows, strict=True):
         span = best_span(encoding, row["start_logits"], row["end_logits"], max_answer_len)

@@ -15,7 +15,6 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
-from llmc.tasks.batching import run_batched
 from llmc.tasks.model import TaskModel
 from llmc.tasks.scores import label_scores, softmax
 
@@ -24,7 +23,7 @@ Labelled = list[tuple[str, float]]
 
 def _logits(model: TaskModel, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int) -> np.ndarray:
     encodings = model.tokenizer.encode(texts, pairs)
-    rows = run_batched(model.run, encodings, model.input_names, batch_size, per_token=False)
+    rows = model.rows(encodings, batch_size)
     return np.stack([row["logits"] for row in rows]).astype(np.float64) if rows else np.zeros((0, 0))
 
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
-from llmc.tasks.batching import run_batched
 from llmc.tasks.model import TaskModel
 
 
@@ -28,10 +27,9 @@ def embed(model: TaskModel, texts: Sequence[str], batch_size: int = 32) -> np.nd
     encodings = model.tokenizer.encode(texts)
     if not encodings:
         return np.zeros((0, spec.dimension or 0), dtype=np.float32)
+    rows = model.rows(encodings, batch_size)
     if spec.task is SENTENCE_EMBEDDING:
-        rows = run_batched(model.run, encodings, model.input_names, batch_size, per_token=False)
         return np.stack([row["sentence_embedding"] for row in rows]).astype(np.float32)
-    rows = run_batched(model.run, encodings, model.input_names, batch_size, per_token=True)
     return np.stack([mean_pool(row["last_hidden_state"]) for row in rows])
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from llmc.spec.task import TOKEN_CLASSIFICATION
-from llmc.tasks.batching import run_batched
 from llmc.tasks.model import TaskModel
 from llmc.tasks.scores import softmax
 
@@ -28,7 +27,7 @@ def extract(model: TaskModel, texts: Sequence[str], *, batch_size: int = 32) -> 
     """Per text, its entities in text order."""
     model.require("extract entities", TOKEN_CLASSIFICATION)
     encodings = model.tokenizer.encode(texts)
-    rows = run_batched(model.run, encodings, model.input_names, batch_size, per_token=True)
+    rows = model.rows(encodings, batch_size)
     results = []
     for text, encoding, row in zip(texts, encodings, rows, strict=True):
         logits = row["logits"]

@@ -12,7 +12,6 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.spec.task import FILL_MASK
-from llmc.tasks.batching import run_batched
 from llmc.tasks.model import TaskModel
 from llmc.tasks.scores import softmax
 
@@ -33,7 +32,7 @@ def fill_mask(model: TaskModel, texts: Sequence[str], *, top_k: int = 5, batch_s
     for number, encoding in enumerate(encodings, 1):
         if mask_id not in encoding.ids:
             raise LlmcError(f"text {number} has no {tokenizer.mask_token}; put it where the token to fill goes")
-    rows = run_batched(model.run, encodings, model.input_names, batch_size, per_token=True)
+    rows = model.rows(encodings, batch_size)
     return [_fill(model, np.array(e.ids), row["logits"], mask_id, top_k) for e, row in zip(encodings, rows, strict=True)]
 
 

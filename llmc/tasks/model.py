@@ -9,7 +9,7 @@ refused in one line that says to re-export it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,17 @@ _READ_WITH: dict[Task, str] = {
     QUESTION_ANSWERING: "runner.answer",
     FILL_MASK: "runner.fill_mask",
     TEXT_GENERATION: "runner.generate (`llmc generate`)",
+}
+
+
+# Each task's outputs: their rank, and whether axis 1 is the sequence (cut to each text's tokens).
+_OUTPUTS: dict[Task, tuple[int, bool, str]] = {
+    SENTENCE_EMBEDDING: (2, False, "[batch, dimension]"),
+    FEATURE_EXTRACTION: (3, True, "[batch, sequence, hidden]"),
+    TEXT_CLASSIFICATION: (2, False, "[batch, labels]"),
+    TOKEN_CLASSIFICATION: (3, True, "[batch, sequence, labels]"),
+    QUESTION_ANSWERING: (2, True, "[batch, sequence]"),
+    FILL_MASK: (3, True, "[batch, sequence, vocabulary]"),
 }
 
 
@@ -97,6 +108,27 @@ class TaskModel:
                 "re-export it with `llmc export` and rebuild"
             )
         return list(labels)
+
+    def rows(self, encodings: Sequence[Any], batch_size: int) -> list[dict[str, np.ndarray]]:
+        """Each encoding's outputs (``llmc.tasks.batching``), the task's outputs' shapes checked."""
+        from llmc.tasks.batching import run_batched
+
+        assert self.spec is not None  # require() first
+        rank, per_token, shape = _OUTPUTS[self.spec.task]
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = self.run(feeds)
+            batch, width = feeds["input_ids"].shape
+            for name in self.spec.task.outputs:
+                array = outputs[name]
+                if array.ndim != rank or array.shape[0] != batch or (per_token and array.shape[1] != width):
+                    raise LlmcError(
+                        f"{self.where}: its output {name!r} has shape {list(array.shape)} for {batch} texts of "
+                        f"{width} tokens, not a {self.spec.task} model's {shape}; re-export it with `llmc export`"
+                    )
+            return outputs
+
+        return run_batched(run, encodings, self.input_names, batch_size, per_token=per_token)
 
     @functools.cached_property
     def tokenizer(self) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import llmc
@@ -65,3 +66,16 @@ def test_the_spec_is_read_from_the_onnx_file_without_a_session(sentiment):
     runner = llmc.load(sentiment.artifact)
     from_file = read_spec(metadata_of(object(), sentiment.artifact / "model.onnx"), "x")
     assert from_file == runner.task == sentiment.spec
+
+
+def test_outputs_of_the_wrong_shape_are_one_line(ner):
+    """A record that says token-classification over a graph whose logits are per text."""
+    from llmc.spec.task import TOKEN_CLASSIFICATION
+    from llmc.tasks.extract import extract
+
+    def run(feeds):
+        return {"logits": np.zeros((feeds["input_ids"].shape[0], 5), dtype=np.float32)}
+
+    model = TaskModel("x", TaskSpec(TOKEN_CLASSIFICATION), run, ["input_ids", "attention_mask"], ["logits"], ner.artifact)
+    with pytest.raises(llmc.LlmcError, match=r"x: its output 'logits' has shape \[1, 5\] .*\[batch, sequence, labels\]"):
+        extract(model, ["hello"])
