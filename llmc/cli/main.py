@@ -12,7 +12,7 @@ from llmc.cli.app import app, console, user_errors
 
 # Imported for their @app.command() registration; this order is the order of `llmc --help`.
 # isort: off
-from llmc.cli import export, build, inspect, passes, check, bench, generate, cache, triton, serve, compress  # noqa: F401, E402
+from llmc.cli import export, build, inspect, passes, check, bench, generate, predict, cache, triton, serve, compress  # noqa: F401, E402
 # isort: on
 
 __all__ = ["app", "console", "main", "user_errors"]

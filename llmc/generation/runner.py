@@ -1,5 +1,6 @@
 """The :class:`Runner` that ``llmc.load`` returns: the runtime's runner of an artifact, plus
-``generate`` and ``logits`` for decoder artifacts (generation sits above the runtime it runs on)."""
+``generate`` and ``logits`` for decoder artifacts (generation sits above the runtime it runs on)
+and the encoder tasks' ``embed``, ``classify``, ``rerank``, ``extract``, ``answer`` (``llmc.tasks``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 
 from llmc.generation.api import generate, logits
 from llmc.runtime import artifact as runtime
+from llmc.tasks.methods import TaskMethods
 
 
-class Runner(runtime.Runner):
+class Runner(TaskMethods, runtime.Runner):
     """Runs a built artifact: ``run(feeds) -> {output name: array}``; a decoder's also
-    ``generate`` and ``logits`` (on ONNX Runtime, with its KV cache)."""
+    ``generate`` and ``logits`` (on ONNX Runtime, with its KV cache); an encoder's the methods of
+    its task (:class:`llmc.tasks.methods.TaskMethods`: ``embed``, ``classify``, ``rerank``,
+    ``extract``, ``answer``)."""
 
     def generate(self, prompt_or_ids: Any, max_new_tokens: int = 64, **options: Any) -> Any:
         """Continue a text or token-id prompt (or a batch of them) with a decoder artifact's KV

@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 from llmc.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ("build", "inspect", "passes", "check", "bench")
+COMMANDS = ("build", "inspect", "passes", "check", "bench", "predict")
 # Options with no default worth stating: absent means "none" (or, for --calibration-data, the
 # option is required by --precision int8 and the error says so).
 NO_DEFAULT = {
     "--disable-pass", "--dump-ir-after", "--enable-fusion", "--disable-fusion", "--calibration-data",
     "--tokenizer", "--exclude-nodes", "--exclude-op-types", "--keep-fp32", "--profile", "--plot",
+    "--text", "--file", "--pair", "--question",
 }
 
 

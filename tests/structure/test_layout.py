@@ -18,6 +18,7 @@ LAYERS = [
     {"llmc.model"},
     {"llmc.spec"},  # what a build is made of, as data: options, Target, Precision (no mechanics)
     {"llmc.runtime"},  # sessions, Runner, load, padding execution, timing: what runs a model
+    {"llmc.tasks"},  # encoder tasks read from a runner's outputs (embed, classify, extract, answer)
     {"llmc.passes"},
     {"llmc.targets"},  # ort, trt: pipeline, fusion families, Q/DQ rules, finishing step (engine)
     {"llmc.int8", "llmc.weight_only", "llmc.fp16", "llmc.export", "llmc.generation"},

@@ -1,0 +1,63 @@
+"""Tiny task artifacts, built once per session.
+
+STAND-IN (issue 31): the models are exported by ``tests/tasks/models.py`` (``torch.onnx.export``
+of tiny random BERT heads, the task spec written into the metadata as ``llmc export`` will);
+replace them with ``llmc export --task ...`` output once export keeps encoder task heads.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llmc.spec.task import (
+    FEATURE_EXTRACTION,
+    FILL_MASK,
+    QUESTION_ANSWERING,
+    SENTENCE_EMBEDDING,
+    TEXT_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    TaskSpec,
+)
+from tests.tasks.models import ENTITIES, SENTIMENT, TaskModel, export_task_model
+
+
+def _build(tmp_path_factory, name: str, spec: TaskSpec, **options) -> TaskModel:
+    return export_task_model(spec, tmp_path_factory.mktemp(name), **options)
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory) -> TaskModel:
+    return _build(tmp_path_factory, "sentiment", TaskSpec(TEXT_CLASSIFICATION, SENTIMENT, "single_label_classification"))
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(tmp_path_factory) -> TaskModel:
+    """A one-logit cross-encoder (reranker): no problem type, so its classify score is a sigmoid."""
+    return _build(tmp_path_factory, "cross", TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), pair=True))
+
+
+@pytest.fixture(scope="session")
+def ner(tmp_path_factory) -> TaskModel:
+    return _build(tmp_path_factory, "ner", TaskSpec(TOKEN_CLASSIFICATION, ENTITIES))
+
+
+@pytest.fixture(scope="session")
+def qa(tmp_path_factory) -> TaskModel:
+    return _build(tmp_path_factory, "qa", TaskSpec(QUESTION_ANSWERING, pair=True))
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory) -> TaskModel:
+    spec = TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=64)
+    return _build(tmp_path_factory, "embedder", spec)
+
+
+@pytest.fixture(scope="session")
+def features(tmp_path_factory) -> TaskModel:
+    """A feature-extraction model whose graph takes no token_type_ids."""
+    return _build(tmp_path_factory, "features", TaskSpec(FEATURE_EXTRACTION), token_type_ids=False)
+
+
+@pytest.fixture(scope="session")
+def masked_lm(tmp_path_factory) -> TaskModel:
+    return _build(tmp_path_factory, "masked_lm", TaskSpec(FILL_MASK))

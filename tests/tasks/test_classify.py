@@ -1,0 +1,109 @@
+"""classify and rerank against transformers on the same tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import llmc
+from llmc.spec.task import TEXT_CLASSIFICATION, TaskSpec
+from llmc.tasks.model import TaskModel
+from tests.tasks.models import SENTIMENT
+from tests.tasks.reference import pipeline, torch_embedding, torch_logits
+
+TEXTS = [
+    "I loved this film, the acting was superb!",
+    "Terrible.",
+    "The package arrived on Tuesday, as expected, and nothing about it was remarkable either way.",
+    "Not sure how I feel about it",
+]
+QUERY = "how do I bake bread at home"
+DOCUMENTS = [
+    "Preheat the oven, knead the dough and let it rise for an hour.",
+    "The stock market closed higher today.",
+    "Sourdough needs a starter culture.",
+    "Cats sleep for most of the day.",
+    "Bread",
+]
+
+
+def _close(ours, theirs):
+    assert [label for label, _ in ours] == [entry["label"] for entry in theirs]
+    np.testing.assert_allclose([s for _, s in ours], [entry["score"] for entry in theirs], atol=1e-4)
+
+
+def test_classify_matches_the_text_classification_pipeline(sentiment):
+    runner = llmc.load(sentiment.artifact)
+    ours = runner.classify(TEXTS)
+    theirs = pipeline("text-classification", sentiment, top_k=None)(TEXTS)
+    assert len(ours) == len(TEXTS)
+    for mine, reference in zip(ours, theirs, strict=True):
+        _close(mine, reference)
+    assert [len(r) for r in runner.classify(TEXTS, top_k=2)] == [2] * len(TEXTS)
+    assert runner.classify(TEXTS[1])[0] == ours[1]  # one text is a list of one
+
+
+def test_classify_pairs_as_text_pair_or_pairs(cross_encoder):
+    runner = llmc.load(cross_encoder.artifact)
+    pairs = [(QUERY, d) for d in DOCUMENTS]
+    theirs = pipeline("text-classification", cross_encoder, top_k=None)(
+        [{"text": a, "text_pair": b} for a, b in pairs]
+    )
+    ours = runner.classify(pairs=pairs)
+    for mine, reference in zip(ours, theirs, strict=True):
+        _close(mine, reference)  # one label, no problem type: sigmoid, as transformers
+    assert _same(runner.classify(QUERY, DOCUMENTS), ours)  # one text paired with each document
+    assert _same(runner.classify([QUERY] * len(DOCUMENTS), text_pair=DOCUMENTS), ours)
+
+
+def _same(a, b) -> bool:
+    return all(x[0][0] == y[0][0] and abs(x[0][1] - y[0][1]) < 1e-6 for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "function"), [("multi_label_classification", "sigmoid"), ("regression", "none")]
+)
+def test_problem_types_score_as_transformers_does(sentiment, problem_type, function):
+    runner = llmc.load(sentiment.artifact)
+    spec = TaskSpec(TEXT_CLASSIFICATION, SENTIMENT, problem_type)
+    model = TaskModel("x", spec, runner.run, runner.input_names, runner.output_names, sentiment.artifact)
+    from llmc.tasks.classify import classify
+
+    theirs = pipeline("text-classification", sentiment, top_k=None, function_to_apply=function)(TEXTS)
+    for mine, reference in zip(classify(model, TEXTS), theirs, strict=True):
+        _close(mine, reference)
+
+
+def test_rerank_a_cross_encoder_orders_by_its_logit(cross_encoder):
+    ours = llmc.load(cross_encoder.artifact).rerank(QUERY, DOCUMENTS)
+    logits = torch_logits(cross_encoder, [QUERY] * len(DOCUMENTS), DOCUMENTS)[:, 0]
+    assert [i for i, _ in ours] == list(np.argsort(-logits, kind="stable"))
+    np.testing.assert_allclose([s for _, s in ours], np.sort(logits)[::-1], atol=1e-4)
+
+
+def test_rerank_an_embedding_model_orders_by_cosine(embedder):
+    ours = llmc.load(embedder.artifact).rerank(QUERY, DOCUMENTS)
+    vectors = torch_embedding(embedder, [QUERY, *DOCUMENTS], normalize=True)
+    cosine = vectors[1:] @ vectors[0]
+    assert [i for i, _ in ours] == list(np.argsort(-cosine, kind="stable"))
+    np.testing.assert_allclose([s for _, s in ours], np.sort(cosine)[::-1], atol=1e-4)
+
+
+def test_rerank_refuses_a_many_label_classifier(sentiment):
+    with pytest.raises(llmc.LlmcError, match="3 labels is not a reranker"):
+        llmc.load(sentiment.artifact).rerank(QUERY, DOCUMENTS)
+
+
+def test_rerank_a_two_label_cross_encoder_by_its_positive_probability(sentiment):
+    """A stand-in run whose "relevant" logit is the document's token count: longest first."""
+    def run(feeds):
+        width = feeds["input_ids"].shape[1]
+        return {"logits": np.tile([[0.0, width / 4]], (feeds["input_ids"].shape[0], 1)).astype(np.float32)}
+
+    spec = TaskSpec(TEXT_CLASSIFICATION, ("irrelevant", "relevant"), pair=True)
+    model = TaskModel("x", spec, run, ["input_ids", "attention_mask"], ["logits"], sentiment.artifact)
+    from llmc.tasks.classify import rerank
+
+    ranking = rerank(model, "q", ["a", "a b c", "a b"], batch_size=1)
+    assert [i for i, _ in ranking] == [1, 2, 0]
+    assert ranking[0][1] == pytest.approx(1 / (1 + np.exp(-7 / 4)))  # [CLS] q [SEP] a b c [SEP]: 7 tokens
