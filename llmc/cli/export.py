@@ -32,7 +32,7 @@ TaskOpt = Annotated[
             "feature-extraction: token states (last_hidden_state); sentence-embedding: one vector per text "
             "(modules.json's pooling, dense layers, normalisation); text-classification, token-classification, "
             "fill-mask: the head's logits; question-answering: start_logits, end_logits; text-generation: a "
-            "causal LM with its KV cache. encoder and decoder are the first and the last."
+            "causal LM with its KV cache. Aliases: encoder (feature-extraction), decoder (text-generation)."
         ),
     ),
 ]

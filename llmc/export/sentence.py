@@ -47,6 +47,8 @@ _MODE_KEYS = {
 }
 _MODES = ("mean", "cls", "max", "lasttoken")
 _EMBEDDING = "sentence_embedding"
+# sentence-transformers' ``transformer_task`` (sentence_bert_config.json) of AutoModel's token states.
+_TOKEN_STATES = "feature-extraction"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,7 @@ def read_modules(directory: Path) -> SentenceModules:
         kinds.append((kind, directory / str(module.get("path") or "")))
     if [k for k, _ in kinds[:2]] != ["transformer", "pooling"]:
         raise LlmcError(f"{where}: a sentence embedding is a Transformer module then a Pooling module; these modules are not")
+    _check_transformer(kinds[0][1] / "sentence_bert_config.json")
     pooling, dimension = _pooling(kinds[1][1] / "config.json")
     dense, normalize = [], False
     for kind, path in kinds[2:]:
@@ -110,6 +113,15 @@ def read_modules(directory: Path) -> SentenceModules:
         else:
             raise LlmcError(f"{where}: a {kind} module after {kinds[-1][0]} is an order llmc export does not export")
     return SentenceModules(kinds[0][1], pooling, dense[-1].out_features if dense else dimension, tuple(dense), normalize)
+
+
+def _check_transformer(path: Path) -> None:
+    task = _json(path, default={}).get("transformer_task", _TOKEN_STATES)
+    if task != _TOKEN_STATES:
+        raise LlmcError(
+            f"{path}: the Transformer module's transformer_task is {task!r}; a sentence embedding pools token "
+            f"states ({_TOKEN_STATES}), which is what llmc export builds"
+        )
 
 
 def _pooling(path: Path) -> tuple[str, int]:
