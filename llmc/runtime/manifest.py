@@ -350,6 +350,11 @@ class Manifest:
         _need(not (engine and engine.get("built")) or PLAN_FILE in artifact.sha256, refuse,
               f"the engine is built but {PLAN_FILE} is not hashed in 'artifact.sha256'")
         optional = {key: data[key] for key in ("gqa", "tokenizer", "cache") if data.get(key) is not None}
+        if data.get("task") is not None:
+            try:
+                TaskSpec.from_dict(data["task"], "'task'")
+            except LlmcError:
+                raise refuse(f"'task' is not a task record llmc writes ({_quoted(data['task'])})") from None
         return cls(
             **{key: data[key] for key in _PLAIN}, target=data["target"], precision=data["precision"],
             source=Source.from_dict(data, refuse), nodes=Nodes.from_dict(data, refuse),
