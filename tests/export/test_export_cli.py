@@ -98,6 +98,12 @@ def test_a_decoder_exports_with_its_tokenizer_and_a_generation_config(gpt2_expor
     names = {p.name for p in gpt2_export.iterdir()}
     assert {"model.onnx", "generation_config.json"} | TOKENIZER_FILES <= names
     assert _io_names(gpt2_export / "model.onnx") == (decoder_input_names(2), decoder_output_names(2))
+    import onnx
+
+    from llmc.spec.task import TaskSpec, read_spec
+
+    metadata = onnx.load(str(gpt2_export / "model.onnx"), load_external_data=False).metadata_props
+    assert read_spec({p.key: p.value for p in metadata}, "model.onnx") == TaskSpec(TEXT_GENERATION)
     generation = json.loads((gpt2_export / "generation_config.json").read_text())
     assert generation["bos_token_id"] == 2 and generation["eos_token_id"] == 3
     from transformers import AutoTokenizer
