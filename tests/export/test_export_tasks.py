@@ -359,3 +359,16 @@ def test_builds_carry_the_spec_into_the_artifact_and_its_manifest(classifier_dir
         assert read_artifact(tmp_path / precision).manifest.task_spec() == result.spec
         metadata = {p.key: p.value for p in onnx.load(str(built.model_path), load_external_data=False).metadata_props}
         assert read_spec(metadata, "model.onnx") == result.spec
+
+
+def test_a_decoder_carries_its_spec_through_an_int4_build(tmp_path):
+    import llmc
+    from llmc.export import gpt2_model
+
+    model = gpt2_model(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=256, bos_token_id=2, eos_token_id=3)
+    source = _save(model, tmp_path / "hf")
+    assert "exported gpt2 (text-generation)" in _export(source, tmp_path / "onnx")
+    built = llmc.build(tmp_path / "onnx" / "model.onnx", precision="int4", output=tmp_path / "int4", cache=False)
+    assert built.manifest["task"] == {"task": "text-generation"}
+    assert built.manifest.task_spec() == TaskSpec(TEXT_GENERATION)
+    assert _io_and_spec(built.model_path)[2] == TaskSpec(TEXT_GENERATION)
