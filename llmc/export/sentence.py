@@ -66,9 +66,18 @@ class SentenceModules:
 
     transformer: Path  # the directory of the Transformer module's model
     pooling: str  # one of llmc.spec.task.POOLING_MODES
+    pooled: int  # the pooling's size (the token states' width, word_embedding_dimension)
     dimension: int  # the embedding's size: the last Dense's out_features, else the pooling's
     dense: tuple[Dense, ...] = ()
     normalize: bool = False
+
+    def check_width(self, hidden_size: int | None) -> None:
+        """One line when the Transformer's token states are not as wide as the Pooling says."""
+        if hidden_size is not None and hidden_size != self.pooled:
+            raise LlmcError(
+                f"{self.transformer / 'config.json'}: hidden_size {hidden_size} is not the Pooling module's "
+                f"word_embedding_dimension {self.pooled}; check the sentence-transformers modules"
+            )
 
 
 def is_sentence_transformer(directory: Path) -> bool:
@@ -112,7 +121,8 @@ def read_modules(directory: Path) -> SentenceModules:
             normalize = True
         else:
             raise LlmcError(f"{where}: a {kind} module after {kinds[-1][0]} is an order llmc export does not export")
-    return SentenceModules(kinds[0][1], pooling, dense[-1].out_features if dense else dimension, tuple(dense), normalize)
+    last = dense[-1].out_features if dense else dimension
+    return SentenceModules(kinds[0][1], pooling, dimension, last, tuple(dense), normalize)
 
 
 def _check_transformer(path: Path) -> None:

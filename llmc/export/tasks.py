@@ -117,6 +117,7 @@ def check_loaded(task: Task, info: dict[str, Any], directory: Path) -> None:
 def task_spec(task: Task, config: Any, modules: sentence.SentenceModules | None, pair: bool = False) -> TaskSpec:
     """The spec of an export of ``task`` from a model with transformers config ``config``."""
     if modules is not None:
+        modules.check_width(getattr(config, "hidden_size", None))
         return TaskSpec(task, pooling=modules.pooling, normalize=modules.normalize, dimension=modules.dimension)
     if task in (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION):
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}

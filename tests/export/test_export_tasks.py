@@ -333,6 +333,12 @@ def test_what_a_task_cannot_serve_is_refused_in_one_line(tmp_path, classifier_di
                                                 "1_Pooling__config.json": mean,
                                                 "sentence_bert_config.json": '{"transformer_task": "fill-mask"}'})
     refused(sparse, fragments=("transformer_task is 'fill-mask'",))
+    narrow = tmp_path / "st4"
+    shutil.copytree(bare, narrow)
+    (narrow / "modules.json").write_text(_modules(transformer, pooling))
+    (narrow / "1_Pooling").mkdir()
+    (narrow / "1_Pooling" / "config.json").write_text(mean.replace("64", "32"))
+    refused(narrow, fragments=("hidden_size 64 is not the Pooling module's word_embedding_dimension 32",))
 
 
 # -- the spec through llmc build --------------------------------------------------------------------
