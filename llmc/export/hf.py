@@ -34,7 +34,15 @@ from llmc.errors import LlmcError
 from llmc.export.phases import Log, Phases
 from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
-from llmc.spec.task import FEATURE_EXTRACTION, TEXT_GENERATION, Task, TaskSpec, spec_metadata, task_named
+from llmc.spec.task import (
+    FEATURE_EXTRACTION,
+    SENTENCE_EMBEDDING,
+    TEXT_GENERATION,
+    Task,
+    TaskSpec,
+    spec_metadata,
+    task_named,
+)
 
 # Causal LMs export_decoder exports exactly (transformers' DynamicCache + position_ids; mixtures of
 # experts densely, llmc.export.moe): tests/export/test_export_families.py checks a small model of
@@ -74,11 +82,14 @@ class ExportResult:
 def detect_task(config: dict[str, Any], where: str = "config.json", directory: Path | None = None) -> Task:
     """The task of a model from its ``config.json`` contents (and, given its ``directory``, a
     sentence-transformers ``modules.json``: :func:`llmc.export.tasks.detect_encoder_task`), else one line."""
+    from llmc.export.sentence import is_sentence_transformer
     from llmc.export.tasks import detect_encoder_task
 
     model_type = str(config.get("model_type") or "unknown")
     if config.get("is_encoder_decoder"):
         raise _unsupported(where, model_type, "an encoder-decoder model")
+    if _is_causal_lm(config) and directory is not None and is_sentence_transformer(directory, config):
+        return SENTENCE_EMBEDDING  # an embedding model (Qwen3-Embedding...): AutoModel's token states, pooled
     if _is_causal_lm(config):
         check_decoder(config, where)
         return TEXT_GENERATION
@@ -102,10 +113,11 @@ def _check_task(task: Task, config: dict[str, Any], where: str, directory: Path 
     if not task.encoder:
         check_decoder(config, where, dynamo)  # --task text-generation too: never a graph that may be wrong
         return None
-    if task != FEATURE_EXTRACTION and _is_causal_lm(config):
+    if task not in (FEATURE_EXTRACTION, SENTENCE_EMBEDDING) and _is_causal_lm(config):  # AutoModel's token states only
         raise LlmcError(
             f"{where}: --task {task}: model_type '{config.get('model_type')}' is a causal LM; llmc export exports "
-            f"it as {TEXT_GENERATION} (or its token states with --task {FEATURE_EXTRACTION})"
+            f"it as {TEXT_GENERATION} (or its token states with --task {FEATURE_EXTRACTION}, pooled by a "
+            f"sentence-transformers directory's modules with --task {SENTENCE_EMBEDDING})"
         )
     return check_task(task, config, where, directory)
 

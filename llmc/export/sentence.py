@@ -80,9 +80,9 @@ class SentenceModules:
             )
 
 
-def is_sentence_transformer(directory: Path) -> bool:
-    """A sentence-transformers directory that is not a cross-encoder (``modules.json`` in it)."""
-    return (directory / MODULES_FILE).is_file() and not is_cross_encoder(directory, {})
+def is_sentence_transformer(directory: Path, config: dict[str, Any]) -> bool:
+    """A sentence-transformers directory (``modules.json`` in it) that is not a cross-encoder."""
+    return (directory / MODULES_FILE).is_file() and not is_cross_encoder(directory, config)
 
 
 def is_cross_encoder(directory: Path, config: dict[str, Any]) -> bool:

@@ -3,7 +3,8 @@ transformers class that loads its head, the graph that computes the task's outpu
 :class:`~llmc.spec.task.TaskSpec` written into ``model.onnx``.
 
 Detection (``--task auto``): a sentence-transformers CrossEncoder is text-classification of a
-pair; any other sentence-transformers directory (``modules.json``) is sentence-embedding; else
+pair; any other sentence-transformers directory (``modules.json``) is sentence-embedding (a
+causal LM's too: :func:`llmc.export.hf.detect_task`); else
 config.json's ``architectures``: ``...ForSequenceClassification`` text-classification,
 ``...ForTokenClassification`` token-classification, ``...ForQuestionAnswering``
 question-answering, ``...ForMaskedLM`` fill-mask; anything else feature-extraction (the token
@@ -59,7 +60,7 @@ def detect_encoder_task(config: dict[str, Any], directory: Path | None) -> Task:
     """The task of an encoder's directory (see the module), from its files alone."""
     if directory is not None and sentence.is_cross_encoder(directory, config):
         return TEXT_CLASSIFICATION
-    if directory is not None and sentence.is_sentence_transformer(directory):
+    if directory is not None and sentence.is_sentence_transformer(directory, config):
         return SENTENCE_EMBEDDING
     for architecture in (str(a) for a in config.get("architectures") or []):
         for suffix, task in _ARCHITECTURES:

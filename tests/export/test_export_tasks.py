@@ -233,6 +233,30 @@ def test_a_sentence_transformer_exports_its_pooling_dense_layers_and_normalizati
     _compare_with_sentence_transformers(source, tmp_path / "onnx" / "model.onnx", _st_words(12, 3))
 
 
+def test_a_causal_lm_sentence_transformer_exports_its_last_token_embedding(tmp_path):
+    """An embedding model built on a causal LM (Qwen3-Embedding-style): a modules.json beside it
+    makes it a sentence embedding, its last token pooled, right or left padding."""
+    import torch
+
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    model = _model("Qwen2Model", "Qwen2Config", num_key_value_heads=2, max_position_embeddings=128)
+    hf = _save(model, tmp_path / "hf")
+    modules = [Transformer(str(hf)), Pooling(64, pooling_mode="lasttoken"), Normalize()]
+    st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "st"))
+    assert "exported qwen2 (sentence-embedding, lasttoken pooling" in _export(tmp_path / "st", tmp_path / "onnx")
+    loaded = st.SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
+    feeds = _feeds()
+    for mask in (feeds["attention_mask"], feeds["attention_mask"][:, ::-1].copy()):  # right, then left padding
+        feeds["attention_mask"] = mask
+        with torch.no_grad():
+            expected = loaded({k: torch.from_numpy(v) for k, v in feeds.items()})["sentence_embedding"].numpy()
+        got = _run(tmp_path / "onnx" / "model.onnx", feeds)["sentence_embedding"]
+        assert np.abs(got - expected).max() <= 1e-4
+
+
 # -- detection, --task and refusals ---------------------------------------------------------------
 
 
@@ -245,9 +269,11 @@ def test_the_task_is_detected_from_architectures_and_sentence_transformers_files
     ]:
         assert detect_task({**bert, "architectures": [architecture]}, directory=tmp_path) == task
     assert detect_task(bert) == FEATURE_EXTRACTION
-    assert detect_task({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, directory=tmp_path) == TEXT_GENERATION
+    gpt2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}
+    assert detect_task(gpt2, directory=tmp_path) == TEXT_GENERATION
     (tmp_path / "modules.json").write_text("[]")  # a sentence-transformers directory wins over the architecture
     assert detect_task({**bert, "architectures": ["BertForMaskedLM"]}, directory=tmp_path) == SENTENCE_EMBEDDING
+    assert detect_task(gpt2, directory=tmp_path) == SENTENCE_EMBEDDING  # an embedding model on a causal LM
     assert detect_task({**bert, "architectures": ["BertModel"]}) == FEATURE_EXTRACTION  # no directory, no modules
     # A CrossEncoder (sentence-transformers >= 4 and before) is a text classifier of pairs.
     (tmp_path / "config_sentence_transformers.json").write_text('{"model_type": "CrossEncoder"}')
