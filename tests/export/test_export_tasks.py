@@ -143,17 +143,31 @@ def test_a_head_is_exported_with_the_model_and_matches_transformers(tmp_path, cl
         assert np.unique(reference.round(4)).size > reference.size // 2  # the outputs are no ties
 
 
-def test_a_roberta_classifier_matches_transformers(tmp_path):
+FAMILIES = [  # one head of each other encoder family llmc export takes (ENCODER_TYPES)
+    ("Roberta", "ForSequenceClassification", TEXT_CLASSIFICATION, dict(pad_token_id=1, type_vocab_size=1, num_labels=3, id2label=LABELS)),
+    ("DistilBert", "ForQuestionAnswering", QUESTION_ANSWERING, dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128)),
+    ("Electra", "ForTokenClassification", TOKEN_CLASSIFICATION, dict(embedding_size=32, num_labels=4)),
+    ("Albert", "ForMaskedLM", FILL_MASK, dict(embedding_size=32)),
+    ("MPNet", "ForSequenceClassification", TEXT_CLASSIFICATION, dict(num_labels=2)),
+    ("DebertaV2", "ForQuestionAnswering", QUESTION_ANSWERING, {}),
+    ("ModernBert", "ForTokenClassification", TOKEN_CLASSIFICATION, dict(
+        global_attn_every_n_layers=1, local_attention=16, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)),
+]
+
+
+@pytest.mark.parametrize(("family", "head", "task", "config"), FAMILIES, ids=[f + h for f, h, _, _ in FAMILIES])
+def test_each_encoder_family_exports_a_head_matching_transformers(tmp_path, family, head, task, config):
     import torch
 
-    model = _model("RobertaForSequenceClassification", "RobertaConfig", num_labels=3, id2label=LABELS,
-                   max_position_embeddings=66, type_vocab_size=1, pad_token_id=1)
-    source = _save(model, tmp_path / "hf")
-    assert "exported roberta (text-classification, 3 labels)" in _export(source, tmp_path / "onnx")
+    model = _model(family + head, family + "Config", max_position_embeddings=128, **config)
+    result = export_pretrained(_save(model, tmp_path / "hf"), tmp_path / "onnx")
+    assert result.task == task
     feeds = _feeds(1)
+    got = _run(tmp_path / "onnx" / "model.onnx", feeds)
     with torch.no_grad():
-        reference = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
-    assert np.abs(_run(tmp_path / "onnx" / "model.onnx", feeds)["logits"] - reference).max() <= 1e-4
+        expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for name in result.task.outputs:
+        assert np.abs(got[name] - getattr(expected, name).numpy()).max() <= 1e-4, name
 
 
 # -- sentence embeddings against sentence-transformers ----------------------------------------------
