@@ -113,14 +113,14 @@ def read_modules(directory: Path) -> SentenceModules:
     _check_transformer(kinds[0][1] / "sentence_bert_config.json")
     pooling, dimension = _pooling(kinds[1][1] / "config.json")
     dense, normalize = [], False
-    for kind, path in kinds[2:]:
+    for (before, _), (kind, path) in zip(kinds[1:-1], kinds[2:], strict=True):
         if kind == "dense" and not normalize:
             dense.append(_dense(path, dimension if not dense else dense[-1].out_features))
         elif kind == "normalize" and not normalize:
             _plain_io(path / "config.json", {})
             normalize = True
         else:
-            raise LlmcError(f"{where}: a {kind} module after {kinds[-1][0]} is an order llmc export does not export")
+            raise LlmcError(f"{where}: a {kind} module after a {before} module is an order llmc export does not build")
     last = dense[-1].out_features if dense else dimension
     return SentenceModules(kinds[0][1], pooling, dimension, last, tuple(dense), normalize)
 
@@ -187,12 +187,17 @@ def _is_torch_module(name: str) -> bool:
 
 
 def _json(path: Path, default: Any = None) -> Any:
+    """``path``'s JSON (``default`` when the file is absent and a default is given); a module's
+    config (``default`` given, or a ``config.json``) must be an object."""
     if default is not None and not path.is_file():
         return default
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LlmcError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0]})") from None
+    if (default is not None or path.name == "config.json") and not isinstance(data, dict):
+        raise LlmcError(f"{path}: holds a JSON {type(data).__name__}, not an object; check the file")
+    return data
 
 
 def sentence_embedding(encoder: Any, modules: SentenceModules) -> Any:

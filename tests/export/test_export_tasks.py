@@ -373,6 +373,10 @@ def test_what_a_task_cannot_serve_is_refused_in_one_line(tmp_path, classifier_di
                                                 "1_Pooling__config.json": mean,
                                                 "sentence_bert_config.json": '{"transformer_task": "fill-mask"}'})
     refused(sparse, fragments=("transformer_task is 'fill-mask'",))
+    order = _config_dir(tmp_path, "st5", st, **{"modules.json": _modules(
+        transformer, pooling, "sentence_transformers.models.Normalize", "sentence_transformers.models.Dense"),
+        "1_Pooling__config.json": mean})
+    refused(order, fragments=("a dense module after a normalize module",))
     narrow = tmp_path / "st4"
     shutil.copytree(bare, narrow)
     (narrow / "modules.json").write_text(_modules(transformer, pooling))
