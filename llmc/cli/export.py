@@ -25,7 +25,16 @@ ExportOutputOpt = Annotated[
 ]
 TaskOpt = Annotated[
     str,
-    typer.Option("--task", help="auto (from config.json), encoder or decoder (a causal LM with its KV cache)."),
+    typer.Option(
+        "--task",
+        help=(
+            "What to export. auto: from config.json's architectures and a sentence-transformers modules.json. "
+            "feature-extraction: token states (last_hidden_state); sentence-embedding: one vector per text "
+            "(modules.json's pooling, dense layers, normalisation); text-classification, token-classification, "
+            "fill-mask: the head's logits; question-answering: start_logits, end_logits; text-generation: a "
+            "causal LM with its KV cache. Aliases: encoder (feature-extraction), decoder (text-generation)."
+        ),
+    ),
 ]
 DynamoOpt = Annotated[
     bool, typer.Option("--dynamo/--legacy", help="torch.onnx's dynamo exporter, or the legacy TorchScript one.")
@@ -49,7 +58,10 @@ def export(
 
     with console.status("exporting") as status:
         result = export_pretrained(source, output, task=task, dynamo=dynamo, opset=opset, log=_show_phases(status))
-    console.print(f"exported {result.model_type} ({result.task}) to {result.path}", highlight=False, soft_wrap=True)
+    from llmc.export.tasks import describe
+
+    what = describe(result.spec) if result.spec else str(result.task)
+    console.print(f"exported {result.model_type} ({what}) to {result.path}", highlight=False, soft_wrap=True)
     console.print(f"  files:   {', '.join(result.files)}", highlight=False, soft_wrap=True)
     inputs = result.inputs if len(result.inputs) <= 5 else [*result.inputs[:4], f"... ({len(result.inputs)} in all)"]
     outputs = result.outputs if len(result.outputs) <= 3 else [*result.outputs[:2], f"... ({len(result.outputs)} in all)"]

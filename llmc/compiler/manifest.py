@@ -8,8 +8,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from llmc.model import sparsity
+from llmc.model.files import MODEL_FILE
 from llmc.model.values import count_nodes
 from llmc.runtime.manifest import ArtifactFiles, Gqa, Manifest, Nodes, Session, Shapes, Source
+from llmc.spec.task import read_spec
 from llmc.version import __version__
 
 if TYPE_CHECKING:
@@ -78,7 +80,15 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         gqa=_gqa(precise.model),
         reports=dict(precise.reports),  # each precision step's section ("quantization", "fp16")
         sparsity=sparse,
+        task=_task(precise.model),
     )
+
+
+def _task(model: Any) -> dict[str, Any] | None:
+    """The artifact model's task (its ``llmc.task`` metadata, :mod:`llmc.spec.task`), for the
+    manifest's ``task`` section; None when the model was exported without one."""
+    spec = read_spec(dict(model.metadata_props), MODEL_FILE)
+    return None if spec is None else spec.to_dict()
 
 
 def _gqa(model: Any) -> Gqa | None:

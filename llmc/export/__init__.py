@@ -4,6 +4,9 @@
   :func:`export_encoder` / :func:`export_decoder` (their I/O convention is documented there);
 - :mod:`llmc.export.hf`: ``llmc export SOURCE -o DIR``: a Hugging Face model directory to an
   ONNX model with its tokenizer and generation config beside it (:func:`export_pretrained`);
+- :mod:`llmc.export.tasks`: encoder tasks (:mod:`llmc.spec.task`): detection, the head's
+  class, the graph of each task's outputs and the spec ``model.onnx`` carries;
+- :mod:`llmc.export.sentence`: sentence-transformers' Pooling, Dense and Normalize modules in the graph;
 - :mod:`llmc.export.phases`: the export's phases, timed and reported through an optional ``log``.
 """
 

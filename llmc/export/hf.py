@@ -1,9 +1,13 @@
 """``llmc export SOURCE -o DIR``: a Hugging Face model directory to an ONNX model with its tokenizer.
 
 SOURCE is a local model directory (``config.json`` + weights, loaded offline with
-``from_pretrained``). Whether it is an encoder or a causal LM is read from ``config.json``
-(:func:`detect_task`); decoders are exported with their KV cache by
-:func:`llmc.export.models.export_decoder`, encoders by :func:`~llmc.export.models.export_encoder`.
+``from_pretrained``). Its task (:mod:`llmc.spec.task`) is read from ``config.json`` and, for a
+sentence-transformers directory, ``modules.json`` (:func:`detect_task`), or given by ``--task``;
+causal LMs (text-generation) are exported with their KV cache by
+:func:`llmc.export.models.export_decoder`, encoders' token states (feature-extraction) by
+:func:`~llmc.export.models.export_encoder`, every other encoder task with its head, pooling or
+dense layers by :mod:`llmc.export.tasks`. ``model.onnx`` carries the task's
+:class:`~llmc.spec.task.TaskSpec` in its ``llmc.task`` metadata entry.
 DIR receives ``model.onnx`` (+ ``model.onnx.data`` when the weights pass the protobuf limit, as
 ``llmc build`` saves), the tokenizer files SOURCE has and, for decoders, ``generation_config.json``
 (SOURCE's, else derived from the model config's token ids). DIR is written privately and moved
@@ -30,8 +34,16 @@ from llmc.errors import LlmcError
 from llmc.export.phases import Log, Phases
 from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
+from llmc.spec.task import (
+    FEATURE_EXTRACTION,
+    SENTENCE_EMBEDDING,
+    TEXT_GENERATION,
+    Task,
+    TaskSpec,
+    spec_metadata,
+    task_named,
+)
 
-TASKS = ("auto", "encoder", "decoder")
 # Causal LMs export_decoder exports exactly (transformers' DynamicCache + position_ids; mixtures of
 # experts densely, llmc.export.moe): tests/export/test_export_families.py checks a small model of
 # each against transformers. Any other causal LM is refused before anything is loaded.
@@ -55,30 +67,59 @@ _NOT_A_MODEL_DIR = "give a Hugging Face model directory (config.json + weights) 
 
 @dataclasses.dataclass
 class ExportResult:
-    """What ``llmc export`` wrote: the directory, the task, and the files and graph I/O names."""
+    """What ``llmc export`` wrote: the directory, the task (and its spec, which ``model.onnx``
+    carries), and the files and graph I/O names."""
 
     path: Path
-    task: str
+    task: Task
     model_type: str
     files: list[str]
     inputs: list[str]
     outputs: list[str]
+    spec: TaskSpec | None = None
 
 
-def detect_task(config: dict[str, Any], where: str = "config.json") -> str:
-    """``"decoder"`` or ``"encoder"`` from a model's ``config.json`` contents, else one line."""
+def detect_task(config: dict[str, Any], where: str = "config.json", directory: Path | None = None) -> Task:
+    """The task of a model from its ``config.json`` contents (and, given its ``directory``, a
+    sentence-transformers ``modules.json``: :func:`llmc.export.tasks.detect_encoder_task`), else one line."""
+    from llmc.export.sentence import is_sentence_transformer
+    from llmc.export.tasks import detect_encoder_task
+
     model_type = str(config.get("model_type") or "unknown")
-    architectures = [str(a) for a in config.get("architectures") or []]
     if config.get("is_encoder_decoder"):
         raise _unsupported(where, model_type, "an encoder-decoder model")
-    if model_type in DECODER_TYPES or config.get("is_decoder") or any(
-        a.endswith(_DECODER_SUFFIXES) for a in architectures
-    ):
+    if _is_causal_lm(config) and directory is not None and is_sentence_transformer(directory, config):
+        return SENTENCE_EMBEDDING  # an embedding model (Qwen3-Embedding...): AutoModel's token states, pooled
+    if _is_causal_lm(config):
         check_decoder(config, where)
-        return "decoder"
+        return TEXT_GENERATION
     if model_type in ENCODER_TYPES:
-        return "encoder"
+        return detect_encoder_task(config, directory)
     raise _unsupported(where, model_type, "an architecture llmc export does not know")
+
+
+def _is_causal_lm(config: dict[str, Any]) -> bool:
+    architectures = [str(a) for a in config.get("architectures") or []]
+    return str(config.get("model_type")) in DECODER_TYPES or bool(config.get("is_decoder")) or any(
+        a.endswith(_DECODER_SUFFIXES) for a in architectures
+    )
+
+
+def _check_task(task: Task, config: dict[str, Any], where: str, directory: Path | None, dynamo: bool) -> Any:
+    """One line for a task the model cannot serve, before anything is loaded; the
+    sentence-transformers modules of a sentence-embedding export."""
+    from llmc.export.tasks import check_task
+
+    if not task.encoder:
+        check_decoder(config, where, dynamo)  # --task text-generation too: never a graph that may be wrong
+        return None
+    if task not in (FEATURE_EXTRACTION, SENTENCE_EMBEDDING) and _is_causal_lm(config):  # AutoModel's token states only
+        raise LlmcError(
+            f"{where}: --task {task}: model_type '{config.get('model_type')}' is a causal LM; llmc export exports "
+            f"it as {TEXT_GENERATION} (or its token states with --task {FEATURE_EXTRACTION}, pooled by a "
+            f"sentence-transformers directory's modules with --task {SENTENCE_EMBEDDING})"
+        )
+    return check_task(task, config, where, directory)
 
 
 def check_decoder(config: dict[str, Any], where: str = "config.json", dynamo: bool = True) -> None:
@@ -124,7 +165,7 @@ def _unsupported(where: str, model_type: str, what: str) -> LlmcError:
     return LlmcError(
         f"{where}: model_type '{model_type}' is {what}; llmc export supports encoders "
         f"({', '.join(sorted(ENCODER_TYPES))}) and causal LMs ({', '.join(sorted(DECODER_TYPES))}); "
-        "--task encoder exports it as an encoder anyway"
+        f"--task {FEATURE_EXTRACTION} exports it as an encoder anyway"
     )
 
 
@@ -141,8 +182,7 @@ def export_pretrained(
     ``log`` receives each phase's start line and, once it has finished, its elapsed seconds."""
     phases = Phases(log)
     source, output = Path(source), Path(output)
-    if task not in TASKS:
-        raise LlmcError(f"--task must be one of {', '.join(TASKS)}, not '{task}'")
+    named = None if task == "auto" else task_named(task)
     if opset is not None and opset < 7:
         raise LlmcError(f"--opset {opset}: ONNX opsets start at 7 (the dynamo exporter needs 18 or later)")
     gguf_file = _check_source(source)
@@ -151,26 +191,35 @@ def export_pretrained(
     phases.start(f"loading {source.resolve().name}", what)
     config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
     where = str(source if gguf_file else source / "config.json")
-    chosen = detect_task(config, where) if task == "auto" else task
-    if chosen == "decoder":
-        check_decoder(config, where, dynamo)  # --task decoder too: never a graph that may be wrong
+    st_directory = None if gguf_file else directory  # sentence-transformers modules beside config.json
+    chosen = named or detect_task(config, where, st_directory)
+    modules = _check_task(chosen, config, where, st_directory, dynamo)
     check_output(output, EXPORT_LAYOUT)
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
-        model = _load(directory, chosen, gguf_file)
-        inputs, outputs = _export(model, chosen, writer.path, dynamo, opset, phases)  # ends in "saving"
+        model = _load(modules.transformer if modules else directory, chosen, gguf_file)
+        spec = _spec(chosen, model.config, modules, st_directory, config)
+        inputs, outputs = _export(model, spec, modules, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
             files += _gguf_tokenizer(directory, gguf_file, writer.path)
         else:
             files += copy_companions(directory, writer.path)
-        if chosen == "decoder" and GENERATION_FILE not in files:
+        if not chosen.encoder and GENERATION_FILE not in files:
             _write_generation_config(model.config, writer.path / GENERATION_FILE)
             files.append(GENERATION_FILE)
         writer.commit()
     phases.end()
     model_type = str(config.get("model_type") or "unknown")
-    return ExportResult(output, chosen, model_type, files, inputs, outputs)
+    return ExportResult(output, chosen, model_type, files, inputs, outputs, spec)
+
+
+def _spec(task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any]) -> TaskSpec:
+    from llmc.export.sentence import is_cross_encoder
+    from llmc.export.tasks import task_spec
+
+    pair = directory is not None and is_cross_encoder(directory, config)
+    return task_spec(task, model_config, modules, pair)
 
 
 def _check_source(source: Path) -> str | None:
@@ -203,60 +252,69 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _load(directory: Path, task: str, gguf_file: str | None) -> Any:
-    """The model from ``directory``, offline, in float32 (the exporters trace float32 KV caches)."""
+def _load(directory: Path, task: Task, gguf_file: str | None) -> Any:
+    """The model from ``directory``, offline, in float32 (the exporters trace float32 KV caches);
+    one line when a head task's checkpoint lacks the head's weights (:func:`~llmc.export.tasks.check_loaded`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from llmc.export.models import _torch
+    from llmc.export.tasks import auto_class, check_loaded
 
     torch = _torch()
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    auto = AutoModelForCausalLM if task == "decoder" else AutoModel
+    auto = auto_class(task) if task.encoder else AutoModelForCausalLM
     if not gguf_file and _read_config(directory / "config.json").get("model_type") == "llmc_pruned_bert":
         from llmc.export.pruned_bert import PrunedBertModel
 
         auto = PrunedBertModel  # llmc's own class: no code from the directory runs
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, "output_loading_info": True}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
-        return auto.from_pretrained(str(directory), **kwargs).eval()
+        model, info = auto.from_pretrained(str(directory), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LlmcError(
-            f"{directory}: transformers cannot load it as {'a causal LM' if task == 'decoder' else 'an encoder'} "
+            f"{directory}: transformers cannot load it as {'an encoder' if task.encoder else 'a causal LM'} "
             f"({_first_line(exc)}); check its config.json and weights, or --task"
         ) from None
+    check_loaded(task, info, directory)
+    return model.eval()
 
 
 def _export(
-    model: Any, task: str, out_dir: Path, dynamo: bool, opset: int | None, phases: Phases
+    model: Any, spec: TaskSpec, modules: Any, out_dir: Path, dynamo: bool, opset: int | None, phases: Phases
 ) -> tuple[list[str], list[str]]:
-    """Export into a scratch file, then save ``model.onnx`` the way builds save models (external
-    data in ``model.onnx.data`` past the protobuf limit); return the graph's I/O names. The
-    exporters report their phases and start "saving", which the caller ends."""
+    """Export into a scratch file with ``spec`` in its metadata, then save ``model.onnx`` the way
+    builds save models (external data in ``model.onnx.data`` past the protobuf limit); return the
+    graph's I/O names. The exporters report their phases and start "saving", which the caller ends."""
     from llmc.export.models import (
         ENCODER_INPUTS,
+        add_metadata,
         decoder_cache_shape,
         decoder_input_names,
         decoder_output_names,
         export_decoder,
         export_encoder,
     )
+    from llmc.export.tasks import export_task
     from llmc.model import io as model_io
 
-    scratch = out_dir / ".export"
+    scratch, task = out_dir / ".export", spec.task
     try:
-        if task == "decoder":
+        if not task.encoder:
             export_decoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
-        else:
+        elif task == FEATURE_EXTRACTION:
             export_encoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
+        else:
+            export_task(model, task, modules, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
+        add_metadata(scratch / MODEL_FILE, spec_metadata(spec))
         model_io.save_model(model_io.load_model(scratch / MODEL_FILE), out_dir / MODEL_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if task == "decoder":
+    if not task.encoder:
         layers = decoder_cache_shape(model.config)[0]
         return decoder_input_names(layers), decoder_output_names(layers)
-    return list(ENCODER_INPUTS), ["last_hidden_state"]
+    return list(ENCODER_INPUTS), list(task.outputs)
 
 
 def _model_files(out_dir: Path) -> list[str]:

@@ -96,12 +96,32 @@ def export_encoder(
 ) -> Path:
     """Export a BERT-style encoder taking (input_ids, attention_mask) with dynamic batch/sequence.
     ``phases``: see :func:`_torch_export`."""
+    outputs = {"last_hidden_state": {0: "batch", 1: "sequence"}}
+    return export_encoder_module(
+        _HiddenStates(model).eval(), path, outputs, dynamo=dynamo, batch=batch, sequence=sequence, opset=opset,
+        phases=phases,
+    )
+
+
+def export_encoder_module(
+    module: Any,
+    path: str | Path,
+    outputs: dict[str, dict[int, str]],
+    *,
+    dynamo: bool = True,
+    batch: int = 1,
+    sequence: int = 16,
+    opset: int | None = None,
+    phases: Phases | None = None,
+) -> Path:
+    """Export a torch module taking (input_ids, attention_mask) [batch, sequence], both dynamic,
+    and returning ``outputs`` (name -> its dynamic axes, which the legacy exporter names)."""
     torch = _torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = torch.ones(batch, sequence, dtype=torch.long)
     mask = torch.ones(batch, sequence, dtype=torch.long)
-    kwargs: dict[str, Any] = {"input_names": list(ENCODER_INPUTS), "output_names": ["last_hidden_state"]}
+    kwargs: dict[str, Any] = {"input_names": list(ENCODER_INPUTS), "output_names": list(outputs)}
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamo:
@@ -109,8 +129,8 @@ def export_encoder(
         kwargs["dynamic_shapes"] = ({0: b, 1: s}, {0: b, 1: s})
     else:
         axes = {0: "batch", 1: "sequence"}
-        kwargs["dynamic_axes"] = {"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes}
-    return _torch_export(_HiddenStates(model).eval(), (ids, mask), path, dynamo, kwargs, phases)
+        kwargs["dynamic_axes"] = {"input_ids": axes, "attention_mask": axes, **outputs}
+    return _torch_export(module, (ids, mask), path, dynamo, kwargs, phases)
 
 
 def _torch_export(
@@ -319,7 +339,7 @@ def export_decoder(
     with _kept_as_is(model), dense_experts(model):
         _torch_export(_DecoderWithCache(model).eval(), args, path, dynamo, kwargs, phases)
     if recompute is not None:
-        _add_metadata(path, {decoder.RECOMPUTE_CACHE_AFTER: str(recompute)})
+        add_metadata(path, {decoder.RECOMPUTE_CACHE_AFTER: str(recompute)})
     return path
 
 
@@ -341,7 +361,7 @@ def _recompute_cache_after(model: Any) -> int | None:
     return original
 
 
-def _add_metadata(path: Path, entries: dict[str, str]) -> None:
+def add_metadata(path: Path, entries: dict[str, str]) -> None:
     """Add ``entries`` to the ONNX file's ``metadata_props`` (its external data left in place)."""
     import onnx
 

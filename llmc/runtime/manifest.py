@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from llmc.errors import LlmcError, first_line
 from llmc.model.files import MANIFEST_FILE, MODEL_FILE, PLAN_FILE
 from llmc.runtime.integrity import REBUILD
+from llmc.spec.task import TaskSpec
 
 SCHEMA_VERSION = 1
 
@@ -262,7 +263,7 @@ _PLAIN: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verification": (_object, "an object"),
     "versions": (_object, "an object"),
 }
-_OPTIONAL_PLAIN = ("padding", "sparsity", "engine")  # objects when present
+_OPTIONAL_PLAIN = ("padding", "sparsity", "engine", "task")  # objects when present
 _TYPED = ("source", "nodes", "shapes", "artifact", "session", "gqa", "tokenizer", "cache")
 _KNOWN = frozenset({"schema_version", "target", "precision", *_PLAIN, *_OPTIONAL_PLAIN, *_TYPED})
 
@@ -298,6 +299,11 @@ class Manifest:
     engine: dict[str, Any] | None = None  # the target's finishing step (trt: the signed plan)
     tokenizer: Tokenizer | None = None
     cache: Cache | None = None
+    task: dict[str, Any] | None = None  # llmc.spec.task.TaskSpec.to_dict() of the model's llmc.task metadata
+
+    def task_spec(self) -> TaskSpec | None:
+        """The model's task (:mod:`llmc.spec.task`), None for a model exported without one."""
+        return None if self.task is None else TaskSpec.from_dict(self.task, f"{MANIFEST_FILE} 'task'")
 
     def report(self, section: str | None) -> dict[str, Any] | None:
         """A precision's section (its ``manifest_section``), None when the build has none."""
@@ -318,7 +324,7 @@ class Manifest:
         optional = {
             "padding": self.padding, "gqa": self.gqa and self.gqa.to_dict(), **self.reports, "sparsity": self.sparsity,
             "engine": self.engine, "tokenizer": self.tokenizer and self.tokenizer.to_dict(),
-            "cache": self.cache and self.cache.to_dict(),
+            "cache": self.cache and self.cache.to_dict(), "task": self.task,
         }
         out.update((key, value) for key, value in optional.items() if value is not None)
         return out
@@ -344,11 +350,16 @@ class Manifest:
         _need(not (engine and engine.get("built")) or PLAN_FILE in artifact.sha256, refuse,
               f"the engine is built but {PLAN_FILE} is not hashed in 'artifact.sha256'")
         optional = {key: data[key] for key in ("gqa", "tokenizer", "cache") if data.get(key) is not None}
+        if data.get("task") is not None:
+            try:
+                TaskSpec.from_dict(data["task"], "'task'")
+            except LlmcError:
+                raise refuse(f"'task' is not a task record llmc writes ({_quoted(data['task'])})") from None
         return cls(
             **{key: data[key] for key in _PLAIN}, target=data["target"], precision=data["precision"],
             source=Source.from_dict(data, refuse), nodes=Nodes.from_dict(data, refuse),
             shapes=Shapes.from_dict(data, refuse), artifact=artifact, session=session,
-            padding=data.get("padding"), sparsity=data.get("sparsity"), engine=engine, reports=reports,
+            padding=data.get("padding"), sparsity=data.get("sparsity"), engine=engine, reports=reports, task=data.get("task"),
             gqa=Gqa.from_dict(optional["gqa"], refuse) if "gqa" in optional else None,
             tokenizer=Tokenizer.from_dict(optional["tokenizer"], refuse) if "tokenizer" in optional else None,
             cache=Cache.from_dict(optional["cache"], refuse) if "cache" in optional else None,

@@ -15,6 +15,7 @@ from llmc.cli.main import app
 from llmc.errors import LlmcError
 from llmc.export.hf import detect_task, export_pretrained
 from llmc.export.models import _optimizes_by_default
+from llmc.spec.task import FEATURE_EXTRACTION, TEXT_GENERATION
 from tests.cli.test_bad_inputs import _assert_one_line_error
 
 pytest.importorskip("torch")
@@ -69,7 +70,7 @@ def gpt2_export_run(gpt2_dir, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("exports") / "gpt2"
     result = runner.invoke(app, ["export", str(gpt2_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "exported gpt2 (decoder)" in result.output
+    assert "exported gpt2 (text-generation)" in result.output
     return out, result.output
 
 
@@ -97,6 +98,12 @@ def test_a_decoder_exports_with_its_tokenizer_and_a_generation_config(gpt2_expor
     names = {p.name for p in gpt2_export.iterdir()}
     assert {"model.onnx", "generation_config.json"} | TOKENIZER_FILES <= names
     assert _io_names(gpt2_export / "model.onnx") == (decoder_input_names(2), decoder_output_names(2))
+    import onnx
+
+    from llmc.spec.task import TaskSpec, read_spec
+
+    metadata = onnx.load(str(gpt2_export / "model.onnx"), load_external_data=False).metadata_props
+    assert read_spec({p.key: p.value for p in metadata}, "model.onnx") == TaskSpec(TEXT_GENERATION)
     generation = json.loads((gpt2_export / "generation_config.json").read_text())
     assert generation["bos_token_id"] == 2 and generation["eos_token_id"] == 3
     from transformers import AutoTokenizer
@@ -191,7 +198,7 @@ def test_the_phases_show_in_order_with_their_seconds(gpt2_export_run, bert_dir, 
     done = [m.groups() for m in re.finditer(r"^(.+): (\d+\.\d) s$", output, re.MULTILINE)]
     assert [name for name, _ in done] == ["loading gpt2", "exporting to ONNX", *optimising, "saving"], output
     assert all(float(seconds) >= 0 for _, seconds in done)
-    assert output.index("saving: ") < output.index("exported gpt2 (decoder)")
+    assert output.index("saving: ") < output.index("exported gpt2 (text-generation)")
 
     # A library caller's callback gets each phase's start line, then its seconds; none, no output.
     lines: list[str] = []
@@ -206,14 +213,14 @@ def test_the_phases_show_in_order_with_their_seconds(gpt2_export_run, bert_dir, 
 
 
 def test_detect_task():
-    assert detect_task({"model_type": "gpt2"}) == "decoder"
-    assert detect_task({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}) == "decoder"
+    assert detect_task({"model_type": "gpt2"}) == TEXT_GENERATION
+    assert detect_task({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]}) == TEXT_GENERATION
     # A causal LM of a family whose export is not checked is refused (tests/export/test_export_families.py).
     custom = {"model_type": "custom"}
     for config in ({**custom, "architectures": ["CustomForCausalLM"]}, {**custom, "is_decoder": True}):
         with pytest.raises(LlmcError, match="model_type 'custom' is a causal LM llmc export does not export"):
             detect_task(config)
-    assert detect_task({"model_type": "bert", "architectures": ["BertModel"]}) == "encoder"
+    assert detect_task({"model_type": "bert", "architectures": ["BertModel"]}) == FEATURE_EXTRACTION
     with pytest.raises(LlmcError, match="model_type 't5' is an encoder-decoder"):
         detect_task({"model_type": "t5", "is_encoder_decoder": True})
     with pytest.raises(LlmcError, match="model_type 'vit' is an architecture llmc export does not know.*bert"):
@@ -235,7 +242,7 @@ def test_bad_sources_are_one_line(tmp_path, gpt2_dir):
     _assert_one_line_error(runner.invoke(app, ["export", str(vit), "-o", out]), "not a model config")
     (vit / "config.json").write_text('{"model_type": "bert"}')  # no weights
     _assert_one_line_error(runner.invoke(app, ["export", str(vit), "-o", out]), "transformers cannot load")
-    _assert_one_line_error(runner.invoke(app, ["export", str(vit), "-o", out, "--task", "x"]), "--task must be")
+    _assert_one_line_error(runner.invoke(app, ["export", str(vit), "-o", out, "--task", "x"]), "--task 'x' is not a task")
     (tmp_path / "file").write_text("x")
     _assert_one_line_error(
         runner.invoke(app, ["export", str(gpt2_dir), "-o", str(tmp_path / "file")]), "existing file"

@@ -143,8 +143,9 @@ def test_what_cannot_be_exported_exactly_is_refused_in_one_line(tmp_path, config
 def test_what_the_legacy_exporter_fails_on_is_refused_in_one_line(tmp_path, config, fragment):
     from llmc.cli.main import app
     from llmc.export.hf import detect_task
+    from llmc.spec.task import TEXT_GENERATION
 
-    assert detect_task(config) == "decoder"  # the dynamo exporter takes it
+    assert detect_task(config) == TEXT_GENERATION  # the dynamo exporter takes it
     source = tmp_path / "model"
     source.mkdir()
     (source / "config.json").write_text(json.dumps(config))

@@ -31,13 +31,13 @@ from tests.cli.test_bad_inputs import _assert_one_line_error
 runner = CliRunner()
 
 # manifest.json's keys, in the order llmc writes them: the sections every build has, then the
-# optional ones (padding, gqa, the precision's section, sparsity, engine, tokenizer, cache).
+# optional ones (padding, gqa, the precision's section, sparsity, engine, tokenizer, cache, task).
 REQUIRED = [
     "schema_version", "llmc_version", "source", "target", "precision", "pipeline", "passes", "rewrites", "fusions",
     "fused_ops", "not_fused", "fusion_families", "nodes", "compile_seconds", "validity", "memory", "shapes",
     "verification", "artifact", "versions", "session",
 ]
-OPTIONAL = ["padding", "gqa", "quantization", "fp16", "sparsity", "engine", "tokenizer", "cache"]
+OPTIONAL = ["padding", "gqa", "quantization", "fp16", "sparsity", "engine", "tokenizer", "cache", "task"]
 
 
 def _text(path: Path) -> str:
@@ -165,6 +165,8 @@ def built(tmp_path_factory) -> dict:
     ({"passes": {}}, ["'passes'"]),
     ({"compile_seconds": "1"}, ["'compile_seconds'"]),
     ({"padding": [1]}, ["'padding'"]),
+    ({"task": ["text-classification"]}, ["'task' must be an object"]),
+    ({"task": {"task": "summarization"}}, ["'task' is not a task record", "summarization"]),
     ({"my_precision": "x"}, ["'my_precision'"]),
 ])
 def test_a_manifest_of_another_schema_or_types_is_refused_in_one_line(built, edit, fragments):
@@ -183,6 +185,16 @@ def test_a_registered_precisions_section_is_kept(built):
     manifest = Manifest.from_dict(data)
     assert manifest.report("my_precision") == {"nodes": 3} and manifest.report(None) is None
     assert manifest.to_dict() == data and list(manifest.to_dict())[-1] == "my_precision"
+
+
+def test_the_task_section_reads_back_as_the_spec(built):
+    from llmc.spec.task import TEXT_CLASSIFICATION, TaskSpec
+
+    spec = TaskSpec(TEXT_CLASSIFICATION, ("no", "yes"), "single_label_classification", pair=True)
+    data = {**built, "task": spec.to_dict()}
+    manifest = Manifest.from_dict(data)
+    assert manifest.task_spec() == spec and manifest.to_dict() == data and list(manifest.to_dict())[-1] == "task"
+    assert Manifest.from_dict(built).task_spec() is None and "task" not in built  # a model without a task
 
 
 def test_optional_fields_are_left_out_when_absent(built):
