@@ -300,13 +300,14 @@ def _export(
     from llmc.model import io as model_io
 
     scratch, task = out_dir / ".export", spec.task
+    inputs: tuple[str, ...] = ENCODER_INPUTS
     try:
         if not task.encoder:
             export_decoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
         elif task == FEATURE_EXTRACTION:
             export_encoder(model, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
         else:
-            export_task(model, task, modules, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
+            inputs = export_task(model, spec, modules, scratch / MODEL_FILE, dynamo=dynamo, opset=opset, phases=phases)
         add_metadata(scratch / MODEL_FILE, spec_metadata(spec))
         model_io.save_model(model_io.load_model(scratch / MODEL_FILE), out_dir / MODEL_FILE)
     finally:
@@ -314,7 +315,7 @@ def _export(
     if not task.encoder:
         layers = decoder_cache_shape(model.config)[0]
         return decoder_input_names(layers), decoder_output_names(layers)
-    return list(ENCODER_INPUTS), list(task.outputs)
+    return list(inputs), list(task.outputs)
 
 
 def _model_files(out_dir: Path) -> list[str]:

@@ -26,6 +26,7 @@ from llmc.export.phases import Phases
 from llmc.model import decoder
 
 ENCODER_INPUTS = (decoder.INPUT_IDS, decoder.ATTENTION_MASK)
+TOKEN_TYPE_IDS = "token_type_ids"  # a text-pair model's segment ids (llmc.export.tasks.segment_inputs)
 
 
 def _torch():
@@ -113,24 +114,28 @@ def export_encoder_module(
     sequence: int = 16,
     opset: int | None = None,
     phases: Phases | None = None,
+    inputs: tuple[str, ...] = ENCODER_INPUTS,
 ) -> Path:
-    """Export a torch module taking (input_ids, attention_mask) [batch, sequence], both dynamic,
-    and returning ``outputs`` (name -> its dynamic axes, which the legacy exporter names)."""
+    """Export a torch module taking ``inputs`` (input_ids, attention_mask and, for a text-pair model
+    with segment embeddings, token_type_ids) [batch, sequence], all dynamic, and returning
+    ``outputs`` (name -> its dynamic axes, which the legacy exporter names)."""
     torch = _torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = torch.ones(batch, sequence, dtype=torch.long)
-    mask = torch.ones(batch, sequence, dtype=torch.long)
-    kwargs: dict[str, Any] = {"input_names": list(ENCODER_INPUTS), "output_names": list(outputs)}
+    args = tuple(
+        torch.zeros(batch, sequence, dtype=torch.long) if name == TOKEN_TYPE_IDS else torch.ones(batch, sequence, dtype=torch.long)
+        for name in inputs
+    )
+    kwargs: dict[str, Any] = {"input_names": list(inputs), "output_names": list(outputs)}
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamo:
         b, s = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        kwargs["dynamic_shapes"] = ({0: b, 1: s}, {0: b, 1: s})
+        kwargs["dynamic_shapes"] = tuple({0: b, 1: s} for _ in inputs)
     else:
         axes = {0: "batch", 1: "sequence"}
-        kwargs["dynamic_axes"] = {"input_ids": axes, "attention_mask": axes, **outputs}
-    return _torch_export(module, (ids, mask), path, dynamo, kwargs, phases)
+        kwargs["dynamic_axes"] = {**{name: axes for name in inputs}, **outputs}
+    return _torch_export(module, args, path, dynamo, kwargs, phases)
 
 
 def _torch_export(

@@ -14,9 +14,9 @@ A head task is loaded with its ``AutoModelFor...`` class; weights the checkpoint
 (transformers would initialise them at random, "newly initialized") are refused in one line.
 ``pair``: question-answering always reads a question and a context; text-classification reads a
 pair when the directory is a sentence-transformers CrossEncoder (a reranker), else one text.
-The graph takes ``input_ids`` and ``attention_mask`` only, as :func:`export_encoder` does: segment
-ids (``token_type_ids``) are 0 everywhere, so a pair model with segment embeddings computes what
-transformers computes without ``token_type_ids``.
+The graph takes ``input_ids`` and ``attention_mask``, as :func:`export_encoder` does, and
+``token_type_ids`` too for a pair model whose family has segment embeddings
+(:func:`encoder_inputs`).
 """
 
 from __future__ import annotations
@@ -144,19 +144,34 @@ def describe(spec: TaskSpec) -> str:
     return ", ".join(parts)
 
 
-def export_task(
-    model: Any, task: Task, modules: sentence.SentenceModules | None, path: Path, *, dynamo: bool,
-    opset: int | None, phases: Phases,
-) -> None:
-    """Export ``model`` (loaded by :func:`auto_class`) computing ``task.outputs`` from
-    (``input_ids``, ``attention_mask``), both [batch, sequence], dynamic."""
-    from llmc.export.models import export_encoder_module
+def encoder_inputs(spec: TaskSpec, model_config: Any) -> tuple[str, ...]:
+    """The exported graph's inputs: ``input_ids``, ``attention_mask``, and ``token_type_ids`` for a
+    model of text pairs whose family has segment embeddings (``type_vocab_size`` > 1: BERT, ELECTRA,
+    ALBERT), which its tokenizer gives 1 on the second text: without them a reranker or a QA model
+    would score pairs differently from transformers and sentence-transformers."""
+    from llmc.export.models import ENCODER_INPUTS, TOKEN_TYPE_IDS
 
+    segments = spec.pair and int(getattr(model_config, "type_vocab_size", 0) or 0) > 1
+    return (*ENCODER_INPUTS, TOKEN_TYPE_IDS) if segments else ENCODER_INPUTS
+
+
+def export_task(
+    model: Any, spec: TaskSpec, modules: sentence.SentenceModules | None, path: Path, *, dynamo: bool,
+    opset: int | None, phases: Phases,
+) -> tuple[str, ...]:
+    """Export ``model`` (loaded by :func:`auto_class`) computing ``spec.task.outputs`` from
+    :func:`encoder_inputs` (all [batch, sequence], dynamic); returns the input names."""
+    from llmc.export.models import ENCODER_INPUTS, export_encoder_module
+
+    task = spec.task
+    inputs = encoder_inputs(spec, model.config) if modules is None else ENCODER_INPUTS
     module = sentence.sentence_embedding(model, modules) if modules is not None else _outputs_module()(model, task.outputs)
     axes = {0: "batch"} if task in _PER_TEXT else {0: "batch", 1: "sequence"}
     export_encoder_module(
-        module.eval(), path, {name: axes for name in task.outputs}, dynamo=dynamo, opset=opset, phases=phases
+        module.eval(), path, {name: axes for name in task.outputs}, dynamo=dynamo, opset=opset, phases=phases,
+        inputs=inputs,
     )
+    return inputs
 
 
 def _outputs_module():
@@ -171,8 +186,9 @@ def _outputs_module():
             super().__init__()
             self.model, self.names = model, names
 
-        def forward(self, input_ids, attention_mask):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **segments)
             values = tuple(getattr(out, name) for name in self.names)
             return values[0] if len(values) == 1 else values
 

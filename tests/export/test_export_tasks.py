@@ -320,7 +320,25 @@ def test_a_cross_encoder_reads_pairs(classifier_dir, tmp_path):
     ))
     (source / "config_sentence_transformers.json").write_text('{"model_type": "CrossEncoder"}')
     assert "(text-classification, 3 labels, text pairs)" in _export(source, tmp_path / "onnx")
-    assert _io_and_spec(tmp_path / "onnx" / "model.onnx")[2].pair is True
+    inputs, _, spec = _io_and_spec(tmp_path / "onnx" / "model.onnx")
+    assert spec.pair is True
+    # BERT has segment embeddings: the second text's token_type_ids (1) are an input, and the
+    # scores of pairs are transformers' own with the tokenizer's segment ids.
+    assert inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    feeds = _feeds(3)
+    feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    feeds["token_type_ids"][:, 4:] = feeds["attention_mask"][:, 4:]  # the second text: columns 4 on
+    with torch.no_grad():
+        expected = AutoModelForSequenceClassification.from_pretrained(source).eval()(
+            **{k: torch.from_numpy(v) for k, v in feeds.items()}
+        ).logits.numpy()
+    got = _run(tmp_path / "onnx" / "model.onnx", feeds)["logits"]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    without = _run(tmp_path / "onnx" / "model.onnx", {**feeds, "token_type_ids": np.zeros_like(feeds["input_ids"])})
+    assert np.abs(without["logits"] - expected).max() > 1e-3  # the segment ids matter to this model
 
 
 def _config_dir(tmp_path: Path, name: str, config: dict, **files: str) -> Path:
