@@ -123,11 +123,9 @@ def task_spec(task: Task, config: Any, modules: sentence.SentenceModules | None,
     if task in (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION):
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels)))
-        problem_type = None
-        if task is TEXT_CLASSIFICATION:
-            problem_type = getattr(config, "problem_type", None) or (
-                "regression" if len(labels) == 1 else "single_label_classification"
-            )
+        # as the config says; unset stays unset: transformers' pipeline then applies a sigmoid to
+        # one label and a softmax to several (llmc.tasks reads it the same way)
+        problem_type = getattr(config, "problem_type", None) if task is TEXT_CLASSIFICATION else None
         return TaskSpec(task, labels, problem_type, pair=pair and task is TEXT_CLASSIFICATION)
     return TaskSpec(task, pair=task is QUESTION_ANSWERING)
 

@@ -104,9 +104,9 @@ def _export(source: Path, out: Path, *args: str) -> str:
 
 HEADS = [
     pytest.param("BertForSequenceClassification", {"num_labels": 3, "id2label": LABELS}, TEXT_CLASSIFICATION,
-                 TaskSpec(TEXT_CLASSIFICATION, tuple(LABELS.values()), "single_label_classification"),
+                 TaskSpec(TEXT_CLASSIFICATION, tuple(LABELS.values())),
                  "text-classification, 3 labels", id="text-classification"),
-    pytest.param("BertForSequenceClassification", {"num_labels": 1}, TEXT_CLASSIFICATION,
+    pytest.param("BertForSequenceClassification", {"num_labels": 1, "problem_type": "regression"}, TEXT_CLASSIFICATION,
                  TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), "regression"), "text-classification, 1 label",
                  id="regression"),
     pytest.param("BertForSequenceClassification", {"num_labels": 2, "problem_type": "multi_label_classification"},

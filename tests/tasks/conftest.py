@@ -1,9 +1,5 @@
-"""Tiny task artifacts, built once per session.
-
-STAND-IN (issue 31): the models are exported by ``tests/tasks/models.py`` (``torch.onnx.export``
-of tiny random BERT heads, the task spec written into the metadata as ``llmc export`` will);
-replace them with ``llmc export --task ...`` output once export keeps encoder task heads.
-"""
+"""Tiny task artifacts, exported by ``llmc export`` and built once per session
+(``tests/tasks/models.py``)."""
 
 from __future__ import annotations
 
@@ -21,8 +17,8 @@ from llmc.spec.task import (
 from tests.tasks.models import ENTITIES, SENTIMENT, TaskModel, export_task_model
 
 
-def _build(tmp_path_factory, name: str, spec: TaskSpec, **options) -> TaskModel:
-    return export_task_model(spec, tmp_path_factory.mktemp(name), **options)
+def _build(tmp_path_factory, name: str, spec: TaskSpec) -> TaskModel:
+    return export_task_model(spec, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +51,7 @@ def embedder(tmp_path_factory) -> TaskModel:
 @pytest.fixture(scope="session")
 def features(tmp_path_factory) -> TaskModel:
     """A feature-extraction model whose graph takes no token_type_ids."""
-    return _build(tmp_path_factory, "features", TaskSpec(FEATURE_EXTRACTION), token_type_ids=False)
+    return _build(tmp_path_factory, "features", TaskSpec(FEATURE_EXTRACTION))
 
 
 @pytest.fixture(scope="session")

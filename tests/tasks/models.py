@@ -1,26 +1,22 @@
-"""STAND-IN for `llmc export` with task heads (issue 31): tiny random BERT task models exported
-here with ``torch.onnx.export``, their outputs named as :mod:`llmc.spec.task` says and their
-``llmc.task`` metadata written with :func:`llmc.spec.task.spec_metadata`, the real
-all-MiniLM-L6-v2 tokenizer beside them, then built with ``llmc.build``. Replace
-:func:`export_task_model` with ``llmc export --task ...`` once export keeps the heads.
-"""
+"""Tiny random BERT task models (a head each, weights scaled so answers are not ties) with the
+real all-MiniLM-L6-v2 tokenizer, exported as a user would (``llmc export --task``) and built with
+``llmc.build``; the transformers models are the reference the task API is judged against."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from llmc.spec.task import (
-    FEATURE_EXTRACTION,
     FILL_MASK,
     QUESTION_ANSWERING,
     SENTENCE_EMBEDDING,
     TEXT_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     TaskSpec,
-    spec_metadata,
 )
 
 TINY = dict(
@@ -104,54 +100,38 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
-def _wrapper(model: Any, spec: TaskSpec, with_types: bool) -> Any:
-    import torch
-
-    class Outputs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            kwargs = {"token_type_ids": token_type_ids} if with_types else {}
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            if spec.task is SENTENCE_EMBEDDING:
-                return torch.nn.functional.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
-            if spec.task is FEATURE_EXTRACTION:
-                return out.last_hidden_state
-            if spec.task is QUESTION_ANSWERING:
-                return out.start_logits, out.end_logits
-            return out.logits
-
-    return Outputs().eval()
+def _sentence_transformers_files(directory: Path, spec: TaskSpec) -> None:
+    """What makes ``directory`` a sentence-transformers model: mean pooling + normalisation for an
+    embedder, a CrossEncoder for a model of pairs (``llmc export`` reads both)."""
+    transformer = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}
+    if spec.task is SENTENCE_EMBEDDING:
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": TINY["hidden_size"], "pooling_mode_mean_tokens": True}
+        ))
+        modules = [transformer, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if spec.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "modules.json").write_text(json.dumps(modules))
+    elif spec.pair and spec.task is TEXT_CLASSIFICATION:
+        (directory / "modules.json").write_text(json.dumps([transformer]))
+        (directory / "config_sentence_transformers.json").write_text('{"model_type": "CrossEncoder"}')
 
 
-def export_task_model(spec: TaskSpec, directory: Path, *, token_type_ids: bool = True) -> TaskModel:
-    """STAND-IN for ``llmc export``: the torch model of ``spec`` exported to
-    ``directory/source/model.onnx`` with the spec in its metadata and the tokenizer beside it,
-    built into ``directory/artifact``."""
-    import torch
-
+def export_task_model(spec: TaskSpec, directory: Path) -> TaskModel:
+    """The torch model of ``spec`` saved as a Hugging Face directory (the MiniLM tokenizer beside
+    it), exported by ``llmc export --task`` into ``directory/source`` (which must write ``spec``)
+    and built into ``directory/artifact``."""
     import llmc
-    from llmc.export.models import _add_metadata, _quiet
+    from llmc.export import export_pretrained
 
-    source = directory / "source"
-    source.mkdir(parents=True, exist_ok=True)
+    hf = directory / "hf"
     model = build_torch(spec)
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_type_ids else [])
-    example = tuple(torch.ones(2, 7, dtype=torch.long) for _ in names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*names, *spec.task.outputs)}
-    for name in spec.task.outputs:
-        if spec.task is SENTENCE_EMBEDDING or spec.task is TEXT_CLASSIFICATION:
-            axes[name] = {0: "batch"}
-    path = source / "model.onnx"
-    with _quiet():
-        torch.onnx.export(
-            _wrapper(model, spec, token_type_ids), example, str(path), dynamo=False, input_names=names,
-            output_names=list(spec.task.outputs), dynamic_axes=axes, opset_version=17,
-        )
-    _add_metadata(path, spec_metadata(spec))
-    copy_tokenizer(source)
+    model.save_pretrained(hf)
+    copy_tokenizer(hf)
+    _sentence_transformers_files(hf, spec)
+    result = export_pretrained(hf, directory / "source", task=spec.task.name)
+    assert result.spec == spec, (result.spec, spec)
     artifact = directory / "artifact"
-    llmc.build(path, output=artifact)
-    return TaskModel(model, spec, path, artifact, token_type_ids)
+    llmc.build(directory / "source" / "model.onnx", output=artifact)
+    return TaskModel(model, spec, directory / "source" / "model.onnx", artifact, "token_type_ids" in result.inputs)
