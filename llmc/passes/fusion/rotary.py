@@ -113,5 +113,52 @@ def caches(op, position_ids: ir.Value, inv_freq: ir.Value, scale: ir.Value | Non
     return cos, sin
 
 
+class TableRotary(pattern.RewriteRuleClassBase):
+    """A rule turning one rotation form into ``com.microsoft.RotaryEmbedding`` with a cos/sin cache
+    computed in the graph (:func:`caches`), shared by every layer: the rules of
+    :mod:`llmc.passes.fusion.rotary_interleaved` and :mod:`llmc.passes.fusion.rotary_split`."""
+
+    interleaved = 0
+
+    def __init__(self) -> None:
+        super().__init__(type(self).__name__, remove_nodes=False)  # the caches are shared by every layer
+        self._cache: dict[tuple, tuple[ir.Value, ir.Value]] = {}
+
+    def cleanup(self) -> None:
+        self._cache.clear()
+
+    @staticmethod
+    def inputs_problem(context, position_ids: ir.Value, axes: ir.Value, inv_freq: ir.Value) -> str | None:  # noqa: ANN001
+        """Why the positions and frequencies are not the graph input ``[batch, sequence]`` (on the
+        last axis) and one constant vector, or None."""
+        if position_ids not in context.model.graph.inputs or position_ids.shape is None or position_ids.shape.rank() != 2:
+            return "the positions are not the [batch, sequence] graph input"
+        if const_ints(axes) not in ([-1], [2]):
+            return "position ids are not unsqueezed on the last axis"
+        if inv_freq.const_value is None or inv_freq.const_value.numpy().squeeze().ndim != 1:
+            return "inv_freq is not a constant vector"
+        return None
+
+    @staticmethod
+    def rotated_problem(x: ir.Value, inv_freq: ir.Value) -> str | None:
+        """Why ``x`` is not ``[batch, heads, sequence, 2E]`` with the heads known (E frequencies)."""
+        width = int(inv_freq.const_value.numpy().size)
+        if x.shape is None or x.shape.rank() != 4 or x.shape[3] != 2 * width:
+            return f"the rotated tensor is not [batch, heads, sequence, {2 * width}]"
+        if not isinstance(x.shape[1], int):
+            return "the number of heads is not known"
+        return None
+
+    def rewrite(self, op, x, position_ids, inv_freq, scale=None, scaled=False, **_):  # noqa: ANN001, ANN201
+        key = (id(inv_freq), id(scale) if scaled else None)
+        if key not in self._cache:
+            self._cache[key] = caches(op, position_ids, inv_freq, scale if scaled else None)
+        cos_cache, sin_cache = self._cache[key]
+        return op.RotaryEmbedding(
+            x, position_ids, cos_cache, sin_cache, interleaved=self.interleaved, num_heads=int(x.shape[1]),
+            _domain="com.microsoft",
+        )
+
+
 def rules() -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet([CosSinCacheMul.rule()])

@@ -25,18 +25,13 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from llmc.model.values import const_ints
-from llmc.passes.fusion.rotary import caches
+from llmc.passes.fusion.rotary import TableRotary
 
 _LAST = (-1, 3)
 
 
-class InterleavedRotary(pattern.RewriteRuleClassBase):
-    def __init__(self) -> None:
-        super().__init__("InterleavedRotary", remove_nodes=False)  # the caches are shared: see rotary.py
-        self._cache: dict[int, tuple[ir.Value, ir.Value]] = {}
-
-    def cleanup(self) -> None:
-        self._cache.clear()
+class InterleavedRotary(TableRotary):
+    interleaved = 1
 
     def pattern(  # noqa: PLR0913
         self, op, x, position_ids, axes, inv_freq, pair, emb_shape, cos_axes, sin_axes,  # noqa: ANN001
@@ -58,12 +53,9 @@ class InterleavedRotary(pattern.RewriteRuleClassBase):
         odd_start, odd_axes, odd_step, even_start, even_axes, even_step, last_odd, last_even, **_,  # noqa: ANN001, ANN003
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if position_ids not in context.model.graph.inputs or position_ids.shape is None or position_ids.shape.rank() != 2:
-            return result.fail("the positions are not the [batch, sequence] graph input", position_ids)
-        if const_ints(axes) not in ([-1], [2]):
-            return result.fail("position ids are not unsqueezed on the last axis", axes)
-        if inv_freq.const_value is None or inv_freq.const_value.numpy().squeeze().ndim != 1:
-            return result.fail("inv_freq is not a constant vector", inv_freq)
+        why = self.inputs_problem(context, position_ids, axes, inv_freq)
+        if why:
+            return result.fail(why, position_ids)
         if const_ints(pair) != [1, 1, 1, 2]:
             return result.fail("the frequencies are not repeated twice on a new last axis", pair)
         if const_ints(cos_axes) != [1] or const_ints(sin_axes) != [1]:
@@ -73,21 +65,8 @@ class InterleavedRotary(pattern.RewriteRuleClassBase):
                 return result.fail("the rotated halves are not x[..., 1::2] and x[..., ::2]", x)
         if (const_ints(last_odd) or [None])[0] not in (-1, 4) or (const_ints(last_even) or [None])[0] not in (-1, 4):
             return result.fail("the halves are not stacked on a new last axis", x)
-        width = int(inv_freq.const_value.numpy().size)
-        if x.shape is None or x.shape.rank() != 4 or x.shape[3] != 2 * width:
-            return result.fail(f"the rotated tensor is not [batch, heads, sequence, {2 * width}]", x)
-        if not isinstance(x.shape[1], int):
-            return result.fail("the number of heads is not known", x)
-        return result
-
-    def rewrite(self, op, x, position_ids, inv_freq, **_):  # noqa: ANN001, ANN201
-        key = id(inv_freq)
-        if key not in self._cache:
-            self._cache[key] = caches(op, position_ids, inv_freq, None)
-        cos_cache, sin_cache = self._cache[key]
-        return op.RotaryEmbedding(
-            x, position_ids, cos_cache, sin_cache, interleaved=1, num_heads=int(x.shape[1]), _domain="com.microsoft"
-        )
+        why = self.rotated_problem(x, inv_freq)
+        return result.fail(why, x) if why else result
 
 
 def rules() -> pattern.RewriteRuleSet:

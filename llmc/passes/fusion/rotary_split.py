@@ -25,19 +25,12 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from llmc.model.values import const_ints
-from llmc.passes.fusion.rotary import caches
+from llmc.passes.fusion.rotary import TableRotary
 
 _LAST = (-1, 3)
 
 
-class SplitHalvesRotary(pattern.RewriteRuleClassBase):
-    def __init__(self) -> None:
-        super().__init__("SplitHalvesRotary", remove_nodes=False)  # the caches are shared: see rotary.py
-        self._cache: dict[tuple, tuple[ir.Value, ir.Value]] = {}
-
-    def cleanup(self) -> None:
-        self._cache.clear()
-
+class SplitHalvesRotary(TableRotary):
     def pattern(self, op, x, position_ids, axes, inv_freq, scale, cos_axes, sin_axes):  # noqa: ANN001, ANN201
         freqs = op.Mul(op.Cast(op.Unsqueeze(position_ids, axes), to=ir.DataType.FLOAT), inv_freq)
         cos = pattern.OrValue([op.Cos(freqs), op.Mul(op.Cos(freqs), scale)], tag_var="scaled", tag_values=[False, True])
@@ -55,12 +48,9 @@ class SplitHalvesRotary(pattern.RewriteRuleClassBase):
         scale=None, scaled=False, sin_scaled=False, **_,  # noqa: ANN001, ANN003
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if position_ids not in context.model.graph.inputs or position_ids.shape is None or position_ids.shape.rank() != 2:
-            return result.fail("the positions are not the [batch, sequence] graph input", position_ids)
-        if const_ints(axes) not in ([-1], [2]):
-            return result.fail("position ids are not unsqueezed on the last axis", axes)
-        if inv_freq.const_value is None or inv_freq.const_value.numpy().squeeze().ndim != 1:
-            return result.fail("inv_freq is not a constant vector", inv_freq)
+        why = self.inputs_problem(context, position_ids, axes, inv_freq)
+        if why:
+            return result.fail(why, position_ids)
         if scaled != sin_scaled:
             return result.fail("cos and sin are not scaled alike", x)
         if scaled and (scale.const_value is None or scale.const_value.size != 1):
@@ -70,21 +60,8 @@ class SplitHalvesRotary(pattern.RewriteRuleClassBase):
         split = first.producer()
         if split.attributes.get_int("axis", 0) not in _LAST or len(split.inputs) > 1:
             return result.fail("x is not split in two equal halves on its last axis", x)
-        width = int(inv_freq.const_value.numpy().size)
-        if x.shape is None or x.shape.rank() != 4 or x.shape[3] != 2 * width:
-            return result.fail(f"the rotated tensor is not [batch, heads, sequence, {2 * width}]", x)
-        if not isinstance(x.shape[1], int):
-            return result.fail("the number of heads is not known", x)
-        return result
-
-    def rewrite(self, op, x, position_ids, inv_freq, scale=None, scaled=False, **_):  # noqa: ANN001, ANN201
-        key = (id(inv_freq), id(scale) if scaled else None)
-        if key not in self._cache:
-            self._cache[key] = caches(op, position_ids, inv_freq, scale if scaled else None)
-        cos_cache, sin_cache = self._cache[key]
-        return op.RotaryEmbedding(
-            x, position_ids, cos_cache, sin_cache, interleaved=0, num_heads=int(x.shape[1]), _domain="com.microsoft"
-        )
+        why = self.rotated_problem(x, inv_freq)
+        return result.fail(why, x) if why else result
 
 
 def rules() -> pattern.RewriteRuleSet:
