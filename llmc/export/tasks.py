@@ -144,12 +144,14 @@ def describe(spec: TaskSpec) -> str:
 
 def encoder_inputs(spec: TaskSpec, model_config: Any) -> tuple[str, ...]:
     """The exported graph's inputs: ``input_ids``, ``attention_mask``, and ``token_type_ids`` for a
-    model of text pairs whose family has segment embeddings (``type_vocab_size`` > 1: BERT, ELECTRA,
+    model that may read text pairs (a text classifier: NLI, rerankers; question answering) whose
+    family has segment embeddings (``type_vocab_size`` > 1: BERT, ELECTRA,
     ALBERT), which its tokenizer gives 1 on the second text: without them a reranker or a QA model
     would score pairs differently from transformers and sentence-transformers."""
     from llmc.export.models import ENCODER_INPUTS, TOKEN_TYPE_IDS
 
-    segments = spec.pair and int(getattr(model_config, "type_vocab_size", 0) or 0) > 1
+    reads_pairs = spec.pair or spec.task is TEXT_CLASSIFICATION  # a classifier may be given pairs (NLI)
+    segments = reads_pairs and int(getattr(model_config, "type_vocab_size", 0) or 0) > 1
     return (*ENCODER_INPUTS, TOKEN_TYPE_IDS) if segments else ENCODER_INPUTS
 
 

@@ -18,8 +18,9 @@ padding masked) at least ``1 - max_accuracy_loss`` in both ways. :meth:`llmc.int
 Int8.padding_verdict` turns it into the manifest's padding verdicts.
 
 Requires: samples whose inputs are all ``[1, L]`` with an ``attention_mask`` (an encoder's; a
-decoder with a KV cache is not measured). Ensures: a report section, or None where it does not
-apply.
+decoder with a KV cache is not measured), some of them with padding to skip (else nothing would
+be measured: None, and the probe's verdict stands); samples of different lengths are right-padded
+to their batch's width. Ensures: a report section, or None where it does not apply.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def measure(run: Run, samples: list[Sample], reference: Callable[[int], Sample],
         return None
     lengths = [_length(s[MASK][0]) for s in samples]
     padded = [s[MASK].shape[1] for s in samples]
+    if all(n >= p for n, p in zip(lengths, padded, strict=True)):
+        return None  # no padding to skip in any sample: nothing measured, the probe's verdict stands
     alone = [_cosine(reference(i), run(_cut(s, lengths[i])), padded[i], lengths[i], lengths[i]) for i, s in enumerate(samples)]
     batched: list[float] = []
     for start in range(0, len(samples), BATCH):
         rows = list(range(start, min(start + BATCH, len(samples))))
         width = max(lengths[i] for i in rows)
-        feeds = {name: np.concatenate([samples[i][name][:, :width] for i in rows]) for name in samples[rows[0]]}
+        feeds = {name: np.concatenate([_width(samples[i][name], width) for i in rows]) for name in samples[rows[0]]}
         outputs = run(feeds)
         for offset, i in enumerate(rows):
             row = {name: _row(array, offset, len(rows)) for name, array in outputs.items()}
@@ -84,6 +87,13 @@ def _length(mask_row: np.ndarray) -> int:
 
 def _cut(sample: Sample, length: int) -> Sample:
     return {name: np.ascontiguousarray(array[:, :length]) for name, array in sample.items()}
+
+
+def _width(array: np.ndarray, width: int) -> np.ndarray:
+    """A sample's ``[1, L]`` input cut or right-padded (with 0: padding, masked) to ``width``."""
+    if array.shape[1] >= width:
+        return array[:, :width]
+    return np.pad(array, ((0, 0), (0, width - array.shape[1])))
 
 
 def _row(array: np.ndarray, index: int, rows: int) -> np.ndarray:

@@ -131,8 +131,13 @@ def test_a_head_is_exported_with_the_model_and_matches_transformers(tmp_path, cl
     output = _export(source, tmp_path / "onnx", *(["--legacy"] if "legacy" in tmp_path.name else []))
     assert f"exported bert ({line}) to" in output
     inputs, outputs, written = _io_and_spec(tmp_path / "onnx" / "model.onnx")
-    assert (inputs, outputs, written) == (["input_ids", "attention_mask"], list(task.outputs), spec)
+    # BERT has segment embeddings: a model that may read pairs (a classifier, QA) takes their ids
+    segments = ["token_type_ids"] if task in (TEXT_CLASSIFICATION, QUESTION_ANSWERING) else []
+    assert (inputs, outputs, written) == (["input_ids", "attention_mask", *segments], list(task.outputs), spec)
     feeds = _feeds()
+    if segments:
+        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        feeds["token_type_ids"][:, 5:] = feeds["attention_mask"][:, 5:]  # a second text from column 5
     got = _run(tmp_path / "onnx" / "model.onnx", feeds)
     with torch.no_grad():
         expected = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
@@ -416,8 +421,8 @@ def test_builds_carry_the_spec_into_the_artifact_and_its_manifest(classifier_dir
     result = export_pretrained(classifier_dir, tmp_path / "onnx")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", input_ids=rng.integers(4, VOCAB, (40, 16)),
-             attention_mask=np.ones((40, 16), dtype=np.int64))
-    shapes = {"input_ids": (1, 16), "attention_mask": (1, 16)}
+             attention_mask=np.ones((40, 16), dtype=np.int64), token_type_ids=np.zeros((40, 16), dtype=np.int64))
+    shapes = {"input_ids": (1, 16), "attention_mask": (1, 16), "token_type_ids": (1, 16)}
     int8 = {"calibration_data": tmp_path / "calib.npz",
             "quantization": llmc.int8.quantize.QuantizeOptions(samples=24, holdout=16)}
     for precision, options in (("fp32", {}), ("int8", int8)):

@@ -49,3 +49,16 @@ def test_decoder_samples_are_not_measured():
     sample = {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 6), np.int64),
               "past_key_values.0.key": np.zeros((1, 2, 2, 8), np.float32)}
     assert padding_budget.measure(_exact, [sample], lambda i: {}, 0.005) is None
+
+
+def test_samples_without_padding_are_not_evidence():
+    samples = [{"input_ids": np.ones((1, n), np.int64), "attention_mask": np.ones((1, n), np.int64)} for n in (4, 9)]
+    assert padding_budget.measure(_exact, samples, lambda i: _exact(samples[i]), 0.005) is None
+
+
+def test_samples_of_different_padded_lengths_are_batched():
+    samples = _samples()
+    samples[1] = {k: v[:, :6] for k, v in samples[1].items()}  # unpadded, shorter than the others' rows
+    samples[1]["attention_mask"][:] = 1
+    report = padding_budget.measure(_exact, samples, lambda i: _exact(samples[i]), 0.005)
+    assert report["met"] and report["batched"]["cosine_worst"] > 0.999999

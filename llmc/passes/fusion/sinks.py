@@ -47,7 +47,7 @@ class _SoftmaxWithSinks:
 
         def softmax(scores, **kwargs):  # noqa: ANN001, ANN003, ANN202
             combined = op.Concat(scores, op.Expand(self._sinks, self._sink_shape), axis=-1)
-            shifted = op.Sub(combined, op.ReduceMax(combined, self._max_axes, _allow_other_attributes=True))
+            shifted = op.Sub(combined, op.ReduceMax(combined, self._max_axes, keepdims=1, _allow_other_attributes=True))
             return op.Slice(op.Softmax(shifted, **kwargs), *self._slice)
 
         return softmax
