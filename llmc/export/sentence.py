@@ -70,6 +70,7 @@ class SentenceModules:
     dimension: int  # the embedding's size: the last Dense's out_features, else the pooling's
     dense: tuple[Dense, ...] = ()
     normalize: bool = False
+    max_length: int | None = None  # sentence_bert_config.json's max_seq_length: texts are cut there
 
     def check_width(self, hidden_size: int | None) -> None:
         """One line when the Transformer's token states are not as wide as the Pooling says."""
@@ -110,7 +111,7 @@ def read_modules(directory: Path) -> SentenceModules:
         kinds.append((kind, directory / str(module.get("path") or "")))
     if [k for k, _ in kinds[:2]] != ["transformer", "pooling"]:
         raise LlmcError(f"{where}: a sentence embedding is a Transformer module then a Pooling module; these modules are not")
-    _check_transformer(kinds[0][1] / "sentence_bert_config.json")
+    max_length = _check_transformer(kinds[0][1] / "sentence_bert_config.json")
     pooling, dimension = _pooling(kinds[1][1] / "config.json")
     dense, normalize = [], False
     for (before, _), (kind, path) in zip(kinds[1:-1], kinds[2:], strict=True):
@@ -122,16 +123,21 @@ def read_modules(directory: Path) -> SentenceModules:
         else:
             raise LlmcError(f"{where}: a {kind} module after a {before} module is an order llmc export does not build")
     last = dense[-1].out_features if dense else dimension
-    return SentenceModules(kinds[0][1], pooling, dimension, last, tuple(dense), normalize)
+    return SentenceModules(kinds[0][1], pooling, dimension, last, tuple(dense), normalize, max_length)
 
 
-def _check_transformer(path: Path) -> None:
-    task = _json(path, default={}).get("transformer_task", _TOKEN_STATES)
+def _check_transformer(path: Path) -> int | None:
+    """The Transformer module's ``max_seq_length`` (None where it names none), after checking it
+    computes token states."""
+    config = _json(path, default={})
+    task = config.get("transformer_task", _TOKEN_STATES)
     if task != _TOKEN_STATES:
         raise LlmcError(
             f"{path}: the Transformer module's transformer_task is {task!r}; a sentence embedding pools token "
             f"states ({_TOKEN_STATES}), which is what llmc export builds"
         )
+    length = config.get("max_seq_length")
+    return length if isinstance(length, int) and not isinstance(length, bool) and length > 0 else None
 
 
 def _pooling(path: Path) -> tuple[str, int]:

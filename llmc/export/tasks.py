@@ -119,7 +119,10 @@ def task_spec(task: Task, config: Any, modules: sentence.SentenceModules | None,
     """The spec of an export of ``task`` from a model with transformers config ``config``."""
     if modules is not None:
         modules.check_width(getattr(config, "hidden_size", None))
-        return TaskSpec(task, pooling=modules.pooling, normalize=modules.normalize, dimension=modules.dimension)
+        return TaskSpec(
+            task, pooling=modules.pooling, normalize=modules.normalize, dimension=modules.dimension,
+            max_length=modules.max_length,
+        )
     if task in (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION):
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
         labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels)))

@@ -78,7 +78,9 @@ class TaskSpec:
     classification; ``problem_type``: one of :data:`PROBLEM_TYPES` (softmax, sigmoid or the raw
     value); ``pooling``: one of :data:`POOLING_MODES` and ``normalize`` for sentence embeddings
     (already applied in the graph: recorded so a user can see it); ``dimension``: the embedding's
-    size; ``pair``: the model reads two texts (a cross-encoder, question-answering).
+    size; ``pair``: the model reads two texts (a cross-encoder, question-answering);
+    ``max_length``: the tokens a text is truncated to where the model says so (sentence-transformers'
+    ``max_seq_length``), else the tokenizer's limit applies.
     """
 
     task: Task
@@ -88,6 +90,7 @@ class TaskSpec:
     normalize: bool = False
     dimension: int | None = None
     pair: bool = False
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
@@ -99,7 +102,7 @@ class TaskSpec:
         out: dict[str, Any] = {"task": self.task.name}
         if self.labels:
             out["labels"] = list(self.labels)
-        for key in ("problem_type", "pooling", "dimension"):
+        for key in ("problem_type", "pooling", "dimension", "max_length"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.normalize:
@@ -126,13 +129,14 @@ class TaskSpec:
         labels = data.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise refuse("has 'labels' that are not a list of strings")
-        dimension = data.get("dimension")
-        if dimension is not None and (not isinstance(dimension, int) or dimension <= 0):
-            raise refuse("has a 'dimension' that is not a positive integer")
+        for key in ("dimension", "max_length"):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise refuse(f"has a {key!r} that is not a positive integer")
         try:
             return cls(
                 task, tuple(labels), data.get("problem_type"), data.get("pooling"), bool(data.get("normalize")),
-                dimension, bool(data.get("pair")),
+                data.get("dimension"), bool(data.get("pair")), data.get("max_length"),
             )
         except LlmcError as exc:
             raise refuse(f"is invalid ({exc})") from None

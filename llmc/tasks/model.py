@@ -138,11 +138,13 @@ class TaskModel:
 
     @property
     def max_length(self) -> int | None:
-        """Tokens a text is truncated to: the tokenizer's ``model_max_length`` (None: no limit known)."""
+        """Tokens a text is truncated to: the spec's ``max_length`` (sentence-transformers'
+        ``max_seq_length``) within the tokenizer's ``model_max_length`` (None: no limit known)."""
         if self._max_length is None:
             from llmc.model.text import context_length
 
-            self._max_length = context_length(self.artifact)
+            limits = [n for n in (context_length(self.artifact), self.spec and self.spec.max_length) if n]
+            self._max_length = min(limits) if limits else None
         return self._max_length
 
     @property

@@ -200,8 +200,17 @@ def test_all_minilm_l6_v2_exports_its_sentence_embedding(tmp_path):
     assert "(sentence-embedding, mean pooling, normalized, 384 dimensions)" in output
     _, outputs, spec = _io_and_spec(tmp_path / "onnx" / "model.onnx")
     assert outputs == ["sentence_embedding"]
-    assert spec == TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=384)
+    # sentence_bert_config.json's max_seq_length (256, the tokenizer's limit is 512) travels too
+    assert spec == TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=384, max_length=256)
     _compare_with_sentence_transformers(source, tmp_path / "onnx" / "model.onnx", SENTENCES)
+    # a text over 256 tokens embeds as sentence-transformers embeds it (cut at 256, not 512)
+    import llmc
+
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)  # ~400 tokens
+    runner = llmc.load(llmc.build(tmp_path / "onnx" / "model.onnx", output=tmp_path / "art").path)
+    st = pytest.importorskip("sentence_transformers").SentenceTransformer(str(source), device="cpu")
+    got, expected = runner.embed([long_text])[0], st.encode([long_text], convert_to_numpy=True)[0]
+    assert float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)) >= 0.9999
 
 
 def _st_words(count: int, seed: int) -> list[str]:
