@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,15 +87,10 @@ def _overrides(name: str) -> dict[str, Any]:
 
 
 def _source_key() -> str:
-    """A digest of llmc's Python sources: a cached build is only re-used by the code that built it."""
-    import hashlib
+    """llmc's code digest (the build cache's own): a cached build is only re-used by the code that built it."""
+    from llmc.compiler.build import llmc_sources
 
-    import llmc
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(llmc.__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return llmc_sources()
 
 
 def _build(name: str) -> dict[str, Any]:

@@ -181,7 +181,7 @@ def _cache_key(source: dict[str, Any], request: BuildRequest) -> str:
         "options": request.key_material(),
         "companions": _companion_digests(source),
         "versions": {name: _installed(*dists) for name, dists in KEY_VERSIONS.items()},
-        "llmc": [__version__, _llmc_sources()],
+        "llmc": [__version__, llmc_sources()],
     })
 
 
@@ -194,7 +194,7 @@ def _companion_digests(source: dict[str, Any]) -> dict[str, str]:
     return {name: sha256_file(directory / name) for name in companion_files(directory)}
 
 
-def _llmc_sources() -> str:
+def llmc_sources() -> str:
     """A hash of llmc's own code, so an edited checkout (same version number) never reuses
     artifacts an earlier llmc built."""
     global _SOURCES
