@@ -42,6 +42,16 @@ class _PlainHelp:
         return params
 
 
+def read_text_option(path: Path, flag: str) -> str:
+    """The UTF-8 text of a file named by ``flag``; one line for a missing or non-text file."""
+    if not path.is_file():
+        raise LlmcError(f"{flag} {path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LlmcError(f"{flag} {path}: not UTF-8 text") from None
+
+
 class LlmcCommand(_PlainHelp, TyperCommand):
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -12,8 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmc.cli.app import JsonOpt, ThreadsOpt, app, user_errors
-from llmc.errors import LlmcError
+from llmc.cli.app import JsonOpt, ThreadsOpt, app, read_text_option, user_errors
 
 ArtifactArg = Annotated[Path, typer.Argument(help="An artifact directory built from `llmc export` output.")]
 
@@ -90,12 +89,7 @@ def perplexity(
     from llmc.generation import perplexity as score
     from llmc.model.text import encode, load_tokenizer
 
-    if not text.is_file():
-        raise LlmcError(f"--text {text}: no such file")
-    try:
-        content = text.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LlmcError(f"--text {text}: not UTF-8 text") from None
+    content = read_text_option(text, "--text")
     from llmc.generation.api import open_decoder
 
     runner = _load(artifact, threads)

@@ -9,8 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmc.cli.app import JsonOpt, ThreadsOpt, app, user_errors
-from llmc.errors import LlmcError
+from llmc.cli.app import JsonOpt, ThreadsOpt, app, read_text_option, user_errors
 
 
 @app.command()
@@ -59,13 +58,7 @@ def predict(
 def _lines(file: Path | None) -> list[str]:
     if file is None:
         return []
-    if not file.is_file():
-        raise LlmcError(f"--file {file}: no such file")
-    try:
-        content = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LlmcError(f"--file {file}: not UTF-8 text") from None
-    return [line for line in content.splitlines() if line.strip()]
+    return [line for line in read_text_option(file, "--file").splitlines() if line.strip()]
 
 
 def _quote(text: str, limit: int = 60) -> str:
