@@ -10,11 +10,15 @@ token and choice (a prefill of 1,000 tokens at top-2 copies the expert weights 2
 
 :func:`dense_experts` swaps, for the duration of an export, each experts module's ``forward`` for
 :func:`_dense_forward`: the router's top-k weights scattered into a [tokens, experts] matrix
-(zero for the experts not chosen), then for each expert ``e`` in turn its MLP on all tokens,
-times column ``e``, summed. A token's sum is its chosen experts' outputs times their weights, as in
-transformers, plus exact zeros (with top-2, bitwise the same sum; with top-k > 2 the order of the
-additions differs, about 1e-7 relative). Each expert's matrices become their own 2-D initializers
-(``MatMul`` with a constant weight, which ``--precision int4`` quantizes like a dense MLP's).
+(zero for the experts not chosen); every expert's up (and gate) projection in one MatMul against
+their weights side by side, the gate applied per expert, the result scaled by its routing weight,
+and one down MatMul that sums over the experts as it sums over their units. A token's output is
+its chosen experts' outputs times their weights, as in transformers, plus exact zeros; the sums
+are ordered differently (about 1e-7 relative). The two weights are plain 2-D initializers
+(``MatMul`` with a constant weight, which ``--precision int4`` quantizes like a dense MLP's; its
+blocks run along an expert's own rows while the intermediate size is a multiple of the block).
+One MatMul of all experts, not one per expert: a decode step then costs what a dense MLP of the
+same size costs (benchmarks.families; one per expert was 68 nodes a layer against llama's 19).
 
 The cost: every token runs all ``num_experts`` experts, ``num_experts / top_k`` times the expert
 FLOPs of the sparse model (Mixtral 8/2 = 4x, OLMoE 64/8 = 8x, Qwen3-MoE 128/8 = 16x), and a decode
@@ -59,40 +63,73 @@ def dense_experts(model: Any) -> Iterator[int]:
 
 
 def _split(torch: Any, module: Any) -> Any:
-    """A module of per-expert 2-D weight (and bias) views: ``up[e]``, ``down[e]``, ``up_bias[e]``..."""
+    """A module of every expert's weights side by side, as the right-hand sides of two MatMuls:
+    ``up`` [hidden, experts * up width] and ``down`` [experts * intermediate, hidden] (views of
+    the 3-D weights where their layout allows, contiguous copies otherwise), and the biases
+    ``up_bias`` [experts * up width] and ``down_bias`` [experts, hidden]."""
     holder = torch.nn.Module()
-    up = "gate_up_proj" if module.has_gate else "up_proj"
-    for name, source in (("up", up), ("down", "down_proj")):
-        names = [(name, source)] + ([(f"{name}_bias", f"{source}_bias")] if module.has_bias else [])
-        for attribute, parameter in names:
-            weights = getattr(module, parameter)
-            views = [torch.nn.Parameter(weights[e], requires_grad=False) for e in range(module.num_experts)]
-            setattr(holder, attribute, torch.nn.ParameterList(views))
+    experts = module.num_experts
+    up = getattr(module, "gate_up_proj" if module.has_gate else "up_proj")
+    down = module.down_proj
+    # is_transposed: [experts, in, out]; else [experts, out, in] (x @ weight.T per expert).
+    up_in_out = up if module.is_transposed else up.transpose(1, 2)
+    down_in_out = down if module.is_transposed else down.transpose(1, 2)
+    up_all = up_in_out.permute(1, 0, 2).reshape(up_in_out.shape[1], -1)  # [hidden, experts * width]
+    down_all = down_in_out.reshape(-1, down_in_out.shape[2])  # [experts * intermediate, hidden]
+    holder.up = torch.nn.Parameter(up_all.detach().contiguous(), requires_grad=False)
+    holder.down = torch.nn.Parameter(down_all.detach().contiguous(), requires_grad=False)
+    if module.has_bias:
+        up_bias = module.gate_up_proj_bias if module.has_gate else module.up_proj_bias
+        holder.up_bias = torch.nn.Parameter(up_bias.detach().reshape(experts * up_bias.shape[1]), requires_grad=False)
+        holder.down_bias = torch.nn.Parameter(module.down_proj_bias.detach(), requires_grad=False)
     return holder
 
 
 def _dense_forward(self: Any, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
     """All experts on all tokens ([tokens, hidden]), each weighted by its routing weight (0 if
-    the router did not choose it for that token); the signature of transformers' experts forwards."""
+    the router did not choose it for that token); the signature of transformers' experts forwards.
+
+    Two MatMuls for all experts: the up (and gate) projections side by side, the gate applied per
+    expert on [tokens, experts, width], the result scaled by the routing weight, then one down
+    MatMul summing over experts and intermediate units at once (the biases: ``up_bias`` added
+    before the gate, ``routing @ down_bias`` after)."""
     import torch
 
     dense = self._llmc_dense
     experts = torch.arange(self.num_experts, device=top_k_index.device)
     chosen = (top_k_index.unsqueeze(-1) == experts).to(top_k_weights.dtype)  # [tokens, k, experts]
-    routing = (chosen * top_k_weights.unsqueeze(-1)).sum(dim=1)  # [tokens, experts]
-    out = torch.zeros_like(hidden_states)
-    for e in range(self.num_experts):
-        up_bias, down_bias = (dense.up_bias[e], dense.down_bias[e]) if self.has_bias else (None, None)
-        y = _linear(hidden_states, dense.up[e], up_bias, self.is_transposed)
-        y = self._apply_gate(y) if self.has_gate else self.act_fn(y)
-        y = _linear(y, dense.down[e], down_bias, self.is_transposed)
-        if self.has_post_expert_norm:
-            y = self.post_expert_norm(y)
-        out = out + y * routing[:, e, None].to(y.dtype)
+    routing = (chosen * top_k_weights.unsqueeze(-1)).sum(dim=1).to(hidden_states.dtype)  # [tokens, experts]
+    if self.has_post_expert_norm:
+        return _per_expert(self, hidden_states, routing)
+    y = hidden_states @ dense.up
+    if self.has_bias:
+        y = y + dense.up_bias
+    y = y.reshape(y.shape[0], self.num_experts, -1)  # [tokens, experts, up width]
+    y = self._apply_gate(y) if self.has_gate else self.act_fn(y)
+    y = (y * routing.unsqueeze(-1)).reshape(y.shape[0], -1)  # [tokens, experts * intermediate]
+    out = y @ dense.down
+    if self.has_bias:
+        out = out + routing @ dense.down_bias
     return out.to(hidden_states.dtype)
 
 
-def _linear(x: Any, weight: Any, bias: Any, transposed: bool) -> Any:
-    """``x @ weight`` for [in, out] weights (``is_transposed``), else ``x @ weight.T``; plus bias."""
-    y = x @ weight if transposed else x @ weight.transpose(0, 1)
-    return y if bias is None else y + bias
+def _per_expert(self: Any, hidden_states: Any, routing: Any) -> Any:
+    """Experts with a norm after each (``has_post_expert_norm``): one expert at a time, as the
+    norm is not linear in the routing weight; the columns of :func:`_split`'s side-by-side weights."""
+    import torch
+
+    dense = self._llmc_dense
+    up_width = dense.up.shape[1] // self.num_experts
+    inner = dense.down.shape[0] // self.num_experts
+    out = torch.zeros_like(hidden_states)
+    for e in range(self.num_experts):
+        y = hidden_states @ dense.up[:, e * up_width : (e + 1) * up_width]
+        if self.has_bias:
+            y = y + dense.up_bias[e * up_width : (e + 1) * up_width]
+        y = self._apply_gate(y) if self.has_gate else self.act_fn(y)
+        y = y @ dense.down[e * inner : (e + 1) * inner]
+        if self.has_bias:
+            y = y + dense.down_bias[e]
+        y = self.post_expert_norm(y)
+        out = out + y * routing[:, e, None]
+    return out
