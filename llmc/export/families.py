@@ -6,7 +6,7 @@ partial rotary, parallel attention and MLP, scaling multipliers, mixtures of exp
 seeded, its weights drawn wide enough (``initializer_range`` 0.2, random norm weights and
 biases) that greedy choices are not ties. Tests and ``benchmarks.families`` judge llmc's builds of
 these against transformers itself. ``VARIANTS`` adds rope scalings (llama3, yarn, longrope,
-dynamic) on top of a family.
+dynamic) and other layouts of a family (Falcon-7B's multi-query QKV) on top of a family.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # Whole replacements of BASE (the GPT-style configs name their sizes differently).
 _OWN_BASE = {"gptj", "gpt2"}
 
-# name -> (family, extra config): rope scalings GenAI's builder handles
+# name -> (family, extra config): rope scalings GenAI's builder handles, other layouts of a family
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-rope-llama3": ("llama", {"rope_scaling": {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -87,6 +87,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256,
     }}),
     "llama-rope-linear": ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    # Falcon-7B's layout: one key/value head, QKV split over heads (the family's is Falcon-40B's)
+    "falcon-multi-query": ("falcon", {"new_decoder_architecture": False, "multi_query": True}),
     "phi3-rope-longrope": ("phi3", {"original_max_position_embeddings": 256, "rope_scaling": {
         "rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
         "long_factor": [1.5 + 0.2 * i for i in range(8)],

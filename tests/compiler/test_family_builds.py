@@ -19,10 +19,10 @@ pytest.importorskip("transformers")
 # One family per feature the rules must tell apart runs int4 in the default suite; all run fp32.
 INT4_FAST = {"llama", "mistral", "gemma2", "granite", "stablelm", "phi", "gpt2", "qwen3"}
 NAMES = sorted(FAMILIES) + sorted(VARIANTS)
-# The attention op each family's decode graph fuses into (README's coverage table). Without
-# GroupQueryAttention (multi-head families too, kv_num_heads = num_heads): Falcon (its fused QKV
-# split per KV group keeps it MultiHeadAttention).
-MHA = {"falcon"}
+# The attention op each family's decode graph fuses into (README's coverage table): every one
+# GroupQueryAttention (multi-head families with kv_num_heads = num_heads; Falcon's QKV packed per
+# KV group after llmc.passes.fusion.grouped_qkv).
+MHA: set[str] = set()
 UNFUSED: set[str] = set()
 PROMPT_LENGTH, NEW_TOKENS = 8, 16
 

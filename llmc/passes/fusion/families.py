@@ -118,9 +118,9 @@ def _bias_gelu_anchor(node: ir.Node) -> bool:
 
 
 def _canonical() -> list:
-    from llmc.passes.fusion import canonical
+    from llmc.passes.fusion import canonical, grouped_qkv
 
-    return [canonical.rules(), canonical.shape_rules()]
+    return [canonical.rules(), canonical.shape_rules(), grouped_qkv.rules()]
 
 
 def _layer_norm() -> list:
