@@ -202,13 +202,12 @@ WHY = {  # what the profile of each family over the target shows (graph nodes / 
     "outside the kernel (do_rotary rotates whole heads)",
     "qwen3": "no graph cause: llama's fusions plus its QK norms (26.8 nodes a layer); re-timed beside llama "
     "in 5 interleaved rounds of fresh processes, 1.07x",
-    "gpt_oss": "attention sinks fused (head_sink), experts computed densely with GPT-OSS's clamped SwiGLU "
-    "in float nodes (100.5 nodes a layer; from the graph, not profiled)",
-    "mixtral": "experts computed densely: the same bytes as llama's MLP in 4x the MatMuls plus the router "
-    "(68 nodes a layer against 18.8); 1.09x in the previous session's run (from the graph, not profiled)",
-    "falcon": "still MultiHeadAttention (its QKV is fused per KV group, no rule splits it): the cache is "
-    "concatenated and transposed outside the kernel every step (56 nodes a layer); 1.05x in the previous "
-    "session's run (from the graph, not profiled)",
+    "gpt_oss": "attention sinks fused (head_sink); experts as two MatMuls of all experts (llmc.export.moe) "
+    "with GPT-OSS's clamped SwiGLU in float nodes and top-3 routing (48.5 nodes a layer against llama's 18.8)",
+    "mixtral": "experts as two MatMuls of all experts (llmc.export.moe): the router's softmax, top-k and "
+    "scatter are the extra nodes (36 a layer against 18.8)",
+    "qwen2_moe": "experts as two MatMuls of all experts plus the shared expert and its sigmoid gate (49 nodes "
+    "a layer against 18.8)",
 }
 
 
