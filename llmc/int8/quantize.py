@@ -78,7 +78,7 @@ def quantize_model(
     """INT8 copy of the compiled fp32 ``model`` written by ``target``'s Q/DQ rules, within the
     accuracy budget."""
     progress = progress or (lambda _stage, _done, _total: None)
-    calibration, holdout = samples[: options.samples], samples[options.samples : options.samples + options.holdout]
+    calibration, holdout = split_samples(samples, options)
     linear = find_linear(model, target.qdq)
     apply_exclusions(linear, list(options.exclude_nodes), list(options.exclude_op_types))
     if not linear:
@@ -309,6 +309,17 @@ def _apply(model: ir.Model, rules: QdqRules, configs: dict[int, NodeConfig]) -> 
     linear = find_linear(copy, rules)
     (quantize_ort if rules.integer_ops else quantize_trt)(copy, linear, configs)
     return copy
+
+
+def split_samples(samples: list, options: QuantizeOptions) -> tuple[list, list]:
+    """``(calibration, holdout)``: the first ``options.samples`` rows, then up to ``options.holdout``.
+    Data too short for both keeps a quarter of its rows (at most ``options.holdout``) held out
+    rather than none: the accuracy budget (and the padding verdict judged with it) is never
+    skipped because the calibration file was exactly ``--calibration-samples`` long."""
+    if len(samples) < options.samples + options.holdout:
+        held = min(options.holdout, len(samples) // 4)
+        return samples[: len(samples) - held], samples[len(samples) - held :]
+    return samples[: options.samples], samples[options.samples : options.samples + options.holdout]
 
 
 def _budget(model, rules, linear, configs, sensitivity, reference, holdout, options, progress):

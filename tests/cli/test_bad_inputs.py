@@ -263,7 +263,8 @@ def test_non_finite_calibration_samples_are_skipped_and_counted(tmp_path):
     result = _build(_int8_model(tmp_path), tmp_path, "--precision", "int8", "--calibration-data", str(data))
     assert result.exit_code == 0, result.output
     samples = json.loads((tmp_path / "out" / "manifest.json").read_text())["quantization"]["samples"]
-    assert samples["calibration"] == 4 and samples["skipped_nonfinite"] == 2
+    # 4 finite samples: too few for calibration + holdout, so a quarter (1) is held out
+    assert samples["calibration"] == 3 and samples["holdout"] == 1 and samples["skipped_nonfinite"] == 2
 
 
 def test_calibration_data_with_no_finite_sample_is_refused(tmp_path):

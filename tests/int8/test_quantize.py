@@ -405,3 +405,16 @@ def test_int8_build_with_nothing_worth_quantizing_writes_the_float_graph(tmp_pat
     )
     assert artifact.manifest["quantization"]["nodes_quantized"] == 0
     artifact.load().run({"x": np.ones((1, 4), np.float32)})
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [(400, (256, 128)), (384, (256, 128)), (256, (192, 64)), (10, (8, 2)), (3, (3, 0))],
+)
+def test_calibration_data_too_short_for_both_still_holds_some_out(rows, expected):
+    from llmc.int8.quantize import QuantizeOptions, split_samples
+
+    calibration, holdout = split_samples(list(range(rows)), QuantizeOptions())
+    assert (len(calibration), len(holdout)) == expected
+    assert calibration + holdout == list(range(rows))[: sum(expected)]  # in order, nothing used twice
+    assert split_samples(list(range(rows)), QuantizeOptions(holdout=0))[1] == []
