@@ -198,7 +198,7 @@ def export_pretrained(
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
         model = _load(modules.transformer if modules else directory, chosen, gguf_file)
-        spec = _spec(chosen, model.config, modules, st_directory, config)
+        spec = _spec(chosen, model.config, modules, st_directory, config, where)
         inputs, outputs = _export(model, spec, modules, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
@@ -214,12 +214,12 @@ def export_pretrained(
     return ExportResult(output, chosen, model_type, files, inputs, outputs, spec)
 
 
-def _spec(task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any]) -> TaskSpec:
+def _spec(task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any], where: str) -> TaskSpec:
     from llmc.export.sentence import is_cross_encoder
     from llmc.export.tasks import task_spec
 
     pair = directory is not None and is_cross_encoder(directory, config)
-    return task_spec(task, model_config, modules, pair)
+    return task_spec(task, model_config, modules, pair, config, where)
 
 
 def _check_source(source: Path) -> str | None:

@@ -94,6 +94,30 @@ def is_cross_encoder(directory: Path, config: dict[str, Any]) -> bool:
     return _json(directory / ST_CONFIG_FILE, default={}).get("model_type") == "CrossEncoder"
 
 
+# torch.nn activations a CrossEncoder applies to its logits -> llmc's names (llmc.spec.task)
+_SCORE_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
+
+
+def cross_encoder_activation(config: dict[str, Any], num_labels: int, where: str) -> str:
+    """What sentence-transformers' ``CrossEncoder.predict`` applies to the logits, as
+    ``get_default_activation_fn`` resolves it: ``config.json``'s ``sentence_transformers.activation_fn``
+    (4.x), else its ``sbert_ce_default_activation_function`` (before 4), else a sigmoid for one
+    label and none for several. One line for an activation llmc does not read."""
+    recorded = config.get("sentence_transformers")
+    path = recorded.get("activation_fn") if isinstance(recorded, dict) else None
+    if path is None:
+        path = config.get("sbert_ce_default_activation_function")
+    if path is None:
+        return "sigmoid" if num_labels == 1 else "identity"
+    name = str(path).rsplit(".", 1)[-1]
+    if not str(path).startswith("torch.") or name not in _SCORE_ACTIVATIONS:
+        raise LlmcError(
+            f"{where}: the CrossEncoder's activation_fn {path!r} is not one llmc export reads (torch.nn's "
+            f"{', '.join(_SCORE_ACTIVATIONS)}); export it with --task text-classification and score its logits yourself"
+        )
+    return _SCORE_ACTIVATIONS[name]
+
+
 def read_modules(directory: Path) -> SentenceModules:
     """``modules.json`` and each module's config, checked; one line for what cannot be exported."""
     where = directory / MODULES_FILE

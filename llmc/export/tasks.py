@@ -85,6 +85,8 @@ def check_task(task: Task, config: dict[str, Any], where: str, directory: Path |
                 f"{where}: --task {task}: model_type '{model_type}' has no {auto} class in transformers; "
                 "export it with --task feature-extraction (its token states)"
             )
+    if directory is not None and task is TEXT_CLASSIFICATION and sentence.is_cross_encoder(directory, config):
+        sentence.cross_encoder_activation(config, 1, where)  # one line for an activation llmc cannot read
     if task is not SENTENCE_EMBEDDING:
         return None
     if directory is None or not (directory / sentence.MODULES_FILE).is_file():
@@ -115,8 +117,12 @@ def check_loaded(task: Task, info: dict[str, Any], directory: Path) -> None:
     )
 
 
-def task_spec(task: Task, config: Any, modules: sentence.SentenceModules | None, pair: bool = False) -> TaskSpec:
-    """The spec of an export of ``task`` from a model with transformers config ``config``."""
+def task_spec(
+    task: Task, config: Any, modules: sentence.SentenceModules | None, pair: bool = False,
+    raw: dict[str, Any] | None = None, where: str = "config.json",
+) -> TaskSpec:
+    """The spec of an export of ``task`` from a model with transformers config ``config``;
+    ``pair``: a CrossEncoder, whose score activation comes from ``raw`` (its config.json)."""
     if modules is not None:
         modules.check_width(getattr(config, "hidden_size", None))
         return TaskSpec(
@@ -129,7 +135,9 @@ def task_spec(task: Task, config: Any, modules: sentence.SentenceModules | None,
         # as the config says; unset stays unset: transformers' pipeline then applies a sigmoid to
         # one label and a softmax to several (llmc.tasks reads it the same way)
         problem_type = getattr(config, "problem_type", None) if task is TEXT_CLASSIFICATION else None
-        return TaskSpec(task, labels, problem_type, pair=pair and task is TEXT_CLASSIFICATION)
+        cross_encoder = pair and task is TEXT_CLASSIFICATION
+        activation = sentence.cross_encoder_activation(raw or {}, len(labels), where) if cross_encoder else None
+        return TaskSpec(task, labels, problem_type, pair=cross_encoder, score_activation=activation)
     return TaskSpec(task, pair=task is QUESTION_ANSWERING)
 
 

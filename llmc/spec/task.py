@@ -57,6 +57,7 @@ ALIASES: Mapping[str, Task] = {"encoder": FEATURE_EXTRACTION, "decoder": TEXT_GE
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+SCORE_ACTIVATIONS = ("sigmoid", "identity", "tanh")  # a cross-encoder's score of its one logit
 
 
 def task_named(name: str, flag: str = "--task") -> Task:
@@ -80,7 +81,9 @@ class TaskSpec:
     (already applied in the graph: recorded so a user can see it); ``dimension``: the embedding's
     size; ``pair``: the model reads two texts (a cross-encoder, question-answering);
     ``max_length``: the tokens a text is truncated to where the model says so (sentence-transformers'
-    ``max_seq_length``), else the tokenizer's limit applies.
+    ``max_seq_length``), else the tokenizer's limit applies; ``score_activation``: one of
+    :data:`SCORE_ACTIVATIONS`, what a sentence-transformers CrossEncoder applies to its logit
+    (``CrossEncoder.predict``'s score, which ``rerank`` gives).
     """
 
     task: Task
@@ -91,18 +94,21 @@ class TaskSpec:
     dimension: int | None = None
     pair: bool = False
     max_length: int | None = None
+    score_activation: str | None = None
 
     def __post_init__(self) -> None:
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise LlmcError(f"problem_type {self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
         if self.pooling is not None and self.pooling not in POOLING_MODES:
             raise LlmcError(f"pooling {self.pooling!r} is not one of {', '.join(POOLING_MODES)}")
+        if self.score_activation is not None and self.score_activation not in SCORE_ACTIVATIONS:
+            raise LlmcError(f"score_activation {self.score_activation!r} is not one of {', '.join(SCORE_ACTIVATIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task.name}
         if self.labels:
             out["labels"] = list(self.labels)
-        for key in ("problem_type", "pooling", "dimension", "max_length"):
+        for key in ("problem_type", "pooling", "dimension", "max_length", "score_activation"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.normalize:
@@ -136,7 +142,7 @@ class TaskSpec:
         try:
             return cls(
                 task, tuple(labels), data.get("problem_type"), data.get("pooling"), bool(data.get("normalize")),
-                data.get("dimension"), bool(data.get("pair")), data.get("max_length"),
+                data.get("dimension"), bool(data.get("pair")), data.get("max_length"), data.get("score_activation"),
             )
         except LlmcError as exc:
             raise refuse(f"is invalid ({exc})") from None

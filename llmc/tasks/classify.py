@@ -16,7 +16,7 @@ import numpy as np
 from llmc.errors import LlmcError
 from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
 from llmc.tasks.model import TaskModel
-from llmc.tasks.scores import label_scores, softmax
+from llmc.tasks.scores import cross_encoder_scores, label_scores, softmax
 
 Labelled = list[tuple[str, float]]
 
@@ -65,8 +65,11 @@ def rerank(
 
 
 def _pair_scores(model: TaskModel, logits: np.ndarray) -> np.ndarray:
+    """One logit: the CrossEncoder's own score of it (``CrossEncoder.predict``'s: sigmoid, tanh or
+    the logit, as recorded at export; the logit where nothing was recorded); two: the probability
+    of the second label."""
     if logits.shape[-1] == 1:
-        return logits[:, 0]
+        return cross_encoder_scores(logits[:, 0], model.spec)
     if logits.shape[-1] == 2:
         return softmax(logits)[:, 1]
     raise LlmcError(

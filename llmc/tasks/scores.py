@@ -37,3 +37,14 @@ def label_scores(logits: np.ndarray, spec: TaskSpec) -> np.ndarray:
         return softmax(logits)
     return np.asarray(logits, dtype=np.float64)
 
+
+
+def cross_encoder_scores(logits: np.ndarray, spec: TaskSpec) -> np.ndarray:
+    """A CrossEncoder's scores of its one logit per pair, as ``CrossEncoder.predict`` gives them
+    (``spec.score_activation``, recorded at export); the logit where nothing was recorded."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if spec.score_activation == "sigmoid":
+        return sigmoid(logits)
+    if spec.score_activation == "tanh":
+        return np.tanh(logits)
+    return logits

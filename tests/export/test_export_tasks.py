@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmc.cli.main import app
+from llmc.errors import LlmcError
 from llmc.export.hf import detect_task, export_pretrained
 from llmc.spec.task import (
     FEATURE_EXTRACTION,
@@ -454,3 +455,30 @@ def test_a_decoder_carries_its_spec_through_an_int4_build(tmp_path):
     assert built.manifest["task"] == {"task": "text-generation"}
     assert built.manifest.task_spec() == TaskSpec(TEXT_GENERATION)
     assert _io_and_spec(built.model_path)[2] == TaskSpec(TEXT_GENERATION)
+
+
+@pytest.mark.parametrize(
+    ("config", "labels", "expected"),
+    [
+        ({}, 1, "sigmoid"),  # sentence-transformers' default: a sigmoid for one label
+        ({}, 2, "identity"),  # and the logits for several
+        ({"sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}}, 1, "identity"),
+        ({"sbert_ce_default_activation_function": "torch.nn.modules.activation.Tanh"}, 1, "tanh"),  # before 4.0
+    ],
+)
+def test_a_cross_encoders_score_activation_is_sentence_transformers_own(config, labels, expected):
+    from llmc.export.sentence import cross_encoder_activation
+
+    assert cross_encoder_activation(config, labels, "config.json") == expected
+
+
+def test_a_cross_encoder_activation_llmc_cannot_read_is_one_line(classifier_dir, tmp_path):
+    source = tmp_path / "ce"
+    shutil.copytree(classifier_dir, source)
+    config = json.loads((source / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "my_package.Swish"}
+    (source / "config.json").write_text(json.dumps(config))
+    (source / "config_sentence_transformers.json").write_text('{"model_type": "CrossEncoder"}')
+    with pytest.raises(LlmcError, match=r"activation_fn 'my_package.Swish' is not one llmc export reads"):
+        export_pretrained(source, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()  # refused before any work

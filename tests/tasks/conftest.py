@@ -28,8 +28,10 @@ def sentiment(tmp_path_factory) -> TaskModel:
 
 @pytest.fixture(scope="session")
 def cross_encoder(tmp_path_factory) -> TaskModel:
-    """A one-logit cross-encoder (reranker): no problem type, so its classify score is a sigmoid."""
-    return _build(tmp_path_factory, "cross", TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), pair=True))
+    """A one-logit cross-encoder (reranker): no problem type, so its classify score is a sigmoid;
+    no activation recorded, so sentence-transformers scores it with a sigmoid too."""
+    spec = TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), pair=True, score_activation="sigmoid")
+    return _build(tmp_path_factory, "cross", spec)
 
 
 @pytest.fixture(scope="session")

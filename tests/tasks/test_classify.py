@@ -78,7 +78,26 @@ def test_rerank_a_cross_encoder_orders_by_its_logit(cross_encoder):
     ours = llmc.load(cross_encoder.artifact).rerank(QUERY, DOCUMENTS)
     logits = torch_logits(cross_encoder, [QUERY] * len(DOCUMENTS), DOCUMENTS)[:, 0]
     assert [i for i, _ in ours] == list(np.argsort(-logits, kind="stable"))
-    np.testing.assert_allclose([s for _, s in ours], np.sort(logits)[::-1], atol=1e-4)
+    np.testing.assert_allclose([s for _, s in ours], np.sort(1 / (1 + np.exp(-logits)))[::-1], atol=1e-5)
+
+
+def test_rerank_scores_are_sentence_transformers_cross_encoder_scores(cross_encoder, tmp_path):
+    """The scores CrossEncoder.predict gives the same weights (its default activation: one label,
+    a sigmoid), in the order CrossEncoder.rank gives. sentence-transformers reads the directory
+    as a CrossEncoder saved before its modules.json format (the fixture's modules.json is the
+    minimal one llmc export reads)."""
+    import shutil
+
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    plain = tmp_path / "plain"
+    shutil.copytree(cross_encoder.source.parent.parent / "hf", plain)
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        (plain / name).unlink()
+    model = sentence_transformers.CrossEncoder(str(plain), device="cpu")
+    reference = model.predict([(QUERY, d) for d in DOCUMENTS], convert_to_numpy=True)
+    ours = llmc.load(cross_encoder.artifact).rerank(QUERY, DOCUMENTS)
+    assert [i for i, _ in ours] == [r["corpus_id"] for r in model.rank(QUERY, DOCUMENTS)]
+    np.testing.assert_allclose([ours_score for _, ours_score in sorted(ours)], reference, atol=1e-5)
 
 
 def test_rerank_an_embedding_model_orders_by_cosine(embedder):
