@@ -45,6 +45,7 @@ bench: install
 	$(PY) -m benchmarks.speculative
 	$(PY) -m benchmarks.families
 	$(PY) -m benchmarks.padding
+	$(PY) -m benchmarks.embeddings
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.compress
 
