@@ -8,12 +8,13 @@ tokenized as a server would: batch 1 padded to 128 (fixed-length serving) or unp
 runs the systems in rotated order, each call repeated and its median kept; rows are medians of
 rounds. Latency is per call; tokens/s counts real tokens only.
 
-    python -m benchmarks.padding [--rounds 5] [--sentences 32]
+    python -m benchmarks.padding [--rounds 5] [--sentences 32] [--render]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -163,9 +164,29 @@ def _accuracy(runners: dict[str, Callable[[Feeds], Any]], calls: list[Feeds]) ->
 
 
 def _manifests(paths: dict[str, Path]) -> dict[str, Any]:
-    import json
-
     return {k: json.loads((paths[k] / "manifest.json").read_text()).get("padding") for k in ("fp32", "int8")}
+
+
+PADDED = ("1 x 128, one sentence of 21 tokens padded", "1 x 128, 32 sentences, each padded")
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Issue 31's padded-input targets: int8 <= 0.6x llmc fp32 (both skipping padding) and about
+    0.2x ORT fp32 raw, as the median over rounds of each round's own ratio."""
+    lines = []
+    for workload in PADDED:
+        runs = results["workloads"].get(workload, {}).get("rounds")
+        if not runs:
+            continue
+        int8, fp32, ort = (runs[s] for s in ("llmc int8, padding skipped", "llmc fp32, padding skipped", ORT))
+        vs_fp32 = float(np.median([a / b for a, b in zip(int8, fp32, strict=True)]))
+        vs_ort = float(np.median([a / b for a, b in zip(int8, ort, strict=True)]))
+        lines.append(
+            f"- {workload}: llmc int8 (padding skipped) {vs_fp32:.2f}x llmc fp32 (padding skipped), target <= 0.6x: "
+            f"{'met' if vs_fp32 <= 0.6 else '**missed**'}; {vs_ort:.2f}x ORT fp32 raw, target about 0.2x or less: "
+            f"{'met' if vs_ort <= 0.2 else '**missed**'} (medians of per-round ratios)"
+        )
+    return ["Targets (issue 31):", "", *lines] if lines else []
 
 
 def render(results: dict[str, Any], rounds: int) -> str:
@@ -186,6 +207,7 @@ def render(results: dict[str, Any], rounds: int) -> str:
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     lines += ["", "Mean-pooled embedding cosine with ORT fp32 raw (batches of 8, padded to the longest): "
               + "; ".join(f"{k} {m:.5f} (worst {w:.5f})" for k, (m, w) in results["accuracy"].items()) + "."]
+    lines += ["", *targets(results)]
     for precision, section in results["padding"].items():
         if section and section.get("applies"):
             trim, bucket = section["trim"], section["bucket"]
@@ -206,9 +228,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=32)
+    parser.add_argument("--render", action="store_true", help="write RESULTS.md from the last run's results")
     args = parser.parse_args()
-    results = measure(args.rounds, args.sentences)
-    text = render(results, args.rounds)
+    saved = CACHE / "results.json"
+    if args.render:
+        data = json.loads(saved.read_text())
+        results, rounds = data["results"], data["rounds"]
+    else:
+        results, rounds = measure(args.rounds, args.sentences), args.rounds
+        saved.write_text(json.dumps({"results": results, "rounds": rounds}))
+    text = render(results, rounds)
     (CACHE / "results.txt").write_text(text)
     write_section("<!-- padding:begin -->", "<!-- padding:end -->", text)
     print(text)
