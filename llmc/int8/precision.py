@@ -37,7 +37,7 @@ SECTION = Section(
                "(with --tokenizer).", Optional[Path], PANEL, BUILD, file=True),
         Option("tokenizer", None, "Hugging Face tokenizer directory for text calibration data.", Optional[Path],
                PANEL, BUILD, file=True),
-        Option("calibration_samples", 256, "Samples to calibrate on; the next ones are held out (data too short for both: a quarter held out).", int, PANEL,
+        Option("calibration_samples", 256, "Samples to calibrate on; the next ones are held out (data no longer than this: a quarter held out).", int, PANEL,
                "quantization", "samples"),
         Option("holdout_samples", 128, "Held-out samples checking the accuracy budget (at most).", int, PANEL,
                "quantization", "holdout"),

@@ -313,10 +313,11 @@ def _apply(model: ir.Model, rules: QdqRules, configs: dict[int, NodeConfig]) -> 
 
 def split_samples(samples: list, options: QuantizeOptions) -> tuple[list, list]:
     """``(calibration, holdout)``: the first ``options.samples`` rows, then up to ``options.holdout``.
-    Data too short for both keeps a quarter of its rows (at most ``options.holdout``) held out
-    rather than none: the accuracy budget (and the padding verdict judged with it) is never
-    skipped because the calibration file was exactly ``--calibration-samples`` long."""
-    if len(samples) < options.samples + options.holdout:
+    Data no longer than ``options.samples`` would leave nothing held out: a quarter of its rows
+    (at most ``options.holdout``) is held out instead, so the accuracy budget (and the padding
+    verdict judged with it) is not skipped because the calibration file was exactly
+    ``--calibration-samples`` long."""
+    if len(samples) <= options.samples:
         held = min(options.holdout, len(samples) // 4)
         return samples[: len(samples) - held], samples[len(samples) - held :]
     return samples[: options.samples], samples[options.samples : options.samples + options.holdout]

@@ -409,7 +409,7 @@ def test_int8_build_with_nothing_worth_quantizing_writes_the_float_graph(tmp_pat
 
 @pytest.mark.parametrize(
     ("rows", "expected"),
-    [(400, (256, 128)), (384, (256, 128)), (256, (192, 64)), (10, (8, 2)), (3, (3, 0))],
+    [(400, (256, 128)), (384, (256, 128)), (300, (256, 44)), (256, (192, 64)), (10, (8, 2)), (3, (3, 0))],
 )
 def test_calibration_data_too_short_for_both_still_holds_some_out(rows, expected):
     from llmc.int8.quantize import QuantizeOptions, split_samples
@@ -418,3 +418,4 @@ def test_calibration_data_too_short_for_both_still_holds_some_out(rows, expected
     assert (len(calibration), len(holdout)) == expected
     assert calibration + holdout == list(range(rows))[: sum(expected)]  # in order, nothing used twice
     assert split_samples(list(range(rows)), QuantizeOptions(holdout=0))[1] == []
+    assert [len(part) for part in split_samples(list(range(20)), QuantizeOptions(samples=12))] == [12, 8]
