@@ -195,9 +195,8 @@ def table(rows: dict[str, Any]) -> str:
 
 TARGET = 1.2  # the issue's: every family within 1.2x of llama's ms/token
 WHY = {  # what the profile of each family over the target shows (graph nodes / layers and fusions)
-    "gptj": "GroupQueryAttention (kv_num_heads = num_heads), but its interleaved partial rotary (sin/cos "
-    "gathered from a table by position, applied before the head transpose) has no rule and stays in float "
-    "nodes outside the kernel",
+    "gptj": "GroupQueryAttention (kv_num_heads = num_heads) with its table-gathered interleaved partial rotary "
+    "as one RotaryEmbedding per tensor outside the kernel (do_rotary rotates whole heads)",
     "gpt_neox": "GroupQueryAttention (kv_num_heads = num_heads) with its partial rotary as RotaryEmbedding "
     "outside the kernel (do_rotary rotates whole heads)",
     "qwen3": "no graph cause: llama's fusions plus its QK norms (26.8 nodes a layer); re-timed beside llama "

@@ -108,3 +108,21 @@ def test_family_int4_builds(name, tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph.node}
     assert "MatMulNBits" in ops
+
+
+def test_gptj_rotation_is_one_rotary_embedding_per_tensor(tmp_path):
+    """GPT-J's table-gathered, rotate-every-two partial rotary (llmc.passes.fusion.rotary_table):
+    one RotaryEmbedding for each layer's query and key, none of its float nodes left; exactness
+    is test_family_builds_exactly_and_generates_transformers_tokens[gptj]."""
+    import onnx_ir as ir
+
+    import llmc
+
+    model, source = _export("gptj", tmp_path)
+    llmc.build(source, precision="fp32", output=tmp_path / "fp32", cache=False)
+    graph = ir.load(tmp_path / "fp32" / "model.onnx").graph
+    rotary = [n for n in graph if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == 2 * model.config.n_layer
+    assert all(n.attributes.get_int("interleaved") == 1 for n in rotary)
+    assert {n.attributes.get_int("rotary_embedding_dim") for n in rotary} == {model.config.rotary_dim}
+    assert not [n for n in graph if n.op_type in ("Neg", "GatherND")]

@@ -180,13 +180,14 @@ def _skip_rms() -> list:
 def _rotary_ort() -> list:
     from onnxscript.rewriter.ort_fusions import cos_sin_cache, rotary_embedding
 
-    from llmc.passes.fusion import rotary, rotary_interleaved, rotary_split
+    from llmc.passes.fusion import rotary, rotary_interleaved, rotary_split, rotary_table
 
     return [
         rotary_embedding.rotary_embedding_rules,
         rotary.rules(),
         rotary_interleaved.rules(),
         rotary_split.rules(),
+        rotary_table.rules(),
         cos_sin_cache.cos_sin_cache_rules,
         rotary_embedding.partial_embedding_rules,
     ]
