@@ -32,7 +32,7 @@ def apply_precision(
     """The request's precision chain on the fp32 graph; each step's report is a manifest section."""
     request = prep.request
     result = Precise(compiled.model)
-    before = None
+    before = accuracy = None
     for precision in request.chain:
         if precision.quantized and result.fp32_comparison is None:
             # The passes must be exact before quantization changes the numbers on purpose.
@@ -44,9 +44,10 @@ def apply_precision(
         step = Step(
             result.model, prep.feeds, compiled.reference, request, request.target, prep.tolerance, log, progress,
             prep.work_dir, prep.out_dir, before, prep.prepared.get(precision.name),
-            _Calibration(cache, prep) if cache is not None else None,
+            _Calibration(cache, prep) if cache is not None else None, accuracy,
         )
         done = precision.apply(step)
+        accuracy = done.accuracy
         if precision.quantized:
             model_io.release_freed_memory()  # the quantizer's sessions and copies
         if done.float32_outputs is not None and result.fp32_comparison is None:

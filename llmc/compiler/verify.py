@@ -45,6 +45,8 @@ def verify(
     with compiled_runs():  # an ONNX Runtime failure here is a pass's
         session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
         candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
+    del session  # one session at a time: the deployed one below, the precision's judgement
+    model_io.release_freed_memory()
     precision = request.precision
     report = precise.reports.get(precision.manifest_section) if precision.manifest_section else None
 

@@ -47,7 +47,8 @@ class Fp16(Precision):
 
         after_quantization = step.before is not None and step.before.quantized
         converted = convert_for_build(
-            step.model, step.feeds, self.settings(step.request), after_quantization, step.tolerance, step.log
+            step.model, step.feeds, self.settings(step.request), after_quantization, step.tolerance, step.log,
+            step.accuracy if after_quantization else None,
         )
         return Result(converted.model, converted.report, converted.float32_outputs)
 
@@ -80,6 +81,12 @@ class Fp16(Precision):
             f"float16: {f['nodes']['fp16']} node(s) in float16, {f['nodes']['fp32']} in float32, {f['casts']} "
             f"cast(s); worst layer drift {check['worst_layer_error']:.3g} over {check['layers']} layers (CPU emulation)"
         ]
+        acc = check.get("accuracy") or {}
+        if acc.get("holdout"):
+            lines.append(
+                f"  the artifact (float16 emulated) on {acc['holdout']} held-out samples: cosine to fp32 mean "
+                f"{acc['cosine_mean']:.5f}, worst {acc['cosine_worst']:.5f} (budget: mean >= {acc['budget']})"
+            )
         for reason, group in f["fp32_islands"].items():
             if not reason.startswith("fed only") and not reason.startswith("layout op"):
                 lines.append(f"  float32 x{group['count']}: {escape(reason)}")

@@ -82,13 +82,13 @@ class Int8(QuantizedPrecision):
         if not stats_path.exists() and previous.is_file() and not previous.is_symlink():
             shutil.copyfile(previous, stats_path)
         request = step.request
-        model, report = quantize_for_build(
+        model, report, accuracy = quantize_for_build(
             step.model, step.target, request.calibration_data, request.tokenizer, self.settings(request), step.feeds,
             stats_path, step.log, step.progress,
         )
         if step.calibration is not None:
             step.calibration.keep(stats_path)
-        return Result(model, report)
+        return Result(model, report, accuracy=accuracy)
 
 
     def describe(self, q: dict[str, Any]) -> list[str]:

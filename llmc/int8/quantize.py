@@ -64,6 +64,7 @@ Progress = Callable[[str, int, int], None]
 class QuantizeResult:
     model: ir.Model
     report: dict[str, Any]
+    accuracy: HoldoutBudget  # the budget, for the graph the target makes of ``model`` (TensorRT: float16)
 
 
 def quantize_model(
@@ -126,7 +127,7 @@ def quantize_model(
             f"--precision int8 cannot meet the accuracy budget (mean cosine {np.mean(cosines):.5f} < "
             f"{1 - options.max_accuracy_loss:.4f}) even with every node in float; raise --max-accuracy-loss"
         )
-    return QuantizeResult(quantized, report)
+    return QuantizeResult(quantized, report, HoldoutBudget(model, holdout, options))
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
 class _Capture:
     """An ORT session over a copy of the model whose extra outputs are the named tensors."""
 
-    def __init__(self, model: ir.Model, names: list[str], threads: int, arena: bool = True) -> None:
+    def __init__(self, model: ir.Model, names: list[str], threads: int, arena: bool = True, level: str = "all") -> None:
         from llmc.model.io import ort_model_source
         from llmc.runtime.ort import SessionConfig, create_session
 
@@ -198,7 +199,7 @@ class _Capture:
         for name in names:
             if name not in self.graph_outputs:
                 capture.graph.outputs.append(values[name])
-        config = SessionConfig(intra_op_num_threads=threads, enable_cpu_mem_arena=arena)
+        config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads, enable_cpu_mem_arena=arena)
         with ort_model_source(capture) as source:
             self.session = create_session(source, config, capture)
 
@@ -363,6 +364,28 @@ def _padding_skipped(quantized: ir.Model, reference: _Reference, holdout, option
     finally:
         del session
         model_io.release_freed_memory()
+
+
+class HoldoutBudget:
+    """The accuracy budget as a check of another graph: the held-out samples' cosine to the fp32
+    ``model`` (as ``_budget`` measures it), for the graph a later step makes of the int8 one
+    (TensorRT's float16 rest, run by its CPU emulation). One session of each at a time."""
+
+    def __init__(self, model: ir.Model, holdout: list[dict[str, np.ndarray]], options: QuantizeOptions) -> None:
+        self.model, self.holdout, self.options = model, holdout, options
+
+    def __call__(self, candidate: ir.Model, feeds: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> dict[str, Any]:
+        if not self.holdout:
+            return _accuracy(None, self.options.max_accuracy_loss)
+        model_io.release_freed_memory()  # what the caller dropped, before two sessions come
+        # No arena: each run's buffers go back (two sessions at once). Unoptimized: the
+        # emulation's rounding casts run as written.
+        reference = _Capture(self.model, [], self.options.threads, arena=False)
+        session = _Capture(candidate, [], self.options.threads, arena=False, level="disable")
+        cosines = [_sample_cosine(x, reference.run(x), session.run(feeds(x))) for x in self.holdout]
+        del session, reference
+        model_io.release_freed_memory()
+        return _accuracy(np.array(cosines), self.options.max_accuracy_loss)
 
 
 class _Reference:

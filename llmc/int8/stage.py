@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from llmc.int8.calibration_data import read_calibration_data
 from llmc.int8.lint import lint
-from llmc.int8.quantize import Progress, QuantizeOptions, quantize_model
+from llmc.int8.quantize import HoldoutBudget, Progress, QuantizeOptions, quantize_model
 from llmc.runtime.ort.errors import run_context
 from llmc.spec.target import Target
 
@@ -30,8 +30,9 @@ def quantize_for_build(
     stats_path: Path,
     log: Callable[[str], None],
     progress: Progress | None = None,
-) -> tuple[ir.Model, dict[str, Any]]:
-    """The INT8 model written by ``target``'s Q/DQ rules and the manifest's ``quantization`` report.
+) -> tuple[ir.Model, dict[str, Any], HoldoutBudget]:
+    """The INT8 model written by ``target``'s Q/DQ rules, the manifest's ``quantization`` report
+    and the accuracy budget as a check of what the target makes of the model (TensorRT: float16).
 
     Text calibration data is padded to the sequence length of the verification ``feeds``;
     statistics are kept in (and reused from) ``stats_path``.
@@ -58,4 +59,4 @@ def quantize_for_build(
     if problems:
         raise AssertionError(f"int8 graph breaks the {target.name} Q/DQ rules: {problems[0]}")
     result.report["lint"] = {"rules": target.name, "passed": True}
-    return result.model, result.report
+    return result.model, result.report, result.accuracy

@@ -43,16 +43,25 @@ class Step:
     before: Precision | None = None  # the precision whose stage ran before this one in the chain
     prepared: Any = None  # what this precision's ``preflight`` returned
     calibration: Any = None  # the build cache's calibration statistics (fetch/keep), or None
+    accuracy: Accuracy | None = None  # the previous step's own accuracy check (``Result.accuracy``)
+
+
+# A stage's accuracy check run on a later form of its graph: (that graph as the CPU computes it,
+# what its feeds become for it) -> the check's report, ``met`` saying whether it holds.
+Accuracy = Callable[["ir.Model", Callable[[dict[str, "np.ndarray"]], dict[str, "np.ndarray"]]], dict[str, Any]]
 
 
 @dataclasses.dataclass
 class Result:
     """A stage's graph and its manifest section; ``float32_outputs``: the graph's own float32 run
-    on the verification inputs if the stage made one (it then judges the passes' exactness)."""
+    on the verification inputs if the stage made one (it then judges the passes' exactness).
+    ``accuracy``: the stage's own accuracy check, for the next step of the chain to hold its graph
+    to (TensorRT runs the rest of an int8 graph in float16: the artifact keeps int8's budget)."""
 
     model: ir.Model
     report: dict[str, Any] | None = None
     float32_outputs: dict[str, np.ndarray] | None = None
+    accuracy: Accuracy | None = None
 
 
 @dataclasses.dataclass
