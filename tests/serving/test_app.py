@@ -313,3 +313,25 @@ os._exit(0)
     assert done.returncode == 0, done.stderr[-2000:]
     (found,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert json.loads(found) == {"ray": False, "status": "ok", "model": "e"}
+
+
+def test_completions_on_uvicorn_equal_generate(artifacts):
+    direct = llmc.load(artifacts[1], threads=1)
+    want = direct.generate("hello world", max_new_tokens=6, temperature=0.0)
+    with LocalServer(ServeSettings(str(artifacts[1]), model_name="tiny-llama")) as url:
+        client = _client(url)
+        answer = client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=6, temperature=0)
+        assert answer.choices[0].text == want.text and answer.usage.completion_tokens == want.tokens
+        pieces = client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=6, temperature=0,
+                                           stream=True)
+        assert "".join(chunk.choices[0].text for chunk in pieces) == want.text
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.completions.create(model="tiny-embedder", prompt="hello world")
+        assert caught.value.code == "model_not_found"
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=0)
+        assert caught.value.param == "max_tokens"
+        with pytest.raises(openai.NotFoundError):  # a decoder does not embed
+            client.embeddings.create(model="tiny-llama", input="hello")
+        metrics = requests.get(url + "/metrics").text
+    assert "llmc_requests_in_flight 0" in metrics and 'outcome="ok"} 2' in metrics
