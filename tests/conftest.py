@@ -85,3 +85,25 @@ def tiny_llama_legacy(models_dir) -> Path:
     from llmc.export import export_decoder, llama_model
 
     return export_decoder(llama_model(**TINY_LLAMA), models_dir / "tiny_llama_legacy.onnx", dynamo=False)
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(tmp_path_factory):
+    """A one-logit cross-encoder (reranker), ``tests/tasks/models.py``: no problem type, so its
+    classify score is a sigmoid; no activation recorded, so sentence-transformers scores it with a
+    sigmoid too."""
+    from llmc.spec.task import TEXT_CLASSIFICATION, TaskSpec
+    from tests.tasks.models import export_task_model
+
+    spec = TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), pair=True, score_activation="sigmoid")
+    return export_task_model(spec, tmp_path_factory.mktemp("cross"))
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory):
+    """A sentence-embedding model (mean pooling, normalised, 64 dims), ``tests/tasks/models.py``."""
+    from llmc.spec.task import SENTENCE_EMBEDDING, TaskSpec
+    from tests.tasks.models import export_task_model
+
+    spec = TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=64)
+    return export_task_model(spec, tmp_path_factory.mktemp("embedder"))

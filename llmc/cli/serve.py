@@ -1,4 +1,5 @@
-"""``llmc serve``: an artifact behind a Ray Serve HTTP endpoint (``llmc.serving.server``)."""
+"""``llmc serve``: an artifact behind HTTP, in one process with uvicorn by default, on Ray Serve with
+``--replicas``, ``--address`` or ``--emit-config`` (the same app: ``llmc.serving.app``)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,19 @@ def serve(
     artifact: Annotated[Path, typer.Argument(help="An llmc artifact directory.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    replicas: Annotated[int, typer.Option(help="Replicas (Ray Serve deployments' num_replicas).")] = 1,
-    threads_per_replica: Annotated[int, typer.Option(help="CPUs and ONNX Runtime threads per replica.")] = 1,
-    max_batch_size: Annotated[int, typer.Option(help="Most requests merged into one run (/v1/infer).")] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Requests in flight per replica before 503 + Retry-After.")] = 64,
+    replicas: Annotated[
+        Optional[int], typer.Option(help="Serve on Ray Serve with N replicas (default: one process, uvicorn).")
+    ] = None,
+    threads_per_replica: Annotated[
+        int, typer.Option(help="ONNX Runtime threads (on Ray Serve: CPUs and threads per replica).")
+    ] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most requests merged into one run (/v1/infer, /v1/embeddings, /rerank, /predict).")
+    ] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for requests being read to join a batch.")] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests in flight, streams included, before 503 + Retry-After (per replica).")
+    ] = 64,
     prefix_cache_mb: Annotated[
         int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")
     ] = 256,
@@ -31,17 +40,24 @@ def serve(
         str, typer.Option(help="Decoders: auto decodes greedy requests with prompt-lookup drafts where they can "
                           "run (llmc generate --speculative; the same tokens); off: never.")
     ] = "auto",
-    address: Annotated[Optional[str], typer.Option(help="A running Ray cluster (ray start --head); default: a local one.")] = None,
+    served_model_name: Annotated[
+        Optional[str], typer.Option(help="The model id /v1/models lists (default: the artifact folder's name).")
+    ] = None,
+    address: Annotated[
+        Optional[str], typer.Option(help="Serve on a running Ray cluster (ray start --head), e.g. auto.")
+    ] = None,
     emit_config: Annotated[
         Optional[Path], typer.Option(help="Write the Ray Serve config YAML for `serve deploy` and exit.")
     ] = None,
 ) -> None:
-    """Serve ARTIFACT over HTTP: /v1/infer, /v1/completions, /v1/chat/completions, /health, /metrics."""
+    """Serve ARTIFACT over HTTP: /v1/models, /v1/infer, /v1/embeddings, /v1/completions,
+    /v1/chat/completions, /rerank, /predict, /health, /metrics. One process (uvicorn) by default;
+    Ray Serve with --replicas, --address or --emit-config."""
     from llmc.runtime.artifact import read_artifact
-    from llmc.serving.server import ServeSettings
+    from llmc.serving.engine import ServeSettings
 
     read_artifact(artifact)  # the integrity contract before anything starts
-    for flag, value in (("--replicas", replicas), ("--threads-per-replica", threads_per_replica),
+    for flag, value in (("--replicas", 1 if replicas is None else replicas), ("--threads-per-replica", threads_per_replica),
                         ("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
@@ -50,8 +66,9 @@ def serve(
     if speculative not in ("auto", "off"):
         raise LlmcError(f"--speculative {speculative}: must be auto or off")
     settings = ServeSettings(
-        str(artifact.resolve()), replicas, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
+        str(artifact.resolve()), replicas or 1, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
         prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
+        model_name=served_model_name,
     )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
@@ -59,10 +76,16 @@ def serve(
         write_serve_config(emit_config, settings, host, port)
         console.print(f"Ray Serve config: {emit_config} (serve deploy {emit_config} on a cluster)")
         return
+    if replicas is None and address is None:
+        from llmc.serving.run import run_local
+
+        console.print(f"loading {artifact} (the server listens once it is loaded; Ctrl-C stops)")
+        run_local(settings, host, port, ready=lambda url: console.print(f"serving {artifact} at {url}"))
+        return
     from llmc.serving.run import start
 
     start(settings, host, port, address)
-    console.print(f"serving {artifact} at http://{host}:{port} (Ctrl-C stops)")
+    console.print(f"serving {artifact} on Ray Serve at http://{host}:{port} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

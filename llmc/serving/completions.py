@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from llmc.errors import LlmcError
-from llmc.serving.protocol import BadRequest
+from llmc.serving.errors import BadRequest, openai_error
 
 
 def parse(body: Any, chat: bool, max_new_tokens: int) -> dict[str, Any]:
@@ -30,13 +30,13 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> dict[str, Any]:
         if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
         ):
-            raise BadRequest('"messages" must be a non-empty list of {"role": str, "content": str}')
+            raise BadRequest('"messages" must be a non-empty list of {"role": str, "content": str}', param="messages")
     elif not isinstance(body.get("prompt"), str) or not body["prompt"]:
-        raise BadRequest('"prompt" must be a non-empty string')
+        raise BadRequest('"prompt" must be a non-empty string', param="prompt")
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise BadRequest('"stop" must be a string or a list of strings')
+        raise BadRequest('"stop" must be a string or a list of strings', param="stop")
     request = {
         "max_tokens": _number(body, "max_tokens", 16, int, 1, max_new_tokens),
         "temperature": _number(body, "temperature", 1.0, float, 0.0, 100.0),
@@ -45,7 +45,7 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> dict[str, Any]:
         "stop": stop, "stream": bool(body.get("stream", False)),
     }
     if request["top_p"] == 0.0:
-        raise BadRequest('"top_p" must be above 0')
+        raise BadRequest('"top_p" must be above 0', param="top_p")
     return {**request, **({"messages": body["messages"]} if chat else {"prompt": body["prompt"]})}
 
 
@@ -54,9 +54,9 @@ def _number(body: dict[str, Any], key: str, default: Any, kind: type, low: float
     if value is None:
         value = default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise BadRequest(f'"{key}" must be {"an integer" if kind is int else "a number"}')
+        raise BadRequest(f'"{key}" must be {"an integer" if kind is int else "a number"}', param=key)
     if not low <= value <= high:
-        raise BadRequest(f'"{key}" must be between {low:g} and {high:g}, not {value}')
+        raise BadRequest(f'"{key}" must be between {low:g} and {high:g}, not {value}', param=key)
     return kind(value)
 
 
@@ -90,7 +90,7 @@ def _generate(engine: Any, prompt: str, request: dict[str, Any], stream: Any) ->
         engine.results.move_to_end(key)
         engine.metrics.count("result_cache_hit")
         return engine.results[key]
-    with engine.generation_lock:
+    with engine.generation_slot():
         result = _guard(lambda: engine.runner.generate(
             prompt, max_new_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
             seed=request["seed"], stop=request["stop"], stream=stream, prefix_cache=engine.prefix,
@@ -139,8 +139,8 @@ async def _events(engine: Any, prompt: str, request: dict[str, Any], chat: bool,
         yield _sse({"id": ident, "object": kind, "choices": [{"index": 0, **delta, "finish_reason": None}]})
     try:
         result = task.result()
-    except BadRequest as exc:
-        yield _sse({"error": str(exc)})
+    except BadRequest as exc:  # OpenAI's error object as the stream's last event
+        yield _sse(openai_error(exc)[1])
         return
     last = {"delta": {}} if chat else {"text": ""}
     yield _sse({"id": ident, "object": kind, "choices": [{"index": 0, **last, "finish_reason": _finish(result)}],

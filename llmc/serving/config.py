@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmc.serving.server import ServeSettings
+from llmc.serving.engine import ServeSettings
 
 
 def serve_config(settings: ServeSettings, host: str, port: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ class Histogram:
 
 class Metrics:
     """Requests by outcome, request latency, rows per model run, time to first token, ms/token,
-    prefix-cache hits, speculative draft tokens verified and accepted."""
+    prefix-cache hits, speculative draft tokens verified and accepted (and the server's gauges)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -65,9 +65,14 @@ class Metrics:
             if ms_per_token:
                 self.token_seconds.observe(ms_per_token / 1e3)
 
-    def prometheus(self) -> str:
+    def prometheus(self, gauges: dict[str, tuple[float, str]] | None = None) -> str:
+        """The counters, and ``gauges`` ({name: (value, help)}: e.g. queue depth, requests in
+        flight, read by the server when asked)."""
         with self._lock:
-            lines = ["# HELP llmc_requests_total Requests by outcome.", "# TYPE llmc_requests_total counter"]
+            lines = []
+            for name, (value, help_text) in (gauges or {}).items():
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+            lines += ["# HELP llmc_requests_total Requests by outcome.", "# TYPE llmc_requests_total counter"]
             lines += [f'llmc_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(self.requests.items())]
             lines += self.request_seconds.lines("llmc_request_seconds", "Request latency in the replica.")
             lines += self.batch_rows.lines("llmc_batch_rows", "Rows per model run (dynamic batching).")

@@ -13,19 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from llmc.serving.errors import BadRequest
+
 ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-
-class BadRequest(ValueError):
-    """A request the server refuses: ``status`` (400, 413) and one line saying why."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclasses.dataclass(frozen=True)

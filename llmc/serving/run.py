@@ -1,20 +1,145 @@
-"""Starting the Ray Serve application (locally or on a cluster) and stopping it."""
+"""Starting ``llmc serve``'s app: in this process with uvicorn (the default; :func:`run_local`,
+:class:`LocalServer`), or on Ray Serve, locally or on a cluster (:func:`start`, :func:`stop`)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+import threading
+import time
 from typing import Any
 
 from llmc.errors import LlmcError
-from llmc.serving.server import ServeSettings, app
+from llmc.serving.engine import ServeSettings
+
+
+def _app(settings: ServeSettings) -> Any:
+    try:
+        from llmc.serving.app import build_app
+
+        return build_app(settings)
+    except ImportError as exc:
+        raise LlmcError(f"llmc serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'llmc[serve]'") from None
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bound now (a port in use is one error line, before the model loads); uvicorn listens on it
+    once the app's lifespan has loaded the model, so no connection is accepted before."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LlmcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _server(app: Any) -> Any:
+    try:
+        import uvicorn
+    except ImportError:
+        raise LlmcError("llmc serve runs on uvicorn: pip install 'llmc[serve]'") from None
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+
+
+class _QuietFailedLoad(logging.Filter):
+    """Drops uvicorn's traceback of a model that failed to load: :func:`run_local` says it in one line."""
+
+    def __init__(self, served: Any) -> None:
+        super().__init__()
+        self.served = served
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.served.error is None
+
+
+def run_local(settings: ServeSettings, host: str, port: int, ready: Any = None) -> None:
+    """Serve in this process until interrupted (Ctrl-C); ``ready(url)`` once listening."""
+    sock = _listening_socket(host, port)
+    app = _app(settings)
+    server = _server(app)
+    quiet = _QuietFailedLoad(app.state.llmc)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    if ready is not None:
+        threading.Thread(target=_when_started, args=(server, ready, _url(host, sock)), daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:
+        pass
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+        sock.close()
+    if app.state.llmc.error is not None:
+        raise LlmcError(f"{settings.artifact}: the model did not load: {app.state.llmc.error}")
+
+
+def _run(server: Any, sock: socket.socket) -> None:
+    with contextlib.suppress(SystemExit):  # uvicorn's exit when the model did not load: start() says why
+        server.run(sockets=[sock])
+
+
+def _when_started(server: Any, ready: Any, url: str) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        ready(url)
+
+
+def _url(host: str, sock: socket.socket) -> str:
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class LocalServer:
+    """The app on uvicorn in a thread of this process (tests, benchmarks): :meth:`start` returns
+    its URL once the model is loaded and it listens; :meth:`stop` ends it."""
+
+    def __init__(self, settings: ServeSettings, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.settings, self.host, self.port = settings, host, port
+        self.app: Any = None
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 300.0) -> str:
+        sock = _listening_socket(self.host, self.port)
+        self.app = _app(self.settings)
+        self.server = _server(self.app)
+        self.thread = threading.Thread(target=_run, args=(self.server, sock), daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                error = self.app.state.llmc.error
+                raise LlmcError(f"{self.settings.artifact}: the server did not start: {error or 'timed out'}")
+            time.sleep(0.01)
+        return _url(self.host, sock)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(30)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
 
 
 def start(settings: ServeSettings, host: str, port: int, address: str | None = None) -> Any:
-    """Run the application on Ray Serve at ``host:port``; returns its deployment handle."""
+    """Run the app on Ray Serve at ``host:port``; returns its deployment handle."""
     try:
         import ray
         from ray import serve
     except ImportError:
-        raise LlmcError("llmc serve runs on Ray Serve: pip install 'ray[serve]'") from None
+        raise LlmcError("llmc serve --replicas/--address runs on Ray Serve: pip install 'ray[serve]'") from None
+    from llmc.serving.server import app
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port})

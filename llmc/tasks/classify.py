@@ -29,9 +29,10 @@ def _logits(model: TaskModel, texts: Sequence[str], pairs: Sequence[str] | None,
 
 def classify(
     model: TaskModel, texts: Sequence[str], pairs: Sequence[str] | None = None, *, top_k: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = 32, raw: bool = False,
 ) -> list[Labelled]:
-    """Per text (or pair), ``(label, score)`` best first: all labels, or the ``top_k`` best."""
+    """Per text (or pair), ``(label, score)`` best first: all labels, or the ``top_k`` best;
+    ``raw``: the logits instead of the scores (text-embeddings-inference's ``raw_scores``)."""
     spec = model.require("classify", TEXT_CLASSIFICATION)
     if top_k is not None and top_k < 1:
         raise LlmcError(f"top_k must be at least 1, not {top_k}")
@@ -40,7 +41,7 @@ def classify(
         return []
     labels = model.labels(logits.shape[-1])
     results = []
-    for row in label_scores(logits, spec):
+    for row in logits if raw else label_scores(logits, spec):
         order = sorted(range(len(row)), key=lambda i: -row[i])  # stable: ties keep label order
         results.append([(labels[i], float(row[i])) for i in order[:top_k]])
     return results
@@ -50,28 +51,45 @@ def rerank(
     model: TaskModel, query: str, documents: Sequence[str], *, batch_size: int = 32
 ) -> list[tuple[int, float]]:
     """``(document index, score)`` for every document, most relevant first."""
+    return rerank_many(model, [(query, documents)], batch_size=batch_size)[0]
+
+
+def rerank_many(
+    model: TaskModel, requests: Sequence[tuple[str, Sequence[str]]], *, batch_size: int = 32, raw: bool = False
+) -> list[list[tuple[int, float]]]:
+    """:func:`rerank` of several (query, documents) requests in one pass over the model (a server
+    merges concurrent requests); ``raw``: a cross-encoder's logit, without its activation."""
     spec = model.require("rerank", TEXT_CLASSIFICATION, SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
-    if not documents:
-        return []
+    sizes = [len(documents) for _, documents in requests]
+    if not sum(sizes):
+        return [[] for _ in requests]
     if spec.task is TEXT_CLASSIFICATION:
-        scores = _pair_scores(model, _logits(model, [query] * len(documents), documents, batch_size))
+        queries = [query for query, documents in requests for _ in documents]
+        logits = _logits(model, queries, [d for _, documents in requests for d in documents], batch_size)
+        flat = _pair_scores(model, logits, raw)
+        bounds = np.cumsum([0, *sizes])
+        scores = [flat[bounds[i] : bounds[i + 1]] for i in range(len(requests))]
     else:
         from llmc.tasks.embed import cosine, embed
 
-        vectors = embed(model, [query, *documents], batch_size)
-        scores = cosine(vectors[:1], vectors[1:])[0]
-    order = sorted(range(len(documents)), key=lambda i: -scores[i])
-    return [(i, float(scores[i])) for i in order]
+        vectors = embed(model, [text for query, documents in requests for text in (query, *documents)], batch_size)
+        bounds = np.cumsum([0, *(n + 1 for n in sizes)])
+        scores = [cosine(vectors[b : b + 1], vectors[b + 1 : e])[0] for b, e in zip(bounds[:-1], bounds[1:], strict=True)]
+    results = []
+    for row in scores:
+        order = sorted(range(len(row)), key=lambda i: -row[i])
+        results.append([(i, float(row[i])) for i in order])
+    return results
 
 
-def _pair_scores(model: TaskModel, logits: np.ndarray) -> np.ndarray:
+def _pair_scores(model: TaskModel, logits: np.ndarray, raw: bool = False) -> np.ndarray:
     """One logit: the CrossEncoder's own score of it (``CrossEncoder.predict``'s: sigmoid, tanh or
     the logit, as recorded at export; the logit where nothing was recorded); two: the probability
-    of the second label."""
+    of the second label. ``raw``: the (second label's) logit."""
     if logits.shape[-1] == 1:
-        return cross_encoder_scores(logits[:, 0], model.spec)
+        return logits[:, 0] if raw else cross_encoder_scores(logits[:, 0], model.spec)
     if logits.shape[-1] == 2:
-        return softmax(logits)[:, 1]
+        return logits[:, 1] if raw else softmax(logits)[:, 1]
     raise LlmcError(
         f"{model.where}: a text-classification model with {logits.shape[-1]} labels is not a reranker "
         "(a cross-encoder has one score, or two labels); classify with it "

@@ -9,6 +9,7 @@ A sentence-embedding model's graph already pools (and normalises, if its model d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,14 @@ def mean_pool(states: np.ndarray) -> np.ndarray:
 
 def embed(model: TaskModel, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """[len(texts), dimension] float32 vectors, in input order."""
+    model.require("embed", SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
+    return embed_encodings(model, model.tokenizer.encode(texts), batch_size)
+
+
+def embed_encodings(model: TaskModel, encodings: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+    """:func:`embed` of texts already tokenized (``model.tokenizer.encode``; a server counts
+    their tokens)."""
     spec = model.require("embed", SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
-    encodings = model.tokenizer.encode(texts)
     if not encodings:
         return np.zeros((0, spec.dimension or 0), dtype=np.float32)
     rows = model.rows(encodings, batch_size)

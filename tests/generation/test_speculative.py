@@ -337,7 +337,10 @@ def test_serving_decodes_greedy_requests_speculatively(copier, monkeypatch):
     class Engine:
         runner, prefix, results = copier, None, {}
         metrics = Metrics()
-        generation_lock = __import__("threading").Lock()
+
+        @staticmethod
+        def generation_slot():  # the engine's one generation at a time (llmc.serving.engine)
+            return __import__("contextlib").nullcontext()
 
         class settings:  # noqa: N801  (ServeSettings' fields that _generate reads)
             speculative, result_cache = "auto", 0

@@ -1,12 +1,11 @@
-"""``llmc serve``: the real Ray Serve server on loopback, driven with concurrent, malformed and
-generation requests; answers equal the artifact's own; the replica stays healthy."""
+"""``llmc serve`` on Ray Serve (``--replicas``, ``--address``, ``--emit-config``): the real server on
+loopback, driven with concurrent, malformed and generation requests; answers equal the artifact's
+own; the replica stays healthy; the encoder routes and two replicas on the same app."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as futures
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -17,44 +16,30 @@ import llmc
 from llmc.cli.main import app
 from llmc.errors import LlmcError
 from llmc.serving.protocol import BadRequest, InputSpec, parse_inputs
+from tests.serving.conftest import free_port
 
 pytest.importorskip("ray.serve")
 requests = pytest.importorskip("requests")
 pytest.importorskip("transformers")
-from tests.export.test_export_cli import _save  # noqa: E402
 
 runner = CliRunner()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def artifacts(tiny_bert_dynamo, tmp_path_factory):
-    from llmc.export import llama_model
-
-    root = tmp_path_factory.mktemp("serve")
-    encoder = llmc.build(tiny_bert_dynamo, output=root / "bert", cache=False, threads=1)
-    model = llama_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        intermediate_size=64, vocab_size=64, max_position_embeddings=128, bos_token_id=2, eos_token_id=3)
-    source = _save(model, root / "hf", 64)
-    assert runner.invoke(app, ["export", str(source), "-o", str(root / "export")]).exit_code == 0
-    decoder = llmc.build(root / "export" / "model.onnx", output=root / "llama", cache=False, threads=1)
-    return encoder.path, decoder.path
-
-
-@pytest.fixture(scope="module")
-def server(artifacts):
+def server():
+    from llmc.serving.engine import ServeSettings
     from llmc.serving.run import start, stop
-    from llmc.serving.server import ServeSettings
 
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
 
     def deploy(path, **options):
+        import ray
+
+        if ray.is_initialized():  # the previous application's replicas go first (their CPUs)
+            from ray import serve
+
+            serve.delete("llmc")
         start(ServeSettings(str(path), **options), "127.0.0.1", port)
         return base
 
@@ -92,7 +77,9 @@ def test_infer_concurrent_and_malformed(server, artifacts):
     }
     for body, (status, words) in bad.items():
         answer = requests.post(base + "/v1/infer", data=body)
-        assert answer.status_code == status and words in answer.json()["error"], (body[:40], answer.text)
+        error = answer.json()["error"]  # OpenAI's error object
+        assert answer.status_code == status and words in error["message"], (body[:40], answer.text)
+        assert error["type"] == "invalid_request_error" and set(error) == {"message", "type", "param", "code"}
     assert requests.get(base + "/health").status_code == 200
     metrics = requests.get(base + "/metrics").text
     assert 'llmc_requests_total{outcome="ok"} 24' in metrics and 'outcome="bad_400"} 8' in metrics
@@ -121,30 +108,13 @@ def test_completions_match_the_runtime_and_stream(server, artifacts):
     for payload, words in (({"max_tokens": 6}, '"prompt"'), ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
                            ({"prompt": "x", "temperature": "hot"}, '"temperature"'), ({"prompt": "x", "stop": 3}, '"stop"')):
         answer = requests.post(base + "/v1/completions", json=payload)
-        assert answer.status_code == 400 and words in answer.json()["error"]
+        assert answer.status_code == 400 and words in answer.json()["error"]["message"]
     answer = requests.post(base + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert answer.status_code in (200, 400)  # 400: the tiny tokenizer has no chat template, said in one line
     if answer.status_code == 400:
-        assert "chat template" in answer.json()["error"]
+        assert "chat template" in answer.json()["error"]["message"]
     assert requests.post(base + "/v1/infer", data="{}").status_code == 400
     assert requests.get(base + "/health").status_code == 200
-
-
-def test_overload_answers_503_with_retry_after():
-    from llmc.serving.metrics import Metrics
-    from llmc.serving.server import ServeSettings, _admitted
-
-    class Busy:
-        settings = ServeSettings("x", max_queue=2)
-        in_flight = 2
-        metrics = Metrics()
-
-    async def handler():
-        raise AssertionError("not admitted")
-
-    response = asyncio.run(_admitted(Busy(), handler))
-    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
-    assert 'outcome="rejected_overload"} 1' in Busy.metrics.prometheus()
 
 
 def test_parse_inputs_checks_each_field():
@@ -176,7 +146,7 @@ def test_emit_config_for_a_cluster(artifacts, tmp_path):
 
 def test_padded_merge_gives_each_request_its_own_answer(artifacts):
     """Requests of different lengths padded into one run and cut back: the artifact's answers."""
-    from llmc.serving.server import Engine, ServeSettings
+    from llmc.serving.engine import Engine, ServeSettings
 
     engine = Engine(ServeSettings(str(artifacts[0])))
     assert engine.padded_merge
@@ -195,3 +165,39 @@ def test_padded_merge_gives_each_request_its_own_answer(artifacts):
     assert isinstance(answers[1], LlmcError) and "\n" not in str(answers[1])
     np.testing.assert_allclose(answers[2]["last_hidden_state"], engine.runner.run(requests_[3])["last_hidden_state"],
                                atol=1e-5, rtol=1e-5)
+
+
+TEXTS = ["A short one.", "Mid-length text about embeddings.", "The quick brown fox jumps over the lazy dog.", "x"]
+
+
+def test_the_same_routes_on_ray(server, embedder):
+    """The app's encoder routes on Ray Serve answer as the task API does (as on uvicorn)."""
+    base = server(embedder.artifact, model_name="tiny-embedder")
+    assert [m["id"] for m in requests.get(base + "/v1/models").json()["data"]] == ["tiny-embedder"]
+    direct = llmc.load(embedder.artifact, threads=1)
+    body = requests.post(base + "/v1/embeddings", json={"model": "tiny-embedder", "input": TEXTS}).json()
+    assert [d["index"] for d in body["data"]] == list(range(len(TEXTS))) and body["object"] == "list"
+    np.testing.assert_allclose([d["embedding"] for d in body["data"]], direct.embed(TEXTS), atol=1e-6)
+    ranked = requests.post(base + "/rerank", json={"query": TEXTS[0], "texts": TEXTS[1:]}).json()
+    want = direct.rerank(TEXTS[0], TEXTS[1:])
+    assert [r["index"] for r in ranked] == [i for i, _ in want]
+    np.testing.assert_allclose([r["score"] for r in ranked], [score for _, score in want], atol=1e-6)
+    answer = requests.post(base + "/v1/embeddings", json={"model": "another", "input": "x"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    answer = requests.post(base + "/predict", json={"inputs": "x"})  # an embedder does not classify
+    assert answer.status_code == 424 and answer.json()["error_type"] == "Backend"
+    assert requests.get(base + "/health").json()["status"] == "ok"
+
+
+def test_two_replicas_answer_identically(server, artifacts):
+    base = server(artifacts[0], replicas=2)
+    feeds = _ids(np.random.default_rng(2), 2, 5)
+    pids = {requests.get(base + "/health").json()["pid"] for _ in range(30)}
+    assert len(pids) == 2  # both replicas are up and answer
+    with futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: requests.post(base + "/v1/infer", json={"inputs": feeds}), range(24)))
+    want = llmc.load(artifacts[0], threads=1).run({k: np.array(v, np.int64) for k, v in feeds.items()})
+    for answer in answers:  # whichever replica answered, merged with others or not
+        assert answer.status_code == 200, answer.text
+        for name, array in want.items():
+            np.testing.assert_allclose(np.array(answer.json()["outputs"][name]), array, atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Tiny task artifacts, exported by ``llmc export`` and built once per session
-(``tests/tasks/models.py``)."""
+(``tests/tasks/models.py``; the embedder and the cross-encoder, which tests/serving serves too,
+are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from llmc.spec.task import (
     FEATURE_EXTRACTION,
     FILL_MASK,
     QUESTION_ANSWERING,
-    SENTENCE_EMBEDDING,
     TEXT_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     TaskSpec,
@@ -27,14 +27,6 @@ def sentiment(tmp_path_factory) -> TaskModel:
 
 
 @pytest.fixture(scope="session")
-def cross_encoder(tmp_path_factory) -> TaskModel:
-    """A one-logit cross-encoder (reranker): no problem type, so its classify score is a sigmoid;
-    no activation recorded, so sentence-transformers scores it with a sigmoid too."""
-    spec = TaskSpec(TEXT_CLASSIFICATION, ("LABEL_0",), pair=True, score_activation="sigmoid")
-    return _build(tmp_path_factory, "cross", spec)
-
-
-@pytest.fixture(scope="session")
 def ner(tmp_path_factory) -> TaskModel:
     return _build(tmp_path_factory, "ner", TaskSpec(TOKEN_CLASSIFICATION, ENTITIES))
 
@@ -42,12 +34,6 @@ def ner(tmp_path_factory) -> TaskModel:
 @pytest.fixture(scope="session")
 def qa(tmp_path_factory) -> TaskModel:
     return _build(tmp_path_factory, "qa", TaskSpec(QUESTION_ANSWERING, pair=True))
-
-
-@pytest.fixture(scope="session")
-def embedder(tmp_path_factory) -> TaskModel:
-    spec = TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=64)
-    return _build(tmp_path_factory, "embedder", spec)
 
 
 @pytest.fixture(scope="session")

@@ -126,3 +126,31 @@ def test_rerank_a_two_label_cross_encoder_by_its_positive_probability(sentiment)
     ranking = rerank(model, "q", ["a", "a b c", "a b"], batch_size=1)
     assert [i for i, _ in ranking] == [1, 2, 0]
     assert ranking[0][1] == pytest.approx(1 / (1 + np.exp(-7 / 4)))  # [CLS] q [SEP] a b c [SEP]: 7 tokens
+
+
+@pytest.mark.parametrize("model", ["cross_encoder", "embedder"])
+def test_rerank_many_requests_in_one_pass_equals_each_alone(model, request):
+    """What a server does with concurrent rerank requests: one pass, each request's own answer."""
+    from llmc.tasks.classify import rerank_many
+    from llmc.tasks.model import task_model
+
+    runner = llmc.load(request.getfixturevalue(model).artifact)
+    requests = [(QUERY, DOCUMENTS), ("a cat", DOCUMENTS[2:]), ("empty", []), (TEXTS[0], TEXTS)]
+    merged = rerank_many(task_model(runner), requests)
+    for (query, documents), answer in zip(requests, merged, strict=True):
+        alone = runner.rerank(query, documents)
+        assert [i for i, _ in answer] == [i for i, _ in alone]
+        np.testing.assert_allclose([s for _, s in answer], [s for _, s in alone], atol=1e-6)
+
+
+def test_raw_scores_are_the_logits(cross_encoder):
+    """text-embeddings-inference's raw_scores: classify's and rerank's scores before the activation."""
+    from llmc.tasks.classify import classify, rerank_many
+    from llmc.tasks.model import task_model
+
+    model = task_model(llmc.load(cross_encoder.artifact))
+    logits = torch_logits(cross_encoder, [QUERY] * len(DOCUMENTS), DOCUMENTS)[:, 0]
+    raw = classify(model, [QUERY] * len(DOCUMENTS), DOCUMENTS, raw=True)
+    np.testing.assert_allclose([labels[0][1] for labels in raw], logits, atol=1e-4)
+    (ranked,) = rerank_many(model, [(QUERY, DOCUMENTS)], raw=True)
+    np.testing.assert_allclose([s for _, s in sorted(ranked)], logits, atol=1e-4)

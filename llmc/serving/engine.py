@@ -1,0 +1,174 @@
+"""One served artifact: its runner, its batchers and its counters, without Ray.
+
+``llmc.serving.app`` builds the HTTP app around an :class:`Engine`; uvicorn runs that app in one
+process (``llmc serve``) and a Ray Serve replica runs the same app (``--replicas``, ``--address``,
+``--emit-config``). Per engine:
+
+* ``/v1/infer`` requests whose inputs agree beyond the batch axis are merged into one run (only
+  when the build measured every output's batch axis as axis 0) and split back, requests of
+  different lengths padded where the build measured padding harmless; each answer is the
+  artifact's answer to that request alone (:meth:`Engine.run_batch`);
+* an encoder's task routes go through the task API (``llmc.serving.encoders``), concurrent
+  requests merged the same way;
+* decoders generate one request at a time (:meth:`Engine.generation_slot`), with a prefix KV
+  cache and an optional cache of repeated greedy answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmc.errors import LlmcError
+from llmc.model.decoder import is_decoder
+from llmc.serving import encoders
+from llmc.serving.batcher import Batcher, answers_or_errors
+from llmc.serving.metrics import Metrics
+from llmc.serving.protocol import cut_to, merge, pad_to_longest, shape_key, specs, split
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    artifact: str
+    replicas: int = 1
+    threads_per_replica: int = 1
+    max_batch_size: int = 8
+    batch_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_elements: int = 4_000_000
+    max_new_tokens: int = 512
+    prefix_cache_mb: int = 256  # decoders: prompts' KV blocks reused across requests (0: off)
+    result_cache: int = 0  # answers kept for repeated temperature-0 requests (0: off)
+    # Decoders: prompt-lookup drafts for greedy requests where they can run (llmc.generation.speculative)
+    speculative: str = "auto"
+    model_name: str | None = None  # the id /v1/models lists (default: the artifact folder's name)
+
+    def to_args(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def served_model(self) -> str:
+        return self.model_name or Path(self.artifact).name
+
+
+class Engine:
+    """One process's (or replica's) artifact, batchers and counters."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        import llmc
+
+        self.settings = settings
+        self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False)
+        self.inputs = specs(self.runner.session)
+        padding = self.runner.artifact.manifest.padding or {}
+        outputs = padding.get("outputs") or {}
+        self.mergeable = bool(outputs) and all(v.get("batch_axis") == 0 for v in outputs.values())
+        # Requests of different lengths share a run, padded, where the build measured that
+        # padding leaves every real position unchanged (the loaded runner then skips it again).
+        self.padded_merge = self.mergeable and bool(padding.get("trim", {}).get("safe"))
+        self.layout = padding if self.padded_merge else None
+        self.decoder = is_decoder(i.name for i in self.inputs)
+        self.metrics = Metrics()
+        self.in_flight = 0  # requests admitted and not yet answered (streams until their last event)
+        self.prefix = None
+        if self.decoder and settings.prefix_cache_mb > 0:
+            from llmc.generation.prefix import PrefixCache
+
+            self.prefix = PrefixCache(settings.prefix_cache_mb << 20)
+        self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self.generation_lock = threading.Lock()  # one generation at a time per engine
+        self.generations_waiting = 0
+        self._waiting_lock = threading.Lock()
+        self.task = None  # the task API's view of an encoder (its spec may be None: no task record)
+        if not self.decoder:
+            from llmc.tasks.model import task_model
+
+            self.task = task_model(self.runner)
+        size, wait = settings.max_batch_size, settings.batch_wait_ms / 1e3
+        self.infer = Batcher(self.run_batch, size, wait)
+        self.embed = Batcher(functools.partial(self._tasks, encoders.embed_batch), size, wait)
+        self.rerank = Batcher(functools.partial(self._tasks, encoders.rerank_batch), size, wait)
+        self.predict = Batcher(functools.partial(self._tasks, encoders.predict_batch), size, wait)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a run or for the generation slot."""
+        return sum(b.depth for b in (self.infer, self.embed, self.rerank, self.predict)) + self.generations_waiting
+
+    @functools.cached_property
+    def embedding_dimension(self) -> int | None:
+        """The length of the vectors ``/v1/embeddings`` gives (None: known only after a run)."""
+        spec = self.task.spec if self.task is not None else None
+        if spec is not None and spec.dimension:
+            return spec.dimension
+        for output in self.runner.session.get_outputs():
+            if output.name in ("sentence_embedding", "last_hidden_state") and isinstance(output.shape[-1], int):
+                return output.shape[-1]
+        return None
+
+    @contextlib.contextmanager
+    def generation_slot(self) -> Iterator[None]:
+        """Holds the engine's one generation slot (waiting requests count in the queue depth)."""
+        with self._waiting_lock:
+            self.generations_waiting += 1
+        try:
+            self.generation_lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self.generations_waiting -= 1
+        try:
+            yield
+        finally:
+            self.generation_lock.release()
+
+    def _tasks(self, batch: Any, items: list[Any]) -> list[Any]:
+        """A task batcher's run: ``batch(task, items)``; a merged run the model refuses is run
+        request by request, so that only the refused request gets the error."""
+        self.metrics.batch(len(items))
+        return answers_or_errors(functools.partial(batch, self.task), items, LlmcError)
+
+    def run_batch(self, batch: list[tuple[dict[str, Any], float]]) -> list[Any]:
+        """Run ``(request, arrival time)`` pairs, merged where allowed; results in order. A merged
+        run that fails is run again request by request, so that only the request the model
+        refuses (e.g. a token id beyond its vocabulary) gets the error (an :class:`LlmcError`)."""
+        started = time.perf_counter()
+        requests = [feeds for feeds, _ in batch]
+        for _, arrival in batch:
+            self.metrics.queued(started - arrival)
+        results: list[Any] = [None] * len(requests)
+        groups: dict[Any, list[int]] = {}
+        for index, feeds in enumerate(requests):
+            key = index if not self.mergeable else shape_key(feeds, self.layout)
+            groups.setdefault(key, []).append(index)
+        for members in groups.values():
+            group = [requests[i] for i in members]
+            lengths = None
+            if self.layout is not None:
+                group, lengths = pad_to_longest(group, self.layout)
+            feeds, rows = merge(group)
+            self.metrics.batch(sum(rows))
+            try:
+                outputs = split(self.runner.run(feeds), rows)
+            except LlmcError:
+                if len(members) == 1:
+                    outputs = [sys.exc_info()[1]]
+                else:
+                    outputs = [self._alone(request) for request in group]
+            for n, (i, out) in enumerate(zip(members, outputs, strict=True)):
+                ok = lengths is not None and not isinstance(out, LlmcError)
+                results[i] = cut_to(out, lengths[n], self.layout) if ok else out
+        return results
+
+    def _alone(self, request: dict[str, Any]) -> Any:
+        try:
+            return self.runner.run(request)
+        except LlmcError as exc:
+            return exc
