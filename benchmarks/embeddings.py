@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import ROOT, job, machine_line, sentences, tokenizer_dir, write_section
+from benchmarks.harness import ROOT, job, machine_line, paired_ratio, sentences, tokenizer_dir, write_section
 
 CACHE = ROOT / ".cache" / "embeddings"
 THREADS = 2
@@ -126,10 +126,9 @@ def measure(rounds: int) -> dict[str, Any]:
         for engine in ENGINES:
             vectors = np.load(CACHE / f"{engine.replace(' ', '_')}-{batch}.npy")
             cos = np.sum(vectors * reference, 1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
-            ratios = [a / b for a, b in zip(runs[batch][engine], runs[batch][ENGINES[0]], strict=True)]
             rows.setdefault(engine, {})[str(batch)] = {
                 "sentences_per_s": statistics.median(runs[batch][engine]), "runs": runs[batch][engine],
-                "vs_anchor": statistics.median(ratios), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
+                "vs_anchor": paired_ratio(runs[batch][engine], runs[batch][ENGINES[0]]), "cosine_mean": float(cos.mean()), "cosine_worst": float(cos.min()),
             }
     for engine in ENGINES[1:]:
         rows[engine]["padding"] = _padding_mode(paths[engine])

@@ -83,6 +83,12 @@ def machine_line() -> str:
 # -- RESULTS.md ----------------------------------------------------------------------------------------
 
 
+def paired_ratio(mine: list[float], anchor: list[float]) -> float:
+    """The median over rounds of each round's own ratio ``mine[i] / anchor[i]`` (robust to this
+    VM's speed drifting between rounds more than the systems differ)."""
+    return float(np.median([a / b for a, b in zip(mine, anchor, strict=True)]))
+
+
 def write_section(begin: str, end: str, text: str, path: Path = RESULTS) -> None:
     """Put ``text`` (which starts with ``begin`` and ends with ``end``) into ``path``, replacing
     an earlier section between the same markers, else appending it."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import harness, models
-from benchmarks.harness import machine_line, sentences, tokenizer_dir, write_section
+from benchmarks.harness import machine_line, paired_ratio, sentences, tokenizer_dir, write_section
 
 CACHE = harness.ROOT / ".cache" / "padding"
 THREADS = 2
@@ -179,8 +179,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         if not runs:
             continue
         int8, fp32, ort = (runs[s] for s in ("llmc int8, padding skipped", "llmc fp32, padding skipped", ORT))
-        vs_fp32 = float(np.median([a / b for a, b in zip(int8, fp32, strict=True)]))
-        vs_ort = float(np.median([a / b for a, b in zip(int8, ort, strict=True)]))
+        vs_fp32, vs_ort = paired_ratio(int8, fp32), paired_ratio(int8, ort)
         lines.append(
             f"- {workload}: llmc int8 (padding skipped) {vs_fp32:.2f}x llmc fp32 (padding skipped), target <= 0.6x: "
             f"{'met' if vs_fp32 <= 0.6 else '**missed**'}; {vs_ort:.2f}x ORT fp32 raw, target about 0.2x or less: "

@@ -38,7 +38,6 @@ def label_scores(logits: np.ndarray, spec: TaskSpec) -> np.ndarray:
     return np.asarray(logits, dtype=np.float64)
 
 
-
 def cross_encoder_scores(logits: np.ndarray, spec: TaskSpec) -> np.ndarray:
     """A CrossEncoder's scores of its one logit per pair, as ``CrossEncoder.predict`` gives them
     (``spec.score_activation``, recorded at export); the logit where nothing was recorded."""
