@@ -37,9 +37,23 @@ def serve(
     ] = 256,
     result_cache: Annotated[int, typer.Option(help="Answers kept for repeated temperature-0 requests (0: off).")] = 0,
     speculative: Annotated[
-        str, typer.Option(help="Decoders: auto decodes greedy requests with prompt-lookup drafts where they can "
-                          "run (llmc generate --speculative; the same tokens); off: never.")
+        str, typer.Option(help="Decoders with --slots 1: auto decodes greedy requests with prompt-lookup drafts "
+                          "where they can run (llmc generate --speculative; the same tokens); off: never.")
     ] = "auto",
+    slots: Annotated[
+        int, typer.Option(help="Decoders: sequences decoded together (continuous batching; 1: one at a time).")
+    ] = 8,
+    kv_cache_mb: Annotated[
+        int, typer.Option(help="Decoders: MiB of KV cache the slots share (a slot's length: this / --slots).")
+    ] = 1024,
+    prefill_chunk: Annotated[
+        int, typer.Option(help="Decoders: prompt tokens prefilled between two decode steps (a long prompt "
+                          "does not stall the others).")
+    ] = 256,
+    system_prompt: Annotated[
+        Optional[Path], typer.Option(help="Decoders: a text file; its system message is prefilled at start and "
+                                     "pinned in the prefix cache (chats starting with it skip that prefill).")
+    ] = None,
     served_model_name: Annotated[
         Optional[str], typer.Option(help="The model id /v1/models lists (default: the artifact folder's name).")
     ] = None,
@@ -61,6 +75,9 @@ def serve(
                         ("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
+    for flag, value in (("--slots", slots), ("--kv-cache-mb", kv_cache_mb), ("--prefill-chunk", prefill_chunk)):
+        if value < 1:
+            raise LlmcError(f"{flag} must be >= 1, not {value}")
     if prefix_cache_mb < 0 or result_cache < 0:
         raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
     if speculative not in ("auto", "off"):
@@ -68,7 +85,8 @@ def serve(
     settings = ServeSettings(
         str(artifact.resolve()), replicas or 1, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
         prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
-        model_name=served_model_name,
+        model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
+        system_prompt=_read_system_prompt(system_prompt),
     )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
@@ -93,3 +111,17 @@ def serve(
         from ray import serve as ray_serve
 
         ray_serve.shutdown()
+
+
+def _read_system_prompt(path: Optional[Path]) -> Optional[str]:
+    """The text of ``--system-prompt FILE`` (None without one); one line if it cannot be read."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlmcError(f"--system-prompt {path}: cannot read it as UTF-8 text ({exc.__class__.__name__}); "
+                        "pass a text file") from None
+    if not text.strip():
+        raise LlmcError(f"--system-prompt {path}: the file is empty; pass a file with the system message")
+    return text

@@ -54,6 +54,7 @@ class PrefixCache:
         self._lock = threading.Lock()
         self.bytes = 0
         self.hits = self.misses = self.tokens_reused = self.evictions = 0
+        self.pinned = 0  # tokens of pinned blocks
 
     def keys(self, tokens: list[int]) -> list[bytes]:
         """The keys of every full block of ``tokens``, each chained to its parent's."""
@@ -115,6 +116,17 @@ class PrefixCache:
                 self.bytes += block.nbytes
             self._evict()
 
+    def pin(self, tokens: list[int]) -> int:
+        """Keep the cached full blocks of ``tokens`` for good (a server's system prompt): held as
+        if in use, never evicted. Returns the tokens pinned."""
+        keys = self.keys(tokens)
+        with self._lock:
+            held = [key for key in keys if key in self._blocks]
+            for key in held:
+                self._blocks[key].refs += 1
+            self.pinned += len(held) * self.block
+        return len(held) * self.block
+
     def _evict(self) -> None:
         for key in list(self._blocks):
             if self.bytes <= self.max_bytes:
@@ -128,4 +140,4 @@ class PrefixCache:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"blocks": len(self._blocks), "bytes": self.bytes, "hits": self.hits, "misses": self.misses,
-                    "tokens_reused": self.tokens_reused, "evictions": self.evictions}
+                    "tokens_reused": self.tokens_reused, "evictions": self.evictions, "pinned_tokens": self.pinned}

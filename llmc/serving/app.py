@@ -116,9 +116,7 @@ def _routes(api: Any, served: Served) -> None:
         engine = served.engine
         if engine is None:
             return PlainTextResponse("# loading\n", status_code=503)
-        gauges = {"llmc_queue_depth": (engine.queue_depth, "Requests waiting for a model run or the generation slot."),
-                  "llmc_requests_in_flight": (engine.in_flight, "Requests admitted and not yet answered.")}
-        return PlainTextResponse(engine.metrics.prometheus(gauges), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(engine.metrics.prometheus(engine.gauges()), media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models", response_model=None)
     async def models() -> Any:

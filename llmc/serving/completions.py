@@ -1,12 +1,14 @@
-"""OpenAI-compatible ``/v1/completions`` and ``/v1/chat/completions`` on a decoder artifact.
+"""OpenAI's ``/v1/completions`` and ``/v1/chat/completions`` on a decoder artifact.
 
-Fields: ``prompt`` (completions) or ``messages`` (chat: role/content turns through the artifact's
-chat template), ``max_tokens`` (16), ``temperature`` (1.0), ``top_p`` (1.0), ``stop`` (a string
-or a list), ``seed``, ``stream`` (server-sent events: one ``data:`` chunk per piece of text, then
-``data: [DONE]``). Answers carry ``usage`` (prompt, completion and total tokens). A replica runs
-one generation at a time (the artifact's runtime, KV cache updated in place); others wait.
-Greedy requests decode with prompt-lookup drafts where they can run (``speculative="auto"``,
-``--speculative off`` turns it off): the same tokens, faster when the answer copies the prompt.
+The request is checked field by field first (``llmc.serving.openai_params``), then tokenized and
+run as ``n`` sequences by the artifact's :class:`~llmc.serving.decoding.Decoding` (continuous
+batching where the artifact allows it). Answers carry ``usage`` (prompt, completion and total
+tokens; streams only with ``stream_options.include_usage``, in one last chunk whose ``choices``
+is empty) and, when asked, ``logprobs`` in each API's shape (chat: ``content`` entries with
+``token``/``logprob``/``bytes``/``top_logprobs``; completions: ``tokens``/``token_logprobs``/
+``top_logprobs``/``text_offset``). A stream whose client goes away cancels its sequences: their
+slots are free at the next step. ``--result-cache`` answers a repeated greedy request (same
+prompt and settings, no logprobs or grammar) from memory.
 """
 
 from __future__ import annotations
@@ -15,49 +17,12 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Optional
 
 from llmc.errors import LlmcError
+from llmc.generation.sequence import Sequence, TokenLogprob
 from llmc.serving.errors import BadRequest, openai_error
-
-
-def parse(body: Any, chat: bool, max_new_tokens: int) -> dict[str, Any]:
-    """The generation request, or :class:`BadRequest`."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
-        ):
-            raise BadRequest('"messages" must be a non-empty list of {"role": str, "content": str}', param="messages")
-    elif not isinstance(body.get("prompt"), str) or not body["prompt"]:
-        raise BadRequest('"prompt" must be a non-empty string', param="prompt")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise BadRequest('"stop" must be a string or a list of strings', param="stop")
-    request = {
-        "max_tokens": _number(body, "max_tokens", 16, int, 1, max_new_tokens),
-        "temperature": _number(body, "temperature", 1.0, float, 0.0, 100.0),
-        "top_p": _number(body, "top_p", 1.0, float, 0.0, 1.0),
-        "seed": _number(body, "seed", 0, int, 0, 2**63 - 1),
-        "stop": stop, "stream": bool(body.get("stream", False)),
-    }
-    if request["top_p"] == 0.0:
-        raise BadRequest('"top_p" must be above 0', param="top_p")
-    return {**request, **({"messages": body["messages"]} if chat else {"prompt": body["prompt"]})}
-
-
-def _number(body: dict[str, Any], key: str, default: Any, kind: type, low: float, high: float) -> Any:
-    value = body.get(key, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise BadRequest(f'"{key}" must be {"an integer" if kind is int else "a number"}', param=key)
-    if not low <= value <= high:
-        raise BadRequest(f'"{key}" must be between {low:g} and {high:g}, not {value}', param=key)
-    return kind(value)
+from llmc.serving.openai_params import CompletionRequest, parse
 
 
 async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_response: Any) -> Any:
@@ -65,87 +30,172 @@ async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_resp
     if not engine.decoder:
         raise BadRequest("this artifact is not a decoder: POST /v1/infer", 404)
     request = parse(body, chat, engine.settings.max_new_tokens)
-    prompt = request.get("prompt")
-    if chat:
-        from llmc.model.text import chat_messages
-
-        prompt = _guard(lambda: chat_messages(engine.runner.artifact.path, request["messages"]))
+    decoding = engine.decoding
+    ids = decoding.prompt_ids(request)
+    params = decoding.params(request)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    if request["stream"]:
-        return streaming(_events(engine, prompt, request, chat, ident), media_type="text/event-stream")
-    result = await asyncio.get_running_loop().run_in_executor(None, _generate, engine, prompt, request, None)
-    return json_response(_answer(result, chat, ident))
-
-
-def _guard(call: Any) -> Any:
-    try:
-        return call()
-    except LlmcError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-def _generate(engine: Any, prompt: str, request: dict[str, Any], stream: Any) -> Any:
-    key = (prompt, request["max_tokens"], tuple(request["stop"])) if request["temperature"] == 0 else None
-    if key is not None and stream is None and key in engine.results:  # an exact repeat: the same answer
+    if request.stream:
+        stream = _Stream(engine, ids, params, request)
+        await engine.decoding.run(stream.sequences)  # a refusal is still an error response here
+        return streaming(_events(engine, stream, request, ident), media_type="text/event-stream")
+    key = (tuple(ids), params, request.n) if _cacheable(params) else None
+    if key is not None and key in engine.results:  # an exact repeat: the same answer
         engine.results.move_to_end(key)
         engine.metrics.count("result_cache_hit")
-        return engine.results[key]
-    with engine.generation_slot():
-        result = _guard(lambda: engine.runner.generate(
-            prompt, max_new_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
-            seed=request["seed"], stop=request["stop"], stream=stream, prefix_cache=engine.prefix,
-            speculative=engine.settings.speculative,
-        ))
-    engine.metrics.generation(result.ttft_ms, result.ms_per_token, result.drafted, result.accepted)
-    if engine.prefix is not None:
-        engine.metrics.cache_hits = engine.prefix.stats()["hits"]
-    if key is not None and engine.settings.result_cache > 0:
-        engine.results[key] = result
-        while len(engine.results) > engine.settings.result_cache:
-            engine.results.popitem(last=False)
-    return result
-
-
-def _usage(result: Any) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.tokens,
-            "total_tokens": result.prompt_tokens + result.tokens}
-
-
-def _finish(result: Any) -> str:
-    return "length" if result.stop_reason == "length" else "stop"
-
-
-def _answer(result: Any, chat: bool, ident: str) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(result)}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": result.text}
+        sequences = engine.results[key]
     else:
-        choice["text"] = result.text
-    return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "choices": [choice], "usage": _usage(result)}
+        sequences = await _run(engine, ids, params, request.n)
+        if key is not None and engine.settings.result_cache > 0:
+            engine.results[key] = sequences
+            while len(engine.results) > engine.settings.result_cache:
+                engine.results.popitem(last=False)
+    return json_response(_answer(sequences, request, ident, decoding.tokenizer, engine.settings.served_model))
 
 
-async def _events(engine: Any, prompt: str, request: dict[str, Any], chat: bool, ident: str) -> Any:
-    """Server-sent events: each piece of text as it is decoded, then the finish and usage."""
+def _cacheable(params: Any) -> bool:
+    return params.sampling.greedy and not params.logprobs and params.constraint_factory is None
+
+
+async def _run(engine: Any, ids: list[int], params: Any, n: int) -> list[Sequence]:
+    """Run ``n`` sequences of ``ids`` to their end (cancelled if this request is)."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    task = loop.run_in_executor(
-        None, _generate, engine, prompt, request, lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece)
-    )
-    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    while (piece := await queue.get()) is not None:
-        delta = {"delta": {"content": piece}} if chat else {"text": piece}
-        yield _sse({"id": ident, "object": kind, "choices": [{"index": 0, **delta, "finish_reason": None}]})
+    futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(n)]
+    order: dict[int, int] = {}
+
+    def done(sequence: Sequence) -> None:
+        future = futures[order[id(sequence)]]
+        loop.call_soon_threadsafe(lambda: future.done() or future.set_result(sequence))
+
+    sequences = engine.decoding.sequences(ids, params, n, None, done)
+    order.update({id(s): i for i, s in enumerate(sequences)})
+    await engine.decoding.run(sequences)
     try:
-        result = task.result()
-    except BadRequest as exc:  # OpenAI's error object as the stream's last event
-        yield _sse(openai_error(exc)[1])
+        finished = await asyncio.gather(*futures)
+    except asyncio.CancelledError:
+        for sequence in sequences:
+            sequence.cancel()
+        raise
+    for sequence in finished:
+        _raise_error(sequence)
+        _measure(engine, sequence)
+    return finished
+
+
+def _raise_error(sequence: Sequence) -> None:
+    if sequence.error is None:
         return
-    last = {"delta": {}} if chat else {"text": ""}
-    yield _sse({"id": ident, "object": kind, "choices": [{"index": 0, **last, "finish_reason": _finish(result)}],
-                "usage": _usage(result)})
-    yield "data: [DONE]\n\n"
+    if isinstance(sequence.error, LlmcError):
+        raise BadRequest(str(sequence.error)) from None
+    raise sequence.error  # a bug: a 500 with its traceback in the server's log
+
+
+def _measure(engine: Any, sequence: Sequence) -> None:
+    result = sequence.result()
+    engine.metrics.generation(result.ttft_ms, result.ms_per_token, result.drafted, result.accepted)
+
+
+def _finish(sequence: Sequence) -> str:
+    return "length" if sequence.reason in ("length", "cancelled") else "stop"
+
+
+def _usage(sequences: list[Sequence]) -> dict[str, int]:
+    prompt = len(sequences[0].prompt)
+    made = sum(len(s.tokens) for s in sequences)
+    return {"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made}
+
+
+def _answer(sequences: list[Sequence], request: CompletionRequest, ident: str, tokenizer: Any, model: str) -> dict[str, Any]:
+    choices = []
+    for index, sequence in enumerate(sequences):
+        choice: dict[str, Any] = {"index": index}
+        if request.chat:
+            choice["message"] = {"role": "assistant", "content": sequence.text(), "refusal": None}
+        else:
+            choice["text"] = sequence.text()
+        choice["logprobs"] = _logprobs(sequence.logprobs, request, tokenizer) if request.logprobs else None
+        choice["finish_reason"] = _finish(sequence)
+        choices.append(choice)
+    return {"id": ident, "object": "chat.completion" if request.chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": _usage(sequences)}
+
+
+def _token(tokenizer: Any, token: int) -> tuple[str, list[int]]:
+    text = tokenizer.decode([token], skip_special_tokens=False) if tokenizer is not None else str(token)
+    return text, list(text.encode("utf-8", errors="replace"))
+
+
+def _logprobs(records: list[TokenLogprob], request: CompletionRequest, tokenizer: Any, offset: int = 0) -> dict[str, Any]:
+    """Logprobs of ``records`` in the request's API's shape (``offset``: characters before them)."""
+    if request.chat:
+        content = []
+        for record in records:
+            text, raw = _token(tokenizer, record.token)
+            top = [dict(zip(("token", "bytes"), _token(tokenizer, t), strict=True), logprob=lp) for t, lp in record.top]
+            content.append({"token": text, "logprob": record.logprob, "bytes": raw, "top_logprobs": top})
+        return {"content": content, "refusal": None}
+    tokens, offsets = [], []
+    for record in records:
+        offsets.append(offset)
+        tokens.append(_token(tokenizer, record.token)[0])
+        offset += len(tokens[-1])
+    tops = [{_token(tokenizer, t)[0]: lp for t, lp in record.top} for record in records] if request.top_logprobs else None
+    return {"tokens": tokens, "token_logprobs": [r.logprob for r in records], "top_logprobs": tops, "text_offset": offsets}
+
+
+class _Stream:
+    """A streamed request's sequences and the queue their pieces and ends come through."""
+
+    def __init__(self, engine: Any, ids: list[int], params: Any, request: CompletionRequest) -> None:
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        order: dict[int, int] = {}
+
+        def text(index: int, piece: str, records: list[TokenLogprob]) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, (index, piece, records, None))
+
+        def done(sequence: Sequence) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, (order[id(sequence)], None, None, sequence))
+
+        self.sequences = engine.decoding.sequences(ids, params, request.n, text, done)
+        order.update({id(s): i for i, s in enumerate(self.sequences)})
+
+
+async def _events(engine: Any, stream: _Stream, request: CompletionRequest, ident: str) -> Any:
+    """Server-sent events: each choice's text as it is decoded, its finish, the usage if asked."""
+    kind = "chat.completion.chunk" if request.chat else "text_completion"
+    base = {"id": ident, "object": kind, "created": int(time.time()), "model": engine.settings.served_model}
+    tokenizer, offsets = engine.decoding.tokenizer, [0] * request.n
+    try:
+        if request.chat:
+            for index in range(request.n):
+                yield _sse({**base, "choices": [_chunk(index, {"role": "assistant", "content": ""}, request, None)]})
+        remaining = request.n
+        while remaining:
+            index, piece, records, finished = await stream.queue.get()
+            if finished is None:
+                probs = _logprobs(records, request, tokenizer, offsets[index]) if request.logprobs else None
+                offsets[index] += len(piece)
+                delta = {"content": piece} if request.chat else piece
+                yield _sse({**base, "choices": [_chunk(index, delta, request, probs)]})
+                continue
+            remaining -= 1
+            _measure(engine, finished)
+            if finished.error is not None:  # OpenAI's error object as the stream's last event
+                yield _sse(openai_error(BadRequest(str(finished.error)))[1])
+                return
+            empty = {} if request.chat else ""
+            yield _sse({**base, "choices": [_chunk(index, empty, request, None, _finish(finished))]})
+        if request.include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(stream.sequences)})
+        yield "data: [DONE]\n\n"
+    finally:
+        for sequence in stream.sequences:  # a client gone: free the slots at the next step
+            sequence.cancel()
+
+
+def _chunk(index: int, delta: Any, request: CompletionRequest, probs: Any, finish: Optional[str] = None) -> dict[str, Any]:
+    body = {"index": index, "delta": delta} if request.chat else {"index": index, "text": delta}
+    return {**body, "logprobs": probs, "finish_reason": finish}
 
 
 def _sse(payload: dict[str, Any]) -> str:

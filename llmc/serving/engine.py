@@ -10,20 +10,18 @@ process (``llmc serve``) and a Ray Serve replica runs the same app (``--replicas
   artifact's answer to that request alone (:meth:`Engine.run_batch`);
 * an encoder's task routes go through the task API (``llmc.serving.encoders``), concurrent
   requests merged the same way;
-* decoders generate one request at a time (:meth:`Engine.generation_slot`), with a prefix KV
-  cache and an optional cache of repeated greedy answers.
+* decoders generate through :class:`~llmc.serving.decoding.Decoding`: continuous batching of
+  ``slots`` sequences where the artifact allows it, a prefix KV cache (with the pinned
+  ``--system-prompt``), and an optional cache of repeated greedy answers.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,10 @@ class ServeSettings:
     result_cache: int = 0  # answers kept for repeated temperature-0 requests (0: off)
     # Decoders: prompt-lookup drafts for greedy requests where they can run (llmc.generation.speculative)
     speculative: str = "auto"
+    slots: int = 8  # decoders: sequences decoded together (continuous batching; 1: one at a time)
+    kv_cache_mb: int = 1024  # decoders: the slots' KV buffer (each slot's length: this / slots)
+    prefill_chunk: int = 256  # decoders: prompt tokens prefilled between two decode steps
+    system_prompt: str | None = None  # decoders: a system message prefilled at start, pinned
     model_name: str | None = None  # the id /v1/models lists (default: the artifact folder's name)
 
     def to_args(self) -> dict[str, Any]:
@@ -78,15 +80,12 @@ class Engine:
         self.decoder = is_decoder(i.name for i in self.inputs)
         self.metrics = Metrics()
         self.in_flight = 0  # requests admitted and not yet answered (streams until their last event)
-        self.prefix = None
-        if self.decoder and settings.prefix_cache_mb > 0:
-            from llmc.generation.prefix import PrefixCache
-
-            self.prefix = PrefixCache(settings.prefix_cache_mb << 20)
         self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-        self.generation_lock = threading.Lock()  # one generation at a time per engine
-        self.generations_waiting = 0
-        self._waiting_lock = threading.Lock()
+        self.decoding = None
+        if self.decoder:
+            from llmc.serving.decoding import Decoding
+
+            self.decoding = Decoding(self.runner, settings)
         self.task = None  # the task API's view of an encoder (its spec may be None: no task record)
         if not self.decoder:
             from llmc.tasks.model import task_model
@@ -100,8 +99,30 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a run or for the generation slot."""
-        return sum(b.depth for b in (self.infer, self.embed, self.rerank, self.predict)) + self.generations_waiting
+        """Requests waiting for a run, sequences waiting for a decoding slot."""
+        waiting = self.decoding.queued if self.decoding is not None else 0
+        return sum(b.depth for b in (self.infer, self.embed, self.rerank, self.predict)) + waiting
+
+    @property
+    def prefix(self) -> Any:
+        """The decoder's prefix KV cache (None: an encoder, or turned off)."""
+        return self.decoding.prefix if self.decoding is not None else None
+
+    def gauges(self) -> dict[str, tuple[float, str]]:
+        """The server's gauges for ``/metrics``."""
+        gauges = {"llmc_queue_depth": (self.queue_depth, "Requests waiting for a model run or a decoding slot."),
+                  "llmc_requests_in_flight": (self.in_flight, "Requests admitted and not yet answered.")}
+        if self.decoding is not None:
+            scheduler = self.decoding.scheduler
+            gauges["llmc_slots_in_use"] = (self.decoding.slots_in_use, "Decoding slots holding a sequence.")
+            rate = scheduler.tokens_per_second() if scheduler is not None else 0.0
+            gauges["llmc_tokens_per_second"] = (round(rate, 2), "New tokens per second over the last 10 s.")
+            if self.prefix is not None:
+                stats = self.prefix.stats()
+                looked = stats["hits"] + stats["misses"]
+                gauges["llmc_prefix_cache_hit_rate"] = (
+                    round(stats["hits"] / looked, 4) if looked else 0.0, "Prompts that found cached blocks.")
+        return gauges
 
     @functools.cached_property
     def embedding_dimension(self) -> int | None:
@@ -113,21 +134,6 @@ class Engine:
             if output.name in ("sentence_embedding", "last_hidden_state") and isinstance(output.shape[-1], int):
                 return output.shape[-1]
         return None
-
-    @contextlib.contextmanager
-    def generation_slot(self) -> Iterator[None]:
-        """Holds the engine's one generation slot (waiting requests count in the queue depth)."""
-        with self._waiting_lock:
-            self.generations_waiting += 1
-        try:
-            self.generation_lock.acquire()
-        finally:
-            with self._waiting_lock:
-                self.generations_waiting -= 1
-        try:
-            yield
-        finally:
-            self.generation_lock.release()
 
     def _tasks(self, batch: Any, items: list[Any]) -> list[Any]:
         """A task batcher's run: ``batch(task, items)``; a merged run the model refuses is run

@@ -330,28 +330,24 @@ def test_picks_mask_eos_only_before_min_new_tokens():
     assert speculative._agreed([4, 5, 6], [4, 5, 7, 1]) == 2 and speculative._agreed([], [3]) == 0
 
 
-def test_serving_decodes_greedy_requests_speculatively(copier, monkeypatch):
-    from llmc.serving import completions
-    from llmc.serving.metrics import Metrics
+def test_serving_decodes_greedy_requests_speculatively(copier):
+    from llmc.generation.sampling import Sampling
+    from llmc.generation.sequence import SequenceParams
+    from llmc.model.text import encode
+    from llmc.serving.decoding import Decoding
+    from llmc.serving.engine import ServeSettings
 
-    class Engine:
-        runner, prefix, results = copier, None, {}
-        metrics = Metrics()
-
-        @staticmethod
-        def generation_slot():  # the engine's one generation at a time (llmc.serving.engine)
-            return __import__("contextlib").nullcontext()
-
-        class settings:  # noqa: N801  (ServeSettings' fields that _generate reads)
-            speculative, result_cache = "auto", 0
-
-    request = {"max_tokens": 40, "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": []}
+    decoding = Decoding(copier, ServeSettings(str(copier.artifact.path), slots=1, speculative="auto"))
+    assert decoding.scheduler is None and decoding.why_alone == "--slots 1"
     text = "w30 w31 w12 w7 w30 w31 w12 w7"
-    answer = completions._generate(Engine, text, request, None)
-    assert answer.token_ids == copier.generate(text, max_new_tokens=40).token_ids and answer.accepted > 0
-    assert f"llmc_draft_accepted_total {answer.accepted}" in Engine.metrics.prometheus()
-    sampled = completions._generate(Engine, text, {**request, "temperature": 1.0}, None)
-    assert sampled.drafted == 0  # sampling: plain decoding, silently
+    ids = encode(decoding.tokenizer, text)
+    done = []
+    (greedy,) = decoding.sequences(ids, SequenceParams(max_new_tokens=40), 1, None, done.append)
+    (sampled,) = decoding.sequences(ids, SequenceParams(max_new_tokens=40, sampling=Sampling(1.0)), 1, None, done.append)
+    decoding._alone([greedy, sampled])
+    assert done == [greedy, sampled]
+    assert greedy.tokens == copier.generate(text, max_new_tokens=40).token_ids and greedy.accepted > 0
+    assert greedy.result().accepted == greedy.accepted and sampled.drafted == 0  # sampling: plain decoding
 
 
 def test_serve_flag(copier, tmp_path):

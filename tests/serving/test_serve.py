@@ -99,12 +99,13 @@ def test_completions_match_the_runtime_and_stream(server, artifacts):
     assert body["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": want.tokens,
                              "total_tokens": want.prompt_tokens + want.tokens}
     events = requests.post(base + "/v1/completions", json={"prompt": "hello world", "max_tokens": 6, "temperature": 0,
-                                                           "stream": True}, stream=True)
+                                                           "stream": True, "stream_options": {"include_usage": True}},
+                           stream=True)
     chunks = [line[6:] for line in events.iter_lines(decode_unicode=True) if line.startswith("data: ")]
     assert chunks[-1] == "[DONE]"
     pieces = [json.loads(c) for c in chunks[:-1]]
-    assert "".join(p["choices"][0]["text"] for p in pieces) == want.text
-    assert pieces[-1]["usage"]["completion_tokens"] == want.tokens
+    assert "".join(p["choices"][0]["text"] for p in pieces if p["choices"]) == want.text
+    assert pieces[-1]["choices"] == [] and pieces[-1]["usage"]["completion_tokens"] == want.tokens
     for payload, words in (({"max_tokens": 6}, '"prompt"'), ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
                            ({"prompt": "x", "temperature": "hot"}, '"temperature"'), ({"prompt": "x", "stop": 3}, '"stop"')):
         answer = requests.post(base + "/v1/completions", json=payload)
