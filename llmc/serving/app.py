@@ -109,7 +109,7 @@ def _routes(api: Any, served: Served) -> None:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return JSONResponse({"status": "ok", "model": served.settings.served_model, "artifact": served.settings.artifact,
                              "pid": os.getpid(), "in_flight": engine.in_flight, "queue_depth": engine.queue_depth,
-                             "peak_rss_mb": round(peak_mb, 1)})
+                             "peak_rss_mb": round(peak_mb, 1), **engine.health()})
 
     @api.get("/metrics", response_model=None)
     async def metrics() -> Any:

@@ -81,11 +81,13 @@ class Decoding:
     def slots_in_use(self) -> int:
         return self.scheduler.slots_in_use if self.scheduler is not None else int(self._alone_lock.locked())
 
-    def prompt_ids(self, request: CompletionRequest) -> list[int]:
-        """The request's prompt as token ids; one error line for a template that fails or a
-        prompt past the context."""
+    def prompt_ids(self, request: CompletionRequest, cap: int) -> tuple[list[int], int]:
+        """The request's prompt as token ids, and the new tokens it may have (``max_tokens``, or
+        as many as fit the context and a slot, at most ``cap``); one error line for a template
+        that fails or a prompt that does not fit."""
         if self.tokenizer is None:
             raise BadRequest(f"{self.artifact.name} has no tokenizer ({texts.TOKENIZER_JSON}): it cannot take text")
+        param = "messages" if request.chat else "prompt"
         try:
             if request.chat:
                 text = texts.chat_messages(self.artifact, request.messages)
@@ -93,24 +95,30 @@ class Decoding:
             else:
                 ids = texts.encode(self.tokenizer, request.prompt)
         except LlmcError as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest(str(exc), param=param) from None
         if not ids:
-            raise BadRequest("the prompt is empty once tokenized", param="messages" if request.chat else "prompt")
-        if self.context is not None and len(ids) + request.max_tokens > self.context:
+            raise BadRequest("the prompt is empty once tokenized", param=param)
+        limits = [(self.context, "the model's context")]
+        if self.scheduler is not None:
+            limits.append((self.scheduler.cache.capacity, "a decoding slot (--kv-cache-mb / --slots)"))
+        limit, what = min(((n, w) for n, w in limits if n is not None), default=(None, ""))
+        wanted = request.max_tokens if request.max_tokens is not None else cap
+        if limit is not None and request.max_tokens is None:
+            wanted = min(wanted, limit - len(ids))
+        if limit is not None and (wanted < 1 or len(ids) + wanted > limit):
             raise BadRequest(
-                f"the prompt is {len(ids)} tokens; with max_tokens {request.max_tokens} that passes the model's context "
-                f"of {self.context}: shorten the prompt or lower max_tokens", param="messages" if request.chat else "prompt",
-                code="context_length_exceeded")
-        return ids
+                f"the prompt is {len(ids)} tokens; with max_tokens {wanted} that passes {what} of {limit} tokens: "
+                "shorten the prompt or lower max_tokens", param=param, code="context_length_exceeded")
+        return ids, wanted
 
-    def params(self, request: CompletionRequest) -> SequenceParams:
+    def params(self, request: CompletionRequest, max_tokens: int) -> SequenceParams:
         factory = None
         if request.response_format is not None:
             factory = self._constraint(request.response_format)
         return SequenceParams(
-            max_new_tokens=request.max_tokens, stop=request.stop,
+            max_new_tokens=max_tokens, stop=request.stop,
             sampling=Sampling(request.temperature, 0, request.top_p, request.seed),
-            min_new_tokens=request.max_tokens if request.ignore_eos else request.min_tokens,
+            min_new_tokens=max_tokens if request.ignore_eos else min(request.min_tokens, max_tokens),
             presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
             logprobs=request.logprobs, top_logprobs=request.top_logprobs, constraint_factory=factory,
         )

@@ -108,6 +108,13 @@ class Engine:
         """The decoder's prefix KV cache (None: an encoder, or turned off)."""
         return self.decoding.prefix if self.decoding is not None else None
 
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` adds for a decoder: slots, the system prompt, the prefix cache."""
+        if self.decoding is None:
+            return {}
+        return {"slots_in_use": self.decoding.slots_in_use, "system_prompt_tokens": self.decoding.system_tokens,
+                "prefix_cache": self.prefix.stats() if self.prefix is not None else None}
+
     def gauges(self) -> dict[str, tuple[float, str]]:
         """The server's gauges for ``/metrics``."""
         gauges = {"llmc_queue_depth": (self.queue_depth, "Requests waiting for a model run or a decoding slot."),

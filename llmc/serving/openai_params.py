@@ -2,7 +2,7 @@
 
 ``/v1/completions``: ``prompt`` (a string); ``/v1/chat/completions``: ``messages`` (role/content
 turns). Both: ``n`` (1..``MAX_N``), ``max_tokens`` (chat: also ``max_completion_tokens``, which
-wins), ``temperature`` (0..2), ``top_p`` (0..1, above 0), ``seed``, ``stop`` (a string or up to 4),
+wins; absent: completions 16, chat as many as fit the context, at most the server's cap), ``temperature`` (0..2), ``top_p`` (0..1, above 0), ``seed``, ``stop`` (a string or up to 4),
 ``presence_penalty`` and ``frequency_penalty`` (-2..2), ``logprobs`` (chat: a boolean, with
 ``top_logprobs`` 0..20; completions: an integer 0..5, the top count), ``stream`` (a boolean) with
 ``stream_options.include_usage``, ``response_format`` (``text``, ``json_object``, ``json_schema``:
@@ -30,7 +30,7 @@ class CompletionRequest:
     prompt: Optional[str]
     messages: Optional[list[dict[str, str]]]
     n: int
-    max_tokens: int
+    max_tokens: Optional[int]  # None: as many as fit (chat without max_tokens)
     temperature: float
     top_p: float
     seed: int
@@ -56,9 +56,9 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
             raise BadRequest(f'"{key}" is not supported by this server; remove it', param=key)
     messages = _messages(body) if chat else None
     prompt = None if chat else _prompt(body)
-    max_tokens = _number(body, "max_tokens", max_new_tokens if chat else 16, int, 1, max_new_tokens)
+    max_tokens = None if chat and body.get("max_tokens") is None else _number(body, "max_tokens", 16, int, 1, max_new_tokens)
     if chat and body.get("max_completion_tokens") is not None:
-        max_tokens = _number(body, "max_completion_tokens", max_tokens, int, 1, max_new_tokens)
+        max_tokens = _number(body, "max_completion_tokens", 16, int, 1, max_new_tokens)
     logprobs, top = _logprobs(body, chat)
     stream = _boolean(body, "stream")
     options = body.get("stream_options")
@@ -81,7 +81,8 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
         presence_penalty=_number(body, "presence_penalty", 0.0, float, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, float, -2.0, 2.0), logprobs=logprobs,
         top_logprobs=top, stream=stream, include_usage=include_usage, response_format=response_format,
-        min_tokens=_number(body, "min_tokens", 0, int, 0, max_tokens), ignore_eos=_boolean(body, "ignore_eos"),
+        min_tokens=_number(body, "min_tokens", 0, int, 0, max_tokens or max_new_tokens),
+        ignore_eos=_boolean(body, "ignore_eos"),
     )
 
 

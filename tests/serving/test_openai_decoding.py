@@ -1,0 +1,186 @@
+"""Chat and completions through the official ``openai`` client on a uvicorn server with continuous
+batching: greedy answers equal ``Runner.generate`` alone or under concurrency, ``n``, logprobs,
+streams with usage, the pinned system prompt, a client gone frees its slot, and every refused
+field is one OpenAI error with the server still healthy."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+import llmc
+from llmc.serving.engine import ServeSettings
+from llmc.serving.run import LocalServer
+
+openai = pytest.importorskip("openai")
+requests = pytest.importorskip("requests")
+pytest.importorskip("fastapi")
+pytest.importorskip("transformers")
+
+TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}w10 {{ m['content'] }} w11 {% else %}"
+            "w12 {{ m['content'] }} w13 {% endif %}{% endfor %}w14")
+SYSTEM = " ".join(f"w{20 + i % 30}" for i in range(40))  # 42 tokens with its markers: two full blocks
+
+
+@pytest.fixture(scope="module")
+def chat_artifact(tmp_path_factory):
+    """A tiny llama (head size 16: GroupQueryAttention) whose tokenizer has a chat template."""
+    from llmc.cli.main import app
+    from llmc.export import llama_model
+    from tests.export.test_export_cli import _tokenizer
+
+    model = llama_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=64, max_position_embeddings=256, tie_word_embeddings=False,
+                        initializer_range=0.5, bos_token_id=2, eos_token_id=3)
+    source = tmp_path_factory.mktemp("hf") / "chat"
+    model.save_pretrained(source)
+    tokenizer = _tokenizer(64)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(source)
+    out = tmp_path_factory.mktemp("exports") / "chat"
+    assert CliRunner().invoke(app, ["export", str(source), "-o", str(out)]).exit_code == 0
+    built = llmc.build(out / "model.onnx", output=tmp_path_factory.mktemp("artifacts") / "chat", cache=False, threads=1)
+    return built.path
+
+
+@pytest.fixture(scope="module")
+def server(chat_artifact):
+    settings = ServeSettings(str(chat_artifact), model_name="tiny-chat", slots=4, kv_cache_mb=1, system_prompt=SYSTEM)
+    with LocalServer(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def direct(chat_artifact):
+    return llmc.load(chat_artifact, threads=1)
+
+
+def _client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _chat_ids(direct, messages):
+    from llmc.model import text as texts
+
+    tokenizer = texts.load_tokenizer(direct.artifact.path)
+    return texts.encode(tokenizer, texts.chat_messages(direct.artifact.path, messages), special=False)
+
+
+def test_greedy_chat_equals_generate_alone_and_under_concurrency(server, direct):
+    client = _client(server)
+    questions = [f"w{5 + i} w{30 + i} w{9 + 2 * i}" for i in range(8)]
+    want = [direct.generate(_chat_ids(direct, [{"role": "user", "content": q}]), max_new_tokens=12, speculative="off")
+            for q in questions]
+
+    def ask(question):
+        answer = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": question}],
+                                                max_tokens=12, temperature=0)
+        return answer.choices[0].message.content, answer.usage.completion_tokens, answer.choices[0].finish_reason
+
+    assert ask(questions[0]) == (want[0].text, want[0].tokens, "length" if want[0].stop_reason == "length" else "stop")
+    with futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, questions))
+    assert [a[:2] for a in answers] == [(w.text, w.tokens) for w in want]
+    metrics = requests.get(server + "/metrics").text
+    for gauge in ("llmc_slots_in_use", "llmc_tokens_per_second", "llmc_prefix_cache_hit_rate", "llmc_queue_depth"):
+        assert f"\n{gauge} " in metrics
+
+
+def test_n_choices_seeds_and_max_completion_tokens(server):
+    client = _client(server)
+    messages = [{"role": "user", "content": "w7 w8"}]
+    sampled = client.chat.completions.create(model="tiny-chat", messages=messages, n=3, temperature=1.0, seed=5,
+                                             max_completion_tokens=10, extra_body={"min_tokens": 10})
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert sampled.usage.completion_tokens == 30 and {c.finish_reason for c in sampled.choices} == {"length"}
+    again = client.chat.completions.create(model="tiny-chat", messages=messages, n=3, temperature=1.0, seed=5,
+                                           max_completion_tokens=10, extra_body={"min_tokens": 10})
+    assert [c.message.content for c in again.choices] == [c.message.content for c in sampled.choices]  # seeded
+    assert len({c.message.content for c in sampled.choices}) > 1  # each choice its own draws
+    greedy = client.chat.completions.create(model="tiny-chat", messages=messages, n=2, temperature=0, max_tokens=6)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+
+
+def test_logprobs_in_both_apis(server):
+    client = _client(server)
+    answer = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "w9"}],
+                                            max_tokens=5, temperature=0, logprobs=True, top_logprobs=3,
+                                            extra_body={"min_tokens": 5})
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens == 5
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token  # greedy: the likeliest
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob) and entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode())
+    text = client.completions.create(model="tiny-chat", prompt="w9 w10", max_tokens=4, temperature=0, logprobs=2,
+                                     extra_body={"min_tokens": 4})
+    probs = text.choices[0].logprobs
+    assert len(probs.tokens) == len(probs.token_logprobs) == len(probs.top_logprobs) == 4
+    assert all(len(top) == 2 for top in probs.top_logprobs) and probs.text_offset[0] == 0
+
+
+def test_streams_carry_usage_and_equal_the_whole_answer(server):
+    client = _client(server)
+    messages = [{"role": "user", "content": "w15 w16 w17"}]
+    whole = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=9, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=9, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    plain = list(client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=9, temperature=0,
+                                                stream=True))
+    assert all(c.usage is None for c in plain)
+
+
+def test_the_system_prompt_is_pinned_and_reused(server, direct):
+    health = requests.get(server + "/health").json()
+    assert health["system_prompt_tokens"] >= 32 and health["prefix_cache"]["pinned_tokens"] == 32
+    before = health["prefix_cache"]["tokens_reused"]
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "w40 w41"}]
+    answer = _client(server).chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
+    want = direct.generate(_chat_ids(direct, messages), max_new_tokens=8, speculative="off")
+    assert answer.choices[0].message.content == want.text
+    assert requests.get(server + "/health").json()["prefix_cache"]["tokens_reused"] >= before + 32
+
+
+def test_a_client_gone_frees_its_slot(server):
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "w5"}], "max_tokens": 200,
+            "temperature": 0, "stream": True, "min_tokens": 200}
+    with requests.post(server + "/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+        next(response.iter_lines())
+    for _ in range(100):
+        if "\nllmc_slots_in_use 0" in requests.get(server + "/metrics").text:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the slot was not freed")
+
+
+@pytest.mark.parametrize(("body", "param", "status"), [
+    ({"n": 17}, "n", 400), ({"temperature": 3}, "temperature", 400), ({"stream": "false"}, "stream", 400),
+    ({"top_logprobs": 2}, "top_logprobs", 400), ({"tools": [{"type": "function"}]}, "tools", 400),
+    ({"model": "gpt-4"}, "model", 404), ({"stop": ["a", "b", "c", "d", "e"]}, "stop", 400),
+    ({"presence_penalty": float("nan")}, "presence_penalty", 400),
+    ({"messages": [{"role": "user", "content": " ".join(["w5"] * 600)}]}, "messages", 400),
+    ({"stream_options": {"include_usage": True}}, "stream_options", 400),
+])
+def test_refused_fields_are_one_openai_error_and_the_server_stays_healthy(server, body, param, status):
+    request = {"model": "tiny-chat", "messages": [{"role": "user", "content": "w5"}], **body}
+    answer = requests.post(server + "/v1/chat/completions", data=_json(request), timeout=30)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param and "\n" not in error["message"]
+    started = time.perf_counter()
+    assert requests.get(server + "/health", timeout=5).status_code == 200
+    assert time.perf_counter() - started < 0.5
+
+
+def _json(body):
+    import json
+
+    return json.dumps(body, allow_nan=True)
