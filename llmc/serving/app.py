@@ -73,6 +73,8 @@ def build_app(settings: ServeSettings, engine: Engine | None = None) -> Any:
     async def lifespan(_: Any) -> Any:
         await served.load()
         yield
+        if served.engine is not None:
+            served.engine.close()  # a decoder's scheduler thread stops; its requests end with an error
 
     api = FastAPI(title="llmc", lifespan=lifespan)
     api.state.llmc = served

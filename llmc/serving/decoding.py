@@ -35,6 +35,7 @@ from llmc.serving.errors import BadRequest
 from llmc.serving.openai_params import CompletionRequest
 
 SYSTEM = "system"
+MAX_COLUMNS = 32768  # a slot's KV length when neither the context nor --kv-cache-mb bounds it lower
 
 
 class Decoding:
@@ -58,7 +59,8 @@ class Decoding:
         self.waiting_alone = 0
         if self.why_alone is None:
             per_token = 2 * layout.num_layers * layout.kv_heads * layout.head_size * np.dtype(layout.kv_dtype).itemsize
-            capacity = max(2, min(self.context or 1 << 30, (settings.kv_cache_mb << 20) // (settings.slots * per_token)))
+            budget = (settings.kv_cache_mb << 20) // (settings.slots * per_token)
+            capacity = max(2, min(self.context or MAX_COLUMNS, MAX_COLUMNS, budget))
             self.scheduler = Scheduler(runner.session, layout, self.artifact, slots=settings.slots, capacity=capacity,
                                        chunk=settings.prefill_chunk, pad=self.pad, prefix=self.prefix)
         if self.scheduler is not None:

@@ -108,6 +108,10 @@ class Engine:
         """The decoder's prefix KV cache (None: an encoder, or turned off)."""
         return self.decoding.prefix if self.decoding is not None else None
 
+    def close(self) -> None:
+        if self.decoding is not None:
+            self.decoding.close()
+
     def health(self) -> dict[str, Any]:
         """What ``/health`` adds for a decoder: slots, the system prompt, the prefix cache."""
         if self.decoding is None:
