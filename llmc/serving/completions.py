@@ -31,7 +31,9 @@ async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_resp
         raise BadRequest("this artifact is not a decoder: POST /v1/infer", 404)
     request = parse(body, chat, engine.settings.max_new_tokens)
     decoding = engine.decoding
-    ids, max_tokens = decoding.prompt_ids(request, engine.settings.max_new_tokens)
+    # templating and tokenizing a long prompt take milliseconds: off the event loop (/health stays quick)
+    ids, max_tokens = await asyncio.get_running_loop().run_in_executor(
+        None, decoding.prompt_ids, request, engine.settings.max_new_tokens)
     params = decoding.params(request, max_tokens)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if request.stream:
