@@ -7,6 +7,8 @@
 - ``prefix``: :class:`PrefixCache`, prompts' KV blocks shared across requests;
 - ``speculative``: prompt-lookup speculative decoding (n-gram drafts from the prompt and the text
   so far, verified in one multi-token step; ``generate(..., speculative="ngram")``);
+- ``grammar``: :func:`~llmc.generation.grammar.response_constraint`, the OpenAI ``response_format``
+  field (JSON object / JSON schema) as a per-sequence token mask, through llguidance;
 - ``api``: :func:`generate` and :func:`logits`; ``runner``: the :class:`Runner` ``llmc.load`` returns
   (the runtime's runner plus ``generate`` / ``logits``). The tokenizer is :mod:`llmc.model.text`;
 - ``roofline``: :func:`decode_roofline`, one decode step against the memory-bandwidth floor, per
