@@ -185,3 +185,62 @@ def _json(body):
     import json
 
     return json.dumps(body, allow_nan=True)
+
+
+@pytest.fixture(scope="module")
+def json_server(tmp_path_factory):
+    """A tiny llama whose byte-level BPE tokenizer can write JSON, served with continuous batching."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmc.cli.main import app
+    from llmc.export import llama_model
+    from tests.generation.test_grammar import SENTENCES
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([*SENTENCES.read_text(encoding="utf-8").splitlines()[:300], '{"a": [1, 2], "b": "x"}'],
+                            trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    model = llama_model(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=bpe.get_vocab_size(), max_position_embeddings=256,
+                        tie_word_embeddings=False, initializer_range=0.5, bos_token_id=0, eos_token_id=0)
+    source = tmp_path_factory.mktemp("hf") / "json"
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = tmp_path_factory.mktemp("exports") / "json"
+    assert CliRunner().invoke(app, ["export", str(source), "-o", str(out)]).exit_code == 0
+    built = llmc.build(out / "model.onnx", output=tmp_path_factory.mktemp("artifacts") / "json", cache=False, threads=1)
+    with LocalServer(ServeSettings(str(built.path), model_name="tiny-json", slots=4, kv_cache_mb=1)) as url:
+        yield url
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["size", "kind"],
+          "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 99}, "kind": {"enum": ["cat", "dog"]}}}
+
+
+def test_response_format_constrains_every_choice(json_server):
+    import json
+
+    client = _client(json_server)
+    messages = [{"role": "user", "content": "Describe a pet."}]
+    answer = client.chat.completions.create(
+        model="tiny-json", messages=messages, n=3, temperature=1.0, seed=3, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": SCHEMA, "strict": True}})
+    for choice in answer.choices:
+        value = json.loads(choice.message.content)
+        assert choice.finish_reason == "stop" and set(value) == {"size", "kind"}
+        assert 0 <= value["size"] <= 99 and value["kind"] in ("cat", "dog")
+    plain = client.chat.completions.create(model="tiny-json", messages=messages, max_tokens=30, temperature=0)
+    with pytest.raises(json.JSONDecodeError):  # unconstrained, the random model writes no JSON
+        json.loads(plain.choices[0].message.content)
+    for bad in ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+                {"type": "xml"}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tiny-json", messages=messages, response_format=bad)
+        assert caught.value.param == "response_format" and "\n" not in caught.value.message
+    assert requests.get(json_server + "/health").status_code == 200
