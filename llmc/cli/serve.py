@@ -32,6 +32,7 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Requests in flight, streams included, before 503 + Retry-After (per replica).")
     ] = 64,
+    max_body_mb: Annotated[int, typer.Option(help="Largest request body read, in MiB (past it: 413).")] = 64,
     prefix_cache_mb: Annotated[
         int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")
     ] = 256,
@@ -75,7 +76,7 @@ def serve(
                         ("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
-    for flag, value in (("--slots", slots), ("--kv-cache-mb", kv_cache_mb), ("--prefill-chunk", prefill_chunk)):
+    for flag, value in (("--max-body-mb", max_body_mb), ("--slots", slots), ("--kv-cache-mb", kv_cache_mb), ("--prefill-chunk", prefill_chunk)):
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
     if prefix_cache_mb < 0 or result_cache < 0:
@@ -86,7 +87,7 @@ def serve(
         str(artifact.resolve()), replicas or 1, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
         prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
-        system_prompt=_read_system_prompt(system_prompt),
+        system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb,
     )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config

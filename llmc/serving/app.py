@@ -24,7 +24,6 @@ healthy. ``/v1/infer`` and the encoder routes are batched across connections
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations as objects.
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.serving import encoders
+from llmc.serving.bounds import parse_json, read_body
 from llmc.serving.engine import Engine, ServeSettings
 from llmc.serving.errors import (
     LOADING,
@@ -236,10 +236,9 @@ def _check_model(engine: Engine, body: Any) -> None:
 
 
 async def read_json(request: Any) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON") from None
+    """The body as JSON, bounded before it is parsed (``llmc.serving.bounds``)."""
+    settings = request.app.state.llmc.settings
+    return parse_json(await read_body(request, settings.max_body_mb << 20))
 
 
 async def _infer(engine: Engine, request: Any) -> Any:
@@ -248,6 +247,7 @@ async def _infer(engine: Engine, request: Any) -> Any:
     arrival = time.perf_counter()
     with engine.infer.coming():
         feeds = parse_inputs(await read_json(request), engine.inputs, engine.settings.max_elements)
+        engine.bounds.check(feeds)
     result = await engine.infer.submit((feeds, arrival))
     if isinstance(result, LlmcError):  # the model refused these inputs' values
         raise BadRequest(str(result))

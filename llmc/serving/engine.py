@@ -29,6 +29,7 @@ from llmc.errors import LlmcError
 from llmc.model.decoder import is_decoder
 from llmc.serving import encoders
 from llmc.serving.batcher import Batcher, answers_or_errors
+from llmc.serving.bounds import bounds_of
 from llmc.serving.metrics import Metrics
 from llmc.serving.protocol import cut_to, merge, pad_to_longest, shape_key, specs, split
 
@@ -42,6 +43,7 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     max_queue: int = 64
     max_elements: int = 4_000_000
+    max_body_mb: int = 64  # request bodies past this are 413 before they are read
     max_new_tokens: int = 512
     prefix_cache_mb: int = 256  # decoders: prompts' KV blocks reused across requests (0: off)
     result_cache: int = 0  # answers kept for repeated temperature-0 requests (0: off)
@@ -78,6 +80,11 @@ class Engine:
         self.padded_merge = self.mergeable and bool(padding.get("trim", {}).get("safe"))
         self.layout = padding if self.padded_merge else None
         self.decoder = is_decoder(i.name for i in self.inputs)
+        from llmc.model.files import MODEL_FILE
+        from llmc.model.text import context_length
+
+        path = Path(self.runner.artifact.path)
+        self.bounds = bounds_of(path / MODEL_FILE, self.decoder, context_length(path))
         self.metrics = Metrics()
         self.in_flight = 0  # requests admitted and not yet answered (streams until their last event)
         self.results: collections.OrderedDict[Any, Any] = collections.OrderedDict()
