@@ -153,7 +153,15 @@ class Scheduler:
                     self._wake.wait()
                 if self._closed:
                     break
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - a bug outside one run: end every request with it, go on
+                for sequence in [*self.waiting, *self.prefilling, *self.decoding]:
+                    if sequence in self.waiting:
+                        self.waiting.remove(sequence)
+                        sequence.finish("error", exc)
+                    else:
+                        self._release(sequence, "error", exc)
         for sequence in [*self.waiting, *self.prefilling, *self.decoding, *self._inbox]:
             sequence.finish("cancelled", LlmcError("the server is shutting down"))
 
