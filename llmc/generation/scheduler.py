@@ -81,8 +81,8 @@ class Scheduler:
         self._closed = False
         self._bindings: dict[tuple[int, int], Any] = {}
         self._hits: dict[int, Any] = {}  # admitted sequences' prefix hits, held until copied in
-        self.stats = {"decode_steps": 0, "decode_rows": 0, "tokens": 0, "prefill_tokens": 0, "prefill_runs": 0, "cached_tokens": 0,
-                      "compactions": 0}
+        self.stats = {"decode_steps": 0, "decode_rows": 0, "tokens": 0, "prefill_tokens": 0, "prefill_runs": 0,
+                      "cached_tokens": 0, "compactions": 0}
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
 
     # --- any thread
@@ -102,12 +102,14 @@ class Scheduler:
             self._wake.notify()
 
     def warm_up(self) -> None:
-        """Run a prefill and decode steps of every slot once, so that ONNX Runtime has planned
-        those shapes before the first request (its first run of a shape is several times slower)."""
+        """Run a prefill of every slot and decode steps of 1 to ``slots`` rows once, so that ONNX
+        Runtime has planned those shapes before the first request (its first run of a shape is
+        several times slower): the dummy in slot i stops after ``slots - i + 1`` tokens."""
         from llmc.generation.sequence import SequenceParams
 
-        dummies = [Sequence([self.pad] * 4, SequenceParams(max_new_tokens=2, min_new_tokens=2), set(), None)
-                   for _ in range(self.cache.slots)]
+        slots = self.cache.slots
+        dummies = [Sequence([self.pad] * 4, SequenceParams(max_new_tokens=slots - i + 1, min_new_tokens=slots - i + 1),
+                            set(), None) for i in range(slots)]
         prefix, self.prefix = self.prefix, None  # nothing of the dummies cached or counted
         try:
             self.submit(dummies)
