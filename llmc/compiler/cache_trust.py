@@ -108,7 +108,8 @@ def load_key() -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists() and not path.is_symlink():
             _create_key(path)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # never follow a link; never block on a FIFO planted there
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if path.is_symlink():
             raise LlmcError(f"llmc's cache key {path} is a link: {fix}") from None
@@ -116,11 +117,13 @@ def load_key() -> bytes:
             f"cannot read or create llmc's cache key {path} ({exc.strerror or exc}): set XDG_CONFIG_HOME to a "
             "writable directory, or build with --no-cache"
         ) from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        text = f.read(_KEY_HEX + 2)
-    if not stat.S_ISREG(info.st_mode):
-        raise LlmcError(f"llmc's cache key {path} is not a regular file: {fix}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LlmcError(f"llmc's cache key {path} is not a regular file: {fix}")
+        text = os.read(fd, _KEY_HEX + 2)
+    finally:
+        os.close(fd)
     if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
         raise LlmcError(f"llmc's cache key {path} is owned by another user (uid {info.st_uid}): {fix}")
     if info.st_mode & 0o077:

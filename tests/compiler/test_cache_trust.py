@@ -135,7 +135,7 @@ def test_the_key_is_private_and_outside_the_cache(cache_dir, tmp_path):
     assert BuildCache().prepare().secret == BuildCache().prepare().secret  # made once, then read
 
 
-@pytest.mark.parametrize("damage", ["mode", "link", "garbage"])
+@pytest.mark.parametrize("damage", ["mode", "link", "garbage", "directory", "fifo"])
 def test_a_key_file_that_is_not_private_or_not_a_key_is_one_line(cache_dir, tmp_path, damage):
     BuildCache().prepare()
     key = tmp_path / "config" / "llmc" / "cache.key"
@@ -145,6 +145,9 @@ def test_a_key_file_that_is_not_private_or_not_a_key_is_one_line(cache_dir, tmp_
         (tmp_path / "elsewhere").write_text(key.read_text())
         key.unlink()
         key.symlink_to(tmp_path / "elsewhere")
+    elif damage in ("directory", "fifo"):  # never read as a key, never blocks
+        key.unlink()
+        key.mkdir() if damage == "directory" else os.mkfifo(key, 0o600)
     else:
         key.write_text("hello\n")
     with pytest.raises(LlmcError, match=r"cache key .*cache\.key") as info:
