@@ -45,6 +45,7 @@ TRT_PRECISION = {"fp16": "FP16", "int8": "INT8"}
 INT32_MAX = 2**31 - 1  # Triton's max_batch_size and instance count are int32
 MAX_WAIT_US = 60_000_000  # a minute: a longer batching delay is a mistake, not a setting
 MAX_THREADS = 1024
+MAX_NAME_BYTES = 200
 _RENAME_NOREPLACE = 1  # linux/fs.h
 
 
@@ -73,10 +74,13 @@ class TritonOptions:
 
 
 def check_name(name: str, what: str) -> None:
-    """A Triton model name: one printable path component, not starting with '.'."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable():
+    """A Triton model name: one printable path component, not starting with '.', short enough
+    for any file system."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable() or name != name.strip()
+            or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES):
         raise LlmcError(
-            f"{what} {name!r} is not a model name (one printable path component, not starting with '.'): pass --name NAME"
+            f"{what} {name!r} is not a model name (one printable path component of at most {MAX_NAME_BYTES} bytes, "
+            "not starting with '.' or a space): pass --name NAME"
         )
 
 
@@ -173,13 +177,23 @@ def _sequence_batching(config: Any, state_in: list[onnx.ValueInfoProto], state_o
 
 def write_repository(artifact_path: str | Path, repo: str | Path, options: TritonOptions) -> Path:
     """Write ``repo/NAME`` for the artifact at ``artifact_path``; returns that directory."""
+    options.check()
+    repo = Path(repo)
+    try:
+        return _write(Path(artifact_path), repo, options)
+    except OSError as exc:  # a path the file system refuses (too long, a loop, full, read-only...)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise LlmcError(
+            f"-o {repo}: cannot write the model repository: {exc.strerror or exc}{where}; choose another path or --name"
+        ) from None
+
+
+def _write(artifact_path: Path, repo: Path, options: TritonOptions) -> Path:
     from google.protobuf import text_format
 
     from llmc.model.files import MODEL_FILE, PLAN_FILE
     from llmc.runtime.artifact import read_artifact
 
-    options.check()
-    repo = Path(repo)
     check_repository(repo)
     artifact = read_artifact(artifact_path)  # the integrity contract first
     name = options.name or artifact.path.resolve().name
@@ -191,7 +205,7 @@ def write_repository(artifact_path: str | Path, repo: str | Path, options: Trito
     config = build_config(model, artifact.manifest, name, options, plan)
     files = [PLAN_FILE] if plan else artifact.manifest.artifact.files
     _make_repository(repo)
-    partial = Path(tempfile.mkdtemp(prefix=f".{name}.llmc-", dir=repo))  # fresh, 0700: nothing planted in it
+    partial = Path(tempfile.mkdtemp(prefix=".llmc-", dir=repo))  # fresh, 0700: nothing planted in it
     try:
         (partial / "1").mkdir()
         for file in files:
@@ -200,8 +214,6 @@ def write_repository(artifact_path: str | Path, repo: str | Path, options: Trito
         _check(partial, config, files, artifact.manifest.artifact.sha256)
         os.chmod(partial, 0o777 & ~_umask())  # as a directory made by mkdir: readable by Triton's user
         _rename_noreplace(partial, repo / name)
-    except OSError as exc:
-        raise LlmcError(f"-o {repo}: cannot write the model repository ({exc.strerror or exc}); choose another path") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return repo / name
