@@ -88,6 +88,11 @@ def check_private_dir(path: Path, what: str) -> None:
 
 def make_private_dir(path: Path) -> None:
     """Create ``path`` (and its parents) mode 0700 if missing, then check it as above."""
+    if path.is_symlink() and not path.exists():
+        raise LlmcError(
+            f"cache directory {path} is a link to {os.readlink(path)}, which does not exist: create that directory, "
+            "or set LLMC_CACHE_DIR to another one"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
