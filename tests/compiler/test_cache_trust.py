@@ -133,6 +133,8 @@ def test_the_key_is_private_and_outside_the_cache(cache_dir, tmp_path):
     assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
     assert not any(p.name == "cache.key" for p in cache_dir.rglob("*"))
     assert BuildCache().prepare().secret == BuildCache().prepare().secret  # made once, then read
+    info = runner.invoke(app, ["cache", "info"])
+    assert info.exit_code == 0 and str(key) in info.output.replace("\n", ""), info.output
 
 
 @pytest.mark.parametrize("damage", ["mode", "link", "garbage", "directory", "fifo"])
