@@ -18,6 +18,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["LLMC_NO_CACHE"] = "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_home(tmp_path_factory):
+    """The build cache's signing key (``$XDG_CONFIG_HOME/llmc/cache.key``) in a folder of the
+    test session, never the user's own."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:

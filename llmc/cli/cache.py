@@ -35,6 +35,7 @@ def _engine_dirs() -> list:
 def info() -> None:
     """Where the cache is, its size per section and its limit."""
     from llmc.compiler.cache import BuildCache, cache_disabled
+    from llmc.compiler.cache_trust import key_path
 
     cache = BuildCache()
     entries = cache.entries()
@@ -43,6 +44,7 @@ def info() -> None:
         found = [e for e in entries if e[0] == section]
         console.print(f"{section}: {len(found)} entries, {_mb(sum(e[2] for e in found))}")
     console.print(f"limit: {_mb(cache.limit)} (LLMC_CACHE_MAX_MB), least recently used entries go first")
+    console.print(f"signing key: {escape(str(key_path()))} (entries it did not sign are misses)")
     for engines in _engine_dirs():
         size = sum(p.stat().st_size for p in engines.rglob("*") if p.is_file()) if engines.is_dir() else 0
         console.print(f"TensorRT engines and timing cache: {escape(str(engines))}, {_mb(size)} (not counted in the limit)")

@@ -14,7 +14,7 @@ from llmc.cli.app import app, console, user_errors
 @user_errors
 def triton(
     artifact: Annotated[Path, typer.Argument(help="An llmc artifact directory.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The model repository (created if missing).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The model repository (created if missing; a symlink is refused).")],
     name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the artifact's folder).")] = None,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Triton's max_batch_size (0: no batching).")] = 8,
     instances: Annotated[int, typer.Option("--instances", help="Model instances (instance_group count).")] = 1,

@@ -172,7 +172,7 @@ def _cache_for(request: BuildRequest) -> BuildCache | None:
     # (TensorRT engines have their own cache, keyed by GPU and TensorRT version).
     if not request.cache or cache_disabled() or request.diagnostics or not request.target.cacheable(request):
         return None
-    return BuildCache()
+    return BuildCache().prepare()  # its settings, directory and key: one line now, before any compile
 
 
 def _cache_key(source: dict[str, Any], request: BuildRequest) -> str:

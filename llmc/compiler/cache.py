@@ -9,11 +9,16 @@ verifying again; the files are checked against the sha256 recorded when they wer
 an entry that fails the check is dropped. INT8 calibration statistics are cached apart
 (``calibration/``), so a build that differs only in what comes after calibration reuses them.
 
+The cache trusts only itself (``llmc.compiler.cache_trust``): every entry's record is signed with
+a per-user key kept outside the cache (``~/.config/llmc/cache.key``), and an entry that is not
+signed by it (files and hashes swapped consistently, a hash record edited) is a miss and removed
+before anything is copied. The directory must be the user's and not writable by others.
+
 Layout under ``$LLMC_CACHE_DIR`` (default ``~/.cache/llmc``)::
 
     builds/<key>/entry.json, model.onnx[, model.onnx.data], manifest.json[, calibration.json]
                  [, tokenizer.json, generation_config.json, ... (carried from beside the source)]
-    calibration/<key>.json
+    calibration/<key>/entry.json, statistics.json
     trt/  (TensorRT engines and timing cache, managed by the trt backend)
 
 The total of ``builds/`` and ``calibration/`` is kept under ``$LLMC_CACHE_MAX_MB`` (default 10
@@ -24,6 +29,7 @@ and clears it; ``--no-cache`` / ``LLMC_NO_CACHE=1`` bypasses it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -35,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from llmc.errors import LlmcError
+from llmc.compiler import cache_trust
 from llmc.model.files import MANIFEST_FILE, cache_root, sha256_file
 
-FORMAT = 1  # bump when the entry layout or the key's meaning changes
+FORMAT = 2  # bump when the entry layout or the key's meaning changes (2: signed entries)
 DEFAULT_MAX_MB = 10 * 1024
 ENTRY_FILE = "entry.json"
+STATISTICS_FILE = "statistics.json"
 SECTIONS = ("builds", "calibration")
 
 
@@ -49,12 +56,8 @@ def cache_disabled() -> bool:
 
 
 def max_bytes() -> int:
-    text = os.environ.get("LLMC_CACHE_MAX_MB", str(DEFAULT_MAX_MB))
-    try:
-        megabytes = float(text)
-    except ValueError:
-        raise LlmcError(f"LLMC_CACHE_MAX_MB must be a number of MiB, not '{text}'") from None
-    return int(megabytes * (1 << 20))
+    """``$LLMC_CACHE_MAX_MB`` in bytes; a value that is not a finite number >= 0 is one line."""
+    return cache_trust.parse_max_mb(os.environ.get("LLMC_CACHE_MAX_MB", str(DEFAULT_MAX_MB)))
 
 
 def digest_key(material: dict[str, Any]) -> str:
@@ -119,20 +122,59 @@ class BuildCache:
     """Artifacts and calibration statistics by content key, LRU-bounded in size."""
 
     def __init__(self, root: Path | None = None, limit_bytes: int | None = None) -> None:
+        """Checks the settings (one line each): the size limit, and the directory when it exists."""
         self.root = root or cache_root()
         self.limit = max_bytes() if limit_bytes is None else limit_bytes
+        cache_trust.check_root(self.root)
+
+    def prepare(self) -> BuildCache:
+        """Create the directory (0700) and load the signing key: what a build does before it
+        compiles, so a cache it cannot use is one line then, not after the compile."""
+        cache_trust.make_private_dir(self.root)
+        _ = self.secret
+        return self
+
+    @functools.cached_property
+    def secret(self) -> bytes:
+        return cache_trust.load_key()
+
+    def _section(self, name: str) -> Path:
+        folder = self.root / name
+        cache_trust.make_private_dir(folder)
+        return folder
+
+    def _record(self, path: Path, key: str) -> dict[str, Any] | None:
+        """An entry's record if this user's key signed it for ``key``; anything else (unsigned,
+        edited, moved from another key, unreadable) is removed and None."""
+        try:
+            info = json.loads((path / ENTRY_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            info = None
+        if not isinstance(info, dict) or not cache_trust.signed(self.secret, info) or info.get("key") != key:
+            self._drop(path)  # not this cache's own entry: never used
+            return None
+        return info
+
+    def _write_record(self, folder: Path, info: dict[str, Any]) -> None:
+        info[cache_trust.MAC_FIELD] = cache_trust.sign(self.secret, info)
+        (folder / ENTRY_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
     # ------------------------------------------------------------------ builds
     def lookup(self, key: str, source: Path | None = None) -> CacheEntry | None:
-        """The entry for ``key`` if its files are there and the source model's external data (next
-        to ``source``) is what it was built from; ``restore`` checks the files' sha256."""
+        """The entry for ``key`` if it is signed by this user's key, its files are there and the
+        source model's external data (next to ``source``) is what it was built from; ``restore``
+        checks the copied files' sha256."""
         path = self.root / "builds" / key
-        try:
-            info = json.loads((path / ENTRY_FILE).read_text())
-        except (OSError, ValueError):
+        if path.is_symlink():
+            self._drop(path)
+            return None
+        info = self._record(path, key)
+        if info is None:
             return None
         files = info.get("files")
-        if info.get("key") != key or not isinstance(files, dict) or not files:
+        if not isinstance(files, dict) or not files:
             self._drop(path)
             return None
         for name in files:
@@ -183,49 +225,67 @@ class BuildCache:
         size = sum((out_dir / name).stat().st_size for name in files)
         if size > self.limit:
             return False
-        builds = self.root / "builds"
-        builds.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=builds))
-        try:
-            hashes = {}
-            for name in files:
-                shutil.copyfile(out_dir / name, staging / name)
-                hashes[name] = sha256_file(staging / name)
-            info = {"key": key, "format": FORMAT, "files": hashes, "created": time.time(), **summary}
-            (staging / ENTRY_FILE).write_text(json.dumps(info, indent=1) + "\n")
-            target = builds / key
-            if target.exists():
-                self._drop(target)
-            os.replace(staging, target)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
+        target = self._store_files(self._section("builds"), key, out_dir, {name: name for name in files}, summary)
+        if target is None:
             return False
         self.evict(keep=target)
         return True
 
+    def _store_files(
+        self, section: Path, key: str, source: Path, names: dict[str, str], summary: dict[str, Any]
+    ) -> Path | None:
+        """Copy ``source / name`` as ``names[name]`` into a fresh signed entry ``section / key``,
+        renamed into place whole; None if the disk said no."""
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=section))
+        try:
+            hashes = {}
+            for name, stored in names.items():
+                shutil.copyfile(source / name, staging / stored)
+                hashes[stored] = sha256_file(staging / stored)
+            info = {"key": key, "format": FORMAT, "files": hashes, "created": time.time(), **summary}
+            self._write_record(staging, info)
+            target = section / key
+            if target.exists() or target.is_symlink():
+                self._drop(target)
+            os.replace(staging, target)
+        except (OSError, ValueError):  # ValueError: a summary JSON cannot hold (NaN)
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        return target
+
     # ------------------------------------------------------------- calibration
     def calibration_path(self, key: str) -> Path:
-        return self.root / "calibration" / f"{key}.json"
+        """The entry (a directory: the signed record and ``statistics.json``) of ``key``."""
+        return self.root / "calibration" / key
 
     def fetch_calibration(self, key: str, destination: Path) -> bool:
-        """Copy cached statistics to ``destination`` (the quantizer checks their own key)."""
-        cached = self.calibration_path(key)
-        if destination.exists() or not cached.is_file():
+        """Copy cached statistics to ``destination`` if the entry is signed by this user's key and
+        the copy has the recorded sha256 (the quantizer also checks their own key)."""
+        entry = self.calibration_path(key)
+        if destination.exists() or entry.is_symlink() or not entry.is_dir():
             return False
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, destination)
-        os.utime(cached)
-        return True
+        info = self._record(entry, key)
+        if info is None:
+            return False
+        files = info.get("files")
+        expected = files.get(STATISTICS_FILE) if isinstance(files, dict) else None
+        cached = entry / STATISTICS_FILE
+        if isinstance(expected, str) and not cached.is_symlink() and cached.is_file():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached, destination)
+            if sha256_file(destination) == expected:
+                os.utime(entry / ENTRY_FILE)
+                return True
+            destination.unlink(missing_ok=True)
+        self._drop(entry)  # signed, but its file is not what it recorded: never used
+        return False
 
     def keep_calibration(self, key: str, source: Path) -> None:
         if not source.is_file():
             return
-        cached = self.calibration_path(key)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, cached)
-        self.evict(keep=cached)
+        target = self._store_files(self._section("calibration"), key, source.parent, {source.name: STATISTICS_FILE}, {})
+        if target is not None:
+            self.evict(keep=target)
 
     # ------------------------------------------------------------ housekeeping
     def entries(self) -> list[tuple[str, Path, int, float]]:
@@ -281,7 +341,7 @@ class BuildCache:
 
     @staticmethod
     def _drop(path: Path) -> None:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

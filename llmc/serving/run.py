@@ -1,10 +1,16 @@
 """Starting ``llmc serve``'s app: in this process with uvicorn (the default; :func:`run_local`,
-:class:`LocalServer`), or on Ray Serve, locally or on a cluster (:func:`start`, :func:`stop`)."""
+:class:`LocalServer`), or on Ray Serve, locally or on a cluster (:func:`start`, :func:`stop`).
+
+On one machine (``--replicas N`` without ``--address``) the Ray instance llmc starts binds every
+internal port (GCS, raylets, object manager, workers, dashboard agent, runtime-env agent) to
+loopback, no dashboard: only the ``--host:--port`` HTTP proxy listens where the user said.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -134,16 +140,66 @@ class LocalServer:
 def start(settings: ServeSettings, host: str, port: int, address: str | None = None) -> Any:
     """Run the app on Ray Serve at ``host:port``; returns its deployment handle."""
     try:
-        import ray
         from ray import serve
     except ImportError:
         raise LlmcError("llmc serve --replicas/--address runs on Ray Serve: pip install 'ray[serve]'") from None
     from llmc.serving.server import app
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(address)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app(settings.to_args()), name="llmc", route_prefix="/", blocking=False)
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray bound to loopback; nothing if
+    Ray is already initialized in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        with _loopback_ray():
+            ray.init(**ray_init_args(None))
+    else:
+        ray.init(**ray_init_args(address))
+
+
+# Ray on Linux takes a node's address "from the perspective" of the network, even when asked for
+# 127.0.0.1 (``services.resolve_ip_for_localhost``), and its processes then listen on every
+# interface. With this variable off (what Ray does on macOS/Windows), the node address is
+# loopback, and the GCS, raylet, object manager, workers and agents bind to it.
+_RAY_CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = "127.0.0.1"
+
+
+def ray_init_args(address: str | None) -> dict[str, Any]:
+    """``ray.init``'s arguments: on a cluster (``address``) its own; on one machine a new local
+    instance ("local": never a cluster that ``RAY_ADDRESS`` or ``ray start`` left running), its
+    node on loopback, no dashboard (and its host loopback, should one start)."""
+    args: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
+                            "configure_logging": False}
+    if address is None:
+        args.update(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK)
+    return args
+
+
+@contextlib.contextmanager
+def _loopback_ray() -> Any:
+    """Ray's "single machine" node address while ``ray.init`` starts its processes: the variable
+    for the processes it starts (they inherit this environment), the constant for this one."""
+    from ray._private import ray_constants
+
+    before_env, before_const = os.environ.get(_RAY_CLUSTER_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(_RAY_CLUSTER_VAR, None)
+        else:
+            os.environ[_RAY_CLUSTER_VAR] = before_env
 
 
 def stop() -> None:

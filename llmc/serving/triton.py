@@ -7,17 +7,24 @@ its inputs and outputs with their dtypes and dims (the first, dynamic, dimension
 batch), dynamic batching, CPU or GPU instance groups, ONNX Runtime's thread parameters, the
 TensorRT execution accelerator for ``--device tensorrt`` artifacts, and for decoders sequence
 batching whose implicit state carries the KV cache (``past_key_values.*`` in, ``present.*`` out).
-The repository is written beside its final place and renamed into it, then read back: the config
-through the schema, the model files against the artifact's sha256.
+The model's directory is written into a fresh private directory beside its final place (never
+a planted or predictable one), read back (the config through the schema, the model files against
+the artifact's sha256) and renamed into place without replacing anything there. ``-o`` itself
+must be a real directory or a path to create: a symlink, a file or an unwritable place is refused
+in one line, as is an existing ``REPO/NAME`` (a link included), so nothing is written through a
+link.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,11 @@ TRITON_TYPES = {
     onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
 }
 TRT_PRECISION = {"fp16": "FP16", "int8": "INT8"}
+INT32_MAX = 2**31 - 1  # Triton's max_batch_size and instance count are int32
+MAX_WAIT_US = 60_000_000  # a minute: a longer batching delay is a mistake, not a setting
+MAX_THREADS = 1024
+MAX_NAME_BYTES = 200
+_RENAME_NOREPLACE = 1  # linux/fs.h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +59,29 @@ class TritonOptions:
     sequence_idle_us: int = 60_000_000
 
     def check(self) -> None:
-        if self.max_batch_size < 0:
-            raise LlmcError(f"--max-batch-size must be >= 0 (0: no batching), not {self.max_batch_size}")
-        if self.instances < 1:
-            raise LlmcError(f"--instances must be >= 1, not {self.instances}")
-        if self.threads is not None and self.threads < 0:
-            raise LlmcError(f"--threads must be >= 0, not {self.threads}")
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise LlmcError(f"--name {self.name!r}: a model name is one path component, not starting with '.'")
+        """Every numeric option in its range (one line naming the flag), the name one path component."""
+        for flag, value, low, high, meaning in (
+            ("--max-batch-size", self.max_batch_size, 0, INT32_MAX, " (0: no batching)"),
+            ("--instances", self.instances, 1, INT32_MAX, ""),
+            ("--threads", 0 if self.threads is None else self.threads, 0, MAX_THREADS, " (0: ONNX Runtime's default)"),
+            ("--batch-wait-us", self.batch_wait_us, 0, MAX_WAIT_US, " microseconds"),
+            ("sequence idle time", self.sequence_idle_us, 1, 2**63 - 1, " microseconds"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise LlmcError(f"{flag} must be an integer from {low} to {high}{meaning}, not {value!r}")
+        if self.name is not None:
+            check_name(self.name, "--name")
+
+
+def check_name(name: str, what: str) -> None:
+    """A Triton model name: one printable path component, not starting with '.', short enough
+    for any file system."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable() or name != name.strip()
+            or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES):
+        raise LlmcError(
+            f"{what} {name!r} is not a model name (one printable path component of at most {MAX_NAME_BYTES} bytes, "
+            "not starting with '.' or a space): pass --name NAME"
+        )
 
 
 def model_config_pb2() -> Any:
@@ -150,33 +177,105 @@ def _sequence_batching(config: Any, state_in: list[onnx.ValueInfoProto], state_o
 
 def write_repository(artifact_path: str | Path, repo: str | Path, options: TritonOptions) -> Path:
     """Write ``repo/NAME`` for the artifact at ``artifact_path``; returns that directory."""
+    options.check()
+    repo = Path(repo)
+    try:
+        return _write(Path(artifact_path), repo, options)
+    except OSError as exc:  # a path the file system refuses (too long, a loop, full, read-only...)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise LlmcError(
+            f"-o {repo}: cannot write the model repository: {exc.strerror or exc}{where}; choose another path or --name"
+        ) from None
+
+
+def _write(artifact_path: Path, repo: Path, options: TritonOptions) -> Path:
     from google.protobuf import text_format
 
     from llmc.model.files import MODEL_FILE, PLAN_FILE
     from llmc.runtime.artifact import read_artifact
 
-    options.check()
+    check_repository(repo)
     artifact = read_artifact(artifact_path)  # the integrity contract first
     name = options.name or artifact.path.resolve().name
-    target = Path(repo) / name
-    if target.exists():
-        raise LlmcError(f"{target} exists; pick another --name or remove it")
+    if options.name is None:
+        check_name(name, "the artifact's folder name")
+    _refuse_existing(repo / name)
     plan = bool((artifact.manifest.engine or {}).get("built")) and (artifact.path / PLAN_FILE).is_file()
     model = onnx.load(str(artifact.path / MODEL_FILE), load_external_data=False)
     config = build_config(model, artifact.manifest, name, options, plan)
     files = [PLAN_FILE] if plan else artifact.manifest.artifact.files
-    partial = Path(repo) / f".{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "1").mkdir(parents=True)
+    _make_repository(repo)
+    partial = Path(tempfile.mkdtemp(prefix=".llmc-", dir=repo))  # fresh, 0700: nothing planted in it
     try:
+        (partial / "1").mkdir()
         for file in files:
             shutil.copyfile(artifact.path / file, partial / "1" / file)
         (partial / "config.pbtxt").write_text(text_format.MessageToString(config))
         _check(partial, config, files, artifact.manifest.artifact.sha256)
-        os.replace(partial, target)
+        os.chmod(partial, 0o777 & ~_umask())  # as a directory made by mkdir: readable by Triton's user
+        _rename_noreplace(partial, repo / name)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return repo / name
+
+
+def check_repository(repo: Path) -> None:
+    """``-o``: an existing real directory, or a path whose nearest existing ancestor is a
+    writable directory; never a link (a dangling one included) or a file."""
+    flag = f"-o {repo}"
+    if repo.is_symlink():
+        raise LlmcError(f"{flag} is a symlink; llmc never writes through links: give a real directory path")
+    if repo.exists() and not repo.is_dir():
+        raise LlmcError(f"{flag} is an existing file, not a directory; choose a directory path")
+    ancestor = repo.absolute()
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LlmcError(f"{flag}: {ancestor} is not a directory; choose another output path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LlmcError(f"{flag}: cannot write into {ancestor} (permission denied); choose another output path")
+
+
+def _refuse_existing(target: Path) -> None:
+    if target.is_symlink():
+        raise LlmcError(f"{target} is a symlink; llmc never writes through links: pick another --name or remove it")
+    if target.exists():
+        raise LlmcError(f"{target} exists; pick another --name or remove it")
+
+
+def _make_repository(repo: Path) -> None:
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LlmcError(f"-o {repo}: cannot create it ({exc.strerror or exc}); choose another output path") from None
+    check_repository(repo)  # still a real directory once made
+
+
+def _rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` unless something is there (a directory planted meanwhile,
+    empty or not, a link): then one line. ``renameat2(RENAME_NOREPLACE)`` on Linux; elsewhere a
+    check just before the rename."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(-100, os.fsencode(source), -100, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            _refuse_existing(target)
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+            raise OSError(code, os.strerror(code), str(target))
+    _refuse_existing(target)
+    os.rename(source, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check(directory: Path, config: Any, files: list[str], sha256: dict[str, str]) -> None:

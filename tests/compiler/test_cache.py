@@ -12,6 +12,7 @@ import onnx.helper as oh
 import pytest
 
 import llmc
+from llmc.compiler import cache_trust
 from llmc.compiler.cache import BuildCache
 from tests.helpers import make_model
 
@@ -102,6 +103,7 @@ def test_an_entry_from_before_the_manifest_schema_is_dropped_and_rebuilt(cache_d
     (entry / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     info = json.loads((entry / "entry.json").read_text())
     info["files"]["manifest.json"] = hashlib.sha256((entry / "manifest.json").read_bytes()).hexdigest()
+    info["mac"] = cache_trust.sign(BuildCache().secret, info)  # signed: an entry this user's llmc stored
     (entry / "entry.json").write_text(json.dumps(info))  # a consistent entry: its bytes are as stored
     again = llmc.build(relu_model, output=tmp_path / "b")
     assert again.manifest.cache.hit is False
