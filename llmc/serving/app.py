@@ -11,8 +11,9 @@ behind ``serve.ingress``, ``llmc.serving.server``). Routes:
 * OpenAI's: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/embeddings`` (encoders),
   ``POST /v1/completions`` and ``/v1/chat/completions`` (decoders), and ``POST /v1/infer`` (any
   artifact: ``{"inputs": ...}`` -> ``{"outputs": ...}``); their errors are OpenAI's error object;
-* text-embeddings-inference's: ``POST /rerank``, ``POST /predict`` (and ``/classify``), with its
-  error shape (``llmc.serving.errors``).
+* text-embeddings-inference's: ``POST /embed`` (on the same batcher as ``/v1/embeddings``),
+  ``POST /rerank``, ``POST /predict`` (and ``/classify``), with its error shape
+  (``llmc.serving.errors``).
 
 Every working route goes through :func:`admitted`: at most ``max_queue`` requests in flight
 (streams count until their last event), beyond that 503 (TEI's routes: 429) with
@@ -96,7 +97,7 @@ def _routes(api: Any, served: Served) -> None:
     for path, dialect, handler in (
         ("/v1/infer", OPENAI, _infer), ("/v1/embeddings", OPENAI, _embeddings),
         ("/v1/completions", OPENAI, _completion), ("/v1/chat/completions", OPENAI, _chat),
-        ("/rerank", TEI, _rerank), ("/predict", TEI, _predict), ("/classify", TEI, _predict),
+        ("/embed", TEI, _embed), ("/rerank", TEI, _rerank), ("/predict", TEI, _predict), ("/classify", TEI, _predict),
     ):
         api.add_api_route(path, route(dialect, handler), methods=["POST"], name=path, response_model=None)
 
@@ -264,11 +265,26 @@ async def _embeddings(engine: Engine, request: Any) -> Any:
         _check_model(engine, body)
         encoders.require(engine.task, "embed", SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
         texts, as_base64 = encoders.parse_embeddings(body, engine.embedding_dimension)
-    vectors, tokens = _answer(await engine.embed.submit(texts))
+    vectors, tokens = _answer(await engine.embed.submit((texts, True)))
     wanted = body.get("dimensions")
     if wanted is not None and wanted != vectors.shape[-1]:
         raise BadRequest(f'"dimensions": this model gives {vectors.shape[-1]}-dimensional embeddings', param="dimensions")
     return JSONResponse(encoders.embeddings_json(vectors, tokens, engine.settings.served_model, as_base64))
+
+
+async def _embed(engine: Engine, request: Any) -> Any:
+    """TEI's ``POST /embed`` (``llmc.serving.encoders``)."""
+    from fastapi.responses import JSONResponse
+
+    from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
+
+    with engine.embed.coming():
+        body = await read_json(request)
+        encoders.require(engine.task, "embed", SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
+        in_graph = bool(engine.task.spec is not None and engine.task.spec.normalize)
+        texts, normalize, truncate = encoders.parse_embed(body, in_graph)
+    vectors, _ = _answer(await engine.embed.submit((texts, truncate)))
+    return JSONResponse(encoders.embed_json(vectors, normalize and not in_graph))
 
 
 async def _rerank(engine: Engine, request: Any) -> Any:
@@ -298,6 +314,8 @@ async def _predict(engine: Engine, request: Any) -> Any:
 
 
 def _answer(result: Any) -> Any:
+    if isinstance(result, BadRequest):  # this request alone refused in the batch (e.g. too many tokens)
+        raise result
     if isinstance(result, LlmcError):  # the task API refused these texts with this model
         raise BadRequest(str(result), UNSUPPORTED)
     return result

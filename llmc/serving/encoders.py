@@ -9,14 +9,22 @@
 * ``POST /rerank`` (text-embeddings-inference's): ``{query, texts, raw_scores?, return_text?,
   truncate?}`` -> ``[{index, score, text?}]`` most relevant first (``runner.rerank``'s scores;
   ``raw_scores``: a cross-encoder's logit).
+* ``POST /embed`` (text-embeddings-inference's): ``{inputs: str | [str], normalize?: true,
+  truncate?: false}`` -> ``[[float, ...], ...]`` (one vector per text, a list even for one
+  string), on the same batcher as ``/v1/embeddings``. ``normalize``: unit vectors (a model whose
+  graph normalises gives nothing else: ``false`` is refused there, 422); ``truncate: false`` (the
+  default, as in TEI): a text longer than the model's ``max_length`` tokens (special tokens
+  included) is refused, 413 ``Validation``, "`inputs` must have less than N tokens. Given: M"
+  (TEI's words) instead of being cut; ``truncate: true`` cuts it.
 * ``POST /predict`` (TEI's; ``/classify`` too): ``inputs`` a string, a pair ``[a, b]`` (or
   ``[a]``), or a batch ``[[a], [a, b], ...]``; ``raw_scores`` -> ``[{label, score}]`` best first
   (``runner.classify``'s), a list of those for a batch.
 
-Texts are always truncated to the model's length, as the task API does (``truncate: false`` does
-not turn that into an error). Each ``*_batch`` function answers a batch of concurrent requests
-(``llmc.serving.batcher``) in one pass over the task API and splits the answers back; a request's
-answer equals the task API's for its texts alone (up to float rounding between batch shapes).
+Elsewhere texts are truncated to the model's length, as the task API does (``/v1/embeddings``,
+and ``truncate`` on ``/rerank`` and ``/predict`` does not turn that into an error). Each
+``*_batch`` function answers a batch of concurrent requests (``llmc.serving.batcher``) in one pass
+over the task API and splits the answers back; a request's answer equals the task API's for its
+texts alone (up to float rounding between batch shapes).
 """
 
 from __future__ import annotations
@@ -58,10 +66,10 @@ def _token_ids(value: Any) -> bool:
     )
 
 
-def _flag(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
+def _flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise BadRequest(f'"{key}" must be true or false', param=key)
     return value
@@ -102,17 +110,64 @@ def parse_embeddings(body: Any, dimension: int | None) -> tuple[list[str], bool]
     return texts, encoding == "base64"
 
 
-def embed_batch(task: Any, items: list[list[str]]) -> list[tuple[np.ndarray, int]]:
-    """Per request (a list of texts): its [n, D] vectors and its token count, from one
-    ``embed`` over all the requests' texts."""
+def embed_batch(task: Any, items: list[Any]) -> list[Any]:
+    """Per request, its [n, D] vectors and its token count, from one ``embed`` over all the
+    requests' texts. A request is its list of texts (cut to the model's length), or ``(texts,
+    truncate)``: with ``truncate`` false, a text longer than the model's length makes that
+    request's answer a :class:`BadRequest` (413) and its texts are not run."""
     from llmc.tasks.embed import embed_encodings
 
-    texts = [text for item in items for text in item]
+    requests = [item if isinstance(item, tuple) else (item, True) for item in items]
+    texts = [text for item, _ in requests for text in item]
     with _TOKENIZER:
         encodings = task.tokenizer.encode(texts)
-    vectors = embed_encodings(task, encodings)
-    bounds = np.cumsum([0, *(len(item) for item in items)])
-    return [(vectors[b:e], sum(len(encodings[i].ids) for i in range(b, e))) for b, e in zip(bounds[:-1], bounds[1:], strict=True)]
+        bounds = np.cumsum([0, *(len(item) for item, _ in requests)])
+        refusals = [None if truncate else _too_long(task, texts[b:e], encodings[b:e])
+                    for (_, truncate), b, e in zip(requests, bounds[:-1], bounds[1:], strict=True)]
+    kept = [i for i, refusal in enumerate(refusals) if refusal is None]
+    runs = [encodings[k] for i in kept for k in range(bounds[i], bounds[i + 1])]
+    vectors = embed_encodings(task, runs)
+    out: list[Any] = list(refusals)
+    start = 0
+    for i in kept:
+        count = bounds[i + 1] - bounds[i]
+        out[i] = (vectors[start : start + count], sum(len(encodings[k].ids) for k in range(bounds[i], bounds[i + 1])))
+        start += count
+    return out
+
+
+def _too_long(task: Any, texts: list[str], encodings: list[Any]) -> BadRequest | None:
+    """TEI's refusal of the first text the tokenizer cut (its length counted uncut), or None.
+    Called with the tokenizer lock held; the next ``encode`` sets the truncation again."""
+    limit = task.tokenizer.max_length
+    cut = [text for text, encoding in zip(texts, encodings, strict=True) if encoding.overflowing]
+    if limit is None or not cut:
+        return None
+    raw = task.tokenizer.tokenizer
+    raw.no_truncation()
+    given = len(raw.encode(cut[0]).ids)
+    return BadRequest(f"`inputs` must have less than {limit} tokens. Given: {given}", TOO_LARGE, param="inputs")
+
+
+def parse_embed(body: Any, graph_normalizes: bool) -> tuple[list[str], bool, bool]:
+    """(texts, normalize, truncate) of a TEI ``/embed`` request."""
+    body = _object(body)
+    if "inputs" not in body:
+        raise BadRequest('"inputs" is required: a string or a list of strings', param="inputs")
+    texts = _texts(body["inputs"], "inputs")
+    normalize, truncate = _flag(body, "normalize", True), _flag(body, "truncate")
+    if not normalize and graph_normalizes:
+        raise BadRequest('"normalize": false: this model normalises its embeddings in its graph (its '
+                         "sentence-transformers Normalize module), so only unit vectors are available", param="normalize")
+    return texts, normalize, truncate
+
+
+def embed_json(vectors: np.ndarray, normalize: bool) -> list[list[float]]:
+    """TEI's ``/embed`` answer: the vectors (L2-normalised with ``normalize``) as lists."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if normalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    return vectors.tolist()
 
 
 def embeddings_json(vectors: np.ndarray, tokens: int, model: str, as_base64: bool) -> dict[str, Any]:

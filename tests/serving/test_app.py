@@ -140,6 +140,81 @@ def test_an_embedder_reranks_by_cosine(embedding_server, embedder):
     assert [(r["index"], round(r["score"], 5)) for r in ranked] == [(i, round(s, 5)) for i, s in want]
 
 
+def _uncut_length(runner, text):
+    from tokenizers import Tokenizer
+
+    from llmc.tasks.model import task_model
+
+    tokenizer = Tokenizer.from_str(task_model(runner).tokenizer.tokenizer.to_str())
+    tokenizer.no_truncation()
+    return len(tokenizer.encode(text).ids)
+
+
+def test_tei_embed_equals_the_task_api_and_refuses_long_inputs(embedding_server, embedder):
+    from llmc.tasks.model import task_model
+
+    runner = llmc.load(embedder.artifact, threads=1)
+    got = requests.post(embedding_server + "/embed", json={"inputs": TEXTS})
+    assert got.status_code == 200, got.text
+    np.testing.assert_allclose(np.array(got.json(), np.float32), runner.embed(TEXTS), rtol=0, atol=1e-6)
+    one = requests.post(embedding_server + "/embed", json={"inputs": TEXTS[1], "normalize": True}).json()
+    assert len(one) == 1 and len(one[0]) == 64  # a list of vectors even for one string
+    np.testing.assert_allclose(np.array(one, np.float32), runner.embed(TEXTS[1:2]), rtol=0, atol=1e-6)
+    limit = task_model(runner).max_length
+    assert limit is not None
+    long = " ".join(["word"] * (limit + 20))
+    given = _uncut_length(runner, long)
+    assert given > limit
+    refused = requests.post(embedding_server + "/embed", json={"inputs": [TEXTS[0], long]})
+    assert refused.status_code == 413
+    assert refused.json() == {"error": f"`inputs` must have less than {limit} tokens. Given: {given}",
+                              "error_type": "Validation"}
+    cut = requests.post(embedding_server + "/embed", json={"inputs": long, "truncate": True})
+    assert cut.status_code == 200, cut.text
+    np.testing.assert_allclose(np.array(cut.json(), np.float32), runner.embed([long]), rtol=0, atol=1e-6)
+    silent = requests.post(embedding_server + "/v1/embeddings", json={"input": long, "encoding_format": "float"})
+    assert silent.status_code == 200  # OpenAI's route cuts, as the task API does
+    np.testing.assert_allclose([silent.json()["data"][0]["embedding"]], runner.embed([long]), rtol=0, atol=1e-6)
+    for body, status, kind, words in (
+        ({"inputs": "x", "normalize": False}, 422, "Validation", "normalises its embeddings in its graph"),
+        ({"inputs": []}, 400, "Empty", "empty"),
+        ({"inputs": 3}, 422, "Validation", "string"),
+        ({"inputs": "x", "truncate": "yes"}, 422, "Validation", "truncate"),
+    ):
+        answer = requests.post(embedding_server + "/embed", json=body)
+        assert (answer.status_code, answer.json()["error_type"]) == (status, kind), answer.text
+        assert words in answer.json()["error"]
+    assert requests.get(embedding_server + "/health").status_code == 200
+
+
+def test_a_long_input_refuses_only_its_own_request_in_a_batch(embedder):
+    """One batcher run holding requests that may and may not be cut: only the one that may not
+    (``truncate`` false) is refused; the others' vectors equal the task API's."""
+    from llmc.serving.encoders import embed_batch
+    from llmc.serving.errors import BadRequest
+    from llmc.tasks.model import task_model
+
+    runner = llmc.load(embedder.artifact, threads=1)
+    task = task_model(runner)
+    long = " ".join(["word"] * (task.max_length + 5))
+    answers = embed_batch(task, [(TEXTS[:2], False), ([TEXTS[2], long], False), ([long], True), TEXTS[3:5]])
+    assert isinstance(answers[1], BadRequest) and answers[1].kind.tei_status == 413
+    assert f"Given: {_uncut_length(runner, long)}" in str(answers[1])
+    for answer, texts in ((answers[0], TEXTS[:2]), (answers[2], [long]), (answers[3], TEXTS[3:5])):
+        vectors, tokens = answer
+        np.testing.assert_allclose(vectors, runner.embed(texts), rtol=0, atol=1e-6)
+        assert tokens == sum(len(e.ids) for e in task.tokenizer.encode(texts))
+    assert embed_batch(task, [([long], False)])[0].status == 413  # the tokenizer cuts again after a refusal
+    assert len(embed_batch(task, [([long], True)])[0][0]) == 1
+
+
+def test_tei_embed_normalises_only_when_asked():
+    from llmc.serving.encoders import embed_json
+
+    assert embed_json(np.array([[3.0, 4.0]]), True) == [[0.6000000238418579, 0.800000011920929]]
+    assert embed_json(np.array([[3.0, 4.0]]), False) == [[3.0, 4.0]]
+
+
 def _ids(rng, rows, width):
     return {"input_ids": rng.integers(1, 90, (rows, width)).tolist(), "attention_mask": np.ones((rows, width), int).tolist()}
 
