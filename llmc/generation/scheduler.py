@@ -41,6 +41,16 @@ from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.runner import OrtRunner
 
 
+def _takes_query_seqlens(model: Path) -> bool:
+    """Every GroupQueryAttention of ``model`` has its ``query_seqlens`` input (llmc.passes.fusion.gqa)."""
+    import onnx
+
+    from llmc.passes.fusion.gqa import QUERY_SEQLENS
+
+    nodes = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "GroupQueryAttention"]
+    return bool(nodes) and all(len(n.input) > QUERY_SEQLENS and n.input[QUERY_SEQLENS] for n in nodes)
+
+
 def supports(layout: DecoderLayout) -> Optional[str]:
     """None when ``layout`` can run continuous batching, else why not (one phrase)."""
     if not (layout.shared_cache and layout.masks_padding):
@@ -72,6 +82,9 @@ class Scheduler:
         # (llmc.generation.rerotate); None when the artifact rotates by position_ids.
         model = Path(artifact) / MODEL_FILE
         self.rotation = rotation_of(model, capacity) if model.is_file() else None
+        # Several prompts in one prefill run need GroupQueryAttention's query_seqlens (builds
+        # before it had none): without it, new prompts are prefilled one a run.
+        self.group_limit = slots if model.is_file() and _takes_query_seqlens(model) else 1
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.prefilling: list[Sequence] = []
         self.decoding: list[Sequence] = []
@@ -254,7 +267,7 @@ class Scheduler:
         for sequence in short:
             between = range(group[-1].slot + 1, sequence.slot) if group else range(0)
             used = sum(len(s.prompt) - s.done_prefill for s in group)
-            if group and (used + len(sequence.prompt) - sequence.done_prefill > budget
+            if group and (len(group) >= self.group_limit or used + len(sequence.prompt) - sequence.done_prefill > budget
                           or any(slot not in self.cache.free for slot in between)):
                 break
             group.append(sequence)

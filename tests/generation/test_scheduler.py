@@ -94,7 +94,8 @@ def test_compaction_and_the_prefix_cache_keep_the_answers(decoder):
     assert [s.tokens for s in sequences] == alone
 
 
-def test_a_burst_of_prompts_prefills_in_one_run_with_a_cached_prefix_among_them(decoder):
+@pytest.mark.parametrize("group_limit", [None, 1])  # 1: a build whose attention lacks query_seqlens
+def test_a_burst_of_prompts_prefills_in_one_run_with_a_cached_prefix_among_them(decoder, group_limit):
     from llmc.generation.prefix import PrefixCache
 
     loaded = decoder
@@ -102,13 +103,15 @@ def test_a_burst_of_prompts_prefills_in_one_run_with_a_cached_prefix_among_them(
     burst = [[*shared, 60, 61], PROMPTS[0], PROMPTS[2], PROMPTS[4]]
     alone = [loaded.generate(p, max_new_tokens=10, speculative="off").token_ids for p in burst]
     scheduler = _scheduler(loaded, prefix=PrefixCache(1 << 20, block=4))
+    assert scheduler.group_limit == 4  # this build's attention takes query_seqlens
+    scheduler.group_limit = group_limit or scheduler.group_limit
     scheduler.submit([_sequence(shared, new=1)])
     scheduler.run_until_idle()  # its three blocks are cached now
     runs = scheduler.stats["prefill_runs"]
     sequences = [_sequence(p, new=10) for p in burst]
     scheduler.submit(sequences)
     scheduler.run_until_idle()
-    assert scheduler.stats["prefill_runs"] == runs + 1  # four prompts of 2-6 new tokens, one run
+    assert scheduler.stats["prefill_runs"] == runs + (4 if group_limit else 1)  # 4 prompts of 2-6 new tokens, one run
     assert scheduler.stats["cached_tokens"] == 12
     assert [s.tokens for s in sequences] == alone
 
