@@ -353,7 +353,7 @@ class Scheduler:
             self.decoding.append(sequence)
 
     def _decode(self) -> int:
-        if not self.cache.room():
+        if not self.cache.room() or self.cache.sparse():
             shifts = self.cache.compact()
             for sequence in self.prefilling:  # their prompts' columns moved left
                 sequence.start -= shifts.get(sequence.slot, 0)

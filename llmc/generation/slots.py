@@ -17,8 +17,9 @@ and its rotary positions come from ``position_ids``, not from the columns.
   ``[T - len, T)`` and a cached prefix of it copied to just below ``T - S`` (the padding's columns
   between belong to nobody). A longer prompt is placed at ``[T - P, T)`` of its slot and
   prefilled in chunks by runs of that slot alone (``[b, b + 1)``, mask width at the chunk's end).
-* When the timeline reaches ``capacity``, every slot's owned columns are packed to the right end
-  (:meth:`SlotCache.compact`), order kept: what each sequence attends to does not change.
+* When the timeline reaches ``capacity``, or grows past twice the longest sequence (every row's
+  attention reads all ``T`` columns, owned or not), every slot's owned columns are packed to the
+  right end (:meth:`SlotCache.compact`), order kept: what each sequence attends to does not change.
 
 Why our own: ONNX Runtime and onnxruntime-genai keep one batch's cache per generator and have no
 scheduler that lets sequences join and leave a running batch on CPU; vLLM's paged cache lives
@@ -107,6 +108,11 @@ class SlotCache:
     def room(self) -> bool:
         """A decode step can write column ``T`` (else :meth:`compact` first)."""
         return self.length < self.capacity
+
+    def sparse(self, slack: int = 32) -> bool:
+        """The timeline is over twice (plus ``slack``) the longest sequence's columns: every row's
+        attention reads mostly columns nobody owns, and :meth:`compact` pays for itself."""
+        return self.length > 2 * int(self.owned.sum(axis=1).max()) + slack
 
     def compact(self) -> dict[int, int]:
         """Pack every slot's owned columns to the right end of a timeline as long as the longest;
