@@ -106,7 +106,7 @@ def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
 
 def load(
     path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None,
-    padding: str = "auto", runner: type[Runner] | None = None,
+    padding: str = "auto", runner: type[Runner] | None = None, spinning: bool | None = None,
 ) -> Runner:
     """Open an artifact for inference with the session options it was built with.
 
@@ -115,6 +115,7 @@ def load(
     encoders): ``auto`` skips padding the way the build measured to keep every real position's
     outputs (``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket`` or ``off`` as asked.
     ``runner``: the :class:`Runner` subclass to return (``llmc.load`` adds generation).
+    ``spinning``: False makes ONNX Runtime's threads sleep between runs (servers), None as built.
     """
     from llmc.runtime.ort import OrtRunner, create_session
 
@@ -132,6 +133,8 @@ def load(
         overrides["device"] = device
     if threads is not None:
         overrides["intra_op_num_threads"] = threads
+    if spinning is not None:
+        overrides["allow_spinning"] = spinning
     config = artifact.session_config(**overrides)
     backend = OrtRunner(create_session(artifact.model_path, config))
     return runner(artifact, backend, padded_runner(artifact, backend.run, padding))

@@ -89,6 +89,9 @@ class SessionConfig:
     graph_optimization_level: str = "all"
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_num_threads: int = 0
+    # False: the intra-op threads sleep between runs instead of spinning (a server shares its
+    # cores with its event loop, tokenizer and clients; a benchmark loop does not).
+    allow_spinning: bool = True
     enable_mem_pattern: bool = True
     # Off: buffers go back after each run instead of the arena keeping its high-water mark
     # (calibration runs large batches once; deployment keeps the arena).
@@ -227,6 +230,8 @@ class SessionConfig:
             if self.execution_order == "priority_based"
             else ort.ExecutionOrder.DEFAULT
         )
+        if not self.allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
         if profiling is not None:
             profiling.apply(opts)
