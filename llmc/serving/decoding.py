@@ -17,6 +17,7 @@ adding special tokens (the template writes them), as ``llmc generate --chat`` do
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -65,11 +66,22 @@ class Decoding:
                                        chunk=settings.prefill_chunk, pad=self.pad, prefix=self.prefix)
         if self.scheduler is not None:
             self.scheduler.warm_up()
+        self._warm_template()
         self.system_tokens = 0
         if settings.system_prompt:
             self.system_tokens = self._pin_system_prompt(settings.system_prompt)
         if self.scheduler is not None:
             self.scheduler.start()
+
+    def _warm_template(self) -> None:
+        """Render the chat template once at start: its first use imports transformers, which
+        concurrent first requests would otherwise race."""
+        if self.tokenizer is None:
+            return
+        try:
+            texts.chat_messages(self.artifact, [{"role": "user", "content": "hello"}])
+        except LlmcError:
+            pass  # no chat template: chats are refused per request, in one line
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -90,6 +102,7 @@ class Decoding:
         if self.tokenizer is None:
             raise BadRequest(f"{self.artifact.name} has no tokenizer ({texts.TOKENIZER_JSON}): it cannot take text")
         param = "messages" if request.chat else "prompt"
+        self._refuse_long_text(request, param)
         try:
             if request.chat:
                 text = texts.chat_messages(self.artifact, request.messages)
@@ -112,6 +125,24 @@ class Decoding:
                 f"the prompt is {len(ids)} tokens; with max_tokens {wanted} that passes {what} of {limit} tokens: "
                 "shorten the prompt or lower max_tokens", param=param, code="context_length_exceeded")
         return ids, wanted
+
+    def _refuse_long_text(self, request: CompletionRequest, param: str) -> None:
+        """A prompt whose characters could not fit the context even at the tokenizer's longest
+        token is refused before it is templated or tokenized (both take time a huge text would
+        spend for nothing)."""
+        limit = min((n for n in (self.context, self.scheduler and self.scheduler.cache.capacity) if n), default=None)
+        if limit is None:
+            return
+        texts_ = [m["content"] for m in request.messages] if request.chat else [request.prompt]
+        chars = sum(len(t) for t in texts_)
+        if chars > limit * self.longest_token:
+            raise BadRequest(f"the prompt is {chars} characters, more than {limit} tokens can hold: shorten it",
+                             param=param, code="context_length_exceeded")
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """Characters of the tokenizer's longest token (a bound on characters per token)."""
+        return max((len(token) for token in self.tokenizer.get_vocab()), default=1) if self.tokenizer else 1
 
     def params(self, request: CompletionRequest, max_tokens: int) -> SequenceParams:
         factory = None
