@@ -16,7 +16,13 @@ from typer.testing import CliRunner
 
 from llmc.cli.main import app
 from llmc.errors import LlmcError
-from llmc.model.files import check_model_directory, companion_files, copy_companions, copy_contents, model_root
+from llmc.model.files import (
+    check_model_directory,
+    companion_files,
+    copy_companions,
+    copy_contents,
+    model_root,
+)
 from tests.cli.test_bad_inputs import _assert_one_line_error
 
 pytest.importorskip("torch")
@@ -28,9 +34,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def gpt2_source(tmp_path_factory) -> Path:
-    from tests.export.test_export_cli import _save
-
     from llmc.export import gpt2_model
+    from tests.export.test_export_cli import _save
 
     model = gpt2_model(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=64, bos_token_id=2, eos_token_id=3)
     return _save(model, tmp_path_factory.mktemp("hf") / "gpt2", 64)
@@ -114,10 +119,10 @@ def test_copies_are_never_more_open_than_their_source(tmp_path):
 
 
 def test_build_refuses_a_tokenizer_linked_from_outside(tmp_path, secret, monkeypatch):
-    from tests.helpers import make_model
-
     import onnx
     from onnx import TensorProto, helper
+
+    from tests.helpers import make_model
 
     folder = tmp_path / "exported"
     folder.mkdir()
