@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +98,9 @@ def load_teacher(source: Path) -> tuple[Any, Any, Arch]:
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from llmc.export.weights import check_loading_info, check_weight_files
+    from llmc.model.files import check_model_directory
+
     directory, gguf = source_parts(source)
     if gguf:
         from transformers import AutoConfig
@@ -111,10 +114,21 @@ def load_teacher(source: Path) -> tuple[Any, Any, Arch]:
             f"not '{model_type}'"
         )
     arch = ARCHS[model_type]
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+    kwargs: dict[str, Any] = {
+        "local_files_only": True, "dtype": torch.float32, "output_loading_info": True, "ignore_mismatched_sizes": True,
+    }
     if gguf:
         kwargs["gguf_file"] = gguf
-    model = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs).eval()
+    else:  # llmc export's rules: nothing from outside the directory, safetensors only, every parameter loaded
+        check_model_directory(directory)
+        check_weight_files(directory)
+        kwargs["use_safetensors"] = True
+    try:
+        model, info = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs)
+    except Exception as exc:  # noqa: BLE001  (a bad checkpoint fails anywhere in transformers and torch)
+        raise LlmcError(f"{source}: transformers cannot load it ({type(exc).__name__}: {first_line(exc)})") from None
+    check_loading_info(info, directory, token_states_only=not arch.decoder)
+    model.eval()
     if getattr(model.config, "model_type", None) not in ARCHS:
         raise LlmcError(f"{source}: llmc compress supports {', '.join(ARCHS)}, not '{model.config.model_type}'")
     tokenizer = AutoTokenizer.from_pretrained(str(directory), **({"gguf_file": gguf} if gguf else {}))
