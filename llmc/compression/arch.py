@@ -127,7 +127,7 @@ def load_teacher(source: Path) -> tuple[Any, Any, Arch]:
         model, info = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs)
     except Exception as exc:  # noqa: BLE001  (a bad checkpoint fails anywhere in transformers and torch)
         raise LlmcError(f"{source}: transformers cannot load it ({type(exc).__name__}: {first_line(exc)})") from None
-    check_loading_info(info, directory, token_states_only=not arch.decoder)
+    check_loading_info(info, directory, token_states_only=not arch.decoder, decoder=arch.decoder)
     model.eval()
     if getattr(model.config, "model_type", None) not in ARCHS:
         raise LlmcError(f"{source}: llmc compress supports {', '.join(ARCHS)}, not '{model.config.model_type}'")

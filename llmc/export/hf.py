@@ -286,7 +286,7 @@ def _load(directory: Path, task: Task, gguf_file: str | None) -> Any:
             f"({type(exc).__name__}: {_first_line(exc)}); check its config.json and weights, or --task"
         ) from None
     check_loaded(task, info, directory)
-    check_loading_info(info, directory, task in (FEATURE_EXTRACTION, SENTENCE_EMBEDDING))
+    check_loading_info(info, directory, task in (FEATURE_EXTRACTION, SENTENCE_EMBEDDING), decoder=not task.encoder)
     return model.eval()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ _ITEM_BYTES = {
 _MAX_HEADER = 100 << 20  # the safetensors library's own limit
 # Parameters an export of token states never uses (BERT's pooler): their absence is harmless there.
 _UNUSED_BY_TOKEN_STATES = ("pooler.",)
+_LAYER = re.compile(r"(^|\.)(layer|layers|h|blocks)\.\d+\.")  # a transformer layer's parameter
 
 
 def check_weight_files(directory: Path) -> None:
@@ -102,16 +104,24 @@ def _bad(path: Path, why: str) -> LlmcError:
     return LlmcError(f"{path}: not a valid safetensors file: {why}; re-save or re-download the weights")
 
 
-def check_loading_info(info: dict[str, Any], directory: Path, token_states_only: bool) -> None:
+def check_loading_info(info: dict[str, Any], directory: Path, token_states_only: bool, decoder: bool = False) -> None:
     """One line when transformers' ``output_loading_info`` shows parameters the checkpoint did not
     give (left at their random initialisation) or gave at another shape, naming them and the
-    checkpoint's tensors the architecture did not take. ``token_states_only``: the export keeps
-    only the token states, so a missing pooler is harmless."""
+    checkpoint's tensors the architecture did not take; or tensors of the checkpoint the model
+    does not take: any, for a decoder (the whole model is loaded), a layer's, for an encoder (a
+    head the export leaves out, a pooler, is fine). ``token_states_only``: the export keeps only
+    the token states, so a missing pooler is harmless."""
     missing = sorted(str(k) for k in info.get("missing_keys") or [])
     if token_states_only:
         missing = [k for k in missing if not any(part in k for part in _UNUSED_BY_TOKEN_STATES)]
     mismatched = [_mismatch(m) for m in info.get("mismatched_keys") or []]
     unexpected = sorted(str(k) for k in info.get("unexpected_keys") or [])
+    dropped = unexpected if decoder else [k for k in unexpected if _LAYER.search(k)]
+    if dropped and not missing and not mismatched:
+        raise LlmcError(
+            f"{directory}: the checkpoint has weights this architecture does not take: {_names(dropped)}; check that "
+            "config.json (model_type, layer and head counts) is the one the weights were saved with"
+        )
     if mismatched:
         raise LlmcError(
             f"{directory}: the weights do not match config.json: {_names(mismatched)}; give the config.json the "

@@ -220,3 +220,10 @@ def test_a_truncated_gguf_is_one_line(tmp_path):
         (tmp_path / "m.gguf").write_bytes(head[:size])
         _assert_one_line_error(_export(tmp_path / "m.gguf", tmp_path / "out"), "m.gguf")
         assert not (tmp_path / "out").exists()
+
+
+def test_weights_the_architecture_does_not_take_are_refused(gpt2_dir, tmp_path):
+    tensors = _tensors(gpt2_dir)
+    extra = {k.replace("h.0.", "h.1."): v.clone() for k, v in tensors.items() if ".h.0." in k}
+    _save_tensors(gpt2_dir, {**tensors, **extra})
+    _assert_one_line_error(_export(gpt2_dir, tmp_path / "out"), "does not take", "transformer.h.1.")
