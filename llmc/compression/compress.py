@@ -45,14 +45,13 @@ class CompressOptions:
 
     def check(self, num_layers: int | None) -> None:
         """One line for an option out of range (non-finite numbers included); ``num_layers``
-        None (the model not read yet): everything but --layers' upper bound."""
+        None (the model not read yet): everything but --layers, which the model's layer count bounds."""
         if not 0.0 <= self.ffn <= 0.95:
             raise LlmcError(f"--ffn is the fraction of FFN neurons removed, 0 to 0.95, not {self.ffn}")
         if not 0.0 <= self.heads <= 0.95:
             raise LlmcError(f"--heads is the fraction of attention heads removed, 0 to 0.95, not {self.heads}")
-        if self.layers is not None and not 1 <= self.layers <= (num_layers or self.layers):
-            most = f"1 to {num_layers} layers (the model has {num_layers})" if num_layers else "at least 1 layer"
-            raise LlmcError(f"--layers keeps {most}, not {self.layers}")
+        if num_layers is not None and self.layers is not None and not 1 <= self.layers <= num_layers:
+            raise LlmcError(f"--layers keeps 1 to {num_layers} layers (the model has {num_layers}), not {self.layers}")
         if not (math.isfinite(self.minutes) and self.minutes >= 0):
             raise LlmcError(f"--minutes is a distillation budget in minutes, a number >= 0, not {self.minutes}")
         if self.sparsity not in (None, "2:4"):

@@ -87,7 +87,7 @@ def test_perplexity_windows_default_to_the_context(artifact, words):
 
 @pytest.mark.parametrize(("flag", "value"), [
     ("--minutes", "nan"), ("--minutes", "inf"), ("--minutes", "-1"), ("--target-speedup", "nan"),
-    ("--ffn", "nan"), ("--heads", "nan"), ("--layers", "0"),
+    ("--ffn", "nan"), ("--heads", "nan"),
 ])
 def test_compress_values_are_refused_before_the_model_is_read(tmp_path, flag, value):
     args = ["compress", str(tmp_path / "no-such-model"), "--data", str(tmp_path / "no-data"), "-o", str(tmp_path / "o")]
