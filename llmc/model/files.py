@@ -73,16 +73,16 @@ def check_inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     return resolved
 
 
-def check_model_directory(directory: str | os.PathLike, limit: int = 10_000) -> None:
-    """One line for the first entry under ``directory`` (config, weights, tokenizer, modules...; links
-    not followed into folders) that resolves outside :func:`model_root`; ``limit`` entries at most."""
+def check_model_directory(directory: str | os.PathLike) -> None:
+    """One line for the first entry under ``directory`` (config, weights, tokenizer, modules...)
+    that resolves outside :func:`model_root`. Links are not followed into folders, and hidden
+    folders (``.git``, ``.cache``: nothing a loader reads) are checked but not entered."""
     root = model_root(directory)
-    pending, seen = [Path(directory)], 0
-    while pending and seen < limit:
+    pending = [Path(directory)]
+    while pending:
         for entry in sorted(pending.pop().iterdir()):
-            seen += 1
             check_inside(entry, root)
-            if entry.is_dir() and not entry.is_symlink():
+            if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
                 pending.append(entry)
 
 

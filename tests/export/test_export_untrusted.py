@@ -74,6 +74,15 @@ def test_a_linked_folder_out_of_the_model_directory_is_refused(gpt2_dir, secret,
         check_model_directory(gpt2_dir)
 
 
+def test_a_linked_source_and_nested_folders_are_checked(gpt2_dir, secret, tmp_path):
+    (tmp_path / "alias").symlink_to(gpt2_dir, target_is_directory=True)
+    check_model_directory(tmp_path / "alias")  # SOURCE itself may be a link: its files are inside it
+    (gpt2_dir / "2_Dense" / "deeper").mkdir(parents=True)
+    (gpt2_dir / "2_Dense" / "deeper" / "config.json").symlink_to(secret)
+    with pytest.raises(LlmcError, match="deeper/config.json"):
+        check_model_directory(tmp_path / "alias")
+
+
 def test_links_inside_the_directory_are_copied_as_regular_files(gpt2_dir, tmp_path):
     (gpt2_dir / "shared").mkdir()
     os.replace(gpt2_dir / "tokenizer.json", gpt2_dir / "shared" / "tokenizer.json")
