@@ -60,9 +60,13 @@ def chat_messages(artifact: Path, messages: list[dict[str, str]]) -> str:
     from llmc.model.chat import render
 
     tokenizer = _chat_tokenizer(str(artifact))
+    try:
+        template = tokenizer.get_chat_template()
+    except (ValueError, TypeError) as exc:  # named templates without a "default" one
+        raise LlmcError(f"{artifact}: no chat template to use ({first_line(exc)})") from None
     turns = [{key: value for key, value in message.items() if value is not None} for message in messages]
     return render(
-        tokenizer.get_chat_template(), str(artifact), messages=turns, tools=None, documents=None,
+        template, str(artifact), messages=turns, tools=None, documents=None,
         add_generation_prompt=True, **tokenizer.special_tokens_map,
     )
 

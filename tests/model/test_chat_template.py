@@ -120,3 +120,19 @@ def test_the_previous_trace_function_is_restored():
         assert sys.gettrace() is mine
     finally:
         sys.settrace(before)
+
+
+def test_named_templates_without_a_default_are_one_line(tmp_path):
+    import json
+
+    _tokenizer_dir(tmp_path, CHATML)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    config["chat_template"] = [{"name": "tool_use", "template": CHATML}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in tmp_path.glob("chat_template*"):
+        extra.unlink()
+    text._chat_tokenizer.cache_clear()
+    with pytest.raises(LlmcError) as info:
+        text.chat_messages(tmp_path, MESSAGES)
+    assert "\n" not in str(info.value)
