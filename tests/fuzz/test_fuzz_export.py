@@ -49,7 +49,7 @@ def assert_nothing_from_outside(out: Path, where: str) -> None:
             assert SECRET not in path.read_bytes(), f"{where}\n{path} holds a file from outside the model directory"
 
 
-@fuzz_settings(20)
+@fuzz_settings(30)
 @given(case=dir_cases())
 def test_export_of_an_untrusted_model_directory_keeps_the_contract(case: DirCase):
     from llmc.cli.main import app
@@ -70,7 +70,7 @@ def test_export_of_an_untrusted_model_directory_keeps_the_contract(case: DirCase
         assert_nothing_from_outside(out, where)
 
 
-@fuzz_settings(12)
+@fuzz_settings(20)
 @given(kinds=st.dictionaries(st.sampled_from(["tokenizer.json", "tokenizer_config.json", "vocab.txt",
                                                "chat_template.jinja", "generation_config.json"]),
                              st.sampled_from(COMPANION_KINDS), max_size=3),
@@ -82,12 +82,14 @@ def test_build_carries_only_companions_from_inside(kinds, cache):
         for name, kind in kinds.items():
             lay_out_companion(path.parent, outside, name, kind)
         out, elsewhere = root / "out", snapshot(outside)
-        os.environ["LLMC_CACHE_DIR"] = str(root / "cache")
         args = ["build", str(path), "-o", str(out), *([] if cache else ["--no-cache"])]
+        saved = {name: os.environ.pop(name, None) for name in ("LLMC_CACHE_DIR", "LLMC_NO_CACHE")}
+        os.environ["LLMC_CACHE_DIR"] = str(root / "cache")  # the tests' conftest turns the cache off: on here
         try:
-            result = invoke_build(root / "model", args, out)  # the model's folder and elsewhere untouched
+            result = invoke_build(root / "model", args, out)  # the model's folder untouched
         finally:
             os.environ.pop("LLMC_CACHE_DIR", None)
+            os.environ.update({name: value for name, value in saved.items() if value is not None})
         where = f"{kinds}{describe(args, result)}"
         assert result.exit_code == (1 if REFUSED_COMPANIONS & set(kinds.values()) else 0), where
         assert snapshot(outside) == elsewhere, where
@@ -124,7 +126,7 @@ VALUE_CASES = st.one_of(
 )
 
 
-@fuzz_settings(25)
+@fuzz_settings(40)
 @given(drawn=VALUE_CASES)
 def test_command_values_are_one_line_before_any_work(drawn):
     """Against a missing artifact/model: whatever the value, one line (the value's or the path's)."""
