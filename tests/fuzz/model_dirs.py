@@ -111,7 +111,10 @@ def _bytes(transform: Callable[[bytes], bytes]) -> Callable[[Path, Path], None]:
 def _header(edit: Callable[[dict], None]) -> Callable[[bytes], bytes]:
     def transform(data: bytes) -> bytes:
         length = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + length])
+        try:
+            header = json.loads(data[8 : 8 + length])
+        except ValueError:  # an earlier step broke the header: left as it is
+            return data
         edit(header[next(k for k in sorted(header) if k != "__metadata__")])
         text = json.dumps(header).encode()
         return len(text).to_bytes(8, "little") + text + data[8 + length :]
@@ -136,8 +139,9 @@ def _pickled(keep_safetensors: bool) -> Callable[[Path, Path], None]:
 def _config(edit: Callable[[dict], dict]) -> Callable[[Path, Path], None]:
     def apply(model: Path, outside: Path) -> None:
         path = model / "config.json"
-        if path.is_file() and not path.is_symlink():
-            path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+        config = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+        if isinstance(config, dict):  # an earlier step may have linked or replaced it
+            path.write_text(json.dumps(edit(config)))
 
     return apply
 
