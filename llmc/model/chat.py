@@ -119,8 +119,10 @@ def _bounded_filter(name: str, function: Any) -> Any:
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _check_arguments(args, kwargs)
         strings = [a for a in args if isinstance(a, str)]
-        if strings and name in ("replace", "format", "indent"):
-            _check_string_method(strings[0], name, tuple(a for a in args if a is not strings[0])[-2:], kwargs)
+        if name == "replace" and len(strings) >= 3:  # (s, old, new[, count])
+            _check_string_method(strings[0], name, (strings[1], strings[2]), {})
+        elif strings and name in ("format", "indent"):
+            _check_string_method(strings[0], name, tuple(a for a in args if a is not strings[0]), kwargs)
         return _checked(function(*args, **kwargs))
 
     return bounded
@@ -162,6 +164,8 @@ def _check_string_method(text: str, name: str, args: tuple[Any, ...], kwargs: di
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     if operator == "*":
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_POWER_BITS:
+            raise _Bound(f"a product past {_MAX_POWER_BITS} bits")
         sized, count = (left, right) if isinstance(right, int) else (right, left)
         if isinstance(sized, (str, list, tuple)) and isinstance(count, int) and len(sized) * count > MAX_CHARS:
             raise _Bound(f"a repeat to {len(sized) * count:,} items")
