@@ -42,6 +42,7 @@ def compress(
         ffn = 0.0 if sparsity else 0.5
     options = CompressOptions(ffn=ffn, heads=heads, layers=layers, minutes=minutes, sparsity=sparsity,
                               target_speedup=target_speedup, importance=importance)
+    options.check(None)  # a bad value (--minutes nan...) is one line before the model is read
     report = run(source, data, output, options, console.print)
     agree = report["held_out_agreement"]["distilled"]
     params, ms = report["parameters"], report["latency_ms"]

@@ -7,12 +7,16 @@ ONNX Runtime (an artifact's TensorRT engine, if any, is not used).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from llmc.cli.app import JsonOpt, ThreadsOpt, app, read_text_option, user_errors
+from llmc.errors import LlmcError
+
+PERPLEXITY_WINDOW = 512  # --max-length's default, capped at the model's context
 
 ArtifactArg = Annotated[Path, typer.Argument(help="An artifact directory built from `llmc export` output.")]
 
@@ -21,6 +25,49 @@ def _load(artifact: Path, threads: int) -> Any:
     from llmc.generation.runner import load
 
     return load(artifact, threads=threads or None, engine=False)
+
+
+def _check_text(value: str, flag: str) -> None:
+    """One line for text that is not UTF-8 (bytes the shell passed that do not decode arrive as
+    lone surrogates, which no tokenizer can encode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LlmcError(
+            f"{flag}: not valid UTF-8 (an undecodable byte at character {exc.start}); pass UTF-8 text"
+        ) from None
+
+
+def _check_generate(prompt: str, stop: list[str], seed: int, temperature: float, top_p: float) -> None:
+    """One line, before the artifact is loaded, for values no generation can take."""
+    _check_text(prompt, "--prompt")
+    for text in stop:
+        _check_text(text, "--stop")
+    if seed < 0:
+        raise LlmcError(f"--seed {seed}: a seed is a whole number >= 0")
+    for flag, value in (("--temperature", temperature), ("--top-p", top_p)):
+        if not math.isfinite(value):
+            raise LlmcError(f"{flag} {value}: must be a finite number")
+
+
+def _windows(artifact: Path, max_length: Optional[int], stride: Optional[int]) -> tuple[int, int]:
+    """``(window, stride)`` of ``llmc perplexity``: one line, before any work, for a stride that is
+    not 1 to the window, or a window past the model's context (the tokenizer's model_max_length)."""
+    from llmc.model.text import context_length
+
+    context = context_length(artifact)
+    window = max_length if max_length is not None else min(PERPLEXITY_WINDOW, context or PERPLEXITY_WINDOW)
+    if window < 2:
+        raise LlmcError(f"--max-length {window}: a window needs at least 2 tokens")
+    if context is not None and window > context:
+        raise LlmcError(
+            f"--max-length {window}: windows past the model's context of {context} tokens (tokenizer_config.json's "
+            f"model_max_length); give --max-length {context} or less"
+        )
+    step = window if stride is None else stride
+    if not 1 <= step <= window:
+        raise LlmcError(f"--stride {step}: tokens between window starts, 1 to --max-length ({window})")
+    return window, step
 
 
 def _stats(result: Any) -> str:
@@ -60,6 +107,7 @@ def generate(
     threads: ThreadsOpt = 0,
 ) -> None:
     """Continue a prompt with a decoder artifact (KV cache on ONNX Runtime); print the text and its speed."""
+    _check_generate(prompt, stop or [], seed, temperature, top_p)
     runner = _load(artifact, threads)
     printer = (lambda piece: typer.echo(piece, nl=False)) if stream and not as_json else None
     result = runner.generate(
@@ -78,7 +126,11 @@ def generate(
 def perplexity(
     artifact: ArtifactArg,
     text: Annotated[Path, typer.Option("--text", help="A UTF-8 text file to score.")],
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window (one prefill each).")] = 512,
+    max_length: Annotated[
+        Optional[int],
+        typer.Option("--max-length", help="Tokens per window (one prefill each).",
+                     show_default=f"{PERPLEXITY_WINDOW}, or the model's context if shorter"),
+    ] = None,
     stride: Annotated[
         Optional[int], typer.Option("--stride", help="Tokens between window starts.", show_default="--max-length")
     ] = None,
@@ -89,13 +141,14 @@ def perplexity(
     from llmc.generation import perplexity as score
     from llmc.model.text import encode, load_tokenizer
 
+    window, step = _windows(artifact, max_length, stride)
     content = read_text_option(text, "--text")
     from llmc.generation.api import open_decoder
 
     runner = _load(artifact, threads)
     open_decoder(runner.session, artifact, runner.artifact.manifest)  # not a decoder: one line before tokenizing the file
     ids = encode(load_tokenizer(artifact), content)
-    result = score(runner.logits, ids, max_length, stride)
+    result = score(runner.logits, ids, window, step)
     if as_json:
         typer.echo(json.dumps({"artifact": str(artifact), **result.__dict__}, indent=2))
         return

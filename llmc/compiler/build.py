@@ -90,6 +90,8 @@ def run_build(
     """
     request.check()
     source = describe_source(model)
+    if source is not None and source.get("path"):  # a companion linked from outside: one line before any work
+        companion_files(Path(source["path"]).parent)
     destination = _destination(model, source, output, request)
     store = _cache_for(request)
     key = _cache_key(source, request) if store is not None and source is not None else None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmc.errors import LlmcError
+from llmc.errors import LlmcError, first_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,34 +91,64 @@ def source_parts(source: Path) -> tuple[Path, str | None]:
 
 
 def load_teacher(source: Path) -> tuple[Any, Any, Arch]:
-    """The model (float32, eval), its tokenizer and its :class:`Arch`, or one line."""
+    """The model (float32, eval), its tokenizer and its :class:`Arch`, or one line. A directory is
+    read under ``llmc export``'s rules (nothing from outside it, safetensors only, every parameter
+    loaded: :mod:`llmc.export.weights`); anything transformers cannot read is one line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import json
-
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    directory, gguf = source_parts(source)
-    if gguf:
-        from transformers import AutoConfig
+    from llmc.export.weights import check_loading_info, check_weight_files
+    from llmc.model.files import check_model_directory
 
-        model_type = str(AutoConfig.from_pretrained(str(directory), gguf_file=gguf).model_type)
-    else:
-        model_type = str(json.loads((directory / "config.json").read_text()).get("model_type"))
+    directory, gguf = source_parts(source)
+    if not gguf:
+        check_model_directory(directory)
+    model_type = _model_type(source, directory, gguf)
     if model_type not in ARCHS:
         raise LlmcError(
             f"{source}: llmc compress prunes BERT-style encoders and LLaMA-style decoders ({', '.join(ARCHS)}), "
             f"not '{model_type}'"
         )
     arch = ARCHS[model_type]
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+    kwargs: dict[str, Any] = {
+        "local_files_only": True, "dtype": torch.float32, "output_loading_info": True, "ignore_mismatched_sizes": True,
+    }
     if gguf:
         kwargs["gguf_file"] = gguf
-    model = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs).eval()
+    else:
+        check_weight_files(directory)
+        kwargs["use_safetensors"] = True  # never a pickle
+    try:
+        model, info = (AutoModelForCausalLM if arch.decoder else AutoModel).from_pretrained(str(directory), **kwargs)
+    except Exception as exc:  # noqa: BLE001  (a bad checkpoint fails anywhere in transformers and torch)
+        raise LlmcError(f"{source}: transformers cannot load it ({type(exc).__name__}: {first_line(exc)})") from None
+    check_loading_info(info, directory, token_states_only=not arch.decoder, decoder=arch.decoder)
+    model.eval()
     if getattr(model.config, "model_type", None) not in ARCHS:
         raise LlmcError(f"{source}: llmc compress supports {', '.join(ARCHS)}, not '{model.config.model_type}'")
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), **({"gguf_file": gguf} if gguf else {}))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **({"gguf_file": gguf} if gguf else {}))
+    except Exception as exc:  # noqa: BLE001  (transformers raises many types for an unreadable tokenizer)
+        raise LlmcError(f"{source}: transformers cannot load its tokenizer ({type(exc).__name__}: {first_line(exc)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return model, tokenizer, arch
+
+
+def _model_type(source: Path, directory: Path, gguf: str | None) -> str:
+    """The model_type of config.json, or of the GGUF file's metadata; one line when unreadable."""
+    import json
+
+    try:
+        if gguf:
+            from transformers import AutoConfig
+
+            return str(AutoConfig.from_pretrained(str(directory), gguf_file=gguf).model_type)
+        config = json.loads((directory / "config.json").read_text())
+    except Exception as exc:  # noqa: BLE001  (a truncated or foreign GGUF fails anywhere in its reader)
+        raise LlmcError(f"{source}: not a readable model config ({type(exc).__name__}: {first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise LlmcError(f"{directory / 'config.json'}: holds a JSON {type(config).__name__}, not a model config object")
+    return str(config.get("model_type"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -42,20 +43,22 @@ class CompressOptions:
     refit: bool = True  # least-squares refit of the output projections after pruning
     seed: int = 0
 
-    def check(self, num_layers: int) -> None:
+    def check(self, num_layers: int | None) -> None:
+        """One line for an option out of range (non-finite numbers included); ``num_layers``
+        None (the model not read yet): everything but --layers, which the model's layer count bounds."""
         if not 0.0 <= self.ffn <= 0.95:
             raise LlmcError(f"--ffn is the fraction of FFN neurons removed, 0 to 0.95, not {self.ffn}")
         if not 0.0 <= self.heads <= 0.95:
             raise LlmcError(f"--heads is the fraction of attention heads removed, 0 to 0.95, not {self.heads}")
-        if self.layers is not None and not 1 <= self.layers <= num_layers:
+        if num_layers is not None and self.layers is not None and not 1 <= self.layers <= num_layers:
             raise LlmcError(f"--layers keeps 1 to {num_layers} layers (the model has {num_layers}), not {self.layers}")
-        if self.minutes < 0:
-            raise LlmcError(f"--minutes must be >= 0, not {self.minutes}")
+        if not (math.isfinite(self.minutes) and self.minutes >= 0):
+            raise LlmcError(f"--minutes is a distillation budget in minutes, a number >= 0, not {self.minutes}")
         if self.sparsity not in (None, "2:4"):
             raise LlmcError(f"--sparsity: only 2:4 (2 of every 4 weights kept) is supported, not '{self.sparsity}'")
         if self.importance not in IMPORTANCE:
             raise LlmcError(f"--importance must be one of {', '.join(IMPORTANCE)}, not '{self.importance}'")
-        if self.target_speedup is not None and self.target_speedup <= 1.0:
+        if self.target_speedup is not None and not (math.isfinite(self.target_speedup) and self.target_speedup > 1.0):
             raise LlmcError(f"--target-speedup must be above 1 (x faster than the original), not {self.target_speedup}")
 
 

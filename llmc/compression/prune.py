@@ -63,12 +63,12 @@ def kept_heads(config: Any, scores: np.ndarray, keep: int) -> np.ndarray:
 
 
 def student_config(model: Any, arch: Arch, plan: Plan) -> Any:
-    query, _, size = heads(model.config)
+    query, kv, size = heads(model.config)
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = len(plan.layers)
     config.intermediate_size = plan.ffn
     if arch.decoder:
-        if _groups(model.config) == 1:  # no grouped-query attention: key/value heads go with their queries
+        if kv == query:  # no grouped-query attention: key/value heads go with their queries (one KV head stays one)
             config.num_key_value_heads = plan.heads
         config.num_attention_heads, config.head_dim = plan.heads, size
         return config

@@ -32,7 +32,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.export.phases import Log, Phases
-from llmc.model.files import GENERATION_FILE, MODEL_FILE, copy_companions
+from llmc.model.files import GENERATION_FILE, MODEL_FILE, check_model_directory, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
 from llmc.spec.task import (
     FEATURE_EXTRACTION,
@@ -187,6 +187,8 @@ def export_pretrained(
         raise LlmcError(f"--opset {opset}: ONNX opsets start at 7 (the dynamo exporter needs 18 or later)")
     gguf_file = _check_source(source)
     directory = source.parent if gguf_file else source
+    if not gguf_file:  # every file of the directory inside it (links resolved: llmc.model.files.check_inside)
+        check_model_directory(directory)
     what = "config, weights dequantized to float32" if gguf_file else "config, float32 weights"
     phases.start(f"loading {source.resolve().name}", what)
     config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
@@ -258,6 +260,7 @@ def _load(directory: Path, task: Task, gguf_file: str | None) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from llmc.export.models import _torch
     from llmc.export.tasks import auto_class, check_loaded
+    from llmc.export.weights import check_loading_info, check_weight_files
 
     torch = _torch()
     from transformers import AutoModelForCausalLM
@@ -267,17 +270,23 @@ def _load(directory: Path, task: Task, gguf_file: str | None) -> Any:
         from llmc.export.pruned_bert import PrunedBertModel
 
         auto = PrunedBertModel  # llmc's own class: no code from the directory runs
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, "output_loading_info": True}
+    kwargs: dict[str, Any] = {
+        "local_files_only": True, "dtype": torch.float32, "output_loading_info": True, "ignore_mismatched_sizes": True,
+    }
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    else:
+        check_weight_files(directory)
+        kwargs["use_safetensors"] = True  # never a pickle
     try:
         model, info = auto.from_pretrained(str(directory), **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001  (a bad checkpoint fails anywhere in transformers and torch)
         raise LlmcError(
             f"{directory}: transformers cannot load it as {'an encoder' if task.encoder else 'a causal LM'} "
-            f"({_first_line(exc)}); check its config.json and weights, or --task"
+            f"({type(exc).__name__}: {_first_line(exc)}); check its config.json and weights, or --task"
         ) from None
     check_loaded(task, info, directory)
+    check_loading_info(info, directory, task in (FEATURE_EXTRACTION, SENTENCE_EMBEDDING), decoder=not task.encoder)
     return model.eval()
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
+
+from llmc.errors import LlmcError
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -45,21 +48,73 @@ ARTIFACT_FILES = frozenset({MODEL_FILE, DATA_FILE, MANIFEST_FILE, PLAN_FILE, CAL
 EXPORT_FILES = frozenset({MODEL_FILE, DATA_FILE, *COMPANION_FILES})
 
 
+def model_root(directory: str | os.PathLike) -> Path:
+    """The folder a model directory's files must resolve into: the directory itself (resolved),
+    or, for a snapshot of the Hugging Face hub cache (``models--ORG--NAME/snapshots/REV``, whose
+    files are links to ``../../blobs/SHA``), the repository folder that holds the blobs."""
+    directory = Path(directory).resolve()
+    repo = directory.parent.parent
+    if directory.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return repo
+    return directory
+
+
+def check_inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """``path`` resolved (links followed), or one line when it resolves outside ``root`` (a link,
+    or a linked folder on its way, to a file elsewhere on the machine): llmc reads nothing from
+    outside a model directory into an export or an artifact."""
+    path, root = Path(path), Path(root)
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise LlmcError(
+            f"{path}: a link to {resolved}, outside the model directory {root}; llmc copies nothing from "
+            f"outside it: replace the link with the file itself (cp --remove-destination {resolved} {path})"
+        )
+    return resolved
+
+
+def check_model_directory(directory: str | os.PathLike) -> None:
+    """One line for the first entry under ``directory`` (config, weights, tokenizer, modules...)
+    that resolves outside :func:`model_root`. Links are not followed into folders, and hidden
+    folders (``.git``, ``.cache``: nothing a loader reads) are checked but not entered."""
+    root = model_root(directory)
+    pending = [Path(directory)]
+    while pending:
+        for entry in sorted(pending.pop().iterdir()):
+            check_inside(entry, root)
+            if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+                pending.append(entry)
+
+
 def companion_files(directory: str | os.PathLike) -> list[str]:
     """The tokenizer and generation config files in ``directory`` (regular files, or links to
-    them: their content is what is copied), in :data:`COMPANION_FILES` order."""
+    them inside the model directory: their content is what is copied), in :data:`COMPANION_FILES`
+    order; one line for one that resolves outside the model directory (:func:`check_inside`)."""
     directory = Path(directory)
-    return [name for name in COMPANION_FILES if (directory / name).is_file()]
+    root = model_root(directory)
+    names = [name for name in COMPANION_FILES if os.path.lexists(directory / name)]
+    for name in names:
+        check_inside(directory / name, root)
+    return [name for name in names if (directory / name).is_file()]
 
 
 def copy_companions(source: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
     """Copy :func:`companion_files` of ``source`` into ``destination`` as regular files."""
     names = companion_files(source)
     for name in names:
-        target = Path(destination) / name
-        target.unlink(missing_ok=True)  # never write through a link
-        shutil.copyfile(Path(source) / name, target)
+        copy_contents(Path(source) / name, Path(destination) / name)
     return names
+
+
+def copy_contents(source: Path, target: Path) -> None:
+    """``source``'s bytes into a new regular file ``target`` (an entry there, a link included, is
+    replaced, never written through), created with the umask's mode and no more open than
+    ``source``: a private file's copy stays private, and no execute or set-id bit travels."""
+    target.unlink(missing_ok=True)
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        allowed = stat.S_IMODE(os.fstat(src.fileno()).st_mode) | stat.S_IWUSR | stat.S_IRUSR
+        os.fchmod(dst.fileno(), stat.S_IMODE(os.fstat(dst.fileno()).st_mode) & allowed & 0o666)
 
 
 def mib(n: int) -> str:

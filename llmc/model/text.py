@@ -1,8 +1,9 @@
 """The artifact's tokenizer, chat template and generation config (carried by ``llmc build``).
 
 Plain prompts go through ``tokenizers.Tokenizer`` (``tokenizer.json``): light, no transformers.
-``--chat`` needs the chat template, which only transformers renders (``apply_chat_template``),
-so it alone imports transformers.
+``--chat`` needs the chat template: the tokenizer (special tokens, the template) is read by
+transformers, so it alone imports transformers, and the template is rendered by
+:func:`llmc.model.chat.render` in transformers' sandbox, bounded in time and size.
 """
 
 from __future__ import annotations
@@ -53,9 +54,21 @@ def chat_prompt(artifact: Path, message: str) -> str:
 
 def chat_messages(artifact: Path, messages: list[dict[str, str]]) -> str:
     """``messages`` (OpenAI's ``role``/``content`` turns) through the artifact's chat template,
-    ready for the reply."""
+    ready for the reply: what transformers' ``apply_chat_template(messages, tokenize=False,
+    add_generation_prompt=True)`` gives, or one line for a template that fails, runs past
+    :data:`llmc.model.chat.MAX_SECONDS` or writes past :data:`llmc.model.chat.MAX_CHARS`."""
+    from llmc.model.chat import render
+
     tokenizer = _chat_tokenizer(str(artifact))
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        template = tokenizer.get_chat_template()
+    except (ValueError, TypeError) as exc:  # named templates without a "default" one
+        raise LlmcError(f"{artifact}: no chat template to use ({first_line(exc)})") from None
+    turns = [{key: value for key, value in message.items() if value is not None} for message in messages]
+    return render(
+        template, str(artifact), messages=turns, tools=None, documents=None,
+        add_generation_prompt=True, **tokenizer.special_tokens_map,
+    )
 
 
 @functools.lru_cache(maxsize=4)
