@@ -71,11 +71,9 @@ def rotation_of(model: Path, capacity: int) -> Optional[Rotation]:
     cos_name, sin_name = attention.input[7], attention.input[8]
     extracted = utils.Extractor(proto).extract_model([ATTENTION_MASK], [cos_name, sin_name])
     external_data_helper.load_external_data_for_model(extracted, str(model.parent))
-    import onnxruntime as ort
+    from llmc.runtime.ort.loader import REFERENCE_CONFIG, create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(extracted.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = create_session(extracted.SerializeToString(), REFERENCE_CONFIG)
     cos, sin = session.run([cos_name, sin_name], {ATTENTION_MASK: np.ones((1, capacity + 1), dtype=np.int64)})
     cos, sin = np.asarray(cos, dtype=np.float64), np.asarray(sin, dtype=np.float64)
     norm = np.sqrt(cos**2 + sin**2)
