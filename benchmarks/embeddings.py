@@ -259,6 +259,13 @@ def onnx_line(rows: dict[str, Any]) -> str:
     return f"{ONNX} ran in {ST_VENV.relative_to(ROOT)} (`make bench-st-onnx`): {versions}; no target against it."
 
 
+def load_text(data: dict[str, Any]) -> str:
+    """The 1-minute load average before and after the run (other processes on the VM), if recorded."""
+    if "load" not in data:
+        return ""
+    return f" Load average (1 min) before / after the run: {data['load'][0]:.2f} / {data['load'][1]:.2f}."
+
+
 def padding_line(rows: dict[str, Any]) -> str:
     modes = [f"{engine} {rows[engine]['padding']}" for engine in LLMC if rows[engine].get("padding")]
     return f"Padding skipped at the defaults (``auto``, from each build's measurement): {', '.join(modes)}." if modes else ""
@@ -289,13 +296,14 @@ def main() -> None:
     if args.render:
         data = json.loads(saved.read_text())
     else:
-        data = {"rows": measure(args.rounds), "rounds": args.rounds}
+        before = os.getloadavg()[0]
+        data = {"rows": measure(args.rounds), "rounds": args.rounds, "load": [before, os.getloadavg()[0]]}
         saved.write_text(json.dumps(data, indent=1))
     rows = data["rows"]
     text = (
         f"{BEGIN}\n## Sentence embeddings against sentence-transformers (issue 31)\n\n"
         f"`python -m benchmarks.embeddings --rounds {data['rounds']}`: {__doc__.split(chr(10) + chr(10))[1]}\n\n"
-        f"{machine_line()}\n\n{onnx_line(rows)}\n\n{table(rows)}\n\n{padding_line(rows)}\n\n{verdicts(rows)}\n{END}"
+        f"{machine_line()}{load_text(data)}\n\n{onnx_line(rows)}\n\n{table(rows)}\n\n{padding_line(rows)}\n\n{verdicts(rows)}\n{END}"
     )
     write_section(BEGIN, END, text)
     print(table(rows))
