@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-slow bench bench-anchors lint clean
+.PHONY: install demo test test-slow bench bench-anchors bench-st-onnx lint clean
 
 install: $(STAMP)
 
@@ -61,6 +61,23 @@ bench-anchors: install
 	    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
 	    -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) wheel -q --no-deps -w .whl .whl/src/$(LLAMA_CPP).tar.gz )
 	$(PIP) install -q .whl/$(LLAMA_CPP)-*.whl diskcache
+
+# benchmarks.embeddings' anchor "sentence-transformers (ONNX)" (skipped without it): sentence-transformers'
+# own ONNX backend needs optimum-onnx, which needs transformers<4.58 (the project runs 5.x), so it gets
+# a virtual environment of its own, .cache/venv-st-onnx; .venv is not touched. torch: the local CPU
+# build, installed first as for .venv. Pins: what pip resolved here on 2026-12-06.
+ST_VENV := .cache/venv-st-onnx
+ST_PIP := $(ST_VENV)/bin/python -m pip
+bench-st-onnx: $(ST_VENV)/.installed
+
+$(ST_VENV)/.installed:
+	test -x $(ST_VENV)/bin/python || $(PYTHON) -m venv $(ST_VENV)
+	$(ST_PIP) install -q --upgrade pip
+	$(ST_PIP) install -q torch==2.13.0
+	$(ST_PIP) install -q 'sentence-transformers[onnx]==5.7.0' optimum-onnx==0.1.0 optimum==2.1.0 \
+	  transformers==4.57.6 onnxruntime==1.32.0
+	$(ST_VENV)/bin/python -c "import optimum.onnxruntime, sentence_transformers"
+	touch $@
 
 lint: install
 	$(PY) -m ruff check llmc tests benchmarks
