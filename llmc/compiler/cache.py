@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from llmc.compiler import cache_trust
-from llmc.model.files import MANIFEST_FILE, cache_root, sha256_file
+from llmc.model.files import MANIFEST_FILE, cache_root, copy_contents, sha256_file
 
 FORMAT = 2  # bump when the entry layout or the key's meaning changes (2: signed entries)
 DEFAULT_MAX_MB = 10 * 1024
@@ -203,7 +203,7 @@ class BuildCache:
                     manifest = json.loads(data) if ok else None
                 else:
                     copied.append(out_dir / name)
-                    shutil.copyfile(entry.path / name, out_dir / name)
+                    copy_contents(entry.path / name, out_dir / name)
                     ok = sha256_file(out_dir / name) == expected
                 if not ok:
                     break
@@ -240,7 +240,7 @@ class BuildCache:
         try:
             hashes = {}
             for name, stored in names.items():
-                shutil.copyfile(source / name, staging / stored)
+                copy_contents(source / name, staging / stored)
                 hashes[stored] = sha256_file(staging / stored)
             info = {"key": key, "format": FORMAT, "files": hashes, "created": time.time(), **summary}
             self._write_record(staging, info)
@@ -272,7 +272,7 @@ class BuildCache:
         cached = entry / STATISTICS_FILE
         if isinstance(expected, str) and not cached.is_symlink() and cached.is_file():
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cached, destination)
+            copy_contents(cached, destination)
             if sha256_file(destination) == expected:
                 os.utime(entry / ENTRY_FILE)
                 return True
