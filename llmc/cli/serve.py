@@ -32,6 +32,9 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Requests in flight, streams included, before 503 + Retry-After (per replica).")
     ] = 64,
+    spin: Annotated[bool, typer.Option(
+        "--spin/--no-spin", help="ONNX Runtime's threads spin between runs (default: they sleep, leaving the cores "
+                                 "to the event loop and tokenizer).")] = False,
     max_body_mb: Annotated[int, typer.Option(help="Largest request body read, in MiB (past it: 413).")] = 64,
     prefix_cache_mb: Annotated[
         int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")
@@ -87,7 +90,7 @@ def serve(
         str(artifact.resolve()), replicas or 1, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
         prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
-        system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb,
+        system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
     )
     if emit_config is not None:
         from llmc.serving.config import write_serve_config

@@ -53,6 +53,9 @@ class ServeSettings:
     kv_cache_mb: int = 1024  # decoders: the slots' KV buffer (each slot's length: this / slots)
     prefill_chunk: int = 256  # decoders: prompt tokens prefilled between two decode steps
     system_prompt: str | None = None  # decoders: a system message prefilled at start, pinned
+    # ONNX Runtime's threads spin between runs (False: they sleep; the event loop, tokenizer and
+    # clients share the cores; llmc.runtime.ort.SessionConfig.allow_spinning)
+    spinning: bool = False
     model_name: str | None = None  # the id /v1/models lists (default: the artifact folder's name)
 
     def to_args(self) -> dict[str, Any]:
@@ -70,7 +73,8 @@ class Engine:
         import llmc
 
         self.settings = settings
-        self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False)
+        self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False,
+                                spinning=settings.spinning)
         self.inputs = specs(self.runner.session)
         padding = self.runner.artifact.manifest.padding or {}
         outputs = padding.get("outputs") or {}
