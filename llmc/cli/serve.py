@@ -69,8 +69,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve ARTIFACT over HTTP: /v1/models, /v1/infer, /v1/embeddings, /v1/completions,
-    /v1/chat/completions, /rerank, /predict, /health, /metrics. One process (uvicorn) by default;
-    Ray Serve with --replicas, --address or --emit-config."""
+    /v1/chat/completions (continuous batching), /embed, /rerank, /predict, /health, /metrics. One
+    process (uvicorn) by default; Ray Serve with --replicas, --address or --emit-config."""
     from llmc.runtime.artifact import read_artifact
     from llmc.serving.engine import ServeSettings
 
