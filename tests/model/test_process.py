@@ -83,7 +83,9 @@ def test_sampler_sees_a_freed_allocation():
     with PeakRssSampler() as rss:
         base = current_rss_mb()
         block = np.ones(120 * MB // 8)
-        time.sleep(0.1)  # longer than the sampling interval, for a process that peaked higher before
+        deadline = time.monotonic() + 3  # a few sampling intervals, however busy the machine
+        while rss.peak_mb < base + 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
         del block
     assert rss.peak_mb >= base + 100
 
