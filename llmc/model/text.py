@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def chat_messages(artifact: Path, messages: list[dict[str, str]]) -> str:
     :data:`llmc.model.chat.MAX_SECONDS` or writes past :data:`llmc.model.chat.MAX_CHARS`."""
     from llmc.model.chat import render
 
-    tokenizer = _chat_tokenizer(str(artifact))
+    with _LOADING:  # concurrent first calls (a server's first chats) would race transformers' import
+        tokenizer = _chat_tokenizer(str(artifact))
     try:
         template = tokenizer.get_chat_template()
     except (ValueError, TypeError) as exc:  # named templates without a "default" one
@@ -69,6 +71,9 @@ def chat_messages(artifact: Path, messages: list[dict[str, str]]) -> str:
         template, str(artifact), messages=turns, tools=None, documents=None,
         add_generation_prompt=True, **tokenizer.special_tokens_map,
     )
+
+
+_LOADING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)

@@ -66,22 +66,11 @@ class Decoding:
                                        chunk=settings.prefill_chunk, pad=self.pad, prefix=self.prefix)
         if self.scheduler is not None:
             self.scheduler.warm_up()
-        self._warm_template()
         self.system_tokens = 0
         if settings.system_prompt:
             self.system_tokens = self._pin_system_prompt(settings.system_prompt)
         if self.scheduler is not None:
             self.scheduler.start()
-
-    def _warm_template(self) -> None:
-        """Render the chat template once at start: its first use imports transformers, which
-        concurrent first requests would otherwise race."""
-        if self.tokenizer is None:
-            return
-        try:
-            texts.chat_messages(self.artifact, [{"role": "user", "content": "hello"}])
-        except LlmcError:
-            pass  # no chat template: chats are refused per request, in one line
 
     def close(self) -> None:
         if self.scheduler is not None:
