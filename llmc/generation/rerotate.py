@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -53,13 +53,14 @@ class Rotation:
         second[...] = b * cos + a * sin
 
 
-def rotation_of(model: Path, capacity: int) -> Optional[Rotation]:
+def rotation_of(model: Path, capacity: int, proto: Any = None) -> Optional[Rotation]:
     """The column rotation of ``model``'s GroupQueryAttention (None when it does not rotate
-    inside the kernel), with tables for turns of up to ``capacity`` columns."""
+    inside the kernel), with tables for turns of up to ``capacity`` columns; ``proto``: the
+    model's graph already read without its weights (else read here)."""
     import onnx
     from onnx import external_data_helper, utils
 
-    proto = onnx.load(str(model), load_external_data=False)
+    proto = proto if proto is not None else onnx.load(str(model), load_external_data=False)
     attention = next(
         (n for n in proto.graph.node if n.op_type == "GroupQueryAttention" and n.domain == MS
          and any(a.name == "do_rotary" and a.i for a in n.attribute)),

@@ -41,13 +41,17 @@ from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.runner import OrtRunner
 
 
-def _takes_query_seqlens(model: Path) -> bool:
-    """Every GroupQueryAttention of ``model`` has its ``query_seqlens`` input (llmc.passes.fusion.gqa)."""
+def _graph(model: Path) -> Any:
     import onnx
 
+    return onnx.load(str(model), load_external_data=False)
+
+
+def _takes_query_seqlens(proto: Any) -> bool:
+    """Every GroupQueryAttention of the model has its ``query_seqlens`` input (llmc.passes.fusion.gqa)."""
     from llmc.passes.fusion.gqa import QUERY_SEQLENS
 
-    nodes = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "GroupQueryAttention"]
+    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
     return bool(nodes) and all(len(n.input) > QUERY_SEQLENS and n.input[QUERY_SEQLENS] for n in nodes)
 
 
@@ -81,10 +85,11 @@ class Scheduler:
         # RoPE inside the kernel rotates by column: keys are turned when a sequence's columns move
         # (llmc.generation.rerotate); None when the artifact rotates by position_ids.
         model = Path(artifact) / MODEL_FILE
-        self.rotation = rotation_of(model, capacity) if model.is_file() else None
+        proto = _graph(model) if model.is_file() else None  # read once, without the weights
+        self.rotation = rotation_of(model, capacity, proto) if proto is not None else None
         # Several prompts in one prefill run need GroupQueryAttention's query_seqlens (builds
         # before it had none): without it, new prompts are prefilled one a run.
-        self.group_limit = slots if model.is_file() and _takes_query_seqlens(model) else 1
+        self.group_limit = slots if proto is not None and _takes_query_seqlens(proto) else 1
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.prefilling: list[Sequence] = []
         self.decoding: list[Sequence] = []

@@ -112,7 +112,7 @@ class SlotCache:
     def sparse(self, slack: int = 32) -> bool:
         """The timeline is over twice (plus ``slack``) the longest sequence's columns: every row's
         attention reads mostly columns nobody owns, and :meth:`compact` pays for itself."""
-        return self.length > 2 * int(self.owned.sum(axis=1).max()) + slack
+        return self.length > 2 * int(self.owned[:, : self.length].sum(axis=1).max()) + slack  # owned < T
 
     def compact(self) -> dict[int, int]:
         """Pack every slot's owned columns to the right end of a timeline as long as the longest;
