@@ -53,7 +53,7 @@ class Fixtures:
     def __init__(self, root: Path) -> None:
         self.root, self.hf, self.export, self.artifact = root, root / "hf" / "llama", root / "export", root / "artifact"
         shutil.rmtree(root / "cases", ignore_errors=True)
-        if not (self.artifact / "manifest.json").is_file():  # --workdir: fixtures of an earlier run are reused
+        if not kit.reusable(self.artifact):  # --workdir: fixtures of an earlier run are reused
             kit.llama_dir(self.hf)
             run = kit.llmc("export", self.hf, "-o", self.export, timeout=600)
             if run.rc != 0:

@@ -141,6 +141,17 @@ def llama_dir(directory: Path, kv_heads: int = 2, seed: int = 0) -> Path:
     return directory
 
 
+def reusable(artifact: Path) -> bool:
+    """An earlier run's artifact of :func:`llama_dir`, built from an export that recorded its
+    256-token context (its tokenizer names no model_max_length: the recorded context is what
+    bounds perplexity's windows)."""
+    try:
+        task = json.loads((artifact / "manifest.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(task, dict) and task.get("context") == 256
+
+
 def relu_onnx(path: Path, bias: float) -> Path:
     """y = Relu(x + w), w = bias: the cache probes' source models (two biases: two cache keys)."""
     import numpy as np

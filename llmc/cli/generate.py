@@ -52,17 +52,19 @@ def _check_generate(prompt: str, stop: list[str], seed: int, temperature: float,
 
 def _windows(artifact: Path, max_length: Optional[int], stride: Optional[int]) -> tuple[int, int]:
     """``(window, stride)`` of ``llmc perplexity``: one line, before any work, for a stride that is
-    not 1 to the window, or a window past the model's context (the tokenizer's model_max_length)."""
-    from llmc.model.text import context_length
+    not 1 to the window, or a window past the model's context (the tokenizer's model_max_length or
+    the context the export recorded: :func:`llmc.model.text.context_limit`, named in the line)."""
+    from llmc.model.text import context_limit
 
-    context = context_length(artifact)
+    limit = context_limit(artifact)
+    context = limit[0] if limit is not None else None
     window = max_length if max_length is not None else min(PERPLEXITY_WINDOW, context or PERPLEXITY_WINDOW)
     if window < 2:
         raise LlmcError(f"--max-length {window}: a window needs at least 2 tokens")
-    if context is not None and window > context:
+    if limit is not None and window > limit[0]:
         raise LlmcError(
-            f"--max-length {window}: windows past the model's context of {context} tokens (tokenizer_config.json's "
-            f"model_max_length); give --max-length {context} or less"
+            f"--max-length {window}: windows past the model's context of {limit[0]} tokens ({limit[1]}); "
+            f"give --max-length {limit[0]} or less"
         )
     step = window if stride is None else stride
     if not 1 <= step <= window:

@@ -7,7 +7,8 @@ causal LMs (text-generation) are exported with their KV cache by
 :func:`llmc.export.models.export_decoder`, encoders' token states (feature-extraction) by
 :func:`~llmc.export.models.export_encoder`, every other encoder task with its head, pooling or
 dense layers by :mod:`llmc.export.tasks`. ``model.onnx`` carries the task's
-:class:`~llmc.spec.task.TaskSpec` in its ``llmc.task`` metadata entry.
+:class:`~llmc.spec.task.TaskSpec` in its ``llmc.task`` metadata entry (a decoder's with its context:
+:func:`model_context`), which builds carry into the artifact and its manifest.
 DIR receives ``model.onnx`` (+ ``model.onnx.data`` when the weights pass the protobuf limit, as
 ``llmc build`` saves), the tokenizer files SOURCE has and, for decoders, ``generation_config.json``
 (SOURCE's, else derived from the model config's token ids). DIR is written privately and moved
@@ -200,7 +201,7 @@ def export_pretrained(
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
         model = _load(modules.transformer if modules else directory, chosen, gguf_file)
-        spec = _spec(chosen, model.config, modules, st_directory, config, where)
+        spec = _spec(chosen, model.config, modules, st_directory, config, where, gguf=bool(gguf_file))
         inputs, outputs = _export(model, spec, modules, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
@@ -216,12 +217,33 @@ def export_pretrained(
     return ExportResult(output, chosen, model_type, files, inputs, outputs, spec)
 
 
-def _spec(task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any], where: str) -> TaskSpec:
+def _spec(
+    task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any], where: str,
+    gguf: bool = False,
+) -> TaskSpec:
+    """The export's :class:`TaskSpec`; a decoder's also records its context (:func:`model_context`)."""
     from llmc.export.sentence import is_cross_encoder
     from llmc.export.tasks import task_spec
 
     pair = directory is not None and is_cross_encoder(directory, config)
-    return task_spec(task, model_config, modules, pair, config, where)
+    spec = task_spec(task, model_config, modules, pair, config, where)
+    context = None if task.encoder else model_context(model_config, config, gguf)
+    return spec if context is None else dataclasses.replace(spec, context=context[0], context_source=context[1])
+
+
+def model_context(model_config: Any, config: dict[str, Any], gguf: bool = False) -> tuple[int, str] | None:
+    """The positions a causal LM was trained for and where they were read: ``max_position_embeddings``
+    as transformers names it for the architecture (``n_positions`` for gpt2 and gptj) when
+    ``config`` (config.json) sets it (a class default is no record of training), a GGUF's
+    ``context_length`` (which transformers reads into ``max_position_embeddings``); else None."""
+    name = "max_position_embeddings"
+    key = (getattr(model_config, "attribute_map", None) or {}).get(name, name)
+    value = getattr(model_config, name, None)
+    if not gguf and key not in config:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    return value, ("the GGUF's context_length" if gguf else f"config.json's {key}")
 
 
 def _check_source(source: Path) -> str | None:

@@ -142,7 +142,8 @@ def task_spec(
 
 
 def describe(spec: TaskSpec) -> str:
-    """``text-classification, 3 labels``: the task and what sizes it, for ``llmc export``'s line."""
+    """``text-classification, 3 labels``, ``text-generation, 2048-token context``: the task and what
+    sizes it, for ``llmc export``'s line."""
     parts = [spec.task.name]
     if spec.labels:
         parts.append(f"{len(spec.labels)} label{'s' if len(spec.labels) != 1 else ''}")
@@ -150,6 +151,8 @@ def describe(spec: TaskSpec) -> str:
         parts.append(f"{spec.pooling} pooling{', normalized' if spec.normalize else ''}, {spec.dimension} dimensions")
     if spec.pair:
         parts.append("text pairs")
+    if spec.context:
+        parts.append(f"{spec.context}-token context")
     return ", ".join(parts)
 
 

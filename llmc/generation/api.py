@@ -85,14 +85,15 @@ def _new_tokens(artifact: Path, prompts: list[list[int]], wanted: int, max_lengt
     """``wanted``, capped so prompt + new tokens fit the context; a prompt too long is an error."""
     if wanted < 1:
         raise LlmcError(f"--max-new-tokens {wanted}: must be >= 1")
-    context = max_length or texts.context_length(artifact)
+    limit = (max_length, "--max-length") if max_length else texts.context_limit(artifact)
     longest = max(len(p) for p in prompts)
-    if context is None:
+    if limit is None:
         return wanted
+    context = limit[0]
     if longest >= context:
         raise LlmcError(
-            f"{artifact}: the prompt is {longest} tokens, longer than the context of {context} "
-            "(--max-length or the tokenizer's model_max_length); shorten the prompt"
+            f"{artifact}: the prompt is {longest} tokens, longer than the context of {context} ({limit[1]}); "
+            "shorten the prompt"
         )
     return min(wanted, context - longest)
 

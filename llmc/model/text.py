@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import LlmcError, first_line
-from llmc.model.files import GENERATION_FILE
+from llmc.model.files import GENERATION_FILE, MANIFEST_FILE
 
 TOKENIZER_JSON = "tokenizer.json"
 # tokenizer_config.json's "no limit" sentinel is ~1e30; a real context is far below this.
@@ -121,10 +121,43 @@ def pad_id(config: dict[str, Any]) -> int:
 
 
 def context_length(artifact: Path) -> int | None:
-    """``model_max_length`` of ``tokenizer_config.json`` when it is a real limit, else None."""
+    """The model's context in tokens (:func:`context_limit`), None where none is known."""
+    limit = context_limit(artifact)
+    return limit[0] if limit is not None else None
+
+
+def context_limit(artifact: Path) -> tuple[int, str] | None:
+    """The model's context in tokens and where it was read, for error lines: the smaller of
+    ``tokenizer_config.json``'s ``model_max_length`` (when it is a real limit) and the context
+    ``llmc export`` recorded in the model's task (the manifest's ``task.context``: a decoder's
+    ``max_position_embeddings``, a GGUF's ``context_length``); None where neither is known
+    (an artifact built from an export made before the context was recorded, with a tokenizer
+    that names no limit). On a tie the tokenizer is named."""
+    limits = [limit for limit in (_tokenizer_limit(artifact), _recorded_context(artifact)) if limit is not None]
+    return min(limits, key=lambda limit: limit[0]) if limits else None
+
+
+def _tokenizer_limit(artifact: Path) -> tuple[int, str] | None:
     path = artifact / "tokenizer_config.json"
     try:
         value = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
     except (ValueError, AttributeError):
         return None
-    return int(value) if isinstance(value, (int, float)) and 0 < value < _SANE_CONTEXT else None
+    if isinstance(value, (int, float)) and 0 < value < _SANE_CONTEXT:
+        return int(value), "tokenizer_config.json's model_max_length"
+    return None
+
+
+def _recorded_context(artifact: Path) -> tuple[int, str] | None:
+    """The manifest's ``task.context`` (:class:`llmc.spec.task.TaskSpec`), read as plain JSON (the
+    manifest is checked whole when the artifact is loaded); None without one."""
+    path = artifact / MANIFEST_FILE
+    try:
+        task = json.loads(path.read_text()).get("task") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    value = task.get("context") if isinstance(task, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    source = task.get("context_source")
+    return value, source if isinstance(source, str) and source else "the model's recorded context"

@@ -11,8 +11,9 @@ parsing or running anything:
 * ``/v1/infer`` inputs of a decoder or encoder artifact (:class:`Bounds`): every integer input
   that indexes a table in the graph (``input_ids``, ``token_type_ids``: a ``Gather`` of an
   initializer) within ``[0, rows)``; ``position_ids`` within ``[0, positions)``, and
-  ``attention_mask`` and a KV cache's past no longer than ``positions`` (the tokenizer's
-  ``model_max_length``, else :data:`DEFAULT_POSITIONS`); ``attention_mask`` 0 or 1.
+  ``attention_mask`` and a KV cache's past no longer than ``positions`` (the model's context,
+  :func:`llmc.model.text.context_length`: the tokenizer's ``model_max_length`` or the context the
+  export recorded, else :data:`DEFAULT_POSITIONS`); ``attention_mask`` 0 or 1.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from llmc.model.decoder import ATTENTION_MASK, POSITION_IDS, is_cache_input
 from llmc.serving.errors import BadRequest
 
 MAX_DEPTH = 64
-DEFAULT_POSITIONS = 32768  # a decoder whose tokenizer names no context: the longest sequence served
+DEFAULT_POSITIONS = 32768  # a decoder with no known context: the longest sequence served
 
 
 async def read_body(request: Any, limit: int) -> bytes:

@@ -83,7 +83,10 @@ class TaskSpec:
     ``max_length``: the tokens a text is truncated to where the model says so (sentence-transformers'
     ``max_seq_length``), else the tokenizer's limit applies; ``score_activation``: one of
     :data:`SCORE_ACTIVATIONS`, what a sentence-transformers CrossEncoder applies to its logit
-    (``CrossEncoder.predict``'s score, which ``rerank`` gives).
+    (``CrossEncoder.predict``'s score, which ``rerank`` gives); ``context``: the positions a
+    decoder was trained for (its config's ``max_position_embeddings`` as transformers names it for
+    the architecture, a GGUF's ``context_length``), which ``context_source`` names for error lines
+    (``llmc.model.text.context_limit``); None in exports made before llmc recorded it.
     """
 
     task: Task
@@ -95,6 +98,8 @@ class TaskSpec:
     pair: bool = False
     max_length: int | None = None
     score_activation: str | None = None
+    context: int | None = None
+    context_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
@@ -108,7 +113,8 @@ class TaskSpec:
         out: dict[str, Any] = {"task": self.task.name}
         if self.labels:
             out["labels"] = list(self.labels)
-        for key in ("problem_type", "pooling", "dimension", "max_length", "score_activation"):
+        optional = ("problem_type", "pooling", "dimension", "max_length", "score_activation", "context", "context_source")
+        for key in optional:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.normalize:
@@ -135,14 +141,17 @@ class TaskSpec:
         labels = data.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise refuse("has 'labels' that are not a list of strings")
-        for key in ("dimension", "max_length"):
+        for key in ("dimension", "max_length", "context"):
             value = data.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise refuse(f"has a {key!r} that is not a positive integer")
+        if not isinstance(data.get("context_source", ""), str):
+            raise refuse("has a 'context_source' that is not a string")
         try:
             return cls(
                 task, tuple(labels), data.get("problem_type"), data.get("pooling"), bool(data.get("normalize")),
                 data.get("dimension"), bool(data.get("pair")), data.get("max_length"), data.get("score_activation"),
+                data.get("context"), data.get("context_source"),
             )
         except LlmcError as exc:
             raise refuse(f"is invalid ({exc})") from None

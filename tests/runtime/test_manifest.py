@@ -167,6 +167,8 @@ def built(tmp_path_factory) -> dict:
     ({"padding": [1]}, ["'padding'"]),
     ({"task": ["text-classification"]}, ["'task' must be an object"]),
     ({"task": {"task": "summarization"}}, ["'task' is not a task record", "summarization"]),
+    ({"task": {"task": "text-generation", "context": 0}}, ["'task' is not a task record"]),
+    ({"task": {"task": "text-generation", "context": 8, "context_source": 3}}, ["'task' is not a task record"]),
     ({"my_precision": "x"}, ["'my_precision'"]),
 ])
 def test_a_manifest_of_another_schema_or_types_is_refused_in_one_line(built, edit, fragments):
@@ -188,13 +190,16 @@ def test_a_registered_precisions_section_is_kept(built):
 
 
 def test_the_task_section_reads_back_as_the_spec(built):
-    from llmc.spec.task import TEXT_CLASSIFICATION, TaskSpec
+    from llmc.spec.task import TEXT_CLASSIFICATION, TEXT_GENERATION, TaskSpec
 
     spec = TaskSpec(TEXT_CLASSIFICATION, ("no", "yes"), "single_label_classification", pair=True)
     data = {**built, "task": spec.to_dict()}
     manifest = Manifest.from_dict(data)
     assert manifest.task_spec() == spec and manifest.to_dict() == data and list(manifest.to_dict())[-1] == "task"
     assert Manifest.from_dict(built).task_spec() is None and "task" not in built  # a model without a task
+    decoder = TaskSpec(TEXT_GENERATION, context=2048, context_source="config.json's max_position_embeddings")
+    data = {**built, "task": decoder.to_dict()}
+    assert Manifest.from_dict(data).task_spec() == decoder and Manifest.from_dict(data).to_dict() == data
 
 
 def test_optional_fields_are_left_out_when_absent(built):
