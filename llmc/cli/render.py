@@ -255,6 +255,11 @@ def print_summary(info: dict[str, Any], top: int) -> None:
     if found.get("sparse_2_4"):
         dense = f" (dense: {', '.join(map(escape, found['dense'][:5]))})" if found["dense"] else ""
         console.print(f"2:4 sparse matrix-product weights: {found['sparse_2_4']} of {found['weights']}{dense}")
+    from llmc.compression.budget import read, summary_line
+
+    record = read(info.get("metadata") or {})
+    if record is not None:
+        console.print(escape(summary_line(record)))
 
 
 def print_passes(passes: Any, targets: dict[str, Any], families: Any) -> None:

@@ -81,6 +81,7 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         reports=dict(precise.reports),  # each precision step's section ("quantization", "fp16")
         sparsity=sparse,
         task=_task(precise.model),
+        compression=_compression(precise.model),
     )
 
 
@@ -89,6 +90,14 @@ def _task(model: Any) -> dict[str, Any] | None:
     manifest's ``task`` section; None when the model was exported without one."""
     spec = read_spec(dict(model.metadata_props), MODEL_FILE)
     return None if spec is None else spec.to_dict()
+
+
+def _compression(model: Any) -> dict[str, Any] | None:
+    """``llmc compress``'s record of the model (:mod:`llmc.compression.budget`), for the manifest's
+    ``compression`` section; None for a model it did not make."""
+    from llmc.compression.budget import read
+
+    return read(dict(model.metadata_props))
 
 
 def _gqa(model: Any) -> Gqa | None:

@@ -2,22 +2,28 @@
 time budget with progress and an ETA.
 
 Encoders: the student's last hidden states are pulled to the teacher's at every real token
-(mean squared error) and its mean-pooled sentence embeddings to the teacher's (1 - cosine).
-Decoders: the student's next-token distribution is pulled to the teacher's at every real token
-(KL divergence of the logits) and its last hidden states to the teacher's (mean squared error).
-Dropout stays off (the student runs in eval mode; gradients flow all the same). Encoders see
-half their steps on token-replaced variants of the text (:func:`replace_tokens`), labelled by the
-teacher. With 2:4 masks
-the pruned weights are re-zeroed after every step.
+(mean squared error) and its mean-pooled sentence embeddings to the teacher's (1 - cosine); with
+a layer map (the cut kept whole layers) every student layer's output is also pulled to the output
+of the teacher layer it was cut from. Decoders: the student's next-token distribution is pulled
+to the teacher's at every real token (KL divergence of the logits) and its last hidden states to
+the teacher's (mean squared error). Dropout stays off (the student runs in eval mode; gradients
+flow all the same). Encoders see half their steps on variants of the text the teacher labels
+anew (:data:`AUGMENTATIONS`: tokens replaced by others of the batch, tokens masked, a span
+shuffled, tokens replaced from the whole vocabulary), drawn in turn. With 2:4 masks the pruned weights are re-zeroed after every step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from llmc.compression.augment import replace_tokens, variant
+
+__all__ = ["Signal", "agreement", "distill", "pooled", "replace_tokens"]
 
 # Peak learning rates, decayed linearly to a tenth over the time budget, as measured. Encoders:
 # MiniLM with 3/4 of its FFN neurons removed, 2 minutes: held-out cosine 0.891 at 5e-5, 0.908 at
@@ -26,9 +32,21 @@ import numpy as np
 LEARNING_RATE = {"encoder": 5e-4, "decoder": 2e-4}
 PROGRESS_SECONDS = 15.0
 # Encoders: the text is small next to the steps a budget runs (1,700 sentences are seen ~50 times
-# in 20 minutes), so half the steps see a variant the teacher labels anew: 15% of the tokens
-# replaced by other tokens of the batch.
-AUGMENT, REPLACE_RATE = 0.5, 0.15
+# in 20 minutes), so half the steps see a variant the teacher labels anew.
+AUGMENT = 0.5
+AUGMENTATIONS = ("replace", "mask", "shuffle", "vocabulary")  # llmc.compression.augment
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """What the student is trained on besides the text itself: the variants drawn for augmented
+    steps (:data:`AUGMENTATIONS`; "mask" needs ``mask_id``, "vocabulary" ``vocabulary``) and, for encoders, the teacher layer
+    each student layer was cut from (None: only the last hidden states are matched)."""
+
+    augmentations: tuple[str, ...] = ("replace",)
+    mask_id: int | None = None
+    layer_map: tuple[int, ...] | None = None
+    vocabulary: Any = None  # numpy ids for "vocabulary" (llmc.compression.augment.ordinary_ids)
 
 
 def pooled(hidden: Any, mask: Any) -> Any:
@@ -36,30 +54,32 @@ def pooled(hidden: Any, mask: Any) -> Any:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def replace_tokens(batch: dict[str, Any], rng: np.random.Generator, rate: float = REPLACE_RATE) -> dict[str, Any]:
-    """``batch`` with ``rate`` of its inner real tokens (not the first or last of a row: [CLS] and
-    [SEP]) replaced by tokens drawn from the batch's own inner tokens (right padding)."""
+def _teacher_targets(teacher: Any, batch: dict[str, Any], layer_map: tuple[int, ...] | None) -> tuple[Any, Any]:
+    """The teacher's last hidden states and, with a layer map, its mapped layers' outputs (kept
+    in float16: every batch's targets are held for the whole run)."""
     import torch
 
-    ids, mask = batch["input_ids"].clone(), batch["attention_mask"].bool()
-    inner = mask.clone()
-    inner[:, 0] = False
-    inner[torch.arange(len(ids)), mask.sum(1) - 1] = False
-    pool = ids[inner]
-    chosen = inner & torch.from_numpy(rng.random(tuple(ids.shape)) < rate)
-    if pool.numel() and chosen.any():
-        ids[chosen] = pool[torch.from_numpy(rng.integers(0, pool.numel(), int(chosen.sum())))]
-    return {**batch, "input_ids": ids}
+    with torch.no_grad():
+        out = teacher(**batch, output_hidden_states=layer_map is not None)
+    inner = None if layer_map is None else tuple(out.hidden_states[i + 1].half() for i in layer_map[:-1])
+    return out.last_hidden_state, inner
 
 
-def _encoder_loss(student: Any, target: Any, batch: dict[str, Any]) -> Any:
+def _encoder_loss(student: Any, target: tuple[Any, Any], batch: dict[str, Any]) -> Any:
     import torch
 
-    hidden = student(**batch).last_hidden_state
+    last, inner = target
+    out = student(**batch, output_hidden_states=inner is not None)
+    hidden = out.last_hidden_state
     real = batch["attention_mask"].bool()
     cosine = torch.nn.functional.cosine_similarity(pooled(hidden, batch["attention_mask"]),
-                                                   pooled(target, batch["attention_mask"]))
-    return torch.nn.functional.mse_loss(hidden[real], target[real]) + (1.0 - cosine).mean()
+                                                   pooled(last, batch["attention_mask"]))
+    loss = torch.nn.functional.mse_loss(hidden[real], last[real]) + (1.0 - cosine).mean()
+    if inner:  # every student layer but the last against the teacher layer it was cut from
+        layers = [torch.nn.functional.mse_loss(out.hidden_states[j + 1][real], want[real].float())
+                  for j, want in enumerate(inner)]
+        loss = loss + torch.stack(layers).mean()
+    return loss
 
 
 def _decoder_loss(student: Any, teacher: Any, batch: dict[str, Any]) -> Any:
@@ -77,6 +97,7 @@ def _decoder_loss(student: Any, teacher: Any, batch: dict[str, Any]) -> Any:
 def distill(
     student: Any, teacher: Any, batches: list[dict[str, Any]], minutes: float, log: Callable[[str], None],
     *, decoder: bool = False, after_step: Callable[[], None] | None = None, seed: int = 0,
+    signal: Signal | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` in place for at most ``minutes``; what it did."""
     import torch
@@ -88,16 +109,7 @@ def distill(
     if decoder:  # logits of every batch would not fit: the teacher runs beside the student
         loss_of = lambda index: _decoder_loss(student, teacher, batches[index])  # noqa: E731
     else:
-        with torch.no_grad():
-            targets = [teacher(**batch).last_hidden_state for batch in batches]
-
-        def loss_of(index: int) -> Any:
-            if rng.random() >= AUGMENT:
-                return _encoder_loss(student, targets[index], batches[index])
-            batch = replace_tokens(batches[index], rng)
-            with torch.no_grad():
-                target = teacher(**batch).last_hidden_state
-            return _encoder_loss(student, target, batch)
+        loss_of = _encoder_steps(student, teacher, batches, signal or Signal(), rng)
     peak = LEARNING_RATE["decoder" if decoder else "encoder"]
     optimizer = torch.optim.AdamW(student.parameters(), lr=peak)
     budget = 60.0 * minutes
@@ -128,6 +140,24 @@ def distill(
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 1),
             "loss_first": round(losses[0], 5) if losses else None, "loss_last": round(float(np.mean(losses[-20:])), 5)
             if losses else None}
+
+
+def _encoder_steps(student: Any, teacher: Any, batches: list[dict[str, Any]], signal: Signal,
+                   rng: np.random.Generator) -> Callable[[int], Any]:
+    """The loss of one encoder step on batch ``index``: the batch itself, or (:data:`AUGMENT` of
+    the steps) one of its variants, the kinds in turn, labelled by the teacher anew."""
+    targets = [_teacher_targets(teacher, batch, signal.layer_map) for batch in batches]
+    drawn = [0]
+
+    def loss_of(index: int) -> Any:
+        if not signal.augmentations or rng.random() >= AUGMENT:
+            return _encoder_loss(student, targets[index], batches[index])
+        kind = signal.augmentations[drawn[0] % len(signal.augmentations)]
+        drawn[0] += 1
+        batch = variant(batches[index], kind, rng, signal.mask_id, signal.vocabulary)
+        return _encoder_loss(student, _teacher_targets(teacher, batch, signal.layer_map), batch)
+
+    return loss_of
 
 
 def agreement(student: Any, teacher: Any, batches: list[dict[str, Any]], decoder: bool = False) -> dict[str, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,8 @@ class Candidate:
     plan: Plan
     fractions: tuple[float, float]  # (ffn, heads) removed
     flop_speedup: float
-    agreement: float = 0.0
+    agreement: float = 0.0  # held-out cosine of the pruned cut (--target-speedup)
+    pruned_loss: float = math.inf  # held-out loss of the pruned cut (llmc.compression.auto)
 
 
 def candidates(model: Any, arch: Arch, layer_order: list[int]) -> list[Candidate]:

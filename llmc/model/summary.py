@@ -74,4 +74,5 @@ def summarize_model(path: str | Path) -> dict[str, Any]:
         "external_data": external,
         "functions": len(model.functions),
         "sparsity": sparsity.report(model).to_dict(),
+        "metadata": dict(model.metadata_props),
     }

@@ -263,7 +263,7 @@ _PLAIN: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verification": (_object, "an object"),
     "versions": (_object, "an object"),
 }
-_OPTIONAL_PLAIN = ("padding", "sparsity", "engine", "task")  # objects when present
+_OPTIONAL_PLAIN = ("padding", "sparsity", "engine", "task", "compression")  # objects when present
 _TYPED = ("source", "nodes", "shapes", "artifact", "session", "gqa", "tokenizer", "cache")
 _KNOWN = frozenset({"schema_version", "target", "precision", *_PLAIN, *_OPTIONAL_PLAIN, *_TYPED})
 
@@ -300,6 +300,7 @@ class Manifest:
     tokenizer: Tokenizer | None = None
     cache: Cache | None = None
     task: dict[str, Any] | None = None  # llmc.spec.task.TaskSpec.to_dict() of the model's llmc.task metadata
+    compression: dict[str, Any] | None = None  # llmc compress's record (its budget and figures), when it made the model
 
     def task_spec(self) -> TaskSpec | None:
         """The model's task (:mod:`llmc.spec.task`), None for a model exported without one."""
@@ -324,7 +325,7 @@ class Manifest:
         optional = {
             "padding": self.padding, "gqa": self.gqa and self.gqa.to_dict(), **self.reports, "sparsity": self.sparsity,
             "engine": self.engine, "tokenizer": self.tokenizer and self.tokenizer.to_dict(),
-            "cache": self.cache and self.cache.to_dict(), "task": self.task,
+            "cache": self.cache and self.cache.to_dict(), "task": self.task, "compression": self.compression,
         }
         out.update((key, value) for key, value in optional.items() if value is not None)
         return out
@@ -360,6 +361,7 @@ class Manifest:
             source=Source.from_dict(data, refuse), nodes=Nodes.from_dict(data, refuse),
             shapes=Shapes.from_dict(data, refuse), artifact=artifact, session=session,
             padding=data.get("padding"), sparsity=data.get("sparsity"), engine=engine, reports=reports, task=data.get("task"),
+            compression=data.get("compression"),
             gqa=Gqa.from_dict(optional["gqa"], refuse) if "gqa" in optional else None,
             tokenizer=Tokenizer.from_dict(optional["tokenizer"], refuse) if "tokenizer" in optional else None,
             cache=Cache.from_dict(optional["cache"], refuse) if "cache" in optional else None,

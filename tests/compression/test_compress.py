@@ -60,7 +60,7 @@ def test_pruning_nothing_is_the_same_model_and_pruning_removes_the_least_importa
 def test_compress_writes_export_weights_and_report(bert_dir, text, tmp_path):  # noqa: F811
     out = tmp_path / "small"
     result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--ffn", "0.5",
-                                 "--layers", "1", "--minutes", "0.02"])
+                                 "--layers", "1", "--minutes", "0.02", "--allow-loss"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "compress_report.json").read_text())
     assert report["sentences"] == {"train": 48, "held_out": 16}

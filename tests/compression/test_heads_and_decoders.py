@@ -57,7 +57,7 @@ def test_bert_heads_removed_are_the_silent_ones_and_the_directory_reloads(bert4_
 def test_compress_bert_heads_exports_what_the_hf_directory_computes(bert4_dir, text, tmp_path):
     out = tmp_path / "small"
     result = runner.invoke(app, ["compress", str(bert4_dir), "--data", str(text), "-o", str(out), "--heads", "0.5",
-                                 "--ffn", "0.25", "--minutes", "0.02"])
+                                 "--ffn", "0.25", "--minutes", "0.02", "--allow-loss"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "compress_report.json").read_text())
     assert report["attention_heads"] == {"before": 4, "after": 2} and report["ffn_neurons"]["after"] == 48
@@ -111,7 +111,7 @@ def test_taylor_scores_a_unit_that_writes_nothing_zero(llama_dir):
 def test_compress_llama_end_to_end(llama_dir, text, tmp_path):
     out = tmp_path / "small"
     result = runner.invoke(app, ["compress", str(llama_dir), "--data", str(text), "-o", str(out), "--heads", "0.5",
-                                 "--ffn", "0.25", "--layers", "1", "--minutes", "0.03", "--importance", "taylor"])
+                                 "--ffn", "0.25", "--layers", "1", "--minutes", "0.03", "--importance", "taylor", "--allow-loss"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "compress_report.json").read_text())
     agree = report["held_out_agreement"]

@@ -28,7 +28,7 @@ def mqa_dir(tmp_path_factory) -> Path:
 def test_a_decoder_with_one_kv_head_compresses(mqa_dir, text, tmp_path, heads):
     out = tmp_path / "out"
     result = runner.invoke(app, ["compress", str(mqa_dir), "--data", str(text), "-o", str(out), "--minutes", "0",
-                                 "--heads", heads, "--ffn", "0.5"])
+                                 "--heads", heads, "--ffn", "0.5", "--allow-loss"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "hf" / "config.json").read_text())
     assert config["num_key_value_heads"] == 1

@@ -16,7 +16,8 @@ runner = CliRunner()
 
 
 def _compress(source: Path, text: Path, out: Path):
-    return runner.invoke(app, ["compress", str(source), "--data", str(text), "-o", str(out), "--minutes", "0"])
+    return runner.invoke(app, ["compress", str(source), "--data", str(text), "-o", str(out), "--minutes", "0", "--ffn", "0.5",
+                                "--allow-loss"])
 
 
 @pytest.mark.parametrize("damage", ["link-out", "pickled", "corrupt-weights", "config-not-json", "config-array",

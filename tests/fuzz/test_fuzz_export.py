@@ -121,7 +121,8 @@ VALUE_CASES = st.one_of(
     st.tuples(st.just("generate"), st.sampled_from(["--prompt", "--stop"]), _TEXT),
     st.tuples(st.just("generate"), st.sampled_from(["--temperature", "--top-p"]), _NUMBER),
     st.tuples(st.just("perplexity"), st.sampled_from(["--stride", "--max-length"]), st.integers(-2**40, 2**40).map(str)),
-    st.tuples(st.just("compress"), st.sampled_from(["--minutes", "--ffn", "--heads", "--target-speedup"]), _NUMBER),
+    st.tuples(st.just("compress"), st.sampled_from(["--minutes", "--ffn", "--heads", "--target-speedup", "--max-loss"]),
+              _NUMBER),
     st.tuples(st.just("compress"), st.just("--layers"), st.integers(-2**40, 2**40).map(str)),
 )
 

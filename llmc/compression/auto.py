@@ -1,0 +1,180 @@
+"""``llmc compress`` without a cut: the largest measured speed-up that stays within the quality
+budget (:mod:`llmc.compression.budget`).
+
+1. Screen: every cut of the grid (:func:`llmc.compression.search.candidates`; a coarser one for
+   decoders) is pruned and scored on held-out text before any training. The frontier keeps, from
+   the most FLOPs removed to the least, each cut that agrees better than every cut faster than
+   it; at most :data:`MAX_TIMED` of them, spread over the FLOP range, go on.
+2. Time: each is exported and timed against the original, interleaved (encoders: the ``llmc
+   build`` fp32 artifact at batch 1 x 128, as ``--target-speedup`` does; decoders: one ONNX
+   Runtime decode step after 128 tokens). Cuts measured no faster than :data:`MIN_SPEEDUP` drop out.
+3. Distil and judge: a binary search over the timed cuts, fastest first. Each probe distils its
+   cut for a share of ``--minutes`` (:data:`PROBE_SHARE` split over the probes the search can
+   need) and measures the held-out loss; within the budget, a faster cut is tried, else a slower
+   one. The fastest cut found within the budget keeps training for the rest of the minutes.
+   A probe's loss only falls with more training, so a cut judged within the budget stays so;
+   a cut judged over it might have made it with the whole budget (the search is conservative).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmc.compression import measure
+from llmc.compression.arch import Arch
+from llmc.compression.budget import Budget
+from llmc.compression.distill import Signal, agreement, distill
+from llmc.compression.prune import Plan, ffn_kept, heads_kept, prune, student_config
+from llmc.compression.search import Candidate, candidates
+
+MAX_TIMED = 6
+MIN_SPEEDUP = 1.05
+PROBE_SHARE = 0.5
+DECODER_FFN, DECODER_HEADS = (0.0, 0.125, 0.25, 0.375, 0.5), (0.0, 0.34)
+
+
+@dataclasses.dataclass
+class Probe:
+    candidate: Candidate
+    speedup: float
+    loss: float | None = None
+    within: bool | None = None
+    minutes: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        plan = self.candidate.plan
+        return {"ffn": self.candidate.fractions[0], "heads": self.candidate.fractions[1], "layers": len(plan.layers),
+                "flop_speedup": round(self.candidate.flop_speedup, 3), "measured_speedup": round(self.speedup, 3),
+                "pruned_loss": round(self.candidate.pruned_loss, 5),
+                "distilled_loss": None if self.loss is None else round(self.loss, 5),
+                "within": self.within, "minutes": round(self.minutes, 2)}
+
+
+def grid(model: Any, arch: Arch, layer_order: list[int]) -> list[Candidate]:
+    """The cuts screened: the encoder grid of ``--target-speedup``; for decoders FFN and head
+    fractions with all layers, a tenth or a fifth of them dropped."""
+    if not arch.decoder:
+        return candidates(model, arch, layer_order)
+    config, count = model.config, len(layer_order)
+    base = measure.flops_per_token(config, True)
+    found = []
+    for keep in sorted({count, count - count // 10, count - count // 5}, reverse=True):
+        for ffn in DECODER_FFN:
+            for head in DECODER_HEADS:
+                plan = Plan(sorted(layer_order[:keep]), ffn_kept(config.intermediate_size, ffn), heads_kept(config, head))
+                found.append(Candidate(plan, (ffn, head), base / measure.flops_per_token(student_config(model, arch, plan), True)))
+    return found
+
+
+def frontier(scored: list[Candidate], limit: int = MAX_TIMED) -> list[Candidate]:
+    """From the most FLOPs removed to the least, the cuts whose pruned loss beats every faster
+    cut's; at most ``limit``, spread over the range."""
+    best, kept = math.inf, []
+    for candidate in sorted(scored, key=lambda c: (-c.flop_speedup, c.pruned_loss)):
+        if candidate.flop_speedup > MIN_SPEEDUP and candidate.pruned_loss < best:
+            kept.append(candidate)
+            best = candidate.pruned_loss
+    if len(kept) <= limit:
+        return kept
+    step = (len(kept) - 1) / (limit - 1)
+    return [kept[round(i * step)] for i in range(limit)]
+
+
+def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, ...], train: list[Any],
+           holdout: list[Any], budget: Budget, minutes: float, signal: Callable[[Plan], Signal],
+           log: Callable[[str], None]) -> tuple[Any, Plan, dict[str, Any]]:
+    """``(student, plan, search report)``: the student trained, or (nothing within the budget)
+    the probe that lost least; the report says which (``found``)."""
+    found = grid(teacher, arch, layer_order)
+    log(f"screening {len(found)} cuts on held-out text against --max-loss {budget.max_loss:g}")
+    scored = [dataclasses.replace(c, pruned_loss=budget.loss(agreement(prune(teacher, arch, c.plan, *scores), teacher,
+                                                                      holdout, arch.decoder)))
+              for c in found]
+    chosen = frontier(scored)
+    probes = _timed(teacher, arch, chosen, scores, log)
+    per_probe = minutes * PROBE_SHARE / max(1, math.ceil(math.log2(len(probes) + 1)))
+    best: tuple[Probe, Any] | None = None
+    fallback: tuple[Probe, Any] | None = None
+    low, high, spent = 0, len(probes) - 1, 0.0
+    while low <= high:
+        mid = (low + high) // 2
+        probe = probes[mid]
+        student = prune(teacher, arch, probe.candidate.plan, *scores)
+        distill(student, teacher, train, per_probe, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
+        spent += per_probe
+        after = agreement(student, teacher, holdout, arch.decoder)
+        probe.loss, probe.within, probe.minutes = budget.loss(after), budget.within(after), per_probe
+        log(f"  probe {_name(probe)}: {probe.speedup:.2f}x measured, {budget.describe(after)} after "
+            f"{per_probe:.1f} min: {'within' if probe.within else 'over'}")
+        if probe.within:
+            best, high = (probe, student), mid - 1
+        else:
+            if fallback is None or probe.loss < fallback[0].loss:
+                fallback = (probe, student)
+            low = mid + 1
+    report = {"mode": "largest measured speed-up within --max-loss", "probes": [p.to_dict() for p in probes],
+              "screened": len(found), "found": best is not None}
+    kept = best or fallback
+    if kept is None:  # nothing measured faster than the original
+        return None, None, report
+    probe, student = kept
+    rest = max(0.0, minutes - spent)
+    if best is not None and rest > 0:
+        log(f"training {_name(probe)} for the remaining {rest:.1f} min")
+        distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
+        probe.minutes += rest
+    report["chosen"] = probe.to_dict()
+    return student, probe.candidate.plan, report
+
+
+def _name(probe: Probe) -> str:
+    ffn, heads = probe.candidate.fractions
+    return f"ffn {ffn:g}, heads {heads:g}, {len(probe.candidate.plan.layers)} layers"
+
+
+def _timed(teacher: Any, arch: Arch, chosen: list[Candidate], scores: tuple[Any, ...],
+           log: Callable[[str], None]) -> list[Probe]:
+    """The frontier's cuts with their measured speed-ups, fastest first (those above
+    :data:`MIN_SPEEDUP`)."""
+    probes = []
+    with tempfile.TemporaryDirectory(prefix="llmc-compress-time-") as tmp:
+        original = _artifact(teacher, arch, Path(tmp) / "original")
+        for index, candidate in enumerate(chosen):
+            student = prune(teacher, arch, candidate.plan, *scores)
+            built = _artifact(student, arch, Path(tmp) / f"c{index}")
+            speedup = _timed_speedup(original, built, teacher.config, arch.decoder)
+            log(f"  ffn {candidate.fractions[0]:g}, heads {candidate.fractions[1]:g}, {len(candidate.plan.layers)} layers: "
+                f"{speedup:.2f}x measured ({candidate.flop_speedup:.2f}x FLOPs), pruned loss {candidate.pruned_loss:.4f}")
+            if speedup > MIN_SPEEDUP:
+                probes.append(Probe(candidate, speedup))
+    return sorted(probes, key=lambda p: -p.speedup)
+
+
+def _artifact(model: Any, arch: Arch, where: Path) -> Path:
+    """Encoders: the fp32 ``llmc build`` (:func:`llmc.compression.search._build`); decoders: the
+    export's ``model.onnx``."""
+    from llmc.compression import search
+
+    if not arch.decoder:
+        return search._build(model, arch, where)
+    from llmc.export.hf import export_pretrained
+
+    model.save_pretrained(where / "hf")
+    export_pretrained(where / "hf", where / "onnx", task="decoder")
+    return where / "onnx" / "model.onnx"
+
+
+def _timed_speedup(original: Path, candidate: Path, config: Any, decoder: bool) -> float:
+    """Original time / candidate time, interleaved (encoders: :func:`llmc.compression.search._speedup`)."""
+    from llmc.compression import search
+
+    if not decoder:
+        return search._speedup(original, candidate, measure.timed_length(config), config.vocab_size)
+    ms = measure.latency({"a": original, "b": candidate}, True, measure.timed_length(config), config.vocab_size,
+                         threads=search.THREADS)
+    return ms["a"] / ms["b"]

@@ -1,0 +1,141 @@
+"""The quality budget of ``llmc compress`` (issue 34): the held-out loss is measured and judged; a
+model over it is one line and nothing is written unless --allow-loss; the record travels with the
+model into every build and ``llmc inspect``; without a cut the search takes the fastest measured
+cut within the budget."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llmc.cli.main import app
+from llmc.compression.budget import Budget, check_max_loss, metadata, read, summary_line
+from llmc.errors import LlmcError
+from tests.export.test_export_cli import bert_dir  # noqa: F401  (fixture)
+
+runner = CliRunner()
+
+
+def test_losses_and_budgets_by_model_kind():
+    encoder, decoder = Budget.of(None, False), Budget.of(None, True)
+    assert (encoder.max_loss, decoder.max_loss) == (0.02, 0.05)
+    assert encoder.loss({"cosine_mean": 0.97, "cosine_worst": 0.9}) == pytest.approx(0.03)
+    assert not encoder.within({"cosine_mean": 0.97}) and encoder.within({"cosine_mean": 0.985})
+    assert decoder.loss({"perplexity": 10.4, "teacher_perplexity": 10.0}) == pytest.approx(0.04)
+    assert decoder.within({"perplexity": 10.4, "teacher_perplexity": 10.0})
+    assert not decoder.within({"perplexity": math.nan, "teacher_perplexity": 10.0})
+    record = Budget.of(0.1, False).record({"cosine_mean": 0.8}, {"cosine_mean": 0.95})
+    assert record["loss_pruned"] == pytest.approx(0.2) and record["loss_distilled"] == pytest.approx(0.05)
+    assert record["within"] is True and record["max_loss"] == 0.1
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.5, math.nan, math.inf])
+def test_a_budget_outside_zero_to_one_is_one_line(value):
+    with pytest.raises(LlmcError, match="--max-loss"):
+        check_max_loss(value)
+
+
+def test_the_record_round_trips_through_metadata():
+    report = {"budget": {"max_loss": 0.02, "metric": "m", "loss_pruned": 0.1, "loss_distilled": 0.015, "within": True},
+              "held_out_agreement": {"pruned": {"cosine_mean": 0.9}, "distilled": {"cosine_mean": 0.985}},
+              "latency_ms": {"speedup": 1.9, "what": "batch 1 x 128"}, "layers_kept": [0, 1], "ffn_neurons": {},
+              "attention_heads": {}, "sparsity": None, "parameters": {}, "distillation": {"steps": 3, "seconds": 1.0}}
+    record = read(metadata(report))
+    assert record["budget"]["loss_distilled"] == 0.015 and record["speedup"] == 1.9
+    assert "within --max-loss 0.02" in summary_line(record) and "1.9x faster" in summary_line(record)
+    assert read({}) is None and read({"llmc.compression": "not json"}) is None
+
+
+def test_frontier_keeps_cuts_that_beat_every_faster_cut():
+    from llmc.compression.auto import frontier
+    from llmc.compression.prune import Plan
+    from llmc.compression.search import Candidate
+
+    def cut(speed, loss):
+        return Candidate(Plan([0], 1, 1), (0.0, 0.0), speed, pruned_loss=loss)
+
+    cuts = [cut(3.0, 0.5), cut(2.5, 0.6), cut(2.0, 0.3), cut(1.5, 0.1), cut(1.2, 0.2), cut(1.01, 0.0)]
+    kept = frontier(cuts)
+    assert [(c.flop_speedup, c.pruned_loss) for c in kept] == [(3.0, 0.5), (2.0, 0.3), (1.5, 0.1)]
+    spread = frontier([cut(1.1 + i / 10, i / 20) for i in range(12)], limit=4)
+    assert [round(c.flop_speedup, 2) for c in spread] == [2.2, 1.8, 1.5, 1.1]
+
+
+def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypatch):
+    """Distillation is faked: a cut's held-out loss is a known function of its FLOPs; the binary
+    search over the timed cuts must land on the fastest one within the budget."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModel, AutoTokenizer
+
+    from llmc.compression import auto, importance, measure
+    from llmc.compression.arch import BERT
+    from llmc.compression.distill import Signal
+    from tests.compression.conftest import batch
+
+    model = AutoModel.from_pretrained(str(bert4_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(bert4_dir))
+    batches = [batch(tokenizer, ["w4 w5 w6 w7", "w8 w9 w10"])]
+    scores = importance.activation(model, BERT, batches)
+    base = measure.flops_per_token(model.config, False)
+    speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
+    monkeypatch.setattr(auto, "_artifact", lambda m, arch, where: speed(m))
+    monkeypatch.setattr(auto, "_timed_speedup", lambda original, built, config, decoder: built / original)
+    monkeypatch.setattr(auto, "agreement", lambda s, t, b, d=False: {"cosine_mean": 1.0 - 0.1 * (speed(s) - 1.0)})
+    distilled = []
+    monkeypatch.setattr(auto, "distill", lambda s, *a, **k: distilled.append(speed(s)) or {"steps": 1})
+    budget = Budget.of(0.1, False)  # within: speed-up <= 2
+    student, plan, report = auto.choose(model, BERT, [1, 0], scores, batches, batches, budget, 1.0,
+                                        lambda plan: Signal(), lambda _m: None)
+    assert report["found"] and student is not None
+    timed = sorted(p["measured_speedup"] for p in report["probes"])
+    within = [s for s in timed if s <= 2.0 + 1e-9]
+    assert report["chosen"]["measured_speedup"] == pytest.approx(max(within))
+    assert len(distilled) <= math.ceil(math.log2(len(timed) + 1)) + 1  # probes, then the winner's rest
+    assert torch is not None
+
+
+def test_over_budget_writes_nothing_and_allow_loss_writes_the_record(bert_dir, text, tmp_path):  # noqa: F811
+    out = tmp_path / "small"
+    args = ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--ffn", "0.9", "--layers", "1",
+            "--minutes", "0.01", "--max-loss", "0.0001"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--max-loss 0.0001" in result.output and "--allow-loss" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()[-1]) > 0
+    assert not out.exists() or not any(out.iterdir())
+    result = runner.invoke(app, [*args, "--allow-loss"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "compress_report.json").read_text())
+    assert report["budget"]["within"] is False and report["budget"]["allowed_over"] is True
+    record = _record(out / "model.onnx")
+    assert record["budget"]["max_loss"] == 0.0001 and record["speedup"] == report["latency_ms"]["speedup"]
+    shown = runner.invoke(app, ["inspect", str(out / "model.onnx")])
+    assert shown.exit_code == 0 and "compressed by llmc compress" in shown.output and "OVER" in shown.output
+
+    built = tmp_path / "art"
+    result = runner.invoke(app, ["build", str(out / "model.onnx"), "-o", str(built), "--no-cache",
+                                 "--shape", "input_ids=1x16", "--shape", "attention_mask=1x16"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["compression"]["budget"] == record["budget"]
+    assert "compressed by llmc compress" in runner.invoke(app, ["inspect", str(built)]).output
+
+
+def _record(path):
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return read({p.key: p.value for p in proto.metadata_props})
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while seven bright stars slowly fade".split()
+    path = tmp_path_factory.mktemp("text") / "sentences.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, size=rng.integers(4, 12))) for _ in range(64)) + "\n")
+    return path
+
