@@ -33,6 +33,7 @@ from llmc.compression.prune import Plan, ffn_kept, heads_kept, prune, student_co
 from llmc.compression.search import Candidate, candidates
 
 MAX_TIMED = 6
+SCREEN_BATCHES = 4  # held-out batches a cut is screened on (the probes use them all)
 MIN_SPEEDUP = 1.05
 PROBE_SHARE = 0.5
 DECODER_FFN, DECODER_HEADS = (0.0, 0.125, 0.25, 0.375, 0.5), (0.0, 0.34)
@@ -90,11 +91,10 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
            log: Callable[[str], None]) -> tuple[Any, Plan, dict[str, Any]]:
     """``(student, plan, search report)``: the student trained, or (nothing within the budget)
     the probe that lost least; the report says which (``found``)."""
-    found = grid(teacher, arch, layer_order)
+    found = [c for c in grid(teacher, arch, layer_order) if c.flop_speedup > MIN_SPEEDUP]
     log(f"screening {len(found)} cuts on held-out text against --max-loss {budget.max_loss:g}")
-    scored = [dataclasses.replace(c, pruned_loss=budget.loss(agreement(prune(teacher, arch, c.plan, *scores), teacher,
-                                                                      holdout, arch.decoder)))
-              for c in found]
+    loss = _screen(teacher, arch, holdout[:SCREEN_BATCHES], budget)
+    scored = [dataclasses.replace(c, pruned_loss=loss(prune(teacher, arch, c.plan, *scores))) for c in found]
     chosen = frontier(scored)
     probes = _timed(teacher, arch, chosen, scores, log)
     per_probe = minutes * PROBE_SHARE / max(1, math.ceil(math.log2(len(probes) + 1)))
@@ -118,7 +118,7 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
                 fallback = (probe, student)
             low = mid + 1
     report = {"mode": "largest measured speed-up within --max-loss", "probes": [p.to_dict() for p in probes],
-              "screened": len(found), "found": best is not None}
+              "screened": len(found), "timed": len(chosen), "found": best is not None}
     kept = best or fallback
     if kept is None:  # nothing measured faster than the original
         return None, None, report
@@ -130,6 +130,28 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
         probe.minutes += rest
     report["chosen"] = probe.to_dict()
     return student, probe.candidate.plan, report
+
+
+def _screen(teacher: Any, arch: Arch, holdout: list[Any], budget: Budget) -> Callable[[Any], float]:
+    """The held-out loss of a pruned student. Encoders: the original's pooled embeddings are
+    computed once for every cut (decoders' logits would not fit: the original runs beside)."""
+    if arch.decoder:
+        return lambda student: budget.loss(agreement(student, teacher, holdout, True))
+    import torch
+
+    from llmc.compression.distill import pooled
+
+    with torch.no_grad():
+        wanted = [pooled(teacher(**batch).last_hidden_state, batch["attention_mask"]) for batch in holdout]
+
+    def loss(student: Any) -> float:
+        with torch.no_grad():
+            cosines = [torch.nn.functional.cosine_similarity(pooled(student(**batch).last_hidden_state,
+                                                                    batch["attention_mask"]), want)
+                       for batch, want in zip(holdout, wanted, strict=True)]
+        return budget.loss({"cosine_mean": float(torch.cat(cosines).mean())})
+
+    return loss
 
 
 def _name(probe: Probe) -> str:

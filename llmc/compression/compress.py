@@ -180,7 +180,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
         student, plan, search = auto.choose(teacher, arch, order, scores, train, holdout, budget, minutes, signal, log)
         if student is None:
             raise LlmcError(
-                f"{len(search['probes'])} cuts timed, none measured more than {auto.MIN_SPEEDUP}x faster than the "
+                f"{search['timed']} cuts timed, none measured more than {auto.MIN_SPEEDUP}x faster than the "
                 "original: nothing to compress here; give a cut (--ffn, --heads, --layers) to force one"
             )
         before = agreement(_pruned(teacher, arch, plan, scores), teacher, holdout, arch.decoder)

@@ -30,6 +30,41 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "llmc"
 
 
+def check_private_dir(path: Path, what: str) -> None:
+    """``path`` is owned by this user and writable by nobody else (POSIX; elsewhere, nothing)."""
+    if not hasattr(os, "geteuid"):
+        return
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise LlmcError(
+            f"{what} {path} is owned by another user (uid {info.st_uid}): set LLMC_CACHE_DIR to a directory of your own"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LlmcError(
+            f"{what} {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o}): "
+            f"run chmod go-w {path}, or set LLMC_CACHE_DIR to a private directory"
+        )
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) mode 0700 if missing, then check it as above."""
+    if path.is_symlink() and not path.exists():
+        raise LlmcError(
+            f"cache directory {path} is a link to {os.readlink(path)}, which does not exist: create that directory, "
+            "or set LLMC_CACHE_DIR to another one"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise LlmcError(
+            f"cannot create cache directory {path} ({exc.strerror or exc}): set LLMC_CACHE_DIR to a writable "
+            "directory, or build with --no-cache"
+        ) from None
+    if not path.is_dir():
+        raise LlmcError(f"LLMC_CACHE_DIR {path} is not a directory: point LLMC_CACHE_DIR at a directory, or unset it")
+    check_private_dir(path, "cache directory")
+
+
 DATA_FILE = MODEL_FILE + ".data"  # external weights, when the model has them
 PLAN_FILE = "model.plan"  # a TensorRT engine
 CALIBRATION_FILE = "calibration.json"  # int8 calibration statistics

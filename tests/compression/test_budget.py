@@ -139,3 +139,32 @@ def text(tmp_path_factory):
     path.write_text("\n".join(" ".join(rng.choice(words, size=rng.integers(4, 12))) for _ in range(64)) + "\n")
     return path
 
+
+
+def _fake_search(monkeypatch, speed_of):
+    """The budget search with builds, timing and distillation faked (speed-ups from FLOPs)."""
+    from llmc.compression import auto, measure
+
+    def speed(model):
+        return 1.0 / measure.flops_per_token(model.config, False)
+
+    monkeypatch.setattr(auto, "_artifact", lambda m, arch, where: speed(m))
+    monkeypatch.setattr(auto, "_timed_speedup", lambda original, built, config, decoder: speed_of(built / original))
+    monkeypatch.setattr(auto, "distill", lambda *a, **k: {"steps": 0})
+
+
+def test_no_cut_within_the_budget_is_one_line_and_writes_nothing(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
+    _fake_search(monkeypatch, lambda flop_speedup: flop_speedup)
+    out = tmp_path / "auto"
+    result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--minutes", "0.01",
+                                 "--max-loss", "0.0001"])
+    assert result.exit_code == 1, result.output
+    assert "no cut stays within --max-loss 0.0001" in result.output and "--allow-loss" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_nothing_measured_faster_is_one_line(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
+    _fake_search(monkeypatch, lambda flop_speedup: 1.0)  # latency does not fall at all
+    result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(tmp_path / "o"),
+                                 "--minutes", "0.01"])
+    assert result.exit_code == 1 and "none measured more than 1.05x faster" in result.output, result.output

@@ -386,18 +386,16 @@ def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 def _make_cache_dirs(provider_options: list[dict[str, Any]]) -> None:
-    """Create TensorRT's cache directories, parents included, before ONNX Runtime writes there."""
+    """Create TensorRT's cache directories (mode 0700, parents included) before ONNX Runtime
+    writes there, and refuse one another user owns or others can write: ONNX Runtime deserializes
+    whatever engine it finds there, so the directory is trusted like the build cache's
+    (:func:`llmc.model.files.check_private_dir`)."""
+    from llmc.model.files import make_private_dir
+
     for options in provider_options:
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
-            if key not in options:
-                continue
-            try:
-                Path(options[key]).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LlmcError(
-                    f"cannot create the TensorRT cache directory {options[key]} ({exc.strerror}); "
-                    "set LLMC_CACHE_DIR to a writable directory"
-                ) from None
+            if key in options:
+                make_private_dir(Path(options[key]))
 
 
 # The configuration used to compute reference outputs: no ORT graph rewrites at all.
