@@ -59,7 +59,8 @@ def compress(
     budget = report["budget"]
     verdict = "within" if budget["within"] else "OVER (--allow-loss)"
     console.print(
-        f"held-out loss {budget['loss_distilled']:.4f} ({budget['metric']}), {verdict} --max-loss {budget['max_loss']:g}"
+        f"held-out loss {budget['loss_distilled']:.4f} ({budget['metric']}; {budget['loss_pruned']:.4f} before "
+        f"distillation), {verdict} --max-loss {budget['max_loss']:g}"
     )
     console.print(
         f"compressed: {params['before'] / 1e6:.1f}M -> {params['after'] / 1e6:.1f}M parameters, {ms['speedup']:.2f}x "

@@ -11,7 +11,8 @@ budget (:mod:`llmc.compression.budget`).
 3. Distil and judge: a binary search over the timed cuts, fastest first. Each probe distils its
    cut for a share of ``--minutes`` (:data:`PROBE_SHARE` split over the probes the search can
    need) and measures the held-out loss; within the budget, a faster cut is tried, else a slower
-   one. The fastest cut found within the budget keeps training for the rest of the minutes.
+   one. The fastest cut found within the budget keeps training for the rest of the minutes (none
+   within: the least lossy probe does, and is judged again at the end).
    A probe's loss only falls with more training, so a cut judged within the budget stays so;
    a cut judged over it might have made it with the whole budget (the search is conservative).
 """
@@ -89,8 +90,9 @@ def frontier(scored: list[Candidate], limit: int = MAX_TIMED) -> list[Candidate]
 def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, ...], train: list[Any],
            holdout: list[Any], budget: Budget, minutes: float, signal: Callable[[Plan], Signal],
            log: Callable[[str], None]) -> tuple[Any, Plan, dict[str, Any]]:
-    """``(student, plan, search report)``: the student trained, or (nothing within the budget)
-    the probe that lost least; the report says which (``found``)."""
+    """``(student, plan, search report)``: the fastest probe within the budget, trained for the
+    rest of the minutes, or (none within) the probe that lost least, trained likewise; the
+    report says which (``found``: a probe was within)."""
     found = [c for c in grid(teacher, arch, layer_order) if c.flop_speedup > MIN_SPEEDUP]
     log(f"screening {len(found)} cuts on held-out text against --max-loss {budget.max_loss:g}")
     loss = _screen(teacher, arch, holdout[:SCREEN_BATCHES], budget)
@@ -124,7 +126,7 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
         return None, None, report
     probe, student = kept
     rest = max(0.0, minutes - spent)
-    if best is not None and rest > 0:
+    if rest > 0:  # the fastest within the budget, else the least lossy: the final judgement comes after
         log(f"training {_name(probe)} for the remaining {rest:.1f} min")
         distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
         probe.minutes += rest
