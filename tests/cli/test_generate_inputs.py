@@ -23,45 +23,42 @@ runner = CliRunner()
 CONTEXT = 48
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    """A tiny llama artifact whose tokenizer says a 48-token context and whose chat template raises."""
+def _tiny_llama(tmp_path_factory, positions: int, max_length: int | None, template: str | None = None) -> Path:
+    """A tiny llama artifact trained for ``positions`` positions; its tokenizer_config.json names
+    ``max_length`` as model_max_length (None: names none); ``template`` its chat template."""
     from llmc.export import llama_model
     from tests.export.test_export_cli import _save
 
     model = llama_model(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                        intermediate_size=32, vocab_size=64, max_position_embeddings=128, bos_token_id=2, eos_token_id=3)
+                        intermediate_size=32, vocab_size=64, max_position_embeddings=positions, bos_token_id=2,
+                        eos_token_id=3)
     source = _save(model, tmp_path_factory.mktemp("hf") / "llama", 64)
     config = json.loads((source / "tokenizer_config.json").read_text())
-    (source / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": CONTEXT}))
-    (source / "chat_template.jinja").write_text("{{ raise_exception('this template takes no user turns') }}")
+    config.pop("model_max_length", None)
+    if max_length is not None:
+        config["model_max_length"] = max_length
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    if template is not None:
+        (source / "chat_template.jinja").write_text(template)
     exported = tmp_path_factory.mktemp("exports") / "llama"
     result = runner.invoke(app, ["export", str(source), "-o", str(exported), "--legacy"])
     assert result.exit_code == 0, result.output
     out = tmp_path_factory.mktemp("artifacts") / "llama"
     llmc.build(exported / "model.onnx", output=out, cache=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    """A tiny llama artifact whose tokenizer says a 48-token context and whose chat template raises."""
+    return _tiny_llama(tmp_path_factory, 128, CONTEXT, "{{ raise_exception('this template takes no user turns') }}")
 
 
 @pytest.fixture(scope="module")
 def untold(tmp_path_factory) -> Path:
     """A tiny llama artifact trained for 32 positions whose tokenizer names no model_max_length:
     the context is the one `llmc export` recorded from config.json."""
-    from llmc.export import llama_model
-    from tests.export.test_export_cli import _save
-
-    model = llama_model(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                        intermediate_size=32, vocab_size=64, max_position_embeddings=32, bos_token_id=2, eos_token_id=3)
-    source = _save(model, tmp_path_factory.mktemp("hf") / "llama", 64)
-    config = json.loads((source / "tokenizer_config.json").read_text())
-    config.pop("model_max_length", None)
-    (source / "tokenizer_config.json").write_text(json.dumps(config))
-    exported = tmp_path_factory.mktemp("exports") / "llama"
-    result = runner.invoke(app, ["export", str(source), "-o", str(exported), "--legacy"])
-    assert result.exit_code == 0, result.output
-    out = tmp_path_factory.mktemp("artifacts") / "llama"
-    llmc.build(exported / "model.onnx", output=out, cache=False)
-    return out
+    return _tiny_llama(tmp_path_factory, 32, None)
 
 
 @pytest.fixture()
