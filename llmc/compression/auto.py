@@ -131,6 +131,7 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
         distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
         probe.minutes += rest
     report["chosen"] = probe.to_dict()
+    report["minutes"] = round(spent + rest, 2)  # distillation over the probes and the final training
     return student, probe.candidate.plan, report
 
 

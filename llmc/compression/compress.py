@@ -17,6 +17,7 @@ pruned weights as a Hugging Face directory; ``DIR/compress_report.json`` the rep
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -183,9 +184,9 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
                 f"{search['timed']} cuts timed, none measured more than {auto.MIN_SPEEDUP}x faster than the "
                 "original: nothing to compress here; give a cut (--ffn, --heads, --layers) to force one"
             )
-        before = agreement(_pruned(teacher, arch, plan, scores), teacher, holdout, arch.decoder)
-        minutes = sum(p["minutes"] for p in search["probes"]) if not search["found"] else search["chosen"]["minutes"]
-        distillation = {"minutes": round(minutes, 2), "search": True}
+        pruned = _pruned(teacher, arch, plan, scores)
+        before = agreement(pruned, teacher, holdout, arch.decoder)
+        distillation = {"minutes": search["minutes"], "search": True}
     else:
         plan, search = _plan(teacher, arch, options, scores, train, holdout, log)
         student = _pruned(teacher, arch, plan, scores)
@@ -193,10 +194,16 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
         before = agreement(student, teacher, holdout, arch.decoder)
         log(f"pruned: layers {plan.layers}, {plan.ffn} FFN neurons and {plan.heads} heads each"
             f"{', 2:4 sparse' if hold else ''}; held-out {_line(before)}")
+        pruned = copy.deepcopy(student)
         distillation = distill(student, teacher, train, minutes, log, decoder=arch.decoder, after_step=hold,
                                seed=options.seed, signal=signal(plan))
     after = agreement(student, teacher, holdout, arch.decoder)
     log(f"distilled: held-out {_line(after)}; {budget.describe(after)}")
+    distillation["kept"] = "distilled"
+    if budget.loss(after) > budget.loss(before):  # distillation moved it away: the pruned weights stay
+        log(f"distillation raised the held-out loss ({budget.loss(before):.4f} -> {budget.loss(after):.4f}): "
+            "keeping the pruned, refitted weights")
+        student, after, distillation["kept"] = pruned, before, "pruned (distillation raised the held-out loss)"
     return {"student": student, "plan": plan, "before": before, "after": after, "search": search,
             "distillation": distillation}
 

@@ -173,3 +173,25 @@ def test_nothing_measured_faster_is_one_line(bert_dir, text, tmp_path, monkeypat
     result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(tmp_path / "o"),
                                  "--minutes", "0.01"])
     assert result.exit_code == 1 and "none measured more than 1.05x faster" in result.output, result.output
+
+
+def test_distillation_that_moves_the_student_away_keeps_the_pruned_weights(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
+    import torch
+
+    from llmc.compression import distill
+
+    def scramble(student, *args, **kwargs):
+        with torch.no_grad():
+            for parameter in student.parameters():
+                parameter.mul_(-1.0)  # far from the original, whatever it was
+        return {"steps": 1, "seconds": 0.0}
+
+    monkeypatch.setattr(distill, "distill", scramble)
+    out = tmp_path / "kept"
+    result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--ffn", "0.25",
+                                 "--minutes", "0.01", "--allow-loss"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "compress_report.json").read_text())
+    assert report["distillation"]["kept"].startswith("pruned")
+    assert report["held_out_agreement"]["distilled"] == report["held_out_agreement"]["pruned"]
+    assert "keeping the pruned, refitted weights" in " ".join(result.output.split())
