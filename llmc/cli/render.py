@@ -255,7 +255,7 @@ def print_summary(info: dict[str, Any], top: int) -> None:
     if found.get("sparse_2_4"):
         dense = f" (dense: {', '.join(map(escape, found['dense'][:5]))})" if found["dense"] else ""
         console.print(f"2:4 sparse matrix-product weights: {found['sparse_2_4']} of {found['weights']}{dense}")
-    from llmc.compression.budget import read, summary_line
+    from llmc.spec.compression import read, summary_line
 
     record = read(info.get("metadata") or {})
     if record is not None:

@@ -95,7 +95,7 @@ def _task(model: Any) -> dict[str, Any] | None:
 def _compression(model: Any) -> dict[str, Any] | None:
     """``llmc compress``'s record of the model (:mod:`llmc.compression.budget`), for the manifest's
     ``compression`` section; None for a model it did not make."""
-    from llmc.compression.budget import read
+    from llmc.spec.compression import read
 
     return read(dict(model.metadata_props))
 

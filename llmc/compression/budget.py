@@ -23,8 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmc.errors import LlmcError
+from llmc.spec.compression import COMPRESSION_METADATA, read, summary_line
 
-COMPRESSION_METADATA = "llmc.compression"  # the ONNX metadata_props key of the record
+__all__ = ["COMPRESSION_METADATA", "Budget", "check_max_loss", "metadata", "read", "summary_line"]
+
 DEFAULT_MAX_LOSS = {"encoder": 0.02, "decoder": 0.05}
 METRIC = {"encoder": "1 - mean cosine of mean-pooled embeddings (held-out)",
           "decoder": "perplexity increase over the original's (held-out)"}
@@ -89,28 +91,3 @@ def metadata(report: Mapping[str, Any]) -> dict[str, str]:
         "distillation": {k: report["distillation"].get(k) for k in ("steps", "seconds")},
     }
     return {COMPRESSION_METADATA: json.dumps(kept, sort_keys=True)}
-
-
-def read(metadata_props: Mapping[str, str]) -> dict[str, Any] | None:
-    """The compression record a model's ``metadata_props`` carry; None when there is none or it is
-    not JSON (a record is informational: it never stops a build)."""
-    text = metadata_props.get(COMPRESSION_METADATA)
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def summary_line(record: Mapping[str, Any]) -> str:
-    """One line for ``llmc inspect``."""
-    budget = record.get("budget") or {}
-    speedup = record.get("speedup")
-    state = "within" if budget.get("within") else "OVER"
-    return (
-        f"compressed by llmc compress: held-out loss {budget.get('loss_distilled')} ({budget.get('metric')}; "
-        f"{budget.get('loss_pruned')} before distillation), {state} --max-loss {budget.get('max_loss')}; "
-        + (f"{speedup}x faster ({record.get('speedup_measured_on')})" if speedup else "speed-up not measured")
-    )

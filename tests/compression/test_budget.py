@@ -98,7 +98,11 @@ def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypat
     assert torch is not None
 
 
-def test_over_budget_writes_nothing_and_allow_loss_writes_the_record(bert_dir, text, tmp_path):  # noqa: F811
+def test_over_budget_writes_nothing_and_allow_loss_writes_the_record(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
+    from llmc.compression import distill
+
+    # a random tiny BERT can agree with itself whatever is cut: the loss is made certain
+    monkeypatch.setattr(distill, "agreement", lambda *a, **k: {"cosine_mean": 0.9, "cosine_worst": 0.8})
     out = tmp_path / "small"
     args = ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--ffn", "0.9", "--layers", "1",
             "--minutes", "0.01", "--max-loss", "0.0001"]
