@@ -111,7 +111,7 @@ def test_taylor_scores_a_unit_that_writes_nothing_zero(llama_dir):
 def test_compress_llama_end_to_end(llama_dir, text, tmp_path):
     out = tmp_path / "small"
     result = runner.invoke(app, ["compress", str(llama_dir), "--data", str(text), "-o", str(out), "--heads", "0.5",
-                                 "--ffn", "0.25", "--layers", "1", "--minutes", "0.03", "--importance", "taylor", "--allow-loss"])
+                                 "--ffn", "0.25", "--layers", "1", "--minutes", "0.2", "--importance", "taylor", "--allow-loss"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "compress_report.json").read_text())
     agree = report["held_out_agreement"]
