@@ -88,7 +88,7 @@ def frontier(scored: list[Candidate], limit: int = MAX_TIMED) -> list[Candidate]
 
 
 def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, ...], train: list[Any],
-           holdout: list[Any], budget: Budget, minutes: float, signal: Callable[[Plan], Signal],
+           holdout: list[Any], budget: Budget, minutes: float, signal: Signal,
            log: Callable[[str], None]) -> tuple[Any, Plan, dict[str, Any]]:
     """``(student, plan, search report)``: the fastest probe within the budget, trained for the
     rest of the minutes, or (none within) the probe that lost least, trained likewise; the
@@ -107,7 +107,7 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
         mid = (low + high) // 2
         probe = probes[mid]
         student = prune(teacher, arch, probe.candidate.plan, *scores)
-        distill(student, teacher, train, per_probe, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
+        distill(student, teacher, train, per_probe, log, decoder=arch.decoder, signal=signal)
         spent += per_probe
         after = agreement(student, teacher, holdout, arch.decoder)
         probe.loss, probe.within, probe.minutes = budget.loss(after), budget.within(after), per_probe
@@ -128,7 +128,7 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
     rest = max(0.0, minutes - spent)
     if rest > 0:  # the fastest within the budget, else the least lossy: the final judgement comes after
         log(f"training {_name(probe)} for the remaining {rest:.1f} min")
-        distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal(probe.candidate.plan))
+        distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal)
         probe.minutes += rest
     report["chosen"] = probe.to_dict()
     report["minutes"] = round(spent + rest, 2)  # distillation over the probes and the final training
@@ -136,25 +136,12 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
 
 
 def _screen(teacher: Any, arch: Arch, holdout: list[Any], budget: Budget) -> Callable[[Any], float]:
-    """The held-out loss of a pruned student. Encoders: the original's pooled embeddings are
-    computed once for every cut (decoders' logits would not fit: the original runs beside)."""
-    if arch.decoder:
-        return lambda student: budget.loss(agreement(student, teacher, holdout, True))
-    import torch
+    """The held-out loss of a pruned student. Encoders: the original's embeddings are computed
+    once for every cut (decoders' logits would not fit: the original runs beside)."""
+    from llmc.compression.distill import embeddings
 
-    from llmc.compression.distill import pooled
-
-    with torch.no_grad():
-        wanted = [pooled(teacher(**batch).last_hidden_state, batch["attention_mask"]) for batch in holdout]
-
-    def loss(student: Any) -> float:
-        with torch.no_grad():
-            cosines = [torch.nn.functional.cosine_similarity(pooled(student(**batch).last_hidden_state,
-                                                                    batch["attention_mask"]), want)
-                       for batch, want in zip(holdout, wanted, strict=True)]
-        return budget.loss({"cosine_mean": float(torch.cat(cosines).mean())})
-
-    return loss
+    reference = None if arch.decoder else embeddings(teacher, holdout)
+    return lambda student: budget.loss(agreement(student, teacher, holdout, arch.decoder, reference))
 
 
 def _name(probe: Probe) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import math
 import shutil
@@ -173,7 +172,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
     (:mod:`llmc.compression.auto`), with its held-out agreement before and after distillation."""
     from llmc.compression.distill import agreement, distill
 
-    signal = functools.partial(_signal, tokenizer, arch)
+    signal = _signal(tokenizer, arch)
     if options.auto:
         from llmc.compression import auto
 
@@ -196,7 +195,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
             f"{', 2:4 sparse' if hold else ''}; held-out {_line(before)}")
         pruned = copy.deepcopy(student)
         distillation = distill(student, teacher, train, minutes, log, decoder=arch.decoder, after_step=hold,
-                               seed=options.seed, signal=signal(plan))
+                               seed=options.seed, signal=signal)
     after = agreement(student, teacher, holdout, arch.decoder)
     log(f"distilled: held-out {_line(after)}; {budget.describe(after)}")
     distillation["kept"] = "distilled"
@@ -208,7 +207,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
             "distillation": distillation}
 
 
-def _signal(tokenizer: Any, arch: Any, plan: Any) -> Any:
+def _signal(tokenizer: Any, arch: Any) -> Any:
     """What distillation trains on besides the text (:class:`llmc.compression.distill.Signal`).
 
     Encoders: tokens replaced from the whole vocabulary. Measured on MiniLM (3/4 of the FFN

@@ -9,7 +9,8 @@ to the teacher's at every real token (KL divergence of the logits) and its last 
 the teacher's (mean squared error). Dropout stays off (the student runs in eval mode; gradients
 flow all the same). Encoders see half their steps on variants of the text the teacher labels
 anew (:data:`AUGMENTATIONS`: tokens replaced by others of the batch, tokens masked, a span
-shuffled, tokens replaced from the whole vocabulary), drawn in turn. With 2:4 masks the pruned weights are re-zeroed after every step.
+shuffled, tokens replaced from the whole vocabulary), drawn in turn. With 2:4 masks the pruned
+weights are re-zeroed after every step.
 """
 
 from __future__ import annotations
@@ -160,19 +161,26 @@ def _encoder_steps(student: Any, teacher: Any, batches: list[dict[str, Any]], si
     return loss_of
 
 
-def agreement(student: Any, teacher: Any, batches: list[dict[str, Any]], decoder: bool = False) -> dict[str, float]:
-    """Held-out agreement. Encoders: mean-pooled embedding cosine (mean, worst sentence).
+def embeddings(model: Any, batches: list[dict[str, Any]]) -> list[Any]:
+    """An encoder's mean-pooled embeddings of each batch (the ``reference`` of :func:`agreement`)."""
+    import torch
+
+    with torch.no_grad():
+        return [pooled(model(**batch).last_hidden_state, batch["attention_mask"]) for batch in batches]
+
+
+def agreement(student: Any, teacher: Any, batches: list[dict[str, Any]], decoder: bool = False,
+              reference: list[Any] | None = None) -> dict[str, float]:
+    """Held-out agreement. Encoders: mean-pooled embedding cosine (mean, worst sentence), against
+    ``reference`` (the teacher's :func:`embeddings` of ``batches``, computed here when None).
     Decoders: perplexity of student and teacher, and how often their top-1 next tokens agree."""
     import torch
 
     if decoder:
         return _decoder_agreement(student, teacher, batches)
-    cosines = []
-    with torch.no_grad():
-        for batch in batches:
-            a = pooled(student(**batch).last_hidden_state, batch["attention_mask"])
-            b = pooled(teacher(**batch).last_hidden_state, batch["attention_mask"])
-            cosines.append(torch.nn.functional.cosine_similarity(a, b))
+    wanted = embeddings(teacher, batches) if reference is None else reference
+    cosines = [torch.nn.functional.cosine_similarity(got, want)
+               for got, want in zip(embeddings(student, batches), wanted, strict=True)]
     values = torch.cat(cosines).numpy()
     return {"cosine_mean": round(float(values.mean()), 5), "cosine_worst": round(float(values.min()), 5)}
 

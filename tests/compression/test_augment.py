@@ -53,3 +53,15 @@ def test_variants_by_name_and_unknown_ones_refused():
         variant(batch, "mask", np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown augmentation"):
         variant(batch, "rotate", np.random.default_rng(0))
+
+
+def test_ordinary_ids_leave_out_special_and_reserved_tokens():
+    from llmc.compression.augment import ordinary_ids
+
+    class Tokenizer:
+        all_special_ids = [0, 1]
+
+        def get_vocab(self):
+            return {"[PAD]": 0, "[CLS]": 1, "[unused3]": 2, "<extra_id_0>": 3, "[": 4, "the": 5, "##ing": 6, "<0x0A>": 7}
+
+    assert ordinary_ids(Tokenizer()).tolist() == [4, 5, 6]

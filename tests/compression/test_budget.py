@@ -84,12 +84,12 @@ def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypat
     speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
     monkeypatch.setattr(auto, "_artifact", lambda m, arch, where: speed(m))
     monkeypatch.setattr(auto, "_timed_speedup", lambda original, built, config, decoder: built / original)
-    monkeypatch.setattr(auto, "agreement", lambda s, t, b, d=False: {"cosine_mean": 1.0 - 0.1 * (speed(s) - 1.0)})
+    monkeypatch.setattr(auto, "agreement", lambda s, t, b, d=False, r=None: {"cosine_mean": 1.0 - 0.1 * (speed(s) - 1.0)})
     distilled = []
     monkeypatch.setattr(auto, "distill", lambda s, *a, **k: distilled.append(speed(s)) or {"steps": 1})
     budget = Budget.of(0.1, False)  # within: speed-up <= 2
     student, plan, report = auto.choose(model, BERT, [1, 0], scores, batches, batches, budget, 1.0,
-                                        lambda plan: Signal(), lambda _m: None)
+                                        Signal(), lambda _m: None)
     assert report["found"] and student is not None
     timed = sorted(p["measured_speedup"] for p in report["probes"])
     within = [s for s in timed if s <= 2.0 + 1e-9]
