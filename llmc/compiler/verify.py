@@ -19,6 +19,7 @@ from llmc.runtime.integrity import check_files, hash_files
 from llmc.runtime.manifest import Manifest, Tokenizer, write_manifest
 from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_session
 from llmc.runtime.ort.errors import compiled_runs
+from llmc.runtime.padding.pack import packed_session
 from llmc.runtime.padding.probe import probe as probe_padding
 from llmc.spec.precision import FP32, Judgement
 from llmc.spec.target import Finish
@@ -66,7 +67,11 @@ def verify(
     if request.target.measures_padding:
         log("measuring whether padding can be skipped")
         padding = precision.padding_verdict(
-            probe_padding(saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), request.seed), report
+            probe_padding(
+                saved, OrtRunner(deployed).run, min(prep.tolerance, PADDING_TOLERANCE), request.seed,
+                packing=lambda layout: packed_session(out_dir / MODEL_FILE, session_config, layout)(),
+            ),
+            report,
         )
     return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding)
 

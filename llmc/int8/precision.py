@@ -155,6 +155,10 @@ class Int8(QuantizedPrecision):
             if mode == "bucket" and probe.get("max_difference") is None:
                 continue  # rows not separable: the probe's reason stands
             verdicts[mode] = {**probe, "safe": bool(measured["met"]), "same_as_untrimmed": bool(probe["safe"])}
+        if isinstance(padding.get("pack"), dict) and padding["pack"].get("applies"):
+            # A packed row's dynamic activation scales span every text in it: a text's answer would
+            # depend on its neighbours, so packing keeps the strict probe's verdict.
+            verdicts["pack"] = {**padding["pack"], "judged_by": "the untrimmed int8 run"}
         return verdicts
 
 

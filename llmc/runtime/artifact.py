@@ -113,7 +113,8 @@ def load(
     ``engine``: None runs a built TensorRT engine when the artifact has one (verified first),
     True requires it, False runs the ONNX model in ONNX Runtime. ``padding`` (ONNX Runtime
     encoders): ``auto`` skips padding the way the build measured to keep every real position's
-    outputs (``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket`` or ``off`` as asked.
+    outputs (``pack``, else ``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket``, ``pack``
+    or ``off`` as asked.
     ``runner``: the :class:`Runner` subclass to return (``llmc.load`` adds generation).
     ``spinning``: False makes ONNX Runtime's threads sleep between runs (servers), None as built.
     """
@@ -137,7 +138,7 @@ def load(
         overrides["allow_spinning"] = spinning
     config = artifact.session_config(**overrides)
     backend = OrtRunner(create_session(artifact.model_path, config))
-    return runner(artifact, backend, padded_runner(artifact, backend.run, padding))
+    return runner(artifact, backend, padded_runner(artifact, backend.run, padding, config))
 
 
 def check_plan_file(path: Path) -> None:
@@ -149,13 +150,19 @@ def check_plan_file(path: Path) -> None:
         )
 
 
-def padded_runner(artifact: Artifact, run: Any, padding: str) -> Any:
-    """The :class:`llmc.runtime.padding.PaddedRunner` ``padding`` asks for on ``artifact``, or None."""
+def padded_runner(artifact: Artifact, run: Any, padding: str, config: Any = None) -> Any:
+    """The :class:`llmc.runtime.padding.PaddedRunner` ``padding`` asks for on ``artifact``, or None;
+    ``pack`` opens its packed session with ``config`` (the artifact's own when None) on first use."""
     from llmc.runtime.padding.execute import PaddedRunner
+    from llmc.runtime.padding.pack import PackingRunner, packed_session
     from llmc.runtime.padding.select import choose
 
     mode, layout = choose(artifact.manifest.padding, padding, str(artifact.path))
-    return PaddedRunner(run, layout, mode) if layout is not None else None
+    if layout is None:
+        return None
+    if mode == "pack":
+        return PackingRunner(run, layout, packed_session(artifact.model_path, config or artifact.session_config(), layout))
+    return PaddedRunner(run, layout, mode)
 
 
 def _trt_runner(artifact: Artifact) -> BackendRunner:

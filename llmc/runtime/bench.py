@@ -86,7 +86,7 @@ def resolve_bench_model(
         config = artifact.session_config(intra_op_num_threads=threads or recorded)
         padded_runner(artifact, None, padding)  # a mode that cannot apply is an error before any run
         name = label or f"{path.name}/"
-        return BenchModel(name, path / MODEL_FILE, config, wrap=lambda run: padded_runner(artifact, run, padding) or run)
+        return BenchModel(name, path / MODEL_FILE, config, wrap=lambda run: padded_runner(artifact, run, padding, config) or run)
     if not path.is_file():
         raise LlmcError(f"{path}: no such model file or artifact directory")
     config = SessionConfig(graph_optimization_level=level, intra_op_num_threads=threads)

@@ -72,3 +72,17 @@ def test_a_text_past_the_model_length_is_truncated(features):
     ours = llmc.load(features.artifact).embed([text, "short"])
     theirs = torch_embedding(features, [text], normalize=False)  # transformers truncates to 512 too
     assert _cosines(ours[:1], theirs).min() >= 0.9999
+
+
+def test_the_task_models_pack_their_batches_by_default(embedder, features, sentiment, ner):
+    """Their builds measured packing safe: a batch's texts share rows, and what each text gets
+    matches the padded batch computed in full."""
+    for model in (embedder, features, sentiment, ner):
+        packed, computed = llmc.load(model.artifact), llmc.load(model.artifact, padding="off")
+        assert (packed.padding, computed.padding) == ("pack", "off"), model.artifact
+    runner, full = llmc.load(embedder.artifact), llmc.load(embedder.artifact, padding="off")
+    np.testing.assert_allclose(runner.embed(TEXTS, batch_size=6), full.embed(TEXTS, batch_size=6), atol=1e-5)
+    runner, full = llmc.load(sentiment.artifact), llmc.load(sentiment.artifact, padding="off")
+    for ours, theirs in zip(runner.classify(TEXTS, batch_size=6), full.classify(TEXTS, batch_size=6), strict=True):
+        assert [label for label, _ in ours] == [label for label, _ in theirs]
+        np.testing.assert_allclose([score for _, score in ours], [score for _, score in theirs], atol=1e-5)

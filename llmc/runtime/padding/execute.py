@@ -22,7 +22,7 @@ from llmc.runtime.padding.layout import PaddingLayout
 
 Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], dict[str, np.ndarray]]
-MODES = ("auto", "off", "trim", "bucket")
+MODES = ("auto", "off", "trim", "bucket", "pack")
 # A run's fixed cost in padded tokens (per-node overhead of a small encoder): measured on MiniLM
 # int8, 2 threads, batch 8 of real sentences (benchmarks/padding.py).
 OVERHEAD_TOKENS = 24
@@ -56,7 +56,8 @@ def plan_buckets(lengths: np.ndarray, overhead: int = OVERHEAD_TOKENS) -> list[n
 
 
 class PaddedRunner:
-    """``run`` of an encoder with trailing padding skipped (``mode`` trim or bucket)."""
+    """``run`` of an encoder with trailing padding skipped (``mode`` trim or bucket; pack:
+    :class:`llmc.runtime.padding.pack.PackingRunner`)."""
 
     def __init__(self, run: Run, layout: PaddingLayout, mode: str, overhead: int = OVERHEAD_TOKENS) -> None:
         self._run, self.layout, self.mode, self.overhead = run, layout, mode, overhead
@@ -70,7 +71,7 @@ class PaddedRunner:
             return self._run(feeds)
         lengths = real_lengths(mask)
         batch, width = mask.shape
-        if self.mode == "bucket" and batch > 1 and self.layout.rows_separable:
+        if self.mode in ("bucket", "pack") and batch > 1 and self.layout.rows_separable:
             buckets = plan_buckets(lengths, self.overhead)
             if len(buckets) > 1:
                 return self._bucketed(feeds, buckets, lengths, batch, width)

@@ -5,7 +5,9 @@ seeing which axes follow them. Then a batch with trailing padding (rows of 7, 4 
 in 11 columns) runs three ways: as given, trimmed to its longest row, and each row alone at its
 own length (what bucketing does). Trimming (or bucketing) is safe when every real position of
 every output (every row of an output without a sequence axis) agrees within the build's
-tolerance; the manifest records the layout, both verdicts and the measured differences, and
+tolerance. Packing (:mod:`.pack`: rows 7 and 4 share a packed row, 2 has its own) is measured
+against the untrimmed run the same way, where the graph can be packed (else its reason is
+recorded). The manifest records the layout, the verdicts and the measured differences, and
 ``llmc.load`` turns on only what is safe.
 """
 
@@ -20,14 +22,18 @@ import onnx_ir as ir
 from llmc.model.feeds import make_feeds, resolve_shapes
 from llmc.runtime.padding.execute import PaddedRunner
 from llmc.runtime.padding.layout import PaddingLayout, sequence_inputs
+from llmc.runtime.padding.pack import PACK_WIDTH, PackingRunner, PackingUnavailable
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 SHAPES = ((3, 11), (2, 9))  # (batch, sequence) of the two axis-finding runs
 LENGTHS = (7, 4, 2)  # real tokens per row of the padded batch (3 x 11)
 
 
-def probe(model: ir.Model, run: Run, tolerance: float, seed: int = 0) -> dict[str, Any]:
-    """The manifest's ``padding`` section for ``model`` run by ``run``."""
+def probe(
+    model: ir.Model, run: Run, tolerance: float, seed: int = 0, packing: Callable[[PaddingLayout], Run] | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``padding`` section for ``model`` run by ``run``; ``packing`` gives the run
+    of the packed graph (:mod:`llmc.runtime.padding.pack`) for a layout, where packing is measured."""
     found = sequence_inputs(model)
     if isinstance(found, str):
         return {"applies": False, "reason": found}
@@ -42,6 +48,9 @@ def probe(model: ir.Model, run: Run, tolerance: float, seed: int = 0) -> dict[st
     rows = [run({k: v[i : i + 1, :length] for k, v in padded.items()}) for i, length in enumerate(LENGTHS)]
     alone = max(_difference(_rows(reference, layout, i), rows[i], layout, length) for i, length in enumerate(LENGTHS))
     separable = layout.rows_separable
+    pack = {"applies": False, "reason": "an output has no batch axis" if not separable else "not measured"}
+    if separable and packing is not None:
+        pack = _pack_verdict(run, layout, packing, padded, reference, tolerance)
     return {
         "applies": True,
         **layout.to_dict(),
@@ -52,7 +61,27 @@ def probe(model: ir.Model, run: Run, tolerance: float, seed: int = 0) -> dict[st
             "max_difference": alone if separable else None,
             **({} if separable else {"reason": "an output has no batch axis"}),
         },
+        "pack": pack,
     }
+
+
+def _pack_verdict(
+    run: Run, layout: PaddingLayout, packing: Callable[[PaddingLayout], Run], padded: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray], tolerance: float,
+) -> dict[str, Any]:
+    """The padded batch packed into rows of its width (rows 7+4 and 2: two texts share a row)
+    against the untrimmed run."""
+    try:
+        packed_run = packing(layout)
+    except PackingUnavailable as exc:
+        return {"applies": False, "reason": exc.reason}
+    runner = PackingRunner(run, layout, lambda: packed_run, width=SHAPES[0][1])
+    try:
+        packed = runner.run(padded)
+    except Exception as exc:  # noqa: BLE001 - a rewrite ONNX Runtime rejects: recorded, packing off
+        return {"applies": False, "reason": f"the packed graph does not run: {str(exc).splitlines()[0][:300]}"}
+    difference = _difference(reference, packed, layout)
+    return {"applies": True, "safe": difference <= tolerance, "max_difference": difference, "width": PACK_WIDTH}
 
 
 def _feeds(

@@ -11,8 +11,8 @@ from llmc.runtime.padding.layout import PaddingLayout
 
 def choose(section: dict[str, Any] | None, mode: str, origin: str) -> tuple[str, PaddingLayout | None]:
     """``(mode, layout)`` to run with, from the manifest's ``padding`` ``section`` (what the build
-    measured; None when it did not). ``auto``: bucket if the build measured it safe, else trim if
-    safe, else off; ``trim``/``bucket`` as asked where the layout allows it (one error line where
+    measured; None when it did not). ``auto``: pack if the build measured it safe, else bucket if
+    safe, else trim if safe, else off; ``trim``/``bucket``/``pack`` as asked where the layout allows it (one error line where
     it cannot apply); ``off``: every position computed."""
     if mode not in MODES:
         raise LlmcError(f"padding must be one of {', '.join(MODES)}, not {mode!r}")
@@ -25,8 +25,16 @@ def choose(section: dict[str, Any] | None, mode: str, origin: str) -> tuple[str,
         raise LlmcError(f"{origin}: padding '{mode}' does not apply: {why}; load it with padding='off'")
     layout = PaddingLayout.from_dict(section)
     if mode == "auto":
-        chosen = "bucket" if section["bucket"]["safe"] else "trim" if section["trim"]["safe"] else "off"
+        chosen = next((m for m in ("pack", "bucket", "trim") if _safe(section, m)), "off")
         return chosen, layout if chosen != "off" else None
-    if mode == "bucket" and not layout.rows_separable:
-        raise LlmcError(f"{origin}: padding 'bucket' needs a batch axis on every output; use padding='trim'")
+    if mode in ("bucket", "pack") and not layout.rows_separable:
+        raise LlmcError(f"{origin}: padding '{mode}' needs a batch axis on every output; use padding='trim'")
+    if mode == "pack" and not (section.get("pack") or {}).get("applies"):
+        why = (section.get("pack") or {}).get("reason", "its build did not measure packing (rebuild it)")
+        raise LlmcError(f"{origin}: padding 'pack' does not apply: {why}; load it with padding='bucket'")
     return mode, layout
+
+
+def _safe(section: dict[str, Any], mode: str) -> bool:
+    verdict = section.get(mode)
+    return isinstance(verdict, dict) and bool(verdict.get("safe"))

@@ -81,16 +81,21 @@ def _assert_real_positions_equal(got, want, mask):
 
 def test_build_measures_padding_and_load_skips_it_by_default(bert):
     section = bert.manifest["padding"]
-    assert section["applies"] and section["trim"]["safe"] and section["bucket"]["safe"]
+    assert section["applies"] and section["trim"]["safe"] and section["bucket"]["safe"] and section["pack"]["safe"]
     assert section["mask"] == "attention_mask"
     assert section["outputs"]["last_hidden_state"] == {"batch_axis": 0, "sequence_axis": 1}
     skipping, computing = llmc.load(bert.path), llmc.load(bert.path, padding="off")
-    assert (skipping.padding, computing.padding) == ("bucket", "off")
-    assert llmc.load(bert.path, padding="trim").padding == "trim"
-    # Ragged lengths, a row of one token, and a batch whose rows are all full.
-    for lengths, width in (([5, 17, 1, 9, 16], 32), ([1], 16), ([12, 12], 12), ([3, 3, 3], 20)):
+    assert (skipping.padding, computing.padding) == ("pack", "off")
+    others = [llmc.load(bert.path, padding=mode) for mode in ("trim", "bucket")]
+    assert [r.padding for r in others] == ["trim", "bucket"]
+    # Ragged lengths (packed two or three to a row), a row of one token, rows that all fill a
+    # packed row (buckets), and a batch whose rows are all full.
+    cases = (([5, 17, 1, 9, 16], 32), ([1], 16), ([40, 70, 3], 96), ([12, 12], 12), ([3, 3, 3], 20))
+    for lengths, width in cases:
         feeds = _padded(lengths, width)
-        _assert_real_positions_equal(skipping.run(feeds), computing.run(feeds), feeds["attention_mask"])
+        want = computing.run(feeds)
+        for run in (skipping, *others):
+            _assert_real_positions_equal(run.run(feeds), want, feeds["attention_mask"])
 
 
 def test_trimming_that_changes_an_output_stays_off_by_default(tmp_path):
@@ -124,7 +129,7 @@ def test_decoders_and_bad_modes_are_one_line(bert, tiny_llama_dynamo, tmp_path):
     art = llmc.build(tiny_llama_dynamo, output=tmp_path / "llama", cache=False)
     assert not art.manifest["padding"]["applies"] and "decoder" in art.manifest["padding"]["reason"]
     assert llmc.load(art.path).padding == "off"
-    for path, mode, words in ((art.path, "trim", "does not apply"), (bert.path, "pack", "must be one of")):
+    for path, mode, words in ((art.path, "trim", "does not apply"), (bert.path, "sideways", "must be one of")):
         with pytest.raises(LlmcError, match=words) as info:
             llmc.load(path, padding=mode)
         assert "\n" not in str(info.value)
