@@ -44,7 +44,7 @@ def bench(
     padding: Annotated[
         str,
         typer.Option(
-            help="Artifacts of encoders: auto (skip padding as the build measured safe), trim, bucket or off "
+            help="Artifacts of encoders: auto (skip padding as the build measured safe), trim, bucket, pack or off "
             "(compute every position). Give padded inputs with --inputs to see it."
         ),
     ] = "auto",
