@@ -11,11 +11,13 @@ out its own last tenth).
   (everyday English prose, unlike the docstrings it was distilled on; never trained on).
 - all-MiniLM-L6-v2, ``--sparsity 2:4``: the same builds; whether int8 and fp16 keep the pattern
   (the build manifest's ``sparsity``), and what 2:4 costs in agreement (no CPU kernel runs it faster).
-- SmolLM2-135M (GGUF), ``--ffn 0.25 --heads 0.25``: held-out perplexity before and after, and
-  decode ms/token of llmc's fp32 builds of the original and the compressed export (prompt 128,
-  32 new tokens, fresh processes).
+- SmolLM2-135M (GGUF), ``--max-loss 0.05`` (the issue's +5% perplexity) and no cut: the same
+  search, timed by ONNX Runtime decode steps; held-out perplexity before and after distillation,
+  and decode ms/token of llmc's fp32 builds of the original and the compressed export (prompt
+  128, 32 new tokens, fresh processes).
 
-    python -m benchmarks.compress [--minutes 20] [--max-loss 0.03] [--sparse-minutes 6] [--decoder-minutes 10]
+    python -m benchmarks.compress [--minutes 20] [--max-loss 0.03] [--sparse-minutes 6] [--decoder-minutes 20]
+        [--decoder-max-loss 0.05]
         [--only minilm|sparse|smollm2 ...]   (each part rewrites its own part of the RESULTS section)
 """
 
@@ -239,8 +241,9 @@ def _llmc_decode(path: str, prompt: list[int], new: int) -> dict[str, Any]:
     return {"ms_per_token": result.ms_per_token, "ttft_ms": result.ttft_ms}
 
 
-def decoder(report: dict[str, Any], rounds: int) -> list[str]:
-    """llmc fp32 decode ms/token, original vs compressed SmolLM2 (fresh process per run)."""
+def decoder(report: dict[str, Any], rounds: int) -> tuple[list[str], float]:
+    """llmc fp32 decode ms/token, original vs compressed SmolLM2 (fresh process per run): the
+    table and the speed-up."""
     from tokenizers import Tokenizer
 
     import llmc
@@ -276,30 +279,7 @@ def decoder(report: dict[str, Any], rounds: int) -> list[str]:
         f"| pruned, not distilled | - | - | {agree['pruned']['perplexity']:.2f} | {agree['pruned']['top1_agreement']:.3f} |",
         f"| compressed (distilled) | {ms['compressed']:.2f} ({ms['original'] / ms['compressed']:.2f}x faster) | "
         f"{ttft['compressed']:.0f} | {agree['distilled']['perplexity']:.2f} | {agree['distilled']['top1_agreement']:.3f} |",
-    ]
-
-
-def _importance_comparison(source: str) -> dict[str, Any]:
-    """Held-out agreement of SmolLM2 pruned (FFN 0.25, heads 0.25), not distilled, by each importance."""
-    from llmc.compression import importance
-    from llmc.compression.arch import load_teacher
-    from llmc.compression.compress import GRAM_BATCHES, _batches, read_lines
-    from llmc.compression.distill import agreement
-    from llmc.compression.prune import Plan, ffn_kept, heads_kept, prune
-    from llmc.compression.refit import grams
-
-    teacher, tokenizer, arch = load_teacher(Path(source))
-    lines = read_lines(CACHE / "train.txt")
-    held = max(16, len(lines) // 10)
-    train, holdout = _batches(tokenizer, lines[:-held]), _batches(tokenizer, lines[-held:])
-    config = teacher.config
-    plan = Plan(list(range(config.num_hidden_layers)), ffn_kept(config.intermediate_size, 0.25), heads_kept(config, 0.25))
-    scores = {kind: getattr(importance, kind)(teacher, arch, train[:8]) for kind in ("activation", "taylor")}
-    found = {kind: agreement(prune(teacher, arch, plan, *s), teacher, holdout, decoder=True) for kind, s in scores.items()}
-    gram = grams(teacher, arch, train[:GRAM_BATCHES])
-    found["activation + refit"] = agreement(prune(teacher, arch, plan, *scores["activation"], gram), teacher, holdout,
-                                            decoder=True)
-    return found
+    ], ms["original"] / ms["compressed"]
 
 
 PARTS = ("minilm", "sparse", "smollm2")
@@ -312,7 +292,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--max-loss", type=float, default=0.03)
     parser.add_argument("--sparse-minutes", type=float, default=6.0)
-    parser.add_argument("--decoder-minutes", type=float, default=10.0)
+    parser.add_argument("--decoder-minutes", type=float, default=20.0)
+    parser.add_argument("--decoder-max-loss", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=PARTS, action="append")
     args = parser.parse_args()
@@ -364,16 +345,17 @@ def _sparse(args: Any, options: Any) -> list[str]:
 
 
 def _smollm2(args: Any, options: Any) -> list[str]:
+    # --allow-loss: a run that ends over the budget is still built and shown (its verdict says so)
     report = _compress("smollm2-compressed", anchors.smollm2_gguf(),
-                       options(ffn=0.25, heads=0.25, minutes=args.decoder_minutes, allow_loss=True))
-    compared = harness.job(_importance_comparison, str(anchors.smollm2_gguf()))
-    return ["SmolLM2-135M, `--ffn 0.25 --heads 0.25 --allow-loss`:\n", *decoder(report, max(1, args.rounds // 2)), "",
-            _summary(report), "",
-            "Importance and refit, measured (the same cut, before distillation, held-out perplexity / top-1 "
-            "agreement): "
-            + ", ".join(f"{k} {compared[k]['perplexity']:.0f} / {compared[k]['top1_agreement']:.3f}"
-                        for k in ("activation", "taylor", "activation + refit"))
-            + f" (original {compared['activation']['teacher_perplexity']:.1f}).", ""]
+                       options(max_loss=args.decoder_max_loss, minutes=args.decoder_minutes, allow_loss=True))
+    table, speedup = decoder(report, max(1, args.rounds // 2))
+    increase = report["budget"]["loss_distilled"]
+    met = speedup >= 1.3 and increase <= 0.05
+    return [f"SmolLM2-135M, `llmc compress --max-loss {args.decoder_max_loss:g} --minutes {args.decoder_minutes:g} "
+            "--allow-loss` (no cut: the budget search):\n", *table, "", _summary(report), "",
+            "| target | measured | met? |", "|---|---|---|",
+            f"| SmolLM2 >= 1.3x decode speed-up (llmc fp32 ms/token) within +5% held-out perplexity | {speedup:.2f}x at "
+            f"{increase * 100:+.1f}% | {'yes' if met else 'no'} |", ""]
 
 
 if __name__ == "__main__":
