@@ -116,6 +116,8 @@ def _check_attention(node: ir.Node, depends: dict[ir.Value, set[str]]) -> str | 
     inputs = list(node.inputs) + [None] * (7 - len(node.inputs))
     if inputs[4] is not None or inputs[6] is not None:
         return f"Attention node '{node.name}' takes a past state"
+    if inputs[1] is None or inputs[1].const_value is None:
+        return f"Attention node '{node.name}' has computed weights"
     if inputs[2] is not None and inputs[2].const_value is None:
         return f"Attention node '{node.name}' has a computed bias"
     for slot in MASK_SLOTS:

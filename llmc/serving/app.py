@@ -88,6 +88,8 @@ def _routes(api: Any, served: Served) -> None:
     from fastapi.responses import JSONResponse, PlainTextResponse
     from starlette.exceptions import HTTPException
 
+    import llmc.serving.jsonbody  # noqa: F401  (orjson: a missing one is llmc serve's one line at start)
+
     def route(dialect: str, handler: Callable[[Engine, Any], Awaitable[Any]]) -> Any:
         async def endpoint(request: Request) -> Any:
             return await admitted(served.engine, dialect, lambda engine: handler(engine, request))
@@ -243,7 +245,7 @@ async def read_json(request: Any) -> Any:
 
 
 async def _infer(engine: Engine, request: Any) -> Any:
-    from fastapi.responses import JSONResponse
+    from llmc.serving.jsonbody import FastJSONResponse
 
     arrival = time.perf_counter()
     with engine.infer.coming():
@@ -252,11 +254,11 @@ async def _infer(engine: Engine, request: Any) -> Any:
     result = await engine.infer.submit((feeds, arrival))
     if isinstance(result, LlmcError):  # the model refused these inputs' values
         raise BadRequest(str(result))
-    return JSONResponse(outputs_json(result))
+    return FastJSONResponse(outputs_json(result))
 
 
 async def _embeddings(engine: Engine, request: Any) -> Any:
-    from fastapi.responses import JSONResponse
+    from llmc.serving.jsonbody import FastJSONResponse
 
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
 
@@ -269,12 +271,12 @@ async def _embeddings(engine: Engine, request: Any) -> Any:
     wanted = body.get("dimensions")
     if wanted is not None and wanted != vectors.shape[-1]:
         raise BadRequest(f'"dimensions": this model gives {vectors.shape[-1]}-dimensional embeddings', param="dimensions")
-    return JSONResponse(encoders.embeddings_json(vectors, tokens, engine.settings.served_model, as_base64))
+    return FastJSONResponse(encoders.embeddings_json(vectors, tokens, engine.settings.served_model, as_base64))
 
 
 async def _embed(engine: Engine, request: Any) -> Any:
     """TEI's ``POST /embed`` (``llmc.serving.encoders``)."""
-    from fastapi.responses import JSONResponse
+    from llmc.serving.jsonbody import FastJSONResponse
 
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
 
@@ -284,11 +286,11 @@ async def _embed(engine: Engine, request: Any) -> Any:
         in_graph = bool(engine.task.spec is not None and engine.task.spec.normalize)
         texts, normalize, truncate = encoders.parse_embed(body, in_graph)
     vectors, _ = _answer(await engine.embed.submit((texts, truncate)))
-    return JSONResponse(encoders.embed_json(vectors, normalize and not in_graph))
+    return FastJSONResponse(encoders.embed_json(vectors, normalize and not in_graph))
 
 
 async def _rerank(engine: Engine, request: Any) -> Any:
-    from fastapi.responses import JSONResponse
+    from llmc.serving.jsonbody import FastJSONResponse
 
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
 
@@ -297,11 +299,11 @@ async def _rerank(engine: Engine, request: Any) -> Any:
         encoders.require(engine.task, "rerank", TEXT_CLASSIFICATION, SENTENCE_EMBEDDING, FEATURE_EXTRACTION)
         query, texts, raw, return_text = encoders.parse_rerank(body)
     ranked = _answer(await engine.rerank.submit((query, texts, raw)))
-    return JSONResponse(encoders.rerank_json(ranked, texts, return_text))
+    return FastJSONResponse(encoders.rerank_json(ranked, texts, return_text))
 
 
 async def _predict(engine: Engine, request: Any) -> Any:
-    from fastapi.responses import JSONResponse
+    from llmc.serving.jsonbody import FastJSONResponse
 
     from llmc.spec.task import TEXT_CLASSIFICATION
 
@@ -310,7 +312,7 @@ async def _predict(engine: Engine, request: Any) -> Any:
         encoders.require(engine.task, "classify", TEXT_CLASSIFICATION)
         sequences, batch, raw = encoders.parse_predict(body)
     labelled = _answer(await engine.predict.submit((sequences, raw)))
-    return JSONResponse(encoders.predict_json(labelled, batch))
+    return FastJSONResponse(encoders.predict_json(labelled, batch))
 
 
 def _answer(result: Any) -> Any:
