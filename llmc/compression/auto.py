@@ -155,7 +155,7 @@ def _timed(teacher: Any, arch: Arch, chosen: list[Candidate], scores: tuple[Any,
     :data:`MIN_SPEEDUP`)."""
     probes = []
     with tempfile.TemporaryDirectory(prefix="llmc-compress-time-") as tmp:
-        original = _artifact(teacher, arch, Path(tmp) / "original")
+        original = _artifact(_whole(teacher, arch, scores), arch, Path(tmp) / "original")
         for index, candidate in enumerate(chosen):
             student = prune(teacher, arch, candidate.plan, *scores)
             built = _artifact(student, arch, Path(tmp) / f"c{index}")
@@ -165,6 +165,14 @@ def _timed(teacher: Any, arch: Arch, chosen: list[Candidate], scores: tuple[Any,
             if speedup > MIN_SPEEDUP:
                 probes.append(Probe(candidate, speedup))
     return sorted(probes, key=lambda p: -p.speedup)
+
+
+def _whole(teacher: Any, arch: Arch, scores: tuple[Any, ...]) -> Any:
+    """The original as a plain model (every layer, neuron and head kept): a teacher loaded from a
+    GGUF file is marked quantized and transformers will not save it."""
+    config = teacher.config
+    plan = Plan(list(range(config.num_hidden_layers)), ffn_kept(config.intermediate_size, 0.0), heads_kept(config, 0.0))
+    return prune(teacher, arch, plan, *scores)
 
 
 def _artifact(model: Any, arch: Arch, where: Path) -> Path:

