@@ -161,7 +161,11 @@ def padded_runner(artifact: Artifact, run: Any, padding: str, config: Any = None
     if layout is None:
         return None
     if mode == "pack":
-        return PackingRunner(run, layout, packed_session(artifact.model_path, config or artifact.session_config(), layout))
+        def check() -> None:
+            check_files(artifact.path, artifact.manifest.artifact.sha256)
+
+        made = packed_session(artifact.model_path, config or artifact.session_config(), layout, check)
+        return PackingRunner(run, layout, made)
     return PaddedRunner(run, layout, mode)
 
 

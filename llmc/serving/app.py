@@ -259,7 +259,6 @@ async def _infer(engine: Engine, request: Any) -> Any:
 
 async def _embeddings(engine: Engine, request: Any) -> Any:
     from llmc.serving.jsonbody import FastJSONResponse
-
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
 
     with engine.embed.coming():
@@ -277,7 +276,6 @@ async def _embeddings(engine: Engine, request: Any) -> Any:
 async def _embed(engine: Engine, request: Any) -> Any:
     """TEI's ``POST /embed`` (``llmc.serving.encoders``)."""
     from llmc.serving.jsonbody import FastJSONResponse
-
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING
 
     with engine.embed.coming():
@@ -291,7 +289,6 @@ async def _embed(engine: Engine, request: Any) -> Any:
 
 async def _rerank(engine: Engine, request: Any) -> Any:
     from llmc.serving.jsonbody import FastJSONResponse
-
     from llmc.spec.task import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
 
     with engine.rerank.coming():
@@ -304,7 +301,6 @@ async def _rerank(engine: Engine, request: Any) -> Any:
 
 async def _predict(engine: Engine, request: Any) -> Any:
     from llmc.serving.jsonbody import FastJSONResponse
-
     from llmc.spec.task import TEXT_CLASSIFICATION
 
     with engine.predict.coming():

@@ -115,12 +115,17 @@ class PackingRunner(PaddedRunner):
         return self._packed(feeds)
 
 
-def packed_session(model_path: str | os.PathLike, config: Any, layout: PaddingLayout) -> Callable[[], Run]:
+def packed_session(
+    model_path: str | os.PathLike, config: Any, layout: PaddingLayout, check: Callable[[], None] | None = None,
+) -> Callable[[], Run]:
     """A function that builds the packed graph of the model at ``model_path`` and opens it with
     the session ``config`` (``llmc.runtime.ort.SessionConfig``); its run takes
-    :func:`packed_feeds`."""
+    :func:`packed_feeds`. ``check`` runs first: the model file is read again, later than the
+    artifact's load, so an artifact's files are checked again against their recorded sha256."""
 
     def make() -> Run:
+        if check is not None:
+            check()
         from llmc.model.io import load_model, ort_model_source
         from llmc.model.packing import pack_graph
         from llmc.runtime.ort import OrtRunner, create_session

@@ -160,3 +160,15 @@ def test_the_build_measures_packing_and_an_unpackable_model_refuses_pack_in_one_
     np.testing.assert_allclose(got["pooled"], want["pooled"], atol=1e-5)
     real = feeds["attention_mask"].astype(bool)
     np.testing.assert_allclose(got["hidden"][real], want["hidden"][real], atol=1e-5)
+
+
+def test_the_packed_session_checks_the_model_file_again(tmp_path):
+    """The packed graph is made from model.onnx when a batch first packs, after the load's
+    integrity check: a file changed in between is refused in one line, not run."""
+    art = llmc.build(_encoder("range"), output=tmp_path / "bert", cache=False, shapes={"input_ids": (2, 8)})
+    runner = llmc.load(art.path)
+    with open(art.path / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(LlmcError) as info:
+        runner.run(_padded([3, 2, 4], 6))
+    assert "model.onnx" in str(info.value) and "\n" not in str(info.value)
