@@ -61,17 +61,25 @@ class PaddedRunner:
 
     def __init__(self, run: Run, layout: PaddingLayout, mode: str, overhead: int = OVERHEAD_TOKENS) -> None:
         self._run, self.layout, self.mode, self.overhead = run, layout, mode, overhead
+        self.buckets = mode == "bucket"  # rows of different lengths run in length buckets
 
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self.run(feeds)
 
-    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+    def mask_of(self, feeds: Feeds) -> np.ndarray | None:
+        """The mask of ``feeds`` whose padding this runner may skip; None: run them as given."""
         mask = feeds.get(self.layout.mask)
         if mask is None or mask.ndim != 2 or mask.shape[1] == 0 or set(feeds) != set(self.layout.inputs):
+            return None
+        return mask
+
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        mask = self.mask_of(feeds)
+        if mask is None:
             return self._run(feeds)
         lengths = real_lengths(mask)
         batch, width = mask.shape
-        if self.mode in ("bucket", "pack") and batch > 1 and self.layout.rows_separable:
+        if self.buckets and batch > 1 and self.layout.rows_separable:
             buckets = plan_buckets(lengths, self.overhead)
             if len(buckets) > 1:
                 return self._bucketed(feeds, buckets, lengths, batch, width)

@@ -89,13 +89,14 @@ class PackingRunner(PaddedRunner):
         overhead: int = OVERHEAD_TOKENS,
     ) -> None:
         super().__init__(run, layout, "pack", overhead)
+        self.buckets = True  # a batch packing would not shorten runs in length buckets
         self._make_packed, self.width = make_packed, width
         self._packed: Run | None = None
         self._lock = threading.Lock()
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        mask = feeds.get(self.layout.mask)
-        if mask is None or mask.ndim != 2 or mask.shape[0] < 2 or mask.shape[1] == 0 or set(feeds) != set(self.layout.inputs):
+        mask = self.mask_of(feeds)
+        if mask is None or mask.shape[0] < 2:
             return super().run(feeds)
         lengths = real_lengths(mask)
         longest = int(lengths.max())
