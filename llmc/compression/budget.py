@@ -23,9 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmc.errors import LlmcError
-from llmc.spec.compression import COMPRESSION_METADATA, read, summary_line
-
-__all__ = ["COMPRESSION_METADATA", "Budget", "check_max_loss", "metadata", "read", "summary_line"]
+from llmc.spec.compression import COMPRESSION_METADATA
 
 DEFAULT_MAX_LOSS = {"encoder": 0.02, "decoder": 0.05}
 METRIC = {"encoder": "1 - mean cosine of mean-pooled embeddings (held-out)",

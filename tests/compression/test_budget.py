@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llmc.cli.main import app
-from llmc.compression.budget import Budget, check_max_loss, metadata, read, summary_line
+from llmc.compression.budget import Budget, check_max_loss, metadata
 from llmc.errors import LlmcError
+from llmc.spec.compression import read, summary_line
 from tests.export.test_export_cli import bert_dir  # noqa: F401  (fixture)
 
 runner = CliRunner()
