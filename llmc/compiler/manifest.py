@@ -93,7 +93,7 @@ def _task(model: Any) -> dict[str, Any] | None:
 
 
 def _compression(model: Any) -> dict[str, Any] | None:
-    """``llmc compress``'s record of the model (:mod:`llmc.compression.budget`), for the manifest's
+    """``llmc compress``'s record of the model (:mod:`llmc.spec.compression`), for the manifest's
     ``compression`` section; None for a model it did not make."""
     from llmc.spec.compression import read
 
