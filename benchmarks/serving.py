@@ -15,8 +15,10 @@ text against ``runner.generate`` on the same chat prompt. System prompt: chats s
 system message, the first request's and the later requests' time to the first token, the server
 started with ``--system-prompt FILE`` (that message) and without (where ``llmc serve --help``
 lists the flag; else "not available"). The server is ``llmc serve ARTIFACT --threads-per-replica 2``
-at its defaults in a subprocess of its own (``--ray``: also ``--replicas 1``, Ray Serve, the same
-figures, both engines in one run), ready when ``GET /health`` answers 200; clients are aiohttp
+at its defaults in a subprocess of its own (``--ray``: also ``--replicas 1`` on Ray Serve, behind
+Ray's HTTP proxy ("ray") and behind ``--ingress haproxy`` ("ray-haproxy"), the same figures, all
+engines in one run, Ray's judged against uvicorn's of the same round, within 1.5x), ready when
+``GET /health`` answers 200; clients are aiohttp
 (keep-alive, uvloop) in a fresh process of their own, the direct runs too, all sharing the
 machine's cores with the server over loopback. Each round restarts every server, direct and
 served runs in a rotated order; figures are medians over rounds, ratios the median of each
@@ -68,7 +70,10 @@ TARGETS = {  # the issue's
     "chat_rate": 3.0,  # 8 streams' aggregate tokens/s >= this x one stream alone
     "chat_ms_per_token": 2.5,  # each stream's ms/token under load <= this x alone
     "chat_ttft": 3.0,  # TTFT p50 under load <= this x alone
+    "ray_within": 1.5,  # each figure on Ray Serve within this factor of uvicorn's
 }
+# `llmc serve` flags of each engine (--ray: both of Ray Serve's ingresses, llmc.serving.ingress)
+ENGINES = {"uvicorn": [], "ray": ["--replicas", "1"], "ray-haproxy": ["--replicas", "1", "--ingress", "haproxy"]}
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -98,7 +103,7 @@ class Server:
     def __enter__(self) -> str:
         port = _free_port()
         command = [sys.executable, "-m", "llmc", "serve", self.path, "--port", str(port),
-                   "--threads-per-replica", str(clients.THREADS), *(["--replicas", "1"] if self.engine == "ray" else []),
+                   "--threads-per-replica", str(clients.THREADS), *ENGINES[self.engine],
                    *self.extra]
         self.log = open(CACHE / f"server-{self.engine}.log", "a")  # noqa: SIM115 - closed in __exit__
         self.log.write(f"\n$ {shlex.join(command)}\n")
@@ -285,6 +290,9 @@ def embeddings_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[
         m = {k: _median(rounds, engine, k) for k in ("p50_ms", "p99_ms", "per_s_1", "per_s", "p50_ms_loaded", "p99_ms_loaded")}
         lines.append(f"| served, {engine} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['per_s_1']:.0f} | "
                      f"{m['per_s']:.0f} | {m['p50_ms_loaded']:.1f} / {m['p99_ms_loaded']:.1f} |")
+        if engine != "uvicorn":
+            verdicts += _ray_verdicts(rounds, engine, "MiniLM", {"p50_ms": "p50 at 1 client", "per_s": f"requests/s at {CONCURRENT} clients"})
+            continue
         extra = statistics.median(a - b for a, b in zip(_series(rounds, engine, "p50_ms"), _series(rounds, "direct", "p50_ms"), strict=True))
         ratio = paired_ratio(_series(rounds, engine, "per_s"), _series(rounds, "direct", "per_s"))
         verdicts += [
@@ -301,6 +309,20 @@ def _verdict(target: str, measured: str, ok: bool) -> str:
     return f"| {target} | {measured} | {'yes' if ok else 'no'} |"
 
 
+def _ray_verdicts(rounds: list[dict[str, Any]], engine: str, model: str, figures: dict[str, str]) -> list[str]:
+    """Each figure (a key of ``round[engine]``, or ``kind/key``) on Ray Serve against uvicorn's in the
+    same round: rates (``per_s``) at least 1/1.5 of uvicorn's, times at most 1.5x."""
+    within, out = TARGETS["ray_within"], []
+    for key, label in figures.items():
+        path = key.split("/")
+        ratio = paired_ratio(_series(rounds, engine, *path), _series(rounds, "uvicorn", *path))
+        rate = path[-1].startswith(("per_s", "tokens_per_s"))
+        ok = ratio >= 1 / within if rate else ratio <= within
+        out.append(_verdict(f"{model}, {engine}: {label} {'>=' if rate else '<='} "
+                            f"{'1/' if rate else ''}{within:g}x uvicorn's", f"{ratio:.2f}x", ok))
+    return out
+
+
 def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, list[str]]:
     lines = ["| engine | streams | TTFT p50 ms | ms/token p50 (each stream) | tokens/s (aggregate) | tokens a stream |",
              "|---|---|---|---|---|---|"]
@@ -315,6 +337,13 @@ def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, l
         rate, per_token, ttft = (paired_ratio(_series(rounds, engine, "together", key), _series(rounds, engine, "alone", key))
                                  for key in ("tokens_per_s", "ms_per_token", "ttft_ms"))
         wrong = sum(len(r[engine]["mismatches"]) for r in rounds)
+        equal = _verdict(f"SmolLM2, {engine}: greedy streams equal `runner.generate`",
+                         f"{wrong} of {(1 + clients.REPEAT) * len(PROMPTS) * len(rounds)} differ", wrong == 0)
+        if engine != "uvicorn":
+            verdicts += [*_ray_verdicts(rounds, engine, "SmolLM2", {
+                "together/tokens_per_s": "aggregate tokens/s under load", "together/ms_per_token": "ms/token under load",
+                "together/ttft_ms": "TTFT p50 under load"}), equal]
+            continue
         verdicts += [
             _verdict(f"SmolLM2, {engine}: aggregate tokens/s of {len(PROMPTS)} streams >= {TARGETS['chat_rate']:g}x one alone",
                      f"{rate:.2f}x", rate >= TARGETS["chat_rate"]),
@@ -322,8 +351,7 @@ def chat_table(rounds: list[dict[str, Any]], engines: list[str]) -> tuple[str, l
                      f"{per_token:.2f}x", per_token <= TARGETS["chat_ms_per_token"]),
             _verdict(f"SmolLM2, {engine}: TTFT p50 under load <= {TARGETS['chat_ttft']:g}x alone", f"{ttft:.2f}x",
                      ttft <= TARGETS["chat_ttft"]),
-            _verdict(f"SmolLM2, {engine}: greedy streams equal `runner.generate`",
-                     f"{wrong} of {(1 + clients.REPEAT) * len(PROMPTS) * len(rounds)} differ", wrong == 0),
+            equal,
         ]
     return "\n".join(lines), verdicts
 
@@ -373,7 +401,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("embeddings", "chat"), help="measure one part (the other is kept)")
-    parser.add_argument("--ray", action="store_true", help="measure on Ray Serve (--replicas 1) as well as uvicorn")
+    parser.add_argument("--ray", action="store_true", help="measure on Ray Serve (--replicas 1; its proxy, and "
+                        "--ingress haproxy) as well as uvicorn")
     parser.add_argument("--serve-args", default="", help="more `llmc serve` flags, e.g. '--max-batch-size 16'")
     parser.add_argument("--decoder", choices=sorted(DECODERS), default="llmc-int4", help="the SmolLM2 build served")
     parser.add_argument("--render", action="store_true", help="write RESULTS.md from the last run's results")
@@ -384,7 +413,7 @@ def main() -> None:
     data = json.loads(saved.read_text()) if saved.exists() else {}
     if not args.render:
         parts = [args.only] if args.only else ["embeddings", "chat"]
-        engines = ["uvicorn", "ray"] if args.ray else ["uvicorn"]
+        engines = list(ENGINES) if args.ray else ["uvicorn"]
         fresh = measure(parts, engines, args.rounds, shlex.split(args.serve_args), args.decoder)
         if any(data.get(k) != fresh[k] for k in ("engines", "serve_args", "decoder")):
             data = {}  # a part kept from another run must share its engines and server flags

@@ -11,6 +11,7 @@ import typer
 
 from llmc.cli.app import app, console, user_errors
 from llmc.errors import LlmcError
+from llmc.serving.ingress import Ingress, check_ingress
 
 
 @app.command()
@@ -67,6 +68,12 @@ def serve(
     emit_config: Annotated[
         Optional[Path], typer.Option(help="Write the Ray Serve config YAML for `serve deploy` and exit.")
     ] = None,
+    ingress: Annotated[
+        Optional[Ingress], typer.Option(help="Ray Serve on this machine (--replicas N): what takes requests. proxy "
+                                        "(default): Ray's HTTP proxy and router (~9 ms a request here); haproxy: Ray's "
+                                        "HAProxy ingress straight to the replicas (~1 ms; its statistics and metrics "
+                                        "ports listen on every interface).")
+    ] = None,
 ) -> None:
     """Serve ARTIFACT over HTTP: /v1/models, /v1/infer, /v1/embeddings, /v1/completions,
     /v1/chat/completions (continuous batching), /embed, /rerank, /predict, /health, /metrics. One
@@ -92,6 +99,12 @@ def serve(
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
         system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
     )
+    if ingress is not None and (replicas is None or address is not None or emit_config is not None):
+        where = "a cluster's is set where Ray starts (RAY_SERVE_ENABLE_HA_PROXY=1 for ray start)" if (
+            address is not None or emit_config is not None) else "without --replicas llmc serves on uvicorn"
+        raise LlmcError(f"--ingress applies to the Ray instance llmc starts (--replicas N): {where}")
+    ingress = ingress or Ingress.PROXY
+    check_ingress(ingress, local=address is None)
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
 
@@ -106,8 +119,9 @@ def serve(
         return
     from llmc.serving.run import start
 
-    start(settings, host, port, address)
-    console.print(f"serving {artifact} on Ray Serve at http://{host}:{port} (Ctrl-C stops)")
+    start(settings, host, port, address, ingress)
+    front = "" if address is not None else f", {ingress.value} ingress"
+    console.print(f"serving {artifact} on Ray Serve at http://{host}:{port}{front} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

@@ -3,7 +3,9 @@
 
 On one machine (``--replicas N`` without ``--address``) the Ray instance llmc starts binds every
 internal port (GCS, raylets, object manager, workers, dashboard agent, runtime-env agent) to
-loopback, no dashboard: only the ``--host:--port`` HTTP proxy listens where the user said.
+loopback, no dashboard: only the ``--host:--port`` HTTP proxy listens where the user said
+(``--ingress haproxy``: HAProxy there, and its statistics and metrics ports on every interface,
+see :mod:`llmc.serving.ingress`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.serving.engine import ServeSettings
+from llmc.serving.ingress import Ingress, check_ingress, ingress_environment
 
 
 def _app(settings: ServeSettings) -> Any:
@@ -137,28 +140,34 @@ class LocalServer:
         self.stop()
 
 
-def start(settings: ServeSettings, host: str, port: int, address: str | None = None) -> Any:
-    """Run the app on Ray Serve at ``host:port``; returns its deployment handle."""
+def start(
+    settings: ServeSettings, host: str, port: int, address: str | None = None, ingress: Ingress = Ingress.PROXY,
+) -> Any:
+    """Run the app on Ray Serve at ``host:port`` behind ``ingress``; returns its deployment handle."""
     try:
         from ray import serve
     except ImportError:
         raise LlmcError("llmc serve --replicas/--address runs on Ray Serve: pip install 'ray[serve]'") from None
     from llmc.serving.server import app
 
-    init_ray(address)
+    check_ingress(ingress, local=address is None)
+    init_ray(address, ingress_environment(ingress) if address is None else None)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app(settings.to_args()), name="llmc", route_prefix="/", blocking=False)
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to the cluster at ``address``, or start a local Ray bound to loopback; nothing if
-    Ray is already initialized in this process."""
+def init_ray(address: str | None, environment: dict[str, str] | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray bound to loopback whose
+    processes also get ``environment``; nothing if Ray is already initialized in this process
+    (then ``environment`` cannot apply: an error if it names anything)."""
     import ray
 
     if ray.is_initialized():
+        if environment:
+            raise LlmcError("Ray is already running in this process: its ingress cannot change; ray.shutdown() first")
         return
     if address is None:
-        with _loopback_ray():
+        with _loopback_ray(environment or {}):
             ray.init(**ray_init_args(None))
     else:
         ray.init(**ray_init_args(address))
@@ -184,22 +193,25 @@ def ray_init_args(address: str | None) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _loopback_ray() -> Any:
+def _loopback_ray(environment: dict[str, str]) -> Any:
     """Ray's "single machine" node address while ``ray.init`` starts its processes: the variable
-    for the processes it starts (they inherit this environment), the constant for this one."""
+    for the processes it starts (they inherit this environment, ``environment`` too), the
+    constant for this one."""
     from ray._private import ray_constants
 
-    before_env, before_const = os.environ.get(_RAY_CLUSTER_VAR), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_RAY_CLUSTER_VAR] = "0"
+    variables = {_RAY_CLUSTER_VAR: "0", **environment}
+    before_env, before_const = {name: os.environ.get(name) for name in variables}, ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(variables)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_const
-        if before_env is None:
-            os.environ.pop(_RAY_CLUSTER_VAR, None)
-        else:
-            os.environ[_RAY_CLUSTER_VAR] = before_env
+        for name, value in before_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def stop() -> None:
