@@ -82,13 +82,9 @@ def serve(
     from llmc.serving.engine import ServeSettings
 
     read_artifact(artifact)  # the integrity contract before anything starts
-    for flag, value in (("--replicas", 1 if replicas is None else replicas), ("--threads-per-replica", threads_per_replica),
-                        ("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
-        if value < 1:
-            raise LlmcError(f"{flag} must be >= 1, not {value}")
-    for flag, value in (("--max-body-mb", max_body_mb), ("--slots", slots), ("--kv-cache-mb", kv_cache_mb), ("--prefill-chunk", prefill_chunk)):
-        if value < 1:
-            raise LlmcError(f"{flag} must be >= 1, not {value}")
+    _at_least_one({"--replicas": 1 if replicas is None else replicas, "--threads-per-replica": threads_per_replica,
+                   "--max-batch-size": max_batch_size, "--max-queue": max_queue, "--max-body-mb": max_body_mb,
+                   "--slots": slots, "--kv-cache-mb": kv_cache_mb, "--prefill-chunk": prefill_chunk})
     if prefix_cache_mb < 0 or result_cache < 0:
         raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
     if speculative not in ("auto", "off"):
@@ -99,12 +95,7 @@ def serve(
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
         system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
     )
-    if ingress is not None and (replicas is None or address is not None or emit_config is not None):
-        where = "a cluster's is set where Ray starts (RAY_SERVE_ENABLE_HA_PROXY=1 for ray start)" if (
-            address is not None or emit_config is not None) else "without --replicas llmc serves on uvicorn"
-        raise LlmcError(f"--ingress applies to the Ray instance llmc starts (--replicas N): {where}")
-    ingress = ingress or Ingress.PROXY
-    check_ingress(ingress, local=address is None)
+    ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None)
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
 
@@ -122,6 +113,27 @@ def serve(
     start(settings, host, port, address, ingress)
     front = "" if address is not None else f", {ingress.value} ingress"
     console.print(f"serving {artifact} on Ray Serve at http://{host}:{port}{front} (Ctrl-C stops)")
+    _until_interrupted()
+
+
+def _at_least_one(flags: dict[str, int]) -> None:
+    for flag, value in flags.items():
+        if value < 1:
+            raise LlmcError(f"{flag} must be >= 1, not {value}")
+
+
+def _ingress(asked: Optional[Ingress], replicas: bool, local: bool) -> Ingress:
+    """``--ingress``, checked: it applies to the Ray instance llmc starts (``--replicas N``)."""
+    if asked is not None and not (replicas and local):
+        where = ("without --replicas llmc serves on uvicorn" if local else
+                 "a cluster's is set where Ray starts (RAY_SERVE_ENABLE_HA_PROXY=1 for ray start)")
+        raise LlmcError(f"--ingress applies to the Ray instance llmc starts (--replicas N): {where}")
+    ingress = asked or Ingress.PROXY
+    check_ingress(ingress, local=local)
+    return ingress
+
+
+def _until_interrupted() -> None:
     try:
         while True:
             time.sleep(3600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import sys
@@ -80,15 +81,19 @@ def test_fresh_process_log_gets_the_output(tmp_path):
 
 
 def test_sampler_sees_a_freed_allocation():
-    # Judged against the RSS read while the block is held and after it is freed, not against a
-    # baseline read before: another thread of this (test) process may free memory meanwhile.
+    # An anonymous mapping, written: resident while held and returned to the system when closed
+    # (a numpy array may come from, and go back to, heap memory that stays resident). Judged against
+    # the RSS read while it is held and after, not a baseline another thread of this process may move.
     with PeakRssSampler() as rss:
-        block = np.ones(120 * MB // 8)
+        block = mmap.mmap(-1, 120 * MB)
+        view = np.frombuffer(block, dtype=np.uint8)
+        view[:] = 1
+        del view
         held = current_rss_mb()
         deadline = time.monotonic() + 3  # a few sampling intervals, however busy the machine
         while rss.peak_mb < held - 10 and time.monotonic() < deadline:
             time.sleep(0.02)
-        del block
+        block.close()
         freed = current_rss_mb()
     assert rss.peak_mb >= held - 10
     assert rss.peak_mb >= freed + 100  # the sampler remembers what is gone now
