@@ -95,7 +95,7 @@ def serve(
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
         system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
     )
-    ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None)
+    ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None, host)
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
 
@@ -122,18 +122,26 @@ def _at_least_one(flags: dict[str, int]) -> None:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
 
 
-def _ingress(asked: Optional[Ingress], replicas: bool, local: bool) -> Ingress:
+def _ingress(asked: Optional[Ingress], replicas: bool, local: bool, host: str) -> Ingress:
     """``--ingress``, checked: it applies to the Ray instance llmc starts (``--replicas N``)."""
     if asked is not None and not (replicas and local):
         where = ("without --replicas llmc serves on uvicorn" if local else
-                 "a cluster's is set where Ray starts (RAY_SERVE_ENABLE_HA_PROXY=1 for ray start)")
+                 "a cluster's ingress is set where Ray starts (Ray's proxy by default; HAProxy with "
+                 "RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`)")
         raise LlmcError(f"--ingress applies to the Ray instance llmc starts (--replicas N): {where}")
     ingress = asked or Ingress.PROXY
-    check_ingress(ingress, local=local)
+    check_ingress(ingress, local=local, host=host)
     return ingress
 
 
 def _until_interrupted() -> None:
+    """Until Ctrl-C or SIGTERM (Ray Serve shut down; the process's exit handlers run)."""
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             time.sleep(3600)

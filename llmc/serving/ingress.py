@@ -15,16 +15,20 @@ can set them only for the local Ray instance it starts (:func:`ingress_environme
 (``--address``, ``--emit-config``) takes them from its own ``ray start`` environment.
 
 Ray's HAProxy configuration binds its statistics page and Prometheus exporter on every interface
-(not configurable in Ray); llmc gives them free ports of their own, and each instance its own
+(not configurable in Ray); that is why HAProxy is asked for, not the default. llmc gives them,
+and the backup Ray proxy HAProxy falls back to, free ports of their own, and each instance its own
 folder for HAProxy's configuration, sockets and state, so that two servers on one machine do not
-collide. That is why HAProxy is asked for, not the default.
+collide. The replicas' own servers take ports from Ray's shared range (30000-31000; a port in
+use is skipped).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
 import importlib.util
+import ipaddress
 import os
 import shutil
 import socket
@@ -57,14 +61,19 @@ def _ray_has_haproxy() -> bool:
         return False
 
 
-def check_ingress(ingress: Ingress, *, local: bool) -> None:
+def check_ingress(ingress: Ingress, *, local: bool, host: str = "127.0.0.1") -> None:
     """One line, before any work, where ``ingress`` cannot be had: HAProxy asked for on a cluster
-    (its switch is the cluster's environment), from a Ray without it, or with no binary to run."""
+    (its switch is the cluster's environment), from a Ray without it, with no binary to run, or
+    on an address that is neither loopback nor every interface (HAProxy reaches the replicas at the
+    node's address, loopback, and they listen on ``--host``)."""
     if ingress is not Ingress.HAPROXY:
         return
     if not local:
         raise LlmcError("--ingress haproxy applies to the Ray instance llmc starts (--replicas without --address); "
                         "on a cluster, start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`")
+    if not _reaches_loopback(host):
+        raise LlmcError(f"--ingress haproxy --host {host}: the replicas would listen on {host}, where HAProxy does not "
+                        "reach them; use --host 127.0.0.1 (or 0.0.0.0 for every interface)")
     if not _ray_has_haproxy():
         raise LlmcError("--ingress haproxy: this Ray Serve has no HAProxy ingress: pip install -U 'ray[serve]'")
     if not haproxy_available():
@@ -72,26 +81,41 @@ def check_ingress(ingress: Ingress, *, local: bool) -> None:
                         "or put haproxy on PATH, or set RAY_SERVE_HAPROXY_BINARY_PATH")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
+def _reaches_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    return address.is_loopback or address.is_unspecified
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (held open together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+# Ray's fixed defaults (ports, and /tmp/haproxy-serve), which two servers on one machine would share.
+_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+          "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+_FILES = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+          "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state"}
 
 
 def ingress_environment(ingress: Ingress) -> dict[str, str]:
-    """The variables a local Ray instance's processes need for ``ingress`` (none for the proxy)."""
+    """The variables a local Ray instance's processes need for ``ingress`` (none for the proxy).
+    For HAProxy: the switch; free ports for HAProxy's statistics and metrics listeners and for the
+    backup Ray proxy HAProxy falls back to (Ray's defaults: 8404, 9101, 8500, 9500); a folder of
+    this instance's own, short enough for HAProxy's socket paths (Ray appends its node id). A
+    variable the user set is kept."""
     if ingress is not Ingress.HAPROXY:
         return {}
-    folder = tempfile.mkdtemp(prefix="llmc-haproxy-")
+    folder = tempfile.mkdtemp(prefix="llmc-", dir="/tmp" if os.path.isdir("/tmp") else None)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the process that started Ray ends with it
-    return {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(folder, "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(folder, "admin.sock"),
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(folder, "metrics.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(folder, "server-state"),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": _DRAINING_S,
-    }
+    chosen = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": _DRAINING_S, "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+              **{name: str(port) for name, port in zip(_PORTS, _free_ports(len(_PORTS)), strict=True)},
+              **{name: os.path.join(folder, file) for name, file in _FILES.items()}}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", **{name: os.environ.get(name) or value for name, value in chosen.items()}}

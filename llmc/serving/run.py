@@ -150,7 +150,7 @@ def start(
         raise LlmcError("llmc serve --replicas/--address runs on Ray Serve: pip install 'ray[serve]'") from None
     from llmc.serving.server import app
 
-    check_ingress(ingress, local=address is None)
+    check_ingress(ingress, local=address is None, host=host)
     init_ray(address, ingress_environment(ingress) if address is None else None)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app(settings.to_args()), name="llmc", route_prefix="/", blocking=False)
