@@ -11,7 +11,7 @@ import typer
 
 from llmc.cli.app import app, console, user_errors
 from llmc.errors import LlmcError
-from llmc.serving.ingress import Ingress, check_ingress
+from llmc.serving.ingress import Ingress
 
 
 @app.command()
@@ -95,7 +95,7 @@ def serve(
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
         system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
     )
-    ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None, host)
+    ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None)
     if emit_config is not None:
         from llmc.serving.config import write_serve_config
 
@@ -122,16 +122,15 @@ def _at_least_one(flags: dict[str, int]) -> None:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
 
 
-def _ingress(asked: Optional[Ingress], replicas: bool, local: bool, host: str) -> Ingress:
-    """``--ingress``, checked: it applies to the Ray instance llmc starts (``--replicas N``)."""
+def _ingress(asked: Optional[Ingress], replicas: bool, local: bool) -> Ingress:
+    """``--ingress``: it applies to the Ray instance llmc starts (``--replicas N``); whether it can
+    be had there (an HAProxy to run, ``--host``) :func:`llmc.serving.run.start` checks first."""
     if asked is not None and not (replicas and local):
         where = ("without --replicas llmc serves on uvicorn" if local else
                  "a cluster's ingress is set where Ray starts (Ray's proxy by default; HAProxy with "
                  "RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`)")
         raise LlmcError(f"--ingress applies to the Ray instance llmc starts (--replicas N): {where}")
-    ingress = asked or Ingress.PROXY
-    check_ingress(ingress, local=local, host=host)
-    return ingress
+    return asked or Ingress.PROXY
 
 
 def _until_interrupted() -> None:

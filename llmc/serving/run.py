@@ -144,13 +144,13 @@ def start(
     settings: ServeSettings, host: str, port: int, address: str | None = None, ingress: Ingress = Ingress.PROXY,
 ) -> Any:
     """Run the app on Ray Serve at ``host:port`` behind ``ingress``; returns its deployment handle."""
+    check_ingress(ingress, local=address is None, host=host)
     try:
         from ray import serve
     except ImportError:
         raise LlmcError("llmc serve --replicas/--address runs on Ray Serve: pip install 'ray[serve]'") from None
     from llmc.serving.server import app
 
-    check_ingress(ingress, local=address is None, host=host)
     init_ray(address, ingress_environment(ingress) if address is None else None)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app(settings.to_args()), name="llmc", route_prefix="/", blocking=False)
