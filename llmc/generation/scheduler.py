@@ -33,7 +33,7 @@ import numpy as np
 from llmc.errors import LlmcError
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.rerotate import rotation_of
-from llmc.generation.sequence import Sequence
+from llmc.generation.sequence import HeldCallbacks, Sequence
 from llmc.generation.slots import SlotCache
 from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, DecoderLayout
 from llmc.model.files import MODEL_FILE
@@ -99,6 +99,7 @@ class Scheduler:
         self._closed = False
         self._bindings: dict[tuple[int, int], Any] = {}
         self._hits: dict[int, Any] = {}  # admitted sequences' prefix hits, held until copied in
+        self._held = HeldCallbacks()  # the sequences' callbacks, made just before the next run
         self.stats = {"decode_steps": 0, "decode_rows": 0, "tokens": 0, "prefill_tokens": 0, "prefill_runs": 0,
                       "cached_tokens": 0, "compactions": 0}
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -169,6 +170,10 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                idle = not self._closed and not self._inbox and not self._busy()
+            if idle:
+                self._deliver()  # nothing left to run: the held callbacks go now
+            with self._wake:
                 while not self._closed and not self._inbox and not self._busy():
                     self._wake.wait()
                 if self._closed:
@@ -176,14 +181,26 @@ class Scheduler:
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - a bug outside one run: end every request with it, go on
+                self._deliver()  # what the step told before it failed comes first
                 for sequence in [*self.waiting, *self.prefilling, *self.decoding]:
                     if sequence in self.waiting:
                         self.waiting.remove(sequence)
                         sequence.finish("error", exc)
                     else:
                         self._release(sequence, "error", exc)
+        self._deliver()
         for sequence in [*self.waiting, *self.prefilling, *self.decoding, *self._inbox]:
             sequence.finish("cancelled", LlmcError("the server is shutting down"))
+
+    def _deliver(self) -> None:
+        """Make the held callbacks; one that raises is a bug in its receiver, not in a run: it
+        keeps its traceback on stderr and the scheduler goes on."""
+        try:
+            self._held.deliver()
+        except Exception:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
 
     def _busy(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
@@ -196,18 +213,22 @@ class Scheduler:
                 if not self._inbox and not self._busy():
                     return
             self.step()
+            self._held.deliver()
 
     def step(self) -> None:
-        """One iteration (module docstring)."""
+        """One iteration (module docstring). The sequences' callbacks are held and made just
+        before the next model run, or when the scheduler has nothing left to run
+        (``llmc.generation.sequence.HeldCallbacks``)."""
         with self._wake:
             self.waiting.extend(self._inbox)
             self._inbox.clear()
-        self._drop_cancelled()
-        self._admit()
-        if self.prefilling:
-            self._prefills()
-        if self.decoding:
-            self._guarded(list(self.decoding), self._decode)
+        with self._held.holding():
+            self._drop_cancelled()
+            self._admit()
+            if self.prefilling:
+                self._prefills()
+            if self.decoding:
+                self._guarded(list(self.decoding), self._decode)
 
     def _guarded(self, sequences: list[Sequence], run: Any) -> int:
         """``run()``; a failure finishes ``sequences`` with the error (a bug keeps its traceback
@@ -415,6 +436,7 @@ class Scheduler:
             feeds[POSITION_IDS] = positions
         hint = f"at {mask.shape[1]} KV positions; pass a shorter prompt or fewer new tokens"
         binding = None if fresh_binding else self._bindings.get((lo, hi))
+        self._deliver()  # the last step's pieces, handled by their receivers while this run computes
         with run_context(hint, str(self.artifact)):
             if binding is not None:
                 binding = self.runner.run_again(binding, feeds, fresh=(LOGITS,))

@@ -162,3 +162,88 @@ def test_sampling_penalties_and_logprobs_per_sequence(decoder):
     for record, token in zip(greedy.logprobs, greedy.tokens, strict=True):
         assert record.token == token and record.top[0][0] == token  # greedy: the likeliest
         assert record.logprob <= 0 and [lp for _, lp in record.top] == sorted((lp for _, lp in record.top), reverse=True)
+
+
+def test_held_callbacks_wait_for_deliver_and_all_run_in_order():
+    from llmc.generation.sequence import HeldCallbacks, _call
+
+    calls, held = [], HeldCallbacks()
+    _call(calls.append, "now")  # nothing held in this thread: made at once
+    assert calls == ["now"]
+
+    def fails(value):
+        calls.append(value)
+        raise ValueError(value)
+
+    with held.holding():
+        _call(calls.append, "a")
+        _call(fails, "b")
+        _call(calls.append, "c")
+        assert calls == ["now"]  # held
+    with pytest.raises(ValueError, match="b"):  # the first failure, after every call ran
+        held.deliver()
+    assert calls == ["now", "a", "b", "c"]
+    held.deliver()  # delivered once
+    assert calls == ["now", "a", "b", "c"]
+
+
+class _Words:
+    """A tokenizer stand-in: token ids as words."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(f" w{i}" for i in ids)
+
+
+def test_a_steps_callbacks_come_before_the_next_run_in_order(decoder):
+    """Each step's pieces wait for the next model run (module llmc.generation.sequence), never
+    longer: a piece is handed over after every sequence of its step chose its token, when a run
+    starts every piece of the steps before it has been handed over, a sequence's pieces come
+    before its end, and the streamed text is the sequence's text."""
+    loaded = decoder
+    scheduler = _scheduler(loaded)
+    events, at_run, counts = [], [], []
+
+    def text(i, piece):
+        events.append((i, piece))
+        counts.append(tuple(len(s.tokens) for s in sequences))
+
+    sequences = [
+        Sequence(p, SequenceParams(max_new_tokens=n, min_new_tokens=n), {EOS}, _Words(),
+                 on_text=lambda piece, _, i=i: text(i, piece), on_done=lambda s, i=i: events.append((i, None)))
+        for i, (p, n) in enumerate(((PROMPTS[0], 3), (PROMPTS[2], 8)))
+    ]
+    original = scheduler.runner.run_again
+
+    def run_again(*args, **kwargs):
+        chosen = sum(len(s.tokens) for s in sequences)
+        at_run.append((chosen, sum(piece is not None for _, piece in events)))
+        return original(*args, **kwargs)
+
+    scheduler.runner.run_again = run_again
+    scheduler.submit(sequences)
+    scheduler.run_until_idle()
+    assert at_run and all(told == chosen for chosen, told in at_run)  # nothing held past a run
+    assert counts[0] == (1, 1)  # the first sequence's first piece: after the second chose too
+    for i, sequence in enumerate(sequences):
+        mine = [piece for j, piece in events if j == i]
+        assert mine[-1] is None and None not in mine[:-1]  # its end after its pieces
+        assert "".join(mine[:-1]) == sequence.text() and len(mine) - 1 == len(sequence.tokens)
+
+
+def test_the_background_thread_hands_an_end_over_while_others_decode(decoder):
+    import threading
+
+    loaded = decoder
+    scheduler = _scheduler(loaded)
+    short, long = _sequence(PROMPTS[0], new=2), _sequence(PROMPTS[2], new=40)
+    ended = {}
+    done = threading.Event()
+    short.on_done = lambda s: ended.setdefault("short", len(long.tokens))
+    long.on_done = lambda s: done.set()
+    scheduler.start()
+    try:
+        scheduler.submit([short, long])
+        assert done.wait(60)
+    finally:
+        scheduler.close()
+    assert ended["short"] < 40  # told while the other still decoded, not when the scheduler went idle
