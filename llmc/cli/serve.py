@@ -34,8 +34,8 @@ def serve(
         int, typer.Option(help="Requests in flight, streams included, before 503 + Retry-After (per replica).")
     ] = 64,
     spin: Annotated[bool, typer.Option(
-        "--spin/--no-spin", help="ONNX Runtime's threads spin between runs (--no-spin: they sleep, leaving the "
-                                 "cores to the event loop and tokenizer).")] = True,
+        "--spin/--no-spin", help="ONNX Runtime's threads spin while a run lasts, and stop when it returns "
+                                 "(--no-spin: they never spin, and sleep between two operators too).")] = True,
     max_body_mb: Annotated[int, typer.Option(help="Largest request body read, in MiB (past it: 413).")] = 64,
     prefix_cache_mb: Annotated[
         int, typer.Option(help="Decoders: MiB of prompt KV blocks reused across requests (0: off).")

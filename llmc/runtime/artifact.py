@@ -107,6 +107,7 @@ def read_artifact(path: str | Path, *, check: bool = True) -> Artifact:
 def load(
     path: str | Path, *, device: str | None = None, threads: int | None = None, engine: bool | None = None,
     padding: str = "auto", runner: type[Runner] | None = None, spinning: bool | None = None,
+    spin_after_run: bool | None = None,
 ) -> Runner:
     """Open an artifact for inference with the session options it was built with.
 
@@ -116,7 +117,9 @@ def load(
     outputs (``pack``, else ``bucket``, else ``trim``, else ``off``); ``trim``, ``bucket``, ``pack``
     or ``off`` as asked.
     ``runner``: the :class:`Runner` subclass to return (``llmc.load`` adds generation).
-    ``spinning``: False makes ONNX Runtime's threads sleep between runs (servers), None as built.
+    ``spinning``: False makes ONNX Runtime's threads never spin (they sleep when out of work, inside
+    a run too); ``spin_after_run``: False lets them spin while a run lasts and stops them when it
+    returns (servers: other work gets the cores between runs). None: as built.
     """
     from llmc.runtime.ort import OrtRunner, create_session
 
@@ -136,6 +139,8 @@ def load(
         overrides["intra_op_num_threads"] = threads
     if spinning is not None:
         overrides["allow_spinning"] = spinning
+    if spin_after_run is not None:
+        overrides["spin_after_run"] = spin_after_run
     config = artifact.session_config(**overrides)
     backend = OrtRunner(create_session(artifact.model_path, config))
     return runner(artifact, backend, padded_runner(artifact, backend.run, padding, config))

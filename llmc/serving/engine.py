@@ -53,9 +53,11 @@ class ServeSettings:
     kv_cache_mb: int = 1024  # decoders: the slots' KV buffer (each slot's length: this / slots)
     prefill_chunk: int = 256  # decoders: prompt tokens prefilled between two decode steps
     system_prompt: str | None = None  # decoders: a system message prefilled at start, pinned
-    # ONNX Runtime's threads spin between runs (False: they sleep, leaving the cores to the event
-    # loop and tokenizer; measured on MiniLM /v1/embeddings, 2 cores: spinning kept p50 and
-    # requests/s as good or better, so it stays on; llmc.runtime.ort.SessionConfig.allow_spinning)
+    # ONNX Runtime's threads spin while a run lasts and stop when it returns, leaving the cores to
+    # the event loop, tokenizer and clients between runs (False: they never spin, between two
+    # operators either). Measured on MiniLM /v1/embeddings, 2 cores: never spinning was slower
+    # (p50 and requests/s); stopping when a run returns took 0.1-0.2 ms off the 1-client p50 of
+    # spinning on after it (paired rounds; llmc.runtime.ort.SessionConfig)
     spinning: bool = True
     model_name: str | None = None  # the id /v1/models lists (default: the artifact folder's name)
 
@@ -75,7 +77,7 @@ class Engine:
 
         self.settings = settings
         self.runner = llmc.load(settings.artifact, threads=settings.threads_per_replica, engine=False,
-                                spinning=settings.spinning)
+                                spinning=settings.spinning, spin_after_run=False)
         self.inputs = specs(self.runner.session)
         padding = self.runner.artifact.manifest.padding or {}
         outputs = padding.get("outputs") or {}

@@ -81,3 +81,23 @@ def test_slower_ort_fusion_names_are_real(tiny_bert_dynamo, tmp_path):
     assert "SkipLayerNormalization" not in _optimized_ops(
         tiny_bert_dynamo, SLOWER_ORT_FUSIONS["cpu"], tmp_path
     )
+
+
+def test_spinning_settings_reach_onnx_runtime():
+    def entries(config):
+        opts = config.session_options()
+
+        def entry(key):
+            try:
+                return opts.get_session_config_entry(key)
+            except RuntimeError:  # not set
+                return None
+
+        return {key: entry(key) for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop")}
+
+    assert entries(SessionConfig()) == {"session.intra_op.allow_spinning": None, "session.force_spinning_stop": None}
+    assert entries(SessionConfig(spin_after_run=False)) == {
+        "session.intra_op.allow_spinning": None, "session.force_spinning_stop": "1"}
+    assert entries(SessionConfig(allow_spinning=False, spin_after_run=False)) == {  # never spinning: nothing to stop
+        "session.intra_op.allow_spinning": "0", "session.force_spinning_stop": None}
+    assert SessionConfig.from_dict({}).spin_after_run  # manifests written before the field

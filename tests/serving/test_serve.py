@@ -151,6 +151,8 @@ def test_padded_merge_gives_each_request_its_own_answer(artifacts):
 
     engine = Engine(ServeSettings(str(artifacts[0])))
     assert engine.padded_merge
+    # A server's threads spin while a run lasts and stop when it returns (llmc.serving.engine).
+    assert engine.runner.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     rng = np.random.default_rng(1)
     requests_ = [{k: np.array(v, np.int64) for k, v in _ids(rng, rows, width).items()} for rows, width in
                  ((1, 3), (2, 9), (1, 1), (3, 6))]

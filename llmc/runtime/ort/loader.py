@@ -89,9 +89,13 @@ class SessionConfig:
     graph_optimization_level: str = "all"
     intra_op_num_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_num_threads: int = 0
-    # False: the intra-op threads sleep between runs instead of spinning (a server shares its
-    # cores with its event loop, tokenizer and clients; a benchmark loop does not).
+    # False: the intra-op threads never spin; they sleep as soon as they run out of work, between
+    # two operators of a run too (ONNX Runtime's session.intra_op.allow_spinning).
     allow_spinning: bool = True
+    # False: they spin while a run lasts and stop when it returns (session.force_spinning_stop): a
+    # server's event loop, tokenizer and clients get the cores between its runs, a loop of runs
+    # back to back keeps them spinning.
+    spin_after_run: bool = True
     enable_mem_pattern: bool = True
     # Off: buffers go back after each run instead of the arena keeping its high-water mark
     # (calibration runs large batches once; deployment keeps the arena).
@@ -232,6 +236,8 @@ class SessionConfig:
         )
         if not self.allow_spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif not self.spin_after_run:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
         if profiling is not None:
             profiling.apply(opts)
