@@ -170,10 +170,6 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                idle = not self._closed and not self._inbox and not self._busy()
-            if idle:
-                self._deliver()  # nothing left to run: the held callbacks go now
-            with self._wake:
                 while not self._closed and not self._inbox and not self._busy():
                     self._wake.wait()
                 if self._closed:
@@ -213,7 +209,6 @@ class Scheduler:
                 if not self._inbox and not self._busy():
                     return
             self.step()
-            self._held.deliver()
 
     def step(self) -> None:
         """One iteration (module docstring). The sequences' callbacks are held and made just
@@ -229,6 +224,8 @@ class Scheduler:
                 self._prefills()
             if self.decoding:
                 self._guarded(list(self.decoding), self._decode)
+        if not self._busy():
+            self._deliver()  # nothing left to run: the held callbacks go now
 
     def _guarded(self, sequences: list[Sequence], run: Any) -> int:
         """``run()``; a failure finishes ``sequences`` with the error (a bug keeps its traceback
