@@ -177,7 +177,6 @@ class Scheduler:
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - a bug outside one run: end every request with it, go on
-                self._deliver()  # what the step told before it failed comes first
                 for sequence in [*self.waiting, *self.prefilling, *self.decoding]:
                     if sequence in self.waiting:
                         self.waiting.remove(sequence)
@@ -190,7 +189,7 @@ class Scheduler:
 
     def _deliver(self) -> None:
         """Make the held callbacks; one that raises is a bug in its receiver, not in a run: it
-        keeps its traceback on stderr and the scheduler goes on."""
+        keeps its traceback on stderr, and the scheduler and the sequence go on."""
         try:
             self._held.deliver()
         except Exception:  # noqa: BLE001
@@ -217,13 +216,17 @@ class Scheduler:
         with self._wake:
             self.waiting.extend(self._inbox)
             self._inbox.clear()
-        with self._held.holding():
-            self._drop_cancelled()
-            self._admit()
-            if self.prefilling:
-                self._prefills()
-            if self.decoding:
-                self._guarded(list(self.decoding), self._decode)
+        try:
+            with self._held.holding():
+                self._drop_cancelled()
+                self._admit()
+                if self.prefilling:
+                    self._prefills()
+                if self.decoding:
+                    self._guarded(list(self.decoding), self._decode)
+        except BaseException:
+            self._deliver()  # what the step told before it failed goes first
+            raise
         if not self._busy():
             self._deliver()  # nothing left to run: the held callbacks go now
 
@@ -234,6 +237,8 @@ class Scheduler:
             return run()
         except Exception as exc:  # noqa: BLE001 - handed to each request as its answer
             for sequence in sequences:
+                if sequence.finished and sequence.slot is None:
+                    continue  # released earlier in this run (it ended): its answer stands
                 self._release(sequence, "error", exc)
             return self.chunk
 

@@ -59,14 +59,22 @@ class HeldCallbacks:
 
     def deliver(self) -> None:
         """Make the held calls, in order; every one runs, and the first exception one raised is
-        raised after them."""
+        raised after them (an interrupt stops them: the calls not made yet stay held). Calls the
+        callbacks make themselves are not held."""
         calls, self._calls = self._calls, []
         failed: Optional[BaseException] = None
-        for function, args in calls:
-            try:
-                function(*args)
-            except Exception as exc:  # noqa: BLE001 - the others are still told; the first is raised
-                failed = failed or exc
+        outer, _HELD.holder = getattr(_HELD, "holder", None), None
+        try:
+            for index, (function, args) in enumerate(calls):
+                try:
+                    function(*args)
+                except Exception as exc:  # noqa: BLE001 - the others are still told; the first is raised
+                    failed = failed or exc
+                except BaseException:
+                    self._calls[:0] = calls[index + 1 :]
+                    raise
+        finally:
+            _HELD.holder = outer
         if failed is not None:
             raise failed
 

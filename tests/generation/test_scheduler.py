@@ -186,6 +186,19 @@ def test_held_callbacks_wait_for_deliver_and_all_run_in_order():
     held.deliver()  # delivered once
     assert calls == ["now", "a", "b", "c"]
 
+    def interrupted(value):
+        raise KeyboardInterrupt
+
+    with held.holding():
+        _call(calls.append, "d")
+        _call(interrupted, None)
+        _call(calls.append, "e")
+    with pytest.raises(KeyboardInterrupt):
+        held.deliver()
+    assert calls[-1] == "d"
+    held.deliver()  # the calls an interrupt stopped are still held
+    assert calls[-1] == "e"
+
 
 class _Words:
     """A tokenizer stand-in: token ids as words."""
@@ -247,3 +260,39 @@ def test_the_background_thread_hands_an_end_over_while_others_decode(decoder):
     finally:
         scheduler.close()
     assert ended["short"] < 40  # told while the other still decoded, not when the scheduler went idle
+
+
+class _FailsOnSecondCall:
+    """A grammar constraint stand-in that allows every token once, then raises."""
+
+    done = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def allowed(self):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("constraint failed")
+        return np.ones(1 << 17, dtype=bool)
+
+    def advance(self, token):
+        pass
+
+
+def test_a_failure_in_a_run_leaves_a_sequence_that_ended_earlier_in_it_alone(decoder):
+    """Row 0 ends in a decode step, then row 1 fails in the same step: row 1 gets the error, row 0
+    keeps its answer and is told it ended once."""
+    loaded = decoder
+    scheduler = _scheduler(loaded)
+    ends = []
+    first = Sequence(PROMPTS[0], SequenceParams(max_new_tokens=2, min_new_tokens=2), {EOS}, None,
+                     on_done=lambda s: ends.append(("first", s.reason, s.error)))
+    second = Sequence(PROMPTS[2], SequenceParams(max_new_tokens=8, constraint_factory=_FailsOnSecondCall), {EOS},
+                      None, on_done=lambda s: ends.append(("second", s.reason, s.error)))
+    scheduler.submit([first, second])
+    scheduler.run_until_idle()
+    assert ends[0] == ("first", "length", None) and len(ends) == 2
+    assert ends[1][0] == "second" and ends[1][1] == "error" and "constraint failed" in str(ends[1][2])
+    assert first.tokens == loaded.generate(PROMPTS[0], max_new_tokens=2, speculative="off").token_ids
+    assert scheduler.slots_in_use == 0
