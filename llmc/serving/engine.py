@@ -56,8 +56,9 @@ class ServeSettings:
     # ONNX Runtime's threads spin while a run lasts and stop when it returns, leaving the cores to
     # the event loop, tokenizer and clients between runs (False: they never spin, between two
     # operators either). Measured on MiniLM /v1/embeddings, 2 cores: never spinning was slower
-    # (p50 and requests/s); stopping when a run returns took 0.1-0.2 ms off the 1-client p50 of
-    # spinning on after it (paired rounds; llmc.runtime.ort.SessionConfig)
+    # (p50 and requests/s); stopping when a run returns lowered the 1-client p50 in 8 of 10 paired
+    # rounds, by ~0.1-0.3 ms, and one 6-round set went the other way by its medians
+    # (benchmarks/RESULTS.md, serving; llmc.runtime.ort.SessionConfig)
     spinning: bool = True
     model_name: str | None = None  # the id /v1/models lists (default: the artifact folder's name)
 
