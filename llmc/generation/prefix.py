@@ -23,17 +23,26 @@ import threading
 import numpy as np
 
 ROOT = b"llmc-prefix"
+# Tokens a block. A prompt reuses only whole blocks, so up to block - 1 of its cached tokens are
+# computed again. Measured on SmolLM2 int4 (benchmarks.serving's chat load, 8 clients, fresh servers
+# alternating, 3 rounds each): TTFT p50 under load 269 ms at 16, 142 at 8, 104 at 4; alone 68 /
+# 56 / 56 ms; a 442-token cached system prompt's requests as fast at 4 as at 16 (blocks stacked:
+# one copy a hit).
+BLOCK = 4
 
 
 @dataclasses.dataclass
 class Block:
     tokens: tuple[int, ...]
-    tensors: list[np.ndarray]  # one [kv_heads, block, head_size] slice per cache tensor
+    tensors: list[np.ndarray]  # one [kv_heads, block, head_size] slice per cache tensor (or none: stacked)
     refs: int = 0
+    # The slices stacked, [tensors, kv_heads, block, head_size], when every cache tensor has the
+    # same shape and dtype: a hit joins its blocks in one copy, whatever the number of blocks.
+    stacked: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return self.stacked.nbytes if self.stacked is not None else sum(t.nbytes for t in self.tensors)
 
 
 @dataclasses.dataclass
@@ -46,7 +55,7 @@ class Hit:
 
 
 class PrefixCache:
-    def __init__(self, max_bytes: int, block: int = 16) -> None:
+    def __init__(self, max_bytes: int, block: int = BLOCK) -> None:
         if block < 1 or max_bytes < 0:
             raise ValueError("block must be >= 1 and max_bytes >= 0")
         self.block, self.max_bytes = block, max_bytes
@@ -84,9 +93,8 @@ class PrefixCache:
                 return Hit([], None, 0)
             self.hits += 1
             self.tokens_reused += len(chain) * self.block
-            parts = [self._blocks[key].tensors for key in chain]
-        tensors = [np.concatenate([p[i] for p in parts], axis=1)[None] for i in range(len(parts[0]))]
-        return Hit(chain, tensors, len(chain) * self.block)
+            blocks = [self._blocks[key] for key in chain]
+        return Hit(chain, _joined(blocks), len(chain) * self.block)
 
     def release(self, hit: Hit) -> None:
         with self._lock:
@@ -106,13 +114,19 @@ class PrefixCache:
         per cache tensor: the prompt's own cache)."""
         keys = self.keys(tokens)
         with self._lock:
-            for index, key in enumerate(keys):
+            new = [index for index, key in enumerate(keys) if key not in self._blocks]
+            for key in keys:
                 if key in self._blocks:
                     self._blocks.move_to_end(key)
-                    continue
+            uniform = len({(t.shape[1], t.shape[3], t.dtype) for t in tensors}) == 1
+            stacked = np.stack([t[0, :, : len(keys) * self.block] for t in tensors]) if new and uniform else None
+            for index in new:
                 span = slice(index * self.block, (index + 1) * self.block)
-                block = Block(tuple(tokens[span]), [np.ascontiguousarray(t[0, :, span]) for t in tensors])
-                self._blocks[key] = block
+                if stacked is not None:
+                    block = Block(tuple(tokens[span]), [], stacked=np.ascontiguousarray(stacked[:, :, span]))
+                else:
+                    block = Block(tuple(tokens[span]), [np.ascontiguousarray(t[0, :, span]) for t in tensors])
+                self._blocks[keys[index]] = block
                 self.bytes += block.nbytes
             self._evict()
 
@@ -141,3 +155,16 @@ class PrefixCache:
         with self._lock:
             return {"blocks": len(self._blocks), "bytes": self.bytes, "hits": self.hits, "misses": self.misses,
                     "tokens_reused": self.tokens_reused, "evictions": self.evictions, "pinned_tokens": self.pinned}
+
+
+def _joined(blocks: list[Block]) -> list[np.ndarray]:
+    """The blocks' tensors joined along the sequence: [1, kv_heads, tokens, head_size] each (one
+    copy of stacked blocks; a list of per-tensor joins otherwise)."""
+    if all(block.stacked is not None for block in blocks):
+        whole = np.concatenate([block.stacked for block in blocks], axis=2)
+        return [whole[i][None] for i in range(whole.shape[0])]
+    def part(block: Block, i: int) -> np.ndarray:
+        return block.stacked[i] if block.stacked is not None else block.tensors[i]
+
+    count = blocks[0].stacked.shape[0] if blocks[0].stacked is not None else len(blocks[0].tensors)
+    return [np.concatenate([part(block, i) for block in blocks], axis=1)[None] for i in range(count)]

@@ -73,3 +73,23 @@ def test_generation_with_the_cache_is_token_identical(fixture, request):
         assert got.token_ids == want.token_ids
     stats = cache.stats()
     assert stats["hits"] == 2 and stats["tokens_reused"] >= 2 * 12 - 4
+
+
+def test_blocks_of_uniform_tensors_are_stacked_and_others_kept_apart():
+    """Cache tensors of one shape and dtype are kept stacked per block (a hit is one copy); any
+    other set is kept tensor by tensor; both give back exactly what was inserted."""
+    prompt = list(range(13))
+    rng = np.random.default_rng(3)
+    uniform = _tensors(13, layers=3)
+    mixed = [rng.standard_normal((1, heads, 13, 4)).astype(np.float32) for heads in (2, 1, 2)]
+    for tensors, stacked in ((uniform, True), (mixed, False)):
+        cache = PrefixCache(1 << 20, block=4)
+        cache.insert(prompt, tensors)
+        assert all((block.stacked is not None) == stacked for block in cache._blocks.values())
+        assert cache.stats()["bytes"] == sum(t[:, :, :12].nbytes for t in tensors)
+        hit = cache.acquire(prompt)
+        assert hit.length == 12 and len(hit.tensors) == 3
+        for got, want in zip(hit.tensors, tensors, strict=True):
+            assert got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want[:, :, :12])
+        cache.release(hit)

@@ -138,13 +138,18 @@ def test_streams_carry_usage_and_equal_the_whole_answer(server):
 
 
 def test_the_system_prompt_is_pinned_and_reused(server, direct):
+    from llmc.generation.prefix import BLOCK
+
     health = requests.get(server + "/health").json()
-    assert health["system_prompt_tokens"] >= 32 and health["prefix_cache"]["pinned_tokens"] == 32
+    pinned = health["prefix_cache"]["pinned_tokens"]
+    assert health["system_prompt_tokens"] >= 32 and pinned == health["system_prompt_tokens"] // BLOCK * BLOCK
     before = health["prefix_cache"]["tokens_reused"]
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "w40 w41"}]
     answer = _client(server).chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
     want = direct.generate(_chat_ids(direct, messages), max_new_tokens=8, speculative="off")
     assert answer.choices[0].message.content == want.text
+    # the system message's blocks at least (the pinned prefix's last tokens open the user turn, and
+    # the tokenizer may join them with a real turn's first word differently)
     assert requests.get(server + "/health").json()["prefix_cache"]["tokens_reused"] >= before + 32
 
 
