@@ -119,11 +119,13 @@ class PrefixCache:
                 if key in self._blocks:
                     self._blocks.move_to_end(key)
             uniform = len({(t.shape[1], t.shape[3], t.dtype) for t in tensors}) == 1
-            stacked = np.stack([t[0, :, : len(keys) * self.block] for t in tensors]) if new and uniform else None
+            first = new[0] * self.block if new else 0  # only the new blocks' columns are stacked
+            stacked = np.stack([t[0, :, first : (new[-1] + 1) * self.block] for t in tensors]) if new and uniform else None
             for index in new:
                 span = slice(index * self.block, (index + 1) * self.block)
                 if stacked is not None:
-                    block = Block(tuple(tokens[span]), [], stacked=np.ascontiguousarray(stacked[:, :, span]))
+                    own = slice(span.start - first, span.stop - first)
+                    block = Block(tuple(tokens[span]), [], stacked=np.ascontiguousarray(stacked[:, :, own]))
                 else:
                     block = Block(tuple(tokens[span]), [np.ascontiguousarray(t[0, :, span]) for t in tensors])
                 self._blocks[keys[index]] = block

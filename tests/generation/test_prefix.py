@@ -93,3 +93,15 @@ def test_blocks_of_uniform_tensors_are_stacked_and_others_kept_apart():
             assert got.flags.c_contiguous
             np.testing.assert_array_equal(got, want[:, :, :12])
         cache.release(hit)
+
+
+def test_a_longer_prompt_adds_only_its_new_blocks():
+    cache = PrefixCache(1 << 20, block=4)
+    tensors = _tensors(17)
+    cache.insert(list(range(9)), [t[:, :, :9] for t in tensors])
+    cache.insert(list(range(17)), tensors)  # blocks 0-1 cached already: 2-3 added
+    assert cache.stats()["blocks"] == 4
+    hit = cache.acquire(list(range(17)))
+    assert hit.length == 16
+    for got, want in zip(hit.tensors, tensors, strict=True):
+        np.testing.assert_array_equal(got, want[:, :, :16])
