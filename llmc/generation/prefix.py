@@ -114,10 +114,12 @@ class PrefixCache:
         per cache tensor: the prompt's own cache)."""
         keys = self.keys(tokens)
         with self._lock:
-            new = [index for index, key in enumerate(keys) if key not in self._blocks]
-            for key in keys:
+            new = []
+            for index, key in enumerate(keys):
                 if key in self._blocks:
                     self._blocks.move_to_end(key)
+                else:
+                    new.append(index)
             uniform = len({(t.shape[1], t.shape[3], t.dtype) for t in tensors}) == 1
             first = new[0] * self.block if new else 0  # only the new blocks' columns are stacked
             stacked = np.stack([t[0, :, first : (new[-1] + 1) * self.block] for t in tensors]) if new and uniform else None
@@ -160,13 +162,9 @@ class PrefixCache:
 
 
 def _joined(blocks: list[Block]) -> list[np.ndarray]:
-    """The blocks' tensors joined along the sequence: [1, kv_heads, tokens, head_size] each (one
-    copy of stacked blocks; a list of per-tensor joins otherwise)."""
-    if all(block.stacked is not None for block in blocks):
+    """The blocks' tensors joined along the sequence: [1, kv_heads, tokens, head_size] each. One
+    cache serves one model, so its blocks are all stacked (one copy) or none are."""
+    if blocks[0].stacked is not None:
         whole = np.concatenate([block.stacked for block in blocks], axis=2)
         return [whole[i][None] for i in range(whole.shape[0])]
-    def part(block: Block, i: int) -> np.ndarray:
-        return block.stacked[i] if block.stacked is not None else block.tensors[i]
-
-    count = blocks[0].stacked.shape[0] if blocks[0].stacked is not None else len(blocks[0].tensors)
-    return [np.concatenate([part(block, i) for block in blocks], axis=1)[None] for i in range(count)]
+    return [np.concatenate([block.tensors[i] for block in blocks], axis=1)[None] for i in range(len(blocks[0].tensors))]
