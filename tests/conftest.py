@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -16,6 +17,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests build the same tiny models many times with patched internals: the build cache stays off
 # unless a test turns it on (tests/compiler/test_cache.py, with its own LLMC_CACHE_DIR).
 os.environ["LLMC_NO_CACHE"] = "1"
+
+
+def pytest_runtest_setup(item):
+    """Before each test: collect the garbage of the tests before it, then freeze what is still
+    alive (imports, session fixtures) out of the cyclic collector's reach.
+
+    Builds call ``gc.collect()`` several times each (``llmc.model.io.release_freed_memory``), and a
+    full collection walks every tracked object: in a worker that has imported torch and
+    transformers and built hundreds of models that is 0.2 to over 1 s a call, most of a tiny
+    model's build. Frozen objects are skipped, so a collection walks only what the running test
+    made (the test still frees its own cycles). Measured on tests/fuzz/test_fuzz_cache.py alone:
+    26 s -> 12 s."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)
