@@ -202,7 +202,8 @@ def _summary(report: dict[str, Any]) -> str:
         probes = "; ".join(
             f"ffn {p['ffn']:g}, heads {p['heads']:g}, {p['layers']} layers: {p['measured_speedup']}x, pruned loss "
             f"{p['pruned_loss']:.3f}" + (f", {p['minutes']:.1f} min -> loss {p['distilled_loss']:.4f} "
-                                         f"({'within' if p['within'] else 'over'})" if p["distilled_loss"] is not None else "")
+                                         f"({'pruned weights kept, ' if p.get('kept_pruned') else ''}{'within' if p['within'] else 'over'})"
+                                         if p["distilled_loss"] is not None else "")
             for p in search["probes"])
         chosen = (f"budget search: {search['screened']} cuts screened, timed and probed: {probes}; chosen "
                   f"ffn {search['chosen']['ffn']:g}, heads {search['chosen']['heads']:g}, {search['chosen']['layers']} layers. ")
@@ -219,11 +220,21 @@ def _summary(report: dict[str, Any]) -> str:
         f"{report['parameters']['before'] / 1e6:.1f}M -> {report['parameters']['after'] / 1e6:.1f}M, FLOPs per token "
         f"{report['flops_per_token']['before'] / 1e6:.1f}M -> {report['flops_per_token']['after'] / 1e6:.1f}M; "
         f"held-out {kept.format(**agree['pruned'])} pruned -> {kept.format(**agree['distilled'])} distilled "
-        f"({_trained(report['distillation'])}); budget: {report['budget']['metric']} {report['budget']['loss_distilled']:.4f} "
+        f"({_trained(report['distillation'])}){_kept(report['distillation'])}; budget: {report['budget']['metric']} {report['budget']['loss_distilled']:.4f} "
         f"against --max-loss {report['budget']['max_loss']:g} ({'within' if report['budget']['within'] else 'over, written with --allow-loss'}); "
         f"{report['latency_ms']['what']}: {report['latency_ms']['original']:.2f} -> {report['latency_ms']['compressed']:.2f} "
         f"ms; `llmc compress` wall {report.get('wall_s', 0):.0f} s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB."
     )
+
+
+def _kept(distillation: dict[str, Any]) -> str:
+    """What the written model holds when distillation did not help (``llmc compress``'s report)."""
+    kept = distillation.get("kept", "distilled")
+    if kept == "distilled":
+        return ""
+    if kept.startswith("pruned"):
+        return "; the written model keeps its pruned, refitted weights (distillation raised the held-out loss)"
+    return f"; the written model keeps: {kept}"
 
 
 def _trained(distillation: dict[str, Any]) -> str:

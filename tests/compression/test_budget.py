@@ -100,6 +100,50 @@ def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypat
     assert torch is not None
 
 
+def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(bert4_dir, monkeypatch):
+    """Distillation is faked to raise every cut's held-out loss by 0.05: a cut whose pruned
+    weights are within the budget is within (and kept pruned), as the final model would be, and
+    the search lands on the fastest such cut. Judged by the distilled loss alone, none was."""
+    pytest.importorskip("torch")
+    from transformers import AutoModel, AutoTokenizer
+
+    from llmc.compression import auto, importance, measure
+    from llmc.compression.arch import BERT
+    from llmc.compression.distill import Signal
+    from tests.compression.conftest import batch
+
+    model = AutoModel.from_pretrained(str(bert4_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(bert4_dir))
+    batches = [batch(tokenizer, ["w4 w5 w6 w7", "w8 w9 w10"])]
+    scores = importance.activation(model, BERT, batches)
+    base = measure.flops_per_token(model.config, False)
+    speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
+
+    def agreement(student, teacher, held, decoder=False, reference=None):
+        worse = 0.05 if getattr(student, "distilled", False) else 0.0
+        return {"cosine_mean": 1.0 - 0.1 * (speed(student) - 1.0) - worse}
+
+    def distill(student, *a, **k):
+        student.distilled = True
+        return {"steps": 1}
+
+    monkeypatch.setattr(auto, "_artifact", lambda m, arch, where: speed(m))
+    monkeypatch.setattr(auto, "_timed_speedup", lambda original, built, config, decoder: built / original)
+    monkeypatch.setattr(auto, "agreement", agreement)
+    monkeypatch.setattr(auto, "distill", distill)
+    budget = Budget.of(0.03, False)  # pruned weights within up to a speed-up of 1.3, distilled ones never
+    _student, _plan, report = auto.choose(model, BERT, [1, 0], scores, batches, batches, budget, 1.0,
+                                          Signal(), lambda _m: None)
+    timed = sorted(p["measured_speedup"] for p in report["probes"])
+    assert any(1.0 < s <= 1.3 for s in timed), timed  # the grid has cuts only the pruned rule admits
+    assert report["found"]  # judged by the distilled loss alone, no cut was within
+    assert report["chosen"]["measured_speedup"] == pytest.approx(max(s for s in timed if s <= 1.3 + 1e-9))
+    for probe in report["probes"]:
+        if probe["distilled_loss"] is not None:  # probed: the pruned weights always lose less here
+            assert probe["kept_pruned"] and probe["distilled_loss"] == pytest.approx(probe["pruned_loss"], abs=1e-4)
+            assert probe["within"] == (probe["measured_speedup"] <= 1.3 + 1e-9)
+
+
 def test_over_budget_writes_nothing_and_allow_loss_writes_the_record(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
     from llmc.compression import distill
 
