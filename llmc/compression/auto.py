@@ -14,9 +14,9 @@ budget (:mod:`llmc.compression.budget`).
    one. The fastest cut found within the budget keeps training for the rest of the minutes (none
    within: the least lossy probe does, and is judged again at the end).
    A probe is judged by the better of its distilled and its pruned weights (the final model keeps
-   the pruned ones where distillation raised the held-out loss), so a cut judged within the
-   budget stays so; a cut judged over it might have made it with the whole budget (the search is
-   conservative).
+   the pruned ones where distillation raised the held-out loss), and the chosen probe's last
+   training is undone if it raises the loss, so a cut judged within the budget stays so; a cut
+   judged over it might have made it with the whole budget (the search is conservative).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 from llmc.compression import measure
 from llmc.compression.arch import Arch
-from llmc.compression.budget import Budget
+from llmc.compression.budget import Budget, lower
 from llmc.compression.distill import Signal, agreement, distill, embeddings
 from llmc.compression.prune import Plan, ffn_kept, heads_kept, prune, student_config
 from llmc.compression.search import Candidate, candidates
@@ -50,6 +50,8 @@ class Probe:
     within: bool | None = None
     minutes: float = 0.0
     kept_pruned: bool = False  # judged (and kept) with its pruned weights: distillation raised the loss
+    # ``loss`` (the report's ``distilled_loss``) is the loss the probe was judged at: its pruned
+    # weights' when ``kept_pruned``
 
     def to_dict(self) -> dict[str, Any]:
         plan = self.candidate.plan
@@ -119,9 +121,9 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
             f"{per_probe:.1f} min{' (pruned weights kept: distillation raised the loss)' if probe.kept_pruned else ''}: "
             f"{'within' if probe.within else 'over'}")
         if probe.within:
-            best, high = (probe, student), mid - 1
+            best, high, fallback = (probe, student), mid - 1, None  # a fallback is no longer needed
         else:
-            if fallback is None or probe.loss < fallback[0].loss:
+            if best is None and (fallback is None or lower(probe.loss, fallback[0].loss)):
                 fallback = (probe, student)
             low = mid + 1
     report = {"mode": "largest measured speed-up within --max-loss", "probes": [p.to_dict() for p in probes],
@@ -133,11 +135,26 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
     rest = max(0.0, minutes - spent)
     if rest > 0:  # the fastest within the budget, else the least lossy: the final judgement comes after
         log(f"training {_name(probe)} for the remaining {rest:.1f} min")
-        distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal)
-        probe.minutes += rest
+        _train_rest(student, probe, rest, teacher, arch, train, holdout, budget, reference, signal, log)
     report["chosen"] = probe.to_dict()
     report["minutes"] = round(spent + rest, 2)  # distillation over the probes and the final training
     return student, probe.candidate.plan, report
+
+
+def _train_rest(student: Any, probe: Probe, rest: float, teacher: Any, arch: Arch, train: list[Any],
+                holdout: list[Any], budget: Budget, reference: list[Any] | None, signal: Signal,
+                log: Callable[[str], None]) -> None:
+    """Distil the chosen probe's ``student`` (in place) for the ``rest`` of the minutes; where that
+    raises its held-out loss, its weights go back to the ones it was judged with, so a cut judged
+    within the budget stays within it."""
+    judged = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal)
+    probe.minutes += rest
+    loss = budget.loss(agreement(student, teacher, holdout, arch.decoder, reference))
+    if not lower(loss, probe.loss) and math.isfinite(probe.loss):
+        log(f"the last {rest:.1f} min raised the held-out loss ({probe.loss:.4f} -> {loss:.4f}): "
+            "keeping the weights the probe was judged with")
+        student.load_state_dict(judged)
 
 
 def _better_of(student: Any, probe: Probe, teacher: Any, arch: Arch, scores: tuple[Any, ...], holdout: list[Any],
@@ -148,11 +165,11 @@ def _better_of(student: Any, probe: Probe, teacher: Any, arch: Arch, scores: tup
     (``llmc.compression.compress``), so a probe is judged the same way. The pruned student is
     judged on the whole held-out text only when its screening loss (a part of it) is lower."""
     after = agreement(student, teacher, holdout, arch.decoder, reference)
-    if probe.candidate.pruned_loss >= budget.loss(after):
+    if not lower(probe.candidate.pruned_loss, budget.loss(after)):
         return student, after
     pruned = prune(teacher, arch, probe.candidate.plan, *scores)
     before = agreement(pruned, teacher, holdout, arch.decoder, reference)
-    if budget.loss(before) < budget.loss(after):
+    if lower(budget.loss(before), budget.loss(after)):
         probe.kept_pruned = True
         return pruned, before
     return student, after

@@ -36,6 +36,12 @@ def check_max_loss(value: float | None) -> None:
         raise LlmcError(f"--max-loss is the held-out loss allowed, a number between 0 and 1 (e.g. 0.02), not {value}")
 
 
+def lower(loss: float, other: float) -> bool:
+    """``loss`` is finite and lower than ``other`` (a finite loss is lower than a NaN or an inf: a
+    student whose distillation diverged never wins over one that did not)."""
+    return math.isfinite(loss) and (not math.isfinite(other) or loss < other)
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """A held-out loss bound for one model kind."""

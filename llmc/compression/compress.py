@@ -170,6 +170,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
              train: list[Any], holdout: list[Any], budget: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """The distilled student of the cut given, or of the one the budget search chose
     (:mod:`llmc.compression.auto`), with its held-out agreement before and after distillation."""
+    from llmc.compression.budget import lower
     from llmc.compression.distill import agreement, distill
 
     signal = _signal(tokenizer, arch)
@@ -199,7 +200,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
     after = agreement(student, teacher, holdout, arch.decoder)
     log(f"distilled: held-out {_line(after)}; {budget.describe(after)}")
     distillation["kept"] = "distilled"
-    if budget.loss(after) > budget.loss(before):  # distillation moved it away: the pruned weights stay
+    if lower(budget.loss(before), budget.loss(after)):  # distillation moved it away: the pruned weights stay
         log(f"distillation raised the held-out loss ({budget.loss(before):.4f} -> {budget.loss(after):.4f}): "
             "keeping the pruned, refitted weights")
         student, after, distillation["kept"] = pruned, before, "pruned (distillation raised the held-out loss)"

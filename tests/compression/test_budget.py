@@ -100,10 +100,12 @@ def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypat
     assert torch is not None
 
 
-def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(bert4_dir, monkeypatch):
-    """Distillation is faked to raise every cut's held-out loss by 0.05: a cut whose pruned
-    weights are within the budget is within (and kept pruned), as the final model would be, and
-    the search lands on the fastest such cut. Judged by the distilled loss alone, none was."""
+@pytest.mark.parametrize("raised", [0.05, math.nan, math.inf])
+def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(bert4_dir, monkeypatch, raised):
+    """Distillation is faked to raise every cut's held-out loss (by 0.05, or to NaN or inf: it
+    diverged): a cut whose pruned weights are within the budget is within (and kept pruned), as
+    the final model would be, and the search lands on the fastest such cut. Judged by the
+    distilled loss alone, none was."""
     pytest.importorskip("torch")
     from transformers import AutoModel, AutoTokenizer
 
@@ -120,7 +122,7 @@ def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(be
     speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
 
     def agreement(student, teacher, held, decoder=False, reference=None):
-        worse = 0.05 if getattr(student, "distilled", False) else 0.0
+        worse = raised if getattr(student, "distilled", False) else 0.0
         return {"cosine_mean": 1.0 - 0.1 * (speed(student) - 1.0) - worse}
 
     def distill(student, *a, **k):
@@ -132,8 +134,8 @@ def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(be
     monkeypatch.setattr(auto, "agreement", agreement)
     monkeypatch.setattr(auto, "distill", distill)
     budget = Budget.of(0.03, False)  # pruned weights within up to a speed-up of 1.3, distilled ones never
-    _student, _plan, report = auto.choose(model, BERT, [1, 0], scores, batches, batches, budget, 1.0,
-                                          Signal(), lambda _m: None)
+    student, _plan, report = auto.choose(model, BERT, [1, 0], scores, batches, batches, budget, 1.0,
+                                         Signal(), lambda _m: None)
     timed = sorted(p["measured_speedup"] for p in report["probes"])
     assert any(1.0 < s <= 1.3 for s in timed), timed  # the grid has cuts only the pruned rule admits
     assert report["found"]  # judged by the distilled loss alone, no cut was within
@@ -142,6 +144,32 @@ def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(be
         if probe["distilled_loss"] is not None:  # probed: the pruned weights always lose less here
             assert probe["kept_pruned"] and probe["distilled_loss"] == pytest.approx(probe["pruned_loss"], abs=1e-4)
             assert probe["within"] == (probe["measured_speedup"] <= 1.3 + 1e-9)
+    assert student is not None
+
+
+def test_the_chosen_probes_last_training_is_undone_when_it_raises_the_loss(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from llmc.compression import auto
+    from llmc.compression.distill import Signal
+    from llmc.compression.prune import Plan
+    from llmc.compression.search import Candidate
+
+    def distill(student, *a, **k):
+        with torch.no_grad():
+            student.weight.add_(1.0)
+
+    monkeypatch.setattr(auto, "distill", distill)
+    monkeypatch.setattr(auto, "agreement", lambda s, *a, **k: {"cosine_mean": 1.0 - float(s.weight.detach().abs().mean())})
+    budget = Budget.of(0.03, False)
+    for start, kept in ((0.01, True), (-1.0, False)):  # +1 raises the loss from 0.01, lowers it from 1.0
+        student = torch.nn.Linear(2, 2, bias=False)
+        torch.nn.init.constant_(student.weight, start)
+        probe = auto.Probe(Candidate(Plan([0], 1, 1), (0.0, 0.0), 1.5, pruned_loss=0.5), 1.5,
+                           loss=abs(start), within=abs(start) <= 0.03)
+        encoder = type("Arch", (), {"decoder": False})
+        auto._train_rest(student, probe, 1.0, None, encoder, [], [], budget, None, Signal(), lambda _m: None)
+        assert torch.allclose(student.weight, torch.full((2, 2), start if kept else start + 1.0)), (start, student.weight)
+        assert probe.minutes == 1.0
 
 
 def test_over_budget_writes_nothing_and_allow_loss_writes_the_record(bert_dir, text, tmp_path, monkeypatch):  # noqa: F811
