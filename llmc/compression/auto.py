@@ -113,7 +113,8 @@ def choose(teacher: Any, arch: Arch, layer_order: list[int], scores: tuple[Any, 
         mid = (low + high) // 2
         probe = probes[mid]
         student = prune(teacher, arch, probe.candidate.plan, *scores)
-        distill(student, teacher, train, per_probe, log, decoder=arch.decoder, signal=signal)
+        distill(student, teacher, train, per_probe, log, decoder=arch.decoder, signal=signal,
+                start_loss=probe.candidate.pruned_loss)
         spent += per_probe
         student, after = _better_of(student, probe, teacher, arch, scores, holdout, budget, reference)
         probe.loss, probe.within, probe.minutes = budget.loss(after), budget.within(after), per_probe
@@ -148,7 +149,7 @@ def _train_rest(student: Any, probe: Probe, rest: float, teacher: Any, arch: Arc
     raises its held-out loss, its weights go back to the ones it was judged with, so a cut judged
     within the budget stays within it."""
     judged = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal)
+    distill(student, teacher, train, rest, log, decoder=arch.decoder, signal=signal, start_loss=probe.loss)
     probe.minutes += rest
     loss = budget.loss(agreement(student, teacher, holdout, arch.decoder, reference))
     if not lower(loss, probe.loss) and math.isfinite(probe.loss):

@@ -196,7 +196,7 @@ def _trained(teacher: Any, tokenizer: Any, arch: Any, options: CompressOptions, 
             f"{', 2:4 sparse' if hold else ''}; held-out {_line(before)}")
         pruned = copy.deepcopy(student)
         distillation = distill(student, teacher, train, minutes, log, decoder=arch.decoder, after_step=hold,
-                               seed=options.seed, signal=signal)
+                               seed=options.seed, signal=signal, start_loss=budget.loss(before))
     after = agreement(student, teacher, holdout, arch.decoder)
     log(f"distilled: held-out {_line(after)}; {budget.describe(after)}")
     distillation["kept"] = "distilled"

@@ -301,3 +301,26 @@ def test_the_search_times_a_gguf_original_through_a_plain_copy(tmp_path):
         torch.testing.assert_close(whole(ids).logits, teacher(ids).logits, atol=1e-4, rtol=1e-4)
     whole.save_pretrained(tmp_path / "hf")
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_an_encoders_learning_rate_scales_with_its_loss_before_training():
+    from llmc.compression.distill import FAR_LOSS, LEARNING_RATE, peak_rate
+
+    full = LEARNING_RATE["encoder"]
+    assert peak_rate(False, None) == full and peak_rate(False, math.nan) == full
+    assert peak_rate(False, FAR_LOSS * 3) == full and peak_rate(False, FAR_LOSS) == full
+    assert peak_rate(False, FAR_LOSS / 2) == pytest.approx(full / 2)
+    assert peak_rate(False, 0.0) == pytest.approx(full / 5)  # never below a fifth
+    assert peak_rate(True, 0.001) == LEARNING_RATE["decoder"]  # decoders: not measured, unchanged
+
+
+def test_compress_distils_at_the_rate_of_the_pruned_students_loss(bert_dir, text, tmp_path):  # noqa: F811
+    from llmc.compression.distill import peak_rate
+
+    out = tmp_path / "rate"
+    result = runner.invoke(app, ["compress", str(bert_dir), "--data", str(text), "-o", str(out), "--ffn", "0.25",
+                                 "--minutes", "0.01", "--allow-loss"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "compress_report.json").read_text())
+    pruned = 1.0 - report["held_out_agreement"]["pruned"]["cosine_mean"]
+    assert report["distillation"]["peak_lr"] == pytest.approx(peak_rate(False, pruned))
