@@ -67,23 +67,30 @@ def test_frontier_keeps_cuts_that_beat_every_faster_cut():
     assert [round(c.flop_speedup, 2) for c in spread] == [2.2, 1.8, 1.5, 1.1]
 
 
-def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypatch):
-    """Distillation is faked: a cut's held-out loss is a known function of its FLOPs; the binary
-    search over the timed cuts must land on the fastest one within the budget."""
-    torch = pytest.importorskip("torch")
+def _search_setup(bert4_dir: Path) -> tuple[object, list, tuple, object]:
+    """A 4-layer BERT, one held-out batch, its importance scores and a cut's FLOP speed-up."""
     from transformers import AutoModel, AutoTokenizer
 
-    from llmc.compression import auto, importance, measure
+    from llmc.compression import importance, measure
     from llmc.compression.arch import BERT
-    from llmc.compression.distill import Signal
     from tests.compression.conftest import batch
 
     model = AutoModel.from_pretrained(str(bert4_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(bert4_dir))
     batches = [batch(tokenizer, ["w4 w5 w6 w7", "w8 w9 w10"])]
-    scores = importance.activation(model, BERT, batches)
     base = measure.flops_per_token(model.config, False)
-    speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
+    return model, batches, importance.activation(model, BERT, batches), lambda m: base / measure.flops_per_token(m.config, False)
+
+
+def test_the_search_takes_the_fastest_cut_within_the_budget(bert4_dir, monkeypatch):
+    """Distillation is faked: a cut's held-out loss is a known function of its FLOPs; the binary
+    search over the timed cuts must land on the fastest one within the budget."""
+    torch = pytest.importorskip("torch")
+    from llmc.compression import auto
+    from llmc.compression.arch import BERT
+    from llmc.compression.distill import Signal
+
+    model, batches, scores, speed = _search_setup(bert4_dir)
     monkeypatch.setattr(auto, "_artifact", lambda m, arch, where: speed(m))
     monkeypatch.setattr(auto, "_timed_speedup", lambda original, built, config, decoder: built / original)
     monkeypatch.setattr(auto, "agreement", lambda s, t, b, d=False, r=None: {"cosine_mean": 1.0 - 0.1 * (speed(s) - 1.0)})
@@ -107,19 +114,11 @@ def test_a_probe_that_distillation_moves_away_is_judged_by_its_pruned_weights(be
     the final model would be, and the search lands on the fastest such cut. Judged by the
     distilled loss alone, none was."""
     pytest.importorskip("torch")
-    from transformers import AutoModel, AutoTokenizer
-
-    from llmc.compression import auto, importance, measure
+    from llmc.compression import auto
     from llmc.compression.arch import BERT
     from llmc.compression.distill import Signal
-    from tests.compression.conftest import batch
 
-    model = AutoModel.from_pretrained(str(bert4_dir)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(bert4_dir))
-    batches = [batch(tokenizer, ["w4 w5 w6 w7", "w8 w9 w10"])]
-    scores = importance.activation(model, BERT, batches)
-    base = measure.flops_per_token(model.config, False)
-    speed = lambda m: base / measure.flops_per_token(m.config, False)  # noqa: E731
+    model, batches, scores, speed = _search_setup(bert4_dir)
 
     def agreement(student, teacher, held, decoder=False, reference=None):
         worse = raised if getattr(student, "distilled", False) else 0.0
