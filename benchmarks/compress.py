@@ -229,12 +229,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 def _kept(distillation: dict[str, Any]) -> str:
     """What the written model holds when distillation did not help (``llmc compress``'s report)."""
-    kept = distillation.get("kept", "distilled")
-    if kept == "distilled":
+    if not distillation.get("kept", "distilled").startswith("pruned"):
         return ""
-    if kept.startswith("pruned"):
-        return "; the written model keeps its pruned, refitted weights (distillation raised the held-out loss)"
-    return f"; the written model keeps: {kept}"
+    return "; the written model keeps its pruned, refitted weights (distillation raised the held-out loss)"
 
 
 def _trained(distillation: dict[str, Any]) -> str:

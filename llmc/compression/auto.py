@@ -46,12 +46,10 @@ DECODER_FFN, DECODER_HEADS = (0.0, 0.125, 0.25, 0.375, 0.5), (0.0, 0.34)
 class Probe:
     candidate: Candidate
     speedup: float
-    loss: float | None = None
+    loss: float | None = None  # the loss it was judged at (the report's distilled_loss): its pruned weights' if kept_pruned
     within: bool | None = None
     minutes: float = 0.0
     kept_pruned: bool = False  # judged (and kept) with its pruned weights: distillation raised the loss
-    # ``loss`` (the report's ``distilled_loss``) is the loss the probe was judged at: its pruned
-    # weights' when ``kept_pruned``
 
     def to_dict(self) -> dict[str, Any]:
         plan = self.candidate.plan
