@@ -67,7 +67,7 @@ def assemble(prep: Prepared, compiled: Compiled, precise: Precise, memory: dict[
         validity=compiled.manager.validity.to_dict() if compiled.manager.validity else None,
         memory=memory,
         shapes=Shapes({k: list(v.shape) for k, v in feeds.items()}, prep.assumed),
-        verification=_verification(prep, comparison, precise),
+        verification=_verification(prep, comparison, precise, verified.logits_to_keep),
         artifact=ArtifactFiles(
             files=[f.name for f in verified.files], model_sha256=verified.model_sha256,
             external_data=len(verified.files) > 1,
@@ -111,7 +111,9 @@ def _gqa(model: Any) -> Gqa | None:
     return Gqa(len(nodes), masked, rotating)
 
 
-def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> dict[str, Any]:
+def _verification(
+    prep: Prepared, comparison: Comparison, precise: Precise, logits_to_keep: dict[str, Any] | None = None
+) -> dict[str, Any]:
     reference = "onnxruntime ORT_DISABLE_ALL on the source model" + prep.request.precision.reference_note
     feeds = prep.feeds
     return {
@@ -129,4 +131,6 @@ def _verification(prep: Prepared, comparison: Comparison, precise: Precise) -> d
             o.name: {"max_abs_error": o.max_abs_error, "max_rel_error": o.max_rel_error, "cosine": o.cosine}
             for o in comparison.outputs
         },
+        # the LM head run on the last position alone against the full run's (llmc.passes.logits)
+        "logits_to_keep": logits_to_keep,
     }

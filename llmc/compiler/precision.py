@@ -19,6 +19,7 @@ from llmc.compiler.cache import BuildCache
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Progress, fail_on_mismatch, pass_options
 from llmc.errors import LlmcError
 from llmc.model import io as model_io
+from llmc.model.feeds import with_defaults
 from llmc.passes.memory.planner import analyze_memory
 from llmc.passes.memory.reorder import MemoryReorderPass
 from llmc.runtime.ort import REFERENCE_CONFIG, SessionConfig, run_model
@@ -37,12 +38,13 @@ def apply_precision(
         if precision.quantized and result.fp32_comparison is None:
             # The passes must be exact before quantization changes the numbers on purpose.
             with compiled_runs():
-                fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
+                fp32_outputs = run_model(result.model, with_defaults(result.model, prep.feeds), REFERENCE_CONFIG)
             result.fp32_comparison = rounding.compared(prep, compiled.reference, fp32_outputs)
             fail_on_mismatch(result.fp32_comparison)
             model_io.release_freed_memory()
         step = Step(
-            result.model, prep.feeds, compiled.reference, request, request.target, prep.tolerance, log, progress,
+            result.model, with_defaults(result.model, prep.feeds), compiled.reference, request, request.target,
+            prep.tolerance, log, progress,
             prep.work_dir, prep.out_dir, before, prep.prepared.get(precision.name),
             _Calibration(cache, prep) if cache is not None else None, accuracy,
         )
@@ -115,7 +117,8 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     so the pass runs once more on the quantized graph.
     """
     names = prep.pipeline.names()
-    shapes = {k: tuple(v.shape) for k, v in prep.feeds.items()}
+    feeds = with_defaults(precise.model, prep.feeds)
+    shapes = {k: tuple(v.shape) for k, v in feeds.items()}
     stats: dict[str, int] = {}
     skipped = None
     if "memory" in names:
@@ -130,7 +133,7 @@ def plan_memory(prep: Prepared, compiled: Compiled, precise: Precise, log: Log) 
     log("planning memory")
     try:
         analysis = analyze_memory(
-            precise.model, [shapes], alignment=prep.request.alignment, reorder=False, feeds=[prep.feeds]
+            precise.model, [shapes], alignment=prep.request.alignment, reorder=False, feeds=[feeds]
         )
     except LlmcError as exc:
         return {"error": str(exc), "shapes": {k: list(v) for k, v in shapes.items()}}, prep.session_config

@@ -107,6 +107,7 @@ class Verified:
     session_seconds: float
     hashes: dict[str, str]  # sha256 of each file in ``files``, taken before verifying them
     padding: dict[str, Any] | None = None  # llmc.runtime.padding.probe: may the runtime skip padding?
+    logits_to_keep: dict[str, Any] | None = None  # llmc.compiler.verify.keeps_last_logits
 
 
 # ---------------------------------------------------------------------------------- prepare

@@ -7,12 +7,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmc.compiler import manifest as manifest_mod
 from llmc.compiler import rounding
 from llmc.compiler.stages import Compiled, Log, Precise, Prepared, Verified, fail_on_mismatch
 from llmc.errors import LlmcError
 from llmc.fp16.check import artifact_feeds
+from llmc.model import decoder
 from llmc.model import io as model_io
+from llmc.model.compare import compare_outputs
+from llmc.model.feeds import with_defaults
 from llmc.model.files import CALIBRATION_FILE, GENERATION_FILE, MODEL_FILE, PLAN_FILE, copy_companions
 from llmc.runtime.artifact import Artifact
 from llmc.runtime.integrity import check_files, hash_files
@@ -45,7 +50,9 @@ def verify(
     saved = model_io.load_model(out_dir / MODEL_FILE)
     with compiled_runs():  # an ONNX Runtime failure here is a pass's
         session = create_session(out_dir / MODEL_FILE, REFERENCE_CONFIG, saved)
-        candidate = OrtRunner(session).run(artifact_feeds(saved, prep.feeds))
+        feeds = artifact_feeds(saved, with_defaults(saved, prep.feeds))
+        candidate = OrtRunner(session).run(feeds)
+        kept = keeps_last_logits(OrtRunner(session), feeds, candidate, prep.tolerance)
     del session  # one session at a time: the deployed one below, the precision's judgement
     model_io.release_freed_memory()
     precision = request.precision
@@ -53,7 +60,7 @@ def verify(
 
     def judge(tolerance: float):  # noqa: ANN202
         return precision.judge(Judgement(
-            saved, candidate, compiled.reference, prep.feeds, tolerance, precise.fp32_comparison, report,
+            saved, candidate, compiled.reference, feeds, tolerance, precise.fp32_comparison, report,
         ))
 
     # fp32's rounding floor (llmc.compiler.rounding); other precisions judge their own way
@@ -73,7 +80,27 @@ def verify(
             ),
             report,
         )
-    return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding)
+    return Verified(files, comparison, hashes[MODEL_FILE], session_config, seconds, hashes, padding, kept)
+
+
+def keeps_last_logits(
+    runner: OrtRunner, feeds: dict[str, Any], full: dict[str, Any], tolerance: float
+) -> dict[str, Any] | None:
+    """Where the artifact takes ``logits_to_keep`` (llmc.passes.logits): its logits fed 1 against
+    the last position of its own full run (``full``, fed 0), within ``tolerance``; what was
+    measured (None: no such input). A mismatch is a bug of the pass: one error line."""
+    if decoder.LOGITS_TO_KEEP not in feeds or decoder.LOGITS not in full:
+        return None
+    last = runner.run({**feeds, decoder.LOGITS_TO_KEEP: np.array(1, np.int64)})[decoder.LOGITS]
+    worst = compare_outputs({decoder.LOGITS: full[decoder.LOGITS][:, -1:]}, {decoder.LOGITS: last}, tolerance).worst()
+    if worst is not None:
+        raise LlmcError(
+            f"pass 'logits': the LM head on the last position alone differs from the full run's ({worst.reason}); "
+            "rebuild with --disable-pass logits and report this as an llmc bug"
+        )
+    difference = float(np.abs(full[decoder.LOGITS][:, -1:].astype(np.float64) - last).max())
+    return {"input": decoder.LOGITS_TO_KEEP, "positions": int(full[decoder.LOGITS].shape[1]),
+            "max_difference": difference}
 
 
 def write(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from llmc.compression.arch import heads
-from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, is_past
+from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, LOGITS_TO_KEEP, POSITION_IDS, is_past
 from llmc.runtime.timing import median_ms
 
 LENGTH = 128
@@ -47,6 +47,8 @@ def feeds(session: Any, decoder: bool, length: int = LENGTH, vocab: int = 1000, 
             out[name] = np.ones((1, length + 1 if decoder else length), dtype=np.int64)
         elif name == POSITION_IDS:
             out[name] = np.full((1, 1), length, dtype=np.int64) if decoder else np.arange(length)[None]
+        elif name == LOGITS_TO_KEEP:
+            out[name] = np.array(1, dtype=np.int64)
         else:
             out[name] = np.zeros((1, length), dtype=np.int64)
     return out

@@ -45,9 +45,9 @@ def _generate(stepper: Stepper, sequence: Sequence, pad: int, prefix: Optional[P
             # (llmc.model.decoder.RECOMPUTE_CACHE_AFTER)
             capacity = mask.shape[1] + params.max_new_tokens - len(sequence.tokens)
             whole = np.asarray([ids], dtype=np.int64)
-            logits, past = stepper.run(whole, mask, positions_of(mask), None, capacity=capacity)
+            logits, past = stepper.run(whole, mask, positions_of(mask), None, capacity=capacity, last_only=True)
         else:
-            logits, past = stepper.run(np.asarray([[token]], dtype=np.int64), mask, positions, past)
+            logits, past = stepper.run(np.asarray([[token]], dtype=np.int64), mask, positions, past, last_only=True)
         token = sequence.choose(_last(logits))
         ids.append(token)
 

@@ -42,11 +42,13 @@ class Stepper:
 
     def run(
         self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list[Any]],
-        capacity: int = 0,
+        capacity: int = 0, last_only: bool = False,
     ) -> tuple[Any, list[Any]]:
         """``(logits, present)`` as OrtValues; ``past`` None is prefill (an empty cache). A shared
-        cache is allocated at prefill for ``capacity`` tokens and then updated in place."""
-        feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask}
+        cache is allocated at prefill for ``capacity`` tokens and then updated in place.
+        ``last_only``: the logits of each row's last position alone where the artifact can
+        (``logits_to_keep``), else of every position."""
+        feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask, **self.layout.keep(last_only)}
         if self.layout.has_position_ids:
             feeds[POSITION_IDS] = positions
         hint = (
@@ -212,9 +214,9 @@ def prefill(stepper: Stepper, request: Request) -> tuple[Any, list[Any], np.ndar
     try:
         if hit is not None and hit.length:
             past = stepper.cached_past(hit.tensors, capacity)
-            logits, past = stepper.run(ids[:, hit.length :], mask, positions[:, hit.length :], past)
+            logits, past = stepper.run(ids[:, hit.length :], mask, positions[:, hit.length :], past, last_only=True)
         else:
-            logits, past = stepper.run(ids, mask, positions, None, capacity=capacity)
+            logits, past = stepper.run(ids, mask, positions, None, capacity=capacity, last_only=True)
         if cache is not None and not cache.holds(request.prompts[0]):  # copy the cache out only when new
             cache.insert(request.prompts[0], [value.numpy()[:, :, : ids.shape[1]] for value in past])
     finally:
@@ -248,9 +250,9 @@ def run_generation(stepper: Stepper, request: Request) -> list[GenerationResult]
             # the cache was rotated for a shorter sequence: prefill everything again, as
             # transformers does (llmc.model.decoder.RECOMPUTE_CACHE_AFTER)
             capacity = mask.shape[1] + request.max_new_tokens - steps
-            logits, past = stepper.run(sequence, mask, positions_of(mask), None, capacity=capacity)
+            logits, past = stepper.run(sequence, mask, positions_of(mask), None, capacity=capacity, last_only=True)
         else:
-            logits, past = stepper.run(chosen[:, None], mask, positions, past)
+            logits, past = stepper.run(chosen[:, None], mask, positions, past, last_only=True)
         chosen = choose(last_logits(logits, request, steps + 1), request.sampling, rng)
         decoding += time.perf_counter() - began
         steps += 1

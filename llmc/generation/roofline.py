@@ -181,13 +181,13 @@ def _fixed_context_step(stepper: Stepper, layout: DecoderLayout, context: int, v
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, size=(1, context), dtype=np.int64)
     mask = np.ones((1, context), np.int64)
-    _, past = stepper.run(ids, mask, np.arange(context, dtype=np.int64)[None], None, capacity=context + 1)
+    _, past = stepper.run(ids, mask, np.arange(context, dtype=np.int64)[None], None, capacity=context + 1, last_only=True)
     token = rng.integers(0, vocab, size=(1, 1), dtype=np.int64)
     mask = np.ones((1, context + 1), np.int64)
     position = np.array([[context]], np.int64)
 
     def step() -> None:
-        stepper.run(token, mask, position, past)  # a cache of its own is not kept: every step sees `past`
+        stepper.run(token, mask, position, past, last_only=True)  # a cache of its own is not kept: every step sees `past`
 
     return step
 

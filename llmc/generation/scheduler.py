@@ -431,9 +431,10 @@ class Scheduler:
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, lo: int, hi: int,
              fresh_binding: bool = False) -> np.ndarray:
-        """Logits [rows, sequence, vocab] of one run over slots ``[lo, hi)``, their caches bound
+        """Logits [rows, sequence or 1, vocab] of one run over slots ``[lo, hi)``, their caches bound
         as past and present (updated in place)."""
-        feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask}
+        # every run reads each row's last position only (logits_to_keep 1 where the artifact has it)
+        feeds: dict[str, Any] = {INPUT_IDS: ids, ATTENTION_MASK: mask, **self.layout.keep(True)}
         if self.layout.has_position_ids:
             feeds[POSITION_IDS] = positions
         hint = f"at {mask.shape[1]} KV positions; pass a shorter prompt or fewer new tokens"

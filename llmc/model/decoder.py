@@ -8,6 +8,11 @@ head_size]. Outputs: ``logits`` [batch, sequence, vocab] and ``present.{i}.key``
 [batch, kv_heads, total_sequence, head_size], the next step's past. Prefill feeds a past with a
 0-length ``past_sequence`` axis.
 
+``logits_to_keep`` (int64 scalar; ONNX Runtime builds add it, :mod:`llmc.passes.logits`): the LM
+head runs for the last ``k`` positions only, ``logits`` is then [batch, min(k, sequence), vocab];
+0 keeps every position (Hugging Face's ``logits_to_keep``). Readers feed it where the graph takes
+it (:attr:`DecoderLayout.has_logits_to_keep`): generation 1 at prefill, full-sequence readers 0.
+
 Other exporters' legacy convention, which the seeded feeds and the memory plan also read: a rank-4
 input ``past_<rest>`` (``past_0``, ...) is a KV cache whose next value is the output
 ``present_<rest>``.
@@ -44,6 +49,7 @@ if TYPE_CHECKING:  # onnx-ir loads in ~1 s: `llmc --help` (render's cache names)
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS = "input_ids", "attention_mask", "position_ids"
 TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
 LOGITS = "logits"
+LOGITS_TO_KEEP = "logits_to_keep"  # an int64 scalar: the LM head's last positions (0: all)
 KV = ("key", "value")
 PAST, PRESENT = "past_key_values.", "present."  # Hugging Face / ONNX Runtime GenAI, llmc export's
 LEGACY_PAST, LEGACY_PRESENT = "past_", "present_"  # other exporters: past_<rest> -> present_<rest>
@@ -190,6 +196,7 @@ class DecoderLayout:
     sequence_symbol: str | None = None  # input_ids' [batch, sequence] axis 1: the new tokens
     total_symbol: str | None = None  # attention_mask's axis 1 when another symbol: past + sequence
     recompute_cache_after: int | None = None  # :data:`RECOMPUTE_CACHE_AFTER` (None: never)
+    has_logits_to_keep: bool = False  # takes :data:`LOGITS_TO_KEEP`
 
     @property
     def past_names(self) -> list[str]:
@@ -214,6 +221,11 @@ class DecoderLayout:
         """Prompts of different lengths can run as one left-padded batch: a cache not shared, or
         GroupQueryAttention that takes the padding from ``attention_mask``."""
         return not self.shared_cache or self.masks_padding
+
+    def keep(self, last_only: bool) -> dict[str, np.ndarray]:
+        """The :data:`LOGITS_TO_KEEP` feed where the graph takes it: 1 (the last position's
+        logits) or 0 (every position's); nothing for a graph without it."""
+        return {LOGITS_TO_KEEP: np.array(1 if last_only else 0, dtype=np.int64)} if self.has_logits_to_keep else {}
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """The prefill cache: every past tensor with a 0-length sequence axis."""
@@ -294,6 +306,7 @@ def parse(inputs: Iterable[Any], outputs: Iterable[Any] = ()) -> DecoderLayout |
         head_size=_fixed_axis([first, present], HEAD_SIZE_AXIS),
         kv_dtype=kv_dtype_of(first.dtype) if first is not None else None,
         has_position_ids=POSITION_IDS in by_name,
+        has_logits_to_keep=LOGITS_TO_KEEP in by_name,
         inputs=tuple(by_name),
         outputs=tuple(out_by_name),
         cache_inputs=tuple(t.name for t in caches),
@@ -322,7 +335,7 @@ def require(inputs: Iterable[Any], outputs: Iterable[Any], artifact: str | Path)
     if layout is None or not {INPUT_IDS, ATTENTION_MASK} <= set(names) or LOGITS not in produced or not layout.num_layers:
         raise _not_a_decoder(artifact, names)
     missing = [n for n in layout.past_names if n not in names] + [n for n in layout.present_names if n not in produced]
-    extra = sorted(set(names) - set(TOKEN_INPUTS) - set(layout.past_names))
+    extra = sorted(set(names) - {*TOKEN_INPUTS, LOGITS_TO_KEEP} - set(layout.past_names))
     if missing or extra:
         shown = ", ".join((missing or extra)[:3])
         raise _not_a_decoder(artifact, names, f" ({'missing' if missing else 'unexpected'} {shown})")

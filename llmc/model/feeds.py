@@ -102,11 +102,14 @@ def make_feeds(model: ir.Model, shapes: dict[str, tuple[int, ...]], seed: int = 
     rng = np.random.default_rng(seed)
     inputs = _runtime_inputs(model)
     limit = _feed_limit()
+    shapes = {**{n: () for n, v in inputs.items() if v.shape is not None and len(v.shape) == 0}, **shapes}
     for name, value in inputs.items():
         _check_feed_size(value, shapes[name], limit)
     feeds = {}
     for name, value in inputs.items():
         feeds[name] = _make_array(value, shapes[name], rng)
+    if decoder.LOGITS_TO_KEEP in feeds:  # every position's logits: what a graph without it gives
+        feeds[decoder.LOGITS_TO_KEEP] = np.zeros(shapes[decoder.LOGITS_TO_KEEP], dtype=np.int64)
     layout = _decoder_layout(inputs)
     if layout is not None and decoder.POSITION_IDS in feeds:
         past = shapes[layout.past_input][decoder.LENGTH_AXIS]
@@ -188,8 +191,19 @@ def prefill_feeds(
             feeds[name] = np.broadcast_to(row, (batch, length)).astype(dtype)
         elif decoder.is_cache_input(name) and len(shape) == decoder.CACHE_RANK and dtype is not None:
             feeds[name] = np.zeros((batch, shape[decoder.HEADS_AXIS], 0, shape[decoder.HEAD_SIZE_AXIS]), dtype)
+        elif name == decoder.LOGITS_TO_KEEP:
+            feeds[name] = np.zeros((), np.int64)  # every position
         else:
             return None
+    return feeds
+
+
+def with_defaults(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` (a source model's) for ``model``, which a pass may have given inputs whose value
+    keeps the source's outputs: ``logits_to_keep`` 0 (every position, llmc.passes.logits)."""
+    names = {v.name for v in model.graph.inputs}
+    if decoder.LOGITS_TO_KEEP in names and decoder.LOGITS_TO_KEEP not in feeds:
+        return {**feeds, decoder.LOGITS_TO_KEEP: np.zeros((), np.int64)}
     return feeds
 
 

@@ -50,7 +50,7 @@ def register(
 # Modules whose import registers the built-in passes.
 BUILTIN_MODULES = (
     "llmc.passes.prune", "llmc.passes.shape", "llmc.passes.fold", "llmc.passes.noop", "llmc.passes.cse",
-    "llmc.passes.fusion", "llmc.passes.memory.reorder",
+    "llmc.passes.fusion", "llmc.passes.logits", "llmc.passes.memory.reorder",
 )
 
 

@@ -3,13 +3,14 @@
 Fusions produce ONNX Runtime's contrib ops; the defaults that are off were measured slower or no
 faster on the CPU (benchmarks/RESULTS.md, fusion A/B). int8 is written for ONNX Runtime's integer
 kernels (u8 x s8: ~14x faster than s8 x s8 on x86 without VNNI). float16 runs on GPU devices.
+Decoders get ``logits_to_keep`` (``logits``: llmc.passes.logits), which llmc's generation feeds.
 """
 
 from __future__ import annotations
 
 from llmc.spec.target import FamilyUse, QdqRules, Target
 
-PIPELINE = "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,memory"
+PIPELINE = "(prune,shape,fold,noop,cse)*4,fuse,(prune,fold,cse)*2,logits,memory"
 GPU_DEVICES = ("cuda", "tensorrt")
 
 SLOWER = "measured slower than the unfused ops on this target (benchmarks/RESULTS.md, fusion A/B)"

@@ -107,7 +107,7 @@ class Scripted:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens, self.fed, self.widths, self.capacity, self.frozen = tokens, {}, [], 0, 0
 
-    def run(self, ids, mask, positions, past, capacity=0):
+    def run(self, ids, mask, positions, past, capacity=0, last_only=False):
         width, start = ids.shape[1], int(positions[0, 0])
         assert mask.shape == (1, start + width) and mask.all()
         assert positions[0].tolist() == list(range(start, start + width))
@@ -122,7 +122,7 @@ class Scripted:
         for offset in range(width):
             after = start + offset + 1
             logits[0, offset, self.tokens[after] if after < len(self.tokens) else 1] = 1.0
-        return _Logits(logits), ["cache"]
+        return _Logits(logits[:, -1:] if last_only else logits), ["cache"]  # a logits_to_keep artifact's
 
     def history(self, length: int) -> list[int]:
         return [self.fed[p] for p in range(length)]

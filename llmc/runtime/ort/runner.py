@@ -170,10 +170,12 @@ def _on_host(feeds: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_model(model: Any, feeds: dict[str, np.ndarray], config: Any = None) -> dict[str, np.ndarray]:
-    """Run an in-memory ``onnx_ir.Model`` once (default: the reference, ORT_DISABLE_ALL)."""
+    """Run an in-memory ``onnx_ir.Model`` once (default: the reference, ORT_DISABLE_ALL); ``feeds``
+    may be its source model's (``llmc.model.feeds.with_defaults`` fills what a pass added)."""
+    from llmc.model.feeds import with_defaults
     from llmc.model.io import ort_model_source
     from llmc.runtime.ort.loader import REFERENCE_CONFIG, create_session
 
     with ort_model_source(model) as source:
         session = create_session(source, config or REFERENCE_CONFIG, model)
-    return OrtRunner(session).run(feeds)
+    return OrtRunner(session).run(with_defaults(model, feeds))

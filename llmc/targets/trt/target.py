@@ -12,11 +12,14 @@ from typing import Any, Optional
 from llmc.errors import LlmcError
 from llmc.spec.options import BUILD, Flag, Option, Section
 from llmc.spec.target import FamilyUse, Finish, QdqRules, Target
-from llmc.targets.ort import PIPELINE
+from llmc.targets.ort import PIPELINE as ORT_PIPELINE
 from llmc.targets.trt.config import EngineSettings
 from llmc.targets.trt.profiles import parse_profile_specs
 
 PANEL = "TensorRT (--target trt)"
+# ONNX Runtime's without ``logits`` (llmc.passes.logits): its scalar input would be a shape input
+# of every engine profile, and TensorRT's decoders are not driven by llmc's generation loop.
+PIPELINE = ORT_PIPELINE.replace("logits,", "")
 CACHE_ROOT = "~/.cache/llmc, or $LLMC_CACHE_DIR if set"
 PROFILE_HELP = (
     "Optimization profile NAME:MIN:OPT:MAX per dynamic input (repeatable), "
