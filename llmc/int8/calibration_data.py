@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.model.decoder import LOGITS_TO_KEEP
 from llmc.model.feeds import DEFAULT_DIM, _decoder_layout, _runtime_inputs, check_input_names, read_npz
 
 Sample = dict[str, np.ndarray]
@@ -62,6 +63,8 @@ def read_calibration_data(
     if not path.exists():
         raise LlmcError(f"--calibration-data {path}: no such file or directory")
     inputs = _runtime_inputs(model)
+    # llmc.passes.logits' input: every position, as the source model (the data need not name it)
+    keep = inputs.pop(LOGITS_TO_KEEP, None)
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
@@ -87,6 +90,8 @@ def read_calibration_data(
         )
     if not samples:
         raise LlmcError(f"--calibration-data {path}: no samples in it")
+    if keep is not None:
+        samples = [{LOGITS_TO_KEEP: np.zeros((), np.int64), **sample} for sample in samples]
     return CalibrationData(samples[:limit] if limit is not None else samples, skipped)
 
 

@@ -4,7 +4,7 @@ A prefill of ``S`` prompt tokens computes ``S`` rows of logits, and generation r
 the LM head (hidden x vocabulary, SmolLM2's 576 x 49,152) is a fifth of a prefill's matrix work
 spent on rows nobody reads. This pass gives the decoder an int64 scalar input
 :data:`~llmc.model.decoder.LOGITS_TO_KEEP` and slices the LM head's input to the last ``k``
-positions before it (``Slice(hidden, starts=[-k], ends=[max], axes=[1])``: ``k = 0`` keeps every
+positions before it (``Slice(hidden, starts=k * [-1], ends=[max], axes=[1])``: ``k = 0`` keeps every
 position, as Hugging Face's ``logits_to_keep`` does), so ``logits`` is ``[batch, min(k, S), vocab]``.
 
 Requires:
@@ -125,13 +125,12 @@ class LogitsToKeepPass(LlmcPass):
         keep = ir.Value(name=decoder.LOGITS_TO_KEEP, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64))
         graph.inputs.append(keep)
         prefix = decoder.LOGITS_TO_KEEP
-        negated = ir.node("Neg", [keep], name=f"{prefix}/neg")
-        starts = ir.node("Reshape", [negated.outputs[0], _constant(graph, f"{prefix}/one", np.array([1], np.int64))],
-                         name=f"{prefix}/starts")
+        minus = _constant(graph, f"{prefix}/minus_one", np.array([-1], np.int64))
+        starts = ir.node("Mul", [keep, minus], name=f"{prefix}/starts")  # [-k]: a scalar times [-1]
         ends = _constant(graph, f"{prefix}/ends", np.array([INT64_MAX], np.int64))
         axes = _constant(graph, f"{prefix}/axes", np.array([1], np.int64))
         sliced = ir.node("Slice", [hidden, starts.outputs[0], ends, axes], name=f"{prefix}/slice")
-        negated.outputs[0].name, starts.outputs[0].name = f"{prefix}/negated", f"{prefix}/starts"
+        starts.outputs[0].name = f"{prefix}/starts"
         out = sliced.outputs[0]
         out.name, out.dtype = f"{prefix}/hidden", hidden.dtype
         out.shape = ir.Shape([hidden.shape[0], None, hidden.shape[2]])
@@ -140,9 +139,9 @@ class LogitsToKeepPass(LlmcPass):
                 use.node.replace_input_with(use.idx, out)
         producer = hidden.producer()
         if producer is not None:
-            graph.insert_after(producer, [negated, starts, sliced])
+            graph.insert_after(producer, [starts, sliced])
         else:
-            graph.extend([negated, starts, sliced])
+            graph.extend([starts, sliced])
         logits = next(v for v in graph.outputs if v.name == decoder.LOGITS)
         if logits.shape is not None and len(logits.shape) == 3:
             logits.shape = ir.Shape([logits.shape[0], "kept_sequence", logits.shape[2]])

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from llmc.model.decoder import LOGITS_TO_KEEP
 from llmc.serving.errors import BadRequest
 
 ORT_DTYPES = {
@@ -30,10 +31,12 @@ class InputSpec:
 
 
 def specs(session: Any) -> list[InputSpec]:
-    """The artifact's inputs as the server checks them (from its ONNX Runtime session)."""
+    """The artifact's inputs as the server checks them (from its ONNX Runtime session). A decoder's
+    ``logits_to_keep`` is not one: ``/v1/infer`` merges requests into one batch, which one scalar
+    cannot serve, so it runs every position (``Runner.run``'s default), as the source model."""
     return [
         InputSpec(i.name, ORT_DTYPES.get(i.type, np.float32), tuple(d if isinstance(d, int) else None for d in i.shape))
-        for i in session.get_inputs()
+        for i in session.get_inputs() if i.name != LOGITS_TO_KEEP
     ]
 
 

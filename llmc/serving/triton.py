@@ -6,7 +6,8 @@
 its inputs and outputs with their dtypes and dims (the first, dynamic, dimension is Triton's
 batch), dynamic batching, CPU or GPU instance groups, ONNX Runtime's thread parameters, the
 TensorRT execution accelerator for ``--device tensorrt`` artifacts, and for decoders sequence
-batching whose implicit state carries the KV cache (``past_key_values.*`` in, ``present.*`` out).
+batching whose implicit state carries the KV cache (``past_key_values.*`` in, ``present.*`` out);
+a decoder's ``logits_to_keep`` is fixed at 0 in the repository's copy (:func:`keep_every_position`).
 The model's directory is written into a fresh private directory beside its final place (never
 a planted or predictable one), read back (the config through the schema, the model files against
 the artifact's sha256) and renamed into place without replacing anything there. ``-o`` itself
@@ -28,7 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from llmc.errors import LlmcError
 from llmc.model import decoder
@@ -202,21 +205,40 @@ def _write(artifact_path: Path, repo: Path, options: TritonOptions) -> Path:
     _refuse_existing(repo / name)
     plan = bool((artifact.manifest.engine or {}).get("built")) and (artifact.path / PLAN_FILE).is_file()
     model = onnx.load(str(artifact.path / MODEL_FILE), load_external_data=False)
+    rewritten = None if plan else keep_every_position(model)
     config = build_config(model, artifact.manifest, name, options, plan)
     files = [PLAN_FILE] if plan else artifact.manifest.artifact.files
+    sha256 = dict(artifact.manifest.artifact.sha256)
     _make_repository(repo)
     partial = Path(tempfile.mkdtemp(prefix=".llmc-", dir=repo))  # fresh, 0700: nothing planted in it
     try:
         (partial / "1").mkdir()
         for file in files:
-            shutil.copyfile(artifact.path / file, partial / "1" / file)
+            if file == MODEL_FILE and rewritten is not None:
+                (partial / "1" / file).write_bytes(rewritten)
+                sha256[file] = hashlib.sha256(rewritten).hexdigest()
+            else:
+                shutil.copyfile(artifact.path / file, partial / "1" / file)
         (partial / "config.pbtxt").write_text(text_format.MessageToString(config))
-        _check(partial, config, files, artifact.manifest.artifact.sha256)
+        _check(partial, config, files, sha256)
         os.chmod(partial, 0o777 & ~_umask())  # as a directory made by mkdir: readable by Triton's user
         _rename_noreplace(partial, repo / name)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return repo / name
+
+
+def keep_every_position(model: onnx.ModelProto) -> bytes | None:
+    """A decoder's ``logits_to_keep`` (llmc.passes.logits) made a constant 0 in ``model`` (its
+    graph, weights left where they are): Triton batches the rows of different requests, which one
+    scalar cannot serve, so the repository's model gives every position's logits, as its source
+    did. The rewritten model file's bytes; None (``model`` untouched) without that input."""
+    names = [value.name for value in model.graph.input]
+    if decoder.LOGITS_TO_KEEP not in names:
+        return None
+    del model.graph.input[names.index(decoder.LOGITS_TO_KEEP)]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.int64), decoder.LOGITS_TO_KEEP))
+    return model.SerializeToString()
 
 
 def check_repository(repo: Path) -> None:

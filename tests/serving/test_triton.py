@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
@@ -64,11 +65,23 @@ def test_unbatched_config_keeps_the_batch_dimension(encoder, tmp_path):
 
 def test_decoder_carries_its_kv_cache_as_implicit_state(tiny_llama_dynamo, tmp_path):
     art = llmc.build(tiny_llama_dynamo, output=tmp_path / "llama", cache=False)
-    pb, config = _parse(write_repository(art.path, tmp_path / "repo", TritonOptions()))
+    written = write_repository(art.path, tmp_path / "repo", TritonOptions())
+    pb, config = _parse(written)
     session = ort.InferenceSession(str(art.path / "model.onnx"), providers=["CPUExecutionProvider"])
     pasts = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-    assert {t.name for t in config.input} == {i.name for i in session.get_inputs()} - {p.name for p in pasts}
+    # logits_to_keep (llmc.passes.logits) is fixed at 0 in the repository's copy: Triton batches rows of
+    # different requests, so every position's logits, as the source model gave
+    assert "logits_to_keep" in {i.name for i in session.get_inputs()}
+    expected = {i.name for i in session.get_inputs()} - {p.name for p in pasts} - {"logits_to_keep"}
+    assert {t.name for t in config.input} == expected
     assert {t.name for t in config.output} == {"logits"}
+    copy = ort.InferenceSession(str(written / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert "logits_to_keep" not in {i.name for i in copy.get_inputs()}
+    feeds = {"input_ids": np.array([[3, 4, 5]]), "attention_mask": np.ones((1, 3), np.int64),
+             "position_ids": np.arange(3)[None]}
+    feeds.update({p.name: np.zeros((1, p.shape[1], 0, p.shape[3]), np.float32) for p in pasts})
+    np.testing.assert_array_equal(copy.run(["logits"], feeds)[0],
+                                  session.run(["logits"], {**feeds, "logits_to_keep": np.array(0)})[0])
     states = {s.input_name: s for s in config.sequence_batching.state}
     assert set(states) == {p.name for p in pasts}
     for past in pasts:
