@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.integrity
 	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.prefill
 	$(PY) -m benchmarks.roofline
 	$(PY) -m benchmarks.speculative
 	$(PY) -m benchmarks.families
