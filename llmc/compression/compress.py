@@ -33,7 +33,8 @@ import numpy as np
 from llmc.errors import LlmcError
 
 BATCH, MAX_LENGTH, MIN_LINES = 16, 128, 32
-GRAM_BATCHES = 32  # batches of text the output refit sees (llmc.compression.refit)
+GRAM_BATCHES = 32  # batches of text the output refit sees (llmc.compression.refit); encoders: twice (_scored_on)
+IMPORTANCE_BATCHES = 8  # batches the importance is measured on; encoders: twice (_scored_on)
 REPORT = "compress_report.json"
 IMPORTANCE = ("activation", "taylor")
 
@@ -130,11 +131,12 @@ def compress(source: Path, data: Path, output: Path, options: CompressOptions, l
     held = max(16, len(lines) // 10)
     train, holdout = _batches(tokenizer, lines[:-held]), _batches(tokenizer, lines[-held:])
     log(f"measuring {options.importance} importance on {len(lines) - held} sentences ({held} held out)")
-    scores = getattr(importance, options.importance)(teacher, arch, train[:8])
+    scored, refitted = _scored_on(tokenizer, arch, train)
+    scores = getattr(importance, options.importance)(teacher, arch, scored)
     if options.refit:
         from llmc.compression.refit import grams
 
-        scores = (*scores, grams(teacher, arch, train[:GRAM_BATCHES]))
+        scores = (*scores, grams(teacher, arch, refitted))
     written, seconds = _self_text(teacher, tokenizer, arch, options, lines[:-held], log)
     train = train + _batches(tokenizer, written)
     minutes = max(0.0, options.minutes - seconds / 60.0)  # the generation counts against the budget
@@ -224,6 +226,29 @@ def _signal(tokenizer: Any, arch: Any) -> Any:
         return Signal(augmentations=())
     return Signal(augmentations=("vocabulary",), mask_id=getattr(tokenizer, "mask_token_id", None),
                   vocabulary=ordinary_ids(tokenizer))
+
+
+def _scored_on(tokenizer: Any, arch: Any, train: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The batches importance is measured on and the output refit is fit to.
+
+    Decoders: the text's first batches. Encoders: twice as many, every other importance batch and
+    a copy of every refit batch with tokens replaced from the whole vocabulary (the
+    distillation's own variants, :func:`_signal`), so the neurons kept and the refit are not only
+    the ones the user's sentences use. Measured on MiniLM pruned and refitted, before any
+    distillation (held-out docstrings / everyday prose the text never holds, mean cosine):
+    importance on 8 batches, refit on 32 (the text alone): FFN -1/4 0.976 / 0.874, FFN -1/2
+    0.940 / 0.772; 16 and 64 of the text alone 0.978 / 0.879, 0.944 / 0.778; 16 mixed and 64
+    + 64 replaced 0.977 / 0.912, 0.941 / 0.822 (the refit's variants do most of it: 8 and 32
+    mixed 0.974 / 0.894; refit on replaced text alone 0.972 / 0.916, the docstrings lower)."""
+    if arch.decoder:
+        return train[:IMPORTANCE_BATCHES], train[:GRAM_BATCHES]
+    from llmc.compression.augment import ordinary_ids, variant
+
+    rng, vocabulary = np.random.default_rng(0), ordinary_ids(tokenizer)
+    plain = train[: 2 * IMPORTANCE_BATCHES]
+    scored = [b if i % 2 == 0 else variant(b, "vocabulary", rng, vocabulary=vocabulary) for i, b in enumerate(plain)]
+    refitted = train[: 2 * GRAM_BATCHES]
+    return scored, refitted + [variant(b, "vocabulary", rng, vocabulary=vocabulary) for b in refitted]
 
 
 def _sparse_hold(student: Any, arch: Any) -> Callable[[], None]:

@@ -65,3 +65,29 @@ def test_ordinary_ids_leave_out_special_and_reserved_tokens():
             return {"[PAD]": 0, "[CLS]": 1, "[unused3]": 2, "<extra_id_0>": 3, "[": 4, "the": 5, "##ing": 6, "<0x0A>": 7}
 
     assert ordinary_ids(Tokenizer()).tolist() == [4, 5, 6]
+
+
+def test_encoders_score_and_refit_on_their_text_and_vocabulary_variants_decoders_on_the_text():
+    import importlib
+    import types
+
+    compress = importlib.import_module("llmc.compression.compress")
+
+    class Tokenizer:
+        all_special_ids = [0]
+
+        def get_vocab(self):
+            return {"[PAD]": 0, **{f"w{i}": i for i in range(1000, 1100)}}
+
+    train = [_batch() for _ in range(100)]
+    scored, refitted = compress._scored_on(Tokenizer(), types.SimpleNamespace(decoder=False), train)
+    assert len(scored) == 2 * compress.IMPORTANCE_BATCHES and len(refitted) == 4 * compress.GRAM_BATCHES
+    plain = 2 * compress.GRAM_BATCHES
+    assert all(b is train[i] for i, b in enumerate(refitted[:plain]))  # the text itself, then its variants
+    for variant in [*scored[1::2], *refitted[plain:]]:
+        changed = variant["input_ids"] != train[0]["input_ids"]
+        assert changed.any() and (variant["input_ids"][changed] >= 1000).all()  # replaced from the vocabulary
+        _kept(variant["input_ids"], train[0]["input_ids"])
+    assert all(b is train[i] for i, b in enumerate(scored) if i % 2 == 0)
+    scored, refitted = compress._scored_on(Tokenizer(), types.SimpleNamespace(decoder=True), train)
+    assert scored == train[: compress.IMPORTANCE_BATCHES] and refitted == train[: compress.GRAM_BATCHES]
