@@ -230,6 +230,7 @@ def pass_options(prep: Prepared) -> PassOptions:
         fusions=tuple(prep.enabled_fusions),
         memory_shapes=(tuple((k, tuple(v.shape)) for k, v in prep.feeds.items()),),
         memory_alignment=prep.request.alignment,
+        keep_logits=prep.session_config.device != "tensorrt",
     )
 
 

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from llmc.errors import LlmcError
 from llmc.model.values import const_array
+from llmc.passes.logits import reads_kept_positions
 from llmc.spec.target import QdqRules
 
 MIN_WEIGHT_ELEMENTS = 256  # below this the integer kernel's overhead outweighs its gain
@@ -121,7 +122,7 @@ def find_linear(model: ir.Model, rules: QdqRules) -> list[LinearNode]:
             t = _attention(node)
         if t is None:
             continue
-        if t.output.is_graph_output():
+        if t.output.is_graph_output() or reads_kept_positions(t.activation):
             t.float_reason = "output head (kept in float by default)"
         elif t.weight.size < MIN_WEIGHT_ELEMENTS:
             t.float_reason = f"weight of {t.weight.size} elements: too small to gain from int8"

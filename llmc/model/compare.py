@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmc.errors import LlmcError
+from llmc.model.decoder import LOGITS_TO_KEEP
 
 
 @dataclasses.dataclass
@@ -155,7 +156,7 @@ def check_same_interface(reference: ir.Model, candidate: ir.Model, names: tuple[
 
 def _interface(values, model: ir.Model | None = None) -> dict[str, tuple[str, ir.Shape | None]]:
     """name -> (element type, shape) of graph inputs (without initializer defaults) or outputs."""
-    skip = model.graph.initializers if model is not None else {}
+    skip = {*model.graph.initializers, LOGITS_TO_KEEP} if model is not None else set()  # a build's input (0: the source's)
     return {v.name: (_type_name(v.dtype), v.shape) for v in values if v.name not in skip}
 
 

@@ -22,7 +22,6 @@ import onnx_ir as ir
 
 from llmc.errors import LlmcError, first_line
 from llmc.model.compare import compare_outputs
-from llmc.model.feeds import with_defaults
 from llmc.model.io import PROTO_LIMIT_BYTES, weights_nbytes
 
 
@@ -174,7 +173,7 @@ class DifferentialInstrument(Instrument):
             return
         assert self.reference is not None
         try:
-            outputs = run_model(model, with_defaults(model, self.feeds))
+            outputs = run_model(model, self.feeds)
         except Exception as exc:
             raise DifferentialCheckError(
                 f"after pass '{record.name}' ONNX Runtime cannot run the model "

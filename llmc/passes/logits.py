@@ -19,8 +19,11 @@ Requires:
 Ensures: the graph takes ``logits_to_keep``; fed 0 it computes what it computed before. That the
 sliced head gives the full run's last rows is measured by the build's verification
 (:func:`llmc.compiler.verify.verify`), not assumed. Decoders without what it requires are left
-alone (no input added). ONNX Runtime only: a scalar shape input is a different engine profile on
-TensorRT, whose pipeline does not run this pass.
+alone (no input added). ONNX Runtime only: a scalar shape input would need its own range in every
+TensorRT engine profile, so the ``trt`` target's pipeline does not run this pass and it is off for
+ONNX Runtime's TensorRT execution provider (``PassOptions.keep_logits``). int8 keeps the sliced head
+in float (:func:`reads_kept_positions`): one dynamic activation scale over its rows would change
+with ``k``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,18 @@ def why_not(graph: ir.Graph) -> tuple[str | None, ir.Value | None]:
     return None, hidden
 
 
+def reads_kept_positions(value: ir.Value | None) -> bool:
+    """``value`` is the LM head's input as this pass slices it (its positions chosen by the
+    ``logits_to_keep`` input): whatever reads it is the LM head."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Slice" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    starts = node.inputs[1].producer()
+    return starts is not None and any(
+        v is not None and v.is_graph_input() and v.name == decoder.LOGITS_TO_KEEP for v in starts.inputs
+    )
+
+
 def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64),
                      const_value=ir.tensor(array, name=name))
@@ -114,11 +129,12 @@ class LogitsToKeepPass(LlmcPass):
 
     def __init__(self, options: PassOptions | None = None) -> None:
         super().__init__()
+        self.enabled = (options or PassOptions()).keep_logits
         self.reason: str | None = None  # why the last call changed nothing (None: it applied)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        self.reason, hidden = why_not(graph)
+        self.reason, hidden = why_not(graph) if self.enabled else ("off for this device (PassOptions.keep_logits)", None)
         self.stats = {}
         if hidden is None:
             return ir.passes.PassResult(model, modified=False)

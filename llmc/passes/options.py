@@ -26,3 +26,6 @@ class PassOptions:
     # (0: the planner's default).
     memory_shapes: tuple[tuple[tuple[str, tuple[int, ...]], ...], ...] = ()
     memory_alignment: int = 0
+    # Decoders take ``logits_to_keep`` (llmc.passes.logits); off where ONNX Runtime hands the graph
+    # to TensorRT (its scalar would need a range in every engine profile).
+    keep_logits: bool = True

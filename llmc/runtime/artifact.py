@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from llmc.errors import LlmcError, first_line
-from llmc.model.decoder import LOGITS_TO_KEEP
 from llmc.model.files import MANIFEST_FILE, MODEL_FILE, PLAN_FILE
 from llmc.runtime.base import Runner as BackendRunner
 from llmc.runtime.integrity import check_files
@@ -87,10 +86,8 @@ class Runner:
         return self._runner.backend
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One inference. A decoder built with ``logits_to_keep`` (llmc.passes.logits) that is not
-        fed it gives every position's logits, as its source model did."""
-        if LOGITS_TO_KEEP not in feeds and LOGITS_TO_KEEP in self._runner.input_names:
-            feeds = {**feeds, LOGITS_TO_KEEP: np.zeros((), np.int64)}
+        """One inference (a decoder not fed ``logits_to_keep`` gives every position's logits:
+        ``OrtRunner.run``)."""
         if self._padded is not None:
             return self._padded.run(feeds)
         return self._runner.run(feeds)

@@ -14,17 +14,19 @@ from llmc.passes.logits import why_not
 from llmc.runtime.ort import run_model
 from tests.passes.pass_helpers import apply, build, const, node, vi
 
-H, V, KV = 4, 7, 2  # hidden, vocabulary, kv heads x head size 1
+H, V, KV = 16, 40, 2  # hidden, vocabulary, kv heads x head size 1
 
 
-def _toy_decoder(hidden_output: bool = False):
-    """input_ids -> embedding -> Tanh -> (a cache-like present) and an LM head MatMul -> logits."""
+def _toy_decoder(hidden_output: bool = False, scaled: bool = False):
+    """input_ids -> embedding -> Tanh -> (a cache-like present) and an LM head MatMul -> logits
+    (``scaled``: times 0.5 after the head, as a soft-capped head is)."""
     rng = np.random.default_rng(0)
     outputs = [vi("logits", ["batch", "sequence", V]), vi("present.0.key", ["batch", KV, "total", 1])]
     nodes = [
         node("Gather", ["table", "input_ids"], ["embedded"]),
         node("Tanh", ["embedded"], ["hidden"]),
-        node("MatMul", ["hidden", "head"], ["logits"]),
+        *([node("MatMul", ["hidden", "head"], ["scores"]), node("Mul", ["scores", "half"], ["logits"])] if scaled
+          else [node("MatMul", ["hidden", "head"], ["logits"])]),
         node("Concat", ["past_key_values.0.key", "past_key_values.0.key"], ["present.0.key"], axis=2),
     ]
     if hidden_output:
@@ -33,7 +35,7 @@ def _toy_decoder(hidden_output: bool = False):
     inputs = [vi("input_ids", ["batch", "sequence"], 7), vi("attention_mask", ["batch", "total"], 7),
               vi("past_key_values.0.key", ["batch", KV, "past", 1])]
     inits = [const("table", rng.standard_normal((11, H)).astype(np.float32)),
-             const("head", rng.standard_normal((H, V)).astype(np.float32))]
+             const("head", rng.standard_normal((H, V)).astype(np.float32)), const("half", np.float32(0.5))]
     model = build(nodes, inputs, outputs, inits)
     apply("shape", model)  # the LM head's input gets its [batch, sequence, hidden] shape
     return model
@@ -70,6 +72,35 @@ def test_left_alone_where_another_output_reads_the_heads_input_or_no_cache():
     assert why_not(encoder.graph)[0] == "not a decoder with a KV cache"
 
 
+def test_int8_keeps_the_sliced_head_in_float():
+    from llmc.int8.linear import find_linear
+    from llmc.targets.ort import ORT
+
+    model = _toy_decoder(scaled=True)  # the head's output is not the graph output itself
+    (head,) = find_linear(model, ORT.qdq)
+    assert head.float_reason is None  # int8 would quantize it, one activation scale over all its rows
+    apply("logits", model)
+    (head,) = find_linear(model, ORT.qdq)
+    assert head.float_reason == "output head (kept in float by default)"
+
+
+def test_a_source_and_its_build_take_each_others_feeds():
+    from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
+    from llmc.model.io import ort_model_source
+
+    source, built = _toy_decoder(), _toy_decoder()
+    apply("logits", built)
+    runners = []
+    for model in (source, built):
+        with ort_model_source(model) as path:
+            runners.append(OrtRunner(create_session(path, REFERENCE_CONFIG, model)))
+    full = runners[0].run(_feeds(4, None))["logits"]
+    np.testing.assert_array_equal(runners[1].run(_feeds(4, None))["logits"], full)  # not fed: every position
+    np.testing.assert_array_equal(runners[0].run(_feeds(4, 0))["logits"], full)  # 0 to a model without it
+    with pytest.raises(LlmcError, match="unknown input"):
+        runners[0].run(_feeds(4, 1))  # a source cannot keep fewer positions
+
+
 def test_seeded_and_prefill_feeds_ask_for_every_position():
     model = _toy_decoder()
     apply("logits", model)
@@ -91,7 +122,7 @@ class _Runner:
 
 
 def test_verification_measures_the_last_position_and_fails_in_one_line():
-    full = np.arange(2 * 3 * V, dtype=np.float32).reshape(2, 3, V)
+    full = (np.arange(2 * 3 * V) / 100).astype(np.float32).reshape(2, 3, V)
     feeds = _feeds(3, 0)
     kept = keeps_last_logits(_Runner(full[:, -1:] + 1e-6), feeds, {"logits": full}, 1e-4)
     assert kept["positions"] == 3 and 0 < kept["max_difference"] < 1e-5
@@ -123,3 +154,12 @@ def test_a_built_decoder_takes_it_and_records_the_measurement(artifact):
     last = runner.run({**feeds, decoder.LOGITS_TO_KEEP: np.array(1, np.int64)})["logits"]
     np.testing.assert_allclose(last, full[:, -1:], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(runner.logits(ids[0]), full[0], rtol=1e-5, atol=1e-5)
+
+
+def test_llmc_check_compares_a_decoder_build_with_its_source(artifact, tiny_llama_legacy):
+    from typer.testing import CliRunner
+
+    from llmc.cli.main import app
+
+    result = CliRunner().invoke(app, ["check", str(tiny_llama_legacy), str(artifact.path)])
+    assert result.exit_code == 0, result.output

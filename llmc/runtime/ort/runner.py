@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from llmc.errors import LlmcError
+from llmc.model.decoder import LOGITS_TO_KEEP
 
 # Providers whose tensors live in CUDA memory, i.e. IOBinding's device type "cuda".
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -65,7 +66,10 @@ class OrtRunner:
         return list(self.inputs)
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        """One inference; outputs come back as numpy arrays on the host."""
+        """One inference; outputs come back as numpy arrays on the host. ``logits_to_keep``
+        (llmc.passes.logits) may be left out (0: every position, as the source model) and, at 0,
+        given to a model without it (a build's feeds on its source, or the reverse)."""
+        feeds = self._every_position(feeds)
         self.check_feeds(feeds)
         if not self.io_binding:
             outputs = self.session.run(self.output_names, feeds)
@@ -76,6 +80,13 @@ class OrtRunner:
             binding = self.bind_and_run(feeds, {})
             outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
+
+    def _every_position(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        if LOGITS_TO_KEEP in self.inputs and LOGITS_TO_KEEP not in feeds:
+            return {**feeds, LOGITS_TO_KEEP: np.zeros((), np.int64)}
+        if LOGITS_TO_KEEP in feeds and LOGITS_TO_KEEP not in self.inputs and not np.any(feeds[LOGITS_TO_KEEP]):
+            return {k: v for k, v in feeds.items() if k != LOGITS_TO_KEEP}
+        return feeds
 
     def run_bound(self, feeds: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
         """One inference through IOBinding, outputs left on the runner's device as ``OrtValue``s.
@@ -171,11 +182,10 @@ def _on_host(feeds: dict[str, Any]) -> dict[str, Any]:
 
 def run_model(model: Any, feeds: dict[str, np.ndarray], config: Any = None) -> dict[str, np.ndarray]:
     """Run an in-memory ``onnx_ir.Model`` once (default: the reference, ORT_DISABLE_ALL); ``feeds``
-    may be its source model's (``llmc.model.feeds.with_defaults`` fills what a pass added)."""
-    from llmc.model.feeds import with_defaults
+    may be its source model's (:meth:`OrtRunner.run`)."""
     from llmc.model.io import ort_model_source
     from llmc.runtime.ort.loader import REFERENCE_CONFIG, create_session
 
     with ort_model_source(model) as source:
         session = create_session(source, config or REFERENCE_CONFIG, model)
-    return OrtRunner(session).run(with_defaults(model, feeds))
+    return OrtRunner(session).run(feeds)
