@@ -85,8 +85,8 @@ def test_int8_keeps_the_sliced_head_in_float():
 
 
 def test_a_source_and_its_build_take_each_others_feeds():
-    from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
     from llmc.model.io import ort_model_source
+    from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
 
     source, built = _toy_decoder(), _toy_decoder()
     apply("logits", built)
