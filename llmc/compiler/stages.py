@@ -285,4 +285,5 @@ def target_passes(
 
     spec = get_target(target)
     enabled, _ = enabled_families(spec.name, spec.fusions, device, fusions)
+    options = {"keep_logits": device != "tensorrt", **options}
     return parse_pipeline(spec.pipeline), PassOptions(fusions=tuple(enabled), **options)

@@ -199,11 +199,14 @@ def prefill_feeds(
 
 
 def with_defaults(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``feeds`` (a source model's) for ``model``, which a pass may have given inputs whose value
-    keeps the source's outputs: ``logits_to_keep`` 0 (every position, llmc.passes.logits)."""
-    names = {v.name for v in model.graph.inputs}
-    if decoder.LOGITS_TO_KEEP in names and decoder.LOGITS_TO_KEEP not in feeds:
-        return {**feeds, decoder.LOGITS_TO_KEEP: np.zeros((), np.int64)}
+    """``feeds`` (a source model's, or its build's) for ``model``: ``logits_to_keep``
+    (llmc.passes.logits) 0 where ``model`` takes it and they lack it, and left out at 0 where
+    ``model`` does not take it (every position either way, what the source gives)."""
+    names, keep = {v.name for v in model.graph.inputs}, decoder.LOGITS_TO_KEEP
+    if keep in names and keep not in feeds:
+        return {**feeds, keep: np.zeros((), np.int64)}
+    if keep in feeds and keep not in names and not np.any(feeds[keep]):
+        return {k: v for k, v in feeds.items() if k != keep}
     return feeds
 
 
@@ -219,8 +222,8 @@ def feeds_for(
         feeds = make_feeds(model, shapes, seed)
         origin = ""
     elif isinstance(inputs, dict):
-        check_feeds(model, inputs, "inputs")
-        feeds, origin = inputs, "inputs: "
+        feeds, origin = with_defaults(model, inputs), "inputs: "
+        check_feeds(model, feeds, "inputs")
     else:
         feeds, origin = load_feeds(inputs, model), f"{inputs}: "
     check_not_empty(model, feeds, origin)
@@ -234,6 +237,7 @@ def load_feeds(path: str | Path, model: ir.Model | None = None) -> dict[str, np.
         raise LlmcError(f"{path}: no such inputs file")
     feeds = read_npz(path)
     if model is not None:
+        feeds = with_defaults(model, feeds)
         check_feeds(model, feeds, str(path))
     return feeds
 

@@ -101,6 +101,20 @@ def test_a_source_and_its_build_take_each_others_feeds():
         runners[0].run(_feeds(4, 1))  # a source cannot keep fewer positions
 
 
+def test_given_inputs_of_a_source_run_its_build_and_the_reverse(tmp_path):
+    from llmc.model.feeds import feeds_for
+
+    source, built = _toy_decoder(), _toy_decoder()
+    apply("logits", built)
+    np.savez(tmp_path / "source.npz", **_feeds(3, None))
+    np.savez(tmp_path / "built.npz", **_feeds(3, 0))
+    assert feeds_for(built, {}, tmp_path / "source.npz")[decoder.LOGITS_TO_KEEP] == 0
+    assert decoder.LOGITS_TO_KEEP not in feeds_for(source, {}, tmp_path / "built.npz")
+    assert decoder.LOGITS_TO_KEEP not in feeds_for(source, {}, _feeds(3, 0))
+    with pytest.raises(LlmcError, match="logits_to_keep"):
+        feeds_for(source, {}, _feeds(3, 1))  # a source cannot keep fewer positions
+
+
 def test_seeded_and_prefill_feeds_ask_for_every_position():
     model = _toy_decoder()
     apply("logits", model)
