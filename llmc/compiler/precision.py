@@ -38,7 +38,7 @@ def apply_precision(
         if precision.quantized and result.fp32_comparison is None:
             # The passes must be exact before quantization changes the numbers on purpose.
             with compiled_runs():
-                fp32_outputs = run_model(result.model, with_defaults(result.model, prep.feeds), REFERENCE_CONFIG)
+                fp32_outputs = run_model(result.model, prep.feeds, REFERENCE_CONFIG)
             result.fp32_comparison = rounding.compared(prep, compiled.reference, fp32_outputs)
             fail_on_mismatch(result.fp32_comparison)
             model_io.release_freed_memory()

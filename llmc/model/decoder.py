@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -231,6 +231,18 @@ class DecoderLayout:
         """The prefill cache: every past tensor with a 0-length sequence axis."""
         shape = (batch, self.kv_heads, 0, self.head_size)
         return {name: np.zeros(shape, dtype=self.kv_dtype) for name in self.past_names}
+
+
+def every_position(names: Collection[str], feeds: dict[str, Any]) -> dict[str, Any]:
+    """``feeds`` (a source model's, or its build's) for a graph taking the inputs ``names``:
+    :data:`LOGITS_TO_KEEP` 0 where the graph takes it and ``feeds`` lack it, left out at 0 where
+    it does not take it; every position's logits either way, what the source gives."""
+    takes = LOGITS_TO_KEEP in names
+    if takes and LOGITS_TO_KEEP not in feeds:
+        return {**feeds, LOGITS_TO_KEEP: np.zeros((), np.int64)}
+    if not takes and LOGITS_TO_KEEP in feeds and not np.any(feeds[LOGITS_TO_KEEP]):
+        return {k: v for k, v in feeds.items() if k != LOGITS_TO_KEEP}
+    return feeds
 
 
 def _dim(dim: Any) -> Dim:

@@ -199,15 +199,8 @@ def prefill_feeds(
 
 
 def with_defaults(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``feeds`` (a source model's, or its build's) for ``model``: ``logits_to_keep``
-    (llmc.passes.logits) 0 where ``model`` takes it and they lack it, and left out at 0 where
-    ``model`` does not take it (every position either way, what the source gives)."""
-    names, keep = {v.name for v in model.graph.inputs}, decoder.LOGITS_TO_KEEP
-    if keep in names and keep not in feeds:
-        return {**feeds, keep: np.zeros((), np.int64)}
-    if keep in feeds and keep not in names and not np.any(feeds[keep]):
-        return {k: v for k, v in feeds.items() if k != keep}
-    return feeds
+    """``feeds`` (a source model's, or its build's) for ``model`` (:func:`decoder.every_position`)."""
+    return decoder.every_position({v.name for v in model.graph.inputs}, feeds)
 
 
 def feeds_for(

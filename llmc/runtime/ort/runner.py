@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from llmc.errors import LlmcError
-from llmc.model.decoder import LOGITS_TO_KEEP
+from llmc.model.decoder import every_position
 
 # Providers whose tensors live in CUDA memory, i.e. IOBinding's device type "cuda".
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -69,7 +69,7 @@ class OrtRunner:
         """One inference; outputs come back as numpy arrays on the host. ``logits_to_keep``
         (llmc.passes.logits) may be left out (0: every position, as the source model) and, at 0,
         given to a model without it (a build's feeds on its source, or the reverse)."""
-        feeds = self._every_position(feeds)
+        feeds = every_position(self.inputs, feeds)
         self.check_feeds(feeds)
         if not self.io_binding:
             outputs = self.session.run(self.output_names, feeds)
@@ -80,13 +80,6 @@ class OrtRunner:
             binding = self.bind_and_run(feeds, {})
             outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
-
-    def _every_position(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        if LOGITS_TO_KEEP in self.inputs and LOGITS_TO_KEEP not in feeds:
-            return {**feeds, LOGITS_TO_KEEP: np.zeros((), np.int64)}
-        if LOGITS_TO_KEEP in feeds and LOGITS_TO_KEEP not in self.inputs and not np.any(feeds[LOGITS_TO_KEEP]):
-            return {k: v for k, v in feeds.items() if k != LOGITS_TO_KEEP}
-        return feeds
 
     def run_bound(self, feeds: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
         """One inference through IOBinding, outputs left on the runner's device as ``OrtValue``s.
