@@ -23,6 +23,7 @@ import numpy as np
 from llmc.generation.prefix import PrefixCache
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
+from llmc.generation.streamed import piece, ready
 from llmc.model.decoder import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, DecoderLayout
 from llmc.model.text import decode
 from llmc.runtime.ort.errors import run_context
@@ -147,7 +148,10 @@ class Rows:
             self._stream()
 
     def results(self, ttft: float, per_token: float, drafted: int = 0, accepted: int = 0) -> list[GenerationResult]:
-        """Every row's :class:`GenerationResult`: ``ttft`` in seconds, ``per_token`` in ms."""
+        """Every row's :class:`GenerationResult`: ``ttft`` in seconds, ``per_token`` in ms (a
+        stream gets the rest of its text first)."""
+        if self.request.stream is not None:
+            self._stream(finished=True)
         return [
             GenerationResult(
                 token_ids=self.tokens[row], text=self.text(row), ttft_ms=1000 * ttft, ms_per_token=per_token,
@@ -166,12 +170,14 @@ class Rows:
         found = [text.index(s) for s in self.request.stop if s and s in text]
         return (text[: min(found)], True) if found else (text, False)
 
-    def _stream(self) -> None:
+    def _stream(self, finished: bool = False) -> None:
+        """Hand ``stream`` what of row 0's text is ready (``llmc.generation.streamed``); ``finished``:
+        generation has ended (else row 0's stop reason says)."""
         text = self.text(0) or ""
-        # A partial multi-byte character decodes to U+FFFD until its last byte arrives.
-        if text.startswith(self.emitted) and not text.endswith("\ufffd") and len(text) > len(self.emitted):
-            self.request.stream(text[len(self.emitted) :])
-            self.emitted = text
+        new = piece(ready(text, self.request.stop, finished or self.reasons[0] is not None), self.emitted)
+        if new:
+            self.request.stream(new)
+            self.emitted += new
 
 
 def left_pad(prompts: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from llmc.generation.result import GenerationResult
 from llmc.generation.sampling import Sampling, choose
+from llmc.generation.streamed import covering, piece, ready
 from llmc.model.text import decode
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
@@ -214,14 +215,28 @@ class Sequence:
         return (text[: min(found)], True) if found else (text, False)
 
     def _stream(self) -> None:
+        """Hand ``on_text`` what of the text is ready (``llmc.generation.streamed``) with the
+        logprobs of the tokens it covers."""
         text = self.text() or ""
-        # A partial multi-byte character decodes to U+FFFD until its last byte arrives; text a stop
-        # string may still complete is held back until it cannot.
-        held = _held_back(text, self.params.stop) if self.reason is None else 0
-        ready = text[: len(text) - held]
-        if ready.startswith(self.emitted) and not ready.endswith("\ufffd") and len(ready) > len(self.emitted):
-            _call(self.on_text, ready[len(self.emitted) :], self.logprobs[self.reported :])
-            self.emitted, self.reported = ready, len(self.logprobs)
+        new = piece(ready(text, self.params.stop, self.reason is not None), self.emitted)
+        if new:
+            self.emitted += new
+            kept = self.kept_logprobs() if self.reason is not None else self._covered(len(self.emitted), text)
+            _call(self.on_text, new, self.logprobs[self.reported : kept])
+            self.reported = max(self.reported, kept)
+
+    def _covered(self, length: int, text: str) -> int:
+        """Logprob records of the tokens whose text starts before character ``length``."""
+        if not self.logprobs:
+            return 0
+        return len(self.logprobs) if length >= len(text) else covering(self.tokenizer, self.tokens, length)
+
+    def kept_logprobs(self) -> int:
+        """How many logprob records belong to the answer: every one, but those of a stop string's
+        tokens after the text it cut (``llmc.generation.streamed``)."""
+        if self.reason != "stop" or self.tokenizer is None:
+            return len(self.logprobs)
+        return min(len(self.logprobs), covering(self.tokenizer, self.tokens, len(self.text() or "")))
 
     def finish(self, reason: Optional[str] = None, error: Optional[BaseException] = None) -> None:
         """Mark finished (``reason`` when not already; ``error`` when a run failed) and hand the
@@ -252,17 +267,6 @@ class Sequence:
             ms_per_token=1000 * (end - first) / steps if steps else 0.0, prompt_tokens=len(self.prompt),
             stop_reason=reason or "length", drafted=self.drafted, accepted=self.accepted,
         )
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` may be the start of a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:size]):
-                longest = max(longest, size)
-                break
-    return longest
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from llmc.generation.sampling import Sampling
-from llmc.generation.sequence import Sequence, SequenceParams, _held_back
+from llmc.generation.sequence import Sequence, SequenceParams
 from llmc.generation.slots import SlotCache
+from llmc.generation.streamed import held_back as _held_back
 
 pytest.importorskip("transformers")
 from tests.generation.test_generate import EOS, gqa_loaded  # noqa: E402, F401  (the fixture this module reuses)
