@@ -326,7 +326,7 @@ async def _completion(engine: Engine, request: Any, chat: bool = False) -> Any:
 
     body = await read_json(request)
     _check_model(engine, body)
-    return await complete(engine, body, chat, StreamingResponse, JSONResponse)
+    return await complete(engine, body, chat, StreamingResponse, JSONResponse, gone=request.is_disconnected)
 
 
 async def _chat(engine: Engine, request: Any) -> Any:

@@ -5,10 +5,12 @@ run as ``n`` sequences by the artifact's :class:`~llmc.serving.decoding.Decoding
 batching where the artifact allows it). Answers carry ``usage`` (prompt, completion and total
 tokens; streams only with ``stream_options.include_usage``, in one last chunk whose ``choices``
 is empty) and, when asked, ``logprobs`` in each API's shape (chat: ``content`` entries with
-``token``/``logprob``/``bytes``/``top_logprobs``; completions: ``tokens``/``token_logprobs``/
-``top_logprobs``/``text_offset``). A stream whose client goes away cancels its sequences: their
-slots are free at the next step. ``--result-cache`` answers a repeated greedy request (same
-prompt and settings, no logprobs or grammar) from memory.
+``token``/``logprob``/``bytes``/``top_logprobs``, ``bytes`` the token's own (``llmc.model.token_bytes``);
+completions: ``tokens``/``token_logprobs``/``top_logprobs``/``text_offset``), for the tokens of the
+answer (``llmc.generation.streamed``: not a stop string's after it). A request whose client goes away (a stream's, or one waiting
+for its whole answer) cancels its sequences: their slots are free at the next step.
+``--result-cache`` answers a repeated greedy request (same prompt and settings, no logprobs or
+grammar) from memory.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from llmc.errors import LlmcError
 from llmc.generation.sequence import Sequence, TokenLogprob
-from llmc.serving.errors import BadRequest, openai_error
+from llmc.model.token_bytes import token_bytes
+from llmc.serving.errors import CLIENT_GONE, BadRequest, openai_error
 from llmc.serving.openai_params import CompletionRequest, parse
 
+POLL_SECONDS = 0.25  # how often a whole answer being made asks whether its client is still there
 
-async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_response: Any) -> Any:
-    """The HTTP response to one completion request (``streaming``/``json_response``: FastAPI's)."""
+
+async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_response: Any,
+                   gone: Optional[Callable[[], Awaitable[bool]]] = None) -> Any:
+    """The HTTP response to one completion request (``streaming``/``json_response``: FastAPI's;
+    ``gone``: whether the client has closed the connection, asked while a whole answer is made)."""
     if not engine.decoder:
         raise BadRequest("this artifact is not a decoder: POST /v1/infer", 404)
     request = parse(body, chat, engine.settings.max_new_tokens)
@@ -46,7 +53,7 @@ async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_resp
         engine.metrics.count("result_cache_hit")
         sequences = engine.results[key]
     else:
-        sequences = await _run(engine, ids, params, request.n)
+        sequences = await _run(engine, ids, params, request.n, gone)
         if key is not None and engine.settings.result_cache > 0:
             engine.results[key] = sequences
             while len(engine.results) > engine.settings.result_cache:
@@ -58,8 +65,10 @@ def _cacheable(params: Any) -> bool:
     return params.sampling.greedy and not params.logprobs and params.constraint_factory is None
 
 
-async def _run(engine: Any, ids: list[int], params: Any, n: int) -> list[Sequence]:
-    """Run ``n`` sequences of ``ids`` to their end (cancelled if this request is)."""
+async def _run(engine: Any, ids: list[int], params: Any, n: int,
+               gone: Optional[Callable[[], Awaitable[bool]]] = None) -> list[Sequence]:
+    """Run ``n`` sequences of ``ids`` to their end; cancelled (their slots free at the next step)
+    if this request is, or if its client goes away (``gone``, asked every :data:`POLL_SECONDS`)."""
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(n)]
     order: dict[int, int] = {}
@@ -71,9 +80,13 @@ async def _run(engine: Any, ids: list[int], params: Any, n: int) -> list[Sequenc
     sequences = engine.decoding.sequences(ids, params, n, None, done)
     order.update({id(s): i for i, s in enumerate(sequences)})
     await engine.decoding.run(sequences)
+    everything = asyncio.gather(*futures)
     try:
-        finished = await asyncio.gather(*futures)
-    except asyncio.CancelledError:
+        while not (await asyncio.wait({everything}, timeout=POLL_SECONDS))[0]:
+            if gone is not None and await gone():
+                raise BadRequest("the client closed the connection before the answer", CLIENT_GONE)
+        finished = everything.result()
+    except (asyncio.CancelledError, BadRequest):
         for sequence in sequences:
             sequence.cancel()
         raise
@@ -114,7 +127,8 @@ def _answer(sequences: list[Sequence], request: CompletionRequest, ident: str, t
             choice["message"] = {"role": "assistant", "content": sequence.text(), "refusal": None}
         else:
             choice["text"] = sequence.text()
-        choice["logprobs"] = _logprobs(sequence.logprobs, request, tokenizer) if request.logprobs else None
+        records = sequence.logprobs[: sequence.kept_logprobs()]  # not a stop string's tokens
+        choice["logprobs"] = _logprobs(records, request, tokenizer) if request.logprobs else None
         choice["finish_reason"] = _finish(sequence)
         choices.append(choice)
     return {"id": ident, "object": "chat.completion" if request.chat else "text_completion", "created": int(time.time()),
@@ -122,8 +136,10 @@ def _answer(sequences: list[Sequence], request: CompletionRequest, ident: str, t
 
 
 def _token(tokenizer: Any, token: int) -> tuple[str, list[int]]:
-    text = tokenizer.decode([token], skip_special_tokens=False) if tokenizer is not None else str(token)
-    return text, list(text.encode("utf-8", errors="replace"))
+    """A token's text (decoded alone: U+FFFD for part of a character) and its own bytes."""
+    if tokenizer is None:
+        return str(token), list(str(token).encode())
+    return tokenizer.decode([token], skip_special_tokens=False), token_bytes(tokenizer, token)
 
 
 def _logprobs(records: list[TokenLogprob], request: CompletionRequest, tokenizer: Any, offset: int = 0) -> dict[str, Any]:

@@ -139,7 +139,8 @@ class Decoding:
             factory = self._constraint(request.response_format)
         return SequenceParams(
             max_new_tokens=max_tokens, stop=request.stop,
-            sampling=Sampling(request.temperature, 0, request.top_p, request.seed),
+            # greedy draws nothing: its seed is 0 (equal greedy requests are one result-cache key)
+            sampling=Sampling(request.temperature, 0, request.top_p, request.seed if request.temperature else 0),
             min_new_tokens=max_tokens if request.ignore_eos else min(request.min_tokens, max_tokens),
             presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
             logprobs=request.logprobs, top_logprobs=request.top_logprobs, constraint_factory=factory,

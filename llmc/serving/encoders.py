@@ -97,6 +97,10 @@ def parse_embeddings(body: Any, dimension: int | None) -> tuple[list[str], bool]
     if "input" not in body:
         raise BadRequest('"input" is required: a string or a list of strings', param="input")
     texts = _texts(body["input"], "input")
+    empty = next((i for i, text in enumerate(texts) if not text), None)
+    if empty is not None:  # OpenAI's rule for /v1/embeddings (text-embeddings-inference's routes take "")
+        where = '"input"' if isinstance(body["input"], str) else f'"input[{empty}]"'
+        raise BadRequest(f"{where} is an empty string; OpenAI's embeddings take non-empty text", param="input")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest(f'"encoding_format" must be "float" or "base64", not {encoding!r}', param="encoding_format")

@@ -37,6 +37,7 @@ MODEL_NOT_FOUND = Kind("model_not_found", 404, "invalid_request_error", 404, "Va
 UNSUPPORTED = Kind("unsupported", 404, "invalid_request_error", 424, "Backend")  # not this model's task
 OVERLOADED = Kind("overloaded", 503, "server_error", 429, "Overloaded")
 LOADING = Kind("loading", 503, "server_error", 503, "Unhealthy")
+CLIENT_GONE = Kind("client_closed_request", 499, "invalid_request_error", 499, "Canceled")  # nginx's 499: nobody reads it
 
 _BY_STATUS = {400: INVALID, 413: TOO_LARGE, 404: UNSUPPORTED, 503: OVERLOADED}
 

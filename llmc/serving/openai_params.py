@@ -2,7 +2,8 @@
 
 ``/v1/completions``: ``prompt`` (a string); ``/v1/chat/completions``: ``messages`` (role/content
 turns). Both: ``n`` (1..``MAX_N``), ``max_tokens`` (chat: also ``max_completion_tokens``, which
-wins; absent: completions 16, chat as many as fit the context, at most the server's cap), ``temperature`` (0..2), ``top_p`` (0..1, above 0), ``seed``, ``stop`` (a string or up to 4),
+wins; absent: completions 16, chat as many as fit the context, at most the server's cap), ``temperature`` (0..2), ``top_p`` (0..1, above 0), ``seed`` (absent: a fresh one per request, so repeated sampled requests
+differ, as OpenAI's do), ``stop`` (a string or up to 4),
 ``presence_penalty`` and ``frequency_penalty`` (-2..2), ``logprobs`` (chat: a boolean, with
 ``top_logprobs`` 0..20; completions: an integer 0..5, the top count), ``stream`` (a boolean) with
 ``stream_options.include_usage``, ``response_format`` (``text``, ``json_object``, ``json_schema``:
@@ -14,12 +15,16 @@ suffix, audio) are refused by name rather than ignored.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import Any, Optional
 
 from llmc.serving.errors import BadRequest
 
 MAX_N = 16
 MAX_STOPS = 4
+# Chat roles a turn may have: OpenAI's "developer" is its newer name for "system". "tool" and
+# "function" turns answer tool calls, which llmc does not make ("tools" is refused too).
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "echo", "best_of", "suffix",
                "audio", "prediction", "parallel_tool_calls")
 
@@ -77,7 +82,7 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
     return CompletionRequest(
         chat=chat, prompt=prompt, messages=messages, n=_number(body, "n", 1, int, 1, MAX_N), max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, float, 0.0, 2.0), top_p=top_p,
-        seed=_number(body, "seed", 0, int, -(2**63), 2**63 - 1) % 2**63, stop=_stop(body),
+        seed=_seed(body), stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", 0.0, float, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, float, -2.0, 2.0), logprobs=logprobs,
         top_logprobs=top, stream=stream, include_usage=include_usage, response_format=response_format,
@@ -99,8 +104,19 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             content = "".join(part["text"] for part in content)
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(content, str):
             raise BadRequest(f'"messages[{index}]" must be {{"role": str, "content": str}}', param="messages")
-        turns.append({"role": message["role"], "content": content})
+        role = ROLES.get(message["role"])
+        if role is None:
+            raise BadRequest(f'"messages[{index}].role" is {message["role"]!r}: llmc takes '
+                             f'{", ".join(map(repr, ROLES))} (no tool calls)', param="messages")
+        turns.append({"role": role, "content": content})
     return turns
+
+
+def _seed(body: dict[str, Any]) -> int:
+    """The request's ``seed`` (any 64-bit integer, folded to non-negative), or a fresh one."""
+    if body.get("seed") is None:
+        return secrets.randbits(63)
+    return _number(body, "seed", 0, int, -(2**63), 2**63 - 1) % 2**63
 
 
 def _prompt(body: dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ def test_openai_errors_have_openai_shape_and_status(embedding_server):
         ({"input": "x", "dimensions": 7}, "dimensions", "64-dimensional"),
         ({"input": [[1, 2, 3]]}, "input", "token ids"),
         ({"input": []}, "input", "empty"),
+        ({"input": ""}, "input", "empty string"), ({"input": ["x", ""]}, "input", "input[1]"),
         ({"input": "x", "encoding_format": "int8"}, "encoding_format", "float"),
     ):
         with pytest.raises(openai.BadRequestError) as caught:
