@@ -55,6 +55,10 @@ def serve(
         int, typer.Option(help="Decoders: prompt tokens prefilled between two decode steps (a long prompt "
                           "does not stall the others).")
     ] = 256,
+    max_tokens: Annotated[
+        int, typer.Option(help="Decoders: most new tokens a request may ask for (its max_tokens; within the "
+                          "context and a slot).")
+    ] = 512,
     system_prompt: Annotated[
         Optional[Path], typer.Option(help="Decoders: a text file; its system message is prefilled at start and "
                                      "pinned in the prefix cache (chats starting with it skip that prefill).")
@@ -82,18 +86,16 @@ def serve(
     from llmc.serving.engine import ServeSettings
 
     read_artifact(artifact)  # the integrity contract before anything starts
-    _at_least_one({"--replicas": 1 if replicas is None else replicas, "--threads-per-replica": threads_per_replica,
-                   "--max-batch-size": max_batch_size, "--max-queue": max_queue, "--max-body-mb": max_body_mb,
-                   "--slots": slots, "--kv-cache-mb": kv_cache_mb, "--prefill-chunk": prefill_chunk})
-    if prefix_cache_mb < 0 or result_cache < 0:
-        raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
-    if speculative not in ("auto", "off"):
-        raise LlmcError(f"--speculative {speculative}: must be auto or off")
+    _check({"--replicas": 1 if replicas is None else replicas, "--threads-per-replica": threads_per_replica,
+            "--max-batch-size": max_batch_size, "--max-queue": max_queue, "--max-body-mb": max_body_mb,
+            "--slots": slots, "--kv-cache-mb": kv_cache_mb, "--prefill-chunk": prefill_chunk,
+            "--max-tokens": max_tokens}, prefix_cache_mb, result_cache, speculative)
     settings = ServeSettings(
         str(artifact.resolve()), replicas or 1, threads_per_replica, max_batch_size, batch_wait_ms, max_queue,
         prefix_cache_mb=prefix_cache_mb, result_cache=result_cache, speculative=speculative,
         model_name=served_model_name, slots=slots, kv_cache_mb=kv_cache_mb, prefill_chunk=prefill_chunk,
         system_prompt=_read_system_prompt(system_prompt), max_body_mb=max_body_mb, spinning=spin,
+        max_new_tokens=max_tokens,
     )
     ingress = _ingress(ingress, replicas is not None, address is None and emit_config is None)
     if emit_config is not None:
@@ -116,10 +118,15 @@ def serve(
     _until_interrupted()
 
 
-def _at_least_one(flags: dict[str, int]) -> None:
-    for flag, value in flags.items():
+def _check(at_least_one: dict[str, int], prefix_cache_mb: int, result_cache: int, speculative: str) -> None:
+    """One line for the first flag out of its range."""
+    for flag, value in at_least_one.items():
         if value < 1:
             raise LlmcError(f"{flag} must be >= 1, not {value}")
+    if prefix_cache_mb < 0 or result_cache < 0:
+        raise LlmcError("--prefix-cache-mb and --result-cache must be >= 0")
+    if speculative not in ("auto", "off"):
+        raise LlmcError(f"--speculative {speculative}: must be auto or off")
 
 
 def _ingress(asked: Optional[Ingress], replicas: bool, local: bool) -> Ingress:

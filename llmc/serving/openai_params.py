@@ -166,5 +166,6 @@ def _number(body: dict[str, Any], key: str, default: Any, kind: type, low: float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise BadRequest(f'"{key}" must be {"an integer" if kind is int else "a number"}', param=key)
     if not low <= value <= high:  # NaN fails too
-        raise BadRequest(f'"{key}" must be between {low:g} and {high:g}, not {value}', param=key)
+        cap = " (the server's --max-tokens)" if key in ("max_tokens", "max_completion_tokens") else ""
+        raise BadRequest(f'"{key}" must be between {low:g} and {high:g}{cap}, not {value}', param=key)
     return kind(value)

@@ -143,6 +143,10 @@ def test_emit_config_for_a_cluster(artifacts, tmp_path):
     assert application["deployments"][0]["ray_actor_options"]["num_cpus"] == 2
     result = runner.invoke(app, ["serve", str(artifacts[0]), "--replicas", "0", "--emit-config", str(path)])
     assert result.exit_code == 1 and "--replicas must be >= 1" in result.output
+    result = runner.invoke(app, ["serve", str(artifacts[0]), "--max-tokens", "2048", "--emit-config", str(path)])
+    assert result.exit_code == 0 and yaml.safe_load(path.read_text())["applications"][0]["args"]["max_new_tokens"] == 2048
+    result = runner.invoke(app, ["serve", str(artifacts[0]), "--max-tokens", "0", "--emit-config", str(path)])
+    assert result.exit_code == 1 and "--max-tokens must be >= 1" in result.output
 
 
 def test_padded_merge_gives_each_request_its_own_answer(artifacts):
