@@ -226,7 +226,7 @@ def _spec(
     from llmc.export.tasks import task_spec
 
     pair = directory is not None and is_cross_encoder(directory, config)
-    spec = task_spec(task, model_config, modules, pair, config, where)
+    spec = task_spec(task, model_config, modules, pair, config, where, directory)
     context = None if task.encoder else model_context(model_config, config, gguf)
     return spec if context is None else dataclasses.replace(spec, context=context[0], context_source=context[1])
 

@@ -98,13 +98,16 @@ def is_cross_encoder(directory: Path, config: dict[str, Any]) -> bool:
 _SCORE_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
 
 
-def cross_encoder_activation(config: dict[str, Any], num_labels: int, where: str) -> str:
-    """What sentence-transformers' ``CrossEncoder.predict`` applies to the logits, as
-    ``get_default_activation_fn`` resolves it: ``config.json``'s ``sentence_transformers.activation_fn``
-    (4.x), else its ``sbert_ce_default_activation_function`` (before 4), else a sigmoid for one
-    label and none for several. One line for an activation llmc does not read."""
+def cross_encoder_activation(config: dict[str, Any], num_labels: int, where: str, directory: Path | None = None) -> str:
+    """What sentence-transformers' ``CrossEncoder.predict`` applies to the logits, as it resolves
+    it: ``config_sentence_transformers.json``'s ``activation_fn`` in ``directory`` (5.x and later
+    save it there), else ``config.json``'s ``sentence_transformers.activation_fn`` (4.x), else its
+    ``sbert_ce_default_activation_function`` (before 4), else a sigmoid for one label and none for
+    several. One line for an activation llmc does not read."""
+    path = _json(directory / ST_CONFIG_FILE, default={}).get("activation_fn") if directory is not None else None
     recorded = config.get("sentence_transformers")
-    path = recorded.get("activation_fn") if isinstance(recorded, dict) else None
+    if path is None and isinstance(recorded, dict):
+        path = recorded.get("activation_fn")
     if path is None:
         path = config.get("sbert_ce_default_activation_function")
     if path is None:

@@ -86,7 +86,7 @@ def check_task(task: Task, config: dict[str, Any], where: str, directory: Path |
                 "export it with --task feature-extraction (its token states)"
             )
     if directory is not None and task is TEXT_CLASSIFICATION and sentence.is_cross_encoder(directory, config):
-        sentence.cross_encoder_activation(config, 1, where)  # one line for an activation llmc cannot read
+        sentence.cross_encoder_activation(config, 1, where, directory)  # one line for one llmc cannot read
     if task is not SENTENCE_EMBEDDING:
         return None
     if directory is None or not (directory / sentence.MODULES_FILE).is_file():
@@ -119,10 +119,11 @@ def check_loaded(task: Task, info: dict[str, Any], directory: Path) -> None:
 
 def task_spec(
     task: Task, config: Any, modules: sentence.SentenceModules | None, pair: bool = False,
-    raw: dict[str, Any] | None = None, where: str = "config.json",
+    raw: dict[str, Any] | None = None, where: str = "config.json", directory: Path | None = None,
 ) -> TaskSpec:
     """The spec of an export of ``task`` from a model with transformers config ``config``;
-    ``pair``: a CrossEncoder, whose score activation comes from ``raw`` (its config.json)."""
+    ``pair``: a CrossEncoder, whose score activation comes from ``raw`` (its config.json) and the
+    sentence-transformers config in ``directory``."""
     if modules is not None:
         modules.check_width(getattr(config, "hidden_size", None))
         return TaskSpec(
@@ -136,7 +137,8 @@ def task_spec(
         # one label and a softmax to several (llmc.tasks reads it the same way)
         problem_type = getattr(config, "problem_type", None) if task is TEXT_CLASSIFICATION else None
         cross_encoder = pair and task is TEXT_CLASSIFICATION
-        activation = sentence.cross_encoder_activation(raw or {}, len(labels), where) if cross_encoder else None
+        activation = (sentence.cross_encoder_activation(raw or {}, len(labels), where, directory)
+                      if cross_encoder else None)
         return TaskSpec(task, labels, problem_type, pair=cross_encoder, score_activation=activation)
     return TaskSpec(task, pair=task is QUESTION_ANSWERING)
 

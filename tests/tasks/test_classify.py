@@ -102,6 +102,32 @@ def test_rerank_scores_are_sentence_transformers_cross_encoder_scores(cross_enco
     np.testing.assert_allclose([ours_score for _, ours_score in sorted(ours)], reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["Identity", "Tanh"])
+def test_a_cross_encoder_saved_by_sentence_transformers_keeps_its_activation(cross_encoder, tmp_path, activation):
+    """sentence-transformers 5 and later save a CrossEncoder's ``activation_fn`` in
+    config_sentence_transformers.json: the export reads it there, so the scores are predict's."""
+    import shutil
+
+    import torch
+
+    import llmc
+    from llmc.export import export_pretrained
+
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    plain = tmp_path / "plain"
+    shutil.copytree(cross_encoder.source.parent.parent / "hf", plain)
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        (plain / name).unlink()
+    model = sentence_transformers.CrossEncoder(str(plain), device="cpu", activation_fn=getattr(torch.nn, activation)())
+    model.save(str(tmp_path / "saved"))
+    export_pretrained(tmp_path / "saved", tmp_path / "onnx")
+    built = llmc.build(tmp_path / "onnx" / "model.onnx", output=tmp_path / "artifact", cache=False, threads=1)
+    assert built.manifest["task"]["score_activation"] == activation.lower()
+    reference = model.predict([(QUERY, d) for d in DOCUMENTS], convert_to_numpy=True)
+    ours = llmc.load(built.path).rerank(QUERY, DOCUMENTS)
+    np.testing.assert_allclose([score for _, score in sorted(ours)], reference, atol=1e-5)
+
+
 def test_rerank_an_embedding_model_orders_by_cosine(embedder):
     ours = llmc.load(embedder.artifact).rerank(QUERY, DOCUMENTS)
     vectors = torch_embedding(embedder, [QUERY, *DOCUMENTS], normalize=True)
