@@ -62,11 +62,17 @@ def detect_encoder_task(config: dict[str, Any], directory: Path | None) -> Task:
         return TEXT_CLASSIFICATION
     if directory is not None and sentence.is_sentence_transformer(directory, config):
         return SENTENCE_EMBEDDING
+    named = _named_head(config)
+    return named[1] if named is not None else FEATURE_EXTRACTION
+
+
+def _named_head(config: dict[str, Any]) -> tuple[str, Task] | None:
+    """The head class config.json's ``architectures`` names and its task (None: no head named)."""
     for architecture in (str(a) for a in config.get("architectures") or []):
         for suffix, task in _ARCHITECTURES:
             if architecture.endswith(suffix):
-                return task
-    return FEATURE_EXTRACTION
+                return architecture, task
+    return None
 
 
 def check_task(task: Task, config: dict[str, Any], where: str, directory: Path | None) -> sentence.SentenceModules | None:
@@ -84,6 +90,13 @@ def check_task(task: Task, config: dict[str, Any], where: str, directory: Path |
             raise LlmcError(
                 f"{where}: --task {task}: model_type '{model_type}' has no {auto} class in transformers; "
                 "export it with --task feature-extraction (its token states)"
+            )
+        named = _named_head(config)
+        if named is not None and named[1] is not task:  # another head's weights may carry the same names
+            raise LlmcError(
+                f"{where}: --task {task}: the checkpoint is a {named[0]}, trained for {named[1]}; its head does not "
+                f"serve {task}: leave --task out (or give --task {named[1]}), or export its token states with "
+                "--task feature-extraction"
             )
     if directory is not None and task is TEXT_CLASSIFICATION and sentence.is_cross_encoder(directory, config):
         sentence.cross_encoder_activation(config, 1, where, directory)  # one line for one llmc cannot read

@@ -386,6 +386,10 @@ def test_what_a_task_cannot_serve_is_refused_in_one_line(tmp_path, classifier_di
     refused(bare, "--task", "question-answering", fragments=("qa_outputs",))
     refused(bare, "--task", "sentence-embedding", fragments=("needs a sentence-transformers directory",))
     refused(classifier_dir, "--task", "summarization", fragments=("--task 'summarization' is not a task",))
+    # A sentence classifier's classifier.* weights have the names a token classifier's head reads.
+    refused(classifier_dir, "--task", "token-classification", fragments=(
+        "the checkpoint is a BertForSequenceClassification, trained for text-classification",
+        "--task feature-extraction"))
     pruned = _config_dir(tmp_path, "pruned", {"model_type": "llmc_pruned_bert"})
     refused(pruned, "--task", "question-answering", fragments=(
         "model_type 'llmc_pruned_bert' has no AutoModelForQuestionAnswering class",))
