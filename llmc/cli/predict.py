@@ -35,7 +35,8 @@ def predict(
     top_k: Annotated[
         Optional[int],
         typer.Option(
-            "--top-k", help="Text-classification: the best labels to show; fill-mask: the tokens per mask.",
+            "--top-k", help="Text-classification: the best labels to show (with --question: the best documents); "
+                            "fill-mask: the tokens per mask.",
             show_default="all labels; 5 tokens",
         ),
     ] = None,

@@ -44,6 +44,10 @@ def predict(
         raise LlmcError(f"--question: {model.where} is a {task} model, which answers no question; drop --question")
     if question is not None and pairs:
         raise LlmcError("--question ranks the texts as documents for it; drop --pair")
+    ranks = task is FILL_MASK or question is not None or task is TEXT_CLASSIFICATION
+    if top_k is not None and not (ranks and task is not QUESTION_ANSWERING):
+        raise LlmcError(f"--top-k: {model.where} is a {task} model, which ranks no labels, tokens or documents "
+                        "here; drop --top-k")
     if task is QUESTION_ANSWERING:
         if question is None:
             raise LlmcError(f"{model.where} is a question-answering model: give --question (each --text is a context)")
@@ -51,7 +55,7 @@ def predict(
     if question is not None:
         ranking = runner.rerank(question, texts)
         return _result(spec, "rerank", {"query": question, "ranking": [
-            {"index": i, "score": score, "text": texts[i]} for i, score in ranking]})
+            {"index": i, "score": score, "text": texts[i]} for i, score in ranking[:top_k]]})
     if embeds:
         vectors = runner.embed(texts)
         return _result(spec, "embed", [

@@ -47,6 +47,8 @@ def test_pairs_and_reranking(cross_encoder):
     data = as_json("predict", cross_encoder.artifact, "--question", "q", "--text", "a", "--text", "b")
     assert data["reading"] == "rerank" and sorted(r["index"] for r in data["results"]["ranking"]) == [0, 1]
     assert "1. " in invoke("predict", cross_encoder.artifact, "--question", "q", "--text", "a", "--text", "b")
+    data = as_json("predict", cross_encoder.artifact, "--question", "q", "--text", "a", "--text", "b", "--top-k", "1")
+    assert len(data["results"]["ranking"]) == 1  # the best document
 
 
 def test_embeddings_show_size_and_first_values(embedder):
@@ -76,6 +78,9 @@ def test_entities_and_answers(ner, qa):
         ("sentiment", [], "give the text(s) to read"),
         ("sentiment", ["--text", "a", "--text", "b", "--text", "c", "--pair", "x", "--pair", "y"], "--pair: give one"),
         ("sentiment", ["--file", "missing.txt"], "--file missing.txt: no such file"),
+        ("ner", ["--text", "a", "--top-k", "3"], "ranks no labels"),
+        ("embedder", ["--text", "a", "--top-k", "2"], "drop --top-k"),
+        ("qa", ["--text", "a", "--question", "q", "--top-k", "2"], "drop --top-k"),
     ],
 )
 def test_what_the_artifact_cannot_do_is_one_line(request, fixture, args, message):
