@@ -5,8 +5,11 @@ The question and context are encoded together in windows over the context (``Tex
 In each window, positions outside the context (the question, special tokens, but the leading
 ``[CLS]``) get a logit of -10000; start and end logits go through a softmax each; a span's score is
 ``p(start) * p(end)`` over spans with ``start <= end < start + max_answer_len`` inside the context
-(``[CLS]`` itself never starts or ends one). The best span of all windows wins; its characters run
-from the start of the word holding its first token to the end of the word holding its last.
+(``[CLS]`` itself never starts or ends one). A span's characters run from the start of the word
+holding its first token to the end of the word holding its last. Each window's best span is a
+candidate; candidates with the same text (case aside) are one answer whose score is their sum, at
+the first one's characters (the pipeline's ``get_answer``: a name a long document repeats is found
+in several windows); the answer with the highest score wins.
 """
 
 from __future__ import annotations
@@ -35,15 +38,20 @@ def answer(
         raise LlmcError(f"max_answer_len must be at least 1, not {max_answer_len}")
     windows = model.tokenizer.windows(question, context)
     rows = model.rows(windows, batch_size)
-    best: dict[str, Any] | None = None
+    found: dict[str, dict[str, Any]] = {}  # by lower-cased text, in the order first found
     for encoding, row in zip(windows, rows, strict=True):
         span = best_span(encoding, row["start_logits"], row["end_logits"], max_answer_len)
-        if span is not None and (best is None or span[2] > best["score"]):
-            start, end = _characters(encoding, span[0], span[1])
-            best = {"answer": context[start:end], "score": span[2], "start": start, "end": end}
-    if best is None:
+        if span is None:
+            continue
+        start, end = _characters(encoding, span[0], span[1])
+        text = context[start:end]
+        if text.lower() in found:
+            found[text.lower()]["score"] += span[2]
+        else:
+            found[text.lower()] = {"answer": text, "score": span[2], "start": start, "end": end}
+    if not found:
         raise LlmcError("the context has no tokens to answer from; give a longer context")
-    return best
+    return max(found.values(), key=lambda a: a["score"])  # the first of equal scores, as a stable sort
 
 
 def candidates(encoding: Any) -> np.ndarray:

@@ -61,7 +61,8 @@ def qa_answer(model: TaskModel, question: str, context: str, max_answer_len: int
     """transformers' question-answering pipeline (removed from transformers 5; its steps rebuilt
     here from the tokenizer and ``select_starts_ends``, which transformers 5 still has):
     windows of min(model_max_length, 384) tokens with a stride of min(window // 2, 128),
-    p_mask = not the context but [CLS], best span per window, word-aligned characters."""
+    p_mask = not the context but [CLS], best span per window, word-aligned characters, and spans
+    of the same text (case aside) one answer whose score is their sum (its ``get_answer``)."""
     import torch
     from transformers.pipelines.document_question_answering import select_starts_ends
 
@@ -89,5 +90,9 @@ def qa_answer(model: TaskModel, question: str, context: str, max_answer_len: int
         for s, e, score in zip(starts, ends, scores, strict=True):
             start = enc.word_to_chars(enc.token_to_word(s), sequence_index=1)[0]
             end = enc.word_to_chars(enc.token_to_word(e), sequence_index=1)[1]
-            answers.append({"score": float(score), "start": start, "end": end, "answer": context[start:end]})
-    return max(answers, key=lambda a: a["score"])
+            same = next((a for a in answers if a["answer"].lower() == context[start:end].lower()), None)
+            if same is not None:
+                same["score"] += float(score)
+            else:
+                answers.append({"score": float(score), "start": start, "end": end, "answer": context[start:end]})
+    return sorted(answers, key=lambda a: a["score"], reverse=True)[0]

@@ -41,3 +41,21 @@ def test_answer_in_a_context_longer_than_a_window(qa):
     theirs = qa_answer(qa, question, context)
     assert (ours["start"], ours["end"], ours["answer"]) == (theirs["start"], theirs["end"], theirs["answer"])
     assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+
+
+def test_an_answer_found_in_several_windows_sums_its_scores(qa):
+    """A word repeated through a long context is the best span of several windows: the pipeline
+    counts it once, with the sum of their scores, at its first place."""
+    from llmc.tasks.answer import _characters, best_span
+
+    context, question = " ".join(["Paris"] * 700), "What is flowing?"
+    runner = llmc.load(qa.artifact)
+    model = runner._task_model()
+    windows = model.tokenizer.windows(question, context)
+    spans = [best_span(w, r["start_logits"], r["end_logits"], 15) for w, r in zip(windows, model.rows(windows, 8))]
+    texts = [context[slice(*_characters(w, s[0], s[1]))] for w, s in zip(windows, spans)]
+    ours = runner.answer(question, context)
+    assert texts.count(ours["answer"]) > 1 and ours["score"] > max(s[2] for s in spans)  # summed
+    theirs = qa_answer(qa, question, context)
+    assert (ours["start"], ours["end"], ours["answer"]) == (theirs["start"], theirs["end"], theirs["answer"])
+    assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
