@@ -201,7 +201,7 @@ def export_pretrained(
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
         model = _load(modules.transformer if modules else directory, chosen, gguf_file)
-        spec = _spec(chosen, model.config, modules, st_directory, config, where, gguf=bool(gguf_file))
+        spec = _spec(chosen, model, modules, st_directory, config, where, gguf=bool(gguf_file))
         inputs, outputs = _export(model, spec, modules, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
@@ -218,16 +218,17 @@ def export_pretrained(
 
 
 def _spec(
-    task: Task, model_config: Any, modules: Any, directory: Path | None, config: dict[str, Any], where: str,
+    task: Task, model: Any, modules: Any, directory: Path | None, config: dict[str, Any], where: str,
     gguf: bool = False,
 ) -> TaskSpec:
-    """The export's :class:`TaskSpec`; a decoder's also records its context (:func:`model_context`)."""
+    """The export's :class:`TaskSpec`, with the model's context: a decoder's :func:`model_context`,
+    an encoder's :func:`position_table`."""
     from llmc.export.sentence import is_cross_encoder
     from llmc.export.tasks import task_spec
 
     pair = directory is not None and is_cross_encoder(directory, config)
-    spec = task_spec(task, model_config, modules, pair, config, where, directory)
-    context = None if task.encoder else model_context(model_config, config, gguf)
+    spec = task_spec(task, model.config, modules, pair, config, where, directory)
+    context = position_table(model) if task.encoder else model_context(model.config, config, gguf)
     return spec if context is None else dataclasses.replace(spec, context=context[0], context_source=context[1])
 
 
@@ -244,6 +245,21 @@ def model_context(model_config: Any, config: dict[str, Any], gguf: bool = False)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return None
     return value, ("the GGUF's context_length" if gguf else f"config.json's {key}")
+
+
+def position_table(model: Any) -> tuple[int, str] | None:
+    """The tokens an encoder with a learned position table can read: the table's rows, less the
+    rows before the first position where the family counts positions after its padding id
+    (RoBERTa, XLM-R, MPNet: 514 rows, 512 tokens); None without such a table (relative or rotary
+    positions: no fixed limit)."""
+    base = getattr(model, str(getattr(model, "base_model_prefix", "")), model)
+    table = getattr(getattr(base, "embeddings", None), "position_embeddings", None)
+    rows = getattr(table, "num_embeddings", None)
+    if not isinstance(rows, int):
+        return None
+    padding = getattr(table, "padding_idx", None)
+    offset = padding + 1 if isinstance(padding, int) else 0
+    return rows - offset, f"the model's position embeddings ({rows} rows{f', from row {offset}' if offset else ''})"
 
 
 def _check_source(source: Path) -> str | None:

@@ -166,7 +166,7 @@ def describe(spec: TaskSpec) -> str:
         parts.append(f"{spec.pooling} pooling{', normalized' if spec.normalize else ''}, {spec.dimension} dimensions")
     if spec.pair:
         parts.append("text pairs")
-    if spec.context:
+    if spec.context and not spec.task.encoder:  # an encoder's is its position table's size
         parts.append(f"{spec.context}-token context")
     return ", ".join(parts)
 

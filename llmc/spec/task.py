@@ -85,8 +85,9 @@ class TaskSpec:
     :data:`SCORE_ACTIVATIONS`, what a sentence-transformers CrossEncoder applies to its logit
     (``CrossEncoder.predict``'s score, which ``rerank`` gives); ``context``: the positions a
     decoder was trained for (its config's ``max_position_embeddings`` as transformers names it for
-    the architecture, a GGUF's ``context_length``), which ``context_source`` names for error lines
-    (``llmc.model.text.context_limit``); None in exports made before llmc recorded it.
+    the architecture, a GGUF's ``context_length``), or the tokens an encoder's position table
+    holds, which ``context_source`` names for error lines (``llmc.model.text.context_limit``);
+    None in exports made before llmc recorded it (and for encoders without a position table).
     """
 
     task: Task

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,8 @@ def test_a_gguf_export_records_the_gguf_context_length():
     field = reader.fields[f"{arch}.context_length"]
     expected = int(field.parts[field.data[0]][0])
     model_config = AutoConfig.from_pretrained(str(files[0].parent), gguf_file=files[0].name)
-    spec = _spec(TEXT_GENERATION, model_config, None, None, _gguf_config(files[0]), str(files[0]), gguf=True)
+    model = types.SimpleNamespace(config=model_config)
+    spec = _spec(TEXT_GENERATION, model, None, None, _gguf_config(files[0]), str(files[0]), gguf=True)
     assert (spec.context, spec.context_source) == (expected, "the GGUF's context_length")
 
 

@@ -5,6 +5,7 @@ task's spec carried through `llmc build` into the artifact's metadata and manife
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -134,6 +135,7 @@ def test_a_head_is_exported_with_the_model_and_matches_transformers(tmp_path, cl
     inputs, outputs, written = _io_and_spec(tmp_path / "onnx" / "model.onnx")
     # BERT has segment embeddings: a model that may read pairs (a classifier, QA) takes their ids
     segments = ["token_type_ids"] if task in (TEXT_CLASSIFICATION, QUESTION_ANSWERING) else []
+    spec = dataclasses.replace(spec, context=64, context_source="the model's position embeddings (64 rows)")
     assert (inputs, outputs, written) == (["input_ids", "attention_mask", *segments], list(task.outputs), spec)
     feeds = _feeds()
     if segments:
@@ -202,7 +204,8 @@ def test_all_minilm_l6_v2_exports_its_sentence_embedding(tmp_path):
     _, outputs, spec = _io_and_spec(tmp_path / "onnx" / "model.onnx")
     assert outputs == ["sentence_embedding"]
     # sentence_bert_config.json's max_seq_length (256, the tokenizer's limit is 512) travels too
-    assert spec == TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=384, max_length=256)
+    assert spec == TaskSpec(SENTENCE_EMBEDDING, pooling="mean", normalize=True, dimension=384, max_length=256,
+                            context=512, context_source="the model's position embeddings (512 rows)")
     _compare_with_sentence_transformers(source, tmp_path / "onnx" / "model.onnx", SENTENCES)
     # a text over 256 tokens embeds as sentence-transformers embeds it (cut at 256, not 512)
     import llmc
@@ -322,7 +325,8 @@ def test_task_overrides_what_is_detected(classifier_dir, tmp_path):
         output = _export(classifier_dir, tmp_path / name, "--task", name)
         assert "exported bert (feature-extraction)" in output
         _, outputs, spec = _io_and_spec(tmp_path / name / "model.onnx")
-        assert outputs == ["last_hidden_state"] and spec == TaskSpec(FEATURE_EXTRACTION)
+        assert outputs == ["last_hidden_state"] and spec == TaskSpec(FEATURE_EXTRACTION, context=64, context_source=(
+            "the model's position embeddings (64 rows)"))
     result = export_pretrained(classifier_dir, tmp_path / "lib", task="text-classification")
     assert result.task == TEXT_CLASSIFICATION and result.spec.labels == tuple(LABELS.values())
 
@@ -490,3 +494,19 @@ def test_a_cross_encoder_activation_llmc_cannot_read_is_one_line(classifier_dir,
     with pytest.raises(LlmcError, match=r"activation_fn 'my_package.Swish' is not one llmc export reads"):
         export_pretrained(source, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()  # refused before any work
+
+
+def test_an_encoder_reads_at_most_its_position_table(classifier_dir, tmp_path):
+    """A tokenizer naming no limit: a longer text is cut to the rows of the position table (not an
+    ONNX Runtime broadcast error), and RoBERTa's table counts from after its padding id."""
+    import llmc
+    from llmc.export.hf import position_table
+
+    export_pretrained(classifier_dir, tmp_path / "onnx")
+    built = llmc.build(tmp_path / "onnx" / "model.onnx", output=tmp_path / "artifact", cache=False, threads=1)
+    runner = llmc.load(built.path, threads=1)
+    long, cut = " ".join(["w5", "w9"] * 100), " ".join(["w5", "w9"] * 32)  # 200 tokens; the first 64
+    assert runner.classify([long]) == runner.classify([cut])
+    roberta = _model("RobertaModel", "RobertaConfig", max_position_embeddings=66, pad_token_id=1)
+    assert position_table(roberta) == (64, "the model's position embeddings (66 rows, from row 2)")
+    assert position_table(_model("BertModel")) == (64, "the model's position embeddings (64 rows)")

@@ -131,7 +131,9 @@ def export_task_model(spec: TaskSpec, directory: Path) -> TaskModel:
     copy_tokenizer(hf)
     _sentence_transformers_files(hf, spec)
     result = export_pretrained(hf, directory / "source", task=spec.task.name)
-    assert result.spec == spec, (result.spec, spec)
+    # and the tokens its position table holds (llmc.export.hf.position_table)
+    assert dataclasses.replace(result.spec, context=None, context_source=None) == spec, (result.spec, spec)
+    assert result.spec.context == TINY["max_position_embeddings"]
     artifact = directory / "artifact"
     llmc.build(directory / "source" / "model.onnx", output=artifact)
-    return TaskModel(model, spec, directory / "source" / "model.onnx", artifact, "token_type_ids" in result.inputs)
+    return TaskModel(model, result.spec, directory / "source" / "model.onnx", artifact, "token_type_ids" in result.inputs)

@@ -52,8 +52,9 @@ def test_an_answer_found_in_several_windows_sums_its_scores(qa):
     runner = llmc.load(qa.artifact)
     model = runner._task_model()
     windows = model.tokenizer.windows(question, context)
-    spans = [best_span(w, r["start_logits"], r["end_logits"], 15) for w, r in zip(windows, model.rows(windows, 8))]
-    texts = [context[slice(*_characters(w, s[0], s[1]))] for w, s in zip(windows, spans)]
+    rows = model.rows(windows, 8)
+    spans = [best_span(w, r["start_logits"], r["end_logits"], 15) for w, r in zip(windows, rows, strict=True)]
+    texts = [context[slice(*_characters(w, s[0], s[1]))] for w, s in zip(windows, spans, strict=True)]
     ours = runner.answer(question, context)
     assert texts.count(ours["answer"]) > 1 and ours["score"] > max(s[2] for s in spans)  # summed
     theirs = qa_answer(qa, question, context)
