@@ -33,6 +33,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.export.phases import Log, Phases
+from llmc.export.sentence import model_folder
 from llmc.model.files import GENERATION_FILE, MODEL_FILE, check_model_directory, copy_companions
 from llmc.model.output_dir import EXPORT_LAYOUT, OutputWriter, check_output
 from llmc.spec.task import (
@@ -192,22 +193,25 @@ def export_pretrained(
         check_model_directory(directory)
     what = "config, weights dequantized to float32" if gguf_file else "config, float32 weights"
     phases.start(f"loading {source.resolve().name}", what)
-    config = _gguf_config(source) if gguf_file else _read_config(source / "config.json")
-    where = str(source if gguf_file else source / "config.json")
+    model_dir = directory if gguf_file else model_folder(directory)  # sentence-transformers: maybe 0_Transformer/
+    config = _gguf_config(source) if gguf_file else _read_config(model_dir / "config.json")
+    where = str(source if gguf_file else model_dir / "config.json")
     st_directory = None if gguf_file else directory  # sentence-transformers modules beside config.json
     chosen = named or detect_task(config, where, st_directory)
     modules = _check_task(chosen, config, where, st_directory, dynamo)
     check_output(output, EXPORT_LAYOUT)
     with OutputWriter(output, EXPORT_LAYOUT) as writer:
         assert writer.path is not None
-        model = _load(modules.transformer if modules else directory, chosen, gguf_file)
+        model = _load(modules.transformer if modules else model_dir, chosen, gguf_file)
         spec = _spec(chosen, model, modules, st_directory, config, where, gguf=bool(gguf_file))
         inputs, outputs = _export(model, spec, modules, writer.path, dynamo, opset, phases)  # ends in "saving"
         files = _model_files(writer.path)
         if gguf_file:
             files += _gguf_tokenizer(directory, gguf_file, writer.path)
         else:
-            files += copy_companions(directory, writer.path)
+            if model_dir != directory:  # the Transformer module's folder: its tokenizer
+                files += copy_companions(model_dir, writer.path)
+            files += [n for n in copy_companions(directory, writer.path) if n not in files]
         if not chosen.encoder and GENERATION_FILE not in files:
             _write_generation_config(model.config, writer.path / GENERATION_FILE)
             files.append(GENERATION_FILE)
@@ -277,7 +281,7 @@ def _check_source(source: Path) -> str | None:
         return source.name
     if not source.is_dir():
         raise LlmcError(f"{source} is a file, not a model directory; {_NOT_A_MODEL_DIR}")
-    if not (source / "config.json").is_file():
+    if not (model_folder(source) / "config.json").is_file():
         raise LlmcError(f"{source} is not a Hugging Face model directory (no config.json in it); {_NOT_A_MODEL_DIR}")
     return None
 

@@ -81,6 +81,23 @@ class SentenceModules:
             )
 
 
+def model_folder(directory: Path) -> Path:
+    """Where ``directory``'s model (config.json, weights, tokenizer) is: the directory itself, or
+    the folder its sentence-transformers Transformer module's ``path`` names when config.json is
+    there instead (the older layout: ``0_Transformer/``)."""
+    if (directory / "config.json").is_file() or not (directory / MODULES_FILE).is_file():
+        return directory
+    try:
+        modules = json.loads((directory / MODULES_FILE).read_text())
+    except (OSError, ValueError):
+        return directory  # read_modules says what is wrong with it
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and _KNOWN.get(str(module.get("type"))) == "transformer" and module.get("path"):
+            folder = directory / str(module["path"])
+            return folder if (folder / "config.json").is_file() else directory
+    return directory
+
+
 def is_sentence_transformer(directory: Path, config: dict[str, Any]) -> bool:
     """A sentence-transformers directory (``modules.json`` in it) that is not a cross-encoder."""
     return (directory / MODULES_FILE).is_file() and not is_cross_encoder(directory, config)

@@ -510,3 +510,23 @@ def test_an_encoder_reads_at_most_its_position_table(classifier_dir, tmp_path):
     roberta = _model("RobertaModel", "RobertaConfig", max_position_embeddings=66, pad_token_id=1)
     assert position_table(roberta) == (64, "the model's position embeddings (66 rows, from row 2)")
     assert position_table(_model("BertModel")) == (64, "the model's position embeddings (64 rows)")
+
+
+def test_a_sentence_transformer_whose_model_sits_in_its_transformer_folder(tmp_path):
+    """The older sentence-transformers layout: config.json, weights and tokenizer in the folder the
+    Transformer module's ``path`` names (``0_Transformer``), modules.json at the top."""
+    source = _sentence_transformer(tmp_path, "mean", [], True)
+    folder = source / "0_Transformer"
+    folder.mkdir()
+    top = {"modules.json", "config_sentence_transformers.json", "README.md"}
+    for path in list(source.iterdir()):
+        if path.is_file() and path.name not in top:
+            path.rename(folder / path.name)
+    modules = json.loads((source / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (source / "modules.json").write_text(json.dumps(modules))
+    assert not (source / "config.json").exists()
+    assert "exported bert (sentence-embedding, mean pooling, normalized, 64 dimensions)" in _export(
+        source, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()  # the Transformer folder's tokenizer
+    _compare_with_sentence_transformers(source, tmp_path / "onnx" / "model.onnx", _st_words(12, 3))
