@@ -220,8 +220,10 @@ class _Packer:
             if not any(v in self.packed for v in node.inputs if v is not None):
                 continue
             if self._positionwise(node):
-                self.packed.update(node.outputs)
-                for out in node.outputs:
+                # DynamicQuantizeLinear's scale and zero point are scalars: only its values are per position
+                per_position = node.outputs[:1] if node.op_type == "DynamicQuantizeLinear" else node.outputs
+                self.packed.update(per_position)
+                for out in per_position:
                     out.shape = None  # [packed_rows, packed_width, ...] now
                 continue
             for index, value in enumerate(node.inputs):

@@ -130,6 +130,32 @@ def test_a_packed_encoder_gives_what_each_text_gets_alone(mask_slot):
         np.testing.assert_allclose(got["pooled"][row], alone["pooled"][0], atol=1e-5)
 
 
+def test_a_dynamically_quantized_attention_after_a_packed_one_is_fed_unpacked():
+    """int8 with one attention left float (``exclude_nodes``): DynamicQuantizeLinear runs packed,
+    its scalar scale and zero point stay as they are, and the QAttention after it (not packed)
+    reads its values unpacked: the packed graph loads and gives every row."""
+    model = _encoder("range")
+    rng = np.random.default_rng(1)
+    model.graph.initializer.extend([
+        onh.from_array(rng.integers(-100, 100, (HIDDEN, 3 * HIDDEN)).astype(np.int8), "qkv8"),
+        onh.from_array(np.zeros(3 * HIDDEN, np.float32), "qkv8_bias"),
+        onh.from_array(np.array(0.01, np.float32), "qkv8_scale"), onh.from_array(np.array(0, np.int8), "qkv8_zero")])
+    model.graph.node.extend([
+        oh.make_node("DynamicQuantizeLinear", ["hidden"], ["hidden_u8", "hidden_scale", "hidden_zero"]),
+        oh.make_node("QAttention", ["hidden_u8", "qkv8", "qkv8_bias", "hidden_scale", "qkv8_scale", "mask_index",
+                                    "hidden_zero", "qkv8_zero"], ["second"], domain="com.microsoft", num_heads=HEADS)])
+    model.graph.output.append(oh.make_tensor_value_info("second", onnx.TensorProto.FLOAT, ["batch", "sequence", HIDDEN]))
+    packed = ir.serde.deserialize_model(model)
+    assert pack_graph(packed, "attention_mask", ("input_ids", "attention_mask")) is None
+    layout = PaddingLayout("attention_mask", ("input_ids", "attention_mask"),
+                           {"hidden": (0, 1), "pooled": (0, None), "second": (0, 1)})
+    runner = PackingRunner(lambda feeds: run_model(ir.serde.deserialize_model(model), feeds), layout,
+                           lambda: lambda feeds: run_model(packed, {
+                               k: v for k, v in feeds.items() if k in {i.name for i in packed.graph.inputs}}), width=12)
+    got = runner.run(_padded([5, 7, 1, 9], 10))
+    assert got["second"].shape == (4, 10, HIDDEN) and np.isfinite(got["second"]).all()
+
+
 def test_what_cannot_be_packed_says_why():
     why = pack_graph(ir.serde.deserialize_model(_encoder("cumsum")), "attention_mask", ("input_ids", "attention_mask"))
     assert why is not None and "mask" in why
