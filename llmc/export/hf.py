@@ -209,9 +209,9 @@ def export_pretrained(
         if gguf_file:
             files += _gguf_tokenizer(directory, gguf_file, writer.path)
         else:
-            if model_dir != directory:  # the Transformer module's folder: its tokenizer
-                files += copy_companions(model_dir, writer.path)
-            files += [n for n in copy_companions(directory, writer.path) if n not in files]
+            files += copy_companions(directory, writer.path)
+            if model_dir != directory:  # the Transformer module's folder: its tokenizer, over any above it
+                files += [n for n in copy_companions(model_dir, writer.path) if n not in files]
         if not chosen.encoder and GENERATION_FILE not in files:
             _write_generation_config(model.config, writer.path / GENERATION_FILE)
             files.append(GENERATION_FILE)

@@ -216,12 +216,17 @@ class Sequence:
 
     def _stream(self) -> None:
         """Hand ``on_text`` what of the text is ready (``llmc.generation.streamed``) with the
-        logprobs of the tokens it covers."""
+        logprobs of the tokens it covers; once finished, the rest of the answer's logprobs even
+        where no text is left."""
         text = self.text() or ""
-        new = piece(ready(text, self.params.stop, self.reason is not None), self.emitted)
-        if new:
+        finished = self.reason is not None
+        new = piece(ready(text, self.params.stop, finished), self.emitted)
+        if finished:
+            kept = self.kept_logprobs()
+        else:
+            kept = self._covered(len(self.emitted) + len(new), text) if new else self.reported
+        if new or kept > self.reported:
             self.emitted += new
-            kept = self.kept_logprobs() if self.reason is not None else self._covered(len(self.emitted), text)
             _call(self.on_text, new, self.logprobs[self.reported : kept])
             self.reported = max(self.reported, kept)
 
@@ -232,9 +237,10 @@ class Sequence:
         return len(self.logprobs) if length >= len(text) else covering(self.tokenizer, self.tokens, length)
 
     def kept_logprobs(self) -> int:
-        """How many logprob records belong to the answer: every one, but those of a stop string's
-        tokens after the text it cut (``llmc.generation.streamed``)."""
-        if self.reason != "stop" or self.tokenizer is None:
+        """How many logprob records belong to the answer: those of the tokens whose text starts
+        before its end (not a stop string's after it, nor an end-of-sequence token's:
+        ``llmc.generation.streamed``)."""
+        if not self.logprobs or self.tokenizer is None:
             return len(self.logprobs)
         return min(len(self.logprobs), covering(self.tokenizer, self.tokens, len(self.text() or "")))
 

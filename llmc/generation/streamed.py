@@ -11,7 +11,7 @@ given whole:
   cut by its length mid-character ends in U+FFFD both ways);
 * a piece carries the logprobs of the tokens whose text starts before the piece's end; a token
   half in the text that a stop string cut counts (its characters are in the answer), the
-  tokens of the stop string after it do not.
+  tokens of the stop string after it do not, nor an end-of-sequence token (it adds no text).
 """
 
 from __future__ import annotations
@@ -39,13 +39,16 @@ def ready(text: str, stops: tuple[str, ...], finished: bool) -> str:
     out by now."""
     if finished:
         return text
-    return text[: len(text) - held_back(text, stops)].rstrip(PARTIAL)
+    whole = text.rstrip(PARTIAL)  # before the stop check: a stop string may begin with the split character
+    return whole[: len(whole) - held_back(whole, stops)]
 
 
 def covering(tokenizer: Any, tokens: list[int], length: int) -> int:
-    """How many of ``tokens`` (from the first) have text starting before character ``length``."""
+    """How many of ``tokens`` (from the first) have text starting before character ``length``: a
+    token that ends a split character starts where that character does (the text before it ends in
+    U+FFFD, one or one per byte, which is not counted)."""
     count = len(tokens)
-    while count and len(decode(tokenizer, tokens[: count - 1])) >= length:
+    while count and len(decode(tokenizer, tokens[: count - 1]).rstrip(PARTIAL)) >= length:
         count -= 1
     return count
 

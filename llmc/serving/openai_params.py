@@ -61,9 +61,11 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
             raise BadRequest(f'"{key}" is not supported by this server; remove it', param=key)
     messages = _messages(body) if chat else None
     prompt = None if chat else _prompt(body)
-    max_tokens = None if chat and body.get("max_tokens") is None else _number(body, "max_tokens", 16, int, 1, max_new_tokens)
+    default = min(16, max_new_tokens)  # OpenAI's completions default, within the server's cap
+    max_tokens = None if chat and body.get("max_tokens") is None else _number(body, "max_tokens", default, int, 1,
+                                                                               max_new_tokens)
     if chat and body.get("max_completion_tokens") is not None:
-        max_tokens = _number(body, "max_completion_tokens", 16, int, 1, max_new_tokens)
+        max_tokens = _number(body, "max_completion_tokens", default, int, 1, max_new_tokens)
     logprobs, top = _logprobs(body, chat)
     stream = _boolean(body, "stream")
     options = body.get("stream_options")

@@ -44,6 +44,8 @@ def predict(
         raise LlmcError(f"--question: {model.where} is a {task} model, which answers no question; drop --question")
     if question is not None and pairs:
         raise LlmcError("--question ranks the texts as documents for it; drop --pair")
+    if top_k is not None and top_k < 1:
+        raise LlmcError(f"--top-k {top_k}: must be at least 1")
     ranks = task is FILL_MASK or question is not None or task is TEXT_CLASSIFICATION
     if top_k is not None and not (ranks and task is not QUESTION_ANSWERING):
         raise LlmcError(f"--top-k: {model.where} is a {task} model, which ranks no labels, tokens or documents "

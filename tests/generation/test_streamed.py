@@ -26,9 +26,12 @@ class ByteTokens:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
 
-PIECES = [b" Paris", b".", b"\n", b"\n", b"The", b" answer", b" is", b":", b" 20", PARTY[:2], PARTY[2:], PARTY[:1]]
+NI = "你".encode()  # three bytes
+PIECES = [b" Paris", b".", b"\n", b"\n", b"The", b" answer", b" is", b":", b" 20", PARTY[:2], PARTY[2:], PARTY[:1],
+          b"", b"a", b" ", NI[:2], NI[2:], "好".encode(), b"caf", "é".encode()[:1], "é".encode()[1:], b"!"]
 TOKENIZER = ByteTokens(PIECES)
 PARIS, DOT, NEWLINE, THE, ANSWER, IS, COLON, TWENTY, HEAD, TAIL, FIRST_BYTE = 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11
+EOS, A, SPACE, NI_HEAD, NI_TAIL, HAO, CAF, E_HEAD, E_TAIL, BANG = 12, 13, 14, 15, 16, 17, 18, 19, 20, 21
 
 
 def _onehot(token: int) -> np.ndarray:
@@ -42,7 +45,7 @@ def _sequence(tokens: list[int], stop: tuple[str, ...], limit: int = 0) -> tuple
     as ``tokens``), and the pieces it streamed with their tokens."""
     streamed: list[tuple[str, list[int]]] = []
     params = SequenceParams(max_new_tokens=limit or len(tokens), stop=stop, logprobs=True)
-    sequence = Sequence([0], params, set(), TOKENIZER, on_text=lambda text, records: streamed.append(
+    sequence = Sequence([0], params, {EOS}, TOKENIZER, on_text=lambda text, records: streamed.append(
         (text, [r.token for r in records])))
     for token in tokens:
         if sequence.finished:
@@ -61,6 +64,13 @@ def _sequence(tokens: list[int], stop: tuple[str, ...], limit: int = 0) -> tuple
     ([PARIS, DOT, THE], ("xyz",), " Paris.The", [PARIS, DOT, THE]),
     # the length ends it inside a character: U+FFFD both ways
     ([TWENTY, HEAD, TAIL, FIRST_BYTE], (), " 20🎉\ufffd", [TWENTY, HEAD, TAIL, FIRST_BYTE]),
+    # a stop string whose second character is split across tokens: " " waits for it
+    ([A, SPACE, NI_HEAD, NI_TAIL, HAO], (" 你好",), "a", [A]),
+    # the token ending a split character counts from where the character starts
+    ([CAF, E_HEAD, E_TAIL, BANG], ("!",), "café", [CAF, E_HEAD, E_TAIL]),
+    # end of sequence: it adds no text, and no logprob to the answer
+    ([PARIS, DOT, EOS], (), " Paris.", [PARIS, DOT]),
+    ([PARIS, NEWLINE, EOS], ("\n\n",), " Paris\n", [PARIS, NEWLINE]),
 ])
 def test_a_streamed_sequence_joins_to_its_whole_answer(tokens, stop, text, kept):
     sequence, streamed = _sequence(tokens, stop)
@@ -82,6 +92,7 @@ def test_a_stop_string_prefix_and_a_partial_character_wait_until_known():
 
 @pytest.mark.parametrize(("tokens", "stop", "text"), [
     ([PARIS, DOT, NEWLINE, NEWLINE, THE, ANSWER, IS, COLON], ("s:",), " Paris.\n\nThe answer i"),
+    ([A, SPACE, NI_HEAD, NI_TAIL, HAO], (" 你好",), "a"),
     ([PARIS, DOT, NEWLINE, NEWLINE, THE], ["\n\n"], " Paris."),
     ([TWENTY, HEAD, TAIL, FIRST_BYTE], (), " 20🎉\ufffd"),
 ])

@@ -31,12 +31,18 @@ def test_byte_level_tokens_give_their_bytes():
     assert bytes(b for i in ids for b in token_bytes(bpe, i)) == TEXT.encode()
     end = bpe.token_to_id("<|end|>")
     assert bytes(token_bytes(bpe, end)) == b"<|end|>"
+    added = _byte_level()
+    added.add_tokens(["é"])  # an added token is its own text, not byte-level stand-ins
+    assert bytes(token_bytes(added, added.token_to_id("é"))) == "é".encode()
 
 
 def test_byte_fallback_and_plain_tokens():
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, decoders, models
 
     vocab = {"<unk>": 0, "<0xE2>": 1, "hello": 2, "▁world": 3}
     plain = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     assert token_bytes(plain, 1) == [0xE2]
     assert bytes(token_bytes(plain, 2)) == b"hello"
+    sentencepiece = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    sentencepiece.decoder = decoders.Metaspace()
+    assert bytes(token_bytes(sentencepiece, 3)) == b" world"  # "▁" is a space

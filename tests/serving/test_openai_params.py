@@ -18,6 +18,12 @@ def test_a_missing_seed_is_fresh_and_a_given_one_kept():
     assert parse({**CHAT, "seed": -1}, True, 64).seed == 2**63 - 1
 
 
+def test_a_server_cap_below_the_completions_default_is_the_default():
+    assert parse({"prompt": "hi"}, False, 8).max_tokens == 8 and parse({"prompt": "hi"}, False, 64).max_tokens == 16
+    with pytest.raises(BadRequest, match="--max-tokens"):
+        parse({"prompt": "hi", "max_tokens": 9}, False, 8)
+
+
 def test_roles():
     turns = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello"}, {"role": "system", "content": "x"}]

@@ -81,6 +81,7 @@ def test_entities_and_answers(ner, qa):
         ("ner", ["--text", "a", "--top-k", "3"], "ranks no labels"),
         ("embedder", ["--text", "a", "--top-k", "2"], "drop --top-k"),
         ("qa", ["--text", "a", "--question", "q", "--top-k", "2"], "drop --top-k"),
+        ("cross_encoder", ["--text", "a", "--question", "q", "--top-k", "0"], "--top-k 0: must be at least 1"),
     ],
 )
 def test_what_the_artifact_cannot_do_is_one_line(request, fixture, args, message):
