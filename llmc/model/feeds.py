@@ -43,9 +43,10 @@ FEED_LIMIT_BYTES = 16 * 2**30
 
 
 def resolve_shapes(
-    model: ir.Model, given: dict[str, tuple[int, ...]] | None = None
+    model: ir.Model, given: dict[str, tuple[int, ...]] | None = None, longest: int | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """Concrete shapes for every graph input, and the symbolic dims that were assumed."""
+    """Concrete shapes for every graph input, and the symbolic dims that were assumed (``longest``:
+    at most this for a dim past the batch axis, e.g. an encoder's position table)."""
     given = dict(given or {})
     inputs = _runtime_inputs(model)
     unknown = [name for name in given if name not in inputs]
@@ -84,23 +85,11 @@ def resolve_shapes(
                 continue
             symbol = (dim.value if isinstance(dim, ir.SymbolicDim) else None) or f"{name}[{axis}]"
             if symbol not in symbols:
-                symbols[symbol] = DEFAULT_BATCH if axis == 0 else min(DEFAULT_DIM, _positions(model) or DEFAULT_DIM)
+                symbols[symbol] = DEFAULT_BATCH if axis == 0 else min(DEFAULT_DIM, longest or DEFAULT_DIM)
                 assumed[symbol] = symbols[symbol]
             dims.append(symbols[symbol])
         shapes[name] = tuple(dims)
     return shapes, assumed
-
-
-def _positions(model: ir.Model) -> int | None:
-    """The tokens an encoder export's position table holds (its task record, ``llmc.spec.task``),
-    which an assumed sequence length must not pass; None for other models."""
-    from llmc.spec.task import read_spec
-
-    try:
-        spec = read_spec(model.metadata_props, "model.onnx")
-    except LlmcError:
-        return None  # a bad record is reported where the task is read
-    return spec.context if spec is not None and spec.task.encoder else None
 
 
 def _fixed(dim: object) -> bool:
