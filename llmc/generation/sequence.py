@@ -249,6 +249,8 @@ class Sequence:
         sequence to ``on_done``."""
         if self.reason is None:
             self.reason = reason or "length"
+            if error is None and self.reason != "cancelled" and self.on_text is not None and self.tokenizer is not None:
+                self._stream()  # ended from outside (a run's end): the rest of its answer
         self.error = error
         self.finished_at = time.perf_counter()
         if self.on_done is not None:
@@ -258,6 +260,7 @@ class Sequence:
         """Take ``result`` (generated elsewhere, e.g. with drafts) as this sequence's tokens, and finish."""
         self.first_token_at = self.created + result.ttft_ms / 1000
         self.tokens = list(result.token_ids)
+        self.emitted = self.text() or ""  # its stream ran there (llmc.generation.loop.Rows)
         self.drafted, self.accepted = result.drafted, result.accepted
         for token in self.tokens:
             self.counts[token] = self.counts.get(token, 0) + 1

@@ -5,10 +5,11 @@ run as ``n`` sequences by the artifact's :class:`~llmc.serving.decoding.Decoding
 batching where the artifact allows it). Answers carry ``usage`` (prompt, completion and total
 tokens; streams only with ``stream_options.include_usage``, in one last chunk whose ``choices``
 is empty) and, when asked, ``logprobs`` in each API's shape (chat: ``content`` entries with
-``token``/``logprob``/``bytes``/``top_logprobs``, ``bytes`` the token's own (``llmc.model.token_bytes``);
-completions: ``tokens``/``token_logprobs``/``top_logprobs``/``text_offset``), for the tokens of the
-answer (``llmc.generation.streamed``: not a stop string's after it). A request whose client goes away (a stream's, or one waiting
-for its whole answer) cancels its sequences: their slots are free at the next step.
+``token``/``logprob``/``bytes``/``top_logprobs``, ``bytes`` the token's own
+(``llmc.model.token_bytes``); completions: ``tokens``/``token_logprobs``/``top_logprobs``/
+``text_offset``), for the tokens of the answer (``llmc.generation.streamed``: not a stop string's
+after it). A request whose client goes away (a stream's, or one waiting for its whole answer)
+cancels its sequences: their slots are free at the next step.
 ``--result-cache`` answers a repeated greedy request (same prompt and settings, no logprobs or
 grammar) from memory.
 """
@@ -86,7 +87,7 @@ async def _run(engine: Any, ids: list[int], params: Any, n: int,
             if gone is not None and await gone():
                 raise BadRequest("the client closed the connection before the answer", CLIENT_GONE)
         finished = everything.result()
-    except (asyncio.CancelledError, BadRequest):
+    except BaseException:  # cancelled, the client gone, or asking for it failed: free the slots
         for sequence in sequences:
             sequence.cancel()
         raise

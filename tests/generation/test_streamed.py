@@ -117,3 +117,19 @@ def test_the_rules():
     ids = [PARIS, DOT, NEWLINE, NEWLINE]
     assert covering(TOKENIZER, ids, len(" Paris.")) == 2 and covering(TOKENIZER, ids, len(" Pa")) == 1
     assert covering(TOKENIZER, ids, 100) == 4 and covering(TOKENIZER, ids, 0) == 0
+
+
+def test_a_sequence_ended_from_outside_streams_the_rest_and_an_adopted_one_nothing_twice():
+    from llmc.generation.result import GenerationResult
+
+    sequence, streamed = _sequence([PARIS, DOT, NEWLINE], ("\n\n",), limit=10)
+    assert "".join(p for p, _ in streamed) == " Paris."  # "\n" may start the stop string
+    sequence.finish()  # a run's end (the scheduler's, run_alone's)
+    assert "".join(p for p, _ in streamed) == sequence.text() == " Paris.\n"
+    cancelled, streamed = _sequence([PARIS, DOT, NEWLINE], ("\n\n",), limit=10)
+    cancelled.finish("cancelled")
+    assert "".join(p for p, _ in streamed) == " Paris."  # nobody reads a cancelled stream
+    pieces: list[str] = []  # generate() streamed it already (--slots 1 with drafts)
+    adopted = Sequence([0], SequenceParams(max_new_tokens=5), {EOS}, TOKENIZER, on_text=lambda t, r: pieces.append(t))
+    adopted.adopt(GenerationResult([PARIS, DOT], " Paris.", 1.0, 1.0, 1, "length"))
+    assert pieces == [] and adopted.text() == " Paris."
