@@ -234,8 +234,12 @@ def _unknown_model(name: Any, settings: ServeSettings) -> BadRequest:
 
 
 def _check_model(engine: Engine, body: Any) -> None:
-    if isinstance(body, dict) and body.get("model") is not None and body["model"] != engine.settings.served_model:
-        raise _unknown_model(body["model"], engine.settings)
+    """A ``model`` that is not a string is a 400; one this server does not serve, a 404."""
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is not None and not isinstance(model, str):
+        raise BadRequest('"model" must be a string (the id GET /v1/models lists)', param="model")
+    if model is not None and model != engine.settings.served_model:
+        raise _unknown_model(model, engine.settings)
 
 
 async def read_json(request: Any) -> Any:

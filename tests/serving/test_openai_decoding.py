@@ -169,7 +169,7 @@ def test_a_client_gone_frees_its_slot(server):
 @pytest.mark.parametrize(("body", "param", "status"), [
     ({"n": 17}, "n", 400), ({"temperature": 3}, "temperature", 400), ({"stream": "false"}, "stream", 400),
     ({"top_logprobs": 2}, "top_logprobs", 400), ({"tools": [{"type": "function"}]}, "tools", 400),
-    ({"model": "gpt-4"}, "model", 404), ({"stop": ["a", "b", "c", "d", "e"]}, "stop", 400),
+    ({"model": "gpt-4"}, "model", 404), ({"model": 5}, "model", 400), ({"stop": ["a", "b", "c", "d", "e"]}, "stop", 400),
     ({"presence_penalty": 5}, "presence_penalty", 400), ({"temperature": float("nan")}, None, 400),
     ({"messages": [{"role": "user", "content": " ".join(["w5"] * 600)}]}, "messages", 400),
     ({"messages": [{"role": "user", "content": " ".join(["w5"] * 20_000)}]}, "messages", 400),
