@@ -17,6 +17,8 @@ grammar) from memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -39,22 +41,25 @@ async def complete(engine: Any, body: Any, chat: bool, streaming: Any, json_resp
         raise BadRequest("this artifact is not a decoder: POST /v1/infer", 404)
     request = parse(body, chat, engine.settings.max_new_tokens)
     decoding = engine.decoding
-    # templating and tokenizing a long prompt take milliseconds: off the event loop (/health stays quick)
-    ids, max_tokens = await asyncio.get_running_loop().run_in_executor(
-        None, decoding.prompt_ids, request, engine.settings.max_new_tokens)
-    params = decoding.params(request, max_tokens)
+    parts = []  # (prompt ids, settings) of each prompt, answered n times each
+    for part in [request] if chat else [dataclasses.replace(request, prompt=p) for p in request.prompts]:
+        # templating and tokenizing a long prompt take milliseconds: off the event loop (/health stays quick)
+        ids, max_tokens = await asyncio.get_running_loop().run_in_executor(
+            None, decoding.prompt_ids, part, engine.settings.max_new_tokens)
+        parts.append((ids, decoding.params(part, max_tokens)))
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     if request.stream:
-        stream = _Stream(engine, ids, params, request)
+        stream = _Stream(engine, parts, request.n)
         await engine.decoding.run(stream.sequences)  # a refusal is still an error response here
         return streaming(_events(engine, stream, request, ident), media_type="text/event-stream")
-    key = (tuple(ids), params, request.n) if _cacheable(params) else None
+    cacheable = all(_cacheable(params) for _, params in parts)
+    key = (tuple((tuple(ids), params) for ids, params in parts), request.n) if cacheable else None
     if key is not None and key in engine.results:  # an exact repeat: the same answer
         engine.results.move_to_end(key)
         engine.metrics.count("result_cache_hit")
         sequences = engine.results[key]
     else:
-        sequences = await _run(engine, ids, params, request.n, gone)
+        sequences = await _run(engine, parts, request.n, gone)
         if key is not None and engine.settings.result_cache > 0:
             engine.results[key] = sequences
             while len(engine.results) > engine.settings.result_cache:
@@ -66,19 +71,20 @@ def _cacheable(params: Any) -> bool:
     return params.sampling.greedy and not params.logprobs and params.constraint_factory is None
 
 
-async def _run(engine: Any, ids: list[int], params: Any, n: int,
+async def _run(engine: Any, parts: list[tuple[list[int], Any]], n: int,
                gone: Optional[Callable[[], Awaitable[bool]]] = None) -> list[Sequence]:
-    """Run ``n`` sequences of ``ids`` to their end; cancelled (their slots free at the next step)
-    if this request is, or if its client goes away (``gone``, asked every :data:`POLL_SECONDS`)."""
+    """Run ``n`` sequences of each part's prompt ids with its settings to their end, in order;
+    cancelled (their slots free at the next step) if this request is, or if its client goes away
+    (``gone``, asked every :data:`POLL_SECONDS`)."""
     loop = asyncio.get_running_loop()
-    futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(n)]
+    futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(n * len(parts))]
     order: dict[int, int] = {}
 
     def done(sequence: Sequence) -> None:
         future = futures[order[id(sequence)]]
         loop.call_soon_threadsafe(lambda: future.done() or future.set_result(sequence))
 
-    sequences = engine.decoding.sequences(ids, params, n, None, done)
+    sequences = [s for ids, params in parts for s in engine.decoding.sequences(ids, params, n, None, done)]
     order.update({id(s): i for i, s in enumerate(sequences)})
     await engine.decoding.run(sequences)
     everything = asyncio.gather(*futures)
@@ -114,8 +120,8 @@ def _finish(sequence: Sequence) -> str:
     return "length" if sequence.reason in ("length", "cancelled") else "stop"
 
 
-def _usage(sequences: list[Sequence]) -> dict[str, int]:
-    prompt = len(sequences[0].prompt)
+def _usage(sequences: list[Sequence], n: int) -> dict[str, int]:
+    prompt = sum(len(s.prompt) for s in sequences[::n])  # each prompt once (n choices each)
     made = sum(len(s.tokens) for s in sequences)
     return {"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made}
 
@@ -133,7 +139,7 @@ def _answer(sequences: list[Sequence], request: CompletionRequest, ident: str, t
         choice["finish_reason"] = _finish(sequence)
         choices.append(choice)
     return {"id": ident, "object": "chat.completion" if request.chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": _usage(sequences)}
+            "model": model, "choices": choices, "usage": _usage(sequences, request.n)}
 
 
 def _token(tokenizer: Any, token: int) -> tuple[str, list[int]]:
@@ -164,7 +170,7 @@ def _logprobs(records: list[TokenLogprob], request: CompletionRequest, tokenizer
 class _Stream:
     """A streamed request's sequences and the queue their pieces and ends come through."""
 
-    def __init__(self, engine: Any, ids: list[int], params: Any, request: CompletionRequest) -> None:
+    def __init__(self, engine: Any, parts: list[tuple[list[int], Any]], n: int) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         order: dict[int, int] = {}
@@ -175,7 +181,10 @@ class _Stream:
         def done(sequence: Sequence) -> None:
             loop.call_soon_threadsafe(self.queue.put_nowait, (order[id(sequence)], None, None, sequence))
 
-        self.sequences = engine.decoding.sequences(ids, params, request.n, text, done)
+        self.sequences: list[Sequence] = []
+        for first, (ids, params) in enumerate(parts):  # choice index: prompt x n + the prompt's choice
+            told = functools.partial(lambda base, i, piece, records: text(base + i, piece, records), first * n)
+            self.sequences += engine.decoding.sequences(ids, params, n, told, done)
         order.update({id(s): i for i, s in enumerate(self.sequences)})
 
 
@@ -183,12 +192,12 @@ async def _events(engine: Any, stream: _Stream, request: CompletionRequest, iden
     """Server-sent events: each choice's text as it is decoded, its finish, the usage if asked."""
     kind = "chat.completion.chunk" if request.chat else "text_completion"
     base = {"id": ident, "object": kind, "created": int(time.time()), "model": engine.settings.served_model}
-    tokenizer, offsets = engine.decoding.tokenizer, [0] * request.n
+    tokenizer, offsets = engine.decoding.tokenizer, [0] * len(stream.sequences)
     try:
         if request.chat:
             for index in range(request.n):
                 yield _sse({**base, "choices": [_chunk(index, {"role": "assistant", "content": ""}, request, None)]})
-        remaining = request.n
+        remaining = len(stream.sequences)
         while remaining:
             index, piece, records, finished = await stream.queue.get()
             if finished is None:
@@ -205,7 +214,7 @@ async def _events(engine: Any, stream: _Stream, request: CompletionRequest, iden
             empty = {} if request.chat else ""
             yield _sse({**base, "choices": [_chunk(index, empty, request, None, _finish(finished))]})
         if request.include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(stream.sequences)})
+            yield _sse({**base, "choices": [], "usage": _usage(stream.sequences, request.n)})
         yield "data: [DONE]\n\n"
     finally:
         for sequence in stream.sequences:  # a client gone: free the slots at the next step

@@ -96,6 +96,11 @@ class Decoding:
             if request.chat:
                 text = texts.chat_messages(self.artifact, request.messages)
                 ids = texts.encode(self.tokenizer, text, special=False)
+            elif isinstance(request.prompt, tuple):  # token ids
+                ids = list(request.prompt)
+                if not all(0 <= token < self.vocab for token in ids):
+                    raise BadRequest(f"the prompt's token ids must be in [0, {self.vocab}): this model's vocabulary",
+                                     param=param)
             else:
                 ids = texts.encode(self.tokenizer, request.prompt)
         except LlmcError as exc:
@@ -123,6 +128,8 @@ class Decoding:
         if limit is None:
             return
         texts_ = [m["content"] for m in request.messages] if request.chat else [request.prompt]
+        if not request.chat and not isinstance(request.prompt, str):
+            return  # token ids: their count is checked against the limits
         chars = sum(len(t) for t in texts_)
         if chars > limit * self.longest_token:
             raise BadRequest(f"the prompt is {chars} characters, more than {limit} tokens can hold: shorten it",

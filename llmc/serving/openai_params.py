@@ -1,6 +1,7 @@
 """OpenAI's completion request fields, checked strictly before any work: one :class:`BadRequest` each.
 
-``/v1/completions``: ``prompt`` (a string); ``/v1/chat/completions``: ``messages`` (role/content
+``/v1/completions``: ``prompt`` (a string, token ids, or a list of either: each prompt answered
+``n`` times, at most ``MAX_N`` choices in all); ``/v1/chat/completions``: ``messages`` (role/content
 turns). Both: ``n`` (1..``MAX_N``), ``max_tokens`` (chat: also ``max_completion_tokens``, which
 wins; absent: completions 16, chat as many as fit the context, at most the server's cap), ``temperature`` (0..2), ``top_p`` (0..1, above 0), ``seed`` (absent: a fresh one per request, so repeated sampled requests
 differ, as OpenAI's do), ``stop`` (a string or up to 4),
@@ -32,7 +33,7 @@ UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias
 @dataclasses.dataclass(frozen=True)
 class CompletionRequest:
     chat: bool
-    prompt: Optional[str]
+    prompt: Optional[str | tuple[int, ...]]  # text or token ids: the first (or only) of ``prompts``
     messages: Optional[list[dict[str, str]]]
     n: int
     max_tokens: Optional[int]  # None: as many as fit (chat without max_tokens)
@@ -49,6 +50,7 @@ class CompletionRequest:
     response_format: Optional[dict[str, Any]]
     min_tokens: int
     ignore_eos: bool
+    prompts: tuple[str | tuple[int, ...], ...] = ()  # completions: every prompt, each answered ``n`` times
 
 
 def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
@@ -60,7 +62,7 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
         if body.get(key) not in (None, False, [], {}, 1 if key == "best_of" else None):
             raise BadRequest(f'"{key}" is not supported by this server; remove it', param=key)
     messages = _messages(body) if chat else None
-    prompt = None if chat else _prompt(body)
+    prompts = () if chat else _prompts(body)
     default = min(16, max_new_tokens)  # OpenAI's completions default, within the server's cap
     max_tokens = None if chat and body.get("max_tokens") is None else _number(body, "max_tokens", default, int, 1,
                                                                                max_new_tokens)
@@ -78,11 +80,16 @@ def parse(body: Any, chat: bool, max_new_tokens: int) -> CompletionRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise BadRequest('"user" must be a string', param="user")
+    n = _number(body, "n", 1, int, 1, MAX_N)
+    if len(prompts) * n > MAX_N:
+        raise BadRequest(f'{len(prompts)} prompts with "n" {n} are {len(prompts) * n} choices; at most {MAX_N} a '
+                         "request", param="prompt")
     top_p = _number(body, "top_p", 1.0, float, 0.0, 1.0)
     if top_p == 0.0:
         raise BadRequest('"top_p" must be above 0', param="top_p")
     return CompletionRequest(
-        chat=chat, prompt=prompt, messages=messages, n=_number(body, "n", 1, int, 1, MAX_N), max_tokens=max_tokens,
+        chat=chat, prompt=prompts[0] if prompts else None, prompts=prompts, messages=messages, n=n,
+        max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, float, 0.0, 2.0), top_p=top_p,
         seed=_seed(body), stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", 0.0, float, -2.0, 2.0),
@@ -121,13 +128,20 @@ def _seed(body: dict[str, Any]) -> int:
     return _number(body, "seed", 0, int, -(2**63), 2**63 - 1) % 2**63
 
 
-def _prompt(body: dict[str, Any]) -> str:
+def _prompts(body: dict[str, Any]) -> tuple[str | tuple[int, ...], ...]:
+    """OpenAI's ``prompt``: a string, a list of strings, a list of token ids, or a list of those."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]  # the client's list form of one prompt
-    if not isinstance(prompt, str) or not prompt:
-        raise BadRequest('"prompt" must be a non-empty string', param="prompt")
-    return prompt
+    if isinstance(prompt, str) or _ids(prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) and p or _ids(p) for p in prompt):
+        raise BadRequest('"prompt" must be a non-empty string, token ids, or a non-empty list of either',
+                         param="prompt")
+    return tuple(p if isinstance(p, str) else tuple(p) for p in prompt)
+
+
+def _ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:

@@ -104,6 +104,37 @@ def test_n_choices_seeds_and_max_completion_tokens(server):
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
 
 
+def test_completions_take_a_list_of_prompts_and_token_ids(server, direct):
+    """OpenAI's prompt forms: each of a list of prompts answered n times (choice index = prompt x n +
+    choice), token ids as the text's own, streamed as whole; usage counts every prompt once."""
+    from llmc.model import text as texts
+
+    client = _client(server)
+    prompts = ["w5 w6", "w7", "w8 w9 w10"]
+    alone = [client.completions.create(model="tiny-chat", prompt=p, max_tokens=6, temperature=0).choices[0].text
+             for p in prompts]
+    together = client.completions.create(model="tiny-chat", prompt=prompts, n=2, max_tokens=6, temperature=0)
+    assert [c.index for c in together.choices] == list(range(6))
+    assert [c.text for c in together.choices] == [a for a in alone for _ in range(2)]
+    tokenizer = texts.load_tokenizer(direct.artifact.path)
+    ids = [texts.encode(tokenizer, p) for p in prompts]
+    assert together.usage.prompt_tokens == sum(len(i) for i in ids)
+    by_ids = client.completions.create(model="tiny-chat", prompt=ids, max_tokens=6, temperature=0)
+    assert [c.text for c in by_ids.choices] == alone
+    one = client.completions.create(model="tiny-chat", prompt=ids[0], max_tokens=6, temperature=0)
+    assert one.choices[0].text == alone[0]
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(model="tiny-chat", prompt=prompts, max_tokens=6, temperature=0, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == alone
+    for bad in ([], [""], [[]], [1, "a"], [[10**9]]):
+        answer = requests.post(server + "/v1/completions", json={"prompt": bad, "max_tokens": 2}, timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "prompt", (bad, answer.text)
+    answer = requests.post(server + "/v1/completions", json={"prompt": ["w5"] * 9, "n": 2}, timeout=10)
+    assert answer.status_code == 400 and "18 choices" in answer.json()["error"]["message"]
+
+
 def test_logprobs_in_both_apis(server):
     client = _client(server)
     answer = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "w9"}],

@@ -65,7 +65,7 @@ def test_a_whole_answer_whose_client_goes_is_cancelled():
 
     async def main():
         with pytest.raises(BadRequest) as caught:
-            await asyncio.wait_for(completions._run(Engine(), [1, 2], SequenceParams(), 2, gone), timeout=10)
+            await asyncio.wait_for(completions._run(Engine(), [([1, 2], SequenceParams())], 2, gone), timeout=10)
         return caught.value
 
     previous, completions.POLL_SECONDS = completions.POLL_SECONDS, 0.01
