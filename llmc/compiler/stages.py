@@ -36,6 +36,7 @@ from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.loader import SLOWER_ORT_FUSIONS
 from llmc.spec.target import FamilyUse
+from llmc.spec.task import encoder_positions
 
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 Log = Callable[[str], None]
@@ -135,7 +136,7 @@ def prepare(
         if name != "all" and name not in pipeline.names():
             raise LlmcError(f"--dump-ir-after '{name}' is not in the pipeline ({pipeline}); use a pass from it or 'all'")
     target.preflight(request, ir_model)
-    concrete, assumed = resolve_shapes(ir_model, request.shapes, _positions(ir_model))
+    concrete, assumed = resolve_shapes(ir_model, request.shapes, encoder_positions(ir_model.metadata_props))
     feeds = feeds_for(ir_model, concrete, request.inputs, request.seed)
     prefill = cache_prefill(ir_model, feeds, request.seed) if request.inputs is None else None
     if prefill is not None:
@@ -287,16 +288,3 @@ def target_passes(
     enabled, _ = enabled_families(spec.name, spec.fusions, device, fusions)
     options = {"keep_logits": device != "tensorrt", **options}
     return parse_pipeline(spec.pipeline), PassOptions(fusions=tuple(enabled), **options)
-
-
-def _positions(model: ir.Model) -> int | None:
-    """The tokens an encoder export's position table holds (its task record), which an assumed
-    sequence length must not pass; None for other models (and a record read badly: the task's
-    reader reports it)."""
-    from llmc.spec.task import read_spec
-
-    try:
-        spec = read_spec(model.metadata_props, "model.onnx")
-    except LlmcError:
-        return None
-    return spec.context if spec is not None and spec.task.encoder else None

@@ -84,7 +84,8 @@ async def _run(engine: Any, parts: list[tuple[list[int], Any]], n: int,
         future = futures[order[id(sequence)]]
         loop.call_soon_threadsafe(lambda: future.done() or future.set_result(sequence))
 
-    sequences = [s for ids, params in parts for s in engine.decoding.sequences(ids, params, n, None, done)]
+    sequences = [s for first, (ids, params) in enumerate(parts)
+                 for s in engine.decoding.sequences(ids, params, n, None, done, first * n)]
     order.update({id(s): i for i, s in enumerate(sequences)})
     await engine.decoding.run(sequences)
     everything = asyncio.gather(*futures)
@@ -184,7 +185,7 @@ class _Stream:
         self.sequences: list[Sequence] = []
         for first, (ids, params) in enumerate(parts):  # choice index: prompt x n + the prompt's choice
             told = functools.partial(lambda base, i, piece, records: text(base + i, piece, records), first * n)
-            self.sequences += engine.decoding.sequences(ids, params, n, told, done)
+            self.sequences += engine.decoding.sequences(ids, params, n, told, done, first * n)
         order.update({id(s): i for i, s in enumerate(self.sequences)})
 
 

@@ -170,12 +170,14 @@ class Decoding:
 
     def sequences(
         self, ids: list[int], params: SequenceParams, n: int, on_text: Optional[Callable[..., None]],
-        on_done: Callable[[Sequence], None],
+        on_done: Callable[[Sequence], None], first: int = 0,
     ) -> list[Sequence]:
+        """``n`` choices of ``ids``; ``first``: the request's choices before them (several prompts),
+        so every choice of a request draws its own random numbers."""
         return [
             Sequence(ids, params, self.eos, self.tokenizer,
                      on_text=(lambda piece, probs, i=i: on_text(i, piece, probs)) if on_text else None,
-                     on_done=on_done, seed_offset=i)
+                     on_done=on_done, seed_offset=first + i)
             for i in range(n)
         ]
 

@@ -175,3 +175,14 @@ def read_spec(metadata: Mapping[str, str], where: str) -> TaskSpec | None:
     """The spec a model's ``metadata_props`` carry, None for a model exported without one."""
     text = metadata.get(TASK_METADATA)
     return None if text is None else TaskSpec.from_json(text, where)
+
+
+def encoder_positions(metadata: Mapping[str, str]) -> int | None:
+    """The tokens an encoder export's position table holds (its task record's ``context``), which an
+    assumed sequence length must not pass (``llmc.model.feeds.resolve_shapes``' ``longest``); None
+    for other models, and for a record read badly (the task's reader reports it)."""
+    try:
+        spec = read_spec(metadata, "model.onnx")
+    except LlmcError:
+        return None
+    return spec.context if spec is not None and spec.task.encoder else None

@@ -507,6 +507,10 @@ def test_an_encoder_reads_at_most_its_position_table(classifier_dir, tmp_path):
     runner = llmc.load(built.path, threads=1)
     long, cut = " ".join(["w5", "w9"] * 100), " ".join(["w5", "w9"] * 32)  # 200 tokens; the first 64
     assert runner.classify([long]) == runner.classify([cut])
+    for command in (["check", str(tmp_path / "onnx" / "model.onnx"), str(built.path)], ["bench", str(built.path),
+                    "--runs", "2"], ["inspect", str(built.path), "--memory"]):  # seeded inputs of 64 tokens too
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
     roberta = _model("RobertaModel", "RobertaConfig", max_position_embeddings=66, pad_token_id=1)
     assert position_table(roberta) == (64, "the model's position embeddings (66 rows, from row 2)")
     assert position_table(_model("BertModel")) == (64, "the model's position embeddings (64 rows)")

@@ -124,7 +124,7 @@ def test_a_sequence_ended_from_outside_streams_the_rest_and_an_adopted_one_nothi
 
     sequence, streamed = _sequence([PARIS, DOT, NEWLINE], ("\n\n",), limit=10)
     assert "".join(p for p, _ in streamed) == " Paris."  # "\n" may start the stop string
-    sequence.finish()  # a run's end (the scheduler's, run_alone's)
+    sequence.finish()  # ended by its loop (run_alone), not by a token
     assert "".join(p for p, _ in streamed) == sequence.text() == " Paris.\n"
     cancelled, streamed = _sequence([PARIS, DOT, NEWLINE], ("\n\n",), limit=10)
     cancelled.finish("cancelled")

@@ -131,6 +131,11 @@ def test_completions_take_a_list_of_prompts_and_token_ids(server, direct):
     for bad in ([], [""], [[]], [1, "a"], [[10**9]]):
         answer = requests.post(server + "/v1/completions", json={"prompt": bad, "max_tokens": 2}, timeout=10)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "prompt", (bad, answer.text)
+    # every choice of a request draws its own numbers: a prompt listed twice is a prompt with n=2
+    sampled = {"max_tokens": 8, "temperature": 1.0, "seed": 3, "extra_body": {"min_tokens": 8}}
+    listed = client.completions.create(model="tiny-chat", prompt=["w5", "w5"], **sampled)
+    twice = client.completions.create(model="tiny-chat", prompt="w5", n=2, **sampled)
+    assert [c.text for c in listed.choices] == [c.text for c in twice.choices]
     answer = requests.post(server + "/v1/completions", json={"prompt": ["w5"] * 9, "n": 2}, timeout=10)
     assert answer.status_code == 400 and "18 choices" in answer.json()["error"]["message"]
 

@@ -47,7 +47,7 @@ def test_a_whole_answer_whose_client_goes_is_cancelled():
     made: list[Sequence] = []
 
     class Decoding:  # sequences that never finish unless cancelled
-        def sequences(self, ids, params, n, on_text, on_done):
+        def sequences(self, ids, params, n, on_text, on_done, first=0):
             made.extend(Sequence(ids, params, set(), None, on_done=on_done) for _ in range(n))
             return made
 
