@@ -85,15 +85,14 @@ def bench(
     given = [flag for flag, value in zip(DECODE_ONLY, values, strict=True) if value]
     if given:
         raise LlmcError(f"{given[0]} is used with --decode")
-    from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
+    from llmc.model.feeds import feeds_for, parse_shape_specs
     from llmc.model.io import load_model
     from llmc.runtime.bench import resolve_bench_model, run_benchmark
-    from llmc.spec.task import encoder_positions
+    from llmc.spec.task import task_shapes
 
     targets = [resolve_bench_model(m, threads=threads, level=level, padding=padding) for m in models]
     first = load_model(targets[0].model_path)
-    longest = encoder_positions(first.metadata_props)
-    feeds = feeds_for(first, resolve_shapes(first, parse_shape_specs(shape), longest)[0], inputs, seed)
+    feeds = feeds_for(first, task_shapes(first, parse_shape_specs(shape))[0], inputs, seed)
     results = run_benchmark(targets, feeds, runs=runs, warmup=warmup, measure_rss=rss)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))

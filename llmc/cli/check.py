@@ -33,19 +33,18 @@ def check(
     """Compare outputs of ORIGINAL and ARTIFACT (ONNX Runtime, ORT_DISABLE_ALL); exit 1 on mismatch."""
     from llmc.fp16.check import artifact_feeds
     from llmc.model.compare import check_finite_reference, check_same_interface, compare_outputs
-    from llmc.model.feeds import feeds_for, parse_shape_specs, resolve_shapes
+    from llmc.model.feeds import feeds_for, parse_shape_specs
     from llmc.model.io import load_model
     from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, create_session
     from llmc.runtime.ort.errors import run_context
-    from llmc.spec.task import encoder_positions
+    from llmc.spec.task import task_shapes
 
     source = load_model(original)
     candidate_path = _artifact_model(artifact)
     manifest, tolerance = _precision_tolerance(artifact, tolerance)
     candidate = load_model(candidate_path)
     check_same_interface(source, candidate, (str(original), str(candidate_path)))
-    longest = encoder_positions(source.metadata_props)
-    feeds = feeds_for(source, resolve_shapes(source, parse_shape_specs(shape), longest)[0], inputs, seed)
+    feeds = feeds_for(source, task_shapes(source, parse_shape_specs(shape))[0], inputs, seed)
     with run_context("ORIGINAL fails on the inputs: give ones it accepts with --shape or --inputs"):
         ref = OrtRunner(create_session(original, REFERENCE_CONFIG, source)).run(feeds)
     check_finite_reference(ref, str(original), seeded=inputs is None)

@@ -72,11 +72,11 @@ def _check_artifact(path: Path) -> None:
 
 
 def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: Path | None, as_json: bool) -> None:
-    from llmc.model.feeds import parse_shape_sets, resolve_shapes
+    from llmc.model.feeds import parse_shape_sets
     from llmc.model.io import load_model
     from llmc.passes.memory.planner import analyze_memory
     from llmc.runtime.artifact import MODEL_FILE
-    from llmc.spec.task import encoder_positions
+    from llmc.spec.task import task_shapes
 
     if alignment < 1:
         raise LlmcError(f"--alignment must be at least 1 byte, not {alignment}")
@@ -84,8 +84,7 @@ def _inspect_memory(path: Path, specs: list[str] | None, alignment: int, plot: P
         check_png(plot)
     model_path = path / MODEL_FILE if path.is_dir() and (path / MODEL_FILE).is_file() else path
     model = load_model(model_path)
-    longest = encoder_positions(model.metadata_props)
-    resolved = [resolve_shapes(model, given, longest) for given in parse_shape_sets(specs)]
+    resolved = [task_shapes(model, given) for given in parse_shape_sets(specs)]
     analysis = analyze_memory(model, [r[0] for r in resolved], alignment=alignment, reorder=True)
     if plot is not None:
         from llmc.passes.memory.plot import plot_memory

@@ -25,7 +25,7 @@ from llmc.errors import LlmcError
 from llmc.model import io as model_io
 from llmc.model import sparsity
 from llmc.model.compare import Comparison, check_finite_reference
-from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, resolve_shapes, with_computed_cache
+from llmc.model.feeds import CachePrefill, cache_prefill, feeds_for, with_computed_cache
 from llmc.model.values import count_nodes
 from llmc.passes.fusion import enabled_families, explain, fused_op_counts
 from llmc.passes.instruments import DifferentialInstrument, DumpIRInstrument, Instrument, VerifyEachInstrument
@@ -36,7 +36,7 @@ from llmc.runtime.ort import REFERENCE_CONFIG, OrtRunner, SessionConfig, create_
 from llmc.runtime.ort.errors import run_context
 from llmc.runtime.ort.loader import SLOWER_ORT_FUSIONS
 from llmc.spec.target import FamilyUse
-from llmc.spec.task import encoder_positions
+from llmc.spec.task import task_shapes
 
 ModelLike = str | Path | onnx.ModelProto | ir.Model
 Log = Callable[[str], None]
@@ -136,7 +136,7 @@ def prepare(
         if name != "all" and name not in pipeline.names():
             raise LlmcError(f"--dump-ir-after '{name}' is not in the pipeline ({pipeline}); use a pass from it or 'all'")
     target.preflight(request, ir_model)
-    concrete, assumed = resolve_shapes(ir_model, request.shapes, encoder_positions(ir_model.metadata_props))
+    concrete, assumed = task_shapes(ir_model, request.shapes)
     feeds = feeds_for(ir_model, concrete, request.inputs, request.seed)
     prefill = cache_prefill(ir_model, feeds, request.seed) if request.inputs is None else None
     if prefill is not None:

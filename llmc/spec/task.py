@@ -177,12 +177,14 @@ def read_spec(metadata: Mapping[str, str], where: str) -> TaskSpec | None:
     return None if text is None else TaskSpec.from_json(text, where)
 
 
-def encoder_positions(metadata: Mapping[str, str]) -> int | None:
-    """The tokens an encoder export's position table holds (its task record's ``context``), which an
-    assumed sequence length must not pass (``llmc.model.feeds.resolve_shapes``' ``longest``); None
-    for other models, and for a record read badly (the task's reader reports it)."""
+def task_shapes(model: Any, given: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """``llmc.model.feeds.resolve_shapes`` of an ``onnx_ir`` model, an assumed sequence no longer
+    than the tokens an encoder export's position table holds (its task record's ``context``; a
+    record read badly is reported where the task is read)."""
+    from llmc.model.feeds import resolve_shapes
+
     try:
-        spec = read_spec(metadata, "model.onnx")
+        spec = read_spec(model.metadata_props, "model.onnx")
     except LlmcError:
-        return None
-    return spec.context if spec is not None and spec.task.encoder else None
+        spec = None
+    return resolve_shapes(model, given, spec.context if spec is not None and spec.task.encoder else None)

@@ -33,13 +33,11 @@ class MemoryReorderPass(LlmcPass):
         self.skipped: str | None = None  # why the graph could not be planned
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from llmc.model.feeds import resolve_shapes
         from llmc.passes.memory.planner import analyze_memory
-        from llmc.spec.task import encoder_positions
+        from llmc.spec.task import task_shapes
 
         try:
-            longest = encoder_positions(model.metadata_props)
-            sets = [dict(s) for s in self.options.memory_shapes] or [resolve_shapes(model, None, longest)[0]]
+            sets = [dict(s) for s in self.options.memory_shapes] or [task_shapes(model)[0]]
             self.analysis = analyze_memory(
                 model, sets, alignment=self.options.memory_alignment or DEFAULT_ALIGNMENT, reorder=True
             )
