@@ -203,8 +203,7 @@ class Sequence:
             self.reason = "eos"  # the grammar's value is complete
         elif len(self.tokens) >= self.params.max_new_tokens:
             self.reason = "length"
-        if self.on_text is not None and self.tokenizer is not None:
-            self._stream()
+        self._stream()
 
     def text(self) -> Optional[str]:
         return self._cut()[0] if self.tokenizer is not None else None
@@ -217,7 +216,9 @@ class Sequence:
     def _stream(self) -> None:
         """Hand ``on_text`` what of the text is ready (``llmc.generation.streamed``) with the
         logprobs of the tokens it covers; once finished, the rest of the answer's logprobs even
-        where no text is left."""
+        where no text is left. Nothing without a caller to tell or a tokenizer."""
+        if self.on_text is None or self.tokenizer is None:
+            return
         text = self.text() or ""
         finished = self.reason is not None
         new = piece(ready(text, self.params.stop, finished), self.emitted)
@@ -249,8 +250,8 @@ class Sequence:
         sequence to ``on_done``."""
         if self.reason is None:
             self.reason = reason or "length"
-            if error is None and self.reason != "cancelled" and self.on_text is not None and self.tokenizer is not None:
-                self._stream()  # ended from outside (a run's end): the rest of its answer
+            if error is None and self.reason != "cancelled":
+                self._stream()  # ended by its loop, not by a token: the rest of its answer
         self.error = error
         self.finished_at = time.perf_counter()
         if self.on_done is not None:

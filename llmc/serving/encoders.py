@@ -37,6 +37,7 @@ import numpy as np
 
 from llmc.errors import LlmcError
 from llmc.serving.errors import EMPTY, TOO_LARGE, UNSUPPORTED, BadRequest
+from llmc.serving.openai_params import token_ids
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs in one embeddings request
 _TOKENIZER = threading.Lock()  # the task model's tokenizer sets its truncation before each encode
@@ -61,9 +62,7 @@ def _texts(value: Any, field: str, max_items: int = MAX_INPUTS) -> list[str]:
 
 
 def _token_ids(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or (
-        isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    )
+    return isinstance(value, int) and not isinstance(value, bool) or token_ids(value)
 
 
 def _flag(body: dict[str, Any], key: str, default: bool = False) -> bool:

@@ -131,15 +131,16 @@ def _seed(body: dict[str, Any]) -> int:
 def _prompts(body: dict[str, Any]) -> tuple[str | tuple[int, ...], ...]:
     """OpenAI's ``prompt``: a string, a list of strings, a list of token ids, or a list of those."""
     prompt = body.get("prompt")
-    if isinstance(prompt, str) or _ids(prompt):
+    if isinstance(prompt, str) or token_ids(prompt):
         prompt = [prompt]
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) and p or _ids(p) for p in prompt):
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(p, str) and p or token_ids(p) for p in prompt):
         raise BadRequest('"prompt" must be a non-empty string, token ids, or a non-empty list of either',
                          param="prompt")
     return tuple(p if isinstance(p, str) else tuple(p) for p in prompt)
 
 
-def _ids(value: Any) -> bool:
+def token_ids(value: Any) -> bool:
+    """``value`` is a non-empty list of token ids (integers)."""
     return isinstance(value, list) and bool(value) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value)
 
