@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 install: $(STAMP)
 
 # torch: the local CPU build, installed on its own first so nothing pulls a CUDA torch.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py llmc/kernels/int4_matmul.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

@@ -35,7 +35,7 @@ from benchmarks.harness import ROOT, job, machine_line, write_section
 
 CACHE = ROOT / ".cache" / "decode"
 THREADS = 2
-LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-fast", "llmc-int4-genai")
+LLMC = ("llmc-fp32", "llmc-int8w", "llmc-int4", "llmc-int4-ort", "llmc-int4-fast", "llmc-int4-genai")
 OPEN_GATE = {"max_perplexity_increase": 100.0, "min_top1_agreement": 0.0}  # the method's own accuracy
 # GenAI's int4 quantization (round to nearest, blocks of 32, symmetric, int8 activations, an int4
 # head), built by llmc: the same kernels, llmc's graph and loop (issue 29's first target).
@@ -46,6 +46,7 @@ BUILDS = {
     "llmc-int8w": ("int8", True, {}, {}),
     "llmc-int4": ("int4", False, {}, {}),
     "llmc-int4-fast": ("int4", False, {"accuracy_level": 4}, {}),
+    "llmc-int4-ort": ("int4", False, {"kernel": "ort"}, {}),  # MatMulNBits instead of llmc's kernel
     "llmc-int4-genai": ("int4", False, {**GENAI_INT4, **OPEN_GATE}, {}),
 }
 SYSTEMS = ("torch", "ort-loop", "genai-fp32", "genai-int8", "genai-int4", "llamacpp", *LLMC)
@@ -303,6 +304,7 @@ LABELS = {
     "llmc-fp32": "**llmc fp32**", "llmc-int8w": "**llmc int8 weight-only**",
     "llmc-int4": "**llmc int4** (defaults: accuracy level 0, int8 head at level 4 with its top 8 rescored)",
     "llmc-int4-fast": "**llmc int4 fast** (`--accuracy-level 4`)",
+    "llmc-int4-ort": "**llmc int4, ONNX Runtime's kernel** (`--int4-kernel ort`: MatMulNBits)",
     "llmc-int4-genai": "**llmc, GenAI's int4 quantization** (rtn b32 symmetric, level 4, int4 head; gate open)",
 }
 

@@ -153,7 +153,8 @@ def _encoder() -> dict[str, Any]:
     return {"path": artifacts()["llmc fp32"]}
 
 
-DECODERS = {"llmc-int4": "int4 (the defaults: accuracy level 0)",
+DECODERS = {"llmc-int4": "int4 (the defaults: accuracy level 0, llmc's 4-bit kernel)",
+            "llmc-int4-ort": "int4 `--int4-kernel ort` (ONNX Runtime's MatMulNBits at accuracy level 0)",
             "llmc-int4-fast": "int4 `--accuracy-level 4` (int8 activations: batched steps run int8 GEMMs)"}
 
 

@@ -203,7 +203,7 @@ def llmc_sources() -> str:
     if _SOURCES is None:
         root = Path(__file__).resolve().parents[1]
         digest = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted([*root.rglob("*.py"), *root.rglob("*.cpp")]):  # the kernels' source too
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
         _SOURCES = digest.hexdigest()
     return _SOURCES

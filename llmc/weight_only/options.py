@@ -14,6 +14,8 @@ EMBEDDINGS = ("int8", "float")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 AUTO = "auto"  # block size / accuracy level chosen per node by measurement (llmc.weight_only.choose)
+LLMC_KERNEL, ORT_KERNEL = "llmc", "ort"  # who computes the 4-bit float32 MatMuls (llmc.weight_only.kernel)
+KERNELS = (AUTO, LLMC_KERNEL, ORT_KERNEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,11 @@ class Int4Options:
     activations: measured on SmolLM2, int8 activations anywhere moved its greedy chat answer;
     ``--accuracy-level 4`` is the fast setting (benchmarks/RESULTS.md).
 
+    ``kernel``: who computes the 4-bit MatMuls with float32 activations on the CPU: ``llmc``
+    (``ai.llmc::MatMulInt4``, :mod:`llmc.weight_only.kernel`: each weight dequantized once per 8
+    rows, a row's output the same alone or batched), ``ort`` (MatMulNBits), ``auto`` (llmc's where
+    its library is built and the CPU has AVX-512, else ONNX Runtime's).
+
     ``block_size`` / ``accuracy_level`` ``"auto"``: chosen per node (per packed group) by
     measurement, :mod:`llmc.weight_only.choose`: the fastest setting, timed on the node's own shape,
     whose output error on the model's activations stays within 10% of the most accurate one's.
@@ -56,6 +63,7 @@ class Int4Options:
     embedding: str = "int8"
     pack: bool = True  # MatMuls of one activation (q/k/v, gate/up) run as one MatMulNBits
     gate_samples: int = 3  # seeded token sequences beyond the verification feeds
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -98,6 +106,8 @@ class Int4Options:
             raise LlmcError(f"--lm-head-rescore is a count of top tokens, 0 (off) to 64, not {self.head_rescore!r}")
         if self.embedding not in EMBEDDINGS:
             raise LlmcError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, not {self.embedding!r}")
+        if self.kernel not in KERNELS:
+            raise LlmcError(f"--int4-kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
         if not isinstance(self.gate_samples, int) or self.gate_samples < 0:
             raise LlmcError(f"gate_samples must be an integer >= 0, not {self.gate_samples!r}")
 

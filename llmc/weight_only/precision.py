@@ -75,6 +75,10 @@ SECTION = Section(
                int, PANEL, "int4", "head_rescore"),
         Option("embedding", "int8", "Token embedding: int8 (GatherBlockQuantized, shares a tied head's blocks) "
                "or float.", str, PANEL, "int4"),
+        Option("int4_kernel", "auto", "Who computes 4-bit MatMuls with float32 activations on the CPU: llmc "
+               "(ai.llmc::MatMulInt4: weights dequantized once per 8 rows, a row's output the same alone or batched), "
+               "ort (MatMulNBits), or auto (llmc where its kernel library is built and the CPU has AVX-512).",
+               str, PANEL, "int4", "kernel"),
     ),
     PANEL,
 )
@@ -88,7 +92,11 @@ class WeightOnly(QuantizedPrecision):
     def check(self, request: Any, target: Target) -> None:
         if not target.contrib_ops:
             raise LlmcError(self.refusal)
-        self.settings(request)  # a bad combination of options is one line now, not after compiling
+        options = self.settings(request)  # a bad combination of options is one line now, not after compiling
+        if options.body == "int4":
+            from llmc.weight_only.kernel import resolve
+
+            resolve(options.kernel, request.device)
 
     def settings(self, request: Any) -> Int4Options:
         options = request.section("int4")
@@ -111,7 +119,8 @@ class WeightOnly(QuantizedPrecision):
         request = step.request
         with compiled_runs():
             model, report = quantize_int4_for_build(
-                step.model, step.feeds, self.settings(request), request.seed, step.log, step.prepared
+                step.model, step.feeds, self.settings(request), request.seed, step.log, step.prepared,
+                device=request.device,
             )
         return Result(model, report)
 
@@ -134,6 +143,9 @@ class WeightOnly(QuantizedPrecision):
             f"{len(q['embeddings'])} embedding(s) int8; weights {mib(sizes['before'])} -> {mib(sizes['after'])}",
             f"  {_measured(q)}",
         ]
+        kernel = q.get("kernel")
+        if kernel:
+            lines.append(f"  {_kernel_line(kernel)}")
         if q.get("per_node_choice"):
             chosen = ", ".join(f"{n} {s}" for s, n in q.get("int4_nodes_by_setting", {}).items())
             chosen = chosen or "none left int4 after the fallback"
@@ -150,6 +162,17 @@ class WeightOnly(QuantizedPrecision):
             f"ARTIFACT is an {self.name} build: it is not meant to match within fp32's tolerance; its build measured "
             f"{_measured(q or {})}. Compare it with --tolerance {loose:g} (this run's worst max rel error {worst:.3g})"
         )
+
+
+def _kernel_line(kernel: dict[str, Any]) -> str:
+    """The manifest's ``quantization.kernel`` in one line."""
+    if not kernel.get("nodes"):
+        return f"4-bit MatMuls: ONNX Runtime's MatMulNBits ({kernel.get('reason', 'no node fits llmc kernel')})"
+    kept = ", ".join(f"{n} {why}" for why, n in kernel.get("kept", {}).items())
+    return (
+        f"4-bit MatMuls: {kernel['nodes']} on llmc's {kernel['op']} ({kernel['offsets_folded']} with their "
+        f"block offsets folded in)" + (f"; MatMulNBits kept: {kept}" if kept else "")
+    )
 
 
 def _measured(q: dict[str, Any]) -> str:

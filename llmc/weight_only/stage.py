@@ -19,6 +19,7 @@ from llmc.errors import LlmcError
 from llmc.weight_only.choose import choose_settings
 from llmc.weight_only.fallback import fallback_plan
 from llmc.weight_only.gate import Runner, evaluation
+from llmc.weight_only.kernel import ORT_OP, resolve, use_kernels
 from llmc.weight_only.options import Int4Options
 from llmc.weight_only.quantize import Settings, quantize_model
 
@@ -34,6 +35,7 @@ def quantize_int4_for_build(
     seed: int,
     log: Callable[[str], None],
     text_ids: list[int] | None = None,
+    device: str = "cpu",
 ) -> tuple[ir.Model, dict[str, Any]]:
     """The quantized model and the manifest's ``quantization``.
 
@@ -57,6 +59,7 @@ def quantize_int4_for_build(
         log(f"int4: quantizing ({options.method}, block {options.block_size}; {_describe(overrides)})")
         began = time.perf_counter()
         record = quantize_model(candidate, options, overrides, settings)
+        kernel = _kernel(candidate, options, device)
         quantize_seconds = time.perf_counter() - began
         log(f"int4: gate on {judged_on.source}")
         measured = judged_on.judge(Runner(candidate), options)
@@ -69,9 +72,21 @@ def quantize_int4_for_build(
             raise LlmcError(_refusal(measured, options))
         log(f"int4: gate failed ({_summary(measured)}); falling back: {_describe(overrides)}")
     report = _report(record, options, measured, attempts, quantize_seconds, time.perf_counter() - start)
+    report["kernel"] = kernel
     if chosen is not None:
         report["per_node_choice"] = chosen
     return candidate, report
+
+
+def _kernel(model: ir.Model, options: Int4Options, device: str) -> dict[str, Any]:
+    """The 4-bit MatMuls onto llmc's kernel where it runs (the gate then judges that graph); the
+    manifest's ``quantization.kernel``."""
+    if options.body != "int4":
+        return {"op": ORT_OP, "nodes": 0, "reason": "8-bit weights"}
+    why = resolve(options.kernel, device)
+    if why is not None:
+        return {"op": ORT_OP, "nodes": 0, "reason": why}
+    return use_kernels(model)
 
 
 def _count(overrides: dict[str, str]) -> dict[str, int]:

@@ -16,6 +16,7 @@ PACKAGE = ROOT / "llmc"
 LAYERS = [
     {"llmc.errors", "llmc.version"},
     {"llmc.model"},
+    {"llmc.kernels"},  # llmc's compiled ONNX Runtime custom ops (ai.llmc) and where the library is
     {"llmc.spec"},  # what a build is made of, as data: options, Target, Precision (no mechanics)
     {"llmc.runtime"},  # sessions, Runner, load, padding execution, timing: what runs a model
     {"llmc.tasks"},  # encoder tasks read from a runner's outputs (embed, classify, extract, answer)

@@ -75,7 +75,8 @@ def test_int8_activation_model_matches_the_level_4_kernel():
 
 def test_auto_build_records_and_applies_each_groups_choice(tmp_path, tiny_llama_dynamo):
     options = Int4Options(
-        block_size="auto", accuracy_level="auto", min_top1_agreement=0.0, max_perplexity_increase=10.0
+        block_size="auto", accuracy_level="auto", min_top1_agreement=0.0, max_perplexity_increase=10.0,
+        kernel="ort",  # the choices are MatMulNBits settings, read back from the written nodes
     )
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
@@ -106,7 +107,7 @@ def test_auto_keeps_block_32_float_activations_on_weights_already_on_that_grid(t
     for init in model.graph.initializer:
         if init.name in ("w1", "w2"):
             init.CopyFrom(onnx.numpy_helper.from_array(_on_grid(onnx.numpy_helper.to_array(init)), init.name))
-    options = Int4Options(block_size="auto", accuracy_level="auto", min_top1_agreement=0.5)
+    options = Int4Options(block_size="auto", accuracy_level="auto", min_top1_agreement=0.5, kernel="ort")
     art = llmc.build(model, precision="int4", output=tmp_path / "o", int4=options)
     assert [g["chosen"] for g in art.manifest["quantization"]["per_node_choice"]["groups"]] == [
         [32, 0],

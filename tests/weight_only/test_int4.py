@@ -58,7 +58,9 @@ def _nbits(path: Path) -> dict[str, onnx.NodeProto]:
 
 @pytest.mark.parametrize(("method", "block", "symmetric"), [("rtn", 32, True), ("rtn", 64, False), ("minmax", 128, False)])
 def test_matmul_chain_settings_recorded_and_runs(tmp_path, method, block, symmetric):
-    options = Int4Options(method=method, block_size=block, symmetric=symmetric, min_top1_agreement=0.5, head="int8")
+    options = Int4Options(
+        method=method, block_size=block, symmetric=symmetric, min_top1_agreement=0.5, head="int8", kernel="ort"
+    )
     art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
     nodes = _nbits(art.path)
@@ -83,7 +85,8 @@ def test_matmul_chain_settings_recorded_and_runs(tmp_path, method, block, symmet
 
 
 def test_minmax_offsets_are_a_block_sum_matmul(tmp_path):
-    art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=Int4Options(min_top1_agreement=0.5))
+    options = Int4Options(min_top1_agreement=0.5, kernel="ort")
+    art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
     model = onnx.load(art.path / "model.onnx")
     ops = [n.op_type for n in model.graph.node]
     # up and down: MatMulNBits + block sums (x @ S) + offsets (sums @ C) + Add; the head stays MatMul.
@@ -252,7 +255,8 @@ def test_cli_weight_only_and_head_flags(tmp_path, tiny_llama_dynamo):
 def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
     outputs = []
     for pack in (True, False):
-        art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / str(pack), int4=Int4Options(pack=pack))
+        options = Int4Options(pack=pack, kernel="ort")
+        art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / str(pack), int4=options)
         names = list(_nbits(art.path))
         assert any("+" in name for name in names) == pack
         outputs.append(llmc.load(art.path).logits([5, 17, 9, 40, 22, 7]))
@@ -260,7 +264,7 @@ def test_packing_changes_no_number(tmp_path, tiny_llama_dynamo):
 
 
 def test_int8_head_at_level_0_is_two_exact_digits_with_float_activations(tmp_path, tiny_llama_dynamo):
-    options = Int4Options(head="int8", head_accuracy_level=0)
+    options = Int4Options(head="int8", head_accuracy_level=0, kernel="ort")
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=options)
     q = art.manifest["quantization"]
     assert (q["lm_head"], q["accuracy_level"], q["lm_head_accuracy_level"]) == ("int8", 0, 0)

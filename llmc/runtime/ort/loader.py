@@ -60,6 +60,7 @@ DEVICE_PROVIDERS = {
 }
 # Where a device falls back to when its provider is missing (fallback=True).
 FALLBACK_DEVICE = {"tensorrt": "cuda", "cuda": "cpu"}
+KERNEL_DOMAIN = "ai.llmc"  # llmc's own custom ops (llmc.kernels), registered on every CPU session
 GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
 CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
@@ -239,6 +240,10 @@ class SessionConfig:
         elif not self.spin_after_run:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
+        if self.device == "cpu":
+            from llmc.kernels import register
+
+            register(opts)  # llmc's own CPU kernels (ai.llmc ops), when the install built them
         if profiling is not None:
             profiling.apply(opts)
         return opts
@@ -466,6 +471,12 @@ def explain_ort_error(exc: BaseException, model: ir.Model | None) -> LlmcError:
 def _unknown_op_error(model: ir.Model | None, domain: str, op: str, version: str) -> LlmcError:
     node = _find_node(model, domain, op)
     where = f"node '{node.name}' ({domain or 'ai.onnx'}::{op})" if node else f"op {domain}::{op}"
+    if domain == KERNEL_DOMAIN:
+        from llmc.kernels import unavailable
+
+        why = unavailable() or "llmc's kernels are for --device cpu"
+        return LlmcError(f"{where} is llmc's own CPU kernel and cannot run here: {why}; "
+                         "or rebuild the artifact with --int4-kernel ort")
     return LlmcError(
         f"{where} has no implementation in onnxruntime {version}: domain '{domain or 'ai.onnx'}' "
         "is not one ONNX Runtime knows; register its custom-op library or replace the node"
