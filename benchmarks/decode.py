@@ -123,8 +123,11 @@ def _llmc_logits(path: str, windows: list[list[int]]) -> dict[str, Any]:
 def _ort_session(path: str) -> Any:
     import onnxruntime as ort
 
+    from llmc.kernels import register
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
+    register(options)  # llmc's own kernels (ai.llmc), for artifacts that hold them
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

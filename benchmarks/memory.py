@@ -132,8 +132,11 @@ def _ort_order_bound(artifact: Path, model, feeds, order: str) -> int | None:
     """The arena lower bound of the node sequence ONNX Runtime executes (ORT_DISABLE_ALL)."""
     import onnxruntime as ort
 
+    from llmc.kernels import register
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    register(options)  # llmc's own kernels (ai.llmc), for artifacts that hold them
     options.intra_op_num_threads = 2
     options.enable_profiling = True
     options.profile_file_prefix = str(OUT / "order-profile")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from llmc.compiler.cache import BuildCache, cache_disabled, digest_key, external_data
 from llmc.compiler.request import BuildRequest, make_request, output_dir
 from llmc.errors import LlmcError
+from llmc.kernels import state as kernels_state
 from llmc.model.files import CALIBRATION_FILE, MANIFEST_FILE, companion_files, sha256_file
 from llmc.model.output_dir import OutputWriter, check_output
 from llmc.runtime.artifact import Artifact
@@ -184,6 +185,7 @@ def _cache_key(source: dict[str, Any], request: BuildRequest) -> str:
         "companions": _companion_digests(source),
         "versions": {name: _installed(*dists) for name, dists in KEY_VERSIONS.items()},
         "llmc": [__version__, llmc_sources()],
+        "kernels": kernels_state(),  # whether (and which) llmc kernels this install runs
     })
 
 
@@ -203,7 +205,7 @@ def llmc_sources() -> str:
     if _SOURCES is None:
         root = Path(__file__).resolve().parents[1]
         digest = hashlib.sha256()
-        for path in sorted([*root.rglob("*.py"), *root.rglob("*.cpp")]):  # the kernels' source too
+        for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
         _SOURCES = digest.hexdigest()
     return _SOURCES

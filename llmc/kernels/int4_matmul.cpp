@@ -10,8 +10,8 @@
 // Numerics: every output element is one chain of float32 FMAs over K in ascending order, with the
 // weight (q - zero point) * scale formed by one FMA (q * scale + (-zero point * scale)). Nothing
 // depends on how many rows a call has or which columns share a tile: a row gives bitwise the same
-// output alone or batched, and the portable path (CPUs without AVX-512) is bitwise the same as the
-// AVX-512 one (std::fma rounds exactly as vfmadd).
+// output alone or batched, and the three paths (AVX-512, AVX2 + FMA, portable C++ for other CPUs)
+// are bitwise the same (vfmadd in either width and std::fma round alike).
 //
 // Weights arrive prepacked by llmc.weight_only.kernel (at build time, from MatMulNBits' blocks):
 //   packed  uint8 [tiles, K/2, 16]: byte j of (tile t, pair p) = q[16t+j][2p] | q[16t+j][2p+1] << 4
@@ -181,6 +181,57 @@ void portable(const Problem& p, int64_t t0, int64_t t1) {
 }
 
 #ifdef LLMC_X86
+// AVX2: R rows x one tile of 16 columns, as two halves of 8 (16 registers: R <= 4).
+template <int R>
+__attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t row, int64_t t) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi32(15);
+  const int64_t blocks = p.k / p.block, half = p.k / 2;
+  const float* a = p.a + row * p.k;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* sb = p.scales + (t * blocks + b) * 16;
+    const float* zb = p.offsets + (t * blocks + b) * 16;
+    const __m256 s0 = _mm256_loadu_ps(sb), s1 = _mm256_loadu_ps(sb + 8);
+    const __m256 z0 = _mm256_loadu_ps(zb), z1 = _mm256_loadu_ps(zb + 8);
+    for (int64_t kk = b * p.block; kk < (b + 1) * p.block; kk += 2) {
+      const uint8_t* q = p.packed + (t * half + kk / 2) * 16;
+      const __m256i q0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+      const __m256i q1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8)));
+      const __m256 lo0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q0, low)), s0, z0);
+      const __m256 hi0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(q0, 4)), s0, z0);
+      const __m256 lo1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q1, low)), s1, z1);
+      const __m256 hi1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(q1, 4)), s1, z1);
+      for (int r = 0; r < R; ++r) {
+        const __m256 a0 = _mm256_set1_ps(a[r * p.k + kk]);
+        const __m256 a1 = _mm256_set1_ps(a[r * p.k + kk + 1]);
+        acc[r][0] = _mm256_fmadd_ps(a1, hi0, _mm256_fmadd_ps(a0, lo0, acc[r][0]));
+        acc[r][1] = _mm256_fmadd_ps(a1, hi1, _mm256_fmadd_ps(a0, lo1, acc[r][1]));
+      }
+    }
+  }
+  alignas(32) float values[16];
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(values, acc[r][0]);
+    _mm256_store_ps(values + 8, acc[r][1]);
+    store(p, row + r, t, values);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void avx2(const Problem& p, int64_t t0, int64_t t1) {
+  for (int64_t row = 0; row < p.m; row += 4) {
+    const int64_t rows = p.m - row < 4 ? p.m - row : 4;
+    for (int64_t t = t0; t < t1; ++t) {
+      switch (rows) {
+        case 1: tile_avx2<1>(p, row, t); break;
+        case 2: tile_avx2<2>(p, row, t); break;
+        case 3: tile_avx2<3>(p, row, t); break;
+        default: tile_avx2<4>(p, row, t); break;
+      }
+    }
+  }
+}
+
 // R rows x T tiles of 16 columns: R * T accumulators (at most 16 of the 32 zmm registers).
 template <int R, int T>
 __attribute__((target("avx512f,avx512bw,fma"))) void block_tile(const Problem& p, int64_t row, int64_t t0) {
@@ -245,20 +296,26 @@ __attribute__((target("avx512f,avx512bw,fma"))) void avx512(const Problem& p, in
   }
 }
 
-bool has_avx512() {
+enum Path : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int best_path() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+  return kPortable;
 }
 #else
-bool has_avx512() { return false; }
+enum Path : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+int best_path() { return kPortable; }
 #endif
 
-const bool g_avx512 = has_avx512();
+const int g_path = best_path();
 constexpr int64_t kTilesPerTask = 4;  // columns a parallel task computes: 4 tiles of 16
 
-void compute(const Problem& p, int64_t t0, int64_t t1) {
+void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 #ifdef LLMC_X86
-  if (g_avx512) return avx512(p, t0, t1);
+  if (path == kAvx512) return avx512(p, t0, t1);
+  if (path == kAvx2) return avx2(p, t0, t1);
 #endif
   portable(p, t0, t1);
 }
@@ -266,7 +323,7 @@ void compute(const Problem& p, int64_t t0, int64_t t1) {
 void task(void* data, size_t index) {
   const Problem& p = *static_cast<const Problem*>(data);
   const int64_t t0 = static_cast<int64_t>(index) * kTilesPerTask;
-  compute(p, t0, t0 + kTilesPerTask < p.tiles ? t0 + kTilesPerTask : p.tiles);
+  compute(p, t0, t0 + kTilesPerTask < p.tiles ? t0 + kTilesPerTask : p.tiles, g_path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,22 +437,16 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   return api<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }
 
-// For Python (ctypes): 1 when this CPU runs the AVX-512 path, 0 when the portable one.
-__attribute__((visibility("default"))) int llmc_int4_avx512() { return g_avx512 ? 1 : 0; }
+// For Python (ctypes): the path this CPU runs: 2 AVX-512, 1 AVX2 + FMA, 0 portable C++.
+__attribute__((visibility("default"))) int llmc_int4_path() { return g_path; }
 
-// For the tests (ctypes): the product without ONNX Runtime; use_avx512 0 forces the portable path.
+// For the tests (ctypes): the product without ONNX Runtime on ``path`` (at most this CPU's).
 __attribute__((visibility("default"))) int llmc_int4_matmul(const float* a, const uint8_t* packed, const float* scales,
                                                             const float* offsets, float* y, int64_t m, int64_t k,
-                                                            int64_t n, int64_t block, int use_avx512) {
-  if (k <= 0 || n <= 0 || block <= 0 || block % 2 != 0 || k % block != 0) return kFail;
+                                                            int64_t n, int64_t block, int path) {
+  if (k <= 0 || n <= 0 || block <= 0 || block % 2 != 0 || k % block != 0 || path < 0 || path > g_path) return kFail;
   const Problem p{a, packed, scales, offsets, y, m, k, n, block, (n + 15) / 16};
-#ifdef LLMC_X86
-  if (use_avx512 && g_avx512) {
-    avx512(p, 0, p.tiles);
-    return 0;
-  }
-#endif
-  portable(p, 0, p.tiles);
+  compute(p, 0, p.tiles, path);
   return 0;
 }
 }

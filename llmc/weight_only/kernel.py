@@ -41,7 +41,7 @@ def resolve(kernel: str, device: str) -> str | None:
     if why is None and device != "cpu":
         why = f"llmc's kernels are CPU kernels; this build is for --device {device}"
     if why is None and not fast_path():
-        why = "this CPU has no AVX-512 (the kernel's portable path is slower than ONNX Runtime's)"
+        why = "this CPU has neither AVX-512 nor AVX2 with FMA (the kernel's portable path is slower than ONNX Runtime's)"
     if why is not None and kernel == LLMC_KERNEL:
         raise LlmcError(f"--int4-kernel llmc cannot be used: {why}; drop it or use --int4-kernel ort")
     return why
@@ -122,19 +122,35 @@ def check(node: ir.Node) -> Candidate | str:
 
 
 def _offset_term(candidate: Candidate) -> None:
-    """Record ``Add(MatMulNBits(x), MatMul(blocksum, C))`` with a constant C [K/block, N]."""
-    uses = list(candidate.node.outputs[0].uses())
-    if len(uses) != 1 or uses[0].node.op_type != "Add" or uses[0].node.domain not in ("", "ai.onnx"):
+    """Record ``Add(MatMulNBits(x), MatMul(MatMul(x, S), C))`` (:mod:`llmc.weight_only.rewrite`'s
+    offset term: ``S`` the 0/1 matrix summing each block of ``x``, ``C`` constant [K/block, N])."""
+    node, out = candidate.node, candidate.node.outputs[0]
+    uses = list(out.uses())
+    if out.is_graph_output() or len(uses) != 1:
         return
     add = uses[0].node
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or add.graph is not node.graph:
+        return
     other = add.inputs[1 - uses[0].idx]
     term = other.producer() if other is not None else None
-    if term is None or term.op_type != "MatMul" or len(list(other.uses())) != 1:
+    if term is None or term.op_type != "MatMul" or term.domain not in ("", "ai.onnx") or len(list(other.uses())) != 1:
+        return
+    if other.is_graph_output() or not _block_sums_of(term.inputs[0], node.inputs[0], candidate.k, candidate.block):
         return
     c = _constant(term.inputs[1])
     if c is None or c.dtype != np.float32 or c.shape != (candidate.k // candidate.block, candidate.n):
         return
     candidate.offset_add, candidate.offsets = add, c
+
+
+def _block_sums_of(sums: ir.Value | None, x: ir.Value | None, k: int, block: int) -> bool:
+    """Whether ``sums`` is ``MatMul(x, S)`` with ``S`` the 0/1 matrix summing each block of K."""
+    producer = sums.producer() if sums is not None else None
+    if producer is None or producer.op_type != "MatMul" or producer.inputs[0] is not x:
+        return False
+    ones = _constant(producer.inputs[1])
+    expected = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+    return ones is not None and ones.shape == expected.shape and np.array_equal(ones, expected)
 
 
 def use_kernels(model: ir.Model) -> dict[str, Any]:
@@ -143,6 +159,7 @@ def use_kernels(model: ir.Model) -> dict[str, Any]:
     graph = model.graph
     kept: Counter[str] = Counter()
     rewritten = folded = 0
+    orphans: list[ir.Value] = []  # values the rewrites may leave unread: old weights, offset terms
     for node in list(graph):
         if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits":
             continue
@@ -150,12 +167,15 @@ def use_kernels(model: ir.Model) -> dict[str, Any]:
         if isinstance(found, str):
             kept[found] += 1
             continue
+        orphans += [v for v in node.inputs[1:] if v is not None]
+        if found.offset_add is not None:
+            orphans += [v for v in found.offset_add.inputs if v is not None]
         _rewrite(graph, found)
         rewritten += 1
         folded += found.offset_add is not None
     if rewritten:
         model.opset_imports.setdefault(DOMAIN, 1)
-        _drop_unused(graph)
+        _drop_unread(graph, orphans)
     return {"op": f"{DOMAIN}::{INT4_MATMUL}", "nodes": rewritten, "offsets_folded": folded, "kept": dict(kept)}
 
 
@@ -179,17 +199,18 @@ def _rewrite(graph: ir.Graph, c: Candidate) -> None:
     result.name = name
 
 
-def _drop_unused(graph: ir.Graph) -> None:
-    """Nodes (the offset terms' MatMuls, block sums) whose outputs nothing reads any more, and
-    initializers no node reads."""
-    changed = True
-    outputs = set(id(v) for v in graph.outputs)
-    while changed:
-        changed = False
-        for node in reversed(list(graph)):
-            if all(not list(out.uses()) and id(out) not in outputs for out in node.outputs):
-                graph.remove(node, safe=True)
-                changed = True
-    for name, value in list(graph.initializers.items()):
-        if not list(value.uses()) and id(value) not in outputs:
-            del graph.initializers[name]
+def _drop_unread(graph: ir.Graph, values: list[ir.Value]) -> None:
+    """Of ``values`` (and what only they read), those nothing reads any more: their producing nodes
+    (the offset terms' MatMuls, block sums) and initializers. Graph inputs and outputs stay."""
+    pending = list(values)
+    while pending:
+        value = pending.pop()
+        if list(value.uses()) or value.is_graph_output() or value.is_graph_input():
+            continue
+        producer = value.producer()
+        if producer is not None:
+            if producer.graph is graph and all(not list(o.uses()) and not o.is_graph_output() for o in producer.outputs):
+                pending += [v for v in producer.inputs if v is not None]
+                graph.remove(producer, safe=True)
+        elif value.is_initializer() and graph.initializers.get(value.name) is value:
+            del graph.initializers[value.name]

@@ -21,6 +21,7 @@ from llmc.weight_only.options import Int4Options
 from tests.weight_only.test_int4 import _chain
 
 pytestmark = pytest.mark.skipif(kernels.unavailable() is not None, reason=f"{kernels.unavailable()}")
+vector_path = pytest.mark.skipif(not kernels.fast_path(), reason="this CPU has neither AVX-512 nor AVX2 with FMA")
 
 
 def _nbits_model(k: int, n: int, block: int, zero_points: bool, seed: int = 0, **attrs: int) -> onnx.ModelProto:
@@ -66,8 +67,8 @@ def test_same_products_as_matmulnbits_alone_or_batched_on_either_path(k, n, bloc
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
         alone = np.concatenate([session.run(None, {"A": a[i : i + 1]})[0] for i in range(rows)])
         assert np.array_equal(alone, got)  # bitwise: the row count changes nothing
-        assert np.array_equal(kernels.int4_matmul(a, *packed, n, block), got)
-        assert np.array_equal(kernels.int4_matmul(a, *packed, n, block, avx512=False), got)  # portable path
+        for path in kernels.PATHS[: kernels.PATHS.index(kernels.path()) + 1]:  # each path this CPU has
+            assert np.array_equal(kernels.int4_matmul(a, *packed, n, block, on=path), got), path
 
 
 def test_what_the_kernel_does_not_take_keeps_its_reason():
@@ -100,6 +101,7 @@ def test_minmax_offsets_fold_into_the_kernel(tmp_path):
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@vector_path
 def test_build_runs_the_kernel_and_a_prompt_decodes_the_same_alone_or_batched(tmp_path, tiny_llama_dynamo):
     art = llmc.build(tiny_llama_dynamo, precision="int4", output=tmp_path / "o", int4=Int4Options(kernel="llmc"))
     kernel = art.manifest["quantization"]["kernel"]
@@ -129,6 +131,7 @@ def test_int4_kernel_option_is_checked_before_any_work():
         Int4Options(kernel="fast")
 
 
+@vector_path
 def test_an_artifact_with_the_kernel_names_the_fix_where_the_library_is_missing(tmp_path, monkeypatch):
     art = llmc.build(_chain(), precision="int4", output=tmp_path / "o",
                      int4=Int4Options(min_top1_agreement=0.5, kernel="llmc"))
@@ -138,3 +141,55 @@ def test_an_artifact_with_the_kernel_names_the_fix_where_the_library_is_missing(
     message = str(error.value)
     assert "MatMulInt4 is llmc's own CPU kernel and cannot run here: llmc's kernel library was not built" in message
     assert "--int4-kernel ort" in message and "\n" not in message
+
+
+def _offset_graph(term_from_block_sums: bool, output_too: bool = False) -> onnx.ModelProto:
+    """MatMulNBits(A) + MatMul(h, C), h = A @ S (the 0/1 block-sum matrix) or an unrelated input H of
+    the same shape (a low-rank update whose rank is K / block); unused graph input U with a default."""
+    proto = _nbits_model(64, 16, 32, False)
+    rng = np.random.default_rng(3)
+    graph = proto.graph
+    graph.node[0].output[0] = "P"
+    ones = np.kron(np.eye(2, dtype=np.float32), np.ones((32, 1), np.float32))
+    graph.initializer.extend([onh.from_array(ones, "Ssum"), onh.from_array(rng.standard_normal((2, 16)).astype(np.float32), "C"),
+                              onh.from_array(np.ones(3, np.float32), "U")])
+    h = "h"
+    if term_from_block_sums:
+        graph.node.append(oh.make_node("MatMul", ["A", "Ssum"], ["h"], name="sums"))
+    else:
+        graph.input.append(oh.make_tensor_value_info("H", onnx.TensorProto.FLOAT, ["M", 2]))
+        h = "H"
+    graph.node.extend([oh.make_node("MatMul", [h, "C"], ["T"], name="term"), oh.make_node("Add", ["P", "T"], ["Y"], name="add")])
+    graph.input.append(oh.make_tensor_value_info("U", onnx.TensorProto.FLOAT, [3]))
+    if output_too:
+        graph.output.append(oh.make_tensor_value_info("P", onnx.TensorProto.FLOAT, ["M", 16]))
+    return proto
+
+
+@pytest.mark.parametrize(("from_sums", "output_too", "folded"), [(True, False, 1), (False, False, 0), (True, True, 0)])
+def test_only_a_block_sum_offset_term_folds_and_nothing_else_goes(from_sums, output_too, folded):
+    proto = _offset_graph(from_sums, output_too)
+    model = ir.serde.deserialize_model(proto)
+    assert use_kernels(model)["offsets_folded"] == folded
+    assert "U" in model.graph.initializers  # an unread graph input keeps its default
+    rng = np.random.default_rng(4)
+    feeds = {"A": rng.standard_normal((3, 64), dtype=np.float32)}
+    if not from_sums:
+        feeds["H"] = rng.standard_normal((3, 2), dtype=np.float32)
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = _session(model).run(None, feeds)
+    for e, g in zip(expected, got, strict=True):
+        assert np.abs(g - e).max() <= 1e-5 * np.abs(e).max()
+
+
+def test_a_library_that_does_not_load_is_not_registered(monkeypatch, tmp_path):
+    broken = tmp_path / "_ops.so"
+    broken.write_bytes(b"not a library")
+    monkeypatch.setattr(kernels, "library", lambda: broken)
+    monkeypatch.setattr(kernels, "_handle", lambda: kernels.ctypes.CDLL(str(broken)))
+    assert "does not load" in kernels.unavailable()
+    relu = oh.make_model(oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g",
+                                       [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                                       [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
+                         opset_imports=[oh.make_opsetid("", 17)])
+    assert _session(relu).run(None, {"x": np.array([-1, 2], np.float32)})[0].tolist() == [0, 2]

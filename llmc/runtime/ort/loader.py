@@ -240,10 +240,9 @@ class SessionConfig:
         elif not self.spin_after_run:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.log_severity_level = 4  # failures surface as exceptions, mapped to one-line errors
-        if self.device == "cpu":
-            from llmc.kernels import register
+        from llmc.kernels import register
 
-            register(opts)  # llmc's own CPU kernels (ai.llmc ops), when the install built them
+        register(opts)  # llmc's own CPU kernels (ai.llmc ops), when the install built them
         if profiling is not None:
             profiling.apply(opts)
         return opts
@@ -474,7 +473,7 @@ def _unknown_op_error(model: ir.Model | None, domain: str, op: str, version: str
     if domain == KERNEL_DOMAIN:
         from llmc.kernels import unavailable
 
-        why = unavailable() or "llmc's kernels are for --device cpu"
+        why = unavailable() or "ONNX Runtime did not take llmc's kernel library"
         return LlmcError(f"{where} is llmc's own CPU kernel and cannot run here: {why}; "
                          "or rebuild the artifact with --int4-kernel ort")
     return LlmcError(
