@@ -232,7 +232,7 @@ __attribute__((target("avx2,fma"))) void avx2(const Problem& p, int64_t t0, int6
   }
 }
 
-// R rows x T tiles of 16 columns: R * T accumulators (at most 16 of the 32 zmm registers).
+// R rows x T tiles of 16 columns: R * T accumulators (at most 24 of the 32 zmm registers).
 template <int R, int T>
 __attribute__((target("avx512f,avx512bw,fma"))) void block_tile(const Problem& p, int64_t row, int64_t t0) {
   __m512 acc[R][T];
@@ -275,7 +275,7 @@ __attribute__((target("avx512f,avx512bw,fma"))) void block_tile(const Problem& p
 
 template <int R>
 __attribute__((target("avx512f,avx512bw,fma"))) void rows_avx512(const Problem& p, int64_t row, int64_t t0, int64_t t1) {
-  constexpr int T = R <= 4 ? 4 : 2;
+  constexpr int T = R <= 4 ? 4 : 3;  // R * T accumulators: 16 or 24 of the 32 registers
   int64_t t = t0;
   for (; t + T <= t1; t += T) block_tile<R, T>(p, row, t);
   for (; t < t1; ++t) block_tile<R, 1>(p, row, t);
@@ -310,7 +310,10 @@ int best_path() { return kPortable; }
 #endif
 
 const int g_path = best_path();
-constexpr int64_t kTilesPerTask = 4;  // columns a parallel task computes: 4 tiles of 16
+
+// Tiles of 16 columns a parallel task computes: one group of the AVX-512 kernel's column tiles
+// (3 from 5 rows on, else 4), so no task splits a group and the groups spread over the threads.
+int64_t tiles_per_task(int64_t m) { return m >= 5 ? 3 : 4; }
 
 void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 #ifdef LLMC_X86
@@ -322,8 +325,8 @@ void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 
 void task(void* data, size_t index) {
   const Problem& p = *static_cast<const Problem*>(data);
-  const int64_t t0 = static_cast<int64_t>(index) * kTilesPerTask;
-  compute(p, t0, t0 + kTilesPerTask < p.tiles ? t0 + kTilesPerTask : p.tiles, g_path);
+  const int64_t size = tiles_per_task(p.m), t0 = static_cast<int64_t>(index) * size;
+  compute(p, t0, t0 + size < p.tiles ? t0 + size : p.tiles, g_path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ OrtStatus* run(void* state, OrtKernelContext* context) {
   Problem problem{static_cast<const float*>(a.data), static_cast<const uint8_t*>(packed.data),
                   static_cast<const float*>(scales.data), static_cast<const float*>(offsets.data),
                   static_cast<float*>(y.data), m, kernel.k, kernel.n, kernel.block, tiles};
-  const size_t tasks = static_cast<size_t>((tiles + kTilesPerTask - 1) / kTilesPerTask);
+  const size_t tasks = static_cast<size_t>((tiles + tiles_per_task(m) - 1) / tiles_per_task(m));
   using ParallelFor = OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*);
   return api<ParallelFor>(kKernelContextParallelFor)(context, task, tasks, 0, &problem);
 }
