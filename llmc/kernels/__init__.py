@@ -6,8 +6,9 @@
   dequantizes every weight per call for more than one row); a row's output is bitwise the same
   alone or batched. :mod:`llmc.weight_only.kernel` rewrites MatMulNBits into it at build time.
 
-Every ONNX Runtime session llmc creates on the CPU registers the library when it is built
-(:func:`register`), so artifacts holding the op run wherever llmc is installed with it. The
+Every ONNX Runtime session llmc creates registers the library where it loads (:func:`register`;
+the op is a CPU op, placed on the CPU on any device), so artifacts holding it run wherever llmc is
+installed with it. The
 library is optional: without a C++ compiler at install time, builds keep MatMulNBits and
 :func:`unavailable` says why.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 DOMAIN = "ai.llmc"
 INT4_MATMUL = "MatMulInt4"
+ABI = 2  # the library's exports this module calls (llmc_kernels_abi() in int4_matmul.cpp)
 REBUILD = "reinstall llmc with a C++ compiler (g++ or clang++) on PATH: pip install -e . (or make install)"
 
 
@@ -43,9 +45,11 @@ def unavailable() -> str | None:
     if library() is None:
         return f"llmc's kernel library was not built ({REBUILD})"
     try:
-        _handle()
+        handle = _handle()
     except OSError as exc:
         return f"llmc's kernel library {library()} does not load ({exc}); {REBUILD}"
+    if not hasattr(handle, "llmc_kernels_abi") or handle.llmc_kernels_abi() != ABI:
+        return f"llmc's kernel library {library()} was built by another llmc version; {REBUILD}"
     return None
 
 

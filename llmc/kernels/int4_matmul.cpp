@@ -149,6 +149,10 @@ struct Problem {
 
 constexpr int kRows = 8;  // rows a tile of the kernel computes together
 
+// Column tiles a step: 4 when every row chunk has at most 4 rows (R * T accumulators: 16 of the
+// 32 registers), else 3 for all chunks (24 at 8 rows), so a task's tiles form whole groups.
+int64_t tiles_per_group(int64_t m) { return m >= 5 ? 3 : 4; }
+
 void store(const Problem& p, int64_t row, int64_t tile, const float* values) {
   const int64_t first = tile * 16, count = p.n - first < 16 ? p.n - first : 16;
   std::memcpy(p.y + row * p.n + first, values, sizeof(float) * count);
@@ -273,12 +277,17 @@ __attribute__((target("avx512f,avx512bw,fma"))) void block_tile(const Problem& p
     }
 }
 
-template <int R>
-__attribute__((target("avx512f,avx512bw,fma"))) void rows_avx512(const Problem& p, int64_t row, int64_t t0, int64_t t1) {
-  constexpr int T = R <= 4 ? 4 : 3;  // R * T accumulators: 16 or 24 of the 32 registers
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,fma"))) void groups_avx512(const Problem& p, int64_t row, int64_t t0, int64_t t1) {
   int64_t t = t0;
   for (; t + T <= t1; t += T) block_tile<R, T>(p, row, t);
   for (; t < t1; ++t) block_tile<R, 1>(p, row, t);
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,fma"))) void rows_avx512(const Problem& p, int64_t row, int64_t t0, int64_t t1) {
+  if (R <= 4 && tiles_per_group(p.m) == 4) return groups_avx512<R, 4>(p, row, t0, t1);
+  groups_avx512<R, 3>(p, row, t0, t1);
 }
 
 __attribute__((target("avx512f,avx512bw,fma"))) void avx512(const Problem& p, int64_t t0, int64_t t1) {
@@ -311,9 +320,9 @@ int best_path() { return kPortable; }
 
 const int g_path = best_path();
 
-// Tiles of 16 columns a parallel task computes: one group of the AVX-512 kernel's column tiles
-// (3 from 5 rows on, else 4), so no task splits a group and the groups spread over the threads.
-int64_t tiles_per_task(int64_t m) { return m >= 5 ? 3 : 4; }
+// Tiles of 16 columns a parallel task computes: one group of the AVX-512 kernel's column tiles,
+// so no task splits a group and the groups spread over the threads.
+int64_t tiles_per_task(int64_t m) { return tiles_per_group(m); }
 
 void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 #ifdef LLMC_X86
@@ -439,6 +448,10 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
   LLMC_TRY(api<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(domain, &g_op));
   return api<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
 }
+
+// For Python (ctypes): the version of this library's exports (llmc.kernels.ABI checks it, so a
+// library an older llmc built is reported, not called).
+__attribute__((visibility("default"))) int llmc_kernels_abi() { return 2; }
 
 // For Python (ctypes): the path this CPU runs: 2 AVX-512, 1 AVX2 + FMA, 0 portable C++.
 __attribute__((visibility("default"))) int llmc_int4_path() { return g_path; }

@@ -33,6 +33,7 @@ from llmc.runtime.ort import OrtRunner, SessionConfig, create_session
 from llmc.runtime.timing import median_ms
 from llmc.weight_only.blocks import q4_minmax
 from llmc.weight_only.gate import Runner
+from llmc.weight_only.kernel import use_kernels
 from llmc.weight_only.options import AUTO, Int4Options
 from llmc.weight_only.quantize import (
     Settings,
@@ -89,10 +90,12 @@ def output_error(x: np.ndarray, kn: np.ndarray, block: int, level: int) -> float
 
 
 class Timer:
-    """Decode-step time of one group's quantized graph, per (K, N, block, level), cached."""
+    """Decode-step time of one group's quantized graph, per (K, N, block, level), cached; with
+    ``kernel``, the graph as the build writes it onto llmc's 4-bit kernel (level 0 and 1 nodes)."""
 
-    def __init__(self, options: Int4Options) -> None:
+    def __init__(self, options: Int4Options, kernel: bool = False) -> None:
         self.options = options
+        self.kernel = kernel
         self._seen: dict[tuple[int, int, int, int], float] = {}
 
     def __call__(self, k: int, n: int, block: int, level: int) -> float:
@@ -113,6 +116,8 @@ class Timer:
         model = ir.from_proto(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]))
         setting = dataclasses.replace(self.options, block_size=block, accuracy_level=level, embedding="float")
         quantize_model(model, setting)
+        if self.kernel:
+            use_kernels(model)
         runner = OrtRunner(
             create_session(ir.serde.serialize_model(model).SerializeToString(), SessionConfig())
         )
@@ -147,9 +152,11 @@ def capture(model: ir.Model, feeds: list[dict[str, np.ndarray]], names: set[str]
 
 
 def choose_settings(
-    model: ir.Model, feeds: list[dict[str, np.ndarray]], options: Int4Options, log: Callable[[str], None]
+    model: ir.Model, feeds: list[dict[str, np.ndarray]], options: Int4Options, log: Callable[[str], None],
+    kernel: bool = False,
 ) -> tuple[Settings, dict[str, Any]]:
-    """Each int4 node's (block size, accuracy level) and the manifest's record of the measurements."""
+    """Each int4 node's (block size, accuracy level) and the manifest's record of the measurements;
+    ``kernel``: float32 settings timed on llmc's 4-bit kernel, which the build will run them on."""
     precisions = node_precisions(model, options)
     pack = options.pack and model.opset_imports.get("", 0) >= 13
     groups = [
@@ -159,7 +166,7 @@ def choose_settings(
     ]
     log(f"int4: measuring {len(groups)} group(s) at every candidate block size / accuracy level")
     activations = capture(model, feeds, {g[0].node.inputs[0].name for g in groups})
-    timer = Timer(options)
+    timer = Timer(options, kernel)
     settings: Settings = {}
     record = []
     for group in groups:

@@ -42,7 +42,7 @@ class Int4Options:
     ``kernel``: who computes the 4-bit MatMuls with float32 activations on the CPU: ``llmc``
     (``ai.llmc::MatMulInt4``, :mod:`llmc.weight_only.kernel`: each weight dequantized once per 8
     rows, a row's output the same alone or batched), ``ort`` (MatMulNBits), ``auto`` (llmc's where
-    its library is built and the CPU has AVX-512, else ONNX Runtime's).
+    its library is built and the CPU has AVX-512 or AVX2 with FMA, else ONNX Runtime's).
 
     ``block_size`` / ``accuracy_level`` ``"auto"``: chosen per node (per packed group) by
     measurement, :mod:`llmc.weight_only.choose`: the fastest setting, timed on the node's own shape,

@@ -77,7 +77,7 @@ SECTION = Section(
                "or float.", str, PANEL, "int4"),
         Option("int4_kernel", "auto", "Who computes 4-bit MatMuls with float32 activations on the CPU: llmc "
                "(ai.llmc::MatMulInt4: weights dequantized once per 8 rows, a row's output the same alone or batched), "
-               "ort (MatMulNBits), or auto (llmc where its kernel library is built and the CPU has AVX-512).",
+               "ort (MatMulNBits), or auto (llmc where its kernel library is built and the CPU has AVX-512 or AVX2).",
                str, PANEL, "int4", "kernel"),
     ),
     PANEL,

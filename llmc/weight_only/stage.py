@@ -49,7 +49,8 @@ def quantize_int4_for_build(
     settings: Settings = {}
     chosen = None
     if options.auto:
-        settings, chosen = choose_settings(model, judged_on.feeds[:CHOICE_FEEDS], options, log)
+        on_kernel = options.body == "int4" and resolve(options.kernel, device) is None
+        settings, chosen = choose_settings(model, judged_on.feeds[:CHOICE_FEEDS], options, log, kernel=on_kernel)
     source = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # fallbacks start from it
     attempts: list[dict[str, Any]] = []
     overrides: dict[str, str] = {}

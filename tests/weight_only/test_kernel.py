@@ -4,6 +4,8 @@ same alone or batched and on either path, the build's rewrite (offsets folded, r
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -49,7 +51,8 @@ def _session(model: onnx.ModelProto | ir.Model):
 
 
 @pytest.mark.parametrize(("k", "n", "block", "zero_points"), [(576, 960, 32, False), (64, 40, 16, True),
-                                                             (128, 17, 32, True), (256, 33, 64, False)])
+                                                             (128, 17, 32, True), (256, 33, 64, False),
+                                                             (64, 80, 32, False)])
 def test_same_products_as_matmulnbits_alone_or_batched_on_either_path(k, n, block, zero_points):
     proto = _nbits_model(k, n, block, zero_points)
     reference = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -60,7 +63,7 @@ def test_same_products_as_matmulnbits_alone_or_batched_on_either_path(k, n, bloc
     initializers = {init.name: onh.to_array(init) for init in proto.graph.initializer}
     packed = pack(initializers["B"], initializers["S"], initializers.get("Z"), n, k, block)
     rng = np.random.default_rng(1)
-    for rows in (1, 3, 8, 13):
+    for rows in (1, 3, 8, 10, 13):  # 10 and 13: a chunk of 8 rows, then 2 or 5
         a = rng.standard_normal((rows, k), dtype=np.float32)
         expected = reference.run(None, {"A": a})[0]
         (got,) = session.run(None, {"A": a})
@@ -193,3 +196,28 @@ def test_a_library_that_does_not_load_is_not_registered(monkeypatch, tmp_path):
                                        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
                          opset_imports=[oh.make_opsetid("", 17)])
     assert _session(relu).run(None, {"x": np.array([-1, 2], np.float32)})[0].tolist() == [0, 2]
+
+
+def test_a_library_an_older_llmc_built_is_reported_not_called(monkeypatch):
+    class Old:  # its exports before llmc_kernels_abi
+        pass
+
+    monkeypatch.setattr(kernels, "_handle", lambda: Old())
+    assert "built by another llmc version" in kernels.unavailable()
+    assert kernels.path() is None and kernels.state().startswith("none (")
+
+
+@vector_path
+def test_per_node_choice_times_float_settings_on_the_kernel_the_build_runs(tmp_path, monkeypatch):
+    import llmc.weight_only.choose as choose
+
+    timed = []
+    real = choose.use_kernels
+    monkeypatch.setattr(choose, "use_kernels", lambda model: timed.append(real(model)))
+    options = Int4Options(block_size="auto", accuracy_level="auto", min_top1_agreement=0.5, kernel="llmc")
+    art = llmc.build(_chain(), precision="int4", output=tmp_path / "o", int4=options)
+    assert art.manifest["quantization"]["per_node_choice"]["groups"]
+    assert any(record["nodes"] for record in timed)  # level-0 candidates were timed as MatMulInt4
+    timed.clear()
+    llmc.build(_chain(), precision="int4", output=tmp_path / "ort", int4=dataclasses.replace(options, kernel="ort"))
+    assert timed == []

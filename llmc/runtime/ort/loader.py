@@ -60,7 +60,7 @@ DEVICE_PROVIDERS = {
 }
 # Where a device falls back to when its provider is missing (fallback=True).
 FALLBACK_DEVICE = {"tensorrt": "cuda", "cuda": "cpu"}
-KERNEL_DOMAIN = "ai.llmc"  # llmc's own custom ops (llmc.kernels), registered on every CPU session
+KERNEL_DOMAIN = "ai.llmc"  # llmc's own custom ops (llmc.kernels), registered on every session
 GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
 CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 ARENA_EXTEND_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
