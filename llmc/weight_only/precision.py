@@ -134,7 +134,7 @@ class WeightOnly(QuantizedPrecision):
         counts = ", ".join(f"{n} {p}" for p, n in q["nodes_by_precision"].items())
         settings = (
             f"int4 ({q['method']}, block {q['block_size']}, {'symmetric' if q['symmetric'] else 'asymmetric'}, "
-            f"accuracy_level {q['accuracy_level']}; MatMulNBits)"
+            f"accuracy_level {q['accuracy_level']}; MatMulNBits blocks)"
             if self.bits == 4
             else f"int8 weight-only (block {q['block_size']}, Q8_0 rounding, accuracy_level 4; MatMulNBits)"
         )
