@@ -37,7 +37,8 @@ class Int4Options:
     97.2% top-1). ``embedding``: a token-embedding Gather onto 8-bit blocks (the same table as a tied
     8-bit head; a table tied to a float head stays float). The body defaults to float32
     activations: measured on SmolLM2, int8 activations anywhere moved its greedy chat answer;
-    ``--accuracy-level 4`` is the fast setting (benchmarks/RESULTS.md).
+    ``--accuracy-level 4`` was the fast setting on MatMulNBits; on llmc's kernel (``kernel``) the
+    float32 default is faster (benchmarks/RESULTS.md, decode).
 
     ``kernel``: who computes the 4-bit MatMuls with float32 activations on the CPU: ``llmc``
     (``ai.llmc::MatMulInt4``, :mod:`llmc.weight_only.kernel`: each weight dequantized once per 8

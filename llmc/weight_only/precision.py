@@ -24,7 +24,8 @@ BLOCK_HELP = (
     "(per node: the fastest measured of 32/64/128 within 10% of the most accurate's output error)."
 )
 LEVEL_HELP = (
-    "MatMulNBits compute: 0 float32 activations; 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest, least accurate); "
+    "MatMulNBits compute: 0 float32 activations (on the CPU: llmc's 4-bit kernel, see --int4-kernel); 1 fp32, "
+    "2 fp16, 3 bf16, 4 int8 (least accurate; faster than float32 only on MatMulNBits); "
     "auto: per node, 4 where measured faster and within 10% of level 0's output error."
 )
 METHOD_HELP = (
