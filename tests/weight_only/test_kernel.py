@@ -23,7 +23,9 @@ from llmc.weight_only.options import Int4Options
 from tests.weight_only.test_int4 import _chain
 
 pytestmark = pytest.mark.skipif(kernels.unavailable() is not None, reason=f"{kernels.unavailable()}")
-vector_path = pytest.mark.skipif(not kernels.fast_path(), reason="this CPU has neither AVX-512 nor AVX2 with FMA")
+vector_path = pytest.mark.skipif(
+    not kernels.fast_path(), reason=kernels.unavailable() or "this CPU has neither AVX-512 nor AVX2 with FMA"
+)
 
 
 def _nbits_model(k: int, n: int, block: int, zero_points: bool, seed: int = 0, **attrs: int) -> onnx.ModelProto:
