@@ -320,9 +320,6 @@ int best_path() { return kPortable; }
 
 const int g_path = best_path();
 
-// Tiles of 16 columns a parallel task computes: one group of the AVX-512 kernel's column tiles,
-// so no task splits a group and the groups spread over the threads.
-int64_t tiles_per_task(int64_t m) { return tiles_per_group(m); }
 
 void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 #ifdef LLMC_X86
@@ -334,7 +331,7 @@ void compute(const Problem& p, int64_t t0, int64_t t1, int path) {
 
 void task(void* data, size_t index) {
   const Problem& p = *static_cast<const Problem*>(data);
-  const int64_t size = tiles_per_task(p.m), t0 = static_cast<int64_t>(index) * size;
+  const int64_t size = tiles_per_group(p.m), t0 = static_cast<int64_t>(index) * size;  // a task: one group
   compute(p, t0, t0 + size < p.tiles ? t0 + size : p.tiles, g_path);
 }
 
@@ -389,7 +386,7 @@ OrtStatus* run(void* state, OrtKernelContext* context) {
   Problem problem{static_cast<const float*>(a.data), static_cast<const uint8_t*>(packed.data),
                   static_cast<const float*>(scales.data), static_cast<const float*>(offsets.data),
                   static_cast<float*>(y.data), m, kernel.k, kernel.n, kernel.block, tiles};
-  const size_t tasks = static_cast<size_t>((tiles + tiles_per_task(m) - 1) / tiles_per_task(m));
+  const size_t tasks = static_cast<size_t>((tiles + tiles_per_group(m) - 1) / tiles_per_group(m));
   using ParallelFor = OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*);
   return api<ParallelFor>(kKernelContextParallelFor)(context, task, tasks, 0, &problem);
 }

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from llmc.errors import LlmcError
 from llmc.kernels import DOMAIN, INT4_MATMUL, fast_path, unavailable
+from llmc.model.values import const_array, is_op
 from llmc.weight_only.options import LLMC_KERNEL, ORT_KERNEL
-from llmc.weight_only.rewrite import MS_DOMAIN, register
+from llmc.weight_only.rewrite import MS_DOMAIN, block_sum_matrix, register
 
 ORT_OP = "com.microsoft::MatMulNBits"
 
@@ -89,12 +91,6 @@ class Candidate:
     offsets: np.ndarray | None = None  # its C [K/block, N]
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def check(node: ir.Node) -> Candidate | str:
     """The node as the kernel takes it, or why not (one phrase)."""
     attrs = {name: attr.value for name, attr in node.attributes.items()}
@@ -107,8 +103,8 @@ def check(node: ir.Node) -> Candidate | str:
         return "a g_idx or bias input"
     if inputs[0] is None or inputs[0].dtype != ir.DataType.FLOAT:
         return "activations that are not float32"
-    b, scales = _constant(inputs[1]), _constant(inputs[2])
-    zero = _constant(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
+    b, scales = const_array(inputs[1]), const_array(inputs[2])
+    zero = const_array(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
     if b is None or scales is None or (len(inputs) > 3 and inputs[3] is not None and zero is None):
         return "weights, scales or zero points computed in the graph"
     if scales.dtype != np.float32 or (zero is not None and zero.dtype != np.uint8):
@@ -129,15 +125,15 @@ def _offset_term(candidate: Candidate) -> None:
     if out.is_graph_output() or len(uses) != 1:
         return
     add = uses[0].node
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or add.graph is not node.graph:
+    if not is_op(add, "Add") or add.graph is not node.graph:
         return
     other = add.inputs[1 - uses[0].idx]
     term = other.producer() if other is not None else None
-    if term is None or term.op_type != "MatMul" or term.domain not in ("", "ai.onnx") or len(list(other.uses())) != 1:
+    if not is_op(term, "MatMul") or len(list(other.uses())) != 1:
         return
     if other.is_graph_output() or not _block_sums_of(term.inputs[0], node.inputs[0], candidate.k, candidate.block):
         return
-    c = _constant(term.inputs[1])
+    c = const_array(term.inputs[1])
     if c is None or c.dtype != np.float32 or c.shape != (candidate.k // candidate.block, candidate.n):
         return
     candidate.offset_add, candidate.offsets = add, c
@@ -146,10 +142,9 @@ def _offset_term(candidate: Candidate) -> None:
 def _block_sums_of(sums: ir.Value | None, x: ir.Value | None, k: int, block: int) -> bool:
     """Whether ``sums`` is ``MatMul(x, S)`` with ``S`` the 0/1 matrix summing each block of K."""
     producer = sums.producer() if sums is not None else None
-    if producer is None or producer.op_type != "MatMul" or producer.inputs[0] is not x:
+    if not is_op(producer, "MatMul") or producer.inputs[0] is not x:
         return False
-    ones = _constant(producer.inputs[1])
-    expected = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+    ones, expected = const_array(producer.inputs[1]), block_sum_matrix(k, block)
     return ones is not None and ones.shape == expected.shape and np.array_equal(ones, expected)
 
 
@@ -159,7 +154,6 @@ def use_kernels(model: ir.Model) -> dict[str, Any]:
     graph = model.graph
     kept: Counter[str] = Counter()
     rewritten = folded = 0
-    orphans: list[ir.Value] = []  # values the rewrites may leave unread: old weights, offset terms
     for node in list(graph):
         if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits":
             continue
@@ -167,15 +161,13 @@ def use_kernels(model: ir.Model) -> dict[str, Any]:
         if isinstance(found, str):
             kept[found] += 1
             continue
-        orphans += [v for v in node.inputs[1:] if v is not None]
-        if found.offset_add is not None:
-            orphans += [v for v in found.offset_add.inputs if v is not None]
         _rewrite(graph, found)
         rewritten += 1
         folded += found.offset_add is not None
     if rewritten:
         model.opset_imports.setdefault(DOMAIN, 1)
-        _drop_unread(graph, orphans)
+        # the old weights, offset terms and block sums nothing reads now (graph inputs and outputs stay)
+        RemoveUnusedNodesPass()(model)
     return {"op": f"{DOMAIN}::{INT4_MATMUL}", "nodes": rewritten, "offsets_folded": folded, "kept": dict(kept)}
 
 
@@ -198,19 +190,3 @@ def _rewrite(graph: ir.Graph, c: Candidate) -> None:
     graph.remove(node, safe=True)
     result.name = name
 
-
-def _drop_unread(graph: ir.Graph, values: list[ir.Value]) -> None:
-    """Of ``values`` (and what only they read), those nothing reads any more: their producing nodes
-    (the offset terms' MatMuls, block sums) and initializers. Graph inputs and outputs stay."""
-    pending = list(values)
-    while pending:
-        value = pending.pop()
-        if list(value.uses()) or value.is_graph_output() or value.is_graph_input():
-            continue
-        producer = value.producer()
-        if producer is not None:
-            if producer.graph is graph and all(not list(o.uses()) and not o.is_graph_output() for o in producer.outputs):
-                pending += [v for v in producer.inputs if v is not None]
-                graph.remove(producer, safe=True)
-        elif value.is_initializer() and graph.initializers.get(value.name) is value:
-            del graph.initializers[value.name]

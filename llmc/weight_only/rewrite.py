@@ -27,6 +27,11 @@ def register(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def block_sum_matrix(k: int, block: int) -> np.ndarray:
+    """``S`` (K, K / block): 0/1, ``x @ S`` sums each block of ``x``."""
+    return np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+
+
 class Rewriter:
     """Replaces nodes of one graph; remembers shared pieces (block sums per activation)."""
 
@@ -141,8 +146,7 @@ class Rewriter:
         key = (id(x), k, block)
         if key not in self._block_sums:
             if (k, block) not in self._sum_matrices:  # shared: each copy would be read every step
-                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
-                self._sum_matrices[(k, block)] = register(self.graph, f"block_sum_{k}_{block}", ones)
+                self._sum_matrices[(k, block)] = register(self.graph, f"block_sum_{k}_{block}", block_sum_matrix(k, block))
             self._block_sums[key] = self._node(before, "MatMul", [x, self._sum_matrices[(k, block)]], "block_sum")
         return self._block_sums[key]
 

@@ -43,14 +43,18 @@ def quantize_int4_for_build(
     the head float).
     """
     start = time.perf_counter()
+    # None: the 4-bit float32 MatMuls go onto llmc's kernel (the choice times them there, the gate
+    # judges that graph); else why ONNX Runtime's MatMulNBits keeps them
+    kernel_off = resolve(options.kernel, device) if options.body == "int4" else "8-bit weights"
     fp32 = Runner(model)
     judged_on = evaluation(model, feeds, options, seed, fp32, text_ids)
     del fp32
     settings: Settings = {}
     chosen = None
     if options.auto:
-        on_kernel = options.body == "int4" and resolve(options.kernel, device) is None
-        settings, chosen = choose_settings(model, judged_on.feeds[:CHOICE_FEEDS], options, log, kernel=on_kernel)
+        settings, chosen = choose_settings(
+            model, judged_on.feeds[:CHOICE_FEEDS], options, log, kernel=kernel_off is None
+        )
     source = ir.serde.deserialize_model(ir.serde.serialize_model(model))  # fallbacks start from it
     attempts: list[dict[str, Any]] = []
     overrides: dict[str, str] = {}
@@ -60,7 +64,7 @@ def quantize_int4_for_build(
         log(f"int4: quantizing ({options.method}, block {options.block_size}; {_describe(overrides)})")
         began = time.perf_counter()
         record = quantize_model(candidate, options, overrides, settings)
-        kernel = _kernel(candidate, options, device)
+        kernel = use_kernels(candidate) if kernel_off is None else {"op": ORT_OP, "nodes": 0, "reason": kernel_off}
         quantize_seconds = time.perf_counter() - began
         log(f"int4: gate on {judged_on.source}")
         measured = judged_on.judge(Runner(candidate), options)
@@ -77,17 +81,6 @@ def quantize_int4_for_build(
     if chosen is not None:
         report["per_node_choice"] = chosen
     return candidate, report
-
-
-def _kernel(model: ir.Model, options: Int4Options, device: str) -> dict[str, Any]:
-    """The 4-bit MatMuls onto llmc's kernel where it runs (the gate then judges that graph); the
-    manifest's ``quantization.kernel``."""
-    if options.body != "int4":
-        return {"op": ORT_OP, "nodes": 0, "reason": "8-bit weights"}
-    why = resolve(options.kernel, device)
-    if why is not None:
-        return {"op": ORT_OP, "nodes": 0, "reason": why}
-    return use_kernels(model)
 
 
 def _count(overrides: dict[str, str]) -> dict[str, int]:
